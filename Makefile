@@ -1,0 +1,47 @@
+# leakdbt: two commands set everything up — `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBS := busybox-static
+BENCH_DEBS := qemu-user
+
+.PHONY: run test check bench install debs binaries clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests need (real programs to compare against native runs).
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null) \
+	  || { echo "cannot install$$missing (need root and Debian's package archive)"; exit 1; }; fi
+
+binaries:
+	$(MAKE) -C test_binaries
+
+run: install binaries
+	$(BIN)/leakdbt exec test_binaries/build/dynamic/hello -- from leakdbt
+
+test: install debs binaries
+	$(BIN)/pytest -q -n 2 tests
+
+check: install
+	$(BIN)/ruff check leakdbt plugins tests
+	$(BIN)/mypy
+
+bench: install binaries
+	@for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p >/dev/null); done
+	$(BIN)/python bench/run.py
+
+clean:
+	$(MAKE) -C test_binaries clean
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

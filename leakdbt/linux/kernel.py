@@ -1,0 +1,92 @@
+"""The guest's view of Linux: process state shared by all system-call handlers.
+
+System-call handlers are plain functions ``handler(k: Kernel, *args: int) -> int``: they take the
+raw 64-bit argument registers (unsigned; use :func:`s32`/:func:`s64` to sign-extend) and return
+the result or ``-errno``.  Each syscall module exports a ``HANDLERS`` table
+``{number: (name, handler)}``; :mod:`leakdbt.linux.syscalls` merges them.  Marshalling lives in
+the handlers; state lives here and in the objects it points to (Miasm's split).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from leakdbt.linux.files import FdTable
+    from leakdbt.linux.fs import FileSystem
+
+
+class GuestMemoryFault(Exception):
+    """A guest pointer passed to a system call is not mapped (handlers turn it into -EFAULT)."""
+
+    def __init__(self, address: int) -> None:
+        super().__init__(f"bad guest address {address:#x}")
+        self.address = address
+
+
+class GuestMemory(Protocol):
+    """What handlers may do with guest memory."""
+
+    def read(self, address: int, size: int) -> bytes: ...
+
+    def write(self, address: int, data: bytes) -> None: ...
+
+    def read_cstring(self, address: int, limit: int = 4096) -> bytes: ...
+
+
+def s32(value: int) -> int:
+    """Sign-extend the low 32 bits (fd and int arguments arrive as 64-bit registers)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def s64(value: int) -> int:
+    """Interpret a 64-bit register as a signed integer."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    return value - (1 << 64) if value >> 63 else value
+
+
+def neg(code: int) -> int:
+    """``-errno`` as a handler returns it."""
+    return -code
+
+
+EFAULT = -errno.EFAULT
+ENOSYS = -errno.ENOSYS
+
+
+@dataclass
+class ProcessIds:
+    """Identity the guest sees (the host's own, so that output matches native runs)."""
+
+    pid: int
+    ppid: int
+    uid: int
+    gid: int
+    euid: int
+    egid: int
+
+
+@dataclass
+class Kernel:
+    """Everything a system-call handler may touch.
+
+    ``mm`` is the machine's memory manager (mmap/brk/mprotect); it is typed loosely here so that
+    this module does not import the machine layer.
+    """
+
+    mem: GuestMemory
+    fs: FileSystem
+    fds: FdTable
+    ids: ProcessIds
+    mm: object
+    exe_path: str  # guest path of the main program (for /proc/self/exe and AT_EXECFN)
+    exit_status: int | None = None
+    tid_address: int = 0
+    signal_actions: dict[int, bytes] = field(default_factory=dict)
+    signal_mask: int = 0
+    fs_base: int = 0
+    gs_base: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
