@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from leakdbt.linux.files import FdTable
     from leakdbt.linux.fs import FileSystem
+    from leakdbt.linux.modules import ModuleMap
+    from leakdbt.machine.memory import AddressSpace
 
 
 class GuestMemoryFault(Exception):
@@ -34,6 +36,14 @@ class GuestMemory(Protocol):
     def write(self, address: int, data: bytes) -> None: ...
 
     def read_cstring(self, address: int, limit: int = 4096) -> bytes: ...
+
+
+class Registers(Protocol):
+    """The guest CPU's registers, by lower-case name (``rax``, ``fs_base``...)."""
+
+    def reg(self, name: str) -> int: ...
+
+    def set_reg(self, name: str, value: int) -> None: ...
 
 
 def s32(value: int) -> int:
@@ -73,20 +83,29 @@ class ProcessIds:
 class Kernel:
     """Everything a system-call handler may touch.
 
-    ``mm`` is the machine's memory manager (mmap/brk/mprotect); it is typed loosely here so that
-    this module does not import the machine layer.
+    ``mm`` is the machine's address space (mmap/brk/mprotect); ``modules`` tells which ELF file
+    lies where (for ``symbol+offset`` locations).
     """
 
     mem: GuestMemory
     fs: FileSystem
     fds: FdTable
     ids: ProcessIds
-    mm: object
+    mm: AddressSpace
     exe_path: str  # guest path of the main program (for /proc/self/exe and AT_EXECFN)
+    modules: ModuleMap = field(default_factory=lambda: _module_map())
+    cpu: Registers = None  # type: ignore[assignment]  # set by the launcher
     exit_status: int | None = None
     tid_address: int = 0
     signal_actions: dict[int, bytes] = field(default_factory=dict)
     signal_mask: int = 0
     fs_base: int = 0
     gs_base: int = 0
+    rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+
+
+def _module_map() -> ModuleMap:
+    from leakdbt.linux.modules import ModuleMap
+
+    return ModuleMap()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import bisect
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, overload
 
 PF_X = 1
 PF_W = 2
@@ -38,7 +40,17 @@ class Segment:
 
     @property
     def end(self) -> int:
+        """First address after the segment's memory image."""
         return self.vaddr + self.memsz
+
+    @property
+    def perms(self) -> str:
+        """The flags as ``rwx`` letters (``-`` for absent), as /proc/PID/maps shows them."""
+        return (
+            ("r" if self.flags & PF_R else "-")
+            + ("w" if self.flags & PF_W else "-")
+            + ("x" if self.flags & PF_X else "-")
+        )
 
 
 @dataclass(frozen=True)
@@ -48,12 +60,52 @@ class Symbol:
     name: str
     value: int
     size: int
-    kind: str  # "func" or "object"
+    kind: str  # "func", "object" or "tls" (value is then an offset in the TLS block)
 
 
-@dataclass(frozen=True)
+SymbolSource = tuple[Symbol, ...] | Callable[[], tuple[Symbol, ...]]
+
+
+class _LazySymbols:
+    """Data descriptor for ``Image.symbols``: a tuple, or a parser run once on first access.
+
+    Symbol tables of big libraries are slow to decode in Python, and most runs never need them,
+    so the loader hands over a callable instead of the decoded tuple.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}_source"
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _LazySymbols: ...
+
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> tuple[Symbol, ...]: ...
+
+    def __get__(
+        self, obj: object | None, objtype: type | None = None
+    ) -> _LazySymbols | tuple[Symbol, ...]:
+        if obj is None:
+            # Class access: raising tells the dataclass machinery the field has no default.
+            raise AttributeError("symbols")
+        source: SymbolSource = obj.__dict__[self._slot]
+        if callable(source):
+            source = tuple(source())
+            obj.__dict__[self._slot] = source
+        return source
+
+    def __set__(self, obj: object, value: SymbolSource) -> None:
+        obj.__dict__[self._slot] = value
+
+
+@dataclass(frozen=True, repr=False)
 class Image:
-    """A parsed x86-64 ELF file."""
+    """A parsed x86-64 ELF file.
+
+    ``symbols`` may be given as a tuple or as a zero-argument callable returning one; the
+    callable runs on first access.  ``warnings`` lists problems that did not stop loading
+    (typically corrupt section headers, which Linux ignores but which cost us the symbols).
+    """
 
     path: str
     kind: ElfKind
@@ -66,10 +118,17 @@ class Image:
     interpreter: str | None
     needed: tuple[str, ...]
     soname: str | None
-    symbols: tuple[Symbol, ...]
-    has_symtab: bool
-    has_dwarf_lines: bool
-    data: bytes = field(repr=False)
+    symbols: _LazySymbols = _LazySymbols()
+    has_symtab: bool = False
+    has_dwarf_lines: bool = False
+    data: bytes = b""
+    warnings: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"Image(path={self.path!r}, kind={self.kind.value}, entry={self.entry:#x}, "
+            f"segments={len(self.segments)}, interpreter={self.interpreter!r})"
+        )
 
     @property
     def low(self) -> int:
@@ -86,20 +145,34 @@ class Image:
         """Function symbols with a non-zero address, sorted by address, one per address."""
         seen: dict[int, Symbol] = {}
         for s in self.symbols:
-            if s.kind == "func" and s.value and (s.value not in seen or seen[s.value].size < s.size):
+            if s.kind != "func" or not s.value:
+                continue
+            old = seen.get(s.value)
+            if old is None or old.size < s.size:
                 seen[s.value] = s
         return tuple(sorted(seen.values(), key=lambda s: s.value))
 
     @cached_property
     def _by_address(self) -> tuple[list[int], list[Symbol]]:
-        syms = sorted((s for s in self.symbols if s.value), key=lambda s: (s.value, -s.size))
+        # TLS symbol values are offsets into the TLS block, not addresses.
+        syms = sorted(
+            (s for s in self.symbols if s.value and s.kind != "tls"),
+            key=lambda s: (s.value, -s.size),
+        )
         return [s.value for s in syms], syms
+
+    @cached_property
+    def _by_name(self) -> dict[str, Symbol]:
+        best: dict[str, Symbol] = {}
+        for s in self.symbols:
+            old = best.get(s.name)
+            if old is None or _preference(s) < _preference(old):
+                best[s.name] = s
+        return best
 
     def symbol(self, name: str) -> Symbol | None:
         """The symbol called ``name`` (functions preferred), or None."""
-        found = [s for s in self.symbols if s.name == name]
-        found.sort(key=lambda s: (s.kind != "func", s.value == 0))
-        return found[0] if found else None
+        return self._by_name.get(name)
 
     def symbolize(self, address: int) -> str | None:
         """``symbol+0xOFF`` for a link-time address inside a known symbol, else None.
@@ -116,3 +189,8 @@ class Image:
                 off = address - s.value
                 return f"{s.name}+{off:#x}" if off else s.name
         return None
+
+
+def _preference(s: Symbol) -> tuple[Any, ...]:
+    """Sort key choosing among same-named symbols: functions first, then defined addresses."""
+    return (s.kind != "func", s.value == 0)

@@ -1,0 +1,5 @@
+"""``python -m leakdbt`` runs the command-line interface."""
+
+from leakdbt.cli import main
+
+main()

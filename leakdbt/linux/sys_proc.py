@@ -1,0 +1,447 @@
+"""Process, identity, time, randomness and signal system calls (see the Linux man pages of
+each call: exit_group(2), uname(2), sysinfo(2), prlimit(2), sched_getaffinity(2), arch_prctl(2),
+futex(2), rt_sigaction(2), clock_gettime(2), nanosleep(2), getrandom(2))."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import struct
+import time
+from collections.abc import Callable
+
+from leakdbt.errors import GuestError, GuestFault
+from leakdbt.linux.kernel import Kernel, s32, s64
+
+ARCH_SET_GS, ARCH_SET_FS, ARCH_GET_FS, ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1004
+ARCH_CET_STATUS = 0x3001
+FUTEX_WAIT, FUTEX_WAKE = 0, 1
+FUTEX_CMD_MASK = ~(128 | 256)  # FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME
+TIMER_ABSTIME = 1
+NSIG = 64
+CLOCKS = {0: time.CLOCK_REALTIME, 1: time.CLOCK_MONOTONIC, 2: time.CLOCK_PROCESS_CPUTIME_ID,
+          3: time.CLOCK_THREAD_CPUTIME_ID, 4: time.CLOCK_MONOTONIC_RAW, 5: 5, 6: 6,
+          7: time.CLOCK_BOOTTIME}
+RLIMIT_STACK = 3
+RLIM_NLIMITS = 16
+GUEST_STACK_LIMIT = 8 << 20
+
+
+class GuestExit(Exception):
+    """Raised by exit/exit_group: the dispatcher stops the machine with this status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def sys_exit(k: Kernel, status: int) -> int:
+    raise GuestExit(status & 0xFF)
+
+
+def sys_getpid(k: Kernel) -> int:
+    return k.ids.pid
+
+
+def sys_gettid(k: Kernel) -> int:
+    return k.ids.pid
+
+
+def sys_getppid(k: Kernel) -> int:
+    return k.ids.ppid
+
+
+def sys_getuid(k: Kernel) -> int:
+    return k.ids.uid
+
+
+def sys_geteuid(k: Kernel) -> int:
+    return k.ids.euid
+
+
+def sys_getgid(k: Kernel) -> int:
+    return k.ids.gid
+
+
+def sys_getegid(k: Kernel) -> int:
+    return k.ids.egid
+
+
+def sys_getpgrp(k: Kernel) -> int:
+    return os.getpgrp()
+
+
+def sys_getgroups(k: Kernel, size: int, addr: int) -> int:
+    groups = os.getgroups()
+    if s32(size) == 0:
+        return len(groups)
+    if s32(size) < len(groups):
+        return -errno.EINVAL
+    k.mem.write(addr, struct.pack(f"<{len(groups)}I", *groups))
+    return len(groups)
+
+
+def sys_getresuid(k: Kernel, r: int, e: int, s: int) -> int:
+    for addr, v in ((r, k.ids.uid), (e, k.ids.euid), (s, k.ids.euid)):
+        k.mem.write(addr, struct.pack("<I", v))
+    return 0
+
+
+def sys_getresgid(k: Kernel, r: int, e: int, s: int) -> int:
+    for addr, v in ((r, k.ids.gid), (e, k.ids.egid), (s, k.ids.egid)):
+        k.mem.write(addr, struct.pack("<I", v))
+    return 0
+
+
+def sys_uname(k: Kernel, buf: int) -> int:
+    u = os.uname()
+    fields = (u.sysname, u.nodename, u.release, u.version, "x86_64", "(none)")
+    k.mem.write(buf, b"".join(f.encode()[:64].ljust(65, b"\0") for f in fields))
+    return 0
+
+
+def sys_sysinfo(k: Kernel, buf: int) -> int:
+    pages = os.sysconf("SC_PHYS_PAGES")
+    avail = os.sysconf("SC_AVPHYS_PAGES")
+    page = os.sysconf("SC_PAGE_SIZE")
+    uptime = int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    loads = [int(x * 65536) for x in os.getloadavg()]
+    k.mem.write(buf, struct.pack("<q3Q6QHHxxxxQQI4x", uptime, *loads, pages * page,
+                                 avail * page, 0, 0, 0, 0, 1, 0, 0, 0, 1))
+    return 0
+
+
+def sys_prlimit64(k: Kernel, pid: int, res: int, new: int, old: int) -> int:
+    if s32(pid) not in (0, k.ids.pid):
+        return -errno.ESRCH
+    if res >= RLIM_NLIMITS:
+        return -errno.EINVAL
+    if old:
+        k.mem.write(old, struct.pack("<QQ", *k.rlimits.get(res, _host_rlimit(res))))
+    if new:
+        soft, hard = struct.unpack("<QQ", k.mem.read(new, 16))
+        if soft > hard:
+            return -errno.EINVAL
+        k.rlimits[res] = (soft, hard)  # remembered, not enforced
+    return 0
+
+
+def _host_rlimit(res: int) -> tuple[int, int]:
+    if res == RLIMIT_STACK:
+        return GUEST_STACK_LIMIT, (1 << 64) - 1
+    soft, hard = resource.getrlimit(res)
+    inf = (1 << 64) - 1
+    return (inf if soft == resource.RLIM_INFINITY else soft,
+            inf if hard == resource.RLIM_INFINITY else hard)
+
+
+def sys_getrlimit(k: Kernel, res: int, addr: int) -> int:
+    return sys_prlimit64(k, 0, res, 0, addr)
+
+
+def sys_setrlimit(k: Kernel, res: int, addr: int) -> int:
+    return sys_prlimit64(k, 0, res, addr, 0)
+
+
+def sys_sched_getaffinity(k: Kernel, pid: int, size: int, addr: int) -> int:
+    if size < 8 or size & 7:
+        return -errno.EINVAL
+    mask = 0
+    for cpu in os.sched_getaffinity(0):
+        mask |= 1 << cpu
+    nbytes = max(8, (mask.bit_length() + 63) // 64 * 8)
+    if size < nbytes:
+        return -errno.EINVAL
+    k.mem.write(addr, mask.to_bytes(nbytes, "little"))
+    return nbytes
+
+
+def sys_zero(k: Kernel, *_args: int) -> int:
+    """Calls that succeed with no effect for a single-threaded guest."""
+    return 0
+
+
+def sys_enosys(k: Kernel, *_args: int) -> int:
+    """Calls that glibc probes and that must fail quietly (e.g. rseq)."""
+    return -errno.ENOSYS
+
+
+def sys_refuse_network(k: Kernel, *_args: int) -> int:
+    """Network access is not granted to guests."""
+    return -errno.EACCES
+
+
+def sys_arch_prctl(k: Kernel, code: int, addr: int) -> int:
+    machine = k.cpu
+    if code == ARCH_SET_FS:
+        machine.set_reg("fs_base", addr)
+    elif code == ARCH_SET_GS:
+        machine.set_reg("gs_base", addr)
+    elif code in (ARCH_GET_FS, ARCH_GET_GS):
+        value = machine.reg("fs_base" if code == ARCH_GET_FS else "gs_base")
+        k.mem.write(addr, struct.pack("<Q", value))
+    else:
+        return -errno.EINVAL  # includes ARCH_CET_STATUS: no CET
+    return 0
+
+
+def sys_set_tid_address(k: Kernel, addr: int) -> int:
+    k.tid_address = addr
+    return k.ids.pid
+
+
+def sys_futex(k: Kernel, uaddr: int, op: int, val: int, timeout: int, uaddr2: int,
+              val3: int) -> int:
+    cmd = op & FUTEX_CMD_MASK & 0x7F
+    if cmd in (FUTEX_WAKE, 10):  # FUTEX_WAKE, FUTEX_WAKE_BITSET
+        return 0
+    if cmd in (FUTEX_WAIT, 9):  # FUTEX_WAIT, FUTEX_WAIT_BITSET
+        current = struct.unpack("<I", k.mem.read(uaddr, 4))[0]
+        if current != val & 0xFFFFFFFF:
+            return -errno.EAGAIN
+        if timeout:
+            return -errno.ETIMEDOUT
+        raise GuestError("deadlock: the only guest thread waits on a futex forever")
+    return -errno.ENOSYS
+
+
+def sys_rt_sigaction(k: Kernel, sig: int, act: int, oact: int, size: int) -> int:
+    sig = s32(sig)
+    if not 1 <= sig <= NSIG or size != 8:
+        return -errno.EINVAL
+    if act and sig in (signal.SIGKILL, signal.SIGSTOP):
+        return -errno.EINVAL
+    old = k.signal_actions.get(sig, bytes(32))
+    if act:
+        k.signal_actions[sig] = k.mem.read(act, 32)
+    if oact:
+        k.mem.write(oact, old)
+    return 0
+
+
+def sys_rt_sigprocmask(k: Kernel, how: int, new: int, old: int, size: int) -> int:
+    if size != 8:
+        return -errno.EINVAL
+    if old:
+        k.mem.write(old, struct.pack("<Q", k.signal_mask))
+    if new:
+        mask = struct.unpack("<Q", k.mem.read(new, 8))[0]
+        mask &= ~((1 << (signal.SIGKILL - 1)) | (1 << (signal.SIGSTOP - 1)))
+        if how == 0:
+            k.signal_mask |= mask
+        elif how == 1:
+            k.signal_mask &= ~mask
+        elif how == 2:
+            k.signal_mask = mask
+        else:
+            return -errno.EINVAL
+    return 0
+
+
+def sys_sigaltstack(k: Kernel, new: int, old: int) -> int:
+    if old:
+        k.mem.write(old, struct.pack("<QiiQ", 0, 2, 0, 0))  # SS_DISABLE
+    return 0
+
+
+def sys_kill(k: Kernel, pid: int, sig: int) -> int:
+    if s32(pid) not in (0, -1, k.ids.pid):
+        return -errno.EPERM
+    return _raise(k, s32(sig))
+
+
+def sys_tgkill(k: Kernel, tgid: int, tid: int, sig: int) -> int:
+    if s32(tid) != k.ids.pid:
+        return -errno.ESRCH
+    return _raise(k, s32(sig))
+
+
+def sys_tkill(k: Kernel, tid: int, sig: int) -> int:
+    return sys_tgkill(k, k.ids.pid, tid, sig)
+
+
+# Signals whose default action is to ignore them.
+_IGNORED_BY_DEFAULT = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGCONT}
+
+
+def _raise(k: Kernel, sig: int) -> int:
+    """A signal sent to ourselves: handlers are not run; default actions are emulated."""
+    if sig == 0:
+        return 0
+    if not 1 <= sig <= NSIG:
+        return -errno.EINVAL
+    handler = struct.unpack("<Q", k.signal_actions.get(sig, bytes(32))[:8])[0]
+    if handler == 1 or sig in _IGNORED_BY_DEFAULT and handler == 0:  # SIG_IGN
+        return 0
+    if handler not in (0, 1):
+        raise GuestError(f"guest sent itself signal {sig} with a handler installed; "
+                         "running signal handlers is not supported")
+    rip = k.cpu.reg("rip")
+    raise GuestFault(sig, rip, k.modules.symbolize(rip), "signal sent by the guest itself")
+
+
+def _timespec(ns: int) -> bytes:
+    return struct.pack("<qq", ns // 1_000_000_000, ns % 1_000_000_000)
+
+
+def sys_clock_gettime(k: Kernel, clk: int, tp: int) -> int:
+    host = CLOCKS.get(s32(clk))
+    if host is None:
+        return -errno.EINVAL
+    k.mem.write(tp, _timespec(time.clock_gettime_ns(host)))
+    return 0
+
+
+def sys_clock_getres(k: Kernel, clk: int, tp: int) -> int:
+    host = CLOCKS.get(s32(clk))
+    if host is None:
+        return -errno.EINVAL
+    if tp:
+        k.mem.write(tp, _timespec(int(time.clock_getres(host) * 1e9) or 1))
+    return 0
+
+
+def sys_gettimeofday(k: Kernel, tv: int, tz: int) -> int:
+    ns = time.time_ns()
+    if tv:
+        k.mem.write(tv, struct.pack("<qq", ns // 1_000_000_000, ns // 1000 % 1_000_000))
+    if tz:
+        k.mem.write(tz, struct.pack("<ii", 0, 0))
+    return 0
+
+
+def sys_time(k: Kernel, tloc: int) -> int:
+    now = int(time.time())
+    if tloc:
+        k.mem.write(tloc, struct.pack("<q", now))
+    return now
+
+
+def _sleep_until(deadline_ns: int, clock: int) -> None:
+    while (left := deadline_ns - time.clock_gettime_ns(clock)) > 0:
+        time.sleep(left / 1e9)
+
+
+def sys_nanosleep(k: Kernel, req: int, rem: int) -> int:
+    sec, nsec = struct.unpack("<qq", k.mem.read(req, 16))
+    if sec < 0 or not 0 <= nsec < 1_000_000_000:
+        return -errno.EINVAL
+    _sleep_until(time.monotonic_ns() + sec * 1_000_000_000 + nsec, time.CLOCK_MONOTONIC)
+    return 0
+
+
+def sys_clock_nanosleep(k: Kernel, clk: int, flags: int, req: int, rem: int) -> int:
+    host = CLOCKS.get(s32(clk))
+    if host is None or s32(clk) in (2, 3):
+        return -errno.EINVAL
+    sec, nsec = struct.unpack("<qq", k.mem.read(req, 16))
+    if sec < 0 or not 0 <= nsec < 1_000_000_000:
+        return -errno.EINVAL
+    ns = sec * 1_000_000_000 + nsec
+    if not flags & TIMER_ABSTIME:
+        ns += time.clock_gettime_ns(host)
+    _sleep_until(ns, host)
+    return 0
+
+
+def sys_getrandom(k: Kernel, buf: int, count: int, flags: int) -> int:
+    count = min(count, 1 << 25)
+    k.mem.write(buf, os.urandom(count))
+    return count
+
+
+def sys_getcpu(k: Kernel, cpu: int, node: int, _cache: int) -> int:
+    if cpu:
+        k.mem.write(cpu, struct.pack("<I", 0))
+    if node:
+        k.mem.write(node, struct.pack("<I", 0))
+    return 0
+
+
+def sys_prctl(k: Kernel, option: int, a2: int, *_rest: int) -> int:
+    if option in (15, 16):  # PR_SET_NAME, PR_GET_NAME
+        if option == 16:
+            k.mem.write(a2, os.path.basename(k.exe_path).encode()[:15].ljust(16, b"\0"))
+        return 0
+    return -errno.EINVAL
+
+
+def sys_getrusage(k: Kernel, who: int, buf: int) -> int:
+    if s32(who) not in (0, -1, 1):
+        return -errno.EINVAL
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    utime, stime = int(ru.ru_utime * 1e6), int(ru.ru_stime * 1e6)
+    k.mem.write(buf, struct.pack("<4q14q", utime // 10**6, utime % 10**6, stime // 10**6,
+                                 stime % 10**6, ru.ru_maxrss, *([0] * 13)))
+    return 0
+
+
+def sys_times(k: Kernel, buf: int) -> int:
+    t = os.times()
+    hz = os.sysconf("SC_CLK_TCK")
+    if buf:
+        k.mem.write(buf, struct.pack("<4q", int(t.user * hz), int(t.system * hz), 0, 0))
+    return s64(int(t.elapsed * hz))
+
+
+HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
+    13: ("rt_sigaction", sys_rt_sigaction),
+    14: ("rt_sigprocmask", sys_rt_sigprocmask),
+    24: ("sched_yield", sys_zero),
+    35: ("nanosleep", sys_nanosleep),
+    39: ("getpid", sys_getpid),
+    41: ("socket", sys_refuse_network),
+    42: ("connect", sys_refuse_network),
+    43: ("accept", sys_refuse_network),
+    44: ("sendto", sys_refuse_network),
+    45: ("recvfrom", sys_refuse_network),
+    46: ("sendmsg", sys_refuse_network),
+    47: ("recvmsg", sys_refuse_network),
+    49: ("bind", sys_refuse_network),
+    50: ("listen", sys_refuse_network),
+    53: ("socketpair", sys_refuse_network),
+    54: ("setsockopt", sys_refuse_network),
+    55: ("getsockopt", sys_refuse_network),
+    60: ("exit", sys_exit),
+    62: ("kill", sys_kill),
+    63: ("uname", sys_uname),
+    96: ("gettimeofday", sys_gettimeofday),
+    97: ("getrlimit", sys_getrlimit),
+    98: ("getrusage", sys_getrusage),
+    99: ("sysinfo", sys_sysinfo),
+    100: ("times", sys_times),
+    102: ("getuid", sys_getuid),
+    104: ("getgid", sys_getgid),
+    107: ("geteuid", sys_geteuid),
+    108: ("getegid", sys_getegid),
+    110: ("getppid", sys_getppid),
+    111: ("getpgrp", sys_getpgrp),
+    115: ("getgroups", sys_getgroups),
+    118: ("getresuid", sys_getresuid),
+    120: ("getresgid", sys_getresgid),
+    131: ("sigaltstack", sys_sigaltstack),
+    157: ("prctl", sys_prctl),
+    158: ("arch_prctl", sys_arch_prctl),
+    160: ("setrlimit", sys_setrlimit),
+    186: ("gettid", sys_gettid),
+    200: ("tkill", sys_tkill),
+    201: ("time", sys_time),
+    202: ("futex", sys_futex),
+    204: ("sched_getaffinity", sys_sched_getaffinity),
+    218: ("set_tid_address", sys_set_tid_address),
+    221: ("fadvise64", sys_zero),
+    228: ("clock_gettime", sys_clock_gettime),
+    229: ("clock_getres", sys_clock_getres),
+    230: ("clock_nanosleep", sys_clock_nanosleep),
+    231: ("exit_group", sys_exit),
+    234: ("tgkill", sys_tgkill),
+    273: ("set_robust_list", sys_zero),
+    288: ("accept4", sys_refuse_network),
+    302: ("prlimit64", sys_prlimit64),
+    307: ("sendmmsg", sys_refuse_network),
+    309: ("getcpu", sys_getcpu),
+    318: ("getrandom", sys_getrandom),
+    334: ("rseq", sys_enosys),
+}

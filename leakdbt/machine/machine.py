@@ -1,0 +1,295 @@
+"""The Machine: the only owner of the Unicorn engine.
+
+It runs guest code, reports faults as :class:`~leakdbt.errors.GuestFault` with a symbolised
+location, hands ``syscall`` instructions to the Linux layer, and stops on limits.  Hooks never
+swallow exceptions: a hook stores what it raised, stops the engine, and :meth:`Machine.run`
+re-raises it (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
+    UC_HOOK_EDGE_GENERATED,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_INVALID,
+    UC_HOOK_TLB_FILL,
+    UC_MODE_64,
+    UC_TLB_VIRTUAL,
+    Uc,
+    UcError,
+)
+from unicorn import unicorn_const as ucc
+from unicorn import x86_const as x86
+
+from leakdbt.errors import EmulatorError, GuestFault, LimitExceeded, UnsupportedInstruction
+from leakdbt.machine import vex
+from leakdbt.machine.cpu import guest_cpuid
+from leakdbt.machine.memory import PAGE, PROT_EXEC, PROT_READ, USER_TOP, AddressSpace
+
+# The engine needs an address at which to stop, and it probes that page through the TLB after
+# memory-map changes.  We give it the page just above the last user page (Linux's TASK_SIZE),
+# which no guest mapping can cover; the page holds int3 in case a guest jumps there.
+STOP_ADDRESS = USER_TOP + 0x10  # the engine probes the page of STOP_ADDRESS - 1 too
+
+REGS: dict[str, int] = {
+    name: getattr(x86, f"UC_X86_REG_{name.upper()}")
+    for name in ("rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags "
+                 "fs_base gs_base").split()
+}
+
+# Exception vector -> (signal, what Linux would call it).
+VECTOR_SIGNALS: dict[int, tuple[int, str]] = {
+    0: (signal.SIGFPE, "divide error"),
+    1: (signal.SIGTRAP, "debug trap"),
+    3: (signal.SIGTRAP, "breakpoint (int3)"),
+    4: (signal.SIGSEGV, "overflow trap (into)"),
+    5: (signal.SIGSEGV, "bound range exceeded"),
+    6: (signal.SIGILL, "invalid opcode"),
+    7: (signal.SIGFPE, "device not available"),
+    13: (signal.SIGSEGV, "general protection fault"),
+    14: (signal.SIGSEGV, "page fault"),
+    16: (signal.SIGFPE, "x87 floating-point exception"),
+    17: (signal.SIGBUS, "alignment check"),
+    19: (signal.SIGFPE, "SIMD floating-point exception"),
+}
+
+_UNMAPPED_ERRORS = {
+    ucc.UC_ERR_READ_UNMAPPED: "read of unmapped address",
+    ucc.UC_ERR_WRITE_UNMAPPED: "write to unmapped address",
+    ucc.UC_ERR_FETCH_UNMAPPED: "execution of unmapped address",
+    ucc.UC_ERR_READ_PROT: "read of protected address",
+    ucc.UC_ERR_WRITE_PROT: "write to protected address",
+    ucc.UC_ERR_FETCH_PROT: "execution of non-executable address",
+}
+_ACCESS_WORDS = {ucc.UC_MEM_READ: "read of", ucc.UC_MEM_WRITE: "write to",
+                 ucc.UC_MEM_FETCH: "execution at"}
+
+
+class Machine:
+    """One x86-64 guest CPU with its address space."""
+
+    def __init__(self, max_memory: int = 0) -> None:
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self.mem = AddressSpace(self.uc, max_memory)
+        self.symbolize: Callable[[int], str] = lambda a: f"{a:#x}"
+        self.syscall_handler: Callable[[Machine], None] | None = None
+        self.exited = False
+        self.blocks_translated: int | None = None
+        self._insns_done: int | None = None
+        self._pending: BaseException | None = None
+        self._mem_fault: tuple[int, int] | None = None
+        self._vex_hooks: dict[int, int] = {}
+        self.mem.exec_page_listeners.append(self._vet_code_page)
+        self.mem.map_reserved(USER_TOP, PAGE, PROT_READ | PROT_EXEC, "[leakdbt stop]")
+        self.uc.mem_write(USER_TOP, b"\xcc" * PAGE)
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self.mem.tlb_fill))
+        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_syscall), None, 1, 0,
+                         x86.UC_X86_INS_SYSCALL)
+        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_cpuid), None, 1, 0,
+                         x86.UC_X86_INS_CPUID)
+        self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt))
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid_insn))
+        self.uc.hook_add(UC_HOOK_MEM_INVALID, self._guard(self._on_mem_invalid))
+
+    # -- registers -------------------------------------------------------------------------
+
+    def reg(self, name: str) -> int:
+        return int(self.uc.reg_read(REGS[name]))
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(REGS[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, entry: int, *, max_insns: int = 0, timeout: float = 0.0,
+            count_insns: bool = False) -> None:
+        """Run from ``entry`` until the guest exits; raise GuestFault/LimitExceeded otherwise.
+
+        ``max_insns`` is enforced by the engine; ``count_insns`` adds a per-block callback
+        (slower) that makes :meth:`instructions_executed` exact.
+        """
+        start = time.monotonic()
+        if count_insns:
+            self._count_instructions()
+        try:
+            self.uc.emu_start(entry, STOP_ADDRESS, timeout=int(timeout * 1e6), count=max_insns)
+        except UcError as e:
+            self._raise_pending()
+            if self.exited:
+                return  # stopping inside a syscall hook can surface as a stray engine error
+            raise self._fault_from_error(e) from None
+        self._raise_pending()
+        if self.exited:
+            return
+        rip = self.reg("rip")
+        if timeout and time.monotonic() - start >= timeout * 0.99:
+            raise LimitExceeded(f"--timeout {timeout:g} s reached at {self.symbolize(rip)}")
+        if max_insns:
+            raise LimitExceeded(f"--max-insns {max_insns} reached at {self.symbolize(rip)}")
+        raise EmulatorError(f"emulation stopped unexpectedly at {self.symbolize(rip)}")
+
+    def count_blocks(self) -> None:
+        """Count translated blocks from now on (the engine's new-edge reports; a lower bound:
+        a block first entered after an exception or across a page boundary is not reported)."""
+        if self.blocks_translated is None:
+            self.blocks_translated = 0
+
+            def edge(uc: Uc, cur: object, prev: object, _ud: object) -> None:
+                self.blocks_translated = (self.blocks_translated or 0) + 1
+
+            self.uc.hook_add(UC_HOOK_EDGE_GENERATED, self._guard(edge))
+
+    def _count_instructions(self) -> None:
+        icounts: dict[int, int] = {}
+        self._insns_done = 0
+
+        def block(uc: Uc, address: int, size: int, _ud: object) -> None:
+            n = icounts.get(address)
+            if n is None:
+                n = icounts[address] = uc.ctl_request_cache(address)[1]
+            self._insns_done = (self._insns_done or 0) + n
+
+        self.uc.hook_add(UC_HOOK_BLOCK, self._guard(block))
+
+    def instructions_executed(self) -> int | None:
+        """Guest instructions run, when counted (only with an instruction limit)."""
+        return self._insns_done
+
+    def stop(self) -> None:
+        """Stop the engine at the end of the current instruction (e.g. from a syscall)."""
+        self.uc.emu_stop()
+
+    def invalidate_code(self, start: int, end: int) -> None:
+        """Drop translated blocks of [start, end) so that changed code is retranslated."""
+        self.uc.ctl_remove_cache(start, end)
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a hook: store the first exception, stop the engine, re-raise it in run()."""
+
+        def hook(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except BaseException as e:  # noqa: BLE001 - re-raised by run()
+                if self._pending is None:
+                    self._pending = e
+                self.uc.emu_stop()
+                return False
+
+        return hook
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            e, self._pending = self._pending, None
+            raise e
+
+    def _on_syscall(self, uc: Uc, _ud: object) -> None:
+        if self.syscall_handler is None:
+            raise EmulatorError("no system-call handler installed")
+        self.syscall_handler(self)
+        self.mem.last_fault = None  # map changes make the engine probe pages: not guest faults
+
+    def _on_cpuid(self, uc: Uc, _ud: object) -> int:
+        eax, ebx, ecx, edx = guest_cpuid(self.reg("rax"), self.reg("rcx"))
+        for name, value in (("rax", eax), ("rbx", ebx), ("rcx", ecx), ("rdx", edx)):
+            self.set_reg(name, value)
+        return 1  # skip the engine's own CPUID
+
+    def _on_interrupt(self, uc: Uc, intno: int, _ud: object) -> None:
+        rip = self.reg("rip")
+        if intno == 6:
+            self._raise_invalid(rip)
+        signo, what = VECTOR_SIGNALS.get(intno, (signal.SIGSEGV, f"interrupt {intno:#x}"))
+        if intno == 14 and self.mem.last_fault:
+            addr, access = self.mem.last_fault
+            what = f"{_ACCESS_WORDS.get(access, 'access to')} {addr:#x}"
+        raise GuestFault(signo, rip, self.symbolize(rip), what)
+
+    def _on_invalid_insn(self, uc: Uc, _ud: object) -> bool:
+        self._raise_invalid(self.reg("rip"))
+        return False
+
+    def _raise_invalid(self, rip: int) -> None:
+        try:
+            code = self.mem.read(rip, 16)
+        except Exception:  # noqa: BLE001 - the instruction bytes are only for the message
+            code = b""
+        if code[:1] == b"\x62":
+            self._unsupported(rip, code, "EVEX-encoded (AVX-512)")
+        raise GuestFault(signal.SIGILL, rip, self.symbolize(rip),
+                         f"invalid instruction {code[:8].hex(' ')}")
+
+    def _on_mem_invalid(self, uc: Uc, access: int, address: int, size: int, value: int,
+                        _ud: object) -> bool:
+        self._mem_fault = (address, access)
+        return False
+
+    def _fault_from_error(self, e: UcError) -> BaseException:
+        rip = self.reg("rip")
+        where = self.symbolize(rip)
+        if e.errno == ucc.UC_ERR_INSN_INVALID:
+            try:
+                self._raise_invalid(rip)
+            except BaseException as err:  # noqa: BLE001 - convert, not swallow
+                return err
+        fault = self._mem_fault or self.mem.last_fault
+        if e.errno in _UNMAPPED_ERRORS or (e.errno == ucc.UC_ERR_EXCEPTION and fault):
+            if fault:
+                addr, access = fault
+                kind = self.mem.find(addr)
+                what = (f"{_ACCESS_WORDS.get(_base_access(access), 'access to')} {addr:#x}"
+                        + (" (no permission)" if kind else " (unmapped)"))
+                if _base_access(access) == ucc.UC_MEM_FETCH:
+                    where = self.symbolize(addr)
+                return GuestFault(signal.SIGSEGV, addr if access == ucc.UC_MEM_FETCH else rip,
+                                  where, what)
+            return GuestFault(signal.SIGSEGV, rip, where, _UNMAPPED_ERRORS.get(e.errno, str(e)))
+        return EmulatorError(f"engine error at {where}: {e}")
+
+    # -- instructions the engine would run wrongly -----------------------------------------
+
+    def _vet_code_page(self, page: int) -> None:
+        """Plant a hook on every vector VEX instruction of a code page about to be used."""
+        lo = page - vex.SWEEP_BACK
+        v = self.mem.find(lo)
+        if v is None or not v.prot & PROT_EXEC:
+            lo = page
+        hi = page + PAGE
+        tail = self.mem.find(hi)
+        code_end = hi + 15 if tail is not None else hi
+        code = bytes(self.uc.mem_read(lo, code_end - lo))
+        for addr in vex.vector_vex_instructions(code, lo, page, hi):
+            if addr not in self._vex_hooks:
+                self._vex_hooks[addr] = self.uc.hook_add(
+                    UC_HOOK_CODE, self._guard(self._on_vex), None, addr, addr)
+
+    def _on_vex(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+        self._unsupported(address, self.mem.read(address, size), "VEX-encoded vector (AVX)")
+
+    def _unsupported(self, address: int, code: bytes, what: str) -> None:
+        raise UnsupportedInstruction(
+            f"unsupported instruction at {self.symbolize(address)} ({address:#x}): {what} "
+            f"instruction {code[:11].hex(' ')}; the emulator would execute it wrongly")
+
+
+def _base_access(access: int) -> int:
+    """Fold UC_MEM_*_UNMAPPED/_PROT access kinds onto READ/WRITE/FETCH."""
+    return {
+        ucc.UC_MEM_READ_UNMAPPED: ucc.UC_MEM_READ, ucc.UC_MEM_READ_PROT: ucc.UC_MEM_READ,
+        ucc.UC_MEM_WRITE_UNMAPPED: ucc.UC_MEM_WRITE, ucc.UC_MEM_WRITE_PROT: ucc.UC_MEM_WRITE,
+        ucc.UC_MEM_FETCH_UNMAPPED: ucc.UC_MEM_FETCH, ucc.UC_MEM_FETCH_PROT: ucc.UC_MEM_FETCH,
+    }.get(access, access)
+
+

@@ -1,0 +1,274 @@
+"""Guest address space: Linux-style mappings on top of Unicorn memory.
+
+Every mapping is made with its real permissions (not RWX) and the engine runs with a virtual
+TLB (``UC_TLB_VIRTUAL``) whose fill callback hands out identity translations with the mapping's
+permissions.  That keeps Unicorn's fast path for guest stores (see docs/architecture.md) and
+gives us one place that sees the first use of every page, which :mod:`leakdbt.machine.vex`
+uses to vet code pages before they run.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
+from leakdbt.errors import LimitExceeded
+from leakdbt.linux.kernel import GuestMemoryFault
+
+PAGE = 0x1000
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4  # Linux PROT_* equal Unicorn's UC_PROT_*
+assert (PROT_READ, PROT_WRITE, PROT_EXEC) == (UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC)
+
+MMAP_TOP = 0x7FFF_F7FF_F000  # first address below which mmap(NULL) places mappings
+MMAP_BOTTOM = 0x1_0000_0000
+USER_TOP = 0x7FFF_FFFF_F000
+
+
+def page_down(x: int) -> int:
+    return x & ~(PAGE - 1)
+
+
+def page_up(x: int) -> int:
+    return (x + PAGE - 1) & ~(PAGE - 1)
+
+
+@dataclass
+class Vma:
+    """One mapping: [start, end) with Linux PROT_* bits and a label for /proc-style listings."""
+
+    start: int
+    end: int
+    prot: int
+    name: str
+
+
+class AddressSpace:
+    """The guest's mappings; owns every ``mem_map``/``mem_unmap`` call on the engine."""
+
+    def __init__(self, uc: Uc, max_bytes: int = 0) -> None:
+        self.uc = uc
+        self.max_bytes = max_bytes
+        self._vmas: list[Vma] = []
+        self._starts: list[int] = []
+        self.mapped_bytes = 0
+        self.brk_start = 0
+        self.brk = 0
+        self.last_fault: tuple[int, int] | None = None  # (address, access) seen by the TLB
+        self.exec_page_listeners: list[Callable[[int], None]] = []
+        self._vetted_pages: set[int] = set()
+        self._changing = False
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def find(self, address: int) -> Vma | None:
+        """The mapping containing ``address``."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0 and address < self._vmas[i].end:
+            return self._vmas[i]
+        return None
+
+    def vmas(self) -> list[Vma]:
+        return list(self._vmas)
+
+    def is_free(self, start: int, end: int) -> bool:
+        i = bisect.bisect_left(self._starts, end) - 1
+        return i < 0 or self._vmas[i].end <= start
+
+    def find_free(self, size: int, top: int = MMAP_TOP) -> int:
+        """Highest free range of ``size`` bytes below ``top`` (Linux's top-down mmap layout)."""
+        hi = top
+        for v in reversed(self._vmas):
+            if v.start >= hi:
+                continue
+            if v.end <= hi - size:
+                break
+            hi = min(hi, v.start)
+        start = page_down(hi - size)
+        if start < MMAP_BOTTOM:
+            raise MemoryError
+        return start
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def map_reserved(self, start: int, size: int, prot: int, name: str) -> None:
+        """Map a page for leakdbt itself above USER_TOP, where guest calls cannot reach."""
+        self.uc.mem_map(start, size, prot)
+        self._insert(Vma(start, start + size, prot, name))
+
+    def map(self, start: int, size: int, prot: int, name: str = "") -> None:
+        """Map zeroed pages at [start, start+size), replacing whatever was there (MAP_FIXED)."""
+        end = page_up(start + size)
+        start = page_down(start)
+        if end <= start:
+            return
+        if end > USER_TOP:
+            raise MemoryError(f"mapping {start:#x}-{end:#x} reaches beyond user space")
+        if self.max_bytes and self.mapped_bytes + (end - start) > self.max_bytes + self._overlap(
+            start, end
+        ):
+            raise LimitExceeded(
+                f"--max-memory {self.max_bytes} bytes exceeded by a {end - start}-byte mapping"
+            )
+        self.unmap(start, end - start)
+        with self._change():
+            self.uc.mem_map(start, end - start, prot)
+        self._insert(Vma(start, end, prot, name))
+        self.mapped_bytes += end - start
+
+    def unmap(self, start: int, size: int) -> None:
+        """Remove every mapped page in [start, start+size) (never leakdbt's own pages)."""
+        end = min(page_up(start + size), USER_TOP)
+        changed = False
+        for v in self._overlapping(start, end):
+            lo, hi = max(v.start, start), min(v.end, end)
+            with self._change():
+                self.uc.mem_unmap(lo, hi - lo)
+            self.mapped_bytes -= hi - lo
+            self._remove(v)
+            if v.start < lo:
+                self._insert(Vma(v.start, lo, v.prot, v.name))
+            if hi < v.end:
+                self._insert(Vma(hi, v.end, v.prot, v.name))
+            changed = True
+        if changed:
+            self._forget_pages(start, end)
+
+    def protect(self, start: int, size: int, prot: int) -> bool:
+        """Change permissions; False when part of the range is not mapped (Linux: -ENOMEM)."""
+        end = page_up(start + size)
+        if end > USER_TOP:
+            return False
+        vs = self._overlapping(start, end)
+        covered = sum(min(v.end, end) - max(v.start, start) for v in vs)
+        if covered != end - start:
+            return False
+        for v in vs:
+            lo, hi = max(v.start, start), min(v.end, end)
+            with self._change():
+                self.uc.mem_protect(lo, hi - lo, prot)
+            self._remove(v)
+            for a, b, p in ((v.start, lo, v.prot), (lo, hi, prot), (hi, v.end, v.prot)):
+                if a < b:
+                    self._insert(Vma(a, b, p, v.name))
+        self._forget_pages(start, end)
+        return True
+
+    @contextmanager
+    def _change(self) -> Iterator[None]:
+        """Run an engine memory operation, then drop every TLB entry it may have made."""
+        self._changing = True
+        try:
+            yield
+        finally:
+            self._changing = False
+            self.flush_tlb()
+
+    def flush_tlb(self) -> None:
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    # -- guest memory for system calls (GuestMemory protocol) -------------------------------
+
+    def read(self, address: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
+        self._check(address, size)
+        try:
+            return bytes(self.uc.mem_read(address, size))
+        except UcError:
+            raise GuestMemoryFault(address) from None
+
+    def write(self, address: int, data: bytes) -> None:
+        if not data:
+            return
+        self._check(address, len(data))
+        try:
+            self.uc.mem_write(address, data)
+        except UcError:
+            raise GuestMemoryFault(address) from None
+
+    def read_cstring(self, address: int, limit: int = 4096) -> bytes:
+        out = bytearray()
+        while len(out) < limit:
+            chunk_end = min(page_down(address) + PAGE, address + limit - len(out))
+            chunk = self.read(address, chunk_end - address)
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                out += chunk[:nul]
+                return bytes(out)
+            out += chunk
+            address = chunk_end
+        return bytes(out)
+
+    # -- the TLB fill callback -------------------------------------------------------------
+
+    def tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: object, _ud: object) -> bool:
+        """Identity-map the page with its mapping's permissions, or record a fault."""
+        v = self.find(vaddr)
+        if self._changing and v is not None:
+            # Unicorn probes pages with a code fetch while it maps, unmaps or protects memory
+            # (to invalidate translations); a refused probe leaves a pending CPU exception.
+            # Grant it; the TLB is flushed when the change is done.
+            entry.paddr = page_down(vaddr)  # type: ignore[attr-defined]
+            entry.perms = v.prot | PROT_EXEC  # type: ignore[attr-defined]
+            return True
+        need = _ACCESS_PROT.get(access, PROT_READ)
+        if v is None or not (v.prot & need):
+            self.last_fault = (vaddr, access)
+            return False
+        if v.prot & PROT_EXEC:
+            page = page_down(vaddr)
+            if page not in self._vetted_pages:
+                self._vetted_pages.add(page)
+                for listener in self.exec_page_listeners:
+                    listener(page)
+        entry.paddr = page_down(vaddr)  # type: ignore[attr-defined]
+        entry.perms = v.prot  # type: ignore[attr-defined]
+        return True
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check(self, address: int, size: int) -> None:
+        end = address + size
+        while address < end:
+            v = self.find(address)
+            if v is None:
+                raise GuestMemoryFault(address)
+            address = v.end
+
+    def _overlapping(self, start: int, end: int) -> list[Vma]:
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        out = []
+        while i < len(self._vmas) and self._vmas[i].start < end:
+            if self._vmas[i].end > start:
+                out.append(self._vmas[i])
+            i += 1
+        return out
+
+    def _overlap(self, start: int, end: int) -> int:
+        return sum(min(v.end, end) - max(v.start, start) for v in self._overlapping(start, end))
+
+    def _insert(self, v: Vma) -> None:
+        i = bisect.bisect_left(self._starts, v.start)
+        self._vmas.insert(i, v)
+        self._starts.insert(i, v.start)
+
+    def _remove(self, v: Vma) -> None:
+        i = bisect.bisect_left(self._starts, v.start)
+        del self._vmas[i]
+        del self._starts[i]
+
+    def _forget_pages(self, start: int, end: int) -> None:
+        if (end - start) // PAGE < len(self._vetted_pages):
+            for p in range(page_down(start), end, PAGE):
+                self._vetted_pages.discard(p)
+        else:
+            self._vetted_pages = {p for p in self._vetted_pages if not start <= p < end}
+
+
+# UC_MEM_READ = 16, UC_MEM_WRITE = 17, UC_MEM_FETCH = 18 in the TLB-fill callback.
+_ACCESS_PROT = {16: PROT_READ, 17: PROT_WRITE, 18: PROT_EXEC}

@@ -1,0 +1,60 @@
+"""Shared fixtures: the repository layout, built test programs, and a leakdbt runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_BINARIES = REPO / "test_binaries"
+BUILD = TEST_BINARIES / "build"
+KINDS = ("static", "static-pie", "dynamic")
+LEAKDBT = [sys.executable, "-m", "leakdbt"]
+
+
+@dataclass
+class Run:
+    """Outcome of one process run, with a shell-style exit status (128+N for signal N)."""
+
+    status: int
+    stdout: bytes
+    stderr: bytes
+
+
+def shell_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_native(argv: list[str], **kw: object) -> Run:
+    p = subprocess.run(argv, capture_output=True, timeout=120, **kw)  # type: ignore[call-overload]
+    return Run(shell_status(p.returncode), p.stdout, p.stderr)
+
+
+def run_leakdbt(args: list[str], **kw: object) -> Run:
+    p = subprocess.run([*LEAKDBT, *args], capture_output=True, timeout=600, **kw)  # type: ignore[call-overload]
+    return Run(shell_status(p.returncode), p.stdout, p.stderr)
+
+
+@pytest.fixture(scope="session")
+def built() -> Path:
+    """test_binaries/build, built by make if needed (make test builds it first)."""
+    if not (BUILD / "dynamic" / "hello").exists():
+        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), "-j2"], check=True)
+    return BUILD
+
+
+def binary(kind: str, name: str) -> str:
+    return str(BUILD / kind / name)
+
+
+# Core dumps of deliberately crashing native programs are noise.
+try:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+except (ImportError, ValueError, OSError):
+    pass
