@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from leakdbt.errors import UnsupportedSyscall
-from leakdbt.linux import sys_fs, sys_mem, sys_proc
+from leakdbt.linux import sys_fs, sys_mem, sys_proc, sys_xattr
 from leakdbt.linux.kernel import GuestMemoryFault, Kernel, Registers
 from leakdbt.linux.syscall_names import SYSCALL_NAMES
 from leakdbt.linux.sys_proc import GuestExit
@@ -43,7 +43,7 @@ def _arity(handler: Callable[..., int]) -> int:
 def build_table() -> dict[int, Syscall]:
     """Merge the per-area handler tables; a number claimed twice is a programming error."""
     table: dict[int, Syscall] = {}
-    for module in (sys_fs, sys_mem, sys_proc):
+    for module in (sys_fs, sys_mem, sys_proc, sys_xattr):
         for nr, (name, handler) in module.HANDLERS.items():
             if nr in table:
                 raise RuntimeError(f"system call {nr} ({name}) registered twice")
