@@ -8,6 +8,7 @@ stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -63,7 +64,8 @@ def cli() -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root: str,
          cwd: str | None, strict: bool, max_insns: int | None, timeout: float | None,
-         max_memory: str | None, count_insns: bool, stats: bool, binary: str, args: tuple[str, ...]) -> None:
+         max_memory: str | None, count_insns: bool, stats: bool, binary: str,
+         args: tuple[str, ...]) -> None:
     """Run BINARY [ARGS]... under leakdbt; exit with the guest's status."""
     from leakdbt.linux.launch import ExecOptions, execute
     from leakdbt.stats import format_stats
@@ -76,8 +78,8 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
         env[key] = value
     options = ExecOptions(
         argv=[binary, *args], env=[f"{k}={v}" for k, v in env.items()], root=root, rw=rw,
-        cwd=cwd, strict=strict, max_insns=max_insns or 0, count_insns=count_insns, timeout=timeout or 0.0,
-        max_memory=_size(max_memory) if max_memory else 0)
+        cwd=cwd, strict=strict, max_insns=max_insns or 0, count_insns=count_insns,
+        timeout=timeout or 0.0, max_memory=_size(max_memory) if max_memory else 0)
     result = execute(binary, options, on_exit=(lambda r: sys.stderr.write(format_stats(r)))
                      if stats else None)
     sys.exit(result.exit_status)
@@ -120,9 +122,7 @@ def main(argv: list[str] | None = None) -> Any:
 
 
 def _fail(message: str, status: int) -> None:
-    try:
+    with contextlib.suppress(Exception):  # stdout may be a closed pipe
         sys.stdout.flush()
-    except Exception:  # noqa: BLE001 - stdout may be a closed pipe
-        pass
     print(message, file=sys.stderr)
     sys.exit(status)

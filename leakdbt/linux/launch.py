@@ -27,7 +27,8 @@ STACK_TOP = 0x7FFF_FFFF_F000
 STACK_SIZE = 8 << 20
 
 # Auxiliary vector entry types (<linux/auxvec.h>, <asm/auxvec.h>).
-AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
+AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ = 0, 3, 4, 5, 6
+AT_BASE, AT_FLAGS, AT_ENTRY = 7, 8, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
 AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
 
@@ -69,16 +70,15 @@ def map_image(machine: Machine, image: Image, bias: int) -> None:
     for seg in image.segments:
         for p in range(page_down(seg.vaddr + bias), page_up(seg.end + bias), PAGE):
             pages[p] = pages.get(p, 0) | _prot(seg.flags)
-    # Map runs of pages that share permissions.
-    run_start, run_prot, prev = None, 0, None
-    for p in sorted(pages) + [None]:  # type: ignore[list-item]
-        if p is not None and run_start is not None and p == prev + PAGE and pages[p] == run_prot:
-            prev = p
-            continue
-        if run_start is not None:
-            machine.mem.map(run_start, prev + PAGE - run_start, run_prot, image.path)
-        if p is not None:
-            run_start, run_prot, prev = p, pages[p], p
+    # Map runs of consecutive pages that share permissions.
+    runs: list[list[int]] = []  # [start, end, prot]
+    for p in sorted(pages):
+        if runs and runs[-1][1] == p and runs[-1][2] == pages[p]:
+            runs[-1][1] = p + PAGE
+        else:
+            runs.append([p, p + PAGE, pages[p]])
+    for start, end, prot in runs:
+        machine.mem.map(start, end - start, prot, image.path)
     for seg in image.segments:
         if seg.filesz:
             machine.mem.write(seg.vaddr + bias, image.data[seg.offset:seg.offset + seg.filesz])

@@ -21,7 +21,6 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
-    UC_HOOK_MEM_INVALID,
     UC_HOOK_TLB_FILL,
     UC_MODE_64,
     UC_TLB_VIRTUAL,
@@ -43,8 +42,8 @@ STOP_ADDRESS = USER_TOP + 0x10  # the engine probes the page of STOP_ADDRESS - 1
 
 REGS: dict[str, int] = {
     name: getattr(x86, f"UC_X86_REG_{name.upper()}")
-    for name in ("rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags "
-                 "fs_base gs_base").split()
+    for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
+                 "r11", "r12", "r13", "r14", "r15", "rip", "rflags", "fs_base", "gs_base")
 }
 
 # Exception vector -> (signal, what Linux would call it).
@@ -80,7 +79,7 @@ class Machine:
 
     def __init__(self, max_memory: int = 0) -> None:
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
         self.mem = AddressSpace(self.uc, max_memory)
         self.symbolize: Callable[[int], str] = lambda a: f"{a:#x}"
         self.syscall_handler: Callable[[Machine], None] | None = None
@@ -88,7 +87,6 @@ class Machine:
         self.blocks_translated: int | None = None
         self._insns_done: int | None = None
         self._pending: BaseException | None = None
-        self._mem_fault: tuple[int, int] | None = None
         self._vex_hooks: dict[int, int] = {}
         self.mem.exec_page_listeners.append(self._vet_code_page)
         self.mem.map_reserved(USER_TOP, PAGE, PROT_READ | PROT_EXEC, "[leakdbt stop]")
@@ -100,7 +98,8 @@ class Machine:
                          x86.UC_X86_INS_CPUID)
         self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt))
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid_insn))
-        self.uc.hook_add(UC_HOOK_MEM_INVALID, self._guard(self._on_mem_invalid))
+        # No UC_HOOK_MEM_* hooks: any memory hook sends every guest load and store down the
+        # engine's slow path.  Bad accesses are seen by the TLB fill callback instead.
 
     # -- registers -------------------------------------------------------------------------
 
@@ -231,11 +230,6 @@ class Machine:
         raise GuestFault(signal.SIGILL, rip, self.symbolize(rip),
                          f"invalid instruction {code[:8].hex(' ')}")
 
-    def _on_mem_invalid(self, uc: Uc, access: int, address: int, size: int, value: int,
-                        _ud: object) -> bool:
-        self._mem_fault = (address, access)
-        return False
-
     def _fault_from_error(self, e: UcError) -> BaseException:
         rip = self.reg("rip")
         where = self.symbolize(rip)
@@ -244,7 +238,7 @@ class Machine:
                 self._raise_invalid(rip)
             except BaseException as err:  # noqa: BLE001 - convert, not swallow
                 return err
-        fault = self._mem_fault or self.mem.last_fault
+        fault = self.mem.last_fault
         if e.errno in _UNMAPPED_ERRORS or (e.errno == ucc.UC_ERR_EXCEPTION and fault):
             if fault:
                 addr, access = fault

@@ -49,7 +49,7 @@ def vector_vex_instructions(code: bytes, address: int, start: int, end: int) -> 
     if b"\xc4" not in code and b"\xc5" not in code:
         return []
     md = _disassembler()
-    found = []
+    found: list[int] = []
     offset = 0
     while offset < len(code):
         pos = offset

@@ -1,0 +1,182 @@
+"""``make bench``: leakdbt vs native vs qemu-user vs raw Unicorn, measured side by side.
+
+Each workload runs REPEAT times per runner; the median wall time is reported, with ratios to
+native and to the fastest raw-Unicorn configuration.  Raw Unicorn runs the same static image
+with only the hooks a program cannot do without (a ``syscall`` hook; plus the TLB-fill hook in
+the configuration that needs it).  Results are printed as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "test_binaries" / "build" / "static"
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+WORKLOADS = {
+    "sha256 32 MiB": ("sha256", ["32"]),
+    "modexp 300k": ("modexp", ["300000"]),
+}
+
+
+def timed(argv: list[str]) -> tuple[float, bytes]:
+    start = time.perf_counter()
+    p = subprocess.run(argv, capture_output=True, check=True)
+    return time.perf_counter() - start, p.stdout
+
+
+def raw_unicorn(exe: str, args: list[str], virtual_tlb: bool) -> bytes:
+    """Run a static non-PIE program on bare Unicorn; return its stdout."""
+    from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_TLB_FILL, UC_MODE_64, Uc
+    from unicorn import x86_const as x
+
+    from leakdbt.loader.elf import load_image
+
+    img = load_image(exe)
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    regions: list[tuple[int, int, int]] = []
+
+    def mmap(addr: int, size: int, prot: int) -> None:
+        uc.mem_map(addr, size, prot if virtual_tlb else 7)
+        regions.append((addr, addr + size, prot))
+
+    for seg in img.segments:
+        lo, hi = seg.vaddr & ~0xFFF, (seg.end + 0xFFF) & ~0xFFF
+        f = seg.flags
+        prot = (1 if f & 4 else 0) | (2 if f & 2 else 0) | (4 if f & 1 else 0)
+        mmap(lo, hi - lo, prot)
+        uc.mem_write(seg.vaddr, img.data[seg.offset:seg.offset + seg.filesz])
+    brk = [max(r[1] for r in regions)]
+    top = 0x7FFF_FFFF_F000
+    mmap(top - (8 << 20), 8 << 20, 3)
+    argv = [exe.encode(), *(a.encode() for a in args)]
+    sp = top - 4096
+    ptrs = []
+    for a in argv:
+        uc.mem_write(sp, a + b"\0")
+        ptrs.append(sp)
+        sp += len(a) + 1
+    phdr = next(s.vaddr + img.phoff - s.offset for s in img.segments
+                if s.offset <= img.phoff < s.offset + s.filesz)
+    words = [len(argv), *ptrs, 0, 0, 3, phdr, 4, img.phentsize, 5, img.phnum, 6, 4096,
+             25, top - 4096, 0, 0]
+    sp = (top - 8192) & ~0xF
+    uc.mem_write(sp, struct.pack(f"<{len(words)}Q", *words))
+    uc.reg_write(x.UC_X86_REG_RSP, sp)
+    out = bytearray()
+    exited: list[bool] = []
+    next_map = [0x7000_0000_0000]
+
+    def syscall(uc: Uc, _ud: object) -> None:
+        nr = uc.reg_read(x.UC_X86_REG_RAX)
+        a = [uc.reg_read(r) for r in (x.UC_X86_REG_RDI, x.UC_X86_REG_RSI, x.UC_X86_REG_RDX)]
+        ret = -38
+        if nr == 1:
+            out.extend(uc.mem_read(a[1], a[2]))
+            ret = a[2]
+        elif nr == 10:  # mprotect: RELRO only; permissions stay as mapped
+            ret = 0
+        elif nr == 20:
+            ret = 0
+            for i in range(a[2]):
+                base, size = struct.unpack("<QQ", uc.mem_read(a[1] + 16 * i, 16))
+                out.extend(uc.mem_read(base, size))
+                ret += size
+        elif nr == 12:
+            if a[0] > brk[0]:
+                new = (a[0] + 0xFFF) & ~0xFFF
+                mmap(brk[0], new - brk[0], 3)
+                brk[0] = new
+            ret = brk[0] if a[0] == 0 else a[0]
+        elif nr == 9:
+            size = (a[1] + 0xFFF) & ~0xFFF
+            mmap(next_map[0], size, 3)
+            ret, next_map[0] = next_map[0], next_map[0] + size
+        elif nr == 158 and a[0] == 0x1002:
+            uc.reg_write(x.UC_X86_REG_FS_BASE, a[1])
+            ret = 0
+        elif nr in (60, 231):
+            exited.append(True)
+            uc.emu_stop()
+            return
+        uc.reg_write(x.UC_X86_REG_RAX, ret & (2**64 - 1))
+
+    uc.hook_add(UC_HOOK_INSN, syscall, None, 1, 0, x.UC_X86_INS_SYSCALL)
+    if virtual_tlb:
+        from unicorn import UC_TLB_VIRTUAL
+
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+
+        def fill(uc: Uc, vaddr: int, access: int, entry: object, _ud: object) -> bool:
+            for lo, hi, prot in regions:
+                if lo <= vaddr < hi:
+                    entry.paddr = vaddr & ~0xFFF  # type: ignore[attr-defined]
+                    entry.perms = prot  # type: ignore[attr-defined]
+                    return True
+            return False
+
+        uc.hook_add(UC_HOOK_TLB_FILL, fill)
+    try:
+        uc.emu_start(img.entry, 0xFFFF_FFFF_FFFF_FFFF)
+    except Exception:
+        if not exited:  # stopping from a syscall hook may surface as an engine error
+            raise
+    return bytes(out)
+
+
+def raw_main() -> None:
+    mode, exe, *args = sys.argv[2:]
+    sys.stdout.buffer.write(raw_unicorn(exe, args, mode == "vtlb"))
+
+
+def main() -> None:
+    leakdbt = [str(REPO / ".venv" / "bin" / "leakdbt"), "exec"]
+    qemu = shutil.which("qemu-x86_64")
+    py = [sys.executable, __file__, "--raw"]
+    runners: dict[str, list[str] | None] = {
+        "native": [],
+        "qemu-user": [qemu] if qemu else None,
+        "raw Unicorn (default TLB, RWX)": [*py, "default"],
+        "raw Unicorn (real perms + virtual TLB)": [*py, "vtlb"],
+        "leakdbt exec": leakdbt,
+    }
+    print(f"machine: {os.cpu_count()} cores; median of {REPEAT} runs; wall time in seconds\n")
+    print("| workload | runner | time (s) | vs native | vs best raw Unicorn |")
+    print("|---|---|---|---|---|")
+    for label, (prog, args) in WORKLOADS.items():
+        exe = str(BUILD / prog)
+        times: dict[str, float] = {}
+        expected = None
+        for name, prefix in runners.items():
+            if prefix is None:
+                continue
+            samples = []
+            for _ in range(REPEAT):
+                t, out = timed([*prefix, exe, *args])
+                expected = expected or out
+                if out != expected:
+                    raise SystemExit(f"{name} printed different output for {label}")
+                samples.append(t)
+            times[name] = statistics.median(samples)
+        best_raw = min(v for k, v in times.items() if k.startswith("raw"))
+        for name, t in times.items():
+            print(f"| {label} | {name} | {t:.3f} | {t / times['native']:.1f}x | "
+                  f"{t / best_raw:.2f}x |")
+    hello = str(BUILD / "hello")
+    starts = [timed([*leakdbt, hello])[0] for _ in range(5)]
+    print(f"\nstart-up, static hello-world under leakdbt exec: median "
+          f"{statistics.median(starts):.3f} s, best {min(starts):.3f} s (5 runs)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--raw":
+        raw_main()
+    else:
+        main()
