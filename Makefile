@@ -29,7 +29,7 @@ binaries:
 	$(MAKE) -C test_binaries
 
 run: install binaries
-	$(BIN)/leakdbt exec test_binaries/build/dynamic/hello -- from leakdbt
+	$(BIN)/leakdbt exec --stats test_binaries/build/dynamic/hello from leakdbt
 
 test: install debs binaries
 	$(BIN)/pytest -q -n 2 tests

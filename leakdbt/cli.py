@@ -100,6 +100,15 @@ def info(fmt: str, binary: str) -> None:
                nl=fmt == "json")
 
 
+def _register_subcommands() -> None:
+    from leakdbt.contract.commands import contract
+
+    cli.add_command(contract)
+
+
+_register_subcommands()
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the CLI and turn every error into one line and an exit status."""
     try:

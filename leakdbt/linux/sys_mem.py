@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from leakdbt.errors import LimitExceeded
 from leakdbt.linux.kernel import Kernel, s32
-from leakdbt.machine.memory import PAGE, PROT_EXEC, PROT_WRITE, USER_TOP, page_down, page_up
+from leakdbt.machine.memory import PAGE, PROT_WRITE, USER_TOP, page_down, page_up
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02

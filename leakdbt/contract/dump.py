@@ -1,0 +1,113 @@
+"""Write a :class:`~leakdbt.contract.model.Contract` back as canonical TOML (format version 1).
+
+``loads(dumps(c)) == c`` for every valid contract ``c``: the tests round-trip every example
+through this module, so the format the docs describe, the reader and the writer cannot drift.
+Defaults are written out explicitly, comments are not preserved.
+"""
+
+from __future__ import annotations
+
+import re
+
+from leakdbt.contract.model import (
+    ArgvSource,
+    Contract,
+    EnvSource,
+    FileSource,
+    PointerSource,
+    RegisterSource,
+    Secret,
+    StdinSource,
+    SymbolSource,
+)
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def quote(text: str) -> str:
+    """A TOML basic string for ``text``."""
+    out = ['"']
+    for ch in text:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _key(name: str) -> str:
+    return name if _BARE.fullmatch(name) else quote(name)
+
+
+def _strings(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(quote(i) for i in items) + "]"
+
+
+def _secret(secret: Secret) -> list[str]:
+    lines = ["[[secret]]", f"name = {quote(secret.name)}"]
+    src = secret.source
+    if isinstance(src, ArgvSource):
+        lines.append(f"argv = {src.index}")
+    elif isinstance(src, StdinSource):
+        lines += ["stdin = true", f"offset = {src.offset}"]
+    elif isinstance(src, FileSource):
+        lines += [f"file = {quote(src.path)}", f"offset = {src.offset}"]
+    elif isinstance(src, EnvSource):
+        lines.append(f"env = {quote(src.name)}")
+    elif isinstance(src, RegisterSource | PointerSource):
+        key = "register" if isinstance(src, RegisterSource) else "pointer"
+        lines += [f"{key} = {quote(src.register)}", f"function = {quote(str(src.function))}"]
+    elif isinstance(src, SymbolSource):
+        lines.append(f"symbol = {quote(str(src.symbol))}")
+    lines += [f"length = {secret.length}", f"format = {quote(secret.format.value)}"]
+    if secret.why:
+        lines.append(f"why = {quote(secret.why)}")
+    return lines
+
+
+def dumps(contract: Contract) -> str:
+    """Canonical TOML text for ``contract`` (its binding, if any, is not written)."""
+    out = [f"version = {contract.version}"]
+    if contract.description:
+        out.append(f"description = {quote(contract.description)}")
+    for secret in contract.secrets:
+        out += ["", *_secret(secret)]
+    protect = contract.protect
+    out += ["", "[protect]", f"adversary = {quote(protect.adversary.value)}",
+            f"policy = {quote(protect.policy.value)}"]
+    if protect.functions:
+        out.append(f"functions = {_strings(tuple(str(f) for f in protect.functions))}")
+    for region in protect.regions:
+        out += ["", "[[protect.region]]", f"at = {quote(str(region.at))}"]
+        if region.kind is not None:
+            out.append(f"kind = {quote(region.kind.value)}")
+        if region.table is not None:
+            if region.table.symbol is not None:
+                out.append(f"symbol = {quote(str(region.table.symbol))}")
+            if region.table.length is not None:
+                out.append(f"length = {region.table.length}")
+        if region.bound is not None:
+            out.append(f"bound = {region.bound}")
+        if region.why:
+            out.append(f"why = {quote(region.why)}")
+    check = contract.check
+    out += ["", "[check]", f"trials = {check.trials}", f"seed = {check.seed}"]
+    if check.args:
+        out.append(f"args = {_strings(check.args)}")
+    if check.stdin is not None:
+        out.append(f"stdin = {quote(check.stdin)}")
+    if check.declassify:
+        out.append(f"declassify = {_strings(tuple(o.value for o in check.declassify))}")
+    if check.env:
+        out += ["", "[check.env]"]
+        out += [f"{_key(name)} = {quote(value)}" for name, value in check.env]
+    return "\n".join(out) + "\n"
