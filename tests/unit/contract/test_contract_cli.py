@@ -27,7 +27,7 @@ def run(*args: str) -> Result:
 @pytest.fixture(scope="module")
 def region_loop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the test program")
+        pytest.fail("gcc is needed to build the test program")
     out = tmp_path_factory.mktemp("cli") / "region_loop"
     subprocess.run(["gcc", "-O2", "-static", "-no-pie", "-o", str(out),
                     str(REPO / "test_binaries" / "region_loop.c")], check=True)
