@@ -58,13 +58,7 @@ def s64(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
-def neg(code: int) -> int:
-    """``-errno`` as a handler returns it."""
-    return -code
-
-
 EFAULT = -errno.EFAULT
-ENOSYS = -errno.ENOSYS
 
 
 @dataclass
