@@ -16,7 +16,7 @@ import fcntl
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 CHUNK = 1 << 20  # host I/O is done in pieces of at most this many bytes
@@ -58,6 +58,27 @@ def _dtype(mode: int) -> int:
         if test(mode):
             return dtype
     return DT_UNKNOWN
+
+
+def _read_full(read: Callable[[int, int], bytes], size: int, *, whole: bool) -> bytes:
+    """Read ``size`` bytes in CHUNK pieces with ``read(n, done)`` until EOF (one piece unless
+    ``whole``); an error after some data ends the read short, as the kernel would."""
+    parts: list[bytes] = []
+    done = 0
+    while done < size:
+        try:
+            piece = read(min(size - done, CHUNK), done)
+        except OSError:
+            if parts:
+                break
+            raise
+        if not piece:
+            break
+        parts.append(piece)
+        done += len(piece)
+        if not whole:
+            break
+    return b"".join(parts)
 
 
 @dataclass(eq=False)
@@ -108,20 +129,7 @@ class OpenFile:
         size = min(size, MAX_RW_COUNT)
         if size <= 0 or not self.is_regular:
             return os.read(self.host_fd, min(size, CHUNK))
-        parts: list[bytes] = []
-        done = 0
-        while done < size:
-            try:
-                piece = os.read(self.host_fd, min(size - done, CHUNK))
-            except OSError:
-                if parts:
-                    break
-                raise
-            if not piece:
-                break
-            parts.append(piece)
-            done += len(piece)
-        return b"".join(parts)
+        return _read_full(lambda n, done: os.read(self.host_fd, n), size, whole=True)
 
     def write(self, data: bytes) -> int:
         """write(2) at the current offset (or the end with O_APPEND); returns bytes written."""
@@ -151,22 +159,8 @@ class OpenFile:
         size = min(size, MAX_RW_COUNT)
         if size <= 0:
             return os.pread(self.host_fd, 0, offset)
-        parts: list[bytes] = []
-        done = 0
-        while done < size:
-            try:
-                piece = os.pread(self.host_fd, min(size - done, CHUNK), offset + done)
-            except OSError:
-                if parts:
-                    break
-                raise
-            if not piece:
-                break
-            parts.append(piece)
-            done += len(piece)
-            if not self.is_regular:
-                break
-        return b"".join(parts)
+        return _read_full(lambda n, done: os.pread(self.host_fd, n, offset + done), size,
+                          whole=self.is_regular)
 
     def pwrite(self, data: bytes, offset: int) -> int:
         """pwrite(2): write ``data`` at ``offset`` without moving the offset."""

@@ -62,6 +62,16 @@ def sys_fstatfs(k: Kernel, fd: int, buf: int) -> int:
         return _errno(e)
 
 
+def _copy_out(k: Kernel, data: bytes, buf: int, size: int) -> int:
+    """The xattr size protocol: size 0 asks for the length; a short buffer is -ERANGE."""
+    if size == 0:
+        return len(data)
+    if len(data) > size:
+        return -errno.ERANGE
+    k.mem.write(buf, data)
+    return len(data)
+
+
 def _getxattr(kind: str) -> Callable[..., int]:
     def handler(k: Kernel, target: int, name: int, value: int, size: int) -> int:
         try:
@@ -70,12 +80,7 @@ def _getxattr(kind: str) -> Callable[..., int]:
             data = os.getxattr(where, attr, follow_symlinks=kind != "link")
         except OSError as e:
             return _errno(e)
-        if size == 0:
-            return len(data)
-        if len(data) > size:
-            return -errno.ERANGE
-        k.mem.write(value, data)
-        return len(data)
+        return _copy_out(k, data, value, size)
 
     handler.__name__ = f"sys_{'' if kind == 'path' else kind[0]}getxattr"
     return handler
@@ -88,13 +93,7 @@ def _listxattr(kind: str) -> Callable[..., int]:
             names = os.listxattr(where, follow_symlinks=kind != "link")
         except OSError as e:
             return _errno(e)
-        data = b"".join(os.fsencode(n) + b"\0" for n in names)
-        if size == 0:
-            return len(data)
-        if len(data) > size:
-            return -errno.ERANGE
-        k.mem.write(buf, data)
-        return len(data)
+        return _copy_out(k, b"".join(os.fsencode(n) + b"\0" for n in names), buf, size)
 
     handler.__name__ = f"sys_{'' if kind == 'path' else kind[0]}listxattr"
     return handler

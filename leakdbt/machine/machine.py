@@ -30,7 +30,14 @@ from unicorn import (
 from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
 
-from leakdbt.errors import EmulatorError, GuestFault, LimitExceeded, UnsupportedInstruction
+from leakdbt.errors import (
+    EmulatorError,
+    GuestError,
+    GuestFault,
+    LimitExceeded,
+    UnsupportedInstruction,
+)
+from leakdbt.linux.kernel import GuestMemoryFault
 from leakdbt.machine import vex
 from leakdbt.machine.cpu import guest_cpuid
 from leakdbt.machine.memory import PAGE, PROT_EXEC, PROT_READ, USER_TOP, AddressSpace
@@ -221,23 +228,24 @@ class Machine:
         return False
 
     def _raise_invalid(self, rip: int) -> None:
+        raise self._invalid_fault(rip)
+
+    def _invalid_fault(self, rip: int) -> GuestError:
+        """SIGILL at ``rip``, or UnsupportedInstruction when it is EVEX (AVX-512)."""
         try:
             code = self.mem.read(rip, 16)
-        except Exception:  # noqa: BLE001 - the instruction bytes are only for the message
+        except GuestMemoryFault:  # the instruction bytes are only for the message
             code = b""
         if code[:1] == b"\x62":
-            self._unsupported(rip, code, "EVEX-encoded (AVX-512)")
-        raise GuestFault(signal.SIGILL, rip, self.symbolize(rip),
-                         f"invalid instruction {code[:8].hex(' ')}")
+            return self._unsupported(rip, code, "EVEX-encoded (AVX-512)")
+        return GuestFault(signal.SIGILL, rip, self.symbolize(rip),
+                          f"invalid instruction {code[:8].hex(' ')}")
 
     def _fault_from_error(self, e: UcError) -> BaseException:
         rip = self.reg("rip")
         where = self.symbolize(rip)
         if e.errno == ucc.UC_ERR_INSN_INVALID:
-            try:
-                self._raise_invalid(rip)
-            except BaseException as err:  # noqa: BLE001 - convert, not swallow
-                return err
+            return self._invalid_fault(rip)
         fault = self.mem.last_fault
         if e.errno in _UNMAPPED_ERRORS or (e.errno == ucc.UC_ERR_EXCEPTION and fault):
             if fault:
@@ -270,10 +278,14 @@ class Machine:
                     UC_HOOK_CODE, self._guard(self._on_vex), None, addr, addr)
 
     def _on_vex(self, uc: Uc, address: int, size: int, _ud: object) -> None:
-        self._unsupported(address, self.mem.read(address, size), "VEX-encoded vector (AVX)")
+        code = self.mem.read(address, size)
+        # Hooks outlive the code they were planted for (a page unmapped and mapped again):
+        # only the instruction that is really there now counts.
+        if vex.vector_vex_at(code + b"\0" * 4):
+            raise self._unsupported(address, code, "VEX-encoded vector (AVX)")
 
-    def _unsupported(self, address: int, code: bytes, what: str) -> None:
-        raise UnsupportedInstruction(
+    def _unsupported(self, address: int, code: bytes, what: str) -> UnsupportedInstruction:
+        return UnsupportedInstruction(
             f"unsupported instruction at {self.symbolize(address)} ({address:#x}): {what} "
             f"instruction {code[:11].hex(' ')}; the emulator would execute it wrongly")
 

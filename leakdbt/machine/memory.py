@@ -108,9 +108,8 @@ class AddressSpace:
             return
         if end > USER_TOP:
             raise MemoryError(f"mapping {start:#x}-{end:#x} reaches beyond user space")
-        if self.max_bytes and self.mapped_bytes + (end - start) > self.max_bytes + self._overlap(
-            start, end
-        ):
+        replaced = self._overlap(start, end)
+        if self.max_bytes and self.mapped_bytes - replaced + (end - start) > self.max_bytes:
             raise LimitExceeded(
                 f"--max-memory {self.max_bytes} bytes exceeded by a {end - start}-byte mapping"
             )

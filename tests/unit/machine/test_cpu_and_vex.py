@@ -68,3 +68,21 @@ def test_vex_instruction_stops_before_running() -> None:
     with pytest.raises(UnsupportedInstruction, match="at 0x10005"):
         m.run(0x10000)
     assert m.reg("rax") == 1  # the instruction before ran, the VEX one did not
+
+
+def test_hook_left_on_replaced_code_does_not_fire() -> None:
+    """A page with VEX code is vetted, unmapped and mapped again with other code: the stale
+    hook must not report an instruction that is no longer there."""
+    m = Machine()
+    vex_code = asm("vpxor xmm0, xmm1, xmm2; nop", 0x10000)
+    m.mem.map(0x10000, 0x1000, 5)
+    m.mem.write(0x10000, vex_code)
+    with pytest.raises(UnsupportedInstruction):
+        m.run(0x10000)
+    m.mem.unmap(0x10000, 0x1000)
+    m.mem.map(0x10000, 0x1000, 5)
+    plain = asm("mov eax, 7; mov ebx, 8; hlt", 0x10000)
+    m.mem.write(0x10000, plain)
+    m.invalidate_code(0x10000, 0x11000)
+    m.uc.emu_start(0x10000, 0x10000 + len(plain) - 1)
+    assert (m.reg("rax"), m.reg("rbx")) == (7, 8)
