@@ -8,6 +8,7 @@ Binding to a binary (symbols, instruction boundaries) is :mod:`leakdbt.contract.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import enum
@@ -15,6 +16,7 @@ import os
 import re
 import tomllib
 from collections.abc import Sequence
+from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -43,7 +45,9 @@ from leakdbt.contract.model import (
     SymbolSource,
     TableBounds,
     ValueFormat,
+    source_line,
 )
+from leakdbt.contract.resolve import ContractParts, bind_parts
 from leakdbt.contract.toml_lines import KeyPath, display, key_lines, line_of
 from leakdbt.errors import ContractError
 
@@ -126,12 +130,17 @@ def loads(text: str, path: str = "<contract>", binary: str | os.PathLike[str] | 
     lines = key_lines(text)
     validator = _Validator(lines)
     contract = validator.contract(doc, path)
-    if validator.problems or contract is None:
-        raise ContractError(path, sorted(validator.problems, key=lambda p: p[0]))
+    problems = validator.problems
     if binary is not None:
-        from leakdbt.contract.resolve import bind
-
-        contract = bind(contract, binary, library_paths=library_paths)
+        # Bind what validated even when other keys are wrong: all errors at once.
+        shown = {display(k): v for k, v in lines.items()}
+        binding, unresolved = bind_parts(validator.parts, partial(source_line, shown), binary,
+                                         library_paths)
+        problems = problems + unresolved
+        if contract is not None:
+            contract = dataclasses.replace(contract, binding=binding)
+    if problems or contract is None:
+        raise ContractError(path, sorted(problems, key=lambda p: p[0]))
     return contract
 
 
@@ -169,6 +178,8 @@ class _Validator:
     def __init__(self, lines: dict[KeyPath, int]) -> None:
         self.lines = lines
         self.problems: list[tuple[int, str, str]] = []
+        # entries that validated, with their index, for binding despite other mistakes
+        self.parts = ContractParts([], [], [])
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -311,6 +322,7 @@ class _Validator:
             secret = self.secret(tbl, ("secret", i))
             if secret is not None:
                 secrets.append((i, secret))
+        self.parts.secrets = secrets
         self.check_secrets_together(secrets)
 
         protect_tbl = self.get_table(doc, "protect", root,
@@ -492,6 +504,7 @@ class _Validator:
                 self.error((*path, "functions", i), f"{text!r} is listed twice")
             else:
                 functions.append(loc)
+                self.parts.functions.append((i, loc))
         regions: list[Region] = []
         seen: dict[Location, int] = {}
         for i, rtbl in enumerate(self.get_table_array(tbl, "region", path) or []):
@@ -503,6 +516,7 @@ class _Validator:
                            f"the block at {region.at} is already protect.region[{seen[region.at]}]")
             seen.setdefault(region.at, i)
             regions.append(region)
+            self.parts.regions.append((i, region))
         if len(self.problems) > bad or adversary is None:
             return None
         return Protect(adversary=adversary, policy=policy, functions=tuple(functions),

@@ -354,9 +354,14 @@ class Contract:
 
     def line(self, key: str) -> int:
         """The source line of ``key`` (as printed in errors), or of its nearest parent."""
-        while key:
-            if key in self.lines:
-                return self.lines[key]
-            cut = max(key.rfind("."), key.rfind("["))
-            key = key[:cut] if cut > 0 else ""
-        return 1
+        return source_line(self.lines, key)
+
+
+def source_line(lines: Mapping[str, int], key: str) -> int:
+    """The line of ``key`` (as printed in errors, e.g. ``secret[0].argv``) or its parent's."""
+    while key:
+        if key in lines:
+            return lines[key]
+        cut = max(key.rfind("."), key.rfind("["))
+        key = key[:cut] if cut > 0 else ""
+    return 1

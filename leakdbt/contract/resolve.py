@@ -24,12 +24,14 @@ from leakdbt.contract.model import (
     Library,
     Location,
     PointerSource,
+    Region,
     RegionKind,
     RegisterSource,
     ResolvedAddress,
     ResolvedRegion,
     ResolvedSecret,
     ResolvedSpan,
+    Secret,
     SymbolSource,
 )
 from leakdbt.errors import ContractError, ElfError
@@ -62,6 +64,36 @@ def bind(contract: Contract, binary: str | os.PathLike[str],
     Raises :class:`ContractError` listing every location that does not resolve, and
     :class:`ElfError` if ``binary`` cannot be read as an x86-64 ELF file.
     """
+    parts = ContractParts(list(enumerate(contract.secrets)),
+                          list(enumerate(contract.protect.functions)),
+                          list(enumerate(contract.protect.regions)))
+    binding, problems = bind_parts(parts, contract.line, binary, library_paths)
+    if problems:
+        raise ContractError(contract.path, sorted(problems, key=lambda p: p[0]))
+    return dataclasses.replace(contract, binding=binding)
+
+
+@dataclasses.dataclass
+class ContractParts:
+    """The located entries of a contract with their index in the file.
+
+    Built from a whole :class:`Contract`, or by the loader from the entries that validated
+    in a file that has other mistakes, so binding problems are reported with them.
+    """
+
+    secrets: list[tuple[int, Secret]]
+    functions: list[tuple[int, Location]]
+    regions: list[tuple[int, Region]]
+
+
+def bind_parts(parts: ContractParts, line: Callable[[str], int],
+               binary: str | os.PathLike[str], library_paths: Sequence[str] | None = None,
+               ) -> tuple[Binding, list[tuple[int, str, str]]]:
+    """Resolve ``parts`` against ``binary``: the binding and every ``(line, key, problem)``.
+
+    The binding is only meaningful when there are no problems.  ``line`` maps a key as
+    printed in errors to its source line.
+    """
     image = load_image(binary)
     resolver = _Resolver(_Module(None, os.fspath(binary), image),
                          tuple(library_paths) if library_paths is not None
@@ -72,11 +104,11 @@ def bind(contract: Contract, binary: str | os.PathLike[str],
         try:
             return fn()
         except _Problem as e:
-            problems.append((contract.line(key), key, str(e)))
+            problems.append((line(key), key, str(e)))
             return None
 
     secrets: list[ResolvedSecret | None] = []
-    for i, secret in enumerate(contract.secrets):
+    for i, secret in parts.secrets:
         src = secret.source
         resolved: ResolvedSecret | None = None
         if isinstance(src, RegisterSource | PointerSource):
@@ -89,13 +121,14 @@ def bind(contract: Contract, binary: str | os.PathLike[str],
         secrets.append(resolved)
 
     functions = []
-    for i, loc in enumerate(contract.protect.functions):
+    for i, loc in parts.functions:
         ref = attempt(f"protect.functions[{i}]", partial(resolver.function, loc))
         if ref is not None:
             functions.append(ref)
+    scope_known = len(functions) == len(parts.functions)
 
     regions: list[ResolvedRegion] = []
-    for i, region in enumerate(contract.protect.regions):
+    for i, region in parts.regions:
         key = f"protect.region[{i}]"
         block = attempt(f"{key}.at", partial(resolver.block, region.at))
         table = None
@@ -107,21 +140,19 @@ def bind(contract: Contract, binary: str | os.PathLike[str],
         if block is None:
             continue
         at, func = block
-        if functions and len(functions) == len(contract.protect.functions) and not any(
+        if functions and scope_known and not any(
                 (f.module, f.start) == (func.module, func.start) for f in functions):
-            problems.append((contract.line(f"{key}.at"), f"{key}.at",
+            problems.append((line(f"{key}.at"), f"{key}.at",
                              f"{at.symbolic} is in {func.name}, outside protect.functions "
-                             f"({', '.join(str(f) for f in contract.protect.functions)})"))
+                             f"({', '.join(str(f) for _, f in parts.functions)})"))
         regions.append(ResolvedRegion(at=at, function=func, table=table))
 
-    if problems:
-        raise ContractError(contract.path, sorted(problems, key=lambda p: p[0]))
     binding = Binding(
         binary=os.fspath(binary), binary_kind=image.kind.value, is_pie=image.is_pie,
         secrets=tuple(secrets), functions=tuple(functions), regions=tuple(regions),
         libraries=tuple(Library(m.name, m.path) for m in resolver.used if m.name),
     )
-    return dataclasses.replace(contract, binding=binding)
+    return binding, problems
 
 
 class _Resolver:

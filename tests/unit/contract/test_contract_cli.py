@@ -72,6 +72,20 @@ def test_validate_reports_binding_problems(tmp_path: Path, region_loop: Path) ->
         "(nearest instructions start at tiny_region and tiny_region+0x3)\n")
 
 
+def test_validate_reports_binding_and_structural_problems_together(
+        tmp_path: Path, region_loop: Path) -> None:
+    bad = tmp_path / "contract.toml"
+    text = REGION_LOOP.read_text().replace('at = "tiny_region"', 'at = "tiny_regoin"')
+    bad.write_text(text.replace('adversary = "same-core"', 'adversary = "nobody"'))
+    result = run("validate", str(bad), "--binary", str(region_loop))
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{bad}:") and ": protect.adversary: must be one of" in lines[0]
+    assert lines[1] == (f"{bad}:20: protect.region[0].at: symbol 'tiny_regoin' is not in "
+                        "region_loop (did you mean 'tiny_region'?)")
+
+
 def test_validate_with_a_binary_that_is_not_elf(tmp_path: Path) -> None:
     junk = tmp_path / "junk"
     junk.write_text("#!/bin/sh\n")
