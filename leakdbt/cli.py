@@ -60,15 +60,45 @@ def cli() -> None:
 @click.option("--count-insns", is_flag=True,
               help="Count guest instructions exactly for --stats (slower).")
 @click.option("--stats", is_flag=True, help="Print execution statistics on exit (stderr).")
+@click.option("--contract", "contract_path", type=click.Path(dir_okay=False), default=None,
+              help="Security contract whose regions are translated.")
+@click.option("--mode", type=click.Choice(["fast", "hardened"]), default=None,
+              help="Run the contract's regions from the original code (fast) or the "
+                   "translated copies (hardened); default: from the contract's policy.")
+@click.option("--translate-all", is_flag=True,
+              help="Research/debug: relocate every function (or those named by --function) "
+                   "to the code cache and run it from there.")
+@click.option("--function", "functions", multiple=True, metavar="NAME",
+              help="With --translate-all: only this function (NAME or lib.so:NAME; "
+                   "repeatable).")
 @click.argument("binary", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root: str,
          cwd: str | None, strict: bool, max_insns: int | None, timeout: float | None,
-         max_memory: str | None, count_insns: bool, stats: bool, binary: str,
+         max_memory: str | None, count_insns: bool, stats: bool, contract_path: str | None,
+         mode: str | None, translate_all: bool, functions: tuple[str, ...], binary: str,
          args: tuple[str, ...]) -> None:
     """Run BINARY [ARGS]... under leakdbt; exit with the guest's status."""
+    from leakdbt.dbt.dispatch import Mode, requests_from_contract
     from leakdbt.linux.launch import ExecOptions, execute
     from leakdbt.stats import format_stats
+
+    if functions and not translate_all:
+        raise UsageError("--function selects functions for --translate-all")
+    if translate_all and contract_path:
+        raise UsageError("--translate-all and --contract cannot be combined")
+    if mode and not contract_path:
+        raise UsageError("--mode needs --contract (the regions to run fast or hardened)")
+    regions = []
+    run_mode = Mode.HARDENED
+    if contract_path:
+        from leakdbt.contract import load
+        from leakdbt.contract.model import Policy
+
+        contract = load(contract_path, binary=binary)
+        regions = requests_from_contract(contract)
+        policy_mode = Mode.FAST if contract.protect.policy is Policy.NEVER else Mode.HARDENED
+        run_mode = Mode(mode) if mode else policy_mode
 
     env = {} if clear_env else dict(os.environ)
     for item in env_items:
@@ -79,7 +109,9 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
     options = ExecOptions(
         argv=[binary, *args], env=[f"{k}={v}" for k, v in env.items()], root=root, rw=rw,
         cwd=cwd, strict=strict, max_insns=max_insns or 0, count_insns=count_insns,
-        timeout=timeout or 0.0, max_memory=_size(max_memory) if max_memory else 0)
+        timeout=timeout or 0.0, max_memory=_size(max_memory) if max_memory else 0,
+        regions=regions, mode=run_mode, count_entries=stats,
+        translate_all=list(functions) if translate_all else None)
     result = execute(binary, options, on_exit=(lambda r: sys.stderr.write(format_stats(r)))
                      if stats else None)
     sys.exit(result.exit_status)

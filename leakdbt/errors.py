@@ -64,6 +64,11 @@ class SandboxViolation(LeakDBTError):
     """The guest tried to reach the host outside what the user allowed."""
 
 
+class TranslationError(LeakDBTError):
+    """The translator cannot produce code it trusts, e.g. an instruction a pass asked for
+    cannot be encoded as written (see ``leakdbt.dbt.asm.AssemblyError``)."""
+
+
 class GuestError(LeakDBTError):
     """Something went wrong with the guest program at run time."""
 

@@ -15,6 +15,15 @@ def format_stats(result: ExecResult) -> str:
     lines.append(f"  guest instructions: {insns}")
     if result.blocks_translated is not None:
         lines.append(f"  blocks translated:  {result.blocks_translated}")
+    if result.translation is not None:
+        lines.append("  translation:")
+        for key, value in result.translation.items():
+            if isinstance(value, dict):
+                lines.append(f"    {key}:")
+                for name, per_mode in value.items():
+                    lines.append(f"      {name:<30} {per_mode}")
+            elif value is not None:
+                lines.append(f"    {key + ':':<26} {value}")
     total = sum(result.syscalls.values())
     lines.append(f"  system calls:       {total}")
     for name, count in sorted(result.syscalls.items(), key=lambda kv: (-kv[1], kv[0])):

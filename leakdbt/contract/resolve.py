@@ -249,7 +249,7 @@ class _Resolver:
         assert sym is not None
         if sym.kind != "func":
             raise _Problem(f"{loc.symbol} is a data object, not a function")
-        start, end = self.extent(mod, sym)
+        start, end = mod.image.extent(sym)
         return FunctionRef(mod.name, sym.name, start, end - start)
 
     def data(self, loc: Location, length: int | None, what: str) -> ResolvedSpan:
@@ -286,12 +286,11 @@ class _Resolver:
         if func is None:
             raise _Problem(f"{loc} is not inside any function of "
                            f"{mod.name or os.path.basename(mod.path)}")
-        start, end = self.extent(mod, func)
+        start, end = mod.image.extent(func)
         if not start <= address < end:
             raise _Problem(f"offset {address - start:#x} is past the end of {func.name} "
                            f"({end - start:#x} bytes)")
-        seg = next((s for s in mod.image.segments
-                    if s.vaddr <= address < s.vaddr + s.filesz), None)
+        seg = mod.image.segment_at(address)
         if seg is None or not seg.flags & PF_X:
             raise _Problem(f"{loc} is not in executable code")
         starts = self.instruction_starts(mod, start, end)
@@ -310,39 +309,14 @@ class _Resolver:
         if i < 0:
             return None
         func = funcs[i]
-        start, end = self.extent(mod, func)
+        start, end = mod.image.extent(func)
         return func if start <= address < end else None
-
-    def extent(self, mod: _Module, func: Symbol) -> tuple[int, int]:
-        """[start, end) of a function; an unsized one runs to the next function symbol."""
-        if func.size:
-            return func.value, func.value + func.size
-        seg = next((s for s in mod.image.segments
-                    if s.vaddr <= func.value < s.vaddr + s.filesz), None)
-        end = seg.vaddr + seg.filesz if seg else func.value + 1
-        later = [f.value for f in mod.image.functions if func.value < f.value < end]
-        return func.value, min(later, default=end)
 
     def instruction_starts(self, mod: _Module, start: int, end: int) -> list[int]:
         key = (mod.path, start)
         if key not in self.starts:
             from leakdbt.dbt.disasm import instruction_starts
 
-            self.starts[key] = instruction_starts(_read(mod, start, end - start), start)
+            self.starts[key] = instruction_starts(mod.image.read(start, end - start), start)
         return self.starts[key]
-
-
-def _read(mod: _Module, address: int, size: int) -> bytes:
-    """``size`` bytes of the file image at link-time ``address`` (clipped to its segment)."""
-    image = mod.image
-    for seg in image.segments:
-        if seg.vaddr <= address < seg.vaddr + seg.filesz:
-            size = min(size, seg.vaddr + seg.filesz - address)
-            offset = seg.offset + (address - seg.vaddr)
-            if image.data:
-                return bytes(image.data[offset:offset + size])
-            with open(mod.path, "rb") as f:
-                f.seek(offset)
-                return f.read(size)
-    return b""
 

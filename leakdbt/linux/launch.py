@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
 from leakdbt.errors import ElfError, GuestError
 from leakdbt.linux.files import FdTable
 from leakdbt.linux.fs import FileSystem
@@ -47,6 +48,10 @@ class ExecOptions:
     count_insns: bool = False
     timeout: float = 0.0
     max_memory: int = 0
+    regions: Sequence[RegionRequest] = ()  # contract regions to translate
+    mode: Mode = Mode.HARDENED  # which cache they run from
+    count_entries: bool = False  # count region entries per mode (a hook per entry)
+    translate_all: Sequence[str] | None = None  # functions to relocate ([]: all), or off
 
 
 @dataclass
@@ -58,6 +63,7 @@ class ExecResult:
     syscalls: dict[str, int] = field(default_factory=dict)
     instructions: int | None = None
     blocks_translated: int | None = None
+    translation: dict[str, object] | None = None  # Dispatcher.report(), when translating
 
 
 def _prot(flags: int) -> int:
@@ -146,6 +152,18 @@ def guest_exe_path(binary: str, root: str) -> str:
     return host if rel.startswith("..") else "/" + ("" if rel == "." else rel)
 
 
+def _symbolize_copies(symbolize: Callable[[int], str], translator: Dispatcher
+                      ) -> Callable[[int], str]:
+    """Name code-cache addresses after the original instruction they are a copy of."""
+    def name(address: int) -> str:
+        original = translator.original_of(address)
+        if original is None:
+            return symbolize(address)
+        return f"{symbolize(original)} (translated copy at {address:#x})"
+
+    return name
+
+
 def execute(binary: str, options: ExecOptions,
             on_exit: Callable[[ExecResult], object] | None = None) -> ExecResult:
     """Run ``binary`` to completion under the sandbox; return its exit status and statistics.
@@ -166,6 +184,11 @@ def execute(binary: str, options: ExecOptions,
     machine.symbolize = kernel.modules.symbolize
     dispatcher = SyscallDispatcher(kernel, strict=options.strict)
     machine.syscall_handler = dispatcher
+    translator = None
+    if options.regions or options.translate_all is not None:
+        translator = Dispatcher(machine, kernel.modules, options.regions, options.mode,
+                                options.count_entries, options.translate_all)
+        machine.symbolize = _symbolize_copies(kernel.modules.symbolize, translator)
 
     bias = ELF_ET_DYN_BASE if image.is_pie else 0
     map_image(machine, image, bias)
@@ -196,6 +219,8 @@ def execute(binary: str, options: ExecOptions,
         machine.count_blocks()
     start = time.perf_counter()
     status = 0
+    if translator is not None:
+        translator.running = True
     try:
         machine.run(entry, max_insns=options.max_insns, timeout=options.timeout,
                     count_insns=options.count_insns)
@@ -208,7 +233,8 @@ def execute(binary: str, options: ExecOptions,
         result = ExecResult(exit_status=status, wall_time=time.perf_counter() - start,
                             syscalls=dict(dispatcher.counts),
                             instructions=machine.instructions_executed(),
-                            blocks_translated=machine.blocks_translated)
+                            blocks_translated=machine.blocks_translated,
+                            translation=translator.report() if translator else None)
         if on_exit is not None:
             on_exit(result)
     return result

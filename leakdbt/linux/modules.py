@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from leakdbt.errors import ElfError
@@ -30,6 +31,10 @@ class ModuleMap:
     def __init__(self) -> None:
         self._mods: list[LoadedModule] = []
         self._images: dict[str, Image | None] = {}
+        self.listeners: list[Callable[[LoadedModule], None]] = []  # told of each new module
+
+    def modules(self) -> list[LoadedModule]:
+        return list(self._mods)
 
     def add_image(self, image: Image, base: int, *, is_main: bool = False) -> LoadedModule:
         """Record an image the loader mapped itself."""
@@ -87,3 +92,5 @@ class ModuleMap:
     def _insert(self, mod: LoadedModule) -> None:
         starts = [m.start for m in self._mods]
         self._mods.insert(bisect.bisect_left(starts, mod.start), mod)
+        for listener in self.listeners:
+            listener(mod)

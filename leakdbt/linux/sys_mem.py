@@ -80,7 +80,7 @@ def sys_mmap(k: Kernel, addr: int, length: int, prot: int, flags: int, fd: int,
             return -errno.ENOMEM
     try:
         mm.map(start, size, prot, host_path or "[anon]")
-    except LimitExceeded:
+    except (LimitExceeded, MemoryError):  # MemoryError: over leakdbt's code cache
         return -errno.ENOMEM
     if data:
         mm.write(start, data)
@@ -151,7 +151,7 @@ def _move(k: Kernel, old: int, old_size: int, new_size: int, target: int, prot: 
     data = mm.read(old, min(old_size, new_size))
     try:
         mm.map(target, new_size, prot, name)
-    except LimitExceeded:
+    except (LimitExceeded, MemoryError):
         return -errno.ENOMEM
     mm.write(target, data)
     mm.unmap(old, old_size)

@@ -152,6 +152,33 @@ class Image:
                 seen[s.value] = s
         return tuple(sorted(seen.values(), key=lambda s: s.value))
 
+    def extent(self, func: Symbol) -> tuple[int, int]:
+        """[start, end) of a function; an unsized one runs to the next function symbol."""
+        if func.size:
+            return func.value, func.value + func.size
+        seg = self.segment_at(func.value)
+        end = seg.vaddr + seg.filesz if seg else func.value + 1
+        later = [f.value for f in self.functions if func.value < f.value < end]
+        return func.value, min(later, default=end)
+
+    def segment_at(self, address: int) -> Segment | None:
+        """The segment whose file-backed part holds link-time ``address``."""
+        return next((s for s in self.segments if s.vaddr <= address < s.vaddr + s.filesz),
+                    None)
+
+    def read(self, address: int, size: int) -> bytes:
+        """``size`` bytes of the file image at link-time ``address`` (clipped to its segment)."""
+        seg = self.segment_at(address)
+        if seg is None:
+            return b""
+        size = min(size, seg.vaddr + seg.filesz - address)
+        offset = seg.offset + (address - seg.vaddr)
+        if self.data:
+            return bytes(self.data[offset:offset + size])
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
     @cached_property
     def _by_address(self) -> tuple[list[int], list[Symbol]]:
         # TLS symbol values are offsets into the TLS block, not addresses.

@@ -95,16 +95,18 @@ class Machine:
         self._insns_done: int | None = None
         self._pending: BaseException | None = None
         self._vex_hooks: dict[int, int] = {}
+        self._deferred: list[Callable[[], None]] = []
+        self.resumable = False  # set by users of defer() before run(): see run()
         self.mem.exec_page_listeners.append(self._vet_code_page)
         self.mem.map_reserved(USER_TOP, PAGE, PROT_READ | PROT_EXEC, "[leakdbt stop]")
         self.uc.mem_write(USER_TOP, b"\xcc" * PAGE)
-        self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self.mem.tlb_fill))
-        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_syscall), None, 1, 0,
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self.guard(self.mem.tlb_fill))
+        self.uc.hook_add(UC_HOOK_INSN, self.guard(self._on_syscall), None, 1, 0,
                          x86.UC_X86_INS_SYSCALL)
-        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_cpuid), None, 1, 0,
+        self.uc.hook_add(UC_HOOK_INSN, self.guard(self._on_cpuid), None, 1, 0,
                          x86.UC_X86_INS_CPUID)
-        self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt))
-        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid_insn))
+        self.uc.hook_add(UC_HOOK_INTR, self.guard(self._on_interrupt))
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self.guard(self._on_invalid_insn))
         # No UC_HOOK_MEM_* hooks: any memory hook sends every guest load and store down the
         # engine's slow path.  Bad accesses are seen by the TLB fill callback instead.
 
@@ -123,27 +125,55 @@ class Machine:
         """Run from ``entry`` until the guest exits; raise GuestFault/LimitExceeded otherwise.
 
         ``max_insns`` is enforced by the engine; ``count_insns`` adds a per-block callback
-        (slower) that makes :meth:`instructions_executed` exact.
+        (slower) that makes :meth:`instructions_executed` exact.  Work handed to
+        :meth:`defer` runs between two engine runs, and the guest resumes where it stopped.
         """
         start = time.monotonic()
-        if count_insns:
-            self._count_instructions()
-        try:
-            self.uc.emu_start(entry, STOP_ADDRESS, timeout=int(timeout * 1e6), count=max_insns)
-        except UcError as e:
+        if count_insns or (max_insns and self.resumable):
+            self._count_instructions()  # a resumed run needs to know what is left
+        pc = entry
+        while True:
+            left = max_insns - (self._insns_done or 0) if max_insns else 0
+            left_time = timeout - (time.monotonic() - start) if timeout else 0.0
+            if (max_insns and left <= 0) or (timeout and left_time <= 0):
+                break
+            try:
+                self.uc.emu_start(pc, STOP_ADDRESS, timeout=int(left_time * 1e6), count=left)
+            except UcError as e:
+                self._raise_pending()
+                if self.exited:
+                    return  # stopping inside a syscall hook can surface as a stray engine error
+                raise self._fault_from_error(e) from None
             self._raise_pending()
             if self.exited:
-                return  # stopping inside a syscall hook can surface as a stray engine error
-            raise self._fault_from_error(e) from None
-        self._raise_pending()
-        if self.exited:
-            return
+                return
+            if not self._deferred:
+                break
+            while self._deferred:
+                self._deferred.pop(0)()
+            self._raise_pending()
+            pc = self.reg("rip")
         rip = self.reg("rip")
         if timeout and time.monotonic() - start >= timeout * 0.99:
             raise LimitExceeded(f"--timeout {timeout:g} s reached at {self.symbolize(rip)}")
         if max_insns:
             raise LimitExceeded(f"--max-insns {max_insns} reached at {self.symbolize(rip)}")
         raise EmulatorError(f"emulation stopped unexpectedly at {self.symbolize(rip)}")
+
+    def step(self) -> bool:
+        """Run exactly one guest instruction (between engine runs); False if it did not
+        complete normally (exit, fault, stop): the run loop then sees why."""
+        try:
+            self.uc.emu_start(self.reg("rip"), STOP_ADDRESS, count=1)
+        except UcError:
+            return False
+        return self._pending is None and not self.exited
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run ``work`` as soon as the engine has stopped (thread-safe: a monitor thread may
+        call it); the guest then resumes where it was.  Requires :attr:`resumable`."""
+        self._deferred.append(work)
+        self.uc.emu_stop()
 
     def count_blocks(self) -> None:
         """Count translated blocks from now on (the engine's new-edge reports; a lower bound:
@@ -154,7 +184,7 @@ class Machine:
             def edge(uc: Uc, cur: object, prev: object, _ud: object) -> None:
                 self.blocks_translated = (self.blocks_translated or 0) + 1
 
-            self.uc.hook_add(UC_HOOK_EDGE_GENERATED, self._guard(edge))
+            self.uc.hook_add(UC_HOOK_EDGE_GENERATED, self.guard(edge))
 
     def _count_instructions(self) -> None:
         icounts: dict[int, int] = {}
@@ -166,7 +196,7 @@ class Machine:
                 n = icounts[address] = uc.ctl_request_cache(address)[1]
             self._insns_done = (self._insns_done or 0) + n
 
-        self.uc.hook_add(UC_HOOK_BLOCK, self._guard(block))
+        self.uc.hook_add(UC_HOOK_BLOCK, self.guard(block))
 
     def instructions_executed(self) -> int | None:
         """Guest instructions run, when counted (only with an instruction limit)."""
@@ -182,7 +212,7 @@ class Machine:
 
     # -- hooks --------------------------------------------------------------------------------
 
-    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a hook: store the first exception, stop the engine, re-raise it in run()."""
 
         def hook(*args: Any) -> Any:
@@ -275,7 +305,7 @@ class Machine:
         for addr in vex.vector_vex_instructions(code, lo, page, hi):
             if addr not in self._vex_hooks:
                 self._vex_hooks[addr] = self.uc.hook_add(
-                    UC_HOOK_CODE, self._guard(self._on_vex), None, addr, addr)
+                    UC_HOOK_CODE, self.guard(self._on_vex), None, addr, addr)
 
     def _on_vex(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         code = self.mem.read(address, size)

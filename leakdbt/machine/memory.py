@@ -5,6 +5,11 @@ TLB (``UC_TLB_VIRTUAL``) whose fill callback hands out identity translations wit
 permissions.  That keeps Unicorn's fast path for guest stores (see docs/architecture.md) and
 gives us one place that sees the first use of every page, which :mod:`leakdbt.machine.vex`
 uses to vet code pages before they run.
+
+The same callback gives a code page two views (a split TLB): data accesses see the page
+itself, instruction fetches may see a *shadow* — a copy in a physical arena above user space
+into which the translator writes entry jumps.  The guest thus reads its original bytes while
+executing patched ones; see docs/translation.md.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ PAGE = 0x1000
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4  # Linux PROT_* equal Unicorn's UC_PROT_*
 assert (PROT_READ, PROT_WRITE, PROT_EXEC) == (UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC)
 
+SHADOW_BASE = 0x8000_0000_0000  # physical arena for shadow code pages: no guest address
+SHADOW_SIZE = 64 << 20
 MMAP_TOP = 0x7FFF_F7FF_F000  # first address below which mmap(NULL) places mappings
 MMAP_BOTTOM = 0x1_0000_0000
+MMAP_MIN = 0x1_0000  # Linux's vm.mmap_min_addr
 USER_TOP = 0x7FFF_FFFF_F000
 
 
@@ -45,6 +53,8 @@ class Vma:
     end: int
     prot: int
     name: str
+    guest: bool = True  # False: leakdbt's own memory, never reachable from the guest
+    pinned: bool = False  # leakdbt's memory the guest runs but may not unmap or change
 
 
 class AddressSpace:
@@ -60,6 +70,10 @@ class AddressSpace:
         self.brk = 0
         self.last_fault: tuple[int, int] | None = None  # (address, access) seen by the TLB
         self.exec_page_listeners: list[Callable[[int], None]] = []
+        # Called with (start, end) before mappings in that range change or go away.
+        self.change_listeners: list[Callable[[int, int], None]] = []
+        self.shadows: dict[int, int] = {}  # code page -> physical page of its executed view
+        self._shadow_free: list[int] = []
         self._vetted_pages: set[int] = set()
         self._changing = False
 
@@ -73,7 +87,7 @@ class AddressSpace:
         return None
 
     def vmas(self) -> list[Vma]:
-        return list(self._vmas)
+        return [v for v in self._vmas if v.guest]
 
     def is_free(self, start: int, end: int) -> bool:
         i = bisect.bisect_left(self._starts, end) - 1
@@ -93,12 +107,48 @@ class AddressSpace:
             raise MemoryError
         return start
 
+    def find_free_near(self, lo: int, hi: int, size: int, reach: int = (1 << 31) - (1 << 24)
+                       ) -> int:
+        """A free range of ``size`` bytes all of which lies within ``reach`` of all of
+        [lo, hi) (so rel32 jumps and RIP-relative operands span the distance): the highest
+        one below ``lo`` if there is one, else the lowest above ``hi``."""
+        floor = max(hi - reach, MMAP_MIN)
+        top = lo
+        for v in reversed(self._vmas):  # below lo, highest first
+            if v.start >= top:
+                continue
+            if v.end <= top - size and top - size >= floor:
+                return page_down(top - size)
+            top = min(top, v.start)
+        if top - size >= floor:
+            return page_down(top - size)
+        start = page_up(hi)
+        for v in self._vmas:  # above hi, lowest first
+            if v.end <= start:
+                continue
+            if v.start >= start + size:
+                break
+            start = page_up(v.end)
+        if start + size > min(lo + reach, USER_TOP):
+            raise MemoryError(f"no free {size}-byte range within 2 GiB of {lo:#x}")
+        return start
+
+    def map_pinned(self, start: int, size: int, prot: int, name: str) -> None:
+        """Map leakdbt memory inside user space (e.g. the code cache): the guest may use it
+        as ``prot`` allows, but its unmap/mprotect calls leave it alone."""
+        with self._change():
+            self.uc.mem_map(start, size, prot)
+        self._insert(Vma(start, start + size, prot, name, pinned=True))
+
     # -- changes -----------------------------------------------------------------------------
 
-    def map_reserved(self, start: int, size: int, prot: int, name: str) -> None:
-        """Map a page for leakdbt itself above USER_TOP, where guest calls cannot reach."""
-        self.uc.mem_map(start, size, prot)
-        self._insert(Vma(start, start + size, prot, name))
+    def map_reserved(self, start: int, size: int, prot: int, name: str,
+                     guest: bool = True) -> None:
+        """Map memory for leakdbt itself above USER_TOP, where guest calls cannot reach;
+        ``guest=False`` also keeps guest instructions from touching it."""
+        self._insert(Vma(start, start + size, prot, name, guest))
+        with self._change():
+            self.uc.mem_map(start, size, prot)
 
     def map(self, start: int, size: int, prot: int, name: str = "") -> None:
         """Map zeroed pages at [start, start+size), replacing whatever was there (MAP_FIXED)."""
@@ -108,6 +158,8 @@ class AddressSpace:
             return
         if end > USER_TOP:
             raise MemoryError(f"mapping {start:#x}-{end:#x} reaches beyond user space")
+        if any(v.pinned for v in self._overlapping(start, end)):
+            raise MemoryError(f"{start:#x}-{end:#x} overlaps leakdbt's code cache")
         replaced = self._overlap(start, end)
         if self.max_bytes and self.mapped_bytes - replaced + (end - start) > self.max_bytes:
             raise LimitExceeded(
@@ -123,7 +175,11 @@ class AddressSpace:
         """Remove every mapped page in [start, start+size) (never leakdbt's own pages)."""
         end = min(page_up(start + size), USER_TOP)
         changed = False
+        if self._overlapping(start, end):
+            self._before_change(start, end)
         for v in self._overlapping(start, end):
+            if v.pinned:
+                continue
             lo, hi = max(v.start, start), min(v.end, end)
             with self._change():
                 self.uc.mem_unmap(lo, hi - lo)
@@ -146,7 +202,10 @@ class AddressSpace:
         covered = sum(min(v.end, end) - max(v.start, start) for v in vs)
         if covered != end - start:
             return False
+        self._before_change(start, end)
         for v in vs:
+            if v.pinned:
+                continue
             lo, hi = max(v.start, start), min(v.end, end)
             with self._change():
                 self.uc.mem_protect(lo, hi - lo, prot)
@@ -156,6 +215,58 @@ class AddressSpace:
                     self._insert(Vma(a, b, p, v.name))
         self._forget_pages(start, end)
         return True
+
+    # -- shadow code pages ------------------------------------------------------------------
+
+    def enable_shadows(self) -> None:
+        """Map the physical arena that holds shadow code pages (once, before running)."""
+        if not self.find(SHADOW_BASE):
+            self.map_reserved(SHADOW_BASE, SHADOW_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
+                              "[leakdbt shadow code]", guest=False)
+            self._shadow_free = list(range(SHADOW_BASE + SHADOW_SIZE - PAGE, SHADOW_BASE - 1,
+                                           -PAGE))
+
+    def write_code_view(self, address: int, data: bytes) -> None:
+        """Make instruction fetches at ``address`` see ``data``; data reads keep seeing the
+        original bytes.  Translations of the changed bytes are dropped (when the engine has
+        used the page: a page vetted for the first time has none)."""
+        end = address + len(data)
+        for page in range(page_down(address), end, PAGE):
+            lo, hi = max(address, page), min(end, page + PAGE)
+            used = page in self._vetted_pages
+            phys = self.shadows.get(page)
+            if phys is None:
+                if not self._shadow_free:
+                    raise MemoryError("the shadow code arena is full")
+                if used:
+                    self.uc.ctl_remove_cache(lo, hi)  # translations made from the page itself
+                phys = self._shadow_free.pop()
+                self.uc.mem_write(phys, bytes(self.uc.mem_read(page, PAGE)))
+                self.shadows[page] = phys
+                if used:
+                    self.flush_tlb()
+            self.uc.mem_write(phys + lo - page, data[lo - address:hi - address])
+            if used:
+                self.uc.ctl_remove_cache(lo, hi)  # translations made from the shadow
+
+    def is_used(self, page: int) -> bool:
+        """Has the engine used code page ``page`` since it was mapped or changed?"""
+        return page in self._vetted_pages
+
+    def drop_shadows(self, start: int, end: int) -> None:
+        """Return the pages in [start, end) to a single view (their own bytes)."""
+        pages = [p for p in self.shadows if start <= p < end or p <= start < p + PAGE]
+        for page in pages:
+            if page in self._vetted_pages:
+                self.uc.ctl_remove_cache(page, page + PAGE)  # the shadow's translations
+            self._shadow_free.append(self.shadows.pop(page))
+        if pages:
+            self.flush_tlb()
+
+    def _before_change(self, start: int, end: int) -> None:
+        for listener in self.change_listeners:
+            listener(start, end)
+        self.drop_shadows(start, end)
 
     @contextmanager
     def _change(self) -> Iterator[None]:
@@ -216,16 +327,25 @@ class AddressSpace:
             entry.perms = v.prot | PROT_EXEC  # type: ignore[attr-defined]
             return True
         need = _ACCESS_PROT.get(access, PROT_READ)
-        if v is None or not (v.prot & need):
+        if v is None or not v.guest or not (v.prot & need):
             self.last_fault = (vaddr, access)
             return False
+        page = page_down(vaddr)
         if v.prot & PROT_EXEC:
-            page = page_down(vaddr)
             if page not in self._vetted_pages:
-                self._vetted_pages.add(page)
                 for listener in self.exec_page_listeners:
-                    listener(page)
-        entry.paddr = page_down(vaddr)  # type: ignore[attr-defined]
+                    listener(page)  # before the page counts as used: see write_code_view
+                self._vetted_pages.add(page)
+            shadow = self.shadows.get(page)
+            if shadow is not None:
+                # Split view: fetches see the shadow, data accesses the page itself.  An entry
+                # grants one or the other, so the engine refills it when the use changes.
+                if need == PROT_EXEC:
+                    entry.paddr, entry.perms = shadow, PROT_EXEC  # type: ignore[attr-defined]
+                else:
+                    entry.paddr, entry.perms = page, v.prot & ~PROT_EXEC  # type: ignore[attr-defined]
+                return True
+        entry.paddr = page  # type: ignore[attr-defined]
         entry.perms = v.prot  # type: ignore[attr-defined]
         return True
 
@@ -235,7 +355,7 @@ class AddressSpace:
         end = address + size
         while address < end:
             v = self.find(address)
-            if v is None:
+            if v is None or not v.guest:
                 raise GuestMemoryFault(address)
             address = v.end
 

@@ -1,0 +1,451 @@
+"""The dispatcher: routes execution between the fast cache (the original code) and the
+hardened cache (translated regions), and switches between them at safe points.
+
+Mechanism (docs/translation.md): a region in hardened mode has a 5-byte ``jmp`` to its copy
+written over its first bytes — in the *shadow* view of the code page, which only instruction
+fetches see (:meth:`AddressSpace.write_code_view`), so the guest still reads its original
+code.  Fast mode is the untouched original.  Entering a region therefore costs no Python call
+in either mode; the engine's translations of the changed bytes are dropped whenever they
+change.  A region whose first bytes cannot hold the jump (a block shorter than 5 bytes that
+ends the region) is entered through a code hook on its first instruction instead.
+
+``--translate-all`` uses the same jumps: every selected function's entry first jumps to a
+trap in the code cache; its first execution translates the function, and the entry then
+jumps straight to the copy.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import functools
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from unicorn import UC_HOOK_CODE, Uc
+
+from leakdbt.contract.model import Contract, RegionKind
+from leakdbt.dbt.asm import assemble
+from leakdbt.dbt.cfg import function_cfg
+from leakdbt.dbt.codecache import CodeCache
+from leakdbt.dbt.disasm import direct_targets
+from leakdbt.dbt.insn import Flow
+from leakdbt.dbt.region import CodeRegion, form_region
+from leakdbt.dbt.relocate import Translation, relocate
+from leakdbt.errors import LeakDBTError, TranslationError
+from leakdbt.linux.modules import LoadedModule, ModuleMap
+from leakdbt.loader.image import PF_X, Image, Symbol
+from leakdbt.machine.machine import Machine
+from leakdbt.machine.memory import PAGE, PROT_WRITE, page_down
+
+JMP_SIZE = 5
+MAX_SAFE_STEPS = 1_000_000
+
+
+class Mode(enum.Enum):
+    """Which block cache a region runs from."""
+
+    FAST = "fast"  # the original code
+    HARDENED = "hardened"  # the translated copy
+
+
+@dataclass(frozen=True)
+class RegionRequest:
+    """A region to translate: where it starts in which module (link-time address)."""
+
+    module: str | None  # None: the main program; else a library's file name or soname
+    function: int  # link-time address of the function symbol that contains it
+    address: int
+    name: str  # as the contract wrote it, for messages
+    branch: bool | None = None  # force a branch region (True), a block (False), or infer
+
+
+@dataclass
+class Site:
+    """A translated region or function, installed in one loaded module."""
+
+    name: str
+    entry: int  # runtime address of the original first instruction
+    translation: Translation
+    ranges: list[tuple[int, int]]  # runtime [start, end) of the original bytes it replaces
+    patch: bytes | None  # the jump written over the entry in hardened mode (None: hook)
+    original: bytes  # the bytes the patch covers
+    mode: Mode
+    entries: dict[Mode, int] = field(default_factory=lambda: {Mode.FAST: 0, Mode.HARDENED: 0})
+    installed: bool = False  # the shadow view holds the patch
+    trap: bool = False  # --translate-all: the patch jumps to a trap, not yet to a copy
+
+    def contains(self, address: int) -> bool:
+        t = self.translation
+        return (t.base <= address < t.end
+                or any(lo <= address < hi for lo, hi in self.ranges))
+
+
+@dataclass
+class DispatchStats:
+    """What --stats reports about translation."""
+
+    regions: int = 0
+    functions_translated: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  # name -> reason (translate-all)
+    code_bytes: int = 0
+    translate_seconds: float = 0.0
+    switches: int = 0
+
+
+class Dispatcher:
+    """Owns the code cache and every region's entry; see the module docstring."""
+
+    def __init__(self, machine: Machine, modules: ModuleMap, regions: Sequence[RegionRequest],
+                 mode: Mode = Mode.HARDENED, count_entries: bool = False,
+                 translate_all: Sequence[str] | None = None,
+                 translate: Callable[[CodeRegion, int, Callable[[int], int]], Translation]
+                 = relocate) -> None:
+        self.machine = machine
+        self.uc: Uc = machine.uc
+        self.mem = machine.mem
+        self.cache = CodeCache(machine.mem)
+        self.requests = list(regions)
+        self.mode = mode
+        self.count_entries = count_entries
+        self.translate_all = translate_all
+        self.translate = translate
+        self.sites: list[Site] = []
+        self.stats = DispatchStats()
+        self.running = False
+        self._by_page: dict[int, list[Site]] = {}
+        self._traps: dict[int, tuple[LoadedModule, Symbol]] = {}  # trap address -> function
+        self._counted: list[Site] = []  # regions with an entry hook
+        machine.resumable = True
+        self.mem.enable_shadows()
+        self.mem.exec_page_listeners.append(self._on_exec_page)
+        self.mem.change_listeners.append(self._on_change)
+        modules.listeners.append(self._on_module)
+        for mod in modules.modules():
+            self._on_module(mod)
+
+    # -- modules ------------------------------------------------------------------------
+
+    def _on_module(self, mod: LoadedModule) -> None:
+        image = mod.image
+        if image is None or (not image.is_pie and mod.start != image.low):
+            return  # not loaded as code (e.g. an ELF file mapped as data elsewhere)
+        started = time.perf_counter()
+        names = {mod.name, image.soname} - {None}
+        for req in self.requests:
+            if (req.module is None and mod.is_main) or (req.module in names and not mod.is_main):
+                self._translate_region(mod, image, req)
+        if self.translate_all is not None:
+            self._plant_traps(mod, image)
+        self.stats.translate_seconds += time.perf_counter() - started
+
+    def _translate_region(self, mod: LoadedModule, image: Image, req: RegionRequest) -> None:
+        func = next((f for f in image.functions if f.value == req.function), None)
+        if func is None:
+            raise TranslationError(f"{req.name}: no function at {req.function:#x} in {mod.name}")
+        cfg = function_cfg(image, func, extra_leaders=[req.address])
+        region = form_region(cfg, req.address, req.name, req.branch)
+        site = self._site(mod, region)
+        self.stats.regions += 1
+        if self.count_entries or site.patch is None:
+            self._counted.append(site)
+            self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_entry), site,
+                             site.entry, site.entry)
+        self._prepare(site)
+
+    def _site(self, mod: LoadedModule, region: CodeRegion) -> Site:
+        lo, hi = mod.start, mod.end
+        t = self.translate(region, mod.base, lambda size: self.cache.reserve(size, lo, hi))
+        self.cache.write(t.base, t.code)
+        self.stats.code_bytes = self.cache.bytes_used
+        entry = region.entry + mod.base
+        ranges = [(a + mod.base, b + mod.base) for a, b in region.byte_ranges]
+        jump: bytes | None = assemble(f"jmp {t.entry:#x}", entry)
+        patch = jump if jump and _patchable(region, mod.image, entry, len(jump), mod.base) else None
+        original = _bytes_at(t.source, entry, len(patch) if patch else 0)
+        site = Site(region.name, entry, t, ranges, patch, original, self.mode)
+        self._add_site(site)
+        return site
+
+    def _prepare(self, site: Site) -> None:
+        """Translate the copy's blocks ahead of their first run (so a first run does not
+        reveal which path it took), and install the entry jump in hardened mode."""
+        def work() -> None:
+            for start in site.translation.blocks:
+                self._pretranslate(start, site.translation)
+            if site.mode is Mode.HARDENED:
+                self._install(site)
+
+        if self.running:
+            self.machine.defer(work)
+        else:
+            work()
+
+    def _pretranslate(self, start: int, t: Translation) -> None:
+        address = start
+        while t.base <= address < t.end:
+            tb = self.uc.ctl_request_cache(address)
+            size = tb[2] if tb is not None else 0
+            if size <= 0:
+                return
+            address += size
+            if address in t.blocks:
+                return
+
+    # -- the entry jump -----------------------------------------------------------------
+
+    def _install(self, site: Site) -> None:
+        if site.patch is None or site.installed or not self._source_intact(site):
+            return
+        self.mem.write_code_view(site.entry, site.patch)
+        site.installed = True
+
+    def _uninstall(self, site: Site) -> None:
+        if site.installed:
+            self.mem.write_code_view(site.entry, site.original)
+            site.installed = False
+
+    def _source_intact(self, site: Site) -> bool:
+        """Is the original code still what was translated, and not writable?"""
+        for address, raw in site.translation.source:
+            v = self.mem.find(address)
+            if v is None or v.prot & PROT_WRITE:
+                return False
+            if bytes(self.uc.mem_read(address, len(raw))) != raw:
+                return False
+        return True
+
+    def _on_exec_page(self, page: int) -> None:
+        """First use of a code page (again): put the entry jumps back into its view."""
+        for site in self._by_page.get(page, ()):
+            if site.mode is Mode.HARDENED and not site.installed:
+                assert site.patch is not None
+                end = site.entry + len(site.patch)
+                if any(self.mem.is_used(p) for p in range(page_down(site.entry), end, PAGE)
+                       if p != page):
+                    self.machine.defer(lambda s=site: self._install(s))  # type: ignore[misc]
+                else:
+                    self._install(site)
+
+    def _on_change(self, start: int, end: int) -> None:
+        """Mappings in [start, end) change: their shadow views are about to be dropped."""
+        for site in self.sites:
+            if site.installed and start <= site.entry < end:
+                site.installed = False
+
+    def _on_entry(self, uc: Uc, address: int, size: int, site: Site) -> None:
+        site.entries[site.mode] += 1
+        if site.patch is None and site.mode is Mode.HARDENED:
+            self.machine.set_reg("rip", site.translation.entry)
+
+    # -- switching ------------------------------------------------------------------------
+
+    def set_mode(self, mode: Mode) -> None:
+        """Run every region from ``mode``'s cache from the next safe point on (thread-safe:
+        the switch itself happens on the emulation thread)."""
+        if self.running:
+            self.machine.defer(lambda: self._switch(mode))
+        else:
+            self._switch(mode)
+
+    def _switch(self, mode: Mode) -> None:
+        if self.running and not self._step_to_safe_point():
+            self.machine.defer(lambda: self._switch(mode))
+            return
+        self.mode = mode
+        for site in self.sites:
+            if site.mode is mode:
+                continue
+            site.mode = mode
+            if mode is Mode.HARDENED:
+                self._install(site)
+            else:
+                self._uninstall(site)
+        self.stats.switches += 1
+
+    def _step_to_safe_point(self) -> bool:
+        """Single-step the guest until it is outside every region and copy (False: it
+        stopped for another reason, e.g. exited or faulted; the run loop handles that)."""
+        for _ in range(MAX_SAFE_STEPS):
+            pc = self.machine.reg("rip")
+            if not any(s.contains(pc) for s in self.sites):
+                return True
+            if not self.machine.step():
+                return False
+        return False
+
+    # -- translate-all ----------------------------------------------------------------------
+
+    def _plant_traps(self, mod: LoadedModule, image: Image) -> None:
+        wanted = self.translate_all or ()
+        funcs = []
+        for func in image.functions:
+            if wanted and func.name not in wanted and f"{mod.name}:{func.name}" not in wanted:
+                continue
+            start, end = image.extent(func)
+            seg = image.segment_at(func.value)
+            inner = _entries_within(image, func.value + 1, func.value + JMP_SIZE)
+            if end - start >= JMP_SIZE and seg is not None and seg.flags & PF_X and not inner:
+                funcs.append(func)
+        if not funcs:
+            return
+        # One trap byte per function, contiguous, so that one hook covers exactly them.
+        traps = self.cache.reserve(len(funcs), mod.start, mod.end)
+        self.cache.write(traps, b"\xcc" * len(funcs))
+        for trap, func in enumerate(funcs, traps):
+            entry = func.value + mod.base
+            patch = assemble(f"jmp {trap:#x}", entry)
+            original = image.read(func.value, len(patch))
+            site = Site(func.name, entry, Translation(func.name, trap, b"\xcc", trap,
+                                                      source=((entry, original),)),
+                        [(entry, entry + len(patch))], patch, original, Mode.HARDENED,
+                        trap=True)
+            self._traps[trap] = (mod, func)
+            self._add_site(site)
+        self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_trap), None, traps,
+                         traps + len(funcs) - 1)
+
+    def _on_trap(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+        """First call of a function under --translate-all: translate it and go there."""
+        found = self._traps.pop(address, None)
+        if found is None:
+            return
+        mod, func = found
+        image = mod.image
+        assert image is not None
+        trap = next(s for s in self.sites if s.trap and s.translation.base == address)
+        started = time.perf_counter()
+        try:
+            cfg = function_cfg(image, func)
+            region = CodeRegion(func.name, cfg, cfg.entry, tuple(sorted(cfg.reachable)),
+                                "function")
+            site = self._site(mod, region)
+            if site.patch is None:
+                raise TranslationError("its entry cannot hold a jump")
+        except LeakDBTError as e:
+            self.stats.refused[f"{mod.name}:{func.name}"] = e.one_line()
+            self.machine.set_reg("rip", trap.entry)
+            self.machine.defer(lambda: self._uninstall(trap))
+            return
+        finally:
+            self.stats.translate_seconds += time.perf_counter() - started
+        self.stats.functions_translated += 1
+        self._remove_site(trap)
+        self.machine.set_reg("rip", site.translation.entry)
+
+        def retarget() -> None:  # the entry jump now goes to the copy
+            self.mem.write_code_view(site.entry, site.patch or b"")
+            site.installed = True
+
+        self.machine.defer(retarget)
+
+    def _add_site(self, site: Site) -> None:
+        self.sites.append(site)
+        if site.patch is not None:
+            for page in range(page_down(site.entry), site.entry + len(site.patch), PAGE):
+                self._by_page.setdefault(page, []).append(site)
+
+    def _remove_site(self, site: Site) -> None:
+        self.sites.remove(site)
+        for sites in self._by_page.values():
+            if site in sites:
+                sites.remove(site)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def original_of(self, address: int) -> int | None:
+        """The original instruction a code-cache address is a copy of, if any."""
+        for site in self.sites:
+            t = site.translation
+            if t.base <= address < t.end:
+                return t.origin.get(address)
+        return None
+
+    def report(self) -> dict[str, object]:
+        """Figures for --stats: regions, entries per region and mode, code, time."""
+        return {
+            "mode": self.mode.value,
+            "regions translated": self.stats.regions,
+            "functions translated": self.stats.functions_translated,
+            "functions refused": len(self.stats.refused),
+            "translated code bytes": self.stats.code_bytes,
+            "translation time (s)": round(self.stats.translate_seconds, 4),
+            "switches": self.stats.switches,
+            "entries": {s.name: {m.value: n for m, n in s.entries.items()}
+                        for s in self._counted} if self.count_entries else None,
+        }
+
+
+def requests_from_contract(contract: Contract) -> list[RegionRequest]:
+    """The regions of a contract bound to a binary, as the dispatcher takes them."""
+    binding = contract.binding
+    if binding is None:
+        raise TranslationError("the contract is not bound to a binary")
+    out = []
+    for region, where in zip(contract.protect.regions, binding.regions, strict=True):
+        branch = None if region.kind is None else region.kind is RegionKind.BRANCH
+        out.append(RegionRequest(where.at.module, where.function.start, where.at.address,
+                                 where.at.symbolic, branch))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _entry_points(image: Image) -> list[int]:
+    """Sorted link-time addresses where code of ``image`` may be entered from elsewhere:
+    function symbols and the targets of direct branches anywhere in its code (hand-written
+    assembly jumps into the middle of other functions, e.g. mempcpy into memcpy)."""
+    points = {f.value for f in image.functions}
+    for seg in image.segments:
+        if seg.flags & PF_X:
+            points |= direct_targets(image.read(seg.vaddr, seg.filesz), seg.vaddr)
+    return sorted(points)
+
+
+def _entries_within(image: Image, lo: int, hi: int) -> bool:
+    """Can code be entered anywhere in [lo, hi) (link-time)?"""
+    starts = _entry_points(image)
+    i = bisect.bisect_left(starts, lo)
+    return i < len(starts) and starts[i] < hi
+
+
+def _patchable(region: CodeRegion, image: Image | None, entry: int, size: int, bias: int
+               ) -> bool:
+    """Can ``size`` bytes at the region's entry be replaced by a jump?  They must all be the
+    region's own bytes (executed only after its entry), no other entry point (a function
+    symbol, a jump-table target) may lie inside them, and no call among them may return
+    inside them."""
+    ranges = [(a + bias, b + bias) for a, b in region.byte_ranges]
+    if not any(lo <= entry and entry + size <= hi for lo, hi in ranges):
+        return False
+    link = entry - bias
+    cfg = region.cfg
+    targets = {t for table in cfg.jump_tables.values() for t in table.targets}
+    if any(link < t < link + size for t in targets):
+        return False
+    if image is not None and _entries_within(image, link + 1, link + size):
+        return False
+    for block in region.block_list():
+        for insn in block.insns:
+            at = insn.address + bias
+            calls = insn.flow in (Flow.CALL, Flow.INDIRECT_CALL)
+            if calls and entry <= at < entry + size and insn.next + bias < entry + size:
+                return False
+    return True
+
+
+def _bytes_at(source: tuple[tuple[int, bytes], ...], address: int, size: int) -> bytes:
+    """``size`` original bytes from ``address``, taken from a translation's source."""
+    out = bytearray()
+    for at, raw in sorted(source):
+        if at <= address + len(out) < at + len(raw) and len(out) < size:
+            off = address + len(out) - at
+            out += raw[off:off + size - len(out)]
+    if len(out) != size:
+        raise TranslationError(f"the {size} bytes at {address:#x} are not all region code")
+    return bytes(out)
+
+
+def warn(message: str) -> None:
+    print(f"leakdbt: warning: {message}", file=sys.stderr)

@@ -1,0 +1,147 @@
+"""Regions: the code a contract protects, as a single-entry piece of a function's CFG.
+
+A branch region starts at a block that ends with a conditional branch and extends to that
+block's immediate post-dominator: both arms, entered only at the start, left only towards
+the post-dominator — or, when the arms meet only by returning (``if (c) return a; return
+b;``), up to and including the returns.  Any other region is the block itself.  A region
+that cannot be formed is refused with :class:`RegionError`, whose message names the block and the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from leakdbt.dbt.cfg import Block, FunctionCFG
+from leakdbt.dbt.insn import Flow
+from leakdbt.errors import TranslationError
+
+
+class RegionError(TranslationError):
+    """A region the translator refuses to form, with the reason."""
+
+
+@dataclass(frozen=True)
+class CodeRegion:
+    """Blocks of one function that are translated together (link-time addresses)."""
+
+    name: str  # how to print the start, e.g. ``work+0x12``
+    cfg: FunctionCFG
+    entry: int
+    blocks: tuple[int, ...]  # block starts, by address
+    kind: str  # "branch" or "block"
+
+    def block_list(self) -> list[Block]:
+        return [self.cfg.blocks[b] for b in self.blocks]
+
+    @property
+    def byte_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) of each block's bytes, merged where adjacent."""
+        out: list[tuple[int, int]] = []
+        for b in self.block_list():
+            if out and out[-1][1] >= b.start:
+                out[-1] = (out[-1][0], max(out[-1][1], b.end))
+            else:
+                out.append((b.start, b.end))
+        return out
+
+
+def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None) -> CodeRegion:
+    """The region starting at ``at``: a branch region when ``branch`` (or, when None, when
+    the block ends with a conditional branch), else the block itself."""
+    block = cfg.blocks.get(at)
+    if block is None:
+        raise RegionError(f"{name}: not a block start reachable by decoding {cfg.name} from "
+                          "its entry (unreachable code, or data inside the function)")
+    if at not in cfg.dominators:
+        raise RegionError(f"{name}: unreachable from the entry of {cfg.name}")
+    ends_in_branch = block.last.flow is Flow.BRANCH and block.last.mnemonic != "xbegin"
+    if branch is None:
+        branch = ends_in_branch
+    if not branch:
+        _check_block(cfg, block, name)
+        return CodeRegion(name, cfg, at, (at,), "block")
+    if not ends_in_branch:
+        raise RegionError(f"{name}: a branch region must start at a block that ends with a "
+                          f"conditional branch; this block ends with '{block.last.text}'")
+    if at not in cfg.postdominators:
+        raise RegionError(f"{name}: no path from '{block.last.text}' leaves {cfg.name} "
+                          "(an endless loop)")
+    # None: the paths meet only when the function returns; the region then runs to the
+    # returns (each path must end in one).
+    join = cfg.postdominators[at]
+    members: list[int] = []
+    stack = [at]
+    while stack:
+        b = stack.pop()
+        if b in members or b == join:
+            continue
+        members.append(b)
+        stack.extend(cfg.blocks[b].inside_succs())
+    for b in members:
+        _check_block(cfg, cfg.blocks[b], name)
+        blk = cfg.blocks[b]
+        for e in blk.succs:
+            if not e.inside:
+                raise RegionError(f"{name}: exit from the middle: {_where(cfg, b)} leaves "
+                                  f"{cfg.name} for {e.target:#x}")
+        returns = blk.last.flow is Flow.RETURN
+        if (returns and join is not None) or (not returns and not blk.inside_succs()):
+            target = "the end of the region" if join is None else _where(cfg, join)
+            raise RegionError(f"{name}: exit from the middle: {_where(cfg, b)} ends with "
+                              f"'{blk.last.text}' instead of reaching {target}")
+        if b != at:
+            outside = [p for p in blk.preds if p not in members]
+            if outside:
+                raise RegionError(f"{name}: not single-entry: {_where(cfg, b)} is also "
+                                  f"entered from {_where(cfg, outside[0])}")
+    _check_reducible(cfg, members, name)
+    return CodeRegion(name, cfg, at, tuple(sorted(members)), "branch")
+
+
+def _check_block(cfg: FunctionCFG, block: Block, name: str) -> None:
+    last = block.last
+    if last.address in cfg.unknown_jumps:
+        raise RegionError(f"{name}: {_where(cfg, block.start)} ends with an indirect jump "
+                          f"whose targets are unknown ('{last.text}')")
+    if last.address in cfg.jump_tables:
+        raise RegionError(f"{name}: {_where(cfg, block.start)} ends with a jump-table jump "
+                          f"('{last.text}'): its table holds original addresses, so a copy "
+                          "cannot keep control inside the region")
+    if last.mnemonic == "xbegin":
+        raise RegionError(f"{name}: {_where(cfg, block.start)} starts a hardware transaction "
+                          "(xbegin), which the translator does not relocate")
+
+
+def _check_reducible(cfg: FunctionCFG, members: list[int], name: str) -> None:
+    """Every retreating edge (to a block on the current depth-first path) must go to a
+    block that dominates its source: each loop has a single entry, its header."""
+    inside = set(members)
+    on_path: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[int, list[int]]] = []
+
+    def push(n: int) -> None:
+        on_path.add(n)
+        stack.append((n, [s for s in cfg.blocks[n].inside_succs() if s in inside]))
+
+    push(members[0])
+    while stack:
+        n, succs = stack[-1]
+        if not succs:
+            stack.pop()
+            on_path.discard(n)
+            done.add(n)
+            continue
+        s = succs.pop()
+        if s in on_path:
+            if not cfg.dominates(s, n):
+                raise RegionError(f"{name}: irreducible flow: the loop through "
+                                  f"{_where(cfg, n)} and {_where(cfg, s)} has more than one "
+                                  "entry")
+        elif s not in done:
+            push(s)
+
+
+def _where(cfg: FunctionCFG, address: int) -> str:
+    off = address - cfg.entry
+    return f"{cfg.name}+{off:#x}" if off else cfg.name
