@@ -134,8 +134,10 @@ def info(fmt: str, binary: str) -> None:
 
 def _register_subcommands() -> None:
     from leakdbt.contract.commands import contract
+    from leakdbt.dbt.commands import blocks
 
     cli.add_command(contract)
+    cli.add_command(blocks)
 
 
 _register_subcommands()

@@ -50,7 +50,9 @@ def describe_function(cfg: FunctionCFG, name: Namer) -> dict[str, Any]:
             "end": b.end,
             "reachable": b.start in doms,
             "instructions": [
-                {"address": i.address, "bytes": i.raw.hex(), "text": i.text} for i in b.insns
+                {"address": i.address, "bytes": i.raw.hex(), "text": i.text,
+                 **({"target": _loc(i.target, name)} if i.target is not None else {})}
+                for i in b.insns
             ],
             "successors": [
                 {"kind": e.kind.value, "target": _loc(e.target, name), "inside": e.inside}
@@ -114,6 +116,7 @@ def _function_text(f: dict[str, Any]) -> list[str]:
                    f"{t['entry_size']}-byte entries at {t['table']:#x}: {entries}")
     out.extend(f"  unknown indirect jump at {u['name']}" for u in f["unknown_jumps"])
     out.extend(f"  undecodable code at {u['name']}" for u in f["undecodable"])
+    unknown = {u["address"] for u in f["unknown_jumps"]}
     width = max((len(i["bytes"]) for b in f["blocks"] for i in b["instructions"]), default=0)
     for b in f["blocks"]:
         out.append("")
@@ -123,12 +126,20 @@ def _function_text(f: dict[str, Any]) -> list[str]:
         else:
             ipdom = b["ipdom"]["name"] if b["ipdom"] else "exit"
         out.append(f"  {b['name']} {b['address']:#x}  idom {idom}  ipdom {ipdom}")
-        out.extend(f"    {i['address']:#x}  {i['bytes']:<{width}}  {i['text']}"
+        out.extend(f"    {i['address']:#x}  {i['bytes']:<{width}}  {_insn_text(i)}"
                    for i in b["instructions"])
         edges = [f"{e['kind']} {e['target']['name']}" + ("" if e["inside"] else " (outside)")
                  for e in b["successors"]]
-        out.append("    -> " + (", ".join(edges) if edges else "none"))
+        if not edges:
+            last = b["instructions"][-1]["address"]
+            edges = ["unknown (indirect jump)" if last in unknown else "none"]
+        out.append("    -> " + ", ".join(edges))
     return out
+
+
+def _insn_text(i: dict[str, Any]) -> str:
+    """The instruction, with its direct target named as objdump does (``<sym+0xOFF>``)."""
+    return f"{i['text']} <{i['target']['name']}>" if "target" in i else i["text"]
 
 
 # -- dot -------------------------------------------------------------------------------------
@@ -176,7 +187,7 @@ def _function_dot(k: int, f: dict[str, Any]) -> list[str]:
     unknown = {u["address"] for u in f["unknown_jumps"]}
     outside: dict[int, str] = {}
     for b in f["blocks"]:
-        rows = [b["name"]] + [f"{i['address']:#x}  {i['text']}" for i in b["instructions"]]
+        rows = [b["name"]] + [f"{i['address']:#x}  {_insn_text(i)}" for i in b["instructions"]]
         attrs = f"label={_label(rows)}"
         if b["address"] == f["address"]:
             attrs += ", penwidth=2"

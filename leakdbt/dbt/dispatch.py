@@ -20,6 +20,7 @@ import bisect
 import enum
 import functools
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PAGE, PROT_WRITE, page_down
 
 JMP_SIZE = 5
-MAX_SAFE_STEPS = 1_000_000
+RETRY_SECONDS = 0.0002  # a mode switch that found the guest in the way tries again after
 
 
 class Mode(enum.Enum):
@@ -76,6 +77,7 @@ class Site:
     entries: dict[Mode, int] = field(default_factory=lambda: {Mode.FAST: 0, Mode.HARDENED: 0})
     installed: bool = False  # the shadow view holds the patch
     trap: bool = False  # --translate-all: the patch jumps to a trap, not yet to a copy
+    pretranslated: list[int] = field(default_factory=list)  # copy blocks in the engine cache
 
     def contains(self, address: int) -> bool:
         t = self.translation
@@ -147,23 +149,28 @@ class Dispatcher:
             raise TranslationError(f"{req.name}: no function at {req.function:#x} in {mod.name}")
         cfg = function_cfg(image, func, extra_leaders=[req.address])
         region = form_region(cfg, req.address, req.name, req.branch)
-        site = self._site(mod, region)
+        site = self._site(mod, region, jump=not self.count_entries)
         self.stats.regions += 1
-        if self.count_entries or site.patch is None:
+        if site.patch is None:
             self._counted.append(site)
-            self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_entry), site,
-                             site.entry, site.entry)
+            # A closure, not hook user data: the binding does not hand back the same object.
+            self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(
+                lambda uc, address, size, _ud: self._on_entry(site)), None,
+                site.entry, site.entry)
         self._prepare(site)
 
-    def _site(self, mod: LoadedModule, region: CodeRegion) -> Site:
+    def _site(self, mod: LoadedModule, region: CodeRegion, jump: bool = True) -> Site:
+        """Translate ``region`` into the cache; ``jump``: enter it by an entry jump where
+        one fits (else, and when counting entries, by a hook on its first instruction)."""
         lo, hi = mod.start, mod.end
         t = self.translate(region, mod.base, lambda size: self.cache.reserve(size, lo, hi))
         self.cache.write(t.base, t.code)
         self.stats.code_bytes = self.cache.bytes_used
         entry = region.entry + mod.base
         ranges = [(a + mod.base, b + mod.base) for a, b in region.byte_ranges]
-        jump: bytes | None = assemble(f"jmp {t.entry:#x}", entry)
-        patch = jump if jump and _patchable(region, mod.image, entry, len(jump), mod.base) else None
+        patch: bytes | None = assemble(f"jmp {t.entry:#x}", entry) if jump else None
+        if patch and not _patchable(region, mod.image, entry, len(patch), mod.base):
+            patch = None
         original = _bytes_at(t.source, entry, len(patch) if patch else 0)
         site = Site(region.name, entry, t, ranges, patch, original, self.mode)
         self._add_site(site)
@@ -175,6 +182,7 @@ class Dispatcher:
         def work() -> None:
             for start in site.translation.blocks:
                 self._pretranslate(start, site.translation)
+                site.pretranslated.append(start)
             if site.mode is Mode.HARDENED:
                 self._install(site)
 
@@ -235,28 +243,37 @@ class Dispatcher:
             if site.installed and start <= site.entry < end:
                 site.installed = False
 
-    def _on_entry(self, uc: Uc, address: int, size: int, site: Site) -> None:
-        site.entries[site.mode] += 1
-        if site.patch is None and site.mode is Mode.HARDENED:
+    def _on_entry(self, site: Site) -> None:
+        mode = site.mode  # once: another thread may switch it
+        site.entries[mode] += 1
+        if site.patch is None and mode is Mode.HARDENED:
             self.machine.set_reg("rip", site.translation.entry)
 
     # -- switching ------------------------------------------------------------------------
 
     def set_mode(self, mode: Mode) -> None:
-        """Run every region from ``mode``'s cache from the next safe point on (thread-safe:
-        the switch itself happens on the emulation thread)."""
-        if self.running:
+        """Run every region from ``mode``'s cache from its next entry on.  Thread-safe: a
+        region entered through a hook reads the mode at entry; entry jumps are rewritten on
+        the emulation thread, once the guest is not inside the bytes they cover."""
+        if self.running and any(site.patch is not None for site in self.sites):
             self.machine.defer(lambda: self._switch(mode))
         else:
             self._switch(mode)
 
     def _switch(self, mode: Mode) -> None:
-        if self.running and not self._step_to_safe_point():
-            self.machine.defer(lambda: self._switch(mode))
+        pc = self.machine.reg("rip") if self.running else None
+        if pc is not None and any(s.patch and s.entry < pc < s.entry + len(s.patch)
+                                  for s in self.sites):
+            # Inside the first instructions of an original region, which the jump would
+            # cover: let the guest run on a little and try again.
+            timer = threading.Timer(RETRY_SECONDS,
+                                    lambda: self.machine.defer(lambda: self._switch(mode)))
+            timer.daemon = True
+            timer.start()
             return
         self.mode = mode
         for site in self.sites:
-            if site.mode is mode:
+            if site.mode is mode or site.trap:
                 continue
             site.mode = mode
             if mode is Mode.HARDENED:
@@ -264,17 +281,6 @@ class Dispatcher:
             else:
                 self._uninstall(site)
         self.stats.switches += 1
-
-    def _step_to_safe_point(self) -> bool:
-        """Single-step the guest until it is outside every region and copy (False: it
-        stopped for another reason, e.g. exited or faulted; the run loop handles that)."""
-        for _ in range(MAX_SAFE_STEPS):
-            pc = self.machine.reg("rip")
-            if not any(s.contains(pc) for s in self.sites):
-                return True
-            if not self.machine.step():
-                return False
-        return False
 
     # -- translate-all ----------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ A branch region starts at a block that ends with a conditional branch and extend
 block's immediate post-dominator: both arms, entered only at the start, left only towards
 the post-dominator — or, when the arms meet only by returning (``if (c) return a; return
 b;``), up to and including the returns.  Any other region is the block itself.  A region
-that cannot be formed is refused with :class:`RegionError`, whose message names the block and the reason.
+that cannot be formed is refused with :class:`RegionError`, whose message names the block
+and the reason.
 """
 
 from __future__ import annotations

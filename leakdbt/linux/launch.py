@@ -52,6 +52,7 @@ class ExecOptions:
     mode: Mode = Mode.HARDENED  # which cache they run from
     count_entries: bool = False  # count region entries per mode (a hook per entry)
     translate_all: Sequence[str] | None = None  # functions to relocate ([]: all), or off
+    on_start: Callable[[Machine, Dispatcher | None], object] | None = None  # before running
 
 
 @dataclass
@@ -219,6 +220,8 @@ def execute(binary: str, options: ExecOptions,
         machine.count_blocks()
     start = time.perf_counter()
     status = 0
+    if options.on_start is not None:
+        options.on_start(machine, translator)
     if translator is not None:
         translator.running = True
     try:

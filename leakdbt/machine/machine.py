@@ -160,15 +160,6 @@ class Machine:
             raise LimitExceeded(f"--max-insns {max_insns} reached at {self.symbolize(rip)}")
         raise EmulatorError(f"emulation stopped unexpectedly at {self.symbolize(rip)}")
 
-    def step(self) -> bool:
-        """Run exactly one guest instruction (between engine runs); False if it did not
-        complete normally (exit, fault, stop): the run loop then sees why."""
-        try:
-            self.uc.emu_start(self.reg("rip"), STOP_ADDRESS, count=1)
-        except UcError:
-            return False
-        return self._pending is None and not self.exited
-
     def defer(self, work: Callable[[], None]) -> None:
         """Run ``work`` as soon as the engine has stopped (thread-safe: a monitor thread may
         call it); the guest then resumes where it was.  Requires :attr:`resumable`."""

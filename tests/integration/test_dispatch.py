@@ -1,0 +1,174 @@
+"""The dispatcher: regions run from the chosen cache, switching at run time keeps the
+program's output, every entry is counted in the mode it ran in, and stale code never runs."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from unicorn import UC_HOOK_CODE, Uc
+
+from leakdbt.contract import load
+from leakdbt.dbt.dispatch import Dispatcher, Mode, requests_from_contract
+from leakdbt.linux.launch import ExecOptions, execute
+from leakdbt.machine.machine import Machine
+from tests.conftest import KINDS, REPO, binary, run_leakdbt, run_native
+
+REGION_LOOP = REPO / "contracts" / "region_loop.toml"
+CHECKSUM = REPO / "contracts" / "checksum_self.toml"
+SWITCH_LOOP = REPO / "contracts" / "switch_loop.toml"
+CALLS = 20_000
+
+
+def _run(exe: str, contract: Path, args: list[str], mode: Mode,
+         on_start: object = None, count: bool = True) -> tuple[int, Dispatcher]:
+    regions = requests_from_contract(load(contract, binary=exe))
+    seen: list[Dispatcher] = []
+
+    def start(machine: Machine, d: Dispatcher | None) -> None:
+        assert d is not None
+        seen.append(d)
+        if callable(on_start):
+            on_start(machine, d)
+
+    options = ExecOptions(argv=[exe, *args], env=[], regions=regions, mode=mode,
+                          count_entries=count, on_start=start)
+    result = execute(exe, options)
+    return result.exit_status, seen[0]
+
+
+def _copy_runs(machine: Machine, d: Dispatcher, counter: list[int]) -> None:
+    """Count executions of each region copy's first instruction (a test-only hook)."""
+    for site in d.sites:
+        def hit(uc: Uc, address: int, size: int, _ud: object) -> None:
+            counter[0] += 1
+        machine.uc.hook_add(UC_HOOK_CODE, hit, None, site.translation.entry,
+                            site.translation.entry)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", [Mode.FAST, Mode.HARDENED])
+def test_each_mode_runs_its_cache(built: Path, capfd: pytest.CaptureFixture[str], kind: str,
+                                  mode: Mode) -> None:
+    exe = binary(kind, "region_loop")
+    native = run_native([exe, str(CALLS)])
+    copies = [0]
+    status, d = _run(exe, REGION_LOOP, [str(CALLS)], mode,
+                     lambda m, disp: _copy_runs(m, disp, copies))
+    assert status == 0
+    assert capfd.readouterr().out.encode() == native.stdout
+    (site,) = d.sites
+    other = Mode.FAST if mode is Mode.HARDENED else Mode.HARDENED
+    assert site.entries == {mode: CALLS, other: 0}
+    assert copies[0] == (CALLS if mode is Mode.HARDENED else 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_switching_many_times_keeps_output_and_counts(
+        built: Path, capfd: pytest.CaptureFixture[str], kind: str) -> None:
+    """A monitor thread flips the mode every 0.5 ms while the region runs 300,000 times:
+    the output is native's, the entries per mode add up to the calls the program makes, and
+    the copy runs exactly as often as hardened entries (a stale entry jump, or a stale
+    translation of one, would make them differ)."""
+    exe = binary(kind, "region_loop")
+    calls = 300_000
+    native = run_native([exe, str(calls)])
+    stop = threading.Event()
+    copies = [0]
+
+    def on_start(machine: Machine, d: Dispatcher) -> None:
+        _copy_runs(machine, d, copies)
+
+        def monitor() -> None:
+            mode = Mode.HARDENED
+            while not stop.wait(0.0005):
+                d.set_mode(mode)
+                mode = Mode.FAST if mode is Mode.HARDENED else Mode.HARDENED
+
+        threading.Thread(target=monitor, daemon=True).start()
+
+    try:
+        status, d = _run(exe, REGION_LOOP, [str(calls)], Mode.FAST, on_start)
+    finally:
+        stop.set()
+    assert status == 0
+    assert capfd.readouterr().out.encode() == native.stdout
+    (site,) = d.sites
+    assert site.entries[Mode.FAST] + site.entries[Mode.HARDENED] == calls
+    assert site.entries[Mode.FAST] > 0 and site.entries[Mode.HARDENED] > 0
+    assert d.stats.switches >= 20
+    assert copies[0] == site.entries[Mode.HARDENED]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_entry_jumps_switch_at_safe_points(built: Path, capfd: pytest.CaptureFixture[str],
+                                           kind: str) -> None:
+    """Without entry counting, regions are entered by jumps written into the code's
+    executed view.  The test flips the mode after every phase's getppid system call: the
+    copy runs exactly CALLS times in each hardened phase and never in a fast one, so no
+    stale jump and no stale translation of one ever ran."""
+    phases, calls = 9, 500
+    exe = binary(kind, "switch_loop")
+    native = run_native([exe, str(phases), str(calls)])
+    copies = [0]
+    per_phase: list[tuple[Mode, int]] = []
+
+    def on_start(machine: Machine, d: Dispatcher) -> None:
+        (site,) = d.sites
+        assert site.patch is not None  # entered by a jump, not a hook
+        _copy_runs(machine, d, copies)
+        handler = machine.syscall_handler
+        assert handler is not None
+
+        def syscall(m: Machine) -> None:
+            number = m.reg("rax")
+            handler(m)
+            if number == 110:  # getppid: a phase ended
+                per_phase.append((d.mode, copies[0]))
+                d.set_mode(Mode.FAST if d.mode is Mode.HARDENED else Mode.HARDENED)
+
+        machine.syscall_handler = syscall
+
+    status, d = _run(exe, SWITCH_LOOP, [str(phases), str(calls)], Mode.FAST, on_start,
+                     count=False)
+    assert status == 0
+    assert capfd.readouterr().out.encode() == native.stdout
+    before = 0
+    for mode, total in per_phase:
+        assert total - before == (calls if mode is Mode.HARDENED else 0), per_phase
+        before = total
+    assert len(per_phase) == phases and d.stats.switches == phases
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_guest_reads_its_original_code_in_both_modes(built: Path, kind: str) -> None:
+    exe = binary(kind, "checksum_self")
+    native = run_native([exe])
+    for mode in ("fast", "hardened"):
+        guest = run_leakdbt(["exec", "--contract", str(CHECKSUM), "--mode", mode, "--stats",
+                             exe])
+        assert guest.stdout == native.stdout, guest.stderr.decode()
+        assert guest.status == 0
+        stats = guest.stderr.decode()
+        assert "regions translated:        2" in stats
+        entries = {"fast": "{'fast': 1, 'hardened': 0}",
+                   "hardened": "{'fast': 0, 'hardened': 1}"}[mode]
+        assert f"main  " in stats and entries in stats, stats
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_regions_are_translated_ahead_of_their_first_run(built: Path, kind: str) -> None:
+    """Every block of a region's copy is in the engine's translation cache before the guest
+    starts, so the first run does not reveal which path it took."""
+    exe = binary(kind, "region_loop")
+    before: list[set[int]] = []
+
+    def on_start(machine: Machine, d: Dispatcher) -> None:
+        (site,) = d.sites
+        before.append(set(site.pretranslated))
+        assert set(site.translation.blocks) <= set(site.pretranslated)
+
+    status, _d = _run(exe, REGION_LOOP, ["10"], Mode.HARDENED, on_start, count=False)
+    assert status == 0
+    assert before and before[0]
