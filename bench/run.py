@@ -173,6 +173,49 @@ def main() -> None:
     starts = [timed([*leakdbt, hello])[0] for _ in range(5)]
     print(f"\nstart-up, static hello-world under leakdbt exec: median "
           f"{statistics.median(starts):.3f} s, best {min(starts):.3f} s (5 runs)")
+    translation_bench(leakdbt)
+
+
+def median_time(argv: list[str], expected: bytes | None = None) -> tuple[float, bytes]:
+    samples, out = [], b""
+    for _ in range(REPEAT):
+        t, out = timed(argv)
+        if expected is not None and out != expected:
+            raise SystemExit(f"different output from {' '.join(argv)}")
+        samples.append(t)
+    return statistics.median(samples), out
+
+
+def translation_bench(leakdbt: list[str]) -> None:
+    """Contract regions in fast and hardened (identity) mode, and --translate-all."""
+    exe = str(BUILD / "region_loop")
+    contract = ["--contract", str(REPO / "contracts" / "region_loop.toml")]
+    modes = {"--contract --mode fast": ["--mode", "fast"],
+             "--contract --mode hardened (entry jumps)": ["--mode", "hardened"],
+             "--contract --mode hardened --stats (entry hooks, counted)":
+             ["--mode", "hardened", "--stats"]}
+    for calls, labels in ((20_000_000, list(modes)[:2]), (1_000_000, list(modes))):
+        print(f"\n### Translation: region_loop, {calls:,} region entries (static)\n")
+        print("| runner | time (s) | vs plain exec | per region entry vs fast (µs) |")
+        print("|---|---|---|---|")
+        plain, out = median_time([*leakdbt, exe, str(calls)])
+        print(f"| plain leakdbt exec | {plain:.3f} | 1.000x | |")
+        fast = 0.0
+        for label in labels:
+            t = median_time([*leakdbt, *contract, *modes[label], exe, str(calls)], out)[0]
+            fast = fast or t
+            per = f"{(t - fast) / calls * 1e6:.3f}" if t is not fast else ""
+            print(f"| {label} | {t:.3f} | {t / plain:.3f}x | {per} |")
+    calls = 3_000_000
+    print("\n### --translate-all, whole program (static)\n")
+    print("| workload | plain exec (s) | --translate-all (s) | ratio |")
+    print("|---|---|---|---|")
+    for label, (prog, args) in {**WORKLOADS, "region_loop 3M": ("region_loop", [str(calls)]),
+                                "hello": ("hello", [])}.items():
+        exe = str(BUILD / prog)
+        plain, out = median_time([*leakdbt, exe, *args])
+        every = median_time([*leakdbt, "--translate-all", exe, *args], out)[0]
+        print(f"| {label} | {plain:.3f} | {every:.3f} | {every / plain:.2f}x |")
 
 
 if __name__ == "__main__":

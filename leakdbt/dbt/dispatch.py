@@ -31,7 +31,8 @@ from leakdbt.contract.model import Contract, RegionKind
 from leakdbt.dbt.asm import assemble
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.codecache import CodeCache
-from leakdbt.dbt.disasm import direct_targets
+from leakdbt.dbt.disasm import direct_targets, rel32_targets
+from leakdbt.dbt.functions import code_functions
 from leakdbt.dbt.insn import Flow
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
@@ -287,7 +288,7 @@ class Dispatcher:
     def _plant_traps(self, mod: LoadedModule, image: Image) -> None:
         wanted = self.translate_all or ()
         funcs = []
-        for func in image.functions:
+        for func in code_functions(image):
             if wanted and func.name not in wanted and f"{mod.name}:{func.name}" not in wanted:
                 continue
             start, end = image.extent(func)
@@ -398,22 +399,36 @@ def requests_from_contract(contract: Contract) -> list[RegionRequest]:
 
 
 @functools.lru_cache(maxsize=16)
-def _entry_points(image: Image) -> list[int]:
-    """Sorted link-time addresses where code of ``image`` may be entered from elsewhere:
-    function symbols and the targets of direct branches anywhere in its code (hand-written
-    assembly jumps into the middle of other functions, e.g. mempcpy into memcpy)."""
-    points = {f.value for f in image.functions}
+def _rel32_targets(image: Image) -> list[int]:
+    targets: list[int] = []
     for seg in image.segments:
         if seg.flags & PF_X:
-            points |= direct_targets(image.read(seg.vaddr, seg.filesz), seg.vaddr)
-    return sorted(points)
+            targets += rel32_targets(image.read(seg.vaddr, seg.filesz), seg.vaddr)
+    return sorted(targets)
 
 
 def _entries_within(image: Image, lo: int, hi: int) -> bool:
-    """Can code be entered anywhere in [lo, hi) (link-time)?"""
-    starts = _entry_points(image)
-    i = bisect.bisect_left(starts, lo)
-    return i < len(starts) and starts[i] < hi
+    """Can code be entered anywhere in [lo, hi) (link-time) other than by falling into it?
+
+    Function symbols; rel32 branches from anywhere in the module (found at every byte
+    offset, so none is missed); short branches from up to 128 bytes around, found by
+    decoding from the nearest function start.  Hand-written assembly does jump into other
+    functions: glibc's ``__mempcpy_ssse3`` enters ``__memcpy_ssse3+3``.
+    """
+    funcs = [f.value for f in code_functions(image)]
+    for points in (funcs, _rel32_targets(image)):
+        i = bisect.bisect_left(points, lo)
+        if i < len(points) and points[i] < hi:
+            return True
+    seg = image.segment_at(lo)
+    if seg is None:
+        return True
+    start = max(lo - 136, seg.vaddr)
+    i = bisect.bisect_right(funcs, start) - 1
+    if i >= 0 and funcs[i] >= seg.vaddr:
+        start = funcs[i]
+    end = min(hi + 136, seg.vaddr + seg.filesz)
+    return any(lo <= t < hi for t in direct_targets(image.read(start, end - start), start))
 
 
 def _patchable(region: CodeRegion, image: Image | None, entry: int, size: int, bias: int

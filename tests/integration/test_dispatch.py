@@ -154,7 +154,7 @@ def test_guest_reads_its_original_code_in_both_modes(built: Path, kind: str) -> 
         assert "regions translated:        2" in stats
         entries = {"fast": "{'fast': 1, 'hardened': 0}",
                    "hardened": "{'fast': 0, 'hardened': 1}"}[mode]
-        assert f"main  " in stats and entries in stats, stats
+        assert "main  " in stats and entries in stats, stats
 
 
 @pytest.mark.parametrize("kind", KINDS)

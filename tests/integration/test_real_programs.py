@@ -1,5 +1,6 @@
 """Programs nobody here wrote — Debian's busybox-static applets and the host's dynamically
-linked coreutils — give byte-identical output under leakdbt and natively."""
+linked coreutils — give byte-identical output under leakdbt and natively, also with
+``--translate-all`` (every function they call runs from relocated copies)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,24 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _compare(argv: list[str], cwd: Path, stdin: bytes = b"") -> None:
+TRANSLATE = pytest.mark.parametrize("translate", [False, True], ids=["exec", "translate-all"])
+
+
+def _compare(argv: list[str], cwd: Path, stdin: bytes = b"", translate: bool = False) -> None:
     flags = ["--clear-env"] + [f"--env={k}={v}" for k, v in ENV.items()]
+    if translate:
+        flags += ["--translate-all", "--stats"]
     native = run_native(argv, cwd=cwd, env=ENV, input=stdin)
     guest = run_leakdbt(["exec", *flags, *argv], cwd=cwd, input=stdin)
     assert native.status == 0, native.stderr
     assert guest.stdout == native.stdout, guest.stderr.decode(errors="replace")
     assert guest.status == native.status
-    assert guest.stderr == native.stderr
+    own, _, stats = guest.stderr.partition(b"leakdbt stats:\n")
+    assert own == native.stderr
+    if translate:
+        translated = int(stats.split(b"functions translated:")[1].split()[0])
+        refused = int(stats.split(b"functions refused:")[1].split()[0])
+        assert translated >= 20 and refused <= translated // 50, stats.decode()
 
 
 BUSYBOX_CASES = {
@@ -58,13 +69,16 @@ BUSYBOX_CASES = {
 }
 
 
+@TRANSLATE
 @pytest.mark.parametrize("case", sorted(BUSYBOX_CASES))
-def test_busybox_applet(workdir: Path, case: str) -> None:
-    _compare([BUSYBOX, *BUSYBOX_CASES[case]], workdir)
+def test_busybox_applet(workdir: Path, case: str, translate: bool) -> None:
+    _compare([BUSYBOX, *BUSYBOX_CASES[case]], workdir, translate=translate)
 
 
-def test_busybox_gzip_from_stdin(workdir: Path) -> None:
-    _compare([BUSYBOX, "gzip", "-c"], workdir, stdin=(workdir / "random.bin").read_bytes())
+@TRANSLATE
+def test_busybox_gzip_from_stdin(workdir: Path, translate: bool) -> None:
+    _compare([BUSYBOX, "gzip", "-c"], workdir, stdin=(workdir / "random.bin").read_bytes(),
+             translate=translate)
 
 
 COREUTILS_CASES = {
@@ -77,6 +91,7 @@ COREUTILS_CASES = {
 }
 
 
+@TRANSLATE
 @pytest.mark.parametrize("case", sorted(COREUTILS_CASES))
-def test_host_coreutils(workdir: Path, case: str) -> None:
-    _compare(COREUTILS_CASES[case], workdir)
+def test_host_coreutils(workdir: Path, case: str, translate: bool) -> None:
+    _compare(COREUTILS_CASES[case], workdir, translate=translate)
