@@ -110,6 +110,7 @@ class Dispatcher:
         self.uc: Uc = machine.uc
         self.mem = machine.mem
         self.cache = CodeCache(machine.mem)
+        self.modules = modules
         self.requests = list(regions)
         self.mode = mode
         self.count_entries = count_entries
@@ -241,7 +242,8 @@ class Dispatcher:
     def _on_change(self, start: int, end: int) -> None:
         """Mappings in [start, end) change: their shadow views are about to be dropped."""
         for site in self.sites:
-            if site.installed and start <= site.entry < end:
+            if site.installed and site.patch and (
+                    site.entry < end and start < site.entry + len(site.patch)):
                 site.installed = False
 
     def _on_entry(self, site: Site) -> None:

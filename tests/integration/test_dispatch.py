@@ -141,6 +141,36 @@ def test_entry_jumps_switch_at_safe_points(built: Path, capfd: pytest.CaptureFix
     assert len(per_phase) == phases and d.stats.switches == phases
 
 
+@pytest.mark.parametrize("mode", [Mode.FAST, Mode.HARDENED])
+def test_region_in_a_shared_library(built: Path, tmp_path: Path,
+                                    capfd: pytest.CaptureFixture[str], mode: Mode) -> None:
+    """A region named ``libc.so.6:printf`` is translated when ld.so maps libc, at libc's
+    real load address, and entered by its entry jump in hardened mode only."""
+    contract = tmp_path / "libc.toml"
+    text = REGION_LOOP.read_text().replace('at = "tiny_region"', 'at = "libc.so.6:printf"')
+    contract.write_text(text.replace('functions = ["tiny_region"]\n', ""))
+    exe = binary("dynamic", "region_loop")
+    native = run_native([exe, "100"])
+    copies = [0]
+
+    def on_start(machine: Machine, d: Dispatcher) -> None:
+        assert d.sites == []  # libc is not mapped yet
+
+        def watch(_module: object) -> None:  # runs after the dispatcher translated
+            if d.sites and not copies[1:]:
+                copies.append(1)
+                _copy_runs(machine, d, copies)
+
+        d.modules.listeners.append(watch)
+
+    status, d = _run(exe, contract, ["100"], mode, on_start, count=False)
+    assert status == 0
+    assert capfd.readouterr().out.encode() == native.stdout
+    (site,) = d.sites
+    assert site.name == "libc.so.6:printf" and site.patch is not None
+    assert copies[0] == (1 if mode is Mode.HARDENED else 0)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_guest_reads_its_original_code_in_both_modes(built: Path, kind: str) -> None:
     exe = binary(kind, "checksum_self")
