@@ -155,7 +155,6 @@ class Dispatcher:
         self.stats.regions += 1
         if site.patch is None:
             self._counted.append(site)
-            # A closure, not hook user data: the binding does not hand back the same object.
             self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(
                 lambda uc, address, size, _ud: self._on_entry(site)), None,
                 site.entry, site.entry)
