@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := busybox-static
+DEBS := busybox-static graphviz
 BENCH_DEBS := qemu-user
 
 .PHONY: run test check bench install debs binaries clean

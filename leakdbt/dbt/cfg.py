@@ -9,9 +9,15 @@ byte ranges.
 
 Indirect jumps through the jump tables compilers emit for ``switch`` (absolute tables in
 non-PIE code, table-relative 32-bit offsets in PIE code) are resolved when the table's size
-can be read from the bounds check in front of it; every other indirect jump is recorded as
-unknown.  Dominators and post-dominators use the iterative algorithm of Cooper, Harvey and
-Kennedy, "A Simple, Fast Dominance Algorithm" (2001).
+can be read from the bounds check in front of it (``cmp I, N; ja default``) or from a mask
+of the index (``and I, 2**k - 1``).  In PIE code the table's address comes from the one
+``lea B, [rip + T]`` that sets the base register on every path to the jump; gcc often hoists
+it out of a loop, blocks away.  Every other indirect jump is recorded as unknown.  Calls to
+functions known not to return (:data:`NORETURN`, under any alias) end their block's paths.
+A block that runs off the end of the function has a fall-through edge out of it.
+
+Dominators and post-dominators use the iterative algorithm of Cooper, Harvey and Kennedy,
+"A Simple, Fast Dominance Algorithm" (2001).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import enum
 import re
 import struct
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -140,11 +147,15 @@ class FunctionCFG:
     @cached_property
     def reachable(self) -> list[int]:
         """Block starts reachable from the entry, in reverse post-order."""
+        if self.entry not in self.blocks:
+            return []  # the entry could not be decoded
         return _reverse_postorder(self.entry, lambda b: self.blocks[b].inside_succs())
 
     @cached_property
     def dominators(self) -> dict[int, int | None]:
         """Immediate dominator of every reachable block (None for the entry)."""
+        if not self.reachable:
+            return {}
         return _idoms(self.reachable, lambda b: self.blocks[b].preds)
 
     @cached_property
@@ -203,21 +214,48 @@ def recover(name: str, entry: int, bounds: Iterable[tuple[int, int]], read: Code
 
 def function_cfg(image: Image, func: Symbol, extra_leaders: Iterable[int] = ()) -> FunctionCFG:
     """The CFG of function symbol ``func`` of ``image``, with its gcc ``.cold`` parts."""
+    index = _symbol_index(image)
     bounds = [image.extent(func)]
     # gcc names the split-off part after the name it compiled, which may be an alias of the
     # symbol image.functions chose for the address (_IO_fclose / _IO_new_fclose.cold).
-    names = {s.name for s in image.symbols if s.value == func.value and s.kind == "func"}
-    names.add(func.name)
-    for sym in image.functions:
-        base, dot, _rest = sym.name.partition(".cold")
-        if dot and base in names and (not _rest or _rest.startswith(".")):
-            bounds.append(image.extent(sym))
+    for name in sorted({func.name, *index.names_at.get(func.value, ())}):
+        bounds.extend(image.extent(cold) for cold in index.cold_parts.get(name, ()))
 
     def symbol_at(address: int) -> str | None:
-        name = image.symbolize(address)
-        return name if name and "+" not in name else None
+        # Any alias may be the one known not to return (longjmp = __libc_siglongjmp).
+        aliases = index.names_at.get(address, ())
+        return next((n for n in aliases if n in NORETURN), aliases[0] if aliases else None)
 
     return recover(func.name, func.value, bounds, image.read, extra_leaders, symbol_at)
+
+
+@dataclass(frozen=True)
+class _SymbolIndex:
+    names_at: dict[int, tuple[str, ...]]  # function names by address (aliases included)
+    cold_parts: dict[str, tuple[Symbol, ...]]  # NAME -> its NAME.cold / NAME.cold.N parts
+
+
+_INDEXES: dict[int, _SymbolIndex] = {}  # by id() of a live Image
+
+
+def _symbol_index(image: Image) -> _SymbolIndex:
+    """Built once per image (its symbol tables may hold thousands of entries)."""
+    index = _INDEXES.get(id(image))
+    if index is None:
+        names: dict[int, list[str]] = {}
+        for s in image.symbols:
+            if s.kind == "func" and s.value:
+                names.setdefault(s.value, []).append(s.name)
+        cold: dict[str, list[Symbol]] = {}
+        for sym in image.functions:
+            base, dot, rest = sym.name.partition(".cold")
+            if dot and (not rest or rest.startswith(".")):
+                cold.setdefault(base, []).append(sym)
+        index = _SymbolIndex({a: tuple(n) for a, n in names.items()},
+                             {b: tuple(c) for b, c in cold.items()})
+        _INDEXES[id(image)] = index
+        weakref.finalize(image, _INDEXES.pop, id(image), None)
+    return index
 
 
 class _Builder:
@@ -349,8 +387,10 @@ class _Builder:
         count = self.table_bound(chain, index)
         if count is None:
             return None
-        self.table_bases[jmp.address] = (use, base)
-        return self.read_table(jmp.address, table, 4, count)
+        resolved = self.read_table(jmp.address, table, 4, count)
+        if resolved is not None:
+            self.table_bases[jmp.address] = (use, base)
+        return resolved
 
     def chain_before(self, address: int) -> list[Insn]:
         """Instructions leading to ``address`` along straight-line code (up to 24)."""

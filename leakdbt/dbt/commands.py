@@ -49,7 +49,7 @@ def blocks(binary: str, names: tuple[str, ...], fmt: str, output: str | None) ->
     report = describe(binary, image.kind.value, image.is_pie,
                       ((cfg, namer(cfg, image.symbolize)) for cfg in cfgs))
     if fmt == "json":
-        text = json.dumps(report, indent=1) + "\n"
+        text = json.dumps(report, indent=2) + "\n"
     elif fmt == "text":
         text = format_text(report)
     else:
@@ -92,10 +92,9 @@ def _cold_parent(name: str) -> str | None:
 
 def _not_a_function(image: Image, name: str, sym: Symbol | None) -> str:
     if sym is not None and sym.kind != "func":
-        return f"--function {name}: {image.path} has {name} as a {sym.kind} symbol, not a function"
-    if sym is not None:
-        return (f"--function {name}: not defined in {image.path} (imported from a shared "
-                "library?)")
+        article = "an" if sym.kind[:1] in ("a", "e", "i", "o", "u") else "a"
+        return (f"--function {name}: {image.path} has {name} as {article} {sym.kind} symbol, "
+                "not a function")
     close = difflib.get_close_matches(name, sorted({f.name for f in image.functions}), n=3)
     hint = f"; close matches: {', '.join(close)}" if close else "; no close match"
     return f"--function {name}: no such function in {image.path}{hint}"
