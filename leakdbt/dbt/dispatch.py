@@ -331,6 +331,7 @@ class Dispatcher:
                                 "function")
             site = self._site(mod, region)
             if site.patch is None:
+                self._remove_site(site)
                 raise TranslationError("its entry cannot hold a jump")
         except LeakDBTError as e:
             self.stats.refused[f"{mod.name}:{func.name}"] = e.one_line()
