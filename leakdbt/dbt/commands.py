@@ -67,17 +67,21 @@ def blocks(binary: str, names: tuple[str, ...], fmt: str, output: str | None) ->
 
 
 def select_functions(image: Image, names: tuple[str, ...]) -> list[Symbol]:
-    """The function symbols named (in the order given, once each), or every function of the
-    image by address when none is named; gcc's ``NAME.cold`` parts are shown with NAME."""
-    functions = image.functions
+    """The functions named (in the order given, once each), or every function of the image
+    by address when none is named (a stripped binary's are found from its direct calls,
+    named ``sub_ADDR``); gcc's ``NAME.cold`` parts are shown with NAME."""
+    from leakdbt.dbt.functions import code_functions
+
+    functions = code_functions(image)
     if not names:
         if not functions:
-            raise UsageError(f"{image.path}: no function symbols (stripped?); nothing to show")
+            raise UsageError(f"{image.path}: no functions found; nothing to show")
         parents = {f.name for f in functions}
         return [f for f in functions if _cold_parent(f.name) not in parents]
+    by_name = {f.name: f for f in functions}
     out: list[Symbol] = []
     for name in dict.fromkeys(names):
-        sym = image.symbol(name)
+        sym = image.symbol(name) or by_name.get(name)
         if sym is None or sym.kind != "func" or not sym.value:
             raise UsageError(_not_a_function(image, name, sym))
         out.append(sym)

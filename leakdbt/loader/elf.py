@@ -48,7 +48,11 @@ ET_EXEC, ET_DYN = 2, 3
 EM_X86_64 = 62
 PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_TLS = 1, 2, 3, 7
 PN_XNUM = 0xFFFF
-SHT_NULL, SHT_SYMTAB, SHT_STRTAB, SHT_NOBITS, SHT_DYNSYM = 0, 2, 3, 8, 11
+SHT_NULL, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_DYNSYM = 0, 2, 3, 4, 8, 11
+R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7
+_RELA = struct.Struct("<QQq")
+PLT_SECTIONS = (".plt", ".plt.sec", ".plt.got")
+MAX_PLT_BYTES = 1 << 20
 SHN_UNDEF, SHN_XINDEX = 0, 0xFFFF
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME = 0, 1, 5, 10, 14
 DT_FLAGS_1 = 0x6FFFFFFB
@@ -140,6 +144,7 @@ class _Section(NamedTuple):
     number: int
     name: str
     type: int
+    addr: int
     offset: int
     size: int
     link: int
@@ -168,9 +173,11 @@ class _SymbolDecoder:
 
     data: bytes
     tables: tuple[_SymbolTable, ...]
+    plt: _Plt | None = None
 
     def __call__(self) -> tuple[Symbol, ...]:
-        """Defined function, object and TLS symbols of every table, in file order."""
+        """Defined function, object and TLS symbols of every table, in file order, then
+        ``NAME@plt`` for the PLT stubs."""
         data = self.data
         out: list[Symbol] = []
         for t in self.tables:
@@ -189,7 +196,49 @@ class _SymbolDecoder:
                         continue  # name outside the string table, unterminated, or empty
                     name = names[st_name] = data[start:end].decode("utf-8", "replace")
                 out.append(Symbol(name, value, size, kind))
+        if self.plt is not None:
+            out += self.plt.symbols(data)
         return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Plt:
+    """Where the PLT stubs and their relocations lie (all validated to be in the file)."""
+
+    stubs: tuple[tuple[int, int, int], ...]  # (file offset, size, address) of .plt* sections
+    relas: tuple[tuple[int, int], ...]  # (file offset, size) of relocation tables
+    dynsym: _SymbolTable
+
+    def symbols(self, data: bytes) -> list[Symbol]:
+        """A ``NAME@plt`` function symbol at each stub whose ``jmp [rip+GOT]`` goes through
+        the GOT slot of an imported NAME (JUMP_SLOT, or GLOB_DAT for .plt.got)."""
+        slots: dict[int, str] = {}
+        t = self.dynsym
+        for offset, size in self.relas:
+            for r_offset, r_info, _addend in _RELA.iter_unpack(data[offset:offset + size]):
+                index = r_info >> 32
+                if r_info & 0xFFFFFFFF not in (R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT):
+                    continue
+                if not 0 < index < t.count:
+                    continue
+                st_name = _SYM.unpack_from(data, t.offset + index * _SYM.size)[0]
+                start = t.str_offset + st_name
+                end = data.find(b"\0", start, t.str_offset + t.str_size)
+                if st_name and end > start:
+                    slots[r_offset] = data[start:end].decode("utf-8", "replace")
+        out = []
+        for offset, size, address in self.stubs:
+            code = data[offset:offset + size]
+            at = code.find(b"\xff\x25")  # jmp qword ptr [rip + disp32]
+            while 0 <= at <= len(code) - 6:
+                got = address + at + 6 + struct.unpack_from("<i", code, at + 2)[0]
+                name = slots.get(got)
+                if name is not None:
+                    start = at - (code[at - 1:at] == b"\xf2")  # bnd prefix
+                    start -= 4 * (code[start - 4:start] == b"\xf3\x0f\x1e\xfa")  # endbr64
+                    out.append(Symbol(f"{name}@plt", address + start, at + 6 - start, "func"))
+                at = code.find(b"\xff\x25", at + 6)
+        return out
 
 
 class _Parser:
@@ -256,7 +305,7 @@ class _Parser:
             interpreter=interpreter,
             needed=dynamic.needed,
             soname=dynamic.soname,
-            symbols=_SymbolDecoder(self.data, tables) if tables else (),
+            symbols=_SymbolDecoder(self.data, tables, self.plt(sections)) if tables else (),
             has_symtab=has_symtab,
             has_dwarf_lines=has_dwarf_lines,
             data=self.data,
@@ -477,8 +526,8 @@ class _Parser:
             warn(f"{count} section headers are more than the {MAX_SECTIONS} read; ignoring them")
             return []
         raw = [
-            (t, off, size, link, entsize, name)
-            for name, t, _f, _a, off, size, link, _i, _al, entsize in _SHDR.iter_unpack(
+            (t, addr, off, size, link, entsize, name)
+            for name, t, _f, addr, off, size, link, _i, _al, entsize in _SHDR.iter_unpack(
                 self.data[shoff : shoff + count * _SHDR.size]
             )
         ]
@@ -489,19 +538,19 @@ class _Parser:
             warn("no section name table (e_shstrndx is 0); section names unknown")
         elif shstrndx >= count or raw[shstrndx][0] != SHT_STRTAB:
             warn(f"e_shstrndx {shstrndx} is not a string table; section names unknown")
-        elif raw[shstrndx][1] + raw[shstrndx][2] > self.size:
+        elif raw[shstrndx][2] + raw[shstrndx][3] > self.size:
             warn("section name table extends past end of file; section names unknown")
         else:
-            names_at = raw[shstrndx][1], raw[shstrndx][2]
+            names_at = raw[shstrndx][2], raw[shstrndx][3]
         out: list[_Section] = []
-        for i, (t, off, size, link, entsize, name_off) in enumerate(raw):
+        for i, (t, addr, off, size, link, entsize, name_off) in enumerate(raw):
             name = ""
             if names_at is not None and name_off < names_at[1]:
                 start, end = names_at[0] + name_off, names_at[0] + names_at[1]
                 stop = self.data.find(b"\0", start, end)
                 if stop >= 0:
                     name = self.data[start:stop].decode("utf-8", "replace")
-            out.append(_Section(i, name, t, off, size, link, entsize))
+            out.append(_Section(i, name, t, addr, off, size, link, entsize))
         return out
 
     def symbol_tables(self, sections: list[_Section]) -> tuple[tuple[_SymbolTable, ...], bool]:
@@ -539,6 +588,25 @@ class _Parser:
             tables.append(_SymbolTable(s.offset, count, strings.offset, strings.size))
             has_symtab = has_symtab or s.type == SHT_SYMTAB
         return tuple(tables), has_symtab
+
+    def plt(self, sections: list[_Section]) -> _Plt | None:
+        """The PLT stubs and the relocations that name them, when both are usable."""
+        dynsym = next((s for s in sections if s.type == SHT_DYNSYM), None)
+        if dynsym is None:
+            return None
+        strings = sections[dynsym.link] if 0 < dynsym.link < len(sections) else None
+        if (strings is None or strings.type != SHT_STRTAB or dynsym.entsize != _SYM.size
+                or dynsym.offset + dynsym.size > self.size
+                or strings.offset + strings.size > self.size):
+            return None
+        table = _SymbolTable(dynsym.offset, dynsym.size // _SYM.size, strings.offset,
+                             strings.size)
+        in_file = [s for s in sections if s.offset + s.size <= self.size]
+        stubs = tuple((s.offset, min(s.size, MAX_PLT_BYTES), s.addr) for s in in_file
+                      if s.name in PLT_SECTIONS and s.type != SHT_NOBITS)
+        relas = tuple((s.offset, s.size - s.size % _RELA.size) for s in in_file
+                      if s.type == SHT_RELA and s.link == dynsym.number)
+        return _Plt(stubs, relas, table) if stubs and relas else None
 
     def dwarf_lines(self, sections: list[_Section]) -> bool:
         """Whether a usable DWARF line table (.debug_line, maybe compressed) is present."""

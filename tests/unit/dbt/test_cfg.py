@@ -824,8 +824,6 @@ def test_undecodable_code_is_reported_not_fatal() -> None:
 
 # -- known limits -----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the loader has no PLT symbols, so a call to exit@plt "
-                   "is named _init+0x.. and not known to be non-returning")
 def test_calls_through_the_plt_to_exit_end_the_path(tmp_path: Path) -> None:
     src = tmp_path / "plt.c"
     src.write_text("#include <stdlib.h>\n__attribute__((noipa)) int f(int x) {\n"

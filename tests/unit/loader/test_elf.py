@@ -269,7 +269,8 @@ def test_stripped_dynamic_has_only_dynamic_symbols(builds: dict[str, str]) -> No
     image = load_image(builds["dynamic_stripped"])
     assert image.symbol("leak_target") is None
     assert image.symbolize(image.entry) is None
-    assert image.functions == ()
+    # only the PLT stubs of imported functions, named from .rela.plt as objdump names them
+    assert image.functions and all(f.name.endswith("@plt") for f in image.functions)
 
 
 def test_entry_symbol_is_start(builds: dict[str, str]) -> None:
