@@ -25,13 +25,12 @@ from __future__ import annotations
 import enum
 import re
 import struct
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from leakdbt.dbt.insn import Flow, Insn, decode
-from leakdbt.loader.image import Image, Symbol
+from leakdbt.loader.image import Image, Symbol, per_image
 
 # Functions that never return (C library and compiler runtime); a call to one ends its path.
 NORETURN = frozenset({
@@ -235,27 +234,20 @@ class _SymbolIndex:
     cold_parts: dict[str, tuple[Symbol, ...]]  # NAME -> its NAME.cold / NAME.cold.N parts
 
 
-_INDEXES: dict[int, _SymbolIndex] = {}  # by id() of a live Image
-
-
+@per_image
 def _symbol_index(image: Image) -> _SymbolIndex:
     """Built once per image (its symbol tables may hold thousands of entries)."""
-    index = _INDEXES.get(id(image))
-    if index is None:
-        names: dict[int, list[str]] = {}
-        for s in image.symbols:
-            if s.kind == "func" and s.value:
-                names.setdefault(s.value, []).append(s.name)
-        cold: dict[str, list[Symbol]] = {}
-        for sym in image.functions:
-            base, dot, rest = sym.name.partition(".cold")
-            if dot and (not rest or rest.startswith(".")):
-                cold.setdefault(base, []).append(sym)
-        index = _SymbolIndex({a: tuple(n) for a, n in names.items()},
-                             {b: tuple(c) for b, c in cold.items()})
-        _INDEXES[id(image)] = index
-        weakref.finalize(image, _INDEXES.pop, id(image), None)
-    return index
+    names: dict[int, list[str]] = {}
+    for s in image.symbols:
+        if s.kind == "func" and s.value:
+            names.setdefault(s.value, []).append(s.name)
+    cold: dict[str, list[Symbol]] = {}
+    for sym in image.functions:
+        base, dot, rest = sym.name.partition(".cold")
+        if dot and (not rest or rest.startswith(".")):
+            cold.setdefault(base, []).append(sym)
+    return _SymbolIndex({a: tuple(n) for a, n in names.items()},
+                        {b: tuple(c) for b, c in cold.items()})
 
 
 class _Builder:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import enum
-import functools
 import sys
 import threading
 import time
@@ -38,7 +37,7 @@ from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.errors import LeakDBTError, TranslationError
 from leakdbt.linux.modules import LoadedModule, ModuleMap
-from leakdbt.loader.image import PF_X, Image, Symbol
+from leakdbt.loader.image import PF_X, Image, Symbol, per_image
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PAGE, PROT_WRITE, page_down
 
@@ -294,7 +293,7 @@ class Dispatcher:
                 continue
             start, end = image.extent(func)
             seg = image.segment_at(func.value)
-            inner = _entries_within(image, func.value + 1, func.value + JMP_SIZE)
+            inner = _entries_within(image, func.value + 1, func.value + JMP_SIZE, True)
             if end - start >= JMP_SIZE and seg is not None and seg.flags & PF_X and not inner:
                 funcs.append(func)
         if not funcs:
@@ -400,7 +399,7 @@ def requests_from_contract(contract: Contract) -> list[RegionRequest]:
     return out
 
 
-@functools.lru_cache(maxsize=16)
+@per_image
 def _rel32_targets(image: Image) -> list[int]:
     targets: list[int] = []
     for seg in image.segments:
@@ -409,19 +408,34 @@ def _rel32_targets(image: Image) -> list[int]:
     return sorted(targets)
 
 
-def _entries_within(image: Image, lo: int, hi: int) -> bool:
+@per_image
+def _swept_targets(image: Image) -> list[int]:
+    """Direct-branch targets from a linear sweep of all of ``image``'s code, sorted."""
+    targets: set[int] = set()
+    for seg in image.segments:
+        if seg.flags & PF_X:
+            targets |= direct_targets(image.read(seg.vaddr, seg.filesz), seg.vaddr)
+    return sorted(targets)
+
+
+def _entries_within(image: Image, lo: int, hi: int, sweep_module: bool = False) -> bool:
     """Can code be entered anywhere in [lo, hi) (link-time) other than by falling into it?
 
     Function symbols; rel32 branches from anywhere in the module (found at every byte
     offset, so none is missed); short branches from up to 128 bytes around, found by
-    decoding from the nearest function start.  Hand-written assembly does jump into other
-    functions: glibc's ``__mempcpy_ssse3`` enters ``__memcpy_ssse3+3``.
+    decoding from the nearest function start — or, with ``sweep_module`` (cheaper when
+    asking for every function), by one linear sweep of the module.  Hand-written assembly
+    does jump into other functions: glibc's ``__mempcpy_ssse3`` enters
+    ``__memcpy_ssse3+3``.
     """
     funcs = [f.value for f in code_functions(image)]
-    for points in (funcs, _rel32_targets(image)):
+    sources = [funcs, _rel32_targets(image)] + ([_swept_targets(image)] if sweep_module else [])
+    for points in sources:
         i = bisect.bisect_left(points, lo)
         if i < len(points) and points[i] < hi:
             return True
+    if sweep_module:
+        return False
     seg = image.segment_at(lo)
     if seg is None:
         return True

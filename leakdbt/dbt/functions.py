@@ -4,13 +4,11 @@ symbol table (stripped) — also the targets of its direct calls and its entry p
 
 from __future__ import annotations
 
-import functools
-
 from leakdbt.dbt.disasm import direct_call_targets
-from leakdbt.loader.image import PF_X, Image, Symbol
+from leakdbt.loader.image import PF_X, Image, Symbol, per_image
 
 
-@functools.lru_cache(maxsize=16)
+@per_image
 def code_functions(image: Image) -> tuple[Symbol, ...]:
     """Functions of ``image`` by address, each with a size (up to the next function when
     the symbol table gives none)."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 PF_X = 1
 PF_W = 2
@@ -221,3 +223,24 @@ class Image:
 def _preference(s: Symbol) -> tuple[Any, ...]:
     """Sort key choosing among same-named symbols: functions first, then defined addresses."""
     return (s.kind != "func", s.value == 0)
+
+
+_T = TypeVar("_T")
+
+
+def per_image(fn: Callable[[Image], _T]) -> Callable[[Image], _T]:
+    """Cache ``fn(image)`` for as long as that Image object lives.
+
+    Keyed by identity: hashing an Image would hash its whole symbol table on every call.
+    """
+    results: dict[int, _T] = {}
+
+    @functools.wraps(fn)
+    def cached(image: Image) -> _T:
+        key = id(image)
+        if key not in results:
+            results[key] = fn(image)
+            weakref.finalize(image, results.pop, key, None)
+        return results[key]
+
+    return cached
