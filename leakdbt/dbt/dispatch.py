@@ -32,7 +32,7 @@ from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.codecache import CodeCache
 from leakdbt.dbt.disasm import direct_targets, rel32_targets
 from leakdbt.dbt.functions import code_functions
-from leakdbt.dbt.insn import Flow
+from leakdbt.dbt.insn import Flow, decode
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.errors import LeakDBTError, TranslationError
@@ -293,8 +293,10 @@ class Dispatcher:
                 continue
             start, end = image.extent(func)
             seg = image.segment_at(func.value)
-            inner = _entries_within(image, func.value + 1, func.value + JMP_SIZE, True)
-            if end - start >= JMP_SIZE and seg is not None and seg.flags & PF_X and not inner:
+            if (end - start >= JMP_SIZE and seg is not None and seg.flags & PF_X
+                    and _straight_entry(image, func.value)
+                    and not _entries_within(image, func.value + 1, func.value + JMP_SIZE,
+                                            True)):
                 funcs.append(func)
         if not funcs:
             return
@@ -445,6 +447,22 @@ def _entries_within(image: Image, lo: int, hi: int, sweep_module: bool = False) 
         start = funcs[i]
     end = min(hi + 136, seg.vaddr + seg.filesz)
     return any(lo <= t < hi for t in direct_targets(image.read(start, end - start), start))
+
+
+def _straight_entry(image: Image, address: int) -> bool:
+    """Do the first JMP_SIZE bytes at ``address`` run in sequence (no ``ret`` or jump
+    before their end), so a function's copy can cover all the bytes its entry jump takes?"""
+    code = image.read(address, JMP_SIZE + 15)
+    at = address
+    while at < address + JMP_SIZE:
+        insn = decode(code[at - address:], at)
+        if insn is None:
+            return False
+        if insn.flow in (Flow.RETURN, Flow.JUMP, Flow.INDIRECT_JUMP, Flow.STOP) \
+                and insn.next < address + JMP_SIZE:
+            return False
+        at = insn.next
+    return True
 
 
 def _patchable(region: CodeRegion, image: Image | None, entry: int, size: int, bias: int

@@ -145,4 +145,6 @@ def _check_reducible(cfg: FunctionCFG, members: list[int], name: str) -> None:
 
 def _where(cfg: FunctionCFG, address: int) -> str:
     off = address - cfg.entry
+    if off < 0:  # a gcc .cold part placed below the function
+        return f"{cfg.name}-{-off:#x}"
     return f"{cfg.name}+{off:#x}" if off else cfg.name

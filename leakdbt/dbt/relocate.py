@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from leakdbt.dbt.asm import AssemblyError, assemble, canonical_insn, decode_one
-from leakdbt.dbt.insn import SHORT_ONLY, Flow, Insn
+from leakdbt.dbt.insn import SHORT_ONLY, Flow, Insn, decode
 from leakdbt.dbt.region import CodeRegion, RegionError
 
 MAX_LAYOUT_PASSES = 8
@@ -117,20 +117,40 @@ def _jump(origin: int | None, target: int, members: set[int]) -> _Item:
 
 def _branch(insn: Insn, target: int, bias: int, members: set[int]) -> _Item:
     mnemonic = insn.mnemonic
+    if mnemonic in SHORT_ONLY:
+        return _short_only(insn, target, bias, members)
+
+    def encode(at: int, labels: Labels) -> bytes:
+        return assemble(f"{mnemonic} {_resolve(target, members, labels):#x}", at)
+
+    return _Item(insn.address + bias, None, encode, 6, target, 2, 6)
+
+
+def _short_only(insn: Insn, target: int, bias: int, members: set[int]) -> _Item:
+    """loop*/j*cxz have only a rel8 form.  Their bytes are kept up to the displacement: an
+    address-size prefix (ecx instead of rcx: ``jecxz``, ``addr32 loop``) is not in Capstone's
+    text for ``loop``, so assembling the text would silently drop it."""
+    head, short = insn.raw[:-1], insn.size  # prefixes and opcode; the whole instruction
+
+    def rel8(at: int, dest: int) -> bytes:
+        code = head + ((dest - (at + short)) & 0xFF).to_bytes(1, "little")
+        got = decode(code, at)
+        if got is None or got.size != short or got.mnemonic != insn.mnemonic \
+                or got.target != dest:
+            raise AssemblyError(f"{insn.mnemonic} {dest:#x}", at, code,
+                                None if got is None else got.text, "rel8 re-encoding")
+        return code
 
     def encode(at: int, labels: Labels) -> bytes:
         dest = _resolve(target, members, labels)
-        if mnemonic not in SHORT_ONLY:
-            return assemble(f"{mnemonic} {dest:#x}", at)
-        if -128 <= dest - (at + 2) <= 127:
-            return assemble(f"{mnemonic} {dest:#x}", at)
-        # loop/jrcxz only reach 127 bytes: branch over a short jump to a near jump.
-        far = assemble(f"jmp {dest:#x}", at + 4)
-        return (assemble(f"{mnemonic} {at + 4:#x}", at)
-                + assemble(f"jmp {at + 4 + len(far):#x}", at + 2) + far)
+        if -128 <= dest - (at + short) <= 127:
+            return rel8(at, dest)
+        # Out of rel8 reach: branch over a short jump to a near jump.
+        far = assemble(f"jmp {dest:#x}", at + short + 2)
+        return (rel8(at, at + short + 2)
+                + assemble(f"jmp {at + short + 2 + len(far):#x}", at + short) + far)
 
-    return _Item(insn.address + bias, None, encode, 9 if mnemonic in SHORT_ONLY else 6,
-                 target, 2, 9 if mnemonic in SHORT_ONLY else 6)
+    return _Item(insn.address + bias, None, encode, short + 7, target, short, short + 7)
 
 
 def _copy(insn: Insn, bias: int) -> _Item:
