@@ -184,24 +184,28 @@ def _verify_copy(code: bytes, at: int, raw: bytes, original: int) -> None:
         raise AssemblyError(want, at, code, got, f"the copy means {got!r}")
 
 
+def _labels(items: list[_Item], base: int) -> Labels:
+    """Where each block's copy starts when the items are placed from ``base``."""
+    labels: Labels = {}
+    at = base
+    for item in items:
+        if item.block is not None:
+            labels[item.block] = at
+        at += item.size
+    return labels
+
+
 def _layout(items: list[_Item], place: Callable[[int], int] | int, name: str
             ) -> tuple[int, bytes, Labels, dict[int, int]]:
     """Place items: sizes of branches shrink to their short forms where the
     target is near, until the layout settles; then encode once, at the final addresses."""
-    labels: Labels = {}
     members = {item.block for item in items if item.block is not None}
-    base = 0  # sizes depend only on distances inside the copy
     for _ in range(MAX_LAYOUT_PASSES):
-        labels = {}
-        at = base
-        for item in items:
-            if item.block is not None:
-                labels[item.block] = at
-            at += item.size
+        labels = _labels(items, 0)  # sizes depend only on distances inside the copy
         # Decide every size from this one consistent layout: distances only shrink when
         # sizes do, so a short form chosen now stays in reach.
         shrink: list[tuple[_Item, int]] = []
-        at = base
+        at = 0
         for item in items:
             if item.target is not None and item.target in members:
                 size = item.size_at(at, labels[item.target])
@@ -213,12 +217,7 @@ def _layout(items: list[_Item], place: Callable[[int], int] | int, name: str
         for item, size in shrink:
             item.size = size
     base = place if isinstance(place, int) else place(sum(item.size for item in items))
-    labels = {}
-    at = base
-    for item in items:
-        if item.block is not None:
-            labels[item.block] = at
-        at += item.size
+    labels = _labels(items, base)
     code = bytearray()
     origin: dict[int, int] = {}
     for item in items:
