@@ -42,6 +42,7 @@ CASES: dict[str, tuple[list[str], bytes]] = {
     "modexp": (["3000"], b""),
     "checksum_self": ([], b""),
     "region_loop": (["20000"], b""),
+    "switch_loop": (["5", "300"], b""),
 }
 
 
@@ -95,9 +96,12 @@ def test_same_as_native(built: Path, listing: Path, tmp_path: Path, kind: str,
         assert "functions refused:         0" in stats, stats
 
 
+@pytest.mark.parametrize("translate", [False, True], ids=["exec", "translate-all"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_avx_is_refused_not_run_wrongly(built: Path, kind: str) -> None:
-    guest = run_leakdbt(["exec", binary(kind, "avx")])
+def test_avx_is_refused_not_run_wrongly(built: Path, kind: str, translate: bool) -> None:
+    """Also from a relocated copy: code-cache pages are vetted like any code page."""
+    flags = ["--translate-all"] if translate else []
+    guest = run_leakdbt(["exec", *flags, binary(kind, "avx")])
     assert guest.stdout == b"avx: start\n"
     assert guest.status == 125
     last = guest.stderr.decode().strip().splitlines()
