@@ -35,7 +35,8 @@ class CodeCache:
         """Address of ``size`` fresh bytes within reach of the module at [lo, hi)."""
         for c in self.chunks:
             at = c.start + c.used
-            if at + size <= c.end and at - REACH <= lo and hi <= c.start + REACH:
+            # every byte of the copy within REACH of every byte of the module
+            if at + size <= c.end and at + size - REACH <= lo and hi <= at + REACH:
                 c.used += size
                 self.bytes_used += size
                 return at
