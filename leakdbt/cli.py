@@ -134,10 +134,11 @@ def info(fmt: str, binary: str) -> None:
 
 def _register_subcommands() -> None:
     from leakdbt.contract.commands import contract
-    from leakdbt.dbt.commands import blocks
+    from leakdbt.dbt.commands import blocks, passes
 
     cli.add_command(contract)
     cli.add_command(blocks)
+    cli.add_command(passes)
 
 
 _register_subcommands()

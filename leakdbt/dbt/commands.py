@@ -116,3 +116,24 @@ def render_svg(dot_source: str) -> str:
         first = (done.stderr.strip().splitlines() or ["no message"])[0]
         raise RuntimeError(f"dot -Tsvg failed (status {done.returncode}): {first}")
     return done.stdout
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def passes(fmt: str) -> None:
+    """List the installed hardening passes in the order they run."""
+    import json
+
+    from leakdbt.dbt.passes import load_passes
+
+    loaded = load_passes()
+    rows = [{"name": p.name, "origin": p.origin, "after": list(p.hardening.after),
+             "before": list(p.hardening.before)} for p in loaded]
+    if fmt == "json":
+        click.echo(json.dumps({"passes": rows}, indent=2))
+        return
+    if not rows:
+        click.echo("no hardening passes installed")
+    for i, r in enumerate(rows, 1):
+        order = "; ".join(f"{k}: {', '.join(r[k])}" for k in ("after", "before") if r[k])
+        click.echo(f"{i}. {r['name']}  ({r['origin']}){'  ' + order if order else ''}")
