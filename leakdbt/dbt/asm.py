@@ -47,13 +47,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 from leakdbt.dbt.disasm import decode_one
 from leakdbt.errors import TranslationError
 
 __all__ = [
+    "assemble_block",
     "AssemblyError",
     "assemble",
     "assemble_many",
@@ -152,6 +153,55 @@ def assemble_many(lines: Sequence[str], address: int) -> bytes:
     for line in lines:
         code += assemble(line, address + len(code))
     return bytes(code)
+
+
+_LABEL = re.compile(r"([A-Za-z_.][A-Za-z0-9_.]*):")
+MAX_BLOCK_PASSES = 8
+
+
+def assemble_block(lines: Sequence[str], address: int) -> bytes:
+    """Encode a sequence that may define local labels (``name:`` on its own line) and
+    branch to them, each instruction verified at its own address.
+
+    Label references are replaced by the labels' addresses; branch sizes are recomputed
+    until the layout settles, so the result depends only on distances inside the block.
+    """
+    labels: dict[str, int] = {}
+    body: list[tuple[str | None, str]] = []  # (label defined here, instruction or "")
+    for line in lines:
+        text = line.strip()
+        m = _LABEL.fullmatch(text)
+        if m:
+            if m.group(1) in labels or any(lab == m.group(1) for lab, _ in body):
+                raise AssemblyError(text, address, None, None, "label defined twice")
+            body.append((m.group(1), ""))
+        elif text:
+            body.append((None, text))
+    names = [lab for lab, _ in body if lab]
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b") if names else None
+    sizes = [0] * len(body)
+    for _ in range(MAX_BLOCK_PASSES):
+        at, labels = address, {}
+        for (lab, _), size in zip(body, sizes, strict=True):
+            if lab:
+                labels[lab] = at
+            at += size
+        code = bytearray()
+        new_sizes = []
+        for _lab, text in body:
+            if pattern is not None:
+                text = pattern.sub(partial(_label_address, labels), text)
+            encoded = assemble(text, address + len(code)) if text else b""
+            code += encoded
+            new_sizes.append(len(encoded))
+        if new_sizes == sizes:  # the labels were placed where the code really is
+            return bytes(code)
+        sizes = new_sizes
+    raise AssemblyError("\n".join(lines), address, None, None, "branch sizes do not settle")
+
+
+def _label_address(labels: dict[str, int], m: re.Match[str]) -> str:
+    return f"{labels[m.group(1)]:#x}"
 
 
 def _describe(code: bytes, address: int) -> str:

@@ -13,10 +13,10 @@ assembled one what its text says (:func:`leakdbt.dbt.asm.assemble`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from leakdbt.dbt.asm import AssemblyError, assemble, canonical_insn, decode_one
+from leakdbt.dbt.asm import AssemblyError, assemble, assemble_block, canonical_insn, decode_one
 from leakdbt.dbt.insn import SHORT_ONLY, Flow, Insn, decode
 from leakdbt.dbt.region import CodeRegion, RegionError
 
@@ -57,12 +57,16 @@ class _Item:
         return self.short if -128 <= dest - (at + self.short) <= 127 else self.near
 
 
-def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int) -> Translation:
+def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
+             rewrite: Mapping[int, Sequence[str]] | None = None) -> Translation:
     """Translate ``region`` (link-time addresses of a module loaded at ``bias``).
 
     ``place`` is the copy's address, or a function that is given the copy's size and
-    returns its address (the layout does not depend on where the copy goes).
+    returns its address (the layout does not depend on where the copy goes).  ``rewrite``
+    replaces instructions (by link-time address) with sequences of Intel-syntax lines —
+    a hardening pass's output — that may use local labels but not leave the sequence.
     """
+    rewrite = rewrite or {}
     items: list[_Item] = []
     blocks = region.block_list()
     members = {b.start + bias for b in blocks}
@@ -72,7 +76,10 @@ def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int) -
         layout_next = blocks[i + 1].start + bias if i + 1 < len(blocks) else None
         first = True
         for insn in block.insns:
-            item = _emit(insn, bias, members, region.name)
+            if insn.address in rewrite:
+                item = _sequence(insn.address + bias, tuple(rewrite[insn.address]))
+            else:
+                item = _emit(insn, bias, members, region.name)
             item.block = block.start + bias if first else None
             first = False
             items.append(item)
@@ -85,6 +92,12 @@ def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int) -
     source = tuple((i.address + bias, i.raw) for b in blocks for i in b.insns)
     return Translation(region.name, base, code, labels[region.entry + bias], origin,
                        tuple(sorted(labels.values())), source)
+
+
+def _sequence(origin: int, lines: tuple[str, ...]) -> _Item:
+    """A replacement sequence: its size depends only on distances inside it."""
+    size = len(assemble_block(lines, 0))
+    return _Item(origin, None, lambda at, labels: assemble_block(lines, at), size)
 
 
 def _emit(insn: Insn, bias: int, members: set[int], name: str) -> _Item:
