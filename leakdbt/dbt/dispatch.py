@@ -366,11 +366,14 @@ class Dispatcher:
     # -- reporting ---------------------------------------------------------------------------
 
     def original_of(self, address: int) -> int | None:
-        """The original instruction a code-cache address is a copy of, if any."""
+        """The original instruction a code-cache address stands for, if any: the one it is
+        a copy of, or the one whose replacement sequence (or exit jump) it lies in."""
         for site in self.sites:
             t = site.translation
-            if t.base <= address < t.end:
-                return t.origin.get(address)
+            if t.base <= address < t.end and t.origin:
+                starts = sorted(t.origin)
+                i = bisect.bisect_right(starts, address) - 1
+                return t.origin[starts[max(i, 0)]]
         return None
 
     def report(self) -> dict[str, object]:
