@@ -343,13 +343,49 @@ class Dispatcher:
             self.stats.translate_seconds += time.perf_counter() - started
         self.stats.functions_translated += 1
         self._remove_site(trap)
+        cases = self._case_sites(mod, region, site)
         self.machine.set_reg("rip", site.translation.entry)
 
-        def retarget() -> None:  # the entry jump now goes to the copy
+        def retarget() -> None:  # the entry jump now goes to the copy, and so do the cases
             self.mem.write_code_view(site.entry, site.patch or b"")
             site.installed = True
+            for case in cases:
+                self._install(case)
 
         self.machine.defer(retarget)
+
+    def _case_sites(self, mod: LoadedModule, region: CodeRegion, site: Site) -> list[Site]:
+        """Entry jumps at the targets of the function's jump tables, so that a table jump
+        in the copy (which reads original addresses) comes back into the copy.  A target
+        gets one only if no other entry point lies in the bytes it would cover."""
+        image = mod.image
+        cfg = region.cfg
+        targets = sorted({t for table in cfg.jump_tables.values() for t in table.targets})
+        if image is None or not targets:
+            return []
+        copy_of = {orig: at for at, orig in site.translation.origin.items()}
+        entries = set(targets) | {cfg.entry}
+        taken = [(cfg.entry, cfg.entry + len(site.patch or b""))]
+        ranges = region.byte_ranges
+        cases = []
+        for t in targets:
+            copy = copy_of.get(t + mod.base)
+            if copy is None or t == cfg.entry:
+                continue
+            patch = assemble(f"jmp {copy:#x}", t + mod.base)
+            end = t + len(patch)
+            if (not any(lo <= t and end <= hi for lo, hi in ranges)
+                    or any(t < e < end for e in entries)
+                    or any(t < b and a < end for a, b in taken)
+                    or _entries_within(image, t + 1, end, True)):
+                continue
+            taken.append((t, end))
+            original = image.read(t, len(patch))
+            case = Site(f"{region.name}:case@{t:#x}", t + mod.base, site.translation, [],
+                        patch, original, Mode.HARDENED)
+            self._add_site(case)
+            cases.append(case)
+        return cases
 
     def _add_site(self, site: Site) -> None:
         self.sites.append(site)

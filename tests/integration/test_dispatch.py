@@ -202,3 +202,69 @@ def test_regions_are_translated_ahead_of_their_first_run(built: Path, kind: str)
     status, _d = _run(exe, REGION_LOOP, ["10"], Mode.HARDENED, on_start, count=False)
     assert status == 0
     assert before and before[0]
+
+
+SWITCH_C = r"""
+#include <stdio.h>
+__attribute__((noipa)) long sw(long x, long y)
+{
+    switch (x & 7) {
+    case 0: return y * 3 + 1;
+    case 1: return y ^ 0x55;
+    case 2: return y - 17;
+    case 3: return y << 3;
+    case 4: return y / 7;
+    case 5: return ~y;
+    case 6: return y * y + 5;
+    default: return y + 99;
+    }
+}
+int main(void)
+{
+    long acc = 1;
+    for (long i = 0; i < 1000; i++)
+        acc = sw(i, acc) + i;
+    printf("%ld\\n", acc);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("flags", [["-static"], ["-static-pie", "-fPIE"]])
+def test_translate_all_keeps_switch_cases_in_the_copy(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], flags: list[str]) -> None:
+    """A jump-table jump in a copy reads original addresses; the case targets get entry
+    jumps back into the copy, so of the original function only those jumps ever run."""
+    import subprocess
+
+    from unicorn import UC_HOOK_BLOCK
+
+    from leakdbt.dbt.cfg import function_cfg
+    from leakdbt.loader.elf import load_image
+
+    src = tmp_path / "sw.c"
+    src.write_text(SWITCH_C)
+    exe = tmp_path / "sw"
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(exe), str(src)], check=True)
+    native = run_native([str(exe)])
+    image = load_image(exe)
+    func = image.symbol("sw")
+    assert func is not None
+    cfg = function_cfg(image, func)
+    (table,) = cfg.jump_tables.values()
+    bias = 0x5555_5555_4000 if image.is_pie else 0
+    allowed = {func.value + bias} | {t + bias for t in table.targets}
+    ran: dict[int, int] = {}
+
+    def on_start(machine: Machine, d: Dispatcher | None) -> None:
+        def block(uc: Uc, address: int, size: int, _ud: object) -> None:
+            ran[address] = size
+
+        machine.uc.hook_add(UC_HOOK_BLOCK, block, None, func.value + bias,
+                            func.value + bias + func.size - 1)
+
+    options = ExecOptions(argv=[str(exe)], env=[], translate_all=["sw"], on_start=on_start)
+    assert execute(str(exe), options).exit_status == 0
+    assert capfd.readouterr().out.encode() == native.stdout
+    assert ran and set(ran) <= allowed, sorted(map(hex, set(ran) - allowed))
+    assert all(size == 5 for size in ran.values())  # only the entry jumps themselves
