@@ -16,6 +16,7 @@ The pass names are the interface with the translator's pass registry.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from leakdbt.contract.model import (
@@ -165,60 +166,80 @@ def _channels(seen: set[Observer]) -> str:
     return ", ".join(o.value for o in Observer if o in seen)
 
 
-def _decide(name: str, seen: set[Observer], profile: Profile,
-            region: Region | None) -> PassStep | Skipped:
-    """One rule per pass: is it needed against ``seen`` on ``profile``, and how?"""
-    what = PASS_TEXT[name]
-    if name == "bounded-loop":
-        params: tuple[tuple[str, Param], ...] = ()
-        if region is not None and region.bound is not None:
-            params = (("bound", region.bound),)
-        return PassStep(name, params, "the number of iterations depends on the secret and "
-                                      f"shows in total time; the pass {what}")
-    if name == "if-conversion":
-        extra = (", and in the code cache lines and branch-predictor state it leaves"
-                 if Observer.CACHE_LINE in seen else "")
-        return PassStep(name, (), "which side of the branch runs depends on the secret and "
-                                  f"shows in total time{extra}; the pass {what}")
-    if name == "ct-division":
-        fact = profile.latency_fact("int-div")
+Rule = Callable[[str, set[Observer], Profile, "Region | None"], "PassStep | Skipped"]
+
+
+def _bounded_loop(name: str, seen: set[Observer], profile: Profile,
+                  region: Region | None) -> PassStep | Skipped:
+    params: tuple[tuple[str, Param], ...] = ()
+    if region is not None and region.bound is not None:
+        params = (("bound", region.bound),)
+    return PassStep(name, params, "the number of iterations depends on the secret and "
+                                  f"shows in total time; the pass {PASS_TEXT[name]}")
+
+
+def _if_conversion(name: str, seen: set[Observer], profile: Profile,
+                   region: Region | None) -> PassStep | Skipped:
+    extra = (", and in the code cache lines and branch-predictor state it leaves"
+             if Observer.CACHE_LINE in seen else "")
+    return PassStep(name, (), "which side of the branch runs depends on the secret and "
+                              f"shows in total time{extra}; the pass {PASS_TEXT[name]}")
+
+
+def _latency_rule(latency_class: str, slow: str, fast: str,
+                  params: tuple[tuple[str, Param], ...] = ()) -> Rule:
+    """A pass needed exactly when the profile says ``latency_class`` depends on the data:
+    ``slow``/``fast`` say why (``{cpu}``: the profile's name, ``{basis}``: its source)."""
+    def rule(name: str, seen: set[Observer], profile: Profile,
+             region: Region | None) -> PassStep | Skipped:
+        fact = profile.latency_fact(latency_class)
+        words = {"cpu": profile.name, "basis": fact.basis}
         if not fact.value:
-            return Skipped(name, f"DIV/IDIV latency does not depend on the operands on "
-                                 f"{profile.name} ({fact.basis})")
-        return PassStep(name, (), f"DIV/IDIV latency depends on the operand values on "
-                                  f"{profile.name} ({fact.basis}) and shows in total time; "
-                                  f"the pass {what}")
-    if name == "oblivious-table":
-        line = profile.line_size
-        if Observer.INTRA_LINE in seen:
-            granularity = profile.intra_line_unit
-            why = (f"a sibling thread sees which {granularity}-byte unit of a line is touched "
-                   f"on {profile.name} ({profile.intra_line.basis})")
-        elif Observer.CACHE_LINE in seen:
-            granularity = line
-            why = "an adversary sharing the cache sees which cache line is touched"
-        else:
-            granularity = line
-            why = ("a remote adversary sees only total time, but which table lines are cached "
-                   "changes it (Bernstein, cache-timing attacks on AES, 2005): conservatively, "
-                   "every line of the table is touched")
-        table: list[tuple[str, Param]] = [("granularity", granularity), ("line_size", line)]
-        if region is not None and region.table is not None:
-            if region.table.symbol is not None:
-                table.append(("table", str(region.table.symbol)))
-            if region.table.length is not None:
-                table.append(("length", region.table.length))
-        return PassStep(name, tuple(table), f"{why}; the pass {what} "
-                                             f"({granularity}-byte units)")
-    if name == "fp-ftz-daz":
-        fact = profile.latency_fact("fp-subnormal")
-        if not fact.value:
-            return Skipped(name, f"subnormal values take no slow path on {profile.name} "
-                                 f"({fact.basis})")
-        return PassStep(name, (("ftz", True), ("daz", True)),
-                        f"subnormal operands or results take a slow path on {profile.name} "
-                        f"({fact.basis}), visible in total time; the pass {what}")
-    raise AssertionError(f"no rule for pass {name}")
+            return Skipped(name, fast.format(**words))
+        return PassStep(name, params, f"{slow.format(**words)}; the pass {PASS_TEXT[name]}")
+    return rule
+
+
+def _oblivious_table(name: str, seen: set[Observer], profile: Profile,
+                     region: Region | None) -> PassStep | Skipped:
+    line = profile.line_size
+    if Observer.INTRA_LINE in seen:
+        granularity = profile.intra_line_unit
+        why = (f"a sibling thread sees which {granularity}-byte unit of a line is touched "
+               f"on {profile.name} ({profile.intra_line.basis})")
+    elif Observer.CACHE_LINE in seen:
+        granularity = line
+        why = "an adversary sharing the cache sees which cache line is touched"
+    else:
+        granularity = line
+        why = ("a remote adversary sees only total time, but which table lines are cached "
+               "changes it (Bernstein, cache-timing attacks on AES, 2005): conservatively, "
+               "every line of the table is touched")
+    table: list[tuple[str, Param]] = [("granularity", granularity), ("line_size", line)]
+    if region is not None and region.table is not None:
+        if region.table.symbol is not None:
+            table.append(("table", str(region.table.symbol)))
+        if region.table.length is not None:
+            table.append(("length", region.table.length))
+    return PassStep(name, tuple(table), f"{why}; the pass {PASS_TEXT[name]} "
+                                         f"({granularity}-byte units)")
+
+
+RULES: dict[str, Rule] = {
+    "bounded-loop": _bounded_loop,
+    "if-conversion": _if_conversion,
+    "ct-division": _latency_rule(
+        "int-div", slow="DIV/IDIV latency depends on the operand values on {cpu} ({basis}) "
+                        "and shows in total time",
+        fast="DIV/IDIV latency does not depend on the operands on {cpu} ({basis})"),
+    "oblivious-table": _oblivious_table,
+    "fp-ftz-daz": _latency_rule(
+        "fp-subnormal", slow="subnormal operands or results take a slow path on {cpu} "
+                             "({basis}), visible in total time",
+        fast="subnormal values take no slow path on {cpu} ({basis})",
+        params=(("ftz", True), ("daz", True))),
+}
+"""One rule per pass: is it needed against the observers seen on a profile, and how?"""
 
 
 def _float_gaps(profile: Profile) -> tuple[str, ...]:
@@ -253,7 +274,7 @@ def plan_region(region: Region | None, seen: set[Observer], profile: Profile,
     for name in PASS_ORDER:
         if kind is not None and PASS_KIND[name] is not kind:
             continue
-        decision = _decide(name, seen, profile, region)
+        decision = RULES[name](name, seen, profile, region)
         if isinstance(decision, Skipped):
             skipped.append(decision)
         elif kind is None:
