@@ -50,6 +50,3 @@ class CodeCache:
     def write(self, address: int, code: bytes) -> None:
         """Fill reserved bytes (never executed before: no translation to invalidate)."""
         self.mem.uc.mem_write(address, code)
-
-    def contains(self, address: int) -> bool:
-        return any(c.start <= address < c.end for c in self.chunks)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import bisect
 import enum
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from unicorn import UC_HOOK_CODE, Uc
 
@@ -70,19 +70,14 @@ class Site:
     name: str
     entry: int  # runtime address of the original first instruction
     translation: Translation
-    ranges: list[tuple[int, int]]  # runtime [start, end) of the original bytes it replaces
     patch: bytes | None  # the jump written over the entry in hardened mode (None: hook)
     original: bytes  # the bytes the patch covers
     mode: Mode
     entries: dict[Mode, int] = field(default_factory=lambda: {Mode.FAST: 0, Mode.HARDENED: 0})
     installed: bool = False  # the shadow view holds the patch
     trap: bool = False  # --translate-all: the patch jumps to a trap, not yet to a copy
-    pretranslated: list[int] = field(default_factory=list)  # copy blocks in the engine cache
-
-    def contains(self, address: int) -> bool:
-        t = self.translation
-        return (t.base <= address < t.end
-                or any(lo <= address < hi for lo, hi in self.ranges))
+    # (address, size) of each translation block the engine made of the copy ahead of time
+    pretranslated: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -92,7 +87,6 @@ class DispatchStats:
     regions: int = 0
     functions_translated: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # name -> reason (translate-all)
-    code_bytes: int = 0
     translate_seconds: float = 0.0
     switches: int = 0
 
@@ -119,7 +113,8 @@ class Dispatcher:
         self.stats = DispatchStats()
         self.running = False
         self._by_page: dict[int, list[Site]] = {}
-        self._traps: dict[int, tuple[LoadedModule, Symbol]] = {}  # trap address -> function
+        # trap address -> the function and its entry-jump site
+        self._traps: dict[int, tuple[LoadedModule, Symbol, Site]] = {}
         self._counted: list[Site] = []  # regions with an entry hook
         machine.resumable = True
         self.mem.enable_shadows()
@@ -133,8 +128,8 @@ class Dispatcher:
 
     def _on_module(self, mod: LoadedModule) -> None:
         image = mod.image
-        if image is None or (not image.is_pie and mod.start != image.low):
-            return  # not loaded as code (e.g. an ELF file mapped as data elsewhere)
+        if image is None:
+            return
         started = time.perf_counter()
         names = {mod.name, image.soname} - {None}
         for req in self.requests:
@@ -165,14 +160,12 @@ class Dispatcher:
         lo, hi = mod.start, mod.end
         t = self.translate(region, mod.base, lambda size: self.cache.reserve(size, lo, hi))
         self.cache.write(t.base, t.code)
-        self.stats.code_bytes = self.cache.bytes_used
         entry = region.entry + mod.base
-        ranges = [(a + mod.base, b + mod.base) for a, b in region.byte_ranges]
         patch: bytes | None = assemble(f"jmp {t.entry:#x}", entry) if jump else None
         if patch and not _patchable(region, mod.image, entry, len(patch), mod.base):
             patch = None
         original = _bytes_at(t.source, entry, len(patch) if patch else 0)
-        site = Site(region.name, entry, t, ranges, patch, original, self.mode)
+        site = Site(region.name, entry, t, patch, original, self.mode)
         self._add_site(site)
         return site
 
@@ -181,8 +174,7 @@ class Dispatcher:
         reveal which path it took), and install the entry jump in hardened mode."""
         def work() -> None:
             for start in site.translation.blocks:
-                self._pretranslate(start, site.translation)
-                site.pretranslated.append(start)
+                site.pretranslated += self._pretranslate(start, site.translation)
             if site.mode is Mode.HARDENED:
                 self._install(site)
 
@@ -191,16 +183,21 @@ class Dispatcher:
         else:
             work()
 
-    def _pretranslate(self, start: int, t: Translation) -> None:
+    def _pretranslate(self, start: int, t: Translation) -> list[tuple[int, int]]:
+        """Have the engine translate the copy's block at ``start`` (in as many translation
+        blocks as it takes to reach the next block); the (address, size) of each."""
+        made: list[tuple[int, int]] = []
         address = start
         while t.base <= address < t.end:
             tb = self.uc.ctl_request_cache(address)
             size = tb[2] if tb is not None else 0
             if size <= 0:
-                return
+                break
+            made.append((address, size))
             address += size
             if address in t.blocks:
-                return
+                break
+        return made
 
     # -- the entry jump -----------------------------------------------------------------
 
@@ -229,11 +226,10 @@ class Dispatcher:
         """First use of a code page (again): put the entry jumps back into its view."""
         for site in self._by_page.get(page, ()):
             if site.mode is Mode.HARDENED and not site.installed:
-                assert site.patch is not None
-                end = site.entry + len(site.patch)
-                if any(self.mem.is_used(p) for p in range(page_down(site.entry), end, PAGE)
-                       if p != page):
-                    self.machine.defer(lambda s=site: self._install(s))  # type: ignore[misc]
+                if any(self.mem.is_used(p) for p in _patch_pages(site) if p != page):
+                    # A page the engine already uses needs its translations dropped, which
+                    # cannot happen inside this TLB fill: between engine runs, then.
+                    self.machine.defer(partial(self._install, site))
                 else:
                     self._install(site)
 
@@ -309,9 +305,8 @@ class Dispatcher:
             original = image.read(func.value, len(patch))
             site = Site(func.name, entry, Translation(func.name, trap, b"\xcc", trap,
                                                       source=((entry, original),)),
-                        [(entry, entry + len(patch))], patch, original, Mode.HARDENED,
-                        trap=True)
-            self._traps[trap] = (mod, func)
+                        patch, original, Mode.HARDENED, trap=True)
+            self._traps[trap] = (mod, func, site)
             self._add_site(site)
         self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_trap), None, traps,
                          traps + len(funcs) - 1)
@@ -321,10 +316,9 @@ class Dispatcher:
         found = self._traps.pop(address, None)
         if found is None:
             return
-        mod, func = found
+        mod, func, trap = found
         image = mod.image
         assert image is not None
-        trap = next(s for s in self.sites if s.trap and s.translation.base == address)
         started = time.perf_counter()
         try:
             cfg = function_cfg(image, func)
@@ -381,23 +375,21 @@ class Dispatcher:
                 continue
             taken.append((t, end))
             original = image.read(t, len(patch))
-            case = Site(f"{region.name}:case@{t:#x}", t + mod.base, site.translation, [],
-                        patch, original, Mode.HARDENED)
+            case = Site(f"{region.name}:case@{t:#x}", t + mod.base, site.translation, patch,
+                        original, Mode.HARDENED)
             self._add_site(case)
             cases.append(case)
         return cases
 
     def _add_site(self, site: Site) -> None:
         self.sites.append(site)
-        if site.patch is not None:
-            for page in range(page_down(site.entry), site.entry + len(site.patch), PAGE):
-                self._by_page.setdefault(page, []).append(site)
+        for page in _patch_pages(site):
+            self._by_page.setdefault(page, []).append(site)
 
     def _remove_site(self, site: Site) -> None:
         self.sites.remove(site)
-        for sites in self._by_page.values():
-            if site in sites:
-                sites.remove(site)
+        for page in _patch_pages(site):
+            self._by_page[page].remove(site)
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -419,7 +411,7 @@ class Dispatcher:
             "regions translated": self.stats.regions,
             "functions translated": self.stats.functions_translated,
             "functions refused": len(self.stats.refused),
-            "translated code bytes": self.stats.code_bytes,
+            "translated code bytes": self.cache.bytes_used,
             "translation time (s)": round(self.stats.translate_seconds, 4),
             "switches": self.stats.switches,
             "entries": {s.name: {m.value: n for m, n in s.entries.items()}
@@ -488,6 +480,13 @@ def _entries_within(image: Image, lo: int, hi: int, sweep_module: bool = False) 
     return any(lo <= t < hi for t in direct_targets(image.read(start, end - start), start))
 
 
+def _patch_pages(site: Site) -> range:
+    """The pages the site's entry jump lies on."""
+    if site.patch is None:
+        return range(0)
+    return range(page_down(site.entry), site.entry + len(site.patch), PAGE)
+
+
 def _straight_entry(image: Image, address: int) -> bool:
     """Do the first JMP_SIZE bytes at ``address`` run in sequence (no ``ret`` or jump
     before their end), so a function's copy can cover all the bytes its entry jump takes?"""
@@ -539,7 +538,3 @@ def _bytes_at(source: tuple[tuple[int, bytes], ...], address: int, size: int) ->
     if len(out) != size:
         raise TranslationError(f"the {size} bytes at {address:#x} are not all region code")
     return bytes(out)
-
-
-def warn(message: str) -> None:
-    print(f"leakdbt: warning: {message}", file=sys.stderr)

@@ -53,8 +53,8 @@ class ModuleMap:
         if offset != 0:
             return
         image = self._image(host_path)
-        if image is None:
-            return
+        if image is None or (not image.is_pie and address != image.low):
+            return  # not loaded as code: e.g. an executable mapped as data elsewhere
         base = address - image.low if image.is_pie else 0
         self._insert(LoadedModule(os.path.basename(host_path), host_path, base,
                                   address, max(address + size, base + image.high), image, False))

@@ -255,7 +255,7 @@ class AddressSpace:
 
     def drop_shadows(self, start: int, end: int) -> None:
         """Return the pages in [start, end) to a single view (their own bytes)."""
-        pages = [p for p in self.shadows if start <= p < end or p <= start < p + PAGE]
+        pages = [p for p in self.shadows if page_down(start) <= p < end]
         for page in pages:
             if page in self._vetted_pages:
                 self.uc.ctl_remove_cache(page, page + PAGE)  # the shadow's translations
