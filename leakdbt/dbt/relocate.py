@@ -74,14 +74,12 @@ def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
     blocks.sort(key=lambda b: (b.start != region.entry, b.start))
     for i, block in enumerate(blocks):
         layout_next = blocks[i + 1].start + bias if i + 1 < len(blocks) else None
-        first = True
-        for insn in block.insns:
+        for n, insn in enumerate(block.insns):
             if insn.address in rewrite:
                 item = _sequence(insn.address + bias, tuple(rewrite[insn.address]))
             else:
                 item = _emit(insn, bias, members, region.name)
-            item.block = block.start + bias if first else None
-            first = False
+            item.block = block.start + bias if n == 0 else None
             items.append(item)
         last = block.last
         if last.flow in (Flow.NEXT, Flow.BRANCH, Flow.CALL, Flow.INDIRECT_CALL):
