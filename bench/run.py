@@ -174,6 +174,7 @@ def main() -> None:
     print(f"\nstart-up, static hello-world under leakdbt exec: median "
           f"{statistics.median(starts):.3f} s, best {min(starts):.3f} s (5 runs)")
     translation_bench(leakdbt)
+    hardening_bench(leakdbt)
 
 
 def median_time(argv: list[str], expected: bytes | None = None) -> tuple[float, bytes]:
@@ -216,6 +217,86 @@ def translation_bench(leakdbt: list[str]) -> None:
         plain, out = median_time([*leakdbt, exe, *args])
         every = median_time([*leakdbt, "--translate-all", exe, *args], out)[0]
         print(f"| {label} | {plain:.3f} | {every:.3f} | {every / plain:.2f}x |")
+
+
+HARDENING = {  # program -> a secret (argv[1]) for the hardening bench
+    "ct_modexp": "0123456789abcdef",
+    "idea_mul": "0123456789abcdef0011223344556677",
+    "mac_verify": "bb72509640bec05a5283b4422cda9c97",
+    "sbox_round": "2b7e151628aed2a6abf7158809cf4f3c",
+    "ttable_round": "2b7e151628aed2a6abf7158809cf4f3c",
+    "secret_div": "fffffffffffffffd",
+    "fp_secret": "c0de",
+}
+
+
+def region_instructions(exe: str, contract: str, secret: str, mode: str) -> int:
+    """Guest instructions executed inside the contract's regions (original code in fast
+    mode, the hardened copies — and the entry jumps — in hardened mode), counted
+    in-process."""
+    sys.path.insert(0, str(REPO))
+    from leakdbt.contract import load, plan
+    from leakdbt.contract.profiles import get_profile
+    from leakdbt.dbt.dispatch import Mode, requests_from_contract
+    from leakdbt.dbt.harden import Hardener
+    from leakdbt.dbt.passes import load_passes
+    from leakdbt.linux.launch import ExecOptions, execute
+    from leakdbt.trace import LeakageRecorder
+
+    c = load(contract, binary=exe)
+    profile = get_profile(BENCH_CPU)
+    recorders: list[LeakageRecorder] = []
+    options = ExecOptions(
+        argv=[exe, secret], env=[], mode=Mode(mode),
+        regions=requests_from_contract(c, plan(c, profile)),
+        hardener=Hardener(load_passes(), c, profile),
+        on_start=lambda m, d: recorders.append(LeakageRecorder.for_regions(m, d)))
+    with open(os.devnull, "w") as null:
+        saved = os.dup(1)
+        os.dup2(null.fileno(), 1)
+        try:
+            execute(exe, options)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+    return recorders[0].seen.instructions
+
+
+BENCH_CPU = "intel-skylake"  # every latency class variable: every pass runs
+
+
+def guest_instructions(argv: list[str]) -> int:
+    p = subprocess.run([*argv[:2], "--count-insns", "--stats", *argv[2:]],
+                       capture_output=True, text=True, check=True)
+    return int(next(line.split(":")[1] for line in p.stderr.splitlines()
+                    if "guest instructions" in line))
+
+
+def hardening_bench(leakdbt: list[str]) -> None:
+    """Each hardening test program, original (fast) vs hardened, side by side."""
+    print(f"\n### Hardening: test programs, original vs hardened (static, --cpu {BENCH_CPU})\n")
+    print("| program | passes | insns in regions, orig → hardened | region ratio | "
+          "program insns ratio | wall time orig / hardened (s) | wall ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for prog, secret in HARDENING.items():
+        exe = str(BUILD / prog)
+        contract = str(REPO / "contracts" / f"{prog}.toml")
+        base = [*leakdbt, "--contract", contract, "--cpu", BENCH_CPU]
+        runs = {mode: [*base, "--mode", mode, exe, secret] for mode in ("fast", "hardened")}
+        native = subprocess.run([exe, secret], capture_output=True, check=True).stdout
+        times = {m: median_time(argv, native)[0] for m, argv in runs.items()}
+        insns = {m: guest_instructions(argv) for m, argv in runs.items()}
+        region = {m: region_instructions(exe, contract, secret, m) for m in runs}
+        stats = subprocess.run([*runs["hardened"][:-2], "--stats", exe, secret],
+                               capture_output=True, text=True, check=True).stderr
+        passes = sorted({p for line in stats.splitlines() if "'passes'" in line
+                         for p in line.split("[")[1].split("]")[0].replace("'", "").split(", ")
+                         if p})
+        print(f"| {prog} | {', '.join(passes)} | {region['fast']:,} → {region['hardened']:,} | "
+              f"{region['hardened'] / region['fast']:.1f}x | "
+              f"{insns['hardened'] / insns['fast']:.2f}x | "
+              f"{times['fast']:.3f} / {times['hardened']:.3f} | "
+              f"{times['hardened'] / times['fast']:.2f}x |")
 
 
 if __name__ == "__main__":

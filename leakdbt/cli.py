@@ -65,6 +65,11 @@ def cli() -> None:
 @click.option("--mode", type=click.Choice(["fast", "hardened"]), default=None,
               help="Run the contract's regions from the original code (fast) or the "
                    "translated copies (hardened); default: from the contract's policy.")
+@click.option("--allow-unhardened", is_flag=True,
+              help="Run regions that no pass can harden as they are (with the passes that "
+                   "did apply) instead of stopping with an error.")
+@click.option("--cpu", metavar="NAME", default=None,
+              help="CPU profile the contract is mapped for (default: the host's).")
 @click.option("--translate-all", is_flag=True,
               help="Research/debug: relocate every function (or those named by --function) "
                    "to the code cache and run it from there.")
@@ -76,8 +81,8 @@ def cli() -> None:
 def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root: str,
          cwd: str | None, strict: bool, max_insns: int | None, timeout: float | None,
          max_memory: str | None, count_insns: bool, stats: bool, contract_path: str | None,
-         mode: str | None, translate_all: bool, functions: tuple[str, ...], binary: str,
-         args: tuple[str, ...]) -> None:
+         mode: str | None, allow_unhardened: bool, cpu: str | None, translate_all: bool,
+         functions: tuple[str, ...], binary: str, args: tuple[str, ...]) -> None:
     """Run BINARY [ARGS]... under leakdbt; exit with the guest's status."""
     from leakdbt.dbt.dispatch import Mode, requests_from_contract
     from leakdbt.linux.launch import ExecOptions, execute
@@ -87,16 +92,24 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
         raise UsageError("--function selects functions for --translate-all")
     if translate_all and contract_path:
         raise UsageError("--translate-all and --contract cannot be combined")
-    if mode and not contract_path:
-        raise UsageError("--mode needs --contract (the regions to run fast or hardened)")
+    for flag, given in (("--mode", mode), ("--allow-unhardened", allow_unhardened),
+                        ("--cpu", cpu)):
+        if given and not contract_path:
+            raise UsageError(f"{flag} needs --contract (the regions to harden)")
     regions = []
     run_mode = Mode.HARDENED
+    hardener = None
     if contract_path:
-        from leakdbt.contract import load
+        from leakdbt.contract import load, plan
         from leakdbt.contract.model import Policy
+        from leakdbt.contract.profiles import choose_profile
+        from leakdbt.dbt.harden import Hardener
+        from leakdbt.dbt.passes import load_passes
 
         contract = load(contract_path, binary=binary)
-        regions = requests_from_contract(contract)
+        profile, _why = choose_profile(cpu)
+        regions = requests_from_contract(contract, plan(contract, profile))
+        hardener = Hardener(load_passes(), contract, profile, allow_unhardened)
         policy_mode = Mode.FAST if contract.protect.policy is Policy.NEVER else Mode.HARDENED
         run_mode = Mode(mode) if mode else policy_mode
 
@@ -111,7 +124,7 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
         cwd=cwd, strict=strict, max_insns=max_insns or 0, count_insns=count_insns,
         timeout=timeout or 0.0, max_memory=_size(max_memory) if max_memory else 0,
         regions=regions, mode=run_mode, count_entries=stats,
-        translate_all=list(functions) if translate_all else None)
+        translate_all=list(functions) if translate_all else None, hardener=hardener)
     result = execute(binary, options, on_exit=(lambda r: sys.stderr.write(format_stats(r)))
                      if stats else None)
     sys.exit(result.exit_status)

@@ -2,18 +2,30 @@
 
 A pass is a pure function of a region, the contract and the CPU profile: it never touches
 the emulator.  It says whether it applies to a region and returns either a :class:`Rewrite`
-(instruction sequences, in Capstone's Intel syntax, that replace some of the region's
-instructions) or a :class:`Refusal` with the reason.  The translator assembles every line
-with Keystone, checks each encoding with Capstone, and lays the result out in the code cache.
+or a :class:`Refusal` with the reason.  A rewrite is text: lines in Capstone's Intel syntax
+that the translator assembles with Keystone, checks with Capstone, and lays out in the code
+cache (docs/passes.md).  Three kinds of line besides ordinary instructions:
+
+- ``name:`` defines a local label; branches may go to local labels;
+- :func:`original` (``.insn 0xADDR``) stands for the region's instruction at ``0xADDR``:
+  relocated, or replaced by another pass's sequence for it — how passes compose (an
+  if-converted arm keeps its divisions for the constant-time division pass);
+- :func:`goto` (``@0xADDR``) is the runtime address of the original (link-time) ADDR: as a
+  branch operand, the only way to leave a whole-region rewrite other than ``ret``; as an
+  immediate (``movabs rax, @0x4010``), the address of module data.
+
+Scratch memory.  Sequences may use the stack below the red zone (the ABI's 128 bytes under
+RSP stay untouched): per-instruction replacements the :data:`INSN_SCRATCH` bytes directly
+below it, whole-region code anything below those.
 
 A pass module exposes its pass as a module-level ``PASS`` (built-ins live in ``plugins/``;
 third-party packages register the same object under the ``leakdbt.passes`` entry-point
-group).  See docs/passes.md.
+group).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -26,8 +38,39 @@ if TYPE_CHECKING:
 API_VERSION = 1
 """The version of this interface; a pass declaring another one is rejected at load."""
 
-__all__ = ["API_VERSION", "BlockView", "Flow", "HardeningPass", "Insn", "Refusal",
-           "RegionView", "Rewrite"]
+RED_ZONE = 128
+"""Bytes below RSP that leaf functions may use without moving RSP; sequences keep out."""
+INSN_SCRATCH = 0x200
+"""Bytes directly below the red zone that per-instruction replacements may use."""
+REGION_SCRATCH = RED_ZONE + INSN_SCRATCH
+"""Whole-region code keeps its own scratch at ``[rsp - REGION_SCRATCH - n]`` and below."""
+
+INSN_MARKER = ".insn"
+GOTO_MARKER = "@"
+
+__all__ = ["API_VERSION", "BlockView", "DataObject", "Flow", "HardeningPass", "INSN_SCRATCH",
+           "Insn", "REGION_SCRATCH", "RED_ZONE", "Refusal", "RegionView", "Rewrite", "goto",
+           "original"]
+
+
+def original(address: int) -> str:
+    """The line that stands for the region's instruction at (link-time) ``address``."""
+    return f"{INSN_MARKER} {address:#x}"
+
+
+def goto(address: int) -> str:
+    """The runtime address of link-time ``address``, as a branch operand
+    (``f"jmp {goto(a)}"``) or an immediate (``f"movabs rax, {goto(a)}"``)."""
+    return f"{GOTO_MARKER}{address:#x}"
+
+
+@dataclass(frozen=True)
+class DataObject:
+    """A data object of the region's module (an ELF symbol with a size), link-time."""
+
+    name: str
+    address: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -38,20 +81,50 @@ class BlockView:
     insns: tuple[Insn, ...]
     successors: tuple[int, ...]  # block starts (or addresses outside the region)
 
+    @property
+    def last(self) -> Insn:
+        return self.insns[-1]
+
+
+def _no_object(address: int) -> DataObject | None:
+    return None
+
 
 @dataclass(frozen=True)
 class RegionView:
-    """What a pass sees of a region (link-time addresses of its module)."""
+    """What a pass sees of a region (link-time addresses of its module).
+
+    ``shape`` is how the translator formed it: ``branch`` (a conditional branch's block up
+    to where its paths meet, or up to the returns when they meet only by returning),
+    ``loop`` (a natural loop: the header at ``entry`` and every block that reaches a back
+    edge to it) or ``block`` (one basic block).
+    """
 
     name: str  # as the contract wrote it, e.g. ``modexp+0x40``
     kind: str | None  # the contract's kind: branch, table, divide, loop, float, or None
+    shape: str
     entry: int
     blocks: tuple[BlockView, ...]  # by address
+    bias: int = 0  # where the module is loaded: runtime address = link-time + bias
     table: tuple[int, int] | None = None  # a table region's bounds: (address, length)
+    params: Mapping[str, int | str | bool] = field(default_factory=dict)  # from the mapping
+    object_at: Callable[[int], DataObject | None] = _no_object  # data symbol containing it
 
     def instructions(self) -> list[Insn]:
         """Every instruction of the region, by address."""
         return [i for b in self.blocks for i in b.insns]
+
+    def block(self, start: int) -> BlockView:
+        """The block starting at ``start`` (KeyError if it is not one of the region's)."""
+        for b in self.blocks:
+            if b.start == start:
+                return b
+        raise KeyError(f"{start:#x} is not a block of {self.name}")
+
+    def exits(self) -> list[int]:
+        """Addresses outside the region that control can go to, by address."""
+        inside = {b.start for b in self.blocks}
+        return sorted({s for b in self.blocks for s in b.successors if s not in inside})
 
 
 @dataclass(frozen=True)
@@ -63,13 +136,18 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Rewrite:
-    """Replacement sequences: original instruction address → the lines that run instead.
+    """What runs instead of (part of) the region.
 
-    Instructions not named run as they are.  Lines may define local labels (``name:``)
-    and branch to them; they may not branch out of their sequence.
+    ``replace``: original instruction address → lines that run instead of it; control then
+    continues with the next instruction.  ``code``: lines that replace the whole region,
+    entered at its entry; they must leave only by ``jmp``/``jcc`` to :func:`goto` addresses
+    or by ``ret``, and must include :func:`original` for every instruction some pass
+    replaces.  At most one pass may give ``code``; two passes may not replace the same
+    instruction.
     """
 
     replace: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    code: tuple[str, ...] | None = None
 
 
 @runtime_checkable

@@ -32,22 +32,31 @@ original would) and the final ``div`` (#DE).  At both, the original register sta
 are recoverable from the stack frame described by :func:`division_frame` (original RSP =
 RSP + ``size``; each saved register at ``[rsp + slot]``; registers not saved are unchanged).
 
-Refused (:class:`UnsupportedDivision`, a ValueError): RIP-relative memory operands (the
-sequence does not know where it will be placed), 32-bit addressing (0x67 prefix), prefixes
-such as ``rep``/``lock``, and ``[rsp + D]`` operands with D < -128 (memory below the red zone,
-which the sequence's own frame overwrites before the load).
+Refused (:class:`UnsupportedDivision`, a ValueError): RIP-relative memory operands unless
+the module's load bias is given (the operand is then read at its absolute address), 32-bit
+addressing (0x67 prefix), prefixes such as ``rep``/``lock``, and ``[rsp + D]`` operands with
+D < -128 (memory below the red zone, which the sequence's own frame overwrites before the
+load).
+
+:data:`PASS` is the ``ct-division`` hardening pass built on it: it replaces every DIV/IDIV of
+a region by the sequence (docs/passes.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from leakdbt.dbt.insn import Insn
+from leakdbt.plugin_api import API_VERSION, Insn, Refusal, RegionView, Rewrite
+
+if TYPE_CHECKING:
+    from leakdbt.contract.model import Contract
+    from leakdbt.contract.profiles import Profile
 
 __all__ = [
     "FRAME_BASE",
+    "PASS",
     "DivisionFrame",
     "UnsupportedDivision",
     "constant_time_divide",
@@ -118,9 +127,9 @@ def _saved(signed: bool, width: int) -> list[str]:
     return regs
 
 
-def division_frame(insn: Insn) -> DivisionFrame:
+def division_frame(insn: Insn, bias: int | None = None) -> DivisionFrame:
     """The frame of :func:`constant_time_divide`'s sequence for ``insn`` (see DivisionFrame)."""
-    signed, operand = _parse(insn)
+    signed, operand = _parse(insn, bias)
     saved = _saved(signed, operand.width)
     n = len(saved)
     # [rsp]: result RAX, [rsp+8]: result RDX, then saved registers (last pushed lowest),
@@ -138,7 +147,7 @@ def _detail_decoder() -> Any:
     return md
 
 
-def _parse(insn: Insn) -> tuple[bool, _Operand]:
+def _parse(insn: Insn, bias: int | None = None) -> tuple[bool, _Operand]:
     from capstone import x86
 
     if insn.mnemonic not in ("div", "idiv"):
@@ -164,6 +173,9 @@ def _parse(insn: Insn) -> tuple[bool, _Operand]:
         raise UnsupportedDivision(f"{insn.text!r}: 32-bit addressing is not supported")
     base = ci.reg_name(mem.base) if mem.base else None
     index = ci.reg_name(mem.index) if mem.index else None
+    if base == "rip" and bias is not None and index is None and insn.rip_target is not None:
+        return signed, _Operand(width, None, None, None, None, 1,
+                                (insn.rip_target + bias) & MASK64)
     if base == "rip":
         raise UnsupportedDivision(
             f"{insn.text!r}: RIP-relative operands are not supported (the sequence's address "
@@ -264,16 +276,17 @@ def _step(width: int, first: bool) -> list[str]:
     ]
 
 
-def constant_time_divide(insn: Insn) -> list[str]:
+def constant_time_divide(insn: Insn, bias: int | None = None) -> list[str]:
     """Intel-syntax lines computing ``insn`` (a div/idiv) in constant time; see the module doc.
+    ``bias``: the module's load bias, needed for a RIP-relative operand (link-time address).
 
     Raises :class:`UnsupportedDivision` (a ValueError) for forms it refuses.
     """
-    signed, operand = _parse(insn)
+    signed, operand = _parse(insn, bias)
     w = operand.width
     bits = 8 * w
     saved = _saved(signed, w)
-    layout = division_frame(insn)
+    layout = division_frame(insn, bias)
     frame = layout.size
     slot_rax, slot_rdx = layout.slots["rax"], layout.slots["rdx"]
 
@@ -348,3 +361,33 @@ def constant_time_divide(insn: Insn) -> list[str]:
     lines += [f"pop {reg}" for reg in reversed(saved[2:])]
     lines.append(f"lea rsp, [rsp + {_hex(RED_ZONE + 8 + 16)}]")  # saved RDX, RAX, RFLAGS
     return lines
+
+
+class ConstantTimeDivision:
+    """The ``ct-division`` pass: every DIV/IDIV of the region becomes the constant-time
+    sequence (about 6 instructions per operand bit: 200-520 instructions)."""
+
+    name = "ct-division"
+    api_version = API_VERSION
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+    def applies(self, region: RegionView, contract: Contract, profile: Profile) -> bool:
+        """Whether the region has a division."""
+        return any(i.mnemonic in ("div", "idiv") for i in region.instructions())
+
+    def harden(self, region: RegionView, contract: Contract, profile: Profile
+               ) -> Rewrite | Refusal:
+        """One replacement per division; a division it cannot rewrite refuses the region."""
+        replace: dict[int, tuple[str, ...]] = {}
+        for insn in region.instructions():
+            if insn.mnemonic not in ("div", "idiv"):
+                continue
+            try:
+                replace[insn.address] = tuple(constant_time_divide(insn, region.bias))
+            except UnsupportedDivision as e:
+                return Refusal(f"the division at {insn.address + region.bias:#x}: {e}")
+        return Rewrite(replace=replace)
+
+
+PASS = ConstantTimeDivision()

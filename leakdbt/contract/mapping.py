@@ -149,6 +149,14 @@ PASS_TEXT: dict[str, str] = {
                   "as zero and take no slow path (this changes results that involve them)",
 }
 
+EXPOSED: dict[RegionKind, tuple[str, ...]] = {
+    RegionKind.BRANCH: ("ct-division", "oblivious-table", "fp-ftz-daz"),
+    RegionKind.LOOP: ("ct-division", "oblivious-table", "fp-ftz-daz"),
+}
+"""Instruction-level passes a branch or loop region also gets: once both sides of a branch
+(or every iteration of a loop) run, their divisions, table lookups and floating-point
+operations run on secret-dependent values whichever way the secret goes."""
+
 KIND_CONDITION: dict[RegionKind, str] = {
     RegionKind.LOOP: "for a loop whose trip count depends on a secret",
     RegionKind.BRANCH: "for a conditional branch on a secret",
@@ -272,12 +280,13 @@ def plan_region(region: Region | None, seen: set[Observer], profile: Profile,
     steps: list[PassStep] = []
     skipped: list[Skipped] = []
     for name in PASS_ORDER:
-        if kind is not None and PASS_KIND[name] is not kind:
+        exposed = kind is not None and name in EXPOSED.get(kind, ())
+        if kind is not None and PASS_KIND[name] is not kind and not exposed:
             continue
         decision = RULES[name](name, seen, profile, region)
         if isinstance(decision, Skipped):
             skipped.append(decision)
-        elif kind is None:
+        elif kind is None or exposed:
             steps.append(PassStep(decision.name, decision.params, decision.reason,
                                   KIND_CONDITION[PASS_KIND[name]]))
         else:

@@ -46,7 +46,8 @@ from the bytes and masks such addresses to 32 bits.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Protocol
 
@@ -157,18 +158,43 @@ def assemble_many(lines: Sequence[str], address: int) -> bytes:
 
 _LABEL = re.compile(r"([A-Za-z_.][A-Za-z0-9_.]*):")
 MAX_BLOCK_PASSES = 8
+# Lines whose encoding may depend on where they are: relative branches and calls, and
+# RIP-relative operands.  Any other line is encoded once and its bytes reused.
+_POSITIONAL = re.compile(r"^\s*(?:j[a-z]*|call|loop[a-z]*|xbegin)\b|\brip\b")
 
 
-def assemble_block(lines: Sequence[str], address: int) -> bytes:
+@dataclass(frozen=True)
+class Fixed:
+    """A piece of a block that is not assembled from text: ``encode(address)`` gives its
+    bytes (always ``size`` of them) at ``address``; ``origin`` is an address it stands for."""
+
+    size: int
+    encode: Callable[[int], bytes]
+    origin: int | None = None
+
+
+Line = str | Fixed
+
+
+def assemble_block(lines: Sequence[Line], address: int) -> bytes:
     """Encode a sequence that may define local labels (``name:`` on its own line) and
     branch to them, each instruction verified at its own address.
 
     Label references are replaced by the labels' addresses; branch sizes are recomputed
     until the layout settles, so the result depends only on distances inside the block.
     """
+    return assemble_block_map(lines, address)[0]
+
+
+def assemble_block_map(lines: Sequence[Line], address: int
+                       ) -> tuple[bytes, list[tuple[int, int]]]:
+    """:func:`assemble_block`, and the (address, origin) of each :class:`Fixed` piece."""
     labels: dict[str, int] = {}
-    body: list[tuple[str | None, str]] = []  # (label defined here, instruction or "")
+    body: list[tuple[str | None, Line]] = []  # (label defined here, instruction or "")
     for line in lines:
+        if isinstance(line, Fixed):
+            body.append((None, line))
+            continue
         text = line.strip()
         m = _LABEL.fullmatch(text)
         if m:
@@ -188,16 +214,34 @@ def assemble_block(lines: Sequence[str], address: int) -> bytes:
             at += size
         code = bytearray()
         new_sizes = []
-        for _lab, text in body:
-            if pattern is not None:
-                text = pattern.sub(partial(_label_address, labels), text)
-            encoded = assemble(text, address + len(code)) if text else b""
+        origins: list[tuple[int, int]] = []
+        for _lab, item in body:
+            here = address + len(code)
+            if isinstance(item, Fixed):
+                encoded = item.encode(here)
+                if item.origin is not None:
+                    origins.append((here, item.origin))
+            elif not item:
+                encoded = b""
+            elif pattern is not None and pattern.search(item):
+                encoded = assemble(pattern.sub(partial(_label_address, labels), item), here)
+            elif _POSITIONAL.search(item):
+                encoded = assemble(item, here)
+            else:
+                encoded = _assemble_anywhere(item)
             code += encoded
             new_sizes.append(len(encoded))
         if new_sizes == sizes:  # the labels were placed where the code really is
-            return bytes(code)
+            return bytes(code), origins
         sizes = new_sizes
-    raise AssemblyError("\n".join(lines), address, None, None, "branch sizes do not settle")
+    raise AssemblyError("\n".join(str(x) for x in lines), address, None, None,
+                        "branch sizes do not settle")
+
+
+@lru_cache(maxsize=65536)
+def _assemble_anywhere(text: str) -> bytes:
+    """The encoding of a line that means the same at any address (checked at address 0)."""
+    return assemble(text, 0)
 
 
 def _label_address(labels: dict[str, int], m: re.Match[str]) -> str:

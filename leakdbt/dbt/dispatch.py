@@ -26,12 +26,14 @@ from functools import partial
 
 from unicorn import UC_HOOK_CODE, Uc
 
+from leakdbt.contract.mapping import Plan
 from leakdbt.contract.model import Contract, RegionKind
 from leakdbt.dbt.asm import assemble
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.codecache import CodeCache
 from leakdbt.dbt.disasm import direct_targets, rel32_targets
 from leakdbt.dbt.functions import code_functions
+from leakdbt.dbt.harden import Hardener, RegionNeeds
 from leakdbt.dbt.insn import Flow, decode
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
@@ -61,6 +63,8 @@ class RegionRequest:
     address: int
     name: str  # as the contract wrote it, for messages
     branch: bool | None = None  # force a branch region (True), a block (False), or infer
+    loop: bool = False  # a loop region headed at ``address``
+    needs: RegionNeeds | None = None  # what the contract asks of it (None: copy only)
 
 
 @dataclass
@@ -98,7 +102,7 @@ class Dispatcher:
                  mode: Mode = Mode.HARDENED, count_entries: bool = False,
                  translate_all: Sequence[str] | None = None,
                  translate: Callable[[CodeRegion, int, Callable[[int], int]], Translation]
-                 = relocate) -> None:
+                 = relocate, hardener: Hardener | None = None) -> None:
         self.machine = machine
         self.uc: Uc = machine.uc
         self.mem = machine.mem
@@ -109,6 +113,7 @@ class Dispatcher:
         self.count_entries = count_entries
         self.translate_all = translate_all
         self.translate = translate
+        self.hardener = hardener
         self.sites: list[Site] = []
         self.stats = DispatchStats()
         self.running = False
@@ -144,8 +149,8 @@ class Dispatcher:
         if func is None:
             raise TranslationError(f"{req.name}: no function at {req.function:#x} in {mod.name}")
         cfg = function_cfg(image, func, extra_leaders=[req.address])
-        region = form_region(cfg, req.address, req.name, req.branch)
-        site = self._site(mod, region, jump=not self.count_entries)
+        region = form_region(cfg, req.address, req.name, req.branch, req.loop)
+        site = self._site(mod, region, jump=not self.count_entries, needs=req.needs)
         self.stats.regions += 1
         if site.patch is None:
             self._counted.append(site)
@@ -154,11 +159,20 @@ class Dispatcher:
                 site.entry, site.entry)
         self._prepare(site)
 
-    def _site(self, mod: LoadedModule, region: CodeRegion, jump: bool = True) -> Site:
-        """Translate ``region`` into the cache; ``jump``: enter it by an entry jump where
-        one fits (else, and when counting entries, by a hook on its first instruction)."""
+    def _site(self, mod: LoadedModule, region: CodeRegion, jump: bool = True,
+              needs: RegionNeeds | None = None) -> Site:
+        """Translate ``region`` into the cache — hardened as ``needs`` says when there is a
+        hardener; ``jump``: enter it by an entry jump where one fits (else, and when
+        counting entries, by a hook on its first instruction)."""
         lo, hi = mod.start, mod.end
-        t = self.translate(region, mod.base, lambda size: self.cache.reserve(size, lo, hi))
+
+        def place(size: int) -> int:
+            return self.cache.reserve(size, lo, hi)
+
+        if self.hardener is not None and needs is not None:
+            t = self.hardener.translate(region, needs, mod.base, place, mod.image)
+        else:
+            t = self.translate(region, mod.base, place)
         self.cache.write(t.base, t.code)
         entry = region.entry + mod.base
         patch: bytes | None = assemble(f"jmp {t.entry:#x}", entry) if jump else None
@@ -414,21 +428,33 @@ class Dispatcher:
             "translated code bytes": self.cache.bytes_used,
             "translation time (s)": round(self.stats.translate_seconds, 4),
             "switches": self.stats.switches,
+            "hardening": self.hardener.report() if self.hardener else None,
             "entries": {s.name: {m.value: n for m, n in s.entries.items()}
                         for s in self._counted} if self.count_entries else None,
         }
 
 
-def requests_from_contract(contract: Contract) -> list[RegionRequest]:
-    """The regions of a contract bound to a binary, as the dispatcher takes them."""
+def requests_from_contract(contract: Contract, plan: Plan | None = None
+                           ) -> list[RegionRequest]:
+    """The regions of a contract bound to a binary, as the dispatcher takes them; with the
+    contract's ``plan``, each says which passes harden it."""
     binding = contract.binding
     if binding is None:
         raise TranslationError("the contract is not bound to a binary")
     out = []
-    for region, where in zip(contract.protect.regions, binding.regions, strict=True):
-        branch = None if region.kind is None else region.kind is RegionKind.BRANCH
+    for i, (region, where) in enumerate(zip(contract.protect.regions, binding.regions,
+                                            strict=True)):
+        kind = region.kind
+        branch = None if kind is None or kind is RegionKind.LOOP else kind is RegionKind.BRANCH
+        needs = None
+        if plan is not None:
+            table = None
+            if where.table is not None and where.table.start.module == where.at.module:
+                table = (where.table.start.address, where.table.length)
+            needs = RegionNeeds(None if kind is None else kind.value, plan.regions[i].passes,
+                                table)
         out.append(RegionRequest(where.at.module, where.function.start, where.at.address,
-                                 where.at.symbolic, branch))
+                                 where.at.symbolic, branch, kind is RegionKind.LOOP, needs))
     return out
 
 

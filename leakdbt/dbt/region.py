@@ -3,7 +3,9 @@
 A branch region starts at a block that ends with a conditional branch and extends to that
 block's immediate post-dominator: both arms, entered only at the start, left only towards
 the post-dominator — or, when the arms meet only by returning (``if (c) return a; return
-b;``), up to and including the returns.  Any other region is the block itself.  A region
+b;``), up to and including the returns.  A loop region is the natural loop whose header is
+the start: every block from which a back edge to the header can be reached without passing
+through the header (it may have several exits).  Any other region is the block itself.  A region
 that cannot be formed is refused with :class:`RegionError`, whose message names the block
 and the reason.
 """
@@ -29,7 +31,7 @@ class CodeRegion:
     cfg: FunctionCFG
     entry: int
     blocks: tuple[int, ...]  # block starts, by address
-    kind: str  # "branch" or "block"
+    kind: str  # "branch", "loop" or "block"
 
     def block_list(self) -> list[Block]:
         return [self.cfg.blocks[b] for b in self.blocks]
@@ -46,15 +48,19 @@ class CodeRegion:
         return out
 
 
-def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None) -> CodeRegion:
-    """The region starting at ``at``: a branch region when ``branch`` (or, when None, when
-    the block ends with a conditional branch), else the block itself."""
+def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None,
+                loop: bool = False) -> CodeRegion:
+    """The region starting at ``at``: the natural loop headed there when ``loop``, a branch
+    region when ``branch`` (or, when None, when the block ends with a conditional branch),
+    else the block itself."""
     block = cfg.blocks.get(at)
     if block is None:
         raise RegionError(f"{name}: not a block start reachable by decoding {cfg.name} from "
                           "its entry (unreachable code, or data inside the function)")
     if at not in cfg.dominators:
         raise RegionError(f"{name}: unreachable from the entry of {cfg.name}")
+    if loop:
+        return _form_loop(cfg, at, name)
     ends_in_branch = block.last.flow is Flow.BRANCH and block.last.mnemonic != "xbegin"
     if branch is None:
         branch = ends_in_branch
@@ -97,6 +103,31 @@ def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None
                                   f"entered from {_where(cfg, outside[0])}")
     _check_reducible(cfg, members, name)
     return CodeRegion(name, cfg, at, tuple(sorted(members)), "branch")
+
+
+def _form_loop(cfg: FunctionCFG, header: int, name: str) -> CodeRegion:
+    latches = [p for p in cfg.blocks[header].preds if cfg.dominates(header, p)]
+    if not latches:
+        raise RegionError(f"{name}: not a loop header: no block that {_where(cfg, header)} "
+                          "dominates jumps back to it")
+    members = {header}
+    stack = list(latches)
+    while stack:  # walk back from the latches to the header
+        b = stack.pop()
+        if b in members:
+            continue
+        members.add(b)
+        stack.extend(cfg.blocks[b].preds)
+    for b in members:
+        _check_block(cfg, cfg.blocks[b], name)
+        if b != header:
+            outside = [p for p in cfg.blocks[b].preds if p not in members]
+            if outside:  # cannot happen for a natural loop, but the CFG may be partial
+                raise RegionError(f"{name}: not single-entry: {_where(cfg, b)} is also "
+                                  f"entered from {_where(cfg, outside[0])}")
+    ordered = sorted(members)
+    _check_reducible(cfg, [header] + [b for b in ordered if b != header], name)
+    return CodeRegion(name, cfg, header, tuple(ordered), "loop")
 
 
 def _check_block(cfg: FunctionCFG, block: Block, name: str) -> None:

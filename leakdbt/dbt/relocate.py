@@ -13,14 +13,24 @@ assembled one what its text says (:func:`leakdbt.dbt.asm.assemble`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from leakdbt.dbt.asm import AssemblyError, assemble, assemble_block, canonical_insn, decode_one
+from leakdbt.dbt.asm import (
+    AssemblyError,
+    Fixed,
+    Line,
+    assemble,
+    assemble_block_map,
+    canonical_insn,
+    decode_one,
+)
 from leakdbt.dbt.insn import SHORT_ONLY, Flow, Insn, decode
 from leakdbt.dbt.region import CodeRegion, RegionError
 
 MAX_LAYOUT_PASSES = 8
+STAND_IN_DISTANCE = 0x1000_0000  # where sequences are measured, from their original
 Labels = dict[int, int]  # original runtime block address -> its copy's address
 
 
@@ -52,31 +62,39 @@ class _Item:
     target: int | None = None  # branch target (original runtime address) whose distance
     short: int = 0  # ... decides the size: ``short`` bytes when within rel8 reach, else
     near: int = 0  # ``near`` bytes (the x86 rule Keystone follows; the encoding is checked)
+    inner: list[tuple[int, int]] = field(default_factory=list)  # (address, origin) inside
 
     def size_at(self, at: int, dest: int) -> int:
         return self.short if -128 <= dest - (at + self.short) <= 127 else self.near
 
 
 def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
-             rewrite: Mapping[int, Sequence[str]] | None = None) -> Translation:
+             rewrite: Mapping[int, Sequence[str]] | None = None,
+             code: Sequence[str] | None = None) -> Translation:
     """Translate ``region`` (link-time addresses of a module loaded at ``bias``).
 
     ``place`` is the copy's address, or a function that is given the copy's size and
     returns its address (the layout does not depend on where the copy goes).  ``rewrite``
     replaces instructions (by link-time address) with sequences of Intel-syntax lines —
-    a hardening pass's output — that may use local labels but not leave the sequence.
+    a hardening pass's output — that may use local labels but not leave the sequence;
+    ``code`` replaces the whole region (see leakdbt.plugin_api for the ``.insn`` and ``@``
+    lines both may contain).
     """
     rewrite = rewrite or {}
     items: list[_Item] = []
     blocks = region.block_list()
     members = {b.start + bias for b in blocks}
+    if code is not None:
+        return _relocate_code(region, bias, place, rewrite, code)
     # The entry first, the rest in address order: falling into the copy starts it.
     blocks.sort(key=lambda b: (b.start != region.entry, b.start))
     for i, block in enumerate(blocks):
         layout_next = blocks[i + 1].start + bias if i + 1 < len(blocks) else None
         for n, insn in enumerate(block.insns):
             if insn.address in rewrite:
-                item = _sequence(insn.address + bias, tuple(rewrite[insn.address]))
+                lines = _Expansion(region, bias, rewrite).lines(rewrite[insn.address],
+                                                                insn.address)
+                item = _sequence(insn.address + bias, lines)
             else:
                 item = _emit(insn, bias, members, region.name)
             item.block = block.start + bias if n == 0 else None
@@ -86,16 +104,114 @@ def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
             follow = last.next + bias
             if follow != layout_next:
                 items.append(_jump(None, follow, members))
-    base, code, labels, origin = _layout(items, place, region.name)
+    base, data, labels, origin = _layout(items, place, region.name)
     source = tuple((i.address + bias, i.raw) for b in blocks for i in b.insns)
-    return Translation(region.name, base, code, labels[region.entry + bias], origin,
+    return Translation(region.name, base, data, labels[region.entry + bias], origin,
                        tuple(sorted(labels.values())), source)
 
 
-def _sequence(origin: int, lines: tuple[str, ...]) -> _Item:
-    """A replacement sequence: its size depends only on distances inside it."""
-    size = len(assemble_block(lines, 0))
-    return _Item(origin, None, lambda at, labels: assemble_block(lines, at), size)
+def _sequence(origin: int, lines: Sequence[Line]) -> _Item:
+    """A replacement sequence.  Its size depends on distances inside it — and on the
+    distance to original addresses (``@`` targets, RIP-relative copies), which is why it is
+    measured at a stand-in address as far from the original as the code cache is, but as
+    surely within rel32 reach of the module."""
+    size = len(assemble_block_map(lines, origin + STAND_IN_DISTANCE)[0])
+    item = _Item(origin, None, lambda at, labels: b"", size)
+
+    def encode(at: int, labels: Labels) -> bytes:
+        data, item.inner = assemble_block_map(lines, at)
+        return data
+
+    item.encode = encode
+    return item
+
+
+def _relocate_code(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
+                   rewrite: Mapping[int, Sequence[str]], code: Sequence[str]) -> Translation:
+    """The whole region replaced by ``code`` (which must not fall off its end)."""
+    expansion = _Expansion(region, bias, rewrite)
+    lines = expansion.lines(code, None)
+    unused = sorted(set(rewrite) - expansion.used)
+    if unused:
+        raise RegionError(f"{region.name}: the region's code drops the replacement for the "
+                          f"instruction at {unused[0] + bias:#x}")
+    last = next((t for t in reversed(lines) if isinstance(t, str) and not t.endswith(":")),
+                None)
+    if last is None or last.split()[0] not in ("jmp", "ret"):
+        raise RegionError(f"{region.name}: the region's code does not end with jmp or ret")
+    item = _sequence(region.entry + bias, lines)
+    item.block = region.entry + bias
+    base, data, labels, origin = _layout([item], place, region.name)
+    source = tuple((i.address + bias, i.raw) for b in region.block_list() for i in b.insns)
+    return Translation(region.name, base, data, labels[region.entry + bias], origin,
+                       (base,), source)
+
+
+_GOTO = re.compile(r"@(0x[0-9a-fA-F]+)")
+_LABEL_DEF = re.compile(r"\s*([A-Za-z_.][A-Za-z0-9_.]*):\s*$")
+
+
+class _Expansion:
+    """Lines of a pass with ``.insn A`` replaced by the instruction at A (relocated, or the
+    lines another pass replaces it with, their labels renamed apart) and ``@A`` by A's
+    runtime address."""
+
+    def __init__(self, region: CodeRegion, bias: int,
+                 rewrite: Mapping[int, Sequence[str]]) -> None:
+        self.region = region
+        self.bias = bias
+        self.rewrite = rewrite
+        self.insns = {i.address: i for b in region.block_list() for i in b.insns}
+        self.used: set[int] = set()
+        self.instances = 0
+
+    def lines(self, lines: Sequence[str], own: int | None) -> list[Line]:
+        """Expand ``lines``; ``own``: the instruction they replace (``.insn own`` is it)."""
+        out: list[Line] = []
+        for line in lines:
+            words = line.split()
+            if words and words[0] == ".insn":
+                address = int(words[1], 0)
+                if address != own and address in self.rewrite:
+                    if address in self.used:
+                        raise RegionError(f"{self.region.name}: the replacement for "
+                                          f"{address + self.bias:#x} is used twice")
+                    self.used.add(address)
+                    out += self._renamed(self.lines(self.rewrite[address], address))
+                else:
+                    out.append(self._copy(address))
+            else:
+                out.append(_GOTO.sub(lambda m: f"{int(m.group(1), 0) + self.bias:#x}", line))
+        return out
+
+    def _renamed(self, lines: list[Line]) -> list[Line]:
+        """Give an inserted sequence's labels names of their own."""
+        self.instances += 1
+        names = [m.group(1) for t in lines if isinstance(t, str)
+                 for m in [_LABEL_DEF.match(t)] if m]
+        if not names:
+            return lines
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        suffix = f"__{self.instances}"
+        return [pattern.sub(lambda m: m.group(1) + suffix, t) if isinstance(t, str) else t
+                for t in lines]
+
+    def _copy(self, address: int) -> Fixed:
+        insn = self.insns.get(address)
+        if insn is None:
+            raise RegionError(f"{self.region.name}: '.insn {address:#x}' is not an "
+                              "instruction of the region")
+        runtime = address + self.bias
+        if insn.flow is Flow.CALL:
+            target = (insn.target or 0) + self.bias
+            return Fixed(5, lambda at: assemble(f"call {target:#x}", at).ljust(5, b"\x90"),
+                         runtime)
+        if insn.flow in (Flow.JUMP, Flow.BRANCH):
+            raise RegionError(f"{self.region.name}: '.insn {address:#x}' stands for a "
+                              f"branch ('{insn.text}'); a rewrite must spell out its control "
+                              "flow")
+        copy = _copy(insn, self.bias)
+        return Fixed(insn.size, lambda at: copy.encode(at, {}), runtime)
 
 
 def _emit(insn: Insn, bias: int, members: set[int], name: str) -> _Item:
@@ -241,5 +357,6 @@ def _layout(items: list[_Item], place: Callable[[int], int] | int, name: str
                                 f"{len(data)} bytes where {item.size} were planned")
         if item.origin is not None:
             origin[at] = item.origin
+        origin.update(item.inner)
         code += data
     return base, bytes(code), labels, origin

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
+from leakdbt.dbt.harden import Hardener
 from leakdbt.errors import ElfError, GuestError
 from leakdbt.linux.files import FdTable
 from leakdbt.linux.fs import FileSystem
@@ -53,6 +54,7 @@ class ExecOptions:
     count_entries: bool = False  # count region entries per mode (a hook per entry)
     translate_all: Sequence[str] | None = None  # functions to relocate ([]: all), or off
     on_start: Callable[[Machine, Dispatcher | None], object] | None = None  # before running
+    hardener: Hardener | None = None  # applies the contract's passes to its regions
 
 
 @dataclass
@@ -188,7 +190,8 @@ def execute(binary: str, options: ExecOptions,
     translator = None
     if options.regions or options.translate_all is not None:
         translator = Dispatcher(machine, kernel.modules, options.regions, options.mode,
-                                options.count_entries, options.translate_all)
+                                options.count_entries, options.translate_all,
+                                hardener=options.hardener)
         machine.symbolize = _symbolize_copies(kernel.modules.symbolize, translator)
 
     bias = ELF_ET_DYN_BASE if image.is_pie else 0

@@ -199,6 +199,16 @@ class Image:
                 best[s.name] = s
         return best
 
+    def object_at(self, address: int) -> Symbol | None:
+        """The sized data symbol (an ELF object) that contains link-time ``address``."""
+        addrs, syms = self._by_address
+        i = bisect.bisect_right(addrs, address) - 1
+        for j in range(i, max(i - 8, -1), -1):
+            s = syms[j]
+            if s.kind == "object" and s.value <= address < s.value + s.size:
+                return s
+        return None
+
     def symbol(self, name: str) -> Symbol | None:
         """The symbol called ``name`` (functions preferred), or None."""
         return self._by_name.get(name)

@@ -103,7 +103,7 @@ def test_explain_text_names_each_secret_region_and_pass() -> None:
     assert "Adversary: same-core" in out and "+ intra-line:" in out
     assert "1. x: register rdi at entry of tiny_region, 8 bytes" in out
     assert "1. tiny_region: kind branch" in out
-    assert out.rstrip().endswith("1. if-conversion - regions 1")
+    assert "1. if-conversion - regions 1\n  2. ct-division - regions 1" in out
 
 
 def test_explain_with_binary_shows_addresses(region_loop: Path) -> None:

@@ -26,7 +26,8 @@ FLAGS = {  # as test_binaries/Makefile builds them
     "static-pie": ["-static-pie", "-fPIE"],
     "dynamic": ["-fPIE", "-pie"],
 }
-OFFSET_BOUND = {"modexp"}  # contracts naming blocks by symbol+offset
+OFFSET_BOUND = {"modexp", "ct_modexp", "idea_mul", "mac_verify", "sbox_round", "ttable_round",
+                "secret_div", "fp_secret"}  # contracts naming blocks by symbol+offset
 
 
 def gcc_major() -> str:

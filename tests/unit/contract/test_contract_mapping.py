@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from leakdbt.contract import PASS_ORDER, Observer, Policy, loads, plan
-from leakdbt.contract.mapping import observers
-from leakdbt.contract.model import Adversary
+from leakdbt.contract.mapping import KIND_CONDITION, observers
+from leakdbt.contract.model import Adversary, RegionKind
 from leakdbt.contract.profiles import Fact, Profile, get_profile
 
 SKYLAKE = get_profile("intel-skylake")
@@ -57,12 +57,18 @@ def test_no_intra_line_observer_where_offsets_do_not_leak() -> None:
     assert not observers(Adversary.SAME_CORE, quiet)[2].observed
 
 
+EXPOSED_HERE = ["ct-division", "oblivious-table", "fp-ftz-daz"]  # all variable on Skylake
+
+
 def test_passes_come_in_the_fixed_order() -> None:
     p = plan(loads(contract("co-resident", ALL_KINDS)), SKYLAKE)
     assert [s.name for s in p.passes] == list(PASS_ORDER)
     assert [[s.name for s in rp.passes] for rp in p.regions] == [
-        ["fp-ftz-daz"], ["oblivious-table"], ["ct-division"], ["if-conversion"],
-        ["bounded-loop"], ["bounded-loop"]]
+        ["fp-ftz-daz"], ["oblivious-table"], ["ct-division"],
+        ["if-conversion", *EXPOSED_HERE], ["bounded-loop", *EXPOSED_HERE],
+        ["bounded-loop", *EXPOSED_HERE]]
+    # the instruction-level passes a branch or loop exposes apply to it, with their condition
+    assert p.regions[3].passes[1].condition == KIND_CONDITION[RegionKind.DIVIDE]
     assert p.regions[5].passes[0].param("bound") == 32
     assert p.step("bounded-loop") is not None
     assert p.step("bounded-loop").param("bound") is None  # type: ignore[union-attr]

@@ -569,8 +569,14 @@ class RegionCheck:
         assert not report.mismatches
     """
 
-    def __init__(self, sandbox: Sandbox, region: CodeRegion, translation: Translation) -> None:
+    def __init__(self, sandbox: Sandbox, region: CodeRegion, translation: Translation,
+                 *, scratch_below_red_zone: bool = False, flags: int = FLAGS_MASK) -> None:
+        """``scratch_below_red_zone``: the translation may use the stack below the red zone
+        (hardened sequences do), so stack bytes more than 128 below RSP are not compared;
+        ``flags``: the RFLAGS bits compared (a pass may leave undefined flags different)."""
         self.sandbox = sandbox
+        self.scratch_below_red_zone = scratch_below_red_zone
+        self.flags = flags
         self.region = region
         self.t = translation
         bias = sandbox.bias
@@ -669,6 +675,14 @@ class RegionCheck:
                 report.inconclusive += 1
                 continue
             report.compared += 1
+            if self.scratch_below_red_zone:
+                low = min(state.gprs[7], orig.gprs[7]) - 128 - STACK
+                for side in (orig, copy):
+                    stack = side.memory["stack"]
+                    if low > 0:
+                        side.memory["stack"] = bytes(min(low, len(stack))) + stack[low:]
+            orig.rflags &= self.flags
+            copy.rflags &= self.flags
             problems = differences(orig, copy, self.return_map)
             if problems:
                 report.mismatches.append(Mismatch(seed, problems, orig, copy))

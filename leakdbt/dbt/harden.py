@@ -1,0 +1,197 @@
+"""Hardening a region: ask the passes the contract's mapping selects, merge their rewrites,
+and lay the result out in the code cache.
+
+For each region, every pass of its plan (``leakdbt contract explain``) that is installed is
+asked, in pass order, whether it applies (:class:`~leakdbt.plugin_api.RegionView`); those
+that do return a rewrite or a refusal.  Rewrites are merged: two passes may replace the same
+instruction only when the later one wraps the earlier one (its lines stand for the
+instruction once, as ``.insn``), and only one may replace the whole region (its code then
+carries the other passes' replacements through ``.insn`` lines).  A region for which some
+pass refused, or no pass applied, cannot be hardened: that is an error naming the region
+and each pass's reason, unless the user allowed unhardened regions (the successful rewrites
+are kept, and the region is reported).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from leakdbt.contract.mapping import PassStep
+from leakdbt.dbt.passes import LoadedPass
+from leakdbt.dbt.region import CodeRegion
+from leakdbt.dbt.relocate import Translation, relocate
+from leakdbt.errors import LeakDBTError, PluginError, TranslationError
+from leakdbt.loader.image import Image
+from leakdbt.plugin_api import BlockView, DataObject, Refusal, RegionView, Rewrite, original
+
+if TYPE_CHECKING:
+    from leakdbt.contract.model import Contract
+    from leakdbt.contract.profiles import Profile
+
+
+class HardeningError(TranslationError):
+    """A region no pass could harden (with each pass's reason)."""
+
+
+@dataclass(frozen=True)
+class RegionNeeds:
+    """What the contract asks for one region: its kind, the plan's passes, a table."""
+
+    kind: str | None
+    steps: tuple[PassStep, ...]
+    table: tuple[int, int] | None = None  # link-time (address, length) in the same module
+
+
+@dataclass
+class Outcome:
+    """What happened to one region."""
+
+    name: str
+    applied: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (pass, reason)
+    passed_over: list[tuple[str, str]] = field(default_factory=list)  # (pass, why not)
+
+    @property
+    def hardened(self) -> bool:
+        return bool(self.applied) and not self.refused
+
+    def reason(self) -> str:
+        """Why the region is not (fully) hardened, one line."""
+        if self.refused:
+            return "; ".join(f"{p}: {why}" for p, why in self.refused)
+        parts = [f"{p}: {why}" for p, why in self.passed_over]
+        return "no pass applies (" + ("; ".join(parts) or "the plan has no pass") + ")"
+
+
+def region_view(region: CodeRegion, kind: str | None, bias: int = 0,
+                params: dict[str, int | str | bool] | None = None,
+                table: tuple[int, int] | None = None, image: Image | None = None
+                ) -> RegionView:
+    """What a pass sees of ``region`` (see leakdbt.plugin_api.RegionView)."""
+    blocks = tuple(BlockView(b.start, tuple(b.insns), tuple(e.target for e in b.succs))
+                   for b in region.block_list())
+    object_at: Callable[[int], DataObject | None] = (
+        _objects(image) if image is not None else (lambda address: None))
+    return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
+                      params or {}, object_at)
+
+
+def _objects(image: Image) -> Callable[[int], DataObject | None]:
+    def object_at(address: int) -> DataObject | None:
+        sym = image.object_at(address)
+        return None if sym is None else DataObject(sym.name, sym.value, sym.size)
+    return object_at
+
+
+_LABEL = re.compile(r"\s*([A-Za-z_.][A-Za-z0-9_.]*):\s*$")
+
+
+def _nest(outer: tuple[str, ...], inner: tuple[str, ...], address: int, tag: str
+          ) -> tuple[str, ...] | None:
+    """``outer`` with its one ``.insn address`` line replaced by ``inner`` (an earlier
+    pass's replacement for the same instruction, its labels renamed apart) — how two passes
+    wrap one instruction — or None when ``outer`` does not stand for it exactly once."""
+    marker = original(address)
+    if sum(line.strip() == marker for line in outer) != 1:
+        return None
+    names = [m.group(1) for line in inner for m in [_LABEL.match(line)] if m]
+    if names:
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        inner = tuple(pattern.sub(lambda m: f"{m.group(1)}__n{tag}", line) for line in inner)
+    at = next(i for i, line in enumerate(outer) if line.strip() == marker)
+    return outer[:at] + inner + outer[at + 1:]
+
+
+class Hardener:
+    """Applies the installed passes to regions, as the contract's plan says."""
+
+    def __init__(self, passes: Sequence[LoadedPass], contract: Contract, profile: Profile,
+                 allow_unhardened: bool = False) -> None:
+        self.passes = list(passes)
+        self.contract = contract
+        self.profile = profile
+        self.allow_unhardened = allow_unhardened
+        self.outcomes: list[Outcome] = []
+
+    def translate(self, region: CodeRegion, needs: RegionNeeds, bias: int,
+                  place: Callable[[int], int] | int, image: Image | None = None
+                  ) -> Translation:
+        """The hardened copy of ``region`` (module loaded at ``bias``)."""
+        outcome = Outcome(region.name)
+        installed = {p.name: p for p in self.passes}
+        outcome.passed_over = [(s.name, "not installed") for s in needs.steps
+                               if s.name not in installed]
+        steps = {s.name: s for s in needs.steps}
+        replace: dict[int, tuple[str, ...]] = {}
+        owners: dict[int, str] = {}
+        code: tuple[str, ...] | None = None
+        code_owner = ""
+        for loaded in self.passes:
+            step = steps.get(loaded.name)
+            if step is None:
+                continue
+            view = region_view(region, needs.kind, bias, dict(step.params), needs.table, image)
+            result = self._ask(loaded, view)
+            if result is None:
+                outcome.passed_over.append((loaded.name, "does not apply"))
+                continue
+            if isinstance(result, Refusal):
+                outcome.refused.append((loaded.name, result.reason))
+                continue
+            for address, lines in result.replace.items():
+                if address in owners:
+                    nested = _nest(tuple(lines), replace[address], address,
+                                   f"{len(outcome.applied)}")
+                    if nested is None:
+                        raise HardeningError(
+                            f"{region.name}: passes {owners[address]!r} and {loaded.name!r} "
+                            f"both replace the instruction at {address + bias:#x}")
+                    lines = nested
+                owners[address] = loaded.name
+                replace[address] = tuple(lines)
+            if result.code is not None:
+                if code is not None:
+                    raise HardeningError(f"{region.name}: passes {code_owner!r} and "
+                                         f"{loaded.name!r} both replace the whole region")
+                code, code_owner = tuple(result.code), loaded.name
+            outcome.applied.append(loaded.name)
+        order = [s.name for s in needs.steps]
+        outcome.passed_over.sort(key=lambda item: order.index(item[0]))
+        self.outcomes.append(outcome)
+        if not outcome.hardened and not self.allow_unhardened:
+            raise HardeningError(f"region {region.name} cannot be hardened: "
+                                 f"{outcome.reason()} (--allow-unhardened runs it anyway)")
+        try:
+            return relocate(region, bias, place, replace, code)
+        except LeakDBTError as e:
+            passes = ", ".join(outcome.applied) or "no pass"
+            raise HardeningError(f"{region.name}: the rewrite of {passes} cannot be laid "
+                                 f"out: {e.one_line()}") from None
+
+    def _ask(self, loaded: LoadedPass, view: RegionView) -> Rewrite | Refusal | None:
+        """The pass's answer for ``view`` (None: it does not apply).  A pass that raises is
+        a broken plugin, reported as such."""
+        p = loaded.hardening
+        try:
+            applies = p.applies(view, self.contract, self.profile)
+            if applies is False:
+                return None
+            if isinstance(applies, Refusal):
+                return applies
+            result = p.harden(view, self.contract, self.profile)
+        except Exception as e:  # noqa: BLE001 - a plugin bug must not look like ours
+            raise PluginError(f"pass {p.name!r} ({loaded.origin}) failed on {view.name}: "
+                              f"{type(e).__name__}: {e}") from None
+        if not isinstance(result, Rewrite | Refusal):
+            raise PluginError(f"pass {p.name!r} ({loaded.origin}) returned "
+                              f"{type(result).__name__}, not a Rewrite or Refusal")
+        return result
+
+    def report(self) -> dict[str, object]:
+        """Per region: the passes applied, and why it is not hardened if it is not."""
+        return {o.name: {"passes": o.applied} | ({} if o.hardened
+                                                 else {"unhardened": o.reason()})
+                for o in self.outcomes}

@@ -1,0 +1,453 @@
+"""The oblivious-table pass: secret-indexed table lookups that touch every unit of the table.
+
+Preconditions.  The region (usually one block, contract kind ``table``; or kind None, when
+the pass applies to the accesses it can tie to a known table) contains loads or stores
+``[base + index*scale + disp]`` into a table whose bounds are known:
+
+- the contract's ``region.table`` (link-time address, length): every memory access of the
+  region whose address uses a register (other than RSP/RIP) is checked against it *at run
+  time*, except one whose displacement or traced base provably points into another ELF data
+  object;
+- otherwise the ELF data object (``region.object_at``) containing the access's *anchor*: the
+  displacement (non-PIE ``movzx eax, byte ptr [rax + 0x4a3c20]``), or the target of the
+  ``lea B, [rip + X]`` that last wrote the base register B in the same block, plus the
+  displacement (PIE ``lea rdx, [rip + X]; ...; movzx eax, byte ptr [rdx + rax]``).  When the
+  mapping names the table (``params["table"]``), only an object of that name counts, and
+  ``params["length"]`` overrides its size.  An access with no register besides the anchor
+  is a constant address and is left alone.
+
+``params["granularity"]`` (default ``params["line_size"]``, else the profile's line size) is
+the unit an observer can tell apart: the cache line, or the intra-line unit.
+
+Method.  Each table access is replaced (``Rewrite.replace``) by a sequence that
+
+1. skips the red zone (``lea rsp, [rsp - 0x80]``), saves RFLAGS and six scratch registers,
+   and computes the effective address EA exactly as the instruction does (``lea``);
+2. checks, without branching, that the access is *in contract*: ``T <= EA <= T + L - w``
+   (T, L: the table's runtime start and length, w: the access width) and that it does not
+   straddle two units (``EA mod s <= s - w``, s = max(granularity, w));
+3. reads, in a fixed order, one w-byte value from every s-byte unit of the s-aligned span
+   covering the table — at the same offset in each unit as EA — and keeps the one from EA's
+   unit with ``cmove``; the trip count of this loop is a constant of the table;
+4. stores the selected value into a slot at ``[rsp - REGION_SCRATCH]`` (the bottom of the
+   per-instruction scratch), restores registers and RFLAGS, and runs the *original
+   instruction with its memory operand replaced by that slot* (``xor eax, dword ptr
+   [rsp - 0x280]``).  The result (destination width, zero/sign extension, partial writes,
+   xmm destinations, flags) is therefore the instruction's own;
+5. for an instruction that writes its operand (a store, or read-modify-write such as
+   ``add byte ptr [T + rax], cl``): re-enters a frame and writes every unit back — the old
+   value, except EA's unit, which gets the instruction's result from the slot.
+
+RFLAGS: saved before the sequence and restored before the instruction runs, so the flags
+are exactly the instruction's (none for a load).  An access that is *not* in contract (index
+out of bounds, an address the run-time check does not place in the table, or an element
+straddling two units) takes a branch after the constant-footprint scan and performs the
+original instruction on the original address: in-contract accesses have a constant memory
+footprint, out-of-contract ones (a bug in the program, or not a table access at all) do not,
+and that branch reveals which of the two happened.
+
+The span may start before and end after the table (its first and last units are s-aligned):
+those bytes are read too, but never beyond the table's pages (s <= 4096).
+
+Cost per lookup: n = span / s loads (table length / granularity for an aligned table: 4 for a
+256-byte S-box at 64-byte lines, 64 at 4-byte units; 16 for a 1 KiB T-table at 64-byte
+lines — 64 for the four of a 4 KiB set, if the contract names the set as one table), as many
+loads and stores again for a store, and about 30 instructions besides.  The code size does
+not depend on n (the scan is a loop with a constant trip count).
+
+Stores are non-atomic read-modify-writes of *every* unit: another thread writing the same
+table concurrently may lose its write, and a store to a read-only table faults at the first
+unit rather than at the element (the original faults too).
+
+Refusals (``Refusal.reason``).  For one access: ``'{insn}' at 0x{runtime address}: ``
+followed by one of
+
+- ``{w}-byte memory operand is not supported (1, 2, 4 or 8 bytes)`` (xmm/ymm-wide loads);
+- ``prefixes (lock/rep) are not supported``;
+- ``xchg/cmpxchg/xadd are atomic; an oblivious read-modify-write of every unit would not be``;
+- ``changes RSP (push/pop/leave through the table is not supported)``;
+- ``a control transfer through the table leaks the entry through where it goes; ...``;
+- ``more than one memory operand (string instruction)``;
+- ``vector-indexed addressing (gather/scatter) is not supported``;
+- ``32-bit addressing is not supported``; ``segment override (...)``;
+- ``xlat reads the table implicitly (rewrite it as movzx)``;
+- ``the table at 0x... is not aligned to its {w}-byte accesses (...)``, ``the table at
+  0x... ({L} bytes) is smaller than its {w}-byte accesses``;
+- ``table at 0x... ({L} bytes) needs {n} loads per lookup (limit 65536)``.
+
+For the region: ``no load or store in {region} indexes a known table: ...`` and
+``granularity {g} is not a power of two up to 4096``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from leakdbt.plugin_api import (
+    API_VERSION,
+    INSN_SCRATCH,
+    RED_ZONE,
+    REGION_SCRATCH,
+    Flow,
+    Insn,
+    Refusal,
+    RegionView,
+    Rewrite,
+    goto,
+    original,
+)
+
+if TYPE_CHECKING:
+    from leakdbt.contract.model import Contract
+    from leakdbt.contract.profiles import Profile
+
+__all__ = ["MAX_UNITS", "PASS", "ObliviousTable", "TableAccess", "find_accesses",
+           "oblivious_access"]
+
+MAX_UNITS = 1 << 16
+"""The largest number of units (loads per lookup) the pass accepts for one table."""
+MAX_GRANULARITY = 4096  # a page: reads of the span then never leave the table's pages
+MASK64 = (1 << 64) - 1
+
+_SCRATCH = ("rax", "rcx", "rdx", "rsi", "rdi", "r8")  # saved, in push order
+_FRAME = RED_ZONE + 8 * (1 + len(_SCRATCH))  # below the original RSP: red zone, RFLAGS, regs
+# Three quadwords at the bottom of the per-instruction scratch (original RSP - 0x280):
+# the selected/stored value, the scan base and the wanted unit's offset.
+_SLOT = REGION_SCRATCH
+assert _FRAME + 24 <= _SLOT <= RED_ZONE + INSN_SCRATCH
+_LOAD = {1: ("movzx edx, byte ptr", "dl"), 2: ("movzx edx, word ptr", "dx"),
+         4: ("mov edx, dword ptr", "edx"), 8: ("mov rdx, qword ptr", "rdx")}
+_REG64 = {
+    **{f"r{i}{s}": f"r{i}" for i in range(8, 16) for s in ("", "d", "w", "b")},
+    **{r: "r" + r[1:] for r in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")},
+    **{r: "r" + r for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
+    **{"r" + r: "r" + r for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
+    **{f"{c}l": f"r{c}x" for c in "abcd"}, **{f"{c}h": f"r{c}x" for c in "abcd"},
+    "sil": "rsi", "dil": "rdi", "bpl": "rbp", "spl": "rsp",
+}
+_MEMORY = re.compile(r"\[[^\]]*\]")
+
+
+def _hex(value: int) -> str:
+    return f"{value:#x}"
+
+
+@lru_cache(maxsize=1)
+def _decoder() -> Any:
+    import capstone
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def _detail(insn: Insn) -> Any:
+    """Capstone's detailed decoding of ``insn`` (operands, register accesses)."""
+    for ci in _decoder().disasm(insn.raw, insn.address, 1):
+        return ci
+    raise ValueError(f"cannot decode {insn.raw.hex()} at {insn.address:#x}")
+
+
+@dataclass(frozen=True)
+class TableAccess:
+    """One memory access of the region that may index a table."""
+
+    insn: Insn
+    width: int  # bytes read or written
+    address: str  # the memory operand without brackets, as Capstone prints it
+    reads: bool
+    writes: bool
+    anchor: int | None  # link-time address the operand is known to point at, plus the index
+    problem: str | None = None  # why this access cannot be rewritten (None: it can)
+
+
+def _writes_reg(ci: Any, reg: str) -> bool:
+    """Whether the decoded instruction writes (any part of) 64-bit register ``reg``."""
+    return any(_REG64.get(ci.reg_name(r)) == reg for r in ci.regs_access()[1])
+
+
+def _traced_lea(block: tuple[Insn, ...], at: int, reg: str) -> int | None:
+    """The target X of ``lea reg, [rip + X]`` if that is the last instruction before index
+    ``at`` of ``block`` that writes ``reg`` (None otherwise)."""
+    for insn in reversed(block[:at]):
+        ci = _detail(insn)
+        if not _writes_reg(ci, reg):
+            continue
+        if insn.mnemonic == "lea" and insn.rip_target is not None \
+                and insn.op_str.split(",")[0].strip() == reg:
+            return insn.rip_target
+        return None
+    return None
+
+
+def _inspect(block: tuple[Insn, ...], at: int, region: RegionView) -> TableAccess | None:
+    """The access made by ``block[at]``, or None when it has no register-indexed memory
+    operand (no memory operand, ``lea``/``nop``, constant or RIP-relative or stack address)."""
+    from capstone import CS_AC_READ, CS_AC_WRITE, x86
+
+    insn = block[at]
+    if insn.mnemonic in ("lea", "nop") or insn.mnemonic.startswith("prefetch"):
+        return None
+    ci = _detail(insn)
+    mems = [op for op in ci.operands if op.type == x86.X86_OP_MEM]
+    if insn.mnemonic in ("xlatb", "xlat"):
+        return TableAccess(insn, 1, "rbx + al", True, False, None,
+                           "xlat reads the table implicitly (rewrite it as movzx)")
+    if not mems:
+        return None
+    mem = mems[0].mem
+    base = ci.reg_name(mem.base) if mem.base else None
+    index = ci.reg_name(mem.index) if mem.index else None
+    registers = [r for r in (base, index) if r is not None]
+    if not registers or "rip" in registers or "rsp" in registers or "esp" in registers:
+        return None  # constant, RIP-relative or stack address: not a table index
+    match = _MEMORY.search(insn.op_str)
+    address = match.group(0)[1:-1] if match else ""
+    op = mems[0]
+    anchor, constant = _anchor(block, at, base, index, mem.scale, mem.disp, region)
+    if constant:
+        return None
+    access = TableAccess(insn, op.size, address, bool(op.access & CS_AC_READ),
+                         bool(op.access & CS_AC_WRITE), anchor)
+    problem = _problem(insn, ci, access, len(mems), registers)
+    return access if problem is None else TableAccess(
+        access.insn, access.width, access.address, access.reads, access.writes,
+        access.anchor, problem)
+
+
+def _anchor(block: tuple[Insn, ...], at: int, base: str | None, index: str | None,
+            scale: int, disp: int, region: RegionView) -> tuple[int | None, bool]:
+    """(anchor, constant): where the operand points with the index left out — a traced
+    ``lea`` of the base (or of a scale-1 index) plus the displacement, else the displacement
+    when it is a known address, else None — and whether the address is a constant (the
+    traced register is the only one)."""
+    candidates = [r for r in (base, index if scale == 1 else None) if r is not None]
+    for reg in candidates:
+        target = _traced_lea(block, at, _REG64.get(reg, reg))
+        if target is not None:
+            others = [r for r in (base, index) if r is not None and r != reg]
+            return (target + disp) & MASK64, not others
+    d = disp & MASK64
+    if region.table is not None and region.table[0] <= d < region.table[0] + region.table[1]:
+        return d, False
+    return (d if region.object_at(d) is not None else None), False
+
+
+def _problem(insn: Insn, ci: Any, access: TableAccess, memory_operands: int,
+             registers: list[str]) -> str | None:
+    """Why the access cannot be rewritten, or None."""
+    if memory_operands != 1:
+        return "more than one memory operand (string instruction)"
+    if any(r not in _REG64 for r in registers):
+        return "vector-indexed addressing (gather/scatter) is not supported"
+    if ci.addr_size != 8:
+        return "32-bit addressing is not supported"
+    if re.search(r"\b[cdefgs]s:", insn.op_str):
+        return "segment override (a table lives in the module, not at fs:/gs:)"
+    if insn.prefixes:
+        return "prefixes (lock/rep) are not supported"
+    if insn.mnemonic in ("xchg", "cmpxchg", "cmpxchg8b", "cmpxchg16b", "xadd") and \
+            access.writes:
+        return ("xchg/cmpxchg/xadd are atomic; an oblivious read-modify-write of "
+                "every unit would not be")
+    if insn.flow is not Flow.NEXT:
+        return ("a control transfer through the table leaks the entry through "
+                "where it goes; it is not hardened")
+    if any(_REG64.get(ci.reg_name(r)) == "rsp" for r in ci.regs_access()[1]):
+        return "changes RSP (push/pop/leave through the table is not supported)"
+    if access.width not in _LOAD:
+        return f"{access.width}-byte memory operand is not supported (1, 2, 4 or 8 bytes)"
+    if not (access.reads or access.writes):
+        return "Capstone does not say whether it reads or writes its operand"
+    return None
+
+
+def _bounds(access: TableAccess, region: RegionView) -> tuple[int, int] | None:
+    """The table (link-time address, length) ``access`` is checked against, or None."""
+    if region.table is not None:
+        t, n = region.table
+        if access.anchor is not None and not t <= access.anchor < t + n:
+            obj = region.object_at(access.anchor)
+            if obj is not None and (obj.address + obj.size <= t or t + n <= obj.address):
+                return None  # provably another object
+        return region.table
+    if access.anchor is None:
+        return None
+    obj = region.object_at(access.anchor)
+    if obj is None or obj.size <= 0:
+        return None
+    wanted = region.params.get("table")
+    if isinstance(wanted, str) and wanted and obj.name != wanted:
+        return None
+    length = region.params.get("length")
+    size = length if isinstance(length, int) and not isinstance(length, bool) and length > 0 \
+        else obj.size
+    return obj.address, size
+
+
+def find_accesses(region: RegionView) -> list[tuple[TableAccess, tuple[int, int]]]:
+    """The region's table accesses, each with its table's link-time (address, length)."""
+    out = []
+    for block in region.blocks:
+        for at in range(len(block.insns)):
+            access = _inspect(block.insns, at, region)
+            if access is None:
+                continue
+            bounds = _bounds(access, region)
+            if bounds is not None:
+                out.append((access, bounds))
+    return out
+
+
+def _granularity(region: RegionView, profile: Profile | None) -> int | Refusal:
+    value = region.params.get("granularity", region.params.get("line_size"))
+    if value is None:
+        value = profile.line_size if profile is not None else 64
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 \
+            or value & (value - 1) or value > MAX_GRANULARITY:
+        return Refusal(f"granularity {value!r} is not a power of two up to "
+                       f"{MAX_GRANULARITY}")
+    return value
+
+
+def _frame_enter() -> list[str]:
+    return [f"lea rsp, [rsp - {_hex(RED_ZONE)}]", "pushfq",
+            *(f"push {r}" for r in _SCRATCH)]
+
+
+def _frame_leave() -> list[str]:
+    return [*(f"pop {r}" for r in reversed(_SCRATCH)), "popfq",
+            f"lea rsp, [rsp + {_hex(RED_ZONE)}]"]
+
+
+def _slot(k: int) -> str:
+    """Slot quadword ``k`` addressed from inside the frame."""
+    return f"qword ptr [rsp - {_hex(_SLOT - _FRAME - 8 * k)}]"
+
+
+def oblivious_access(access: TableAccess, table: int, length: int, granularity: int
+                     ) -> list[str]:
+    """The replacement lines for ``access`` into the table at link-time address ``table``
+    of ``length`` bytes, touching every ``granularity``-byte unit (see the module doc).
+
+    Runtime addresses are written ``@link-time`` (:func:`goto`): the load bias is a multiple
+    of the page size, so the s-aligned start of the span moves with the table."""
+    w = access.width
+    s = max(granularity, w)
+    log = s.bit_length() - 1
+    start = table & ~(s - 1)  # U0: the s-aligned start of the span
+    units = ((table + length - 1) >> log) - (table >> log) + 1
+    load, store_reg = _LOAD[w]
+    insn = access.insn
+    lines = _frame_enter() + [
+        f"lea rsi, [{access.address}]",  # EA, as the instruction computes it
+        f"movabs rdi, {goto(table)}",
+        "mov rcx, rsi", "sub rcx, rdi",  # EA - T
+        f"mov edx, {_hex(length - w)}",
+        "xor r8d, r8d",
+        "cmp rdx, rcx", "adc r8d, 0",  # out of bounds: EA - T > L - w (unsigned)
+        "mov eax, esi", f"and eax, {_hex(s - 1)}",  # EA's offset in its unit
+        f"mov edx, {_hex(s - w)}",
+        "cmp edx, eax", "adc r8d, 0",  # straddles two units
+        "neg r8d", "sbb r8, r8", "not r8",  # all ones: in contract
+        "and rax, r8",  # offset in the unit (0 when not in contract: reads stay in the span)
+        f"movabs rdx, {goto(start)}",
+        "mov rdi, rsi", "sub rdi, rdx",
+        f"shr rdi, {_hex(log)}", f"shl rdi, {_hex(log)}",  # offset of EA's unit in the span
+        "lea rsi, [rdx + rax]",  # scan base: U0 + offset in unit
+    ]
+    if access.reads:
+        lines += [
+            "xor eax, eax", "xor ecx, ecx",
+            "ot_read:",
+            f"{load} [rsi + rcx]",
+            "cmp rcx, rdi", "cmove rax, rdx",
+            f"add rcx, {_hex(s)}", f"cmp rcx, {_hex(units * s)}",
+            "jb ot_read",
+            f"mov {_slot(0)}, rax",
+        ]
+    if access.writes:
+        lines += [f"mov {_slot(1)}, rsi", f"mov {_slot(2)}, rdi"]
+    lines += ["test r8, r8", "je ot_outside", *_frame_leave(),
+              _MEMORY.sub(f"[rsp - {_hex(_SLOT)}]", insn.text, count=1)]
+    if access.writes:
+        lines += _frame_enter() + [
+            f"mov rax, {_slot(0)}", f"mov rsi, {_slot(1)}", f"mov rdi, {_slot(2)}",
+            "xor ecx, ecx",
+            "ot_write:",
+            f"{load} [rsi + rcx]",
+            "cmp rcx, rdi", "cmove rdx, rax",
+            f"mov {load.split()[-2]} ptr [rsi + rcx], {store_reg}",
+            f"add rcx, {_hex(s)}", f"cmp rcx, {_hex(units * s)}",
+            "jb ot_write",
+        ] + _frame_leave()
+    lines += ["jmp ot_done", "ot_outside:", *_frame_leave(), original(insn.address),
+              "ot_done:"]
+    return lines
+
+
+def _check_table(access: TableAccess, table: int, length: int, granularity: int
+                 ) -> str | None:
+    """Why ``access`` into this table (runtime address) cannot be made oblivious, or None."""
+    w = access.width
+    if length < w:
+        return f"the table at {table:#x} ({length} bytes) is smaller than its {w}-byte accesses"
+    if table % w:
+        return (f"the table at {table:#x} is not aligned to its {w}-byte accesses (elements "
+                "would straddle units)")
+    s = max(granularity, w)
+    units = ((table + length - 1) // s) - (table // s) + 1
+    if units > MAX_UNITS:
+        return (f"table at {table:#x} ({length} bytes) needs {units} loads per lookup "
+                f"(limit {MAX_UNITS})")
+    return None
+
+
+def harden_region(region: RegionView, profile: Profile | None = None) -> Rewrite | Refusal:
+    """The oblivious rewrite of every table access in ``region`` (see the module doc)."""
+    granularity = _granularity(region, profile)
+    if isinstance(granularity, Refusal):
+        return granularity
+    found = find_accesses(region)
+    if not found:
+        return Refusal(
+            f"no load or store in {region.name} indexes a known table: its bounds are "
+            "neither in the contract nor those of an ELF data symbol at the address the "
+            "code uses (name the table and its length in the contract)")
+    replace: dict[int, tuple[str, ...]] = {}
+    for access, (table, length) in found:
+        problem = access.problem or _check_table(access, table + region.bias, length,
+                                                 granularity)
+        if problem is not None:
+            return Refusal(f"'{access.insn.text}' at {access.insn.address + region.bias:#x}: "
+                           f"{problem}")
+        replace[access.insn.address] = tuple(
+            oblivious_access(access, table, length, granularity))
+    return Rewrite(replace=replace)
+
+
+class ObliviousTable:
+    """The ``oblivious-table`` pass (see the module doc)."""
+
+    name = "oblivious-table"
+    api_version = API_VERSION
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+    def applies(self, region: RegionView, contract: Contract, profile: Profile
+                ) -> bool | Refusal:
+        if region.kind == "table":
+            return True
+        if region.kind is not None:
+            return False
+        return bool(find_accesses(region))
+
+    def harden(self, region: RegionView, contract: Contract, profile: Profile
+               ) -> Rewrite | Refusal:
+        return harden_region(region, profile)
+
+
+PASS = ObliviousTable()

@@ -1,0 +1,207 @@
+"""Shared helpers of the if-conversion and bounded-loop tests: build small C programs, form
+and harden a region, lay it out, compare it with the original, and trace what it touches."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn import x86_const as x
+
+from leakdbt.dbt.asm import assemble_block
+from leakdbt.dbt.cfg import FunctionCFG, function_cfg
+from leakdbt.dbt.harden import region_view
+from leakdbt.dbt.insn import Flow, Insn, decode_all
+from leakdbt.dbt.region import CodeRegion, form_region
+from leakdbt.dbt.relocate import Translation, relocate
+from leakdbt.loader.elf import load_image
+from leakdbt.loader.image import Image
+from leakdbt.plugin_api import BlockView, Refusal, RegionView, Rewrite
+from tests.unit.dbt.harness import (
+    GPRS,
+    PIE_BIAS,
+    STACK,
+    Chooser,
+    Mismatch,
+    RegionCheck,
+    Report,
+    Sandbox,
+    State,
+    compile_program,
+    differences,
+    random_state,
+)
+
+# Keep gcc from turning the test branches into cmov/setcc or loops into library calls.
+CFLAGS = ("-fno-if-conversion", "-fno-if-conversion2", "-fno-tree-loop-distribute-patterns",
+          "-fno-builtin", "-fno-tree-vectorize")
+REG = {name: i for i, (name, _) in enumerate(GPRS)}
+
+
+def build(directory: Path, name: str, source: str, kind: str = "static") -> Image:
+    """Compile ``source`` (with :data:`CFLAGS`) and load the program."""
+    path = compile_program(directory, name, {f"{name}.c": source}, kind, CFLAGS)
+    return load_image(str(path))
+
+
+def cfg_of(image: Image, function: str) -> FunctionCFG:
+    sym = image.symbol(function)
+    assert sym is not None, function
+    return function_cfg(image, sym)
+
+
+def loop_header(cfg: FunctionCFG) -> int:
+    """The first block some block it dominates jumps back to."""
+    for start in sorted(cfg.blocks):
+        if any(cfg.dominates(start, p) for p in cfg.blocks[start].preds):
+            return start
+    raise AssertionError(f"{cfg.name} has no loop")
+
+
+def region_of(image: Image, function: str, loop: bool = False) -> CodeRegion:
+    """The branch region at the function's entry, or its (first) loop."""
+    cfg = cfg_of(image, function)
+    if loop:
+        return form_region(cfg, loop_header(cfg), f"{function}-loop", loop=True)
+    return form_region(cfg, cfg.entry, function, branch=True)
+
+
+def view_of(region: CodeRegion, bias: int, kind: str | None = None,
+            params: dict[str, int | str | bool] | None = None) -> RegionView:
+    return region_view(region, kind, bias, params)
+
+
+def harden(pass_obj: Any, view: RegionView) -> Rewrite | Refusal:
+    applies = pass_obj.applies(view, None, None)
+    if isinstance(applies, Refusal):
+        return applies
+    assert applies is True
+    return pass_obj.harden(view, None, None)
+
+
+def sandbox_for(image: Image) -> Sandbox:
+    return Sandbox(image, PIE_BIAS if image.is_pie else 0)
+
+
+def translate(sandbox: Sandbox, region: CodeRegion, rewrite: Rewrite,
+              replace: Mapping[int, Sequence[str]] | None = None) -> Translation:
+    """Lay out ``rewrite`` (plus other passes' per-instruction ``replace``)."""
+    merged = {**rewrite.replace, **(replace or {})}
+    return relocate(region, sandbox.bias, sandbox.place, merged, rewrite.code)
+
+
+def state(seed: str, choose: dict[str, Chooser] | None = None, **fixed: int) -> State:
+    """A random state with some registers fixed (by name)."""
+    s = random_state(random.Random(seed), choose)
+    gprs = list(s.gprs)
+    for name, value in fixed.items():
+        gprs[REG[name]] = value & ((1 << 64) - 1)
+    return dataclasses.replace(s, gprs=tuple(gprs))
+
+
+def with_memory(s: State, address: int, data: bytes) -> State:
+    """``s`` with ``data`` at ``address`` in the scratch area."""
+    from tests.unit.dbt.harness import SCRATCH
+
+    off = address - SCRATCH
+    scratch = bytearray(s.scratch)
+    scratch[off:off + len(data)] = data
+    return dataclasses.replace(s, scratch=bytes(scratch))
+
+
+def compare(check: RegionCheck, states: Iterable[tuple[str, State]]) -> Report:
+    """RegionCheck.check for given states (same comparison rules)."""
+    report = Report(check.region.name)
+    for seed, s in states:
+        orig = check.outcome(False, s)
+        copy = check.outcome(True, s)
+        report.stops[orig.kind] = report.stops.get(orig.kind, 0) + 1
+        if not (orig.conclusive and copy.conclusive):
+            report.inconclusive += 1
+            continue
+        report.compared += 1
+        low = min(s.gprs[REG["rsp"]], orig.gprs[REG["rsp"]]) - 128 - STACK
+        for side in (orig, copy):
+            stack = side.memory["stack"]
+            if low > 0:
+                side.memory["stack"] = bytes(min(low, len(stack))) + stack[low:]
+        orig.rflags &= check.flags
+        copy.rflags &= check.flags
+        problems = differences(orig, copy, check.return_map)
+        if problems:
+            report.mismatches.append(Mismatch(seed, problems, orig, copy))
+    return report
+
+
+def trace(check: RegionCheck, s: State, copy: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The instruction addresses run inside the copy (or the original region) from ``s``,
+    and the 64-byte lines of the memory accesses made meanwhile (reads and writes)."""
+    uc = check.sandbox.uc
+    bias = check.sandbox.bias
+    if copy:
+        ranges = [(check.t.base, check.t.end)]
+    else:
+        ranges = [(lo + bias, hi + bias) for lo, hi in check.region.byte_ranges]
+    insns: list[int] = []
+    lines: list[int] = []
+
+    def inside(address: int) -> bool:
+        return any(lo <= address < hi for lo, hi in ranges)
+
+    def on_code(uc_: Any, address: int, size: int, _: Any) -> None:
+        insns.append(address)
+
+    def on_mem(uc_: Any, access: int, address: int, size: int, value: int, _: Any) -> None:
+        if inside(uc_.reg_read(x.UC_X86_REG_RIP)):
+            lines.append((access, address >> 6))  # type: ignore[arg-type]
+
+    hooks = [uc.hook_add(UC_HOOK_CODE, on_code, None, lo, hi - 1) for lo, hi in ranges]
+    hooks.append(uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, on_mem))
+    uc.ctl_flush_tb()
+    try:
+        check.outcome(copy, s)
+    finally:
+        for h in hooks:
+            uc.hook_del(h)
+        uc.ctl_flush_tb()
+    return tuple(insns), tuple(lines)
+
+
+BASE = 0x10000
+
+
+def view_from_asm(lines: list[str], shape: str = "branch", kind: str | None = "branch",
+                  params: dict[str, int | str | bool] | None = None) -> RegionView:
+    """A region made of ``lines`` (assembled at BASE; blocks split at branches and their
+    targets; the region is every block, entered at the first)."""
+    code = assemble_block(lines, BASE)
+    insns = decode_all(code, BASE)
+    leaders = {BASE}
+    for i in insns:
+        if i.flow in (Flow.BRANCH, Flow.JUMP) and i.target is not None:
+            leaders.add(i.target)
+        if i.flow is not Flow.NEXT:
+            leaders.add(i.next)
+    blocks: list[list[Insn]] = []
+    for i in insns:
+        if i.address in leaders or not blocks:
+            blocks.append([])
+        blocks[-1].append(i)
+    views = []
+    for b in blocks:
+        last = b[-1]
+        succ: list[int] = []
+        if last.flow is Flow.BRANCH:
+            assert last.target is not None
+            succ = [last.target, last.next]
+        elif last.flow is Flow.JUMP:
+            assert last.target is not None
+            succ = [last.target]
+        elif last.flow in (Flow.NEXT, Flow.CALL):
+            succ = [last.next]
+        views.append(BlockView(b[0].address, tuple(b), tuple(succ)))
+    return RegionView("r", kind, shape, BASE, tuple(views), params=params or {})

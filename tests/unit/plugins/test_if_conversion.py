@@ -1,0 +1,301 @@
+"""plugins.if_conversion: hardened branch regions of small C functions compute what the
+originals compute (differential runs on random states that take both paths), run the same
+instructions and touch the same cache lines whatever the secret, and every refusal is
+reported with its reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from leakdbt.dbt.relocate import Translation
+from leakdbt.loader.image import Image
+from leakdbt.plugin_api import Refusal, Rewrite
+from plugins.ct_division import PASS as CT_DIVISION
+from plugins.if_conversion import PASS
+from tests.unit.dbt.harness import ARITH_FLAGS, FLAGS_MASK, SCRATCH, RegionCheck, Sandbox, State
+from tests.unit.plugins.ifc_support import (
+    REG,
+    build,
+    compare,
+    harden,
+    region_of,
+    sandbox_for,
+    state,
+    trace,
+    translate,
+    view_from_asm,
+    view_of,
+)
+
+SOURCE = r"""
+long gbuf[8];
+unsigned char cbuf[16];
+unsigned short sbuf[8];
+unsigned int ibuf[8];
+
+__attribute__((noinline)) long diamond(long x, long r, long b) {
+    if (x & 1) r = r * b; else r = r + 3;
+    return r ^ x;
+}
+__attribute__((noinline)) long triangle(long x, long r) {
+    if (x > 10) r = r * 7 + x;
+    return r - 1;
+}
+__attribute__((noinline)) long nested(long x, long y, long r) {
+    if (x & 1) { if (y & 2) r += y; else r -= 5; } else { r *= 3; }
+    return r + x;
+}
+__attribute__((noinline)) long stores(long x, long *p, long v) {
+    volatile long buf[4] = {1, 2, 3, 4};
+    if (x & 1) { buf[1] = v; gbuf[2] = v; p[0] = v; p[1] = x; }
+    else { buf[2] = v + 1; gbuf[3] = x; p[0] = x; }
+    return buf[1] + buf[2] + p[1];
+}
+__attribute__((noinline)) void narrow(long x, long v) {
+    if (x & 2) { cbuf[3] = v; sbuf[1] = v; ibuf[2] = v; }
+    else { cbuf[5] = x; ibuf[2] = x; sbuf[3] = x; }
+}
+__attribute__((noinline)) unsigned long divarm(unsigned long x, unsigned long a,
+                                               unsigned long d) {
+    if (x & 1) a = a / d; else a = a + x;
+    return a;
+}
+__attribute__((noinline)) long retjoin(long c, long a, long b) {
+    if (c) return a * 3;
+    return b + 2;
+}
+__attribute__((noinline)) double fparm(long x, double d, double e) {
+    if (x & 1) d = d * e; else d = d + 1.5;
+    return d;
+}
+__attribute__((noinline)) long joined(long x, long r) {
+    if (x & 4) r = r * 5;
+    else r = r - x;
+    __asm__ volatile("" : "+r"(r));  /* keep a join block after the arms */
+    r = r * 3 + 1;
+    if (r & 1) r = r << 1;
+    return r;
+}
+__attribute__((noinline)) long unsafe(long x, long *p) {
+    long r = 0;
+    if (x & 1) r = *p;
+    return r;
+}
+int main(void) { return 0; }
+"""
+
+
+def _bit(reg: str, mask: int) -> Callable[[State], bool]:
+    return lambda s: bool(s.gprs[REG[reg]] & mask)
+
+
+def _pointer(rng) -> int:  # type: ignore[no-untyped-def]
+    return SCRATCH + 0x1000 + 8 * rng.randrange(0x200)
+
+
+def _divisor(rng) -> int:  # type: ignore[no-untyped-def]
+    return rng.choice((1, 3, 7, rng.getrandbits(64) | 1, rng.getrandbits(20) + 1))
+
+
+# function -> (which path a state takes, register choosers)
+CASES: dict[str, tuple[Callable[[State], bool], dict]] = {
+    "diamond": (_bit("rdi", 1), {}),
+    "triangle": (lambda s: 10 < s.gprs[REG["rdi"]] < 1 << 63,
+                 {"rdi": lambda rng: rng.randrange(-30, 30)}),
+    "nested": (_bit("rdi", 1), {}),
+    "stores": (_bit("rdi", 1), {"rsi": _pointer}),
+    "narrow": (_bit("rdi", 2), {}),
+    "divarm": (_bit("rdi", 1), {"rdx": _divisor}),
+    "retjoin": (lambda s: s.gprs[REG["rdi"]] != 0,
+                {"rdi": lambda rng: rng.choice((0, rng.getrandbits(64)))}),
+    "fparm": (_bit("rdi", 1), {}),
+    "joined": (_bit("rdi", 4), {}),
+}
+STATES = 200
+
+
+@pytest.fixture(scope="module", params=["static", "static-pie"])
+def program(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Image:
+    return build(tmp_path_factory.mktemp("ifc"), "ifc", SOURCE, request.param)
+
+
+@pytest.fixture(scope="module")
+def sandbox(program: Image) -> Sandbox:
+    return sandbox_for(program)
+
+
+def _hardened(program: Image, sandbox: Sandbox, function: str, composed: bool = False
+              ) -> tuple[RegionCheck, Rewrite]:
+    region = region_of(program, function)
+    view = view_of(region, sandbox.bias, "branch")
+    rewrite = harden(PASS, view)
+    assert isinstance(rewrite, Rewrite), rewrite
+    assert rewrite.code is not None and not rewrite.replace
+    replace = None
+    if composed:
+        ct = CT_DIVISION.harden(view, None, None)  # type: ignore[arg-type]
+        assert isinstance(ct, Rewrite) and ct.replace
+        replace = ct.replace
+    t: Translation = translate(sandbox, region, rewrite, replace)
+    flags = FLAGS_MASK & ~ARITH_FLAGS if composed else FLAGS_MASK  # div leaves them undefined
+    return RegionCheck(sandbox, region, t, scratch_below_red_zone=True, flags=flags), rewrite
+
+
+@pytest.mark.parametrize("function", sorted(CASES))
+def test_hardened_branch_computes_what_the_original_computes(
+        program: Image, sandbox: Sandbox, function: str) -> None:
+    path, choose = CASES[function]
+    check, rewrite = _hardened(program, sandbox, function)
+    assert not any(line.startswith("j") and "@" not in line for line in rewrite.code or ())
+    seeds = [f"ifc:{function}:{i}" for i in range(STATES)]
+    with check:
+        report = check.check(seeds, choose)
+    assert not report.mismatches, report.mismatches[:3]
+    assert report.compared == STATES
+    taken = sum(path(state(s, choose)) for s in seeds)
+    assert 20 <= taken <= STATES - 20, taken  # both paths were exercised
+
+
+def test_division_arm_composes_with_ct_division(program: Image, sandbox: Sandbox) -> None:
+    """The div of the arm is replaced by ct-division's sequence inside the if-converted code;
+    a zero divisor on the path not taken does not fault."""
+    check, _ = _hardened(program, sandbox, "divarm", composed=True)
+    choose = {"rdx": _divisor}
+    seeds = [f"ifc:ct:{i}" for i in range(120)]
+    with check:
+        report = check.check(seeds, choose)
+        zero = [(f"zero:{i}", state(f"zero:{i}", rdi=2 * i, rdx=0)) for i in range(10)]
+        report0 = compare(check, zero)
+    assert not report.mismatches, report.mismatches[:3]
+    assert not report0.mismatches and report0.compared == 10
+    assert report0.stops == {"exit": 10}  # 0 divisor, arm not taken: no fault
+
+
+# -- leakage -------------------------------------------------------------------------------
+
+LEAK_CASES = {  # function -> (secret register, values that take different paths)
+    "diamond": ("rdi", (0x10, 0x11)),
+    "nested": ("rdi", (0x20, 0x21)),
+    "stores": ("rdi", (2, 3)),
+    "narrow": ("rdi", (1, 2)),
+    "retjoin": ("rdi", (0, 5)),
+    "divarm": ("rdi", (4, 5)),
+    "joined": ("rdi", (0, 4)),
+}
+
+
+@pytest.mark.parametrize("function", sorted(LEAK_CASES))
+def test_hardened_branch_runs_and_touches_the_same_whatever_the_secret(
+        program: Image, sandbox: Sandbox, function: str) -> None:
+    reg, values = LEAK_CASES[function]
+    composed = function == "divarm"
+    check, _ = _hardened(program, sandbox, function, composed)
+    base = {"rsi": SCRATCH + 0x1800, "rdx": 7}
+    with check:
+        for n in range(3):
+            states = [state(f"leak:{function}:{n}", **base, **{reg: v}) for v in values]
+            orig = [trace(check, s, copy=False) for s in states]
+            copy = [trace(check, s, copy=True) for s in states]
+            assert orig[0] != orig[1]  # the original's path shows
+            assert copy[0][0] == copy[1][0]  # same instructions, in the same order
+            assert copy[0][1] == copy[1][1]  # same cache lines, read/write, same order
+            assert copy[0][0]  # the trace is not empty
+
+
+# -- property-based ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nested_check(program: Image, sandbox: Sandbox) -> RegionCheck:
+    check, _ = _hardened(program, sandbox, "nested")
+    return check
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(x=st.integers(0, 2**64 - 1), y=st.integers(0, 2**64 - 1), r=st.integers(0, 2**64 - 1),
+       flags=st.integers(0, 0xFFF))
+def test_nested_branches_agree_on_any_inputs(nested_check: RegionCheck, x: int, y: int,
+                                             r: int, flags: int) -> None:
+    s = state("hyp", rdi=x, rsi=y, rdx=r)
+    import dataclasses
+
+    s = dataclasses.replace(s, rflags=0x2 | (flags & 0x8D5))
+    with nested_check:
+        report = compare(nested_check, [("hyp", s)])
+    assert not report.mismatches, report.mismatches
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+def _arm(*body: str) -> list[str]:
+    """if (rdi & 1) { body } ; join: ret."""
+    return ["test dil, 1", "je join", *body, "join:", "ret"]
+
+
+REFUSALS = {
+    "call": (_arm("call 0x12000"), "is a call"),
+    "syscall": (_arm("syscall"), "system call"),
+    "indirect": (_arm("jmp rax"), "indirect jump"),
+    "rsp": (_arm("push rax", "pop rax"), "writes rsp"),
+    "string": (_arm("rep stosb byte ptr [rdi], al"), "string instruction"),
+    "loop": (["test dil, 1", "je join", "top:", "dec rsi", "jne top", "join:", "ret"],
+             "contains a loop"),
+    "unsafe": (_arm("mov rax, qword ptr [rsi]"), "not every path"),
+    "computed": (["mov rax, qword ptr [rsi]", "test dil, 1", "je join",
+                  "add rsi, 8", "mov rax, qword ptr [rsi]", "join:", "ret"],
+                 "depends on rsi, which the conditional code computes"),
+    "segment": (["mov rax, qword ptr fs:[rsi]", "test dil, 1", "je join",
+                 "mov qword ptr fs:[rsi], rdx", "join:", "ret"], "segment stores"),
+    "avx": (_arm("vpxor ymm0, ymm0, ymm0"), "AVX"),
+    "x87": (_arm("fld1"), "x87"),
+    "memdiv": (_arm("div qword ptr [rsp + 8]"), "memory divisor"),
+    "raxdiv": (_arm("div rax"), "dividend's registers"),
+    "jrcxz": (["test dil, 1", "je join", "jrcxz join", "inc rax", "join:", "ret"],
+              "loop/jrcxz"),
+    "stop": (["test dil, 1", "je join", "ud2", "join:", "ret"], "stops the program"),
+    "addr32": (["mov eax, dword ptr [esi]", "test dil, 1", "je join",
+                "mov eax, dword ptr [esi]", "join:", "ret"], "32-bit addressing"),
+    "mxcsr": (_arm("ldmxcsr dword ptr [rsp + 8]"), "writes mxcsr"),
+    "exits": (["test dil, 1", "je out1", "jmp 0x14000", "out1:", "jmp 0x13000"],
+              "more than one exit"),
+    "retexit": (["test dil, 1", "je out1", "ret", "out1:", "jmp 0x13000"],
+                "both returns and leaves"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals_say_why(case: str) -> None:
+    lines, message = REFUSALS[case]
+    result = harden(PASS, view_from_asm(lines))
+    assert isinstance(result, Refusal), result
+    assert message in result.reason, result.reason
+
+
+def test_unsafe_load_in_a_compiled_arm_is_refused(program: Image) -> None:
+    result = harden(PASS, view_of(region_of(program, "unsafe"), 0, "branch"))
+    assert isinstance(result, Refusal)
+    assert "not every path of the original accesses" in result.reason
+
+
+def test_only_branch_regions() -> None:
+    view = view_from_asm(_arm("inc rax"), shape="loop")
+    refusal = PASS.applies(view, None, None)  # type: ignore[arg-type]
+    assert isinstance(refusal, Refusal) and "not a branch region" in refusal.reason
+    assert PASS.applies(view_from_asm(_arm("inc rax"), kind="divide"), None, None) is False  # type: ignore[arg-type]
+    assert PASS.applies(view_from_asm(_arm("inc rax"), kind=None), None, None) is True  # type: ignore[arg-type]
+
+
+def test_return_joined_region_in_a_pie(tmp_path: Path) -> None:
+    """Position-independent module (bias): a return-joined region, no exit jump."""
+    image = build(tmp_path, "ifcpie", SOURCE, "static-pie")
+    sb = sandbox_for(image)
+    check, _ = _hardened(image, sb, "retjoin")
+    with check:
+        report = check.check([f"pie:{i}" for i in range(100)], CASES["retjoin"][1])
+    assert not report.mismatches and report.compared == 100
