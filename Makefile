@@ -29,7 +29,8 @@ binaries:
 	$(MAKE) -C test_binaries
 
 run: install binaries
-	$(BIN)/leakdbt exec --stats test_binaries/build/dynamic/hello from leakdbt
+	$(BIN)/leakdbt exec --contract contracts/ct_modexp.toml --mode hardened --stats \
+	  test_binaries/build/dynamic/ct_modexp 0123456789abcdef
 
 test: install debs binaries
 	$(BIN)/pytest -q -n 2 tests

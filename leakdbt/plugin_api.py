@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from leakdbt.dbt.cfg import REGS64
 from leakdbt.dbt.insn import Flow, Insn
 
 if TYPE_CHECKING:
@@ -48,9 +50,30 @@ REGION_SCRATCH = RED_ZONE + INSN_SCRATCH
 INSN_MARKER = ".insn"
 GOTO_MARKER = "@"
 
+REGISTER64: Mapping[str, str] = REGS64
+"""Every general register name (``eax``, ``r9b``, ``ah``, ...) → the 64-bit register it is
+part of (``rax``, ``r9``, ``rax``)."""
+
 __all__ = ["API_VERSION", "BlockView", "DataObject", "Flow", "HardeningPass", "INSN_SCRATCH",
-           "Insn", "REGION_SCRATCH", "RED_ZONE", "Refusal", "RegionView", "Rewrite", "goto",
-           "original"]
+           "Insn", "REGION_SCRATCH", "REGISTER64", "RED_ZONE", "Refusal", "RegionView",
+           "Rewrite", "detail", "goto", "original"]
+
+
+@lru_cache(maxsize=1)
+def _detail_decoder() -> Any:
+    import capstone  # lazily, as everywhere
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def detail(insn: Insn) -> Any:
+    """Capstone's detailed decoding of ``insn`` (a ``CsInsn``: operands with sizes and
+    access, registers read and written), for passes that need more than :class:`Insn`."""
+    for ci in _detail_decoder().disasm(insn.raw, insn.address, 1):
+        return ci
+    raise ValueError(f"cannot decode {insn.raw.hex()} at {insn.address:#x}")
 
 
 def original(address: int) -> str:

@@ -9,13 +9,15 @@ Method.  The loop body's blocks run as predicated blocks (plugins/predication.py
 topological order of the body without its back edges, exactly ``bound`` times, counted by a
 hidden counter in a scratch slot.  The header's predicate is the *active* flag: all-ones
 until the loop leaves.  An edge back to the header ORs its mask into the next iteration's
-active flag; an edge to an exit clears it (nothing ORs into it) and records, branch-free
-(and/or masks), the exit's number.  Once the loop has left, every later block and iteration
-runs inactive and is undone, so registers, flags and memory stay what they were when the
-original left.  After ``bound`` iterations a dispatch jumps to the recorded exit: the target
-address is selected with ``cmov`` and reached by one indirect ``jmp`` through a scratch
-slot, so the region runs the same instructions whichever exit it takes; RFLAGS are restored
-before that jump, so the flags the loop left are those after the region.
+active flag; an edge to an exit clears it (nothing ORs into it) and ORs ``mask & number``
+into the recorded exit number (at most one exit edge is ever taken, so the slot, zeroed
+before the loop, ends up with that exit's number or 0).  Once the loop has left, every later
+block and iteration runs inactive and is undone, so registers, flags and memory stay what
+they were when the original left.  After ``bound`` iterations a dispatch jumps to the
+recorded exit: the target address is selected with ``cmov`` and reached by one indirect
+``jmp`` through a scratch slot, so the region runs the same instructions whichever exit it
+takes; RFLAGS are restored before that jump, so the flags the loop left are those after the
+region.
 
 Induction variables.  A register whose only write in the loop is one ``add``/``sub`` of a
 constant, ``inc``, ``dec`` or ``lea r, [r +/- c]`` (64- or 32-bit), in a block that every
@@ -23,7 +25,8 @@ iteration that goes on runs and that dominates the blocks after it in the order,
 induction variable: its update is *not* undone, so in the iterations after the exit it
 keeps advancing as if the loop went on, and the addresses computed from it step through the
 buffer exactly like the original's would (no repeated address gives the exit away).  Its
-value when the loop left is recorded at the exit edge and put back by the dispatch.
+value when the loop left is recorded at the exit edge (ORed under the edge's mask into a
+zeroed slot) and put back by the dispatch.
 
 Memory-safety rule.  Every access of the body runs in every one of the ``bound`` iterations.
 Accepted: ``[rsp + d]`` with ``d >= -128`` and no index, RIP-relative operands; addresses
@@ -42,10 +45,13 @@ the loop is still active after ``bound`` iterations (the contract's bound is wro
 correctness comes first: the code jumps to the original loop's header, which runs the
 remaining iterations unprotected (a leak, and a contract error the checker reveals).
 
-Cost.  Per iteration: the predicated blocks (about ``2 w + 13 s + 30`` instructions per
-block, see predication.py), 6 more per exit edge and per induction variable at each exit
-edge, one ``mov`` per block, and 14 for the counter.  The dispatch: 3 per exit, 10 more,
-and one ``cmov`` per induction variable.
+Cost.  Per iteration: the predicated blocks (about ``2 w + 10 s + 12`` instructions per block
+that writes ``w`` registers and ``s`` stores, plus its edges, see predication.py; the flags
+stay in their slot between blocks, ``popfq`` only for a block that reads them), 3 per exit
+edge plus 3 per induction variable at each exit edge, 1 per back edge, 2 to move the next
+iteration's active flag, and 2 for the counter (``sub``/``jne``, the flags being in their
+slot).  Before: 6 + 1 per induction variable + 3 (``pushfq``).  The dispatch: 3 per exit, 10
+more, one ``cmov`` per induction variable and 4 (``popfq``, ``jmp``).
 
 Refusals (``I`` names the instruction as ``'text' at 0xADDR``):
 
@@ -73,8 +79,10 @@ from leakdbt.plugin_api import API_VERSION, BlockView, Flow, Refusal, RegionView
 from plugins.predication import (
     GPR,
     GPR32,
+    INIT,
     Engine,
     InsnInfo,
+    Pred,
     Refused,
     always_valid,
     analyse,
@@ -134,47 +142,42 @@ def bound_loop(region: RegionView) -> list[str]:
     _check_memory(region, order, infos, frozenset(ivs))
 
     engine = Engine(bias)
-    preds = {b.start: engine.alloc() for b in order}  # the header's: the active flag
-    nxt, exit_id, count = engine.alloc(), engine.alloc(), engine.alloc()
+    active, nxt, exit_id, count = (engine.alloc() for _ in range(4))
     recorded = {r: engine.alloc() for r in sorted(ivs)}  # induction variables at the exit
     ids = {e: n + 1 for n, e in enumerate(exits)}
+    engine.preds[header] = Pred(active)
+    back = [f"mov {slot(nxt)}, rax"]  # the first edge back writes, the others OR
 
-    def select(dst: str, value: str) -> list[str]:
-        """dst = mask ? value : dst, mask in RAX (kept), RCX free."""
-        return [f"mov rcx, {value}", "and rcx, rax", "not rax", f"and {dst}, rax",
-                f"or {dst}, rcx", "not rax"]
-
-    def edge(target: int | None) -> list[str]:
+    def special(target: int | None) -> list[str]:
         if target == header:
-            return [f"or {slot(nxt)}, rax"]
-        if target in preds:
-            return [f"or {slot(preds[target])}, rax"]
+            out = [back[0]]
+            back[0] = f"or {slot(nxt)}, rax"
+            return out
+        # An exit: at most one edge ever leaves (the loop is then inactive), so its number
+        # and the induction variables are ORed into zeroed slots.
         assert target is not None
-        out = ["mov rcx, rax", f"and rcx, {ids[target]:#x}", "not rax",
-               f"and {slot(exit_id)}, rax", f"or {slot(exit_id)}, rcx", "not rax"]
+        out = ["mov rcx, rax", f"and rcx, {ids[target]:#x}", f"or {slot(exit_id)}, rcx"]
         for r, at in recorded.items():
-            out += select(slot(at), engine.value_of(r))
+            out += [f"mov rcx, {engine.value_of(r)}", "and rcx, rax", f"or {slot(at)}, rcx"]
         return out
 
-    lines = [*engine.init(), f"mov {slot(preds[header])}, 0xffffffffffffffff",
-             f"mov {slot(exit_id)}, 0", f"mov {slot(count)}, {bound:#x}", "bl_top:"]
-    lines += [f"mov {slot(preds[b.start])}, 0" for b in order[1:]]
-    lines.append(f"mov {slot(nxt)}, 0")
-    for b in order:
-        lines += engine.block(b, infos, preds[b.start], edge,
-                              frozenset(r for r, at in ivs.items() if at == b.start))
-    t1 = slot(engine.t1)
-    flags = engine.alloc()  # RFLAGS across the counter and the dispatch
-    lines += [f"mov {t1}, rax", f"mov rax, {slot(nxt)}", f"mov {slot(preds[header])}, rax",
-              f"mov rax, {t1}", *engine.save_flags(flags),
-              # The public counter and the exit number decide branches: RFLAGS are saved
-              # before and restored wherever the branches lead.
-              f"sub {slot(count)}, 1", "je bl_done", *engine.load_flags(flags), "jmp bl_top",
-              "bl_done:"]
+    lines = [INIT, f"mov {slot(active)}, 0xffffffffffffffff", f"mov {slot(exit_id)}, 0",
+             *(f"mov {slot(at)}, 0" for at in recorded.values()),
+             f"mov {slot(count)}, {bound:#x}", *engine.flags_to_slot()]
+    engine.live = False  # every iteration starts with the flags in their slot
+    lines.append("bl_top:")
+    members = {b.start for b in order}
+    lines += engine.run(order, infos, lambda a, b: b != header and b in members, special,
+                        lambda b: frozenset(r for r, at in ivs.items() if at == b),
+                        [f"mov rax, {slot(nxt)}", f"mov {slot(active)}, rax"])
+    assert engine.saved and not engine.live
+    # The public counter decides the branch; the logical flags stay in their slot.
+    lines += [f"sub {slot(count)}, 1", "jne bl_top"]
     # The dispatch selects the way out without a branch: the original header if the loop
     # is still active after `bound` iterations (the bound was wrong: finish in the
     # original), else the recorded exit; induction variables get their values at the exit.
     target = engine.alloc()
+    t1 = slot(engine.t1)
     lines += [f"mov {t1}, rax", f"mov {slot(engine.t2)}, rcx", f"movabs rax, {goto(header)}"]
     for e in exits:
         lines += [f"movabs rcx, {goto(e)}", f"cmp {slot(exit_id)}, {ids[e]:#x}",
@@ -182,8 +185,8 @@ def bound_loop(region: RegionView) -> list[str]:
     lines += [f"mov {slot(target)}, rax", f"mov rcx, {slot(engine.t2)}", f"mov rax, {t1}",
               f"cmp {slot(exit_id)}, 0"]
     lines += [f"cmovne {r}, {slot(at)}" for r, at in recorded.items()]
-    lines += [*engine.load_flags(flags), f"jmp {slot(target)}"]
-    return lines
+    lines += [*engine.load_flags(engine.fl), f"jmp {slot(target)}"]
+    return engine.finish(lines)
 
 
 def _reaches(start: int, edges: dict[int, list[int]], avoid: int, goal: set[int]) -> bool:

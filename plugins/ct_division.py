@@ -45,10 +45,9 @@ a region by the sequence (docs/passes.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from leakdbt.plugin_api import API_VERSION, Insn, Refusal, RegionView, Rewrite
+from leakdbt.plugin_api import API_VERSION, REGISTER64, Insn, Refusal, RegionView, Rewrite, detail
 
 if TYPE_CHECKING:
     from leakdbt.contract.model import Contract
@@ -83,7 +82,6 @@ _SUB = {  # 64-bit register -> (32, 16, 8-bit low) names
     "rbp": ("ebp", "bp", "bpl"), "rsp": ("esp", "sp", "spl"),
     **{f"r{i}": (f"r{i}d", f"r{i}w", f"r{i}b") for i in range(8, 16)},
 }
-_FULL = {name: full for full, names in _SUB.items() for name in (full, *names)}
 _HIGH_BYTE = {"ah": "rax", "bh": "rbx", "ch": "rcx", "dh": "rdx"}
 _PTR = {1: "byte ptr", 2: "word ptr", 4: "dword ptr", 8: "qword ptr"}
 
@@ -138,15 +136,6 @@ def division_frame(insn: Insn, bias: int | None = None) -> DivisionFrame:
     return DivisionFrame(size=FRAME_BASE + 8 * n, slots=slots, rflags=16 + 8 * n)
 
 
-@lru_cache(maxsize=1)
-def _detail_decoder() -> Any:
-    import capstone
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
-
-
 def _parse(insn: Insn, bias: int | None = None) -> tuple[bool, _Operand]:
     from capstone import x86
 
@@ -154,10 +143,9 @@ def _parse(insn: Insn, bias: int | None = None) -> tuple[bool, _Operand]:
         raise UnsupportedDivision(f"{insn.text!r} is not a div/idiv instruction")
     if insn.prefixes:
         raise UnsupportedDivision(f"{insn.text!r}: prefixes are not supported")
-    cis = list(_detail_decoder().disasm(insn.raw, insn.address, 1))
-    if not cis or cis[0].size != len(insn.raw):
+    ci = detail(insn)
+    if ci.size != len(insn.raw):
         raise UnsupportedDivision(f"cannot decode {insn.raw.hex()} at {insn.address:#x}")
-    ci = cis[0]
     ops = [op for op in ci.operands if op.type in (x86.X86_OP_REG, x86.X86_OP_MEM)]
     if len(ops) != 1:  # Capstone lists only the explicit operand for div/idiv
         raise UnsupportedDivision(f"{insn.text!r}: expected one explicit operand")
@@ -229,7 +217,7 @@ def _load_divisor(signed: bool, operand: _Operand, frame: int) -> list[str]:
         if signed:
             lines.append("movsxd rbx, ebx")
         return lines
-    elif _FULL[operand.reg] == "rsp":
+    elif REGISTER64.get(operand.reg) == "rsp":
         lines.append(f"lea {_D}, [rsp + {_hex(frame)}]")
         src = {8: "rbx", 4: "ebx", 2: "bx", 1: "bl"}[w]
     else:

@@ -60,18 +60,19 @@ Refusals (``Refusal.reason``):
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from leakdbt.plugin_api import (
     API_VERSION,
     RED_ZONE,
     REGION_SCRATCH,
+    REGISTER64,
     Flow,
     Insn,
     Refusal,
     RegionView,
     Rewrite,
+    detail,
     goto,
     original,
 )
@@ -100,20 +101,10 @@ _MXCSR = re.compile(r"^v?(?:ldmxcsr|stmxcsr)$|^(?:fx|x)(?:save|rstor)")
 _VECTOR = re.compile(r"\b[xy]mm[0-9]+\b")
 
 
-@lru_cache(maxsize=1)
-def _decoder() -> Any:
-    import capstone
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
-
-
 def _groups(insn: Insn) -> set[str]:
     """Capstone's instruction groups of ``insn`` (``fpu``, ``avx512``, ``sse2`` ...)."""
-    for ci in _decoder().disasm(insn.raw, insn.address, 1):
-        return {ci.group_name(g) for g in ci.groups}
-    return set()
+    ci = detail(insn)
+    return {ci.group_name(g) for g in ci.groups}
 
 
 def is_float_arithmetic(insn: Insn) -> bool:
@@ -130,9 +121,8 @@ def _is_avx512(insn: Insn) -> bool:
 
 
 def _writes_rsp(insn: Insn) -> bool:
-    for ci in _decoder().disasm(insn.raw, insn.address, 1):
-        return any(ci.reg_name(r) in ("rsp", "esp", "sp", "spl") for r in ci.regs_access()[1])
-    return False
+    ci = detail(insn)
+    return any(REGISTER64.get(ci.reg_name(r)) == "rsp" for r in ci.regs_access()[1])
 
 
 def _bits(region: RegionView) -> int:

@@ -5,21 +5,34 @@ a block ending in a conditional branch up to the branch's immediate post-dominat
 *join*), or up to the returns when the paths only meet by returning.  Diamonds, triangles
 and nested acyclic branches are supported.
 
-Method.  Every block of the region runs, in a topological order, whatever the secret
-(plugins/predication.py).  The entry block runs as is.  Each other block has a predicate
-slot, all-ones when the original would run it; a block's conditional branch ORs
-``P & cond`` into its taken successor's predicate and ``P & ~cond`` into the fall-through's
-(``cond`` from ``setcc`` on the block's own flags).  A block whose predicate is off is
-undone after it ran: its registers (general and xmm), MXCSR, RFLAGS and the memory it
-stored to get their old values back with ``cmov`` (stores: load, select, store to the same
-address whichever way).  Divisions in a conditional block divide 0 by 1 when the block is
-off (RAX = RDX = 0 and the divisor register = 1, restored afterwards), so they cannot fault;
-their instructions stay ``.insn`` lines, so ct-division replaces them by its constant-time
-sequence.  Every original non-control instruction is emitted as ``.insn`` (RIP-relative
-operands are relocated, other passes' replacements composed); the branches are not.  The
-code ends with ``jmp`` to the join, or with one ``ret`` when the arms only meet by
-returning.  Registers, flags and memory after the region are those of the path the original
-takes.  Scratch: slots below ``[rsp - REGION_SCRATCH]``.
+Method.  Every block of the region runs, whatever the secret, and the registers, flags and
+memory of the path the original takes are selected with ``cmov``.  Two schemes:
+
+- *Fork* (regions shaped as a tree: every block but the entry has one predecessor, and no
+  conditional block stores to memory or touches xmm registers -- diamonds, triangles,
+  nested and return-joined branches).  At each branch the condition goes to a byte slot
+  (``setcc``), and the two arms run one after the other on the branch's state: registers
+  the first arm writes are snapshotted, saved after it (when the second arm reads or writes
+  them) and restored; then each register is selected once, ``cmov`` on the condition.  When
+  neither arm writes flags the cmovs use the branch's own live flags (no ``cmp``, no
+  ``pushfq``); otherwise one ``cmp`` on the byte, and the arms' flags (``pushfq`` slots)
+  are selected like a register.  The arm that needs the branch's flags runs first, so the
+  second does not ``popfq`` them back when it defines its own.
+- *Predicated blocks* (any other acyclic region; plugins/predication.py): in a topological
+  order, each block but the entry under a predicate slot, all-ones when the original would
+  run it (``P & cond`` / ``P & ~cond`` of its predecessor's branch); an inactive block is
+  undone after it ran: its registers (general and xmm), MXCSR, RFLAGS and the memory it
+  stored to get their old values back with ``cmov`` (stores: load, select, store to the same
+  address whichever way).
+
+In both, divisions in a conditional block divide 0 by 1 when the block is off (RAX = RDX = 0
+and the divisor register = 1, restored afterwards), so they cannot fault; their instructions
+stay ``.insn`` lines, so ct-division replaces them by its constant-time sequence.  Every
+original non-control instruction is emitted as ``.insn`` (RIP-relative operands are
+relocated, other passes' replacements composed); the branches are not.  The code ends with
+``jmp`` to the join, or with one ``ret`` when the arms only meet by returning.  Registers,
+flags and memory after the region are those of the path the original takes.  Scratch: slots
+below ``[rsp - REGION_SCRATCH]``; no slot is chosen by a secret (only cmov'ed values differ).
 
 Memory-safety rule.  A conditional block's memory accesses run on every path, so each must
 be valid, and at an address independent of the path, even when the original would not run
@@ -41,11 +54,17 @@ Leakage.  The instruction sequence does not depend on the branch.  Memory access
 same addresses on every path (the rule above), in the same order.  A division's time is
 only constant once ct-division replaced it (the pass order runs it after this one).
 
-Cost.  Entry block: 14 instructions for its branch.  Each other block with ``w`` written
-general registers and ``s`` stores: about ``2 w + 13 s + 30`` instructions (snapshot, two
-``pushfq``/one ``popfq`` with their RSP moves, edge masks, commit), plus 10 per xmm register
-written, 7 when it uses SSE (MXCSR), 8 per division.  Plus one ``mov`` per block and 3
-constants at the start.
+Cost (instructions run per entry, besides the original instructions of every block).  Fork,
+per branch: 1 ``setcc`` (only when the byte is tested); per register an arm writes, 2
+(snapshot, cmov; none when its value is already in a slot), 4 when both arms write it or the
+second reads it (save, restore too); when an arm writes flags: 1 ``cmp``, 3 per ``pushfq``
+of an arm's or the branch's flags, 5 for their select, and a final ``popfq`` (3) at the end
+of the region.  A division in an arm: 4 per enclosing branch + 3 (``popfq``; and a ``pushfq``
+unless the flags are already in a slot) + 2 constants.  E.g. tiny_region of
+test_binaries/region_loop.c (one arm of one ``lea``, no flags): 7 instead of 5 or 6.  The
+predicated-block scheme: see plugins/predication.py (about ``2 w + 10 s + 12`` per block,
+plus edges), the entry's edges ``setcc`` only, or 6 with the mask of a successor that has
+several predecessors.
 
 Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at 0xADDR``):
 
@@ -73,23 +92,36 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from leakdbt.plugin_api import API_VERSION, BlockView, Refusal, RegionView, Rewrite, goto
+from leakdbt.plugin_api import (
+    API_VERSION,
+    BlockView,
+    Refusal,
+    RegionView,
+    Rewrite,
+    goto,
+    original,
+)
 from plugins.predication import (
     GPR,
+    INIT,
+    XMM,
     Engine,
     InsnInfo,
+    Pred,
     Refused,
     always_valid,
     analyse,
     body,
     control_refusal,
     covered,
+    needs_flags,
     predicated_refusal,
     slot,
     successors,
     terminator,
     topological,
     where,
+    writes_flags,
 )
 
 if TYPE_CHECKING:
@@ -119,8 +151,7 @@ def if_convert(region: RegionView) -> list[str]:
     if exits and any(terminator(b).kind == "ret" for b in region.blocks):
         raise Refused(f"the region both returns and leaves to {exits[0] + bias:#x}")
     infos = {i.address: analyse(i) for i in region.instructions()}
-    entry, conditional = order[0], order[1:]
-    for b in conditional:
+    for b in order[1:]:
         for insn in body(b):
             reason = predicated_refusal(infos[insn.address], bias)
             if reason:
@@ -128,18 +159,266 @@ def if_convert(region: RegionView) -> list[str]:
     _check_memory(region, order, infos)
 
     engine = Engine(bias)
-    preds = {b.start: engine.alloc() for b in conditional}
-
-    def edge(target: int | None) -> list[str]:
-        # An edge to the join (or a return) needs nothing: the code ends there anyway.
-        return [f"or {slot(preds[target])}, rax"] if target in preds else []
-
-    init = engine.init() + [f"mov {slot(p)}, 0" for p in preds.values()]
-    lines = engine.block(entry, infos, None, edge, after_body=init)
-    for b in conditional:
-        lines += engine.block(b, infos, preds[b.start], edge)
+    members = {b.start for b in region.blocks}
+    if _is_tree(order, infos):
+        lines = _Fork(engine, {b.start: b for b in order}, infos).run(order[0])
+    else:
+        lines = engine.run(order, infos, lambda a, b: b in members, lambda t: [])
+    lines += engine.flags_to_reg()
     lines.append(f"jmp {goto(exits[0])}" if exits else "ret")
-    return lines
+    return engine.finish(lines)
+
+
+def _is_tree(order: list[BlockView], infos: dict[int, InsnInfo]) -> bool:
+    """Can the fork scheme run the region: every block but the entry has one predecessor,
+    and none stores to memory or touches xmm registers?"""
+    members = {b.start for b in order}
+    preds: dict[int, int] = {}
+    for b in order:
+        for t in successors(b):
+            if t in members:
+                preds[t] = preds.get(t, 0) + 1
+    if any(n > 1 for n in preds.values()):
+        return False
+    for b in order[1:]:
+        for insn in body(b):
+            info = infos[insn.address]
+            if any(m.write for m in info.mems) or (info.reads | info.writes) & XMM:
+                return False
+    return True
+
+
+class _Fork:
+    """Tree-shaped regions (every block but the entry has one predecessor, no stores, no
+    xmm): the arms of each branch run one after the other on the branch's state, and each
+    register is then selected once with ``cmov`` on the saved condition.
+
+    At a branch with condition byte ``c`` (``setcc``) and arms X (run first) and Y:
+    registers X writes are snapshotted; after X, those Y reads or writes are saved as X's
+    values and restored; Y runs; then one ``cmov`` per register picks X's value (saved, or
+    still in the register when Y does not touch it) or Y's.  An empty arm runs nothing: the
+    other's registers are selected against their snapshots.  When neither arm writes flags,
+    the branch's own flags are still live and the ``cmov``s use its condition code directly;
+    otherwise ``cmp c, 0`` and the flags of the two arms (``pushfq`` slots) are selected
+    like a register.  Flags values are tracked by identity: ``popfq`` only runs where code
+    reads flags that are not in the register.
+    """
+
+    def __init__(self, engine: Engine, blocks: dict[int, BlockView],
+                 infos: dict[int, InsnInfo]) -> None:
+        self.e = engine
+        self.blocks = blocks
+        self.infos = infos
+        self.cur = 0  # the logical flags (a value identity)
+        self.reg: int | None = 0  # the flags value in the register (None: unknown)
+        self.slots: dict[int, int] = {}  # flags value -> the slot holding it
+        self.ids = 0
+        self.conds: list[Pred] = []  # the predicates of the arms being emitted
+        self.copy: dict[str, int] = {}  # register -> a slot holding its current value
+        self.out: list[str] = []
+
+    def run(self, entry: BlockView) -> list[str]:
+        self.node(entry.start, first=True)
+        self.to_reg(self.cur)
+        # A condition byte nothing tests (the cmovs used the branch's flags) is not set.
+        used = {_operand(line) for line in self.out if line.startswith("cmp byte ptr")}
+        return [line for line in self.out
+                if not line.startswith("set") or _operand(line) in used]
+
+    # -- analysis of subtrees ------------------------------------------------------------
+
+    def insns(self, start: int) -> list[InsnInfo]:
+        return [self.infos[i.address] for i in body(self.blocks[start])]
+
+    def children(self, start: int) -> list[int]:
+        return [t for t in successors(self.blocks[start]) if t in self.blocks]
+
+    def subtree(self, start: int) -> list[int]:
+        out = [start]
+        for c in self.children(start):
+            out += self.subtree(c)
+        return out
+
+    def written(self, start: int) -> set[str]:
+        return {r for b in self.subtree(start) for i in self.insns(b) for r in i.writes
+                if r in GPR}
+
+    def read(self, start: int) -> set[str]:
+        return {r for b in self.subtree(start) for i in self.insns(b) for r in i.reads
+                if r in GPR}
+
+    def writes_flags(self, start: int) -> bool:
+        return any(writes_flags(self.insns(b)) for b in self.subtree(start))
+
+    def needs_flags(self, start: int) -> bool:
+        """Does the subtree read the flags it starts with?"""
+        insns = self.insns(start)
+        branch = terminator(self.blocks[start]).kind == "branch"
+        if needs_flags(insns, branch):
+            return True
+        if writes_flags(insns) or branch:
+            return False
+        return any(self.needs_flags(c) for c in self.children(start))
+
+    # -- flags ---------------------------------------------------------------------------
+
+    def new_flags(self) -> int:
+        self.ids += 1
+        return self.ids
+
+    def to_reg(self, value: int) -> None:
+        if self.reg != value:
+            self.out += self.e.load_flags(self.slots[value])
+            self.reg = value
+
+    def to_slot(self, value: int) -> int:
+        if value not in self.slots:
+            assert self.reg == value
+            self.slots[value] = self.e.alloc()
+            self.out += self.e.save_flags(self.slots[value])
+        return self.slots[value]
+
+    # -- emission ------------------------------------------------------------------------
+
+    def node(self, start: int, first: bool = False) -> None:
+        block = self.blocks[start]
+        term = terminator(block)
+        insns = self.insns(start)
+        if needs_flags(insns, term.kind == "branch"):
+            self.to_reg(self.cur)
+        for info in insns:
+            if info.divisor is not None and self.conds:
+                self.div_guard(info)
+            self.out.append(original(info.insn.address))
+            for r in info.writes:
+                self.copy.pop(r, None)
+            if info.flags_write:
+                self.cur = self.reg = self.new_flags()
+        if first:
+            self.out.append(INIT)
+        kids = self.children(start)
+        if term.kind != "branch":
+            for k in kids:
+                self.node(k)
+            return
+        taken = term.taken if term.taken in self.blocks else None
+        fall = term.fall if term.fall in self.blocks else None
+        if taken is None and fall is None:
+            return
+        c = self.e.alloc()
+        self.out.append(f"set{term.cc} {slot(c, 'byte')}")
+        self.fork(c, term.cc, taken, fall)
+
+    def div_guard(self, info: InsnInfo) -> None:
+        """RAX = RDX = 0, divisor = 1 when an enclosing arm is off (flags kept)."""
+        d = info.divisor
+        assert d is not None and d in GPR
+        e = self.e
+        one = e.high_one if d in ("bh", "ch", "dh") else e.one
+        e.consts |= {e.zero, one}
+        keep = None
+        if self.reg is not None:
+            keep = self.to_slot(self.reg)
+        for p in self.conds:
+            self.out += [p.test(), f"cmov{p.off} rax, {slot(e.zero)}",
+                         f"cmov{p.off} rdx, {slot(e.zero)}", f"cmov{p.off} {GPR[d]}, {slot(one)}"]
+        if keep is not None:
+            self.out += e.load_flags(keep)
+
+    def fork(self, c: int, cc: str, taken: int | None, fall: int | None) -> None:
+        e, out = self.e, self.out
+        if taken is None or fall is None:
+            x, y = (taken, None) if fall is None else (fall, None)
+        elif self.needs_flags(taken) and not self.needs_flags(fall):
+            x, y = taken, fall
+        elif self.needs_flags(fall) and not self.needs_flags(taken):
+            x, y = fall, taken
+        else:
+            x, y = taken, fall
+        assert x is not None
+        px = Pred(c, "byte" if x == taken else "nbyte")  # on: X is the arm taken
+        py = Pred(c, "nbyte" if x == taken else "byte")
+        on_cc = cc if x == taken else _negate(cc)  # X on, in the branch's own flags
+        flags_n = self.cur
+        wx, fwx = self.written(x), self.writes_flags(x)
+        wy = self.written(y) if y is not None else set()
+        ry = self.read(y) if y is not None else set()
+        fwy = self.writes_flags(y) if y is not None else False
+        ny = self.needs_flags(y) if y is not None else False
+        both = sorted(wx & (wy | ry))  # saved after X, restored for Y
+        only_x = sorted(wx - wy - ry)  # Y leaves X's value in the register
+        only_y = sorted(wy - wx)
+        snaps: dict[str, int] = {}
+        for r in (*both, *only_x, *only_y):
+            if r not in self.copy:
+                self.copy[r] = e.alloc()
+                out.append(f"mov {slot(self.copy[r])}, {r}")
+            snaps[r] = self.copy[r]
+        if (fwx or fwy) and ((fwx and ny) or not fwx or not fwy):
+            self.to_slot(flags_n)
+        self.conds.append(px)
+        self.node(x)
+        self.conds.pop()
+        flags_x = self.cur
+        if y is not None:
+            xvals = {r: self.copy.get(r) or e.alloc() for r in both}
+            out += [f"mov {slot(xvals[r])}, {r}" for r in both if r not in self.copy]
+            out += [f"mov {r}, {slot(snaps[r])}" for r in both]
+            self.copy.update((r, snaps[r]) for r in both)
+            if flags_x != flags_n:
+                self.to_slot(flags_x)
+            self.cur = flags_n
+            if ny:
+                self.to_reg(flags_n)
+            self.conds.append(py)
+            self.node(y)
+            self.conds.pop()
+        else:
+            xvals = {}
+            self.cur = flags_n
+        flags_y = self.cur
+        # The selection: X's registers when X is on.
+        direct = flags_x == flags_y == flags_n and self.reg == flags_n
+        if direct:
+            on, off = on_cc, _negate(on_cc)
+        else:
+            self.to_slot(flags_y)
+            if flags_x != flags_y:
+                self.to_slot(flags_x)
+            out.append(px.test())
+            self.reg = None
+            on, off = px.on, px.off
+        out += [f"cmov{on} {r}, {slot(xvals[r])}" for r in both]
+        if y is None:
+            out += [f"cmov{off} {r}, {slot(snaps[r])}" for r in only_x]
+        else:
+            out += [f"cmov{off} {r}, {slot(snaps[r])}" for r in only_x]
+            out += [f"cmov{on} {r}, {slot(snaps[r])}" for r in only_y]
+        for r in snaps:
+            self.copy.pop(r, None)
+        if flags_x != flags_y:
+            new = self.new_flags()
+            self.slots[new] = e.alloc()
+            out += [f"mov {slot(e.t1)}, rax", f"mov rax, {slot(self.slots[flags_y])}",
+                    f"cmov{on} rax, {slot(self.slots[flags_x])}",
+                    f"mov {slot(self.slots[new])}, rax", f"mov rax, {slot(e.t1)}"]
+            self.cur = new
+        else:
+            self.cur = flags_x
+
+
+def _operand(line: str) -> str:
+    """The memory operand of a line (``[rsp - 0x2c0]``)."""
+    return line[line.index("["):line.index("]") + 1]
+
+
+_NEGATE = {"a": "be", "ae": "b", "b": "ae", "be": "a", "e": "ne", "ne": "e", "g": "le",
+           "ge": "l", "l": "ge", "le": "g", "o": "no", "no": "o", "p": "np", "np": "p",
+           "s": "ns", "ns": "s"}
+
+
+def _negate(cc: str) -> str:
+    return _NEGATE[cc]
 
 
 def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, InsnInfo]) -> None:

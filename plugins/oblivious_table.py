@@ -83,7 +83,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from leakdbt.plugin_api import (
@@ -91,11 +90,13 @@ from leakdbt.plugin_api import (
     INSN_SCRATCH,
     RED_ZONE,
     REGION_SCRATCH,
+    REGISTER64,
     Flow,
     Insn,
     Refusal,
     RegionView,
     Rewrite,
+    detail,
     goto,
     original,
 )
@@ -120,35 +121,11 @@ _SLOT = REGION_SCRATCH
 assert _FRAME + 24 <= _SLOT <= RED_ZONE + INSN_SCRATCH
 _LOAD = {1: ("movzx edx, byte ptr", "dl"), 2: ("movzx edx, word ptr", "dx"),
          4: ("mov edx, dword ptr", "edx"), 8: ("mov rdx, qword ptr", "rdx")}
-_REG64 = {
-    **{f"r{i}{s}": f"r{i}" for i in range(8, 16) for s in ("", "d", "w", "b")},
-    **{r: "r" + r[1:] for r in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")},
-    **{r: "r" + r for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
-    **{"r" + r: "r" + r for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
-    **{f"{c}l": f"r{c}x" for c in "abcd"}, **{f"{c}h": f"r{c}x" for c in "abcd"},
-    "sil": "rsi", "dil": "rdi", "bpl": "rbp", "spl": "rsp",
-}
 _MEMORY = re.compile(r"\[[^\]]*\]")
 
 
 def _hex(value: int) -> str:
     return f"{value:#x}"
-
-
-@lru_cache(maxsize=1)
-def _decoder() -> Any:
-    import capstone
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
-
-
-def _detail(insn: Insn) -> Any:
-    """Capstone's detailed decoding of ``insn`` (operands, register accesses)."""
-    for ci in _decoder().disasm(insn.raw, insn.address, 1):
-        return ci
-    raise ValueError(f"cannot decode {insn.raw.hex()} at {insn.address:#x}")
 
 
 @dataclass(frozen=True)
@@ -166,14 +143,14 @@ class TableAccess:
 
 def _writes_reg(ci: Any, reg: str) -> bool:
     """Whether the decoded instruction writes (any part of) 64-bit register ``reg``."""
-    return any(_REG64.get(ci.reg_name(r)) == reg for r in ci.regs_access()[1])
+    return any(REGISTER64.get(ci.reg_name(r)) == reg for r in ci.regs_access()[1])
 
 
 def _traced_lea(block: tuple[Insn, ...], at: int, reg: str) -> int | None:
     """The target X of ``lea reg, [rip + X]`` if that is the last instruction before index
     ``at`` of ``block`` that writes ``reg`` (None otherwise)."""
     for insn in reversed(block[:at]):
-        ci = _detail(insn)
+        ci = detail(insn)
         if not _writes_reg(ci, reg):
             continue
         if insn.mnemonic == "lea" and insn.rip_target is not None \
@@ -191,7 +168,7 @@ def _inspect(block: tuple[Insn, ...], at: int, region: RegionView) -> TableAcces
     insn = block[at]
     if insn.mnemonic in ("lea", "nop") or insn.mnemonic.startswith("prefetch"):
         return None
-    ci = _detail(insn)
+    ci = detail(insn)
     mems = [op for op in ci.operands if op.type == x86.X86_OP_MEM]
     if insn.mnemonic in ("xlatb", "xlat"):
         return TableAccess(insn, 1, "rbx + al", True, False, None,
@@ -226,7 +203,7 @@ def _anchor(block: tuple[Insn, ...], at: int, base: str | None, index: str | Non
     traced register is the only one)."""
     candidates = [r for r in (base, index if scale == 1 else None) if r is not None]
     for reg in candidates:
-        target = _traced_lea(block, at, _REG64.get(reg, reg))
+        target = _traced_lea(block, at, REGISTER64.get(reg, reg))
         if target is not None:
             others = [r for r in (base, index) if r is not None and r != reg]
             return (target + disp) & MASK64, not others
@@ -241,7 +218,7 @@ def _problem(insn: Insn, ci: Any, access: TableAccess, memory_operands: int,
     """Why the access cannot be rewritten, or None."""
     if memory_operands != 1:
         return "more than one memory operand (string instruction)"
-    if any(r not in _REG64 for r in registers):
+    if any(r not in REGISTER64 for r in registers):
         return "vector-indexed addressing (gather/scatter) is not supported"
     if ci.addr_size != 8:
         return "32-bit addressing is not supported"
@@ -256,7 +233,7 @@ def _problem(insn: Insn, ci: Any, access: TableAccess, memory_operands: int,
     if insn.flow is not Flow.NEXT:
         return ("a control transfer through the table leaks the entry through "
                 "where it goes; it is not hardened")
-    if any(_REG64.get(ci.reg_name(r)) == "rsp" for r in ci.regs_access()[1]):
+    if any(REGISTER64.get(ci.reg_name(r)) == "rsp" for r in ci.regs_access()[1]):
         return "changes RSP (push/pop/leave through the table is not supported)"
     if access.width not in _LOAD:
         return f"{access.width}-byte memory operand is not supported (1, 2, 4 or 8 bytes)"

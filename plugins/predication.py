@@ -8,31 +8,39 @@ original takes) or zero.
 One predicated block ``b`` (predicate ``P``) becomes::
 
     snapshot the registers b writes (mov to slots; movups for xmm; stmxcsr when b uses SSE)
-    snapshot RFLAGS                                  (pushfq into a slot, see below)
     for each instruction of b except its final jump:
         div/idiv: when P is off, RAX = RDX = 0 and the divisor = 1 (cmov; flags kept)
         store:    record its address (lea) and the old value of the bytes it writes
         .insn A   (the original instruction, or another pass's sequence for it)
-    save RFLAGS (b's final flags)
-    the terminator's edges: mask = P & cond (setcc from b's own flags), P & ~cond; the
-        client says what an edge does with its mask (OR it into the successor's predicate,
-        record an exit, ...)
-    commit, under one ``cmp P, 0``: stores written back with their old value when P is off
-        (load, cmov, store: the same address is touched either way), registers and xmm
-        registers cmov'ed from their snapshots, MXCSR and RFLAGS selected likewise.
+    setcc into a byte slot: b's branch condition (flags untouched), when an edge needs it
+    commit, under one ``cmp P, 0``: registers cmov'ed from their snapshots; stores written
+        back with their old value when P is off (load, cmov, store: the same address is
+        touched either way); xmm registers, MXCSR and, if b writes flags, RFLAGS selected
+        likewise; then the edges' masks (P & cond, P & ~cond, or P): the predicate of a
+        successor with several predecessors is ``mov``ed by the first and ``or``ed by the
+        others (their masks exclude each other), an exit's glue is the client's.
+
+A block with no instructions but its jump and only unconditional edges costs nothing: its
+successor simply shares its predicate; so does a block's only successor along a jump.  The
+predicates of an always-on block's successors are its condition byte (or its negation).
 
 State outside the snapshot slots is therefore exactly what the original path produces: an
 inactive block leaves no trace but its (path-independent) memory accesses and time.  A block
 whose predicate is known to be on (an if-converted region's entry) runs unpredicated.
 
-RFLAGS travel through memory with ``pushfq``/``popfq``.  They move RSP, so RSP is first moved
-down past the red zone with ``lea`` (flags untouched) and back up after, and the flags land
-in (or come from) a scratch slot: nothing at or above RSP - 128 is written.  All glue keeps
-RSP as it was between original instructions.
+Flags are kept lazily.  The logical RFLAGS (the original's at this point) are in the register
+or in one slot; ``pushfq`` runs before the first clobber (a commit's ``cmp``) and ``popfq``
+only before an instruction that reads flags it does not define first (Capstone's eflags
+access: a flag left undefined, or a shift by CL, counts as read), or at the end.  A block
+that writes no flag needs no RFLAGS snapshot or select.  ``pushfq``/``popfq`` move RSP, so RSP
+is first moved down past the red zone with ``lea`` (flags untouched) and back up after, and
+the flags land in (or come from) a scratch slot: nothing at or above RSP - 128 is written.
+All glue keeps RSP as it was between original instructions.
 
 Scratch: slots at ``[rsp - REGION_SCRATCH - 8 k]``, per-instruction sequences (ct-division)
-use the :data:`~leakdbt.plugin_api.INSN_SCRATCH` area above them.  Two general registers
-(RAX, RCX) are borrowed by the glue and always restored from slots.
+use the :data:`~leakdbt.plugin_api.INSN_SCRATCH` area above them.  RAX (and RCX, for stores
+and glue that needs it) are borrowed in a commit, saved to and restored from slots; constant
+slots (0, 1) are initialised only when a division guard uses them.
 
 Memory-safety rule (checked by the clients with :func:`always_valid` and the coverage check
 :func:`covered`): an inactive block runs its memory accesses too, so each access of a
@@ -43,34 +51,37 @@ only from registers whose value does not depend on the path, which the original 
 every path (see the clients for the exact form).  The data an inactive block reads is
 garbage-in, garbage-out and discarded.
 
-Cost per predicated block with ``w`` written registers and ``s`` stores: about
-``2 w + 7 s + 30`` instructions (snapshot, flags in and out, edges, commit), plus 8 per
-division and 10 per xmm register written.
+Cost per predicated block with ``w`` written (masked) general registers and ``s`` stores:
+``2 w + 10 s`` (snapshot and cmov; record and undo) plus the commit: 3 (``pushfq``) + 1
+(``cmp``) + 2 (borrowing RAX) when anything is committed, 3 more when the block writes flags
+(select), 2 when it borrows RCX; its edges: 1 (``setcc``) + 3 for the first mask, 1 for the
+second, 1 per successor predicate (``mov``/``or``); 3 (``popfq``) when it reads incoming
+flags that are in their slot.  E.g. a block that writes one register and the flags and ends
+in a branch to two successors: about 22.  10 per xmm register written, 6 when it uses SSE
+(MXCSR), 10 per division.  Zero for an empty block with an unconditional edge.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
-from leakdbt.plugin_api import REGION_SCRATCH, BlockView, Flow, Insn, original
+from leakdbt.plugin_api import REGION_SCRATCH, REGISTER64, BlockView, Flow, Insn, detail, original
 
-__all__ = ["Engine", "InsnInfo", "Mem", "Refused", "Terminator", "analyse", "always_valid",
-           "control_refusal", "covered", "is_string", "predicated_refusal", "terminator",
-           "topological"]
+__all__ = ["INIT", "Engine", "InsnInfo", "Mem", "Pred", "Refused", "Terminator", "analyse",
+           "always_valid", "control_refusal", "covered", "is_string", "needs_flags",
+           "predicated_refusal", "terminator", "topological", "writes_flags"]
 
 MAX_FRAME = 0x1000  # scratch bytes below REGION_SCRATCH a region may use
 
-_GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-              *(f"r{i}" for i in range(8, 16)))
 _SUB = {"rax": ("eax", "ax", "al", "ah"), "rbx": ("ebx", "bx", "bl", "bh"),
         "rcx": ("ecx", "cx", "cl", "ch"), "rdx": ("edx", "dx", "dl", "dh"),
         "rsi": ("esi", "si", "sil"), "rdi": ("edi", "di", "dil"), "rbp": ("ebp", "bp", "bpl"),
         "rsp": ("esp", "sp", "spl"),
         **{f"r{i}": (f"r{i}d", f"r{i}w", f"r{i}b") for i in range(8, 16)}}
-GPR = {alias: full for full in _GPR_NAMES for alias in (full, *_SUB[full])}
+GPR = REGISTER64
 """Capstone register name -> its 64-bit general register."""
 GPR32 = {full: names[0] for full, names in _SUB.items()}
 """64-bit general register -> its 32-bit name."""
@@ -156,15 +167,9 @@ class InsnInfo:
     addr32: bool  # 32-bit addressing (0x67 prefix)
     divisor: str | None = None  # div/idiv: the divisor register (Capstone name) or "mem"
     div_width: int = 0
-
-
-@lru_cache(maxsize=1)
-def _decoder() -> Any:
-    import capstone
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
+    flags_read: bool = False  # reads a flag (or may leave one as it was: shift by CL, ...)
+    flags_write: bool = False  # may change a flag (arithmetic or system)
+    flags_define: bool = False  # sets CF PF AF ZF SF OF to values that do not depend on them
 
 
 def _norm(name: str) -> str:
@@ -178,10 +183,10 @@ def analyse(insn: Insn) -> InsnInfo:
     """Registers read and written (implicit ones included) and memory operands of ``insn``."""
     from capstone import CS_AC_READ, CS_AC_WRITE, x86
 
-    cis = list(_decoder().disasm(insn.raw, insn.address, 1))
-    if not cis:
-        raise Refused(f"cannot decode the instruction at {insn.address:#x}")
-    ci = cis[0]
+    try:
+        ci = detail(insn)
+    except ValueError:
+        raise Refused(f"cannot decode the instruction at {insn.address:#x}") from None
     regs_read, regs_write = ci.regs_access()
     reads = frozenset(_norm(ci.reg_name(r)) for r in regs_read) - _IGNORED
     writes = frozenset(_norm(ci.reg_name(r)) for r in regs_write) - _IGNORED
@@ -203,7 +208,43 @@ def analyse(insn: Insn) -> InsnInfo:
         width = op.size
         divisor = ci.reg_name(op.reg) if op.type == x86.X86_OP_REG else "mem"
         writes |= {"rax", "rdx", *([GPR[divisor]] if divisor in GPR else [])}
-    return InsnInfo(insn, reads, writes, tuple(mems), ci.addr_size != 8, divisor, width)
+    read, write, define = _flag_access(ci.eflags, insn)
+    return InsnInfo(insn, reads, writes, tuple(mems), ci.addr_size != 8, divisor, width,
+                    read, write, define)
+
+
+_ARITH = ("CF", "PF", "AF", "ZF", "SF", "OF")
+_VARIABLE_COUNT = frozenset({"shl", "shr", "sar", "sal", "rol", "ror", "rcl", "rcr", "shld",
+                             "shrd"})
+
+
+@lru_cache(maxsize=1)
+def _flag_bits() -> tuple[int, int, tuple[int, ...], int]:
+    """Capstone's eflags bits: reads, writes, per arithmetic flag the bits that define it,
+    and the bits that leave an arithmetic flag depending on its old value."""
+    from capstone import x86
+
+    bits = {n[len("X86_EFLAGS_"):]: getattr(x86, n) for n in dir(x86)
+            if n.startswith("X86_EFLAGS_")}
+    read = sum(b for n, b in bits.items() if n.startswith(("TEST_", "PRIOR_")))
+    write = sum(b for n, b in bits.items()
+                if n.startswith(("MODIFY_", "SET_", "RESET_", "UNDEFINED_", "PRIOR_")))
+    defines = tuple(sum(bits.get(f"{k}_{f}", 0) for k in ("MODIFY", "SET", "RESET"))
+                    for f in _ARITH)
+    vague = sum(bits.get(f"{k}_{f}", 0) for k in ("UNDEFINED", "PRIOR", "TEST") for f in _ARITH)
+    return read, write, defines, vague
+
+
+def _flag_access(eflags: int, insn: Insn) -> tuple[bool, bool, bool]:
+    """(reads flags, writes flags, defines all six arithmetic flags) for one instruction.
+    A flag the manual leaves undefined counts as not defined (it may keep its value); a
+    shift or rotate by CL may leave every flag as it was (count 0), so it reads them."""
+    read, write, defines, vague = _flag_bits()
+    reads = bool(eflags & read)
+    define = not eflags & vague and all(eflags & d for d in defines)
+    if insn.mnemonic in _VARIABLE_COUNT and not re.search(r", (0x[0-9a-f]+|\d+)$", insn.op_str):
+        reads, define = True, False
+    return reads, bool(eflags & write), define
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,14 +404,80 @@ def predicated_refusal(info: InsnInfo, bias: int) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Flags across blocks
+
+
+def writes_flags(infos: Sequence[InsnInfo]) -> bool:
+    """Does any of the instructions change a flag?"""
+    return any(i.flags_write for i in infos)
+
+
+def needs_flags(infos: Sequence[InsnInfo], read_at_end: bool) -> bool:
+    """Does running ``infos`` (then reading the flags if ``read_at_end``) need the flags it
+    starts with: it reads one before all six arithmetic flags are defined, or changes only
+    some of them (the others pass through)?  False for code that touches no flag and does
+    not read them at the end: its flags simply stay where they are."""
+    touched = False
+    for i in infos:
+        if i.flags_read:
+            return True
+        if i.flags_define:
+            return False
+        touched |= i.flags_write
+    return touched or read_at_end
+
+
+# ---------------------------------------------------------------------------------------------
 # Emitting predicated code
 
-Edge = Callable[[int | None], list[str]]
-"""An edge's glue given its mask in RAX (all-ones: taken): may use RCX, must keep RAX."""
+
+@dataclass(frozen=True)
+class Pred:
+    """A block's predicate: a scratch slot holding a qword mask (``mask``: all-ones when the
+    block is on), or a condition byte from ``setcc`` (``byte``: 1 when on; ``nbyte``: 0 when
+    on)."""
+
+    slot: int
+    kind: str = "mask"
+
+    @property
+    def on(self) -> str:
+        """The condition code that holds after :meth:`test` when the block is on."""
+        return "e" if self.kind == "nbyte" else "ne"
+
+    @property
+    def off(self) -> str:
+        return "ne" if self.kind == "nbyte" else "e"
+
+    def test(self) -> str:
+        return f"cmp {slot(self.slot, 'qword' if self.kind == 'mask' else 'byte')}, 0"
+
+    def mask(self) -> list[str]:
+        """RAX = the predicate as a mask (flags clobbered)."""
+        if self.kind == "mask":
+            return [f"mov rax, {slot(self.slot)}"]
+        return [f"movzx eax, {slot(self.slot, 'byte')}",
+                "neg rax" if self.kind == "byte" else "sub rax, 1"]
+
+
+Special = Callable[[int | None], list[str]]
+"""Glue for an edge the engine does not own (an exit, a back edge), given its mask in RAX
+(all-ones: the edge is taken): flags free, may use RCX (then saved), must keep RAX.  Empty:
+the edge needs nothing."""
+
+INIT = "\0init"
+"""Marks where the constant slots are initialised (:meth:`Engine.finish`)."""
+
+_RCX = re.compile(r"\b(rcx|ecx|cx|cl|ch)\b")
 
 
 class Engine:
-    """Emits predicated blocks and owns the scratch frame below ``REGION_SCRATCH``."""
+    """Emits predicated blocks and owns the scratch frame below ``REGION_SCRATCH``.
+
+    Flags are kept lazily: the logical RFLAGS (those of the original at this point) are in
+    the register (``live``), in the slot ``fl`` (``saved``), or both; ``popfq`` only runs
+    when an instruction needs them in the register, ``pushfq`` only when they would be lost.
+    """
 
     def __init__(self, bias: int) -> None:
         self.bias = bias
@@ -378,10 +485,16 @@ class Engine:
         self.deepest = self.top
         self.t1 = self.alloc()  # RAX while borrowed
         self.t2 = self.alloc()  # RCX while borrowed
-        self.nf = self.alloc()  # a block's final flags
+        self.fl = self.alloc()  # the logical flags while not live
+        self.nf = self.alloc()  # a block's final flags during its commit
         self.zero = self.alloc()
         self.one = self.alloc()
         self.high_one = self.alloc()  # bh/ch/dh = 1
+        self.consts: set[int] = set()
+        self.live = True
+        self.saved = False
+        self.preds: dict[int, Pred | None] = {}  # None: always on
+        self.init_placed = False  # INIT goes after the first always-on block (RSP final)
 
     def alloc(self, size: int = 8) -> int:
         """A new slot of ``size`` bytes at ``[rsp - offset]`` (the offset is returned)."""
@@ -391,10 +504,16 @@ class Engine:
             raise Refused(f"the region needs more than {MAX_FRAME} bytes of scratch memory")
         return self.top
 
-    def init(self) -> list[str]:
-        """Lines setting the constant slots (no flags touched)."""
-        return [f"mov {slot(self.zero)}, 0", f"mov {slot(self.one)}, 1",
-                f"mov {slot(self.high_one)}, 0x100"]
+    def finish(self, lines: list[str]) -> list[str]:
+        """``lines`` with the :data:`INIT` marker replaced by the used constants' slots."""
+        values = {self.zero: 0, self.one: 1, self.high_one: 0x100}
+        init = [f"mov {slot(c)}, {values[c]:#x}" for c in sorted(self.consts)]
+        out: list[str] = []
+        for line in lines:
+            out += init if line == INIT else [line]
+        return out
+
+    # -- flags ---------------------------------------------------------------------------
 
     @staticmethod
     def save_flags(off: int) -> list[str]:
@@ -406,116 +525,226 @@ class Engine:
         """RFLAGS from the slot at ``[rsp - off]``."""
         return [f"lea rsp, [rsp - {_hex(off)}]", "popfq", f"lea rsp, [rsp + {_hex(off - 8)}]"]
 
+    def flags_to_reg(self) -> list[str]:
+        """Make the register hold the logical flags."""
+        if self.live:
+            return []
+        self.live = True
+        return self.load_flags(self.fl)
+
+    def flags_to_slot(self) -> list[str]:
+        """Make the slot ``fl`` hold the logical flags (the register may then be clobbered)."""
+        if self.saved:
+            return []
+        assert self.live
+        self.saved = True
+        return self.save_flags(self.fl)
+
     def value_of(self, reg: str) -> str:
         """The operand holding general register ``reg``'s value inside edge glue (RAX and
         RCX are borrowed there)."""
         return {"rax": slot(self.t1), "rcx": slot(self.t2)}.get(reg, reg)
 
-    def _edges(self, term: Terminator, pred: int | None, edge: Edge) -> list[str]:
-        """Masks of the terminator's edges into RAX, and each edge's glue (RAX/RCX saved)."""
-        if term.kind == "ret":
-            return []
-        if term.kind == "branch":
-            out = ["mov eax, 0", f"set{term.cc} al", "neg rax"]  # all-ones if taken
-            if pred is not None:
-                out.append(f"and rax, {slot(pred)}")
-            out += edge(term.taken)
-            out.append(f"xor rax, {slot(pred)}" if pred is not None else "not rax")
-            return out + edge(term.fall)
-        out = [f"mov rax, {slot(pred)}"] if pred is not None else ["mov eax, 0", "not rax"]
-        return out + edge(term.taken)
+    # -- blocks --------------------------------------------------------------------------
 
-    def block(self, block: BlockView, infos: dict[int, InsnInfo], pred: int | None,
-              edge: Edge, unmasked: frozenset[str] = frozenset(),
-              after_body: Sequence[str] = ()) -> list[str]:
-        """Lines running ``block`` under the predicate slot ``pred`` (None: always on).
-        ``unmasked``: registers whose writes are kept even when the predicate is off;
-        ``after_body``: lines between an always-on block's instructions and its edges
-        (flag-neutral: the slots' initialisation once RSP is final)."""
+    def run(self, order: Sequence[BlockView], infos: dict[int, InsnInfo],
+            inside: Callable[[int, int], bool], special: Special,
+            unmasked: Callable[[int], frozenset[str]] = lambda b: frozenset(),
+            late: Sequence[str] = ()) -> list[str]:
+        """Lines running the blocks of ``order`` (topological; the first one's predicate in
+        ``self.preds``, or none: always on).  ``inside(a, b)``: the engine propagates the
+        predicate along the edge a -> b (b is a later block of ``order``); other edges go
+        to ``special``.  ``late``: lines at the end of the last block's commit (RAX
+        borrowed, flags free)."""
+        npreds: dict[int, int] = {}
+        for b in order:
+            for s in successors(b):
+                if inside(b.start, s):
+                    npreds[s] = npreds.get(s, 0) + 1
+        out: list[str] = []
+        for n, b in enumerate(order):
+            out += self.block(b, infos, self.preds.get(b.start), inside, npreds, special,
+                              unmasked(b.start), late if n == len(order) - 1 else ())
+        return out
+
+    def block(self, block: BlockView, infos: dict[int, InsnInfo], pred: Pred | None,
+              inside: Callable[[int, int], bool], npreds: dict[int, int], special: Special,
+              unmasked: frozenset[str] = frozenset(), late: Sequence[str] = ()) -> list[str]:
+        """Lines running ``block`` under ``pred`` (None: always on).  ``unmasked``:
+        registers whose writes are kept even when the predicate is off."""
         term = terminator(block)
         insns = [infos[i.address] for i in body(block)]
-        out: list[str] = []
-        if pred is None:
-            out += [original(i.insn.address) for i in insns]
-            out += after_body
-            if term.kind != "ret":
-                out += self.save_flags(self.nf)
-                out += [f"mov {slot(self.t1)}, rax", f"mov {slot(self.t2)}, rcx"]
-                out += self._edges(term, None, edge)
-                out += [f"mov rcx, {slot(self.t2)}", f"mov rax, {slot(self.t1)}"]
-                out += self.load_flags(self.nf)
-            return out
+        edges = [(t, k) for t, k in ((term.taken, "taken"), (term.fall, "fall"))
+                 if t is not None]
+        cond = self.alloc() if term.kind == "branch" else 0
+        actions: dict[str, list[str]] = {}
+        for t, k in edges:
+            assert t is not None
+            if inside(block.start, t):
+                if npreds[t] == 1 and term.kind != "branch":
+                    self.preds[t] = pred
+                    continue
+                if npreds[t] == 1 and pred is None:
+                    self.preds[t] = Pred(cond, "byte" if k == "taken" else "nbyte")
+                    continue
+                known = self.preds.get(t)
+                if known is not None:  # a later predecessor: the masks exclude each other
+                    actions[k] = [f"or {slot(known.slot)}, rax"]
+                else:
+                    known = self.preds[t] = Pred(self.alloc())
+                    actions[k] = [f"mov {slot(known.slot)}, rax"]
+            else:
+                glue = special(t)
+                if glue:
+                    actions[k] = glue
+        needs_cond = term.kind == "branch" and (
+            bool(actions) or any(p == Pred(cond, "byte") or p == Pred(cond, "nbyte")
+                                 for p in self.preds.values()))
         mark = self.top
+        if pred is None:
+            out = self._always(block, insns, term, cond, needs_cond, actions)
+        else:
+            out = self._predicated(insns, term, pred, cond, needs_cond, actions, unmasked, late)
+        self.top = mark
+        return out
+
+    def _always(self, block: BlockView, insns: list[InsnInfo], term: Terminator, cond: int,
+                needs_cond: bool, actions: dict[str, list[str]]) -> list[str]:
+        """An always-on block: its instructions, then its edges without touching flags
+        (an always-on block comes first, so its edges only ``mov`` masks)."""
+        out: list[str] = []
+        if needs_flags(insns, needs_cond):
+            out += self.flags_to_reg()
+        out += [original(i.insn.address) for i in insns]
+        if writes_flags(insns):
+            self.live, self.saved = True, False
+        if not self.init_placed:
+            out.append(INIT)
+            self.init_placed = True
+        if needs_cond:
+            out.append(f"set{term.cc} {slot(cond, 'byte')}")
+        if actions:
+            assert all(line.startswith("mov ") for a in actions.values() for line in a)
+            out.append(f"mov {slot(self.t1)}, rax")
+            if term.kind == "branch":
+                out += [f"movzx eax, {slot(cond, 'byte')}", "lea rax, [rax - 1]", "not rax"]
+                out += actions.get("taken", [])
+                if "fall" in actions:
+                    out += ["not rax", *actions["fall"]]
+            else:
+                out += ["mov rax, 0xffffffffffffffff", *actions.get("taken", [])]
+            out.append(f"mov rax, {slot(self.t1)}")
+        return out
+
+    def _predicated(self, insns: list[InsnInfo], term: Terminator, pred: Pred, cond: int,
+                    needs_cond: bool, actions: dict[str, list[str]], unmasked: frozenset[str],
+                    late: Sequence[str]) -> list[str]:
+        out: list[str] = []
         writes = frozenset().union(*(i.writes for i in insns))
         gprs = sorted(r for r in writes if r in GPR and r not in unmasked)
         xmms = sorted((r for r in writes if r in XMM), key=lambda r: int(r[3:]))
         sse = any(r in XMM for i in insns for r in i.reads | i.writes)
+        stores = [m for i in insns for m in i.mems if m.write]
+        fw = writes_flags(insns)
+        window = bool(gprs or xmms or sse or stores or fw or actions or late)
+        if fw:
+            out += self.flags_to_slot()  # the flags before the block, to undo it
+        if needs_flags(insns, needs_cond):
+            out += self.flags_to_reg()
         snaps = {r: self.alloc() for r in gprs}
         xsnaps = {r: self.alloc(16) for r in xmms}
-        flags_in = self.alloc()
-        for r in gprs:
-            out.append(f"mov {slot(snaps[r])}, {r}")
-        for r in xmms:
-            out.append(f"movups {slot(xsnaps[r], 'xmmword')}, {r}")
+        out += [f"mov {slot(snaps[r])}, {r}" for r in gprs]
+        out += [f"movups {slot(xsnaps[r], 'xmmword')}, {r}" for r in xmms]
         mxcsr_in = mxcsr_out = 0
         if sse:
             mxcsr_in, mxcsr_out = self.alloc(), self.alloc()
             out.append(f"stmxcsr {slot(mxcsr_in, 'dword')}")
-        out += self.save_flags(flags_in)
-        stores: list[tuple[Mem, int, int]] = []
+        recorded: list[tuple[Mem, int, int]] = []
         for info in insns:
             if info.divisor is not None:
-                out += self._div_guard(info, pred)
+                out += self._div_guard(info, [pred])
             for m in info.mems:
                 if m.write:
                     address, old = self.alloc(), self.alloc(16 if m.width == 16 else 8)
                     out += self._record(m, address, old)
-                    stores.append((m, address, old))
+                    recorded.append((m, address, old))
             out.append(original(info.insn.address))
-        out += self.save_flags(self.nf)
-        out += [f"mov {slot(self.t1)}, rax", f"mov {slot(self.t2)}, rcx"]
-        out += self._edges(term, pred, edge)
-        # Commit: one comparison; everything after it is mov/cmov (flags kept) until popfq.
-        out.append(f"cmp {slot(pred)}, 0")
-        for m, address, old in reversed(stores):
-            out += self._undo(m, address, old)
-        out += [f"mov rcx, {slot(self.t2)}", f"mov rax, {slot(self.t1)}"]
-        out += [f"cmove {r}, {slot(snaps[r])}" for r in gprs]
-        if xmms or sse:
+        if fw:
+            self.live, self.saved = True, False  # the block's flags; `fl` holds those before
+        if needs_cond:
+            out.append(f"set{term.cc} {slot(cond, 'byte')}")
+        if not window:
+            return out
+        # Commit: one comparison; everything up to the edges is mov/cmov (flags kept).
+        out += self.save_flags(self.nf) if fw else self.flags_to_slot()
+        self.live, self.saved = False, True
+        out.append(pred.test())
+        out += [f"cmov{pred.off} {r}, {slot(snaps[r])}" for r in gprs]
+        glue = [line for a in actions.values() for line in a] + list(late)
+        rcx = bool(recorded) or any(_RCX.search(line) for line in glue)
+        rax = bool(recorded or xmms or sse or fw or actions or late)
+        if rax:
             out.append(f"mov {slot(self.t1)}, rax")
-            if xmms:
-                new = self.alloc(16)
-                for r in xmms:
-                    out.append(f"movups {slot(new, 'xmmword')}, {r}")
-                    for half in (0, 8):
-                        out += [f"mov rax, {slot(new - half)}",
-                                f"cmove rax, {slot(xsnaps[r] - half)}",
-                                f"mov {slot(new - half)}, rax"]
-                    out.append(f"movups {r}, {slot(new, 'xmmword')}")
-            if sse:
-                out += [f"stmxcsr {slot(mxcsr_out, 'dword')}",
-                        f"mov eax, {slot(mxcsr_out, 'dword')}",
-                        f"cmove eax, {slot(mxcsr_in, 'dword')}",
-                        f"mov {slot(mxcsr_out, 'dword')}, eax",
-                        f"ldmxcsr {slot(mxcsr_out, 'dword')}"]
+        if rcx:
+            out.append(f"mov {slot(self.t2)}, rcx")
+        for m, address, old in reversed(recorded):
+            out += self._undo(m, address, old, pred.off)
+        if xmms:
+            new = self.alloc(16)
+            for r in xmms:
+                out.append(f"movups {slot(new, 'xmmword')}, {r}")
+                for half in (0, 8):
+                    out += [f"mov rax, {slot(new - half)}",
+                            f"cmov{pred.off} rax, {slot(xsnaps[r] - half)}",
+                            f"mov {slot(new - half)}, rax"]
+                out.append(f"movups {r}, {slot(new, 'xmmword')}")
+        if sse:
+            out += [f"stmxcsr {slot(mxcsr_out, 'dword')}",
+                    f"mov eax, {slot(mxcsr_out, 'dword')}",
+                    f"cmov{pred.off} eax, {slot(mxcsr_in, 'dword')}",
+                    f"mov {slot(mxcsr_out, 'dword')}, eax",
+                    f"ldmxcsr {slot(mxcsr_out, 'dword')}"]
+        if fw:
+            out += [f"mov rax, {slot(self.fl)}", f"cmov{pred.on} rax, {slot(self.nf)}",
+                    f"mov {slot(self.fl)}, rax"]
+        # The edges' masks (flags free from here on).
+        if actions:
+            if pred.kind != "mask":
+                mask = Pred(self.alloc())
+                out += [*pred.mask(), f"mov {slot(mask.slot)}, rax"]
+                pred = mask
+            p = slot(pred.slot)
+            if term.kind != "branch":
+                out += [f"mov rax, {p}", *actions["taken"]]
+            elif "taken" in actions:
+                out += [f"movzx eax, {slot(cond, 'byte')}", "neg rax", f"and rax, {p}",
+                        *actions["taken"]]
+                if "fall" in actions:
+                    out += [f"xor rax, {p}", *actions["fall"]]
+            else:
+                out += [f"movzx eax, {slot(cond, 'byte')}", "sub rax, 1", f"and rax, {p}",
+                        *actions["fall"]]
+        out += late
+        if rcx:
+            out.append(f"mov rcx, {slot(self.t2)}")
+        if rax:
             out.append(f"mov rax, {slot(self.t1)}")
-        out += [f"mov {slot(self.t1)}, rax", f"mov rax, {slot(self.nf)}",
-                f"cmove rax, {slot(flags_in)}", f"mov {slot(self.nf)}, rax",
-                f"mov rax, {slot(self.t1)}"]
-        out += self.load_flags(self.nf)
-        self.top = mark
         return out
 
-    def _div_guard(self, info: InsnInfo, pred: int) -> list[str]:
-        """When the block is off: RAX = RDX = 0 and the divisor 1 (0 / 1 cannot fault).
-        Flags are kept (the division's undefined flags then come out as the original's)."""
+    def _div_guard(self, info: InsnInfo, preds: Sequence[Pred]) -> list[str]:
+        """When a predicate of ``preds`` is off: RAX = RDX = 0 and the divisor 1 (0 / 1
+        cannot fault).  Flags are kept (the division's undefined flags then come out as the
+        original's)."""
         d = info.divisor
         assert d is not None and d in GPR
         keep = self.alloc()
         one = self.high_one if d in ("bh", "ch", "dh") else self.one
-        return [*self.save_flags(keep), f"cmp {slot(pred)}, 0",
-                f"cmove rax, {slot(self.zero)}", f"cmove rdx, {slot(self.zero)}",
-                f"cmove {GPR[d]}, {slot(one)}", *self.load_flags(keep)]
+        self.consts |= {self.zero, one}
+        out = self.save_flags(keep)
+        for p in preds:
+            out += [p.test(), f"cmov{p.off} rax, {slot(self.zero)}",
+                    f"cmov{p.off} rdx, {slot(self.zero)}", f"cmov{p.off} {GPR[d]}, {slot(one)}"]
+        return out + self.load_flags(keep)
 
     def _record(self, m: Mem, address: int, old: int) -> list[str]:
         """Before a store: its address and the bytes it overwrites into slots (no flags)."""
@@ -535,20 +764,20 @@ class Engine:
         return out + [f"mov {slot(old)}, rax", f"mov rax, {slot(self.t1)}"]
 
     @staticmethod
-    def _undo(m: Mem, address: int, old: int) -> list[str]:
-        """After the block, flags from ``cmp P, 0``: the old bytes back when P is off (the
-        current ones otherwise).  RAX and RCX are borrowed."""
+    def _undo(m: Mem, address: int, old: int, off: str) -> list[str]:
+        """After the block, flags from the predicate's test: the old bytes back when it is
+        off (the current ones otherwise).  RAX and RCX are borrowed."""
         out = [f"mov rax, {slot(address)}"]
         if m.width == 16:
             for half in (0, 8):
                 at = f"[rax + {half}]" if half else "[rax]"
-                out += [f"mov rcx, qword ptr {at}", f"cmove rcx, {slot(old - half)}",
+                out += [f"mov rcx, qword ptr {at}", f"cmov{off} rcx, {slot(old - half)}",
                         f"mov qword ptr {at}, rcx"]
             return out
         load, reg = {1: ("movzx ecx, byte ptr [rax]", "cl"),
                      2: ("movzx ecx, word ptr [rax]", "cx"),
                      4: ("mov ecx, dword ptr [rax]", "ecx"),
                      8: ("mov rcx, qword ptr [rax]", "rcx")}[m.width]
-        cmov = (f"cmove rcx, {slot(old)}" if m.width == 8
-                else f"cmove ecx, {slot(old, 'dword')}")
+        cmov = (f"cmov{off} rcx, {slot(old)}" if m.width == 8
+                else f"cmov{off} ecx, {slot(old, 'dword')}")
         return out + [load, cmov, f"mov {_PTR[m.width]} [rax], {reg}"]

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "secret_io.h"
+
 __attribute__((noipa)) uint16_t mul(uint16_t a, uint16_t b)
 {
     if (a == 0)                         /* secret key word is 0 (= 2^16) */
@@ -28,40 +30,6 @@ __attribute__((noipa)) uint16_t mul(uint16_t a, uint16_t b)
     uint32_t p = (uint32_t)a * b;
     uint16_t lo = p & 0xffff, hi = p >> 16;
     return lo - hi + (lo < hi);
-}
-
-/* Input and output of secret-dependent values take the same instructions
- * whatever the value: branch-free hex digits in both directions, checked
- * once at the end (only a malformed argument takes another path). */
-static unsigned hexval(unsigned c, unsigned *bad)
-{
-    unsigned d = c - '0', l = (c | 0x20) - 'a';
-    *bad |= (d >= 10) & (l >= 6);
-    return ((c & 0xf) + 9 * (c >> 6)) & 0xf;
-}
-
-/* exactly 2*n hex digits -> n bytes; 0, or -1 if malformed */
-static int parse_hex(const char *s, uint8_t *out, size_t n)
-{
-    unsigned bad = 0;
-    if (strlen(s) != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned hi = hexval((unsigned char)s[2 * i], &bad);
-        unsigned lo = hexval((unsigned char)s[2 * i + 1], &bad);
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return bad ? -1 : 0;
-}
-
-/* the low 4*digits bits of v as lowercase hex at p; returns the end */
-static char *put_hex(char *p, uint64_t v, int digits)
-{
-    for (int i = digits - 1; i >= 0; i--) {
-        unsigned n = (unsigned)(v >> (4 * i)) & 0xf;
-        *p++ = (char)('0' + n + (((9 - n) >> 8) & 39));
-    }
-    return p;
 }
 
 static void usage(void)

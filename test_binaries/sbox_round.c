@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "secret_io.h"
+
 /* the AES S-box (FIPS-197, figure 7) */
 static const uint8_t SBOX[256] = {
     0x63, 0x7c, 0x77, 0x7b, 0xf2, 0x6b, 0x6f, 0xc5, 0x30, 0x01, 0x67, 0x2b, 0xfe, 0xd7, 0xab, 0x76,
@@ -56,40 +58,6 @@ static void diffuse(uint8_t *s)
             uint8_t n = t[4 * c + (r + 1) % 4];
             s[4 * c + r] = t[4 * c + r] ^ (uint8_t)(n << 1 | n >> 7);
         }
-}
-
-/* Input and output of secret-dependent values take the same instructions
- * whatever the value: branch-free hex digits in both directions, checked
- * once at the end (only a malformed argument takes another path). */
-static unsigned hexval(unsigned c, unsigned *bad)
-{
-    unsigned d = c - '0', l = (c | 0x20) - 'a';
-    *bad |= (d >= 10) & (l >= 6);
-    return ((c & 0xf) + 9 * (c >> 6)) & 0xf;
-}
-
-/* exactly 2*n hex digits -> n bytes; 0, or -1 if malformed */
-static int parse_hex(const char *s, uint8_t *out, size_t n)
-{
-    unsigned bad = 0;
-    if (strlen(s) != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned hi = hexval((unsigned char)s[2 * i], &bad);
-        unsigned lo = hexval((unsigned char)s[2 * i + 1], &bad);
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return bad ? -1 : 0;
-}
-
-/* the low 4*digits bits of v as lowercase hex at p; returns the end */
-static char *put_hex(char *p, uint64_t v, int digits)
-{
-    for (int i = digits - 1; i >= 0; i--) {
-        unsigned n = (unsigned)(v >> (4 * i)) & 0xf;
-        *p++ = (char)('0' + n + (((9 - n) >> 8) & 39));
-    }
-    return p;
 }
 
 static void usage(void)

@@ -137,3 +137,21 @@ def test_hardened_regions_look_the_same_for_every_secret(
     assert any((o.blocks, o.accesses, o.divisions) != (orig[0].blocks, orig[0].accesses,
                                                        orig[0].divisions) for o in orig[1:])
     capfd.readouterr()
+
+
+def test_a_region_no_pass_can_harden_is_a_one_line_error(built: Path) -> None:
+    """modexp.toml's branch region calls mulmod in its arm: if-conversion refuses, exec
+    says so in one line (status 2); --allow-unhardened runs it, hardening the divisions."""
+    exe = binary("static", "modexp")
+    args = ["exec", "--contract", str(CONTRACTS / "modexp.toml"), "--cpu", PROFILE]
+    refused = run_leakdbt([*args, exe, "3"])
+    assert refused.status == 2 and refused.stdout == b""
+    assert refused.stderr.decode().splitlines() == [
+        "leakdbt: region main+0x116 cannot be hardened: if-conversion: 'call 0x401820' at "
+        "0x401614 is a call (a callee cannot be predicated) (--allow-unhardened runs it "
+        "anyway)"]
+    allowed = run_leakdbt([*args, "--allow-unhardened", "--stats", exe, "3"])
+    assert (allowed.status, allowed.stdout) == (0, run_native([exe, "3"]).stdout)
+    stats = allowed.stderr.decode()
+    assert "main+0x116" in stats and "'unhardened': \"if-conversion: 'call" in stats
+    assert "main+0xcb                      {'passes': ['ct-division']}" in stats

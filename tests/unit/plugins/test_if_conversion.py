@@ -13,11 +13,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leakdbt.dbt.relocate import Translation
+from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import Refusal, Rewrite
+from plugins import if_conversion
 from plugins.ct_division import PASS as CT_DIVISION
 from plugins.if_conversion import PASS
-from tests.unit.dbt.harness import ARITH_FLAGS, FLAGS_MASK, SCRATCH, RegionCheck, Sandbox, State
+from tests.unit.dbt.harness import (
+    ARITH_FLAGS,
+    FLAGS_MASK,
+    SCRATCH,
+    RegionCheck,
+    Sandbox,
+    State,
+    compile_program,
+)
 from tests.unit.plugins.ifc_support import (
     REG,
     build,
@@ -129,11 +139,18 @@ def sandbox(program: Image) -> Sandbox:
     return sandbox_for(program)
 
 
-def _hardened(program: Image, sandbox: Sandbox, function: str, composed: bool = False
-              ) -> tuple[RegionCheck, Rewrite]:
+def _hardened(program: Image, sandbox: Sandbox, function: str, composed: bool = False,
+              scheme: str = "any") -> tuple[RegionCheck, Rewrite]:
+    """The hardened region; ``scheme`` ``general`` forces the per-block predicated engine
+    on a tree-shaped region (which otherwise takes the fork scheme)."""
     region = region_of(program, function)
     view = view_of(region, sandbox.bias, "branch")
-    rewrite = harden(PASS, view)
+    if scheme == "general":
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(if_conversion, "_is_tree", lambda order, infos: False)
+            rewrite = harden(PASS, view)
+    else:
+        rewrite = harden(PASS, view)
     assert isinstance(rewrite, Rewrite), rewrite
     assert rewrite.code is not None and not rewrite.replace
     replace = None
@@ -146,11 +163,12 @@ def _hardened(program: Image, sandbox: Sandbox, function: str, composed: bool = 
     return RegionCheck(sandbox, region, t, scratch_below_red_zone=True, flags=flags), rewrite
 
 
+@pytest.mark.parametrize("scheme", ["any", "general"])
 @pytest.mark.parametrize("function", sorted(CASES))
 def test_hardened_branch_computes_what_the_original_computes(
-        program: Image, sandbox: Sandbox, function: str) -> None:
+        program: Image, sandbox: Sandbox, function: str, scheme: str) -> None:
     path, choose = CASES[function]
-    check, rewrite = _hardened(program, sandbox, function)
+    check, rewrite = _hardened(program, sandbox, function, scheme=scheme)
     assert not any(line.startswith("j") and "@" not in line for line in rewrite.code or ())
     seeds = [f"ifc:{function}:{i}" for i in range(STATES)]
     with check:
@@ -161,10 +179,12 @@ def test_hardened_branch_computes_what_the_original_computes(
     assert 20 <= taken <= STATES - 20, taken  # both paths were exercised
 
 
-def test_division_arm_composes_with_ct_division(program: Image, sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("scheme", ["any", "general"])
+def test_division_arm_composes_with_ct_division(program: Image, sandbox: Sandbox,
+                                                scheme: str) -> None:
     """The div of the arm is replaced by ct-division's sequence inside the if-converted code;
     a zero divisor on the path not taken does not fault."""
-    check, _ = _hardened(program, sandbox, "divarm", composed=True)
+    check, _ = _hardened(program, sandbox, "divarm", composed=True, scheme=scheme)
     choose = {"rdx": _divisor}
     seeds = [f"ifc:ct:{i}" for i in range(120)]
     with check:
@@ -189,12 +209,13 @@ LEAK_CASES = {  # function -> (secret register, values that take different paths
 }
 
 
+@pytest.mark.parametrize("scheme", ["any", "general"])
 @pytest.mark.parametrize("function", sorted(LEAK_CASES))
 def test_hardened_branch_runs_and_touches_the_same_whatever_the_secret(
-        program: Image, sandbox: Sandbox, function: str) -> None:
+        program: Image, sandbox: Sandbox, function: str, scheme: str) -> None:
     reg, values = LEAK_CASES[function]
     composed = function == "divarm"
-    check, _ = _hardened(program, sandbox, function, composed)
+    check, _ = _hardened(program, sandbox, function, composed, scheme)
     base = {"rsi": SCRATCH + 0x1800, "rdx": 7}
     with check:
         for n in range(3):
@@ -205,6 +226,34 @@ def test_hardened_branch_runs_and_touches_the_same_whatever_the_secret(
             assert copy[0][0] == copy[1][0]  # same instructions, in the same order
             assert copy[0][1] == copy[1][1]  # same cache lines, read/write, same order
             assert copy[0][0]  # the trace is not empty
+
+
+# -- cost ----------------------------------------------------------------------------------
+
+TINY_BOUND = 7  # executed instructions per call of the hardened tiny_region (original: 5, 6)
+
+
+def test_tiny_region_costs_at_most_a_few_instructions(tmp_path: Path) -> None:
+    """test_binaries/region_loop.c's tiny_region (``mov rax, rdi; shr rax, 1; test dil, 1;
+    jne A; ret; A: lea rax, [rdi + rdi*2 + 1]; ret``) hardened: the instructions one call
+    runs, counted in raw Unicorn, on both paths."""
+    source = (Path(__file__).resolve().parents[3] / "test_binaries" / "region_loop.c")
+    image = load_image(str(compile_program(tmp_path, "region_loop",
+                                           {"region_loop.c": source.read_text()}, "static")))
+    sb = sandbox_for(image)
+    region = region_of(image, "tiny_region")
+    rewrite = harden(PASS, view_of(region, sb.bias, "branch"))
+    assert isinstance(rewrite, Rewrite) and rewrite.code is not None
+    check = RegionCheck(sb, region, translate(sb, region, rewrite), scratch_below_red_zone=True)
+    counts = []
+    with check:
+        for x in (0x1234, 0x1235):
+            s = state(f"tiny:{x}", rdi=x)
+            original, copy = trace(check, s, copy=False)[0], trace(check, s, copy=True)[0]
+            counts.append(len(copy))
+            assert len(copy) <= 2 * len(original)
+        assert not check.check([f"tiny:{i}" for i in range(50)], {}).mismatches
+    assert counts[0] == counts[1] <= TINY_BOUND, counts
 
 
 # -- property-based ------------------------------------------------------------------------
