@@ -238,6 +238,18 @@ def assemble_block_map(lines: Sequence[Line], address: int
                         "branch sizes do not settle")
 
 
+def rename_labels(lines: Sequence[Line], suffix: str) -> list[Line]:
+    """``lines`` with each label they define (and every use of it) renamed ``name+suffix``,
+    so that the sequence can be placed inside another one."""
+    names = [m.group(1) for t in lines if isinstance(t, str)
+             for m in [_LABEL.fullmatch(t.strip())] if m]
+    if not names:
+        return list(lines)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    return [pattern.sub(lambda m: m.group(1) + suffix, t) if isinstance(t, str) else t
+            for t in lines]
+
+
 @lru_cache(maxsize=65536)
 def _assemble_anywhere(text: str) -> bytes:
     """The encoding of a line that means the same at any address (checked at address 0)."""

@@ -14,12 +14,12 @@ are kept, and the region is reported).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from leakdbt.contract.mapping import PassStep
+from leakdbt.dbt.asm import rename_labels
 from leakdbt.dbt.passes import LoadedPass
 from leakdbt.dbt.region import CodeRegion
 from leakdbt.dbt.relocate import Translation, relocate
@@ -86,9 +86,6 @@ def _objects(image: Image) -> Callable[[int], DataObject | None]:
     return object_at
 
 
-_LABEL = re.compile(r"\s*([A-Za-z_.][A-Za-z0-9_.]*):\s*$")
-
-
 def _nest(outer: tuple[str, ...], inner: tuple[str, ...], address: int, tag: str
           ) -> tuple[str, ...] | None:
     """``outer`` with its one ``.insn address`` line replaced by ``inner`` (an earlier
@@ -97,12 +94,9 @@ def _nest(outer: tuple[str, ...], inner: tuple[str, ...], address: int, tag: str
     marker = original(address)
     if sum(line.strip() == marker for line in outer) != 1:
         return None
-    names = [m.group(1) for line in inner for m in [_LABEL.match(line)] if m]
-    if names:
-        pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
-        inner = tuple(pattern.sub(lambda m: f"{m.group(1)}__n{tag}", line) for line in inner)
+    renamed = tuple(str(line) for line in rename_labels(inner, f"__n{tag}"))
     at = next(i for i, line in enumerate(outer) if line.strip() == marker)
-    return outer[:at] + inner + outer[at + 1:]
+    return outer[:at] + renamed + outer[at + 1:]
 
 
 class Hardener:

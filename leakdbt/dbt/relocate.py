@@ -25,6 +25,7 @@ from leakdbt.dbt.asm import (
     assemble_block_map,
     canonical_insn,
     decode_one,
+    rename_labels,
 )
 from leakdbt.dbt.insn import SHORT_ONLY, Flow, Insn, decode
 from leakdbt.dbt.region import CodeRegion, RegionError
@@ -148,7 +149,6 @@ def _relocate_code(region: CodeRegion, bias: int, place: Callable[[int], int] | 
 
 
 _GOTO = re.compile(r"@(0x[0-9a-fA-F]+)")
-_LABEL_DEF = re.compile(r"\s*([A-Za-z_.][A-Za-z0-9_.]*):\s*$")
 
 
 class _Expansion:
@@ -177,24 +177,14 @@ class _Expansion:
                         raise RegionError(f"{self.region.name}: the replacement for "
                                           f"{address + self.bias:#x} is used twice")
                     self.used.add(address)
-                    out += self._renamed(self.lines(self.rewrite[address], address))
+                    self.instances += 1
+                    out += rename_labels(self.lines(self.rewrite[address], address),
+                                         f"__{self.instances}")
                 else:
                     out.append(self._copy(address))
             else:
                 out.append(_GOTO.sub(lambda m: f"{int(m.group(1), 0) + self.bias:#x}", line))
         return out
-
-    def _renamed(self, lines: list[Line]) -> list[Line]:
-        """Give an inserted sequence's labels names of their own."""
-        self.instances += 1
-        names = [m.group(1) for t in lines if isinstance(t, str)
-                 for m in [_LABEL_DEF.match(t)] if m]
-        if not names:
-            return lines
-        pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
-        suffix = f"__{self.instances}"
-        return [pattern.sub(lambda m: m.group(1) + suffix, t) if isinstance(t, str) else t
-                for t in lines]
 
     def _copy(self, address: int) -> Fixed:
         insn = self.insns.get(address)
