@@ -73,9 +73,8 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``):
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-from leakdbt.plugin_api import API_VERSION, BlockView, Flow, Refusal, RegionView, Rewrite, goto
+from leakdbt.plugin_api import BlockView, Flow, RegionView, goto
 from plugins.predication import (
     GPR,
     GPR32,
@@ -84,6 +83,7 @@ from plugins.predication import (
     InsnInfo,
     Pred,
     Refused,
+    WholeRegionPass,
     always_valid,
     analyse,
     body,
@@ -96,11 +96,7 @@ from plugins.predication import (
     where,
 )
 
-if TYPE_CHECKING:
-    from leakdbt.contract.model import Contract
-    from leakdbt.contract.profiles import Profile
-
-__all__ = ["PASS", "BoundedLoop", "bound_loop", "induction_variables"]
+__all__ = ["PASS", "bound_loop", "induction_variables"]
 
 MAX_EXITS = 8
 MAX_BOUND = (1 << 31) - 1
@@ -280,32 +276,5 @@ def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, I
                                   "through an iteration accesses")
 
 
-class BoundedLoop:
-    """The ``bounded-loop`` pass (see the module doc)."""
-
-    name = "bounded-loop"
-    api_version = API_VERSION
-    before: tuple[str, ...] = ()
-    after: tuple[str, ...] = ()
-
-    def applies(self, region: RegionView, contract: Contract, profile: Profile
-                ) -> bool | Refusal:
-        """Loop regions (kind ``loop`` or none); a ``loop`` region of another shape is
-        refused."""
-        if region.kind not in (None, "loop"):
-            return False
-        if region.shape != "loop":
-            return (Refusal(f"region shape is {region.shape}, not a loop region")
-                    if region.kind == "loop" else False)
-        return True
-
-    def harden(self, region: RegionView, contract: Contract, profile: Profile
-               ) -> Rewrite | Refusal:
-        """The region's bounded code, or why there is none."""
-        try:
-            return Rewrite(code=tuple(bound_loop(region)))
-        except Refused as e:
-            return Refusal(str(e))
-
-
-PASS = BoundedLoop()
+PASS = WholeRegionPass("bounded-loop", "loop", bound_loop)
+"""The ``bounded-loop`` pass (see the module doc)."""

@@ -90,14 +90,9 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from leakdbt.plugin_api import (
-    API_VERSION,
     BlockView,
-    Refusal,
     RegionView,
-    Rewrite,
     goto,
     original,
 )
@@ -109,6 +104,7 @@ from plugins.predication import (
     InsnInfo,
     Pred,
     Refused,
+    WholeRegionPass,
     always_valid,
     analyse,
     body,
@@ -124,11 +120,7 @@ from plugins.predication import (
     writes_flags,
 )
 
-if TYPE_CHECKING:
-    from leakdbt.contract.model import Contract
-    from leakdbt.contract.profiles import Profile
-
-__all__ = ["PASS", "IfConversion", "if_convert"]
+__all__ = ["PASS", "if_convert"]
 
 
 def if_convert(region: RegionView) -> list[str]:
@@ -461,32 +453,5 @@ def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, I
                                   "of the original accesses")
 
 
-class IfConversion:
-    """The ``if-conversion`` pass (see the module doc)."""
-
-    name = "if-conversion"
-    api_version = API_VERSION
-    before: tuple[str, ...] = ()
-    after: tuple[str, ...] = ()
-
-    def applies(self, region: RegionView, contract: Contract, profile: Profile
-                ) -> bool | Refusal:
-        """Branch regions (kind ``branch`` or none); a ``branch`` region of another shape is
-        refused."""
-        if region.kind not in (None, "branch"):
-            return False
-        if region.shape != "branch":
-            return (Refusal(f"region shape is {region.shape}, not a branch region")
-                    if region.kind == "branch" else False)
-        return True
-
-    def harden(self, region: RegionView, contract: Contract, profile: Profile
-               ) -> Rewrite | Refusal:
-        """The region's straight-line code, or why there is none."""
-        try:
-            return Rewrite(code=tuple(if_convert(region)))
-        except Refused as e:
-            return Refusal(str(e))
-
-
-PASS = IfConversion()
+PASS = WholeRegionPass("if-conversion", "branch", if_convert)
+"""The ``if-conversion`` pass (see the module doc)."""

@@ -67,8 +67,25 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from leakdbt.plugin_api import REGION_SCRATCH, REGISTER64, BlockView, Flow, Insn, detail, original
+from leakdbt.plugin_api import (
+    API_VERSION,
+    REGION_SCRATCH,
+    REGISTER64,
+    BlockView,
+    Flow,
+    Insn,
+    Refusal,
+    RegionView,
+    Rewrite,
+    detail,
+    original,
+)
+
+if TYPE_CHECKING:
+    from leakdbt.contract.model import Contract
+    from leakdbt.contract.profiles import Profile
 
 __all__ = ["INIT", "Engine", "InsnInfo", "Mem", "Pred", "Refused", "Terminator", "analyse",
            "always_valid", "control_refusal", "covered", "is_string", "needs_flags",
@@ -97,6 +114,40 @@ _PTR = {1: "byte ptr", 2: "word ptr", 4: "dword ptr", 8: "qword ptr"}
 
 class Refused(Exception):
     """Why a pass refuses a region (its message becomes the Refusal's reason)."""
+
+
+class WholeRegionPass:
+    """A pass that replaces regions of one shape whole (contract kind = that shape, or
+    none) with the code ``rewrite`` returns; a region of that kind but another shape is
+    refused.  if-conversion and bounded-loop are two of these."""
+
+    api_version = API_VERSION
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+    def __init__(self, name: str, shape: str, rewrite: Callable[[RegionView], list[str]]
+                 ) -> None:
+        self.name = name
+        self.shape = shape
+        self.rewrite = rewrite
+
+    def applies(self, region: RegionView, contract: Contract, profile: Profile
+                ) -> bool | Refusal:
+        """Regions of the pass's shape."""
+        if region.kind not in (None, self.shape):
+            return False
+        if region.shape != self.shape:
+            return (Refusal(f"region shape is {region.shape}, not a {self.shape} region")
+                    if region.kind == self.shape else False)
+        return True
+
+    def harden(self, region: RegionView, contract: Contract, profile: Profile
+               ) -> Rewrite | Refusal:
+        """The region's code, or why there is none."""
+        try:
+            return Rewrite(code=tuple(self.rewrite(region)))
+        except Refused as e:
+            return Refusal(str(e))
 
 
 def _hex(value: int) -> str:
