@@ -11,6 +11,7 @@ from leakdbt.dbt.cfg import FunctionCFG, function_cfg
 from leakdbt.dbt.region import CodeRegion, RegionError, form_region
 from leakdbt.errors import TranslationError
 from leakdbt.loader.elf import load_image
+from tests.conftest import binary
 from tests.unit.dbt.harness import compile_program, nm_symbols
 
 KINDS = ("static", "static-pie")
@@ -473,3 +474,20 @@ def test_arm_calling_abort_in_a_cold_part_is_refused(program: Program) -> None:
     assert str(info.value) == (
         f"c_abort: exit from the middle: c_abort-{entry - cold:#x} ends with "
         f"'call {program.symbols['abort']:#x}' instead of reaching the end of the region")
+
+
+def test_loop_region_is_the_natural_loop_of_its_header(built: Path) -> None:
+    """mac_verify's comparison loop: header and latch, two exits; a block that is not a
+    loop header is refused."""
+    image = load_image(binary("static", "mac_verify"))
+    func = image.symbol("verify")
+    assert func is not None
+    cfg = function_cfg(image, func, extra_leaders=[func.value + 8])
+    region = form_region(cfg, func.value + 8, "verify+0x8", loop=True)
+    assert region.kind == "loop"
+    assert [b - func.value for b in region.blocks] == [0x8, 0x11]
+    exits = {e.target - func.value for b in region.block_list() for e in b.succs
+             if e.target not in region.blocks}
+    assert exits == {0x1b, 0x28}
+    with pytest.raises(RegionError, match="verify: not a loop header"):
+        form_region(cfg, func.value, "verify", loop=True)
