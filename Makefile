@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := busybox-static graphviz
+DEBS := busybox-static graphviz libssl-dev libsodium-dev
 BENCH_DEBS := qemu-user
 
 .PHONY: run test check bench install debs binaries clean
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests need (real programs to compare against native runs).
+# Debian packages the tests and the test programs need (real programs to compare against
+# native runs; OpenSSL's and libsodium's static libraries for the library harnesses).
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -25,7 +26,7 @@ debs:
 	  (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null) \
 	  || { echo "cannot install$$missing (need root and Debian's package archive)"; exit 1; }; fi
 
-binaries:
+binaries: debs
 	$(MAKE) -C test_binaries
 
 run: install binaries

@@ -8,6 +8,7 @@ the configuration that needs it).  Results are printed as a Markdown table.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -15,6 +16,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,6 +177,7 @@ def main() -> None:
           f"{statistics.median(starts):.3f} s, best {min(starts):.3f} s (5 runs)")
     translation_bench(leakdbt)
     hardening_bench(leakdbt)
+    check_bench(leakdbt)
 
 
 def median_time(argv: list[str], expected: bytes | None = None) -> tuple[float, bytes]:
@@ -299,6 +302,54 @@ def hardening_bench(leakdbt: list[str]) -> None:
               f"{insns['hardened'] / insns['fast']:.2f}x | "
               f"{times['fast']:.3f} / {times['hardened']:.3f} | "
               f"{times['hardened'] / times['fast']:.2f}x |")
+
+
+def observer_rate(exe: str, contract: str, args: list[str], observers: tuple[str, ...]
+                  ) -> tuple[int, float]:
+    """Guest instructions in scope and host seconds of one check trial with ``observers``."""
+    sys.path.insert(0, str(REPO))
+    from leakdbt.contract import load
+    from leakdbt.dbt.dispatch import Mode
+    from leakdbt.leakage.trials import Observation, TrialSetup, trial_inputs
+
+    c = load(contract, binary=exe)
+    c = replace(c, check=replace(c.check, args=tuple(args)))
+    setup = TrialSetup(exe, c, Mode.FAST)
+    trial = trial_inputs(c, 1, 0)[0]
+    what = Observation(observers, 64, ("int-div", "fp-div", "fp-sqrt", "fp-subnormal")
+                       if "latency" in observers else ())
+    started = time.perf_counter()
+    run = setup.run(trial, what)
+    return run.trace.instructions, time.perf_counter() - started
+
+
+def check_bench(leakdbt: list[str]) -> None:
+    """Observer speed, and whole 16-trial checks."""
+    exe = str(BUILD / "sha256")
+    contract = str(REPO / "contracts" / "sha256.toml")
+    print("\n### leakdbt check: observer speed (sha256 1 MiB, one trial, scope block())\n")
+    print("| observers | guest insns in scope | host time (s) | traced insns/s |")
+    print("|---|---|---|---|")
+    for observers in (("control-flow",), ("control-flow", "latency"),
+                      ("control-flow", "latency", "memory")):
+        n, t = observer_rate(exe, contract, ["1"], observers)
+        print(f"| {' + '.join(observers)} | {n:,} | {t:.2f} | {n / t:,.0f} |")
+    print("\n### leakdbt check: 16 trials (static builds, --cpu intel-skylake)\n")
+    print("| contract | mode | jobs | wall time (s) | leak points |")
+    print("|---|---|---|---|---|")
+    check = [leakdbt[0], "check", "--cpu", "intel-skylake", "--trials", "16"]
+    for name, program in (("ct_modexp", "ct_modexp"), ("ossl_modexp_leaky", "ossl_modexp"),
+                          ("ossl_modexp_ct", "ossl_modexp")):
+        for mode, jobs in (("original", "1"), ("original", "2")):
+            argv = [*check, "--mode", mode, "--jobs", jobs, "--format", "json", "--contract",
+                    str(REPO / "contracts" / f"{name}.toml"), str(BUILD / program)]
+            started = time.perf_counter()
+            out = subprocess.run(argv, capture_output=True, text=True)
+            took = time.perf_counter() - started
+            if out.returncode not in (0, 1):
+                raise SystemExit(f"check failed: {out.stderr}")
+            points = len(json.loads(out.stdout)["findings"])
+            print(f"| {name} | {mode} | {jobs} | {took:.2f} | {points} |")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,9 @@ def info(fmt: str, binary: str) -> None:
 def _register_subcommands() -> None:
     from leakdbt.contract.commands import contract
     from leakdbt.dbt.commands import blocks, passes
+    from leakdbt.leakage.commands import check
 
+    cli.add_command(check)
     cli.add_command(contract)
     cli.add_command(blocks)
     cli.add_command(passes)

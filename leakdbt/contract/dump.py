@@ -110,4 +110,11 @@ def dumps(contract: Contract) -> str:
     if check.env:
         out += ["", "[check.env]"]
         out += [f"{_key(name)} = {quote(value)}" for name, value in check.env]
+    if check.values:
+        out += ["", "[check.values]"]
+        for name, values in check.values:
+            owner = contract.secret(name)
+            assert owner is not None
+            texts = tuple(owner.render(v).decode("latin-1") for v in values)
+            out.append(f"{_key(name)} = {_strings(texts)}")
     return "\n".join(out) + "\n"

@@ -550,7 +550,8 @@ class _Validator:
 
     def check(self, tbl: dict[str, Any], secrets: list[tuple[int, Secret]]) -> Check | None:
         path: KeyPath = ("check",)
-        self.unknown_keys(tbl, path, ("trials", "seed", "args", "stdin", "env", "declassify"))
+        self.unknown_keys(tbl, path, ("trials", "seed", "args", "stdin", "env", "declassify",
+                                      "values"))
         bad = len(self.problems)
         trials = self.get_int(tbl, "trials", path, 2, MAX_TRIALS)
         seed = self.get_int(tbl, "seed", path, 0, (1 << 64) - 1)
@@ -579,6 +580,24 @@ class _Validator:
             else:
                 declassify.append(out)
 
+        values: list[tuple[str, tuple[bytes, ...]]] = []
+        by_name = {secret.name: secret for _, secret in secrets}
+        for name in (self.get_table(tbl, "values", path) or {}):
+            where = (*path, "values", name)
+            secret = by_name.get(name)
+            texts = self.get_str_list(tbl["values"], name, (*path, "values"))
+            if secret is None:
+                self.error(where, f"no secret is called {name!r}")
+            elif texts is not None:
+                parsed = []
+                for i, text in enumerate(texts):
+                    try:
+                        parsed.append(secret.parse(text))
+                    except ValueError as e:
+                        self.error((*where, i), f"{text!r} is not a value of {name} "
+                                                f"({secret.format.value}): {e}")
+                values.append((name, tuple(parsed)))
+
         # Secrets against public inputs.
         argv_secret: dict[int, int] = {}
         for i, secret in secrets:
@@ -602,5 +621,5 @@ class _Validator:
             trials=defaults.trials if trials is None else trials,
             seed=defaults.seed if seed is None else seed,
             args=tuple(args), stdin=stdin, env=tuple(sorted(env.items())),
-            declassify=tuple(declassify),
+            declassify=tuple(declassify), values=tuple(values),
         )

@@ -188,6 +188,23 @@ class Secret:
         """True for program inputs (argv, stdin, file, env), False for memory and registers."""
         return isinstance(self.source, ArgvSource | StdinSource | FileSource | EnvSource)
 
+    def parse(self, text: str) -> bytes:
+        """A value written as :meth:`render` writes it, back as ``length`` raw bytes
+        (ValueError with the reason when it is not one)."""
+        if self.format is ValueFormat.HEX:
+            if len(text) != 2 * self.length:
+                raise ValueError(f"expected {2 * self.length} hexadecimal digits, got "
+                                 f"{len(text)}")
+            return bytes.fromhex(text)
+        if self.format is ValueFormat.DECIMAL:
+            if not text.isdigit() or int(text) >= 256 ** self.length:
+                raise ValueError(f"expected a decimal number below 256**{self.length}")
+            return int(text).to_bytes(self.length, "little")
+        raw = text.encode("latin-1")
+        if len(raw) != self.length:
+            raise ValueError(f"expected {self.length} characters, got {len(raw)}")
+        return raw
+
     def render(self, value: bytes) -> bytes:
         """A trial value (``length`` random bytes) as it is written into the program.
 
@@ -251,6 +268,7 @@ class Check:
     stdin: str | None = None  # public standard input; stdin secrets overwrite their bytes
     env: tuple[tuple[str, str], ...] = ()  # public environment, sorted by name
     declassify: tuple[Output, ...] = ()  # outputs allowed to depend on the secrets
+    values: tuple[tuple[str, tuple[bytes, ...]], ...] = ()  # secret -> first trials' values
 
 
 # What a contract's locations resolve to in a particular binary.

@@ -10,6 +10,10 @@ the handlers; state lives here and in the objects it points to (Miasm's split).
 from __future__ import annotations
 
 import errno
+import os
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -97,6 +101,32 @@ class Kernel:
     gs_base: int = 0
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    entropy: Callable[[int], bytes] = os.urandom  # getrandom(2), AT_RANDOM
+    clock_ns: Callable[[int], int] = time.clock_gettime_ns  # host clock id -> now
+
+
+class VirtualTime:
+    """Deterministic entropy and clocks, for runs that must repeat exactly (``leakdbt
+    check``): entropy from a seeded generator; every clock starts at the same instant and
+    advances one microsecond per reading."""
+
+    EPOCH_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+        self._ticks = 0
+
+    def entropy(self, count: int) -> bytes:
+        return self._random.randbytes(count)
+
+    def clock_ns(self, clock: int) -> int:
+        self._ticks += 1
+        base = self.EPOCH_NS if clock == time.CLOCK_REALTIME else 10**12
+        return base + self._ticks * 1000
+
+    def apply(self, kernel: Kernel) -> None:
+        kernel.entropy = self.entropy
+        kernel.clock_ns = self.clock_ns
 
 
 def _module_map() -> ModuleMap:

@@ -4,6 +4,7 @@ run it on a Machine with the system-call layer attached."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import struct
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
 from leakdbt.dbt.harden import Hardener
 from leakdbt.errors import ElfError, GuestError
-from leakdbt.linux.files import FdTable
+from leakdbt.linux.files import FdTable, OpenFile
 from leakdbt.linux.fs import FileSystem
-from leakdbt.linux.kernel import Kernel, ProcessIds
+from leakdbt.linux.kernel import Kernel, ProcessIds, VirtualTime
+from leakdbt.linux.modules import ModuleMap
 from leakdbt.linux.syscalls import SyscallDispatcher
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import PF_R, PF_W, PF_X, ElfKind, Image
@@ -54,7 +56,10 @@ class ExecOptions:
     count_entries: bool = False  # count region entries per mode (a hook per entry)
     translate_all: Sequence[str] | None = None  # functions to relocate ([]: all), or off
     on_start: Callable[[Machine, Dispatcher | None], object] | None = None  # before running
+    on_modules: Callable[[ModuleMap], object] | None = None  # the module map, before on_start
     hardener: Hardener | None = None  # applies the contract's passes to its regions
+    stdio: tuple[int, int, int] | None = None  # host fds for guest 0-2 (default: our own)
+    virtual_time: int | None = None  # seed: deterministic entropy and clocks (VirtualTime)
 
 
 @dataclass
@@ -101,7 +106,7 @@ def _phdr_address(image: Image, bias: int) -> int:
 
 
 def build_stack(machine: Machine, argv: Sequence[str], env: Sequence[str],
-                auxv: list[tuple[int, int]], execfn: str) -> int:
+                auxv: list[tuple[int, int]], execfn: str, random16: bytes) -> int:
     """Write argc/argv/envp/auxv and their strings below STACK_TOP; return the initial rsp."""
     machine.mem.map(STACK_TOP - STACK_SIZE, STACK_SIZE, 3, "[stack]")
     sp = STACK_TOP
@@ -117,7 +122,7 @@ def build_stack(machine: Machine, argv: Sequence[str], env: Sequence[str],
     arg_addrs = [push_bytes(os.fsencode(a) + b"\0") for a in reversed(argv)][::-1]
     platform_addr = push_bytes(b"x86_64\0")
     sp &= ~0xF
-    random_addr = push_bytes(os.urandom(16))
+    random_addr = push_bytes(random16)  # AT_RANDOM
     auxv = auxv + [(AT_RANDOM, random_addr), (AT_EXECFN, execfn_addr),
                    (AT_PLATFORM, platform_addr), (AT_NULL, 0)]
     words = [len(argv), *arg_addrs, 0, *env_addrs, 0]
@@ -167,6 +172,18 @@ def _symbolize_copies(symbolize: Callable[[int], str], translator: Dispatcher
     return name
 
 
+def _fd_table(stdio: tuple[int, int, int] | None) -> FdTable:
+    """The guest's first file descriptors: ours, or the host fds ``stdio`` names."""
+    if stdio is None:
+        return FdTable()
+    fds = FdTable(stdio=False)
+    for guest_fd, host_fd in enumerate(stdio):
+        fds.install_at(guest_fd, OpenFile(host_fd=host_fd, flags=fcntl.fcntl(host_fd,
+                                                                             fcntl.F_GETFL),
+                                          owned=False))
+    return fds
+
+
 def execute(binary: str, options: ExecOptions,
             on_exit: Callable[[ExecResult], object] | None = None) -> ExecResult:
     """Run ``binary`` to completion under the sandbox; return its exit status and statistics.
@@ -182,8 +199,10 @@ def execute(binary: str, options: ExecOptions,
     fs = FileSystem(root=options.root, rw=list(options.rw), cwd=cwd)
     fs.exe_path = exe_path
     machine = Machine(max_memory=options.max_memory)
-    kernel = Kernel(mem=machine.mem, fs=fs, fds=FdTable(), ids=_ids(), mm=machine.mem,
-                    exe_path=exe_path, cpu=machine)
+    kernel = Kernel(mem=machine.mem, fs=fs, fds=_fd_table(options.stdio), ids=_ids(),
+                    mm=machine.mem, exe_path=exe_path, cpu=machine)
+    if options.virtual_time is not None:
+        VirtualTime(options.virtual_time).apply(kernel)
     machine.symbolize = kernel.modules.symbolize
     dispatcher = SyscallDispatcher(kernel, strict=options.strict)
     machine.syscall_handler = dispatcher
@@ -216,13 +235,15 @@ def execute(binary: str, options: ExecOptions,
             (AT_EUID, kernel.ids.euid), (AT_GID, kernel.ids.gid), (AT_EGID, kernel.ids.egid),
             (AT_SECURE, 0), (AT_HWCAP, hwcap()), (AT_HWCAP2, 0), (AT_CLKTCK, 100),
             (AT_MINSIGSTKSZ, 2048)]
-    sp = build_stack(machine, options.argv, options.env, auxv, exe_path)
+    sp = build_stack(machine, options.argv, options.env, auxv, exe_path, kernel.entropy(16))
     machine.set_reg("rsp", sp)
 
     if on_exit is not None:
         machine.count_blocks()
     start = time.perf_counter()
     status = 0
+    if options.on_modules is not None:
+        options.on_modules(kernel.modules)
     if options.on_start is not None:
         options.on_start(machine, translator)
     if translator is not None:

@@ -290,7 +290,7 @@ def sys_clock_gettime(k: Kernel, clk: int, tp: int) -> int:
     host = CLOCKS.get(s32(clk))
     if host is None:
         return -errno.EINVAL
-    k.mem.write(tp, _timespec(time.clock_gettime_ns(host)))
+    k.mem.write(tp, _timespec(k.clock_ns(host)))
     return 0
 
 
@@ -304,7 +304,7 @@ def sys_clock_getres(k: Kernel, clk: int, tp: int) -> int:
 
 
 def sys_gettimeofday(k: Kernel, tv: int, tz: int) -> int:
-    ns = time.time_ns()
+    ns = k.clock_ns(time.CLOCK_REALTIME)
     if tv:
         k.mem.write(tv, struct.pack("<qq", ns // 1_000_000_000, ns // 1000 % 1_000_000))
     if tz:
@@ -313,7 +313,7 @@ def sys_gettimeofday(k: Kernel, tv: int, tz: int) -> int:
 
 
 def sys_time(k: Kernel, tloc: int) -> int:
-    now = int(time.time())
+    now = k.clock_ns(time.CLOCK_REALTIME) // 10**9
     if tloc:
         k.mem.write(tloc, struct.pack("<q", now))
     return now
@@ -348,7 +348,7 @@ def sys_clock_nanosleep(k: Kernel, clk: int, flags: int, req: int, rem: int) -> 
 
 def sys_getrandom(k: Kernel, buf: int, count: int, flags: int) -> int:
     count = min(count, 1 << 25)
-    k.mem.write(buf, os.urandom(count))
+    k.mem.write(buf, k.entropy(count))
     return count
 
 

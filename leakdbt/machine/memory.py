@@ -79,6 +79,11 @@ class AddressSpace:
 
     # -- lookups -----------------------------------------------------------------------------
 
+    def code_pages_in_use(self) -> list[int]:
+        """Executable pages the engine has used so far (each was shown to the
+        ``exec_page_listeners`` when first used)."""
+        return sorted(self._vetted_pages)
+
     def find(self, address: int) -> Vma | None:
         """The mapping containing ``address``."""
         i = bisect.bisect_right(self._starts, address) - 1

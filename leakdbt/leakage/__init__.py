@@ -1,0 +1,1 @@
+"""Leakage checking: what an adversary can observe of a run, compared across secrets."""

@@ -1,0 +1,107 @@
+"""The result of a leakage check: findings (leak points) with their witnesses, as data.
+
+Reports (text, JSON, SARIF) are renderings of a :class:`CheckReport`; nothing here runs
+the guest.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class LeakKind(enum.Enum):
+    """What an adversary observes differ at a leak point."""
+
+    CONTROL_FLOW = "control-flow"  # which way a branch goes (the executed block sequence)
+    MEMORY_ACCESS = "memory-access"  # which cache line (page, byte) an access touches
+    VARIABLE_LATENCY = "variable-latency"  # operand properties that change an instruction's time
+
+
+KIND_TEXT: dict[LeakKind, str] = {
+    LeakKind.CONTROL_FLOW: "the branch taken depends on the secret",
+    LeakKind.MEMORY_ACCESS: "the memory location accessed depends on the secret",
+    LeakKind.VARIABLE_LATENCY: "an instruction whose latency depends on its operands runs on "
+                               "secret-dependent operands",
+}
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    """A source position from DWARF line information."""
+
+    file: str  # as the line table names it (absolute when the compiler recorded it so)
+    line: int
+    column: int = 0
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run's secret values: secret name → the bytes as hex."""
+
+    index: int
+    secrets: tuple[tuple[str, str], ...]
+
+    def describe(self) -> str:
+        return ", ".join(f"{name}={value}" for name, value in self.secrets)
+
+
+@dataclass(frozen=True)
+class Witness:
+    """Two trials whose observations differ at a leak point, and what each observed."""
+
+    first: Trial
+    second: Trial
+    observed: tuple[str, str]  # what each trial observed there, rendered for people
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One leak point."""
+
+    kind: LeakKind
+    mode: str  # "original" or "hardened": which code was checked
+    address: int  # runtime address of the instruction
+    location: str  # module:symbol+offset (symbol+offset in the main program)
+    module: str  # file name of the module (the binary's or a library's)
+    module_path: str
+    link_address: int  # the instruction's address in the module's own numbering
+    instruction: str  # Capstone's text
+    source: SourceLine | None
+    distinct: int  # distinct observations at this point over the trials
+    trials: int  # trials that reached the point
+    witness: Witness
+    suggestion: str | None = None  # a [[protect.region]] entry that would cover it
+
+
+@dataclass
+class ModeSummary:
+    """Figures for one checked mode."""
+
+    mode: str
+    trials: int
+    instructions: int = 0  # guest instructions of the first trial in scope
+    cost: int = 0  # the cost model's estimate for the first trial (profile latencies)
+    distinct_traces: dict[str, int] = field(default_factory=dict)  # observer -> digests
+
+
+@dataclass
+class CheckReport:
+    """Everything ``leakdbt check`` found."""
+
+    binary: str
+    args: tuple[str, ...]
+    contract: str
+    profile: str
+    adversary: str
+    observers: tuple[str, ...]  # observer names checked
+    granularity: str  # "line", "page" or "byte"
+    seed: int
+    modes: list[ModeSummary] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # outputs that leak, not declassified
+    seconds: float = 0.0
+
+    @property
+    def leaks(self) -> bool:
+        return bool(self.findings or self.outputs)

@@ -1,0 +1,78 @@
+"""Naming a leak point for people: instruction, ``module:symbol+offset``, source line, and
+the ``[[protect.region]]`` entry that would cover it."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from leakdbt.dbt.cfg import function_cfg
+from leakdbt.dbt.insn import decode
+from leakdbt.errors import LeakDBTError
+from leakdbt.leakage.findings import Finding, LeakKind, SourceLine, Witness
+from leakdbt.leakage.trials import Place
+from leakdbt.loader.elf import load_image
+from leakdbt.loader.image import Image, Symbol
+
+
+@lru_cache(maxsize=32)
+def _image(path: str) -> Image | None:
+    try:
+        return load_image(path)
+    except LeakDBTError:
+        return None
+
+
+def source_line(path: str, link_address: int) -> SourceLine | None:
+    """The source line of ``link_address`` in the ELF file at ``path`` (DWARF), if known."""
+    from leakdbt.loader.dwarf import lookup_source
+
+    return lookup_source(path, link_address)
+
+
+def describe_point(kind: LeakKind, mode: str, place: Place, distinct: int, trials: int,
+                   witness: Witness, suggest: bool) -> Finding:
+    """The finding for one leak point."""
+    image = _image(place.module_path) if place.module_path else None
+    text = "?"
+    if image is not None:
+        insn = decode(image.read(place.link_address, 15), place.link_address)
+        if insn is not None:
+            text = insn.text
+    source = source_line(place.module_path, place.link_address) if place.module_path else None
+    suggestion = _suggestion(kind, place, image, text) if suggest and image else None
+    return Finding(kind, mode, place.original, place.symbolic, place.module, place.module_path,
+                   place.link_address, text, source, distinct, trials, witness, suggestion)
+
+
+def _suggestion(kind: LeakKind, place: Place, image: Image, text: str) -> str | None:
+    """A ``[[protect.region]]`` entry at the block holding the instruction."""
+    func = _function_at(image, place.link_address)
+    if func is None:
+        return None
+    try:
+        cfg = function_cfg(image, func)
+    except LeakDBTError:
+        return None
+    block = cfg.block_at(place.link_address)
+    start = block.start if block is not None else place.link_address
+    name = image.symbolize(start) or f"{start:#x}"
+    at = name if place.is_main else f"{place.module}:{name}"
+    mnemonic = text.split()[0] if text != "?" else ""
+    if kind is LeakKind.CONTROL_FLOW:
+        region_kind = "branch"
+    elif kind is LeakKind.MEMORY_ACCESS:
+        region_kind = "table"
+    elif mnemonic in ("div", "idiv"):
+        region_kind = "divide"
+    else:
+        region_kind = "float"
+    why = f"leakdbt check: {kind.value} leak at {place.symbolic} ({text})"
+    return f'[[protect.region]]\nat = "{at}"\nkind = "{region_kind}"\nwhy = "{why}"\n'
+
+
+def _function_at(image: Image, address: int) -> Symbol | None:
+    for func in reversed(image.functions):
+        if func.value <= address:
+            lo, hi = image.extent(func)
+            return func if lo <= address < hi else None
+    return None

@@ -1,0 +1,326 @@
+"""Observers: what an adversary sees of one run, recorded for the code a contract scopes.
+
+Three observers, chosen by the contract's adversary (``leakdbt.contract.mapping``):
+
+- **control flow**: the sequence of basic blocks executed;
+- **memory**: each data access, as (kind, address // unit) — unit 64 (cache line), 4096
+  (page) or 1 (byte);
+- **latency**: each instruction of a variable-latency class on the CPU profile, with the
+  operand properties that decide its time (:func:`operand_class`).
+
+Scope.  With ``protect.functions``, an observation counts only while a scoped function is
+running — from its entry until it returns, callees included; without, the whole run.
+
+Every run keeps a digest per observer (cheap); a *full* run also keeps the events, each
+tagged with the index of the block it happened in, so that two runs can be aligned block by
+block (leakdbt.leakage.align).  A per-run cost estimate (:data:`COST`) is a model, not a
+measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
+from unicorn import x86_const as x
+
+from leakdbt.dbt.insn import decode
+from leakdbt.machine.machine import Machine
+from leakdbt.machine.memory import PAGE
+
+CONTROL_FLOW, MEMORY, LATENCY = "control-flow", "memory", "latency"
+OBSERVERS = (CONTROL_FLOW, MEMORY, LATENCY)
+
+# Instruction classes whose latency may depend on operands (profiles.LATENCY_CLASSES keys).
+INT_DIV = frozenset({"div", "idiv"})
+FP_DIV = frozenset({"divss", "divsd", "divps", "divpd", "fdiv", "fdivp", "fdivr", "fdivrp"})
+FP_SQRT = frozenset({"sqrtss", "sqrtsd", "sqrtps", "sqrtpd", "fsqrt"})
+FP_ARITH = frozenset({"addss", "addsd", "addps", "addpd", "subss", "subsd", "subps", "subpd",
+                      "mulss", "mulsd", "mulps", "mulpd"}) | FP_DIV | FP_SQRT
+CLASS_MNEMONICS: dict[str, frozenset[str]] = {
+    "int-div": INT_DIV, "fp-div": FP_DIV, "fp-sqrt": FP_SQRT, "fp-subnormal": FP_ARITH,
+}
+
+COST = {"default": 1, "int-div": 26, "fp-div": 14, "fp-sqrt": 18, "subnormal": 150}
+"""The cost model (cycles): every instruction 1, a division or square root its typical
+latency, and a subnormal operand a microcode assist.  Rough published orders of magnitude,
+used only to rank runs; not a measurement."""
+
+MXCSR_DAZ = 1 << 6  # denormals are zero: subnormal SSE inputs are read as zero
+
+GPR = {name: getattr(x, f"UC_X86_REG_{name.upper()}") for name in (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+    "r13", "r14", "r15")}
+
+
+@dataclass(frozen=True)
+class LatencySite:
+    """A variable-latency instruction and how to read its operands."""
+
+    address: int
+    mnemonic: str
+    cls: str  # a CLASS_MNEMONICS key
+    operands: tuple[tuple[str, Any], ...]  # ("reg", name) / ("xmm", n) / ("mem", (b,i,s,d))
+    width: int  # operand bytes
+
+
+@dataclass
+class Trace:
+    """One run's observations."""
+
+    digests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OBSERVERS, 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OBSERVERS, 0))
+    instructions: int = 0  # in scope
+    cost: int = 0  # the cost model's estimate, in scope
+    scope_ns: int = 0  # host time spent in scope (emulation, hooks included)
+    blocks: list[tuple[int, int, int]] = field(default_factory=list)
+    # full: (address, its last instruction, RSP when it starts)
+    memory: list[tuple[int, int, str, int]] = field(default_factory=list)  # (block, pc, kind, unit)
+    latency: list[tuple[int, int, str]] = field(default_factory=list)  # (block, pc, operands)
+
+
+class RunObserver:
+    """Attaches the observers to a machine for one run (see the module doc)."""
+
+    def __init__(self, machine: Machine, observers: Sequence[str], unit: int,
+                 latency_classes: Sequence[str], scope: Sequence[int] | None,
+                 full: bool = False) -> None:
+        """``scope``: runtime entry addresses of the scoped functions (None: everything);
+        more can be added with :meth:`add_scope` as libraries load."""
+        self.machine = machine
+        self.uc = machine.uc
+        self.observers = frozenset(observers)
+        self.unit = unit
+        self.classes = tuple(c for c in CLASS_MNEMONICS if c in latency_classes)
+        self.full = full
+        self.trace = Trace()
+        self.active = scope is None
+        self.everywhere = scope is None
+        self._entry_rsp = 0
+        self._current = (0, 0)  # the block running now: (address, size)
+        self._entered_ns = time.perf_counter_ns()
+        # block -> (instructions, cost, address of its last instruction)
+        self._insn_counts: dict[int, tuple[int, int, int]] = {}
+        self._sites: dict[int, LatencySite | None] = {}
+        self._site_hooks: set[int] = set()
+        uc = self.uc
+        uc.hook_add(UC_HOOK_BLOCK, machine.guard(self._on_block))
+        if MEMORY in self.observers:
+            uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, machine.guard(self._on_access))
+        if LATENCY in self.observers and self.classes:
+            machine.mem.exec_page_listeners.append(self._scan_page)
+            for page in machine.mem.code_pages_in_use():
+                self._scan_page(page)
+        for entry in scope or ():
+            self.add_scope(entry)
+
+    # -- scope ------------------------------------------------------------------------------
+
+    def add_scope(self, entry: int) -> None:
+        """Observe from each entry of the function at runtime address ``entry``."""
+        self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_entry), None, entry, entry)
+
+    def _on_entry(self, uc: Any, address: int, size: int, _ud: object) -> None:
+        if not self.active:
+            self.active = True
+            self._entered_ns = time.perf_counter_ns()
+            self._entry_rsp = uc.reg_read(x.UC_X86_REG_RSP)
+            if self._current[0] == address:  # the block hook ran before: count its block
+                self._record(*self._current)
+
+    # -- control flow and the cost model ------------------------------------------------------
+
+    def _on_block(self, uc: Any, address: int, size: int, _ud: object) -> None:
+        if not self.everywhere and self.active and uc.reg_read(x.UC_X86_REG_RSP) > self._entry_rsp:
+            self.active = False  # the scoped function has returned
+            self.trace.scope_ns += time.perf_counter_ns() - self._entered_ns
+        self._current = (address, size)
+        if self.active:
+            self._record(address, size)
+
+    def _record(self, address: int, size: int) -> None:
+        t = self.trace
+        t.digests[CONTROL_FLOW] = hash((t.digests[CONTROL_FLOW], address))
+        t.counts[CONTROL_FLOW] += 1
+        counts = self._insn_counts.get(address)
+        if counts is None:
+            counts = self._insn_counts[address] = self._count(address, size)
+        t.instructions += counts[0]
+        t.cost += counts[1]
+        if self.full:
+            t.blocks.append((address, counts[2], self.uc.reg_read(x.UC_X86_REG_RSP)))
+
+    def _count(self, address: int, size: int) -> tuple[int, int, int]:
+        code = bytes(self.uc.mem_read(address, size))
+        n = cost = 0
+        at = last = 0
+        while at < size:
+            insn = decode(code[at:], address + at)
+            if insn is None:
+                break
+            n += 1
+            cost += next((COST[c] for c, m in CLASS_MNEMONICS.items()
+                          if c != "fp-subnormal" and insn.mnemonic in m), COST["default"])
+            last = at
+            at += insn.size
+        return n, cost, address + last
+
+    # -- memory ------------------------------------------------------------------------------
+
+    def _on_access(self, uc: Any, access: int, address: int, size: int, value: int,
+                   _ud: object) -> None:
+        if not self.active:
+            return
+        kind = "w" if access == UC_MEM_WRITE else "r"
+        t = self.trace
+        unit = self.unit
+        for u in range(address // unit, (address + size - 1) // unit + 1):
+            t.digests[MEMORY] = hash((t.digests[MEMORY], kind, u))
+            t.counts[MEMORY] += 1
+            if self.full:
+                pc = uc.reg_read(x.UC_X86_REG_RIP)
+                t.memory.append((len(t.blocks) - 1, pc, kind, u))
+
+    # -- variable latency ----------------------------------------------------------------------
+
+    def _scan_page(self, page: int) -> None:
+        """Hook every variable-latency instruction of a code page about to be used."""
+        code = bytes(self.uc.mem_read(page, PAGE))
+        if self.machine.mem.find(page + PAGE) is not None:
+            code += bytes(self.uc.mem_read(page + PAGE, 15))  # an instruction may cross
+        for address, site in _latency_sites(code, page, self.classes):
+            if address not in self._site_hooks:
+                self._sites[address] = site
+                self._site_hooks.add(address)
+                self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_latency), None,
+                                 address, address)
+
+    def _on_latency(self, uc: Any, address: int, size: int, _ud: object) -> None:
+        site = self._sites.get(address)
+        if not self.active or site is None:
+            return
+        props = operand_class(uc, site)
+        t = self.trace
+        t.digests[LATENCY] = hash((t.digests[LATENCY], address, props))
+        t.counts[LATENCY] += 1
+        if "subnormal" in props:
+            t.cost += COST["subnormal"]
+        if self.full:
+            t.latency.append((len(t.blocks) - 1, address, props))
+
+
+def _latency_sites(code: bytes, base: int, classes: Sequence[str]
+                   ) -> list[tuple[int, LatencySite]]:
+    """Instructions of the latency ``classes`` found by a linear sweep of ``code`` at
+    ``base`` (a page, plus the bytes an instruction at its end may need)."""
+    from capstone import x86 as cx
+
+    found = []
+    for ci in _detail_decoder().disasm(code, base):
+        if ci.address >= base + PAGE:
+            break
+        cls = next((c for c in classes if ci.mnemonic in CLASS_MNEMONICS[c]), None)
+        if cls is None:
+            continue
+        operands: list[tuple[str, Any]] = []
+        width = 0
+        for op in ci.operands:
+            width = max(width, op.size)
+            if op.type == cx.X86_OP_REG:
+                name = ci.reg_name(op.reg)
+                operands.append(("xmm", int(name[3:])) if name.startswith("xmm")
+                                else ("reg", name))
+            elif op.type == cx.X86_OP_MEM:
+                m = op.mem
+                base_reg = ci.reg_name(m.base) if m.base else None
+                disp = m.disp + (ci.address + ci.size if base_reg == "rip" else 0)
+                operands.append(("mem", (None if base_reg == "rip" else base_reg,
+                                         ci.reg_name(m.index) if m.index else None, m.scale,
+                                         disp, op.size)))
+        if ci.mnemonic in INT_DIV:
+            operands = [("reg", "rax"), ("reg", "rdx"), *operands]
+        found.append((ci.address, LatencySite(ci.address, ci.mnemonic, cls, tuple(operands),
+                                              width)))
+    return found
+
+
+@lru_cache(maxsize=1)
+def _detail_decoder() -> Any:
+    import capstone
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def operand_class(uc: Any, site: LatencySite) -> str:
+    """The operand properties that decide ``site``'s latency, as text: for DIV/IDIV the
+    significant bits of dividend (RDX:RAX) and divisor — the quotient's length decides the
+    iterations on most cores; for floating-point division and square root each operand's
+    class (zero, subnormal, normal, inf, nan); for other floating-point arithmetic whether
+    each operand is subnormal (read as zero under MXCSR.DAZ).  Equal text: equal latency, as
+    far as the profile can tell."""
+    values = [_read_operand(uc, kind, what, site.width) for kind, what in site.operands]
+    if site.mnemonic in INT_DIV:
+        rax, rdx, divisor = values[0], values[1], values[-1]
+        width = site.width * 8
+        dividend = rdx << width | (rax & ((1 << width) - 1)) if width < 64 else rdx << 64 | rax
+        return f"dividend:{dividend.bit_length()} divisor:{divisor.bit_length()}"
+    double = site.mnemonic.endswith(("sd", "pd")) or site.mnemonic.startswith("f")
+    daz = not site.mnemonic.startswith("f") and uc.reg_read(x.UC_X86_REG_MXCSR) & MXCSR_DAZ
+    classes = [_fp_class(v, double, site.mnemonic.endswith(("ps", "pd"))) for v in values]
+    if daz:  # subnormal inputs are read as zero: no assist
+        classes = [c.replace("subnormal", "zero") for c in classes]
+    if site.cls == "fp-subnormal":  # only subnormal operands slow add/sub/mul down
+        classes = ["/".join("subnormal" if lane == "subnormal" else "other"
+                            for lane in c.split("/")) for c in classes]
+    return " ".join(classes)
+
+
+def _read_operand(uc: Any, kind: str, what: Any, width: int) -> int:
+    if kind == "reg":
+        return int(uc.reg_read(GPR.get(what) or getattr(x, f"UC_X86_REG_{what.upper()}")))
+    if kind == "xmm":
+        return int(uc.reg_read(getattr(x, f"UC_X86_REG_XMM{what}")))
+    base, index, scale, disp, size = what
+    address = disp
+    if base:
+        address += uc.reg_read(getattr(x, f"UC_X86_REG_{base.upper()}"))
+    if index:
+        address += scale * uc.reg_read(getattr(x, f"UC_X86_REG_{index.upper()}"))
+    return int.from_bytes(uc.mem_read(address & ((1 << 64) - 1), size), "little")
+
+
+def _fp_class(value: int, double: bool, packed: bool) -> str:
+    """Class of each float in ``value`` (one scalar, or every lane when packed)."""
+    lanes = (2 if double else 4) if packed else 1
+    size = 8 if double else 4
+    raw = value.to_bytes(16, "little")
+    out = []
+    for lane in range(lanes):
+        f = struct.unpack("<d" if double else "<f", raw[lane * size:(lane + 1) * size])[0]
+        if f == 0:
+            out.append("zero")
+        elif math.isnan(f):
+            out.append("nan")
+        elif math.isinf(f):
+            out.append("inf")
+        elif abs(f) < (2.2250738585072014e-308 if double else 1.1754943508222875e-38):
+            out.append("subnormal")
+        else:
+            out.append("normal")
+    return "/".join(out)
+
+
+def entries_in(functions: Sequence[tuple[str | None, int]], mod: Any) -> list[int]:
+    """Runtime entries, in the loaded module ``mod``, of those of ``functions`` ((module
+    file name or None for the main program, link-time start)) that it holds."""
+    names = {mod.name, mod.image.soname if mod.image else None} - {None}
+    return [start + mod.base for module, start in functions
+            if (module is None and mod.is_main) or (module in names and not mod.is_main)]
