@@ -330,6 +330,8 @@ def check_bench(leakdbt: list[str]) -> None:
     print("\n### leakdbt check: observer speed (sha256 1 MiB, one trial, scope block())\n")
     print("| observers | guest insns in scope | host time (s) | traced insns/s |")
     print("|---|---|---|---|")
+    plain = median_time([*leakdbt, exe, "1"])[0]
+    print(f"| none (plain `leakdbt exec`, whole run) | | {plain:.2f} | |")
     for observers in (("control-flow",), ("control-flow", "latency"),
                       ("control-flow", "latency", "memory")):
         n, t = observer_rate(exe, contract, ["1"], observers)

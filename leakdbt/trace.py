@@ -9,8 +9,9 @@ mode, the hardened copies in hardened mode — it records, in order:
 - the operands of every DIV/IDIV executed there (variable latency).
 
 Two runs with different secrets leak through a region exactly when their records differ.
-This is the recorder the hardening tests use; ``leakdbt check`` (docs/checking.md) builds
-on the same observations.  Memory hooks make every guest access slower, so it is attached
+This is the recorder the hardening tests use, scoped to the regions' code ranges;
+``leakdbt check`` observes the same things with :mod:`leakdbt.leakage.observe`, scoped to
+functions.  Memory hooks make every guest access slower, so it is attached
 only when asked for.
 """
 
@@ -24,11 +25,8 @@ from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_W
 from unicorn import x86_const as x
 
 from leakdbt.dbt.dispatch import Dispatcher
+from leakdbt.leakage.observe import LatencySite, latency_site, operand_values
 from leakdbt.machine.machine import Machine
-
-_DIVIDEND = (x.UC_X86_REG_RAX, x.UC_X86_REG_RDX)
-Divisor = tuple[str | None, str | None, str | None, int, int, int]  # reg, base, index, scale,
-# displacement, width: how to read a DIV/IDIV's divisor
 
 
 @dataclass
@@ -57,7 +55,7 @@ class LeakageRecorder:
         self.ranges = merged
         self._starts = [lo for lo, _ in merged]
         self.seen = Observations()
-        self._divisor: dict[int, Divisor | None] = {}
+        self._divisions: dict[int, LatencySite | None] = {}
         uc = machine.uc
         for lo, hi in merged:
             uc.hook_add(UC_HOOK_BLOCK, self._on_block, None, lo, hi - 1)
@@ -85,12 +83,13 @@ class LeakageRecorder:
 
     def _on_insn(self, uc: Any, address: int, size: int, _ud: object) -> None:
         self.seen.instructions += 1
-        if address not in self._divisor:
-            self._divisor[address] = _divisor_of(bytes(uc.mem_read(address, size)), address)
-        how = self._divisor[address]
-        if how is not None:
-            rax, rdx = (uc.reg_read(r) for r in _DIVIDEND)
-            self.seen.divisions.append((address, rax, rdx, _read_divisor(uc, how)))
+        if address not in self._divisions:
+            self._divisions[address] = latency_site(bytes(uc.mem_read(address, size)),
+                                                    address, ("int-div",))
+        site = self._divisions[address]
+        if site is not None:
+            rax, rdx, divisor = operand_values(uc, site)
+            self.seen.divisions.append((address, rax, rdx, divisor))
 
     def _on_access(self, uc: Any, access: int, address: int, size: int, value: int,
                    _ud: object) -> None:
@@ -98,36 +97,3 @@ class LeakageRecorder:
             kind = "write" if access == UC_MEM_WRITE else "read"
             first, last = address // self.unit, (address + size - 1) // self.unit
             self.seen.accesses += [(kind, u) for u in range(first, last + 1)]
-
-
-def _divisor_of(code: bytes, address: int) -> Divisor | None:
-    """How to read the divisor of the DIV/IDIV in ``code`` (None: not a division)."""
-    import capstone
-    from capstone import x86 as cx
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    for ci in md.disasm(code, address, 1):
-        if ci.mnemonic not in ("div", "idiv"):
-            return None
-        op = ci.operands[0]
-        if op.type == cx.X86_OP_REG:
-            return (ci.reg_name(op.reg), None, None, 1, 0, op.size)
-        mem = op.mem
-        base = ci.reg_name(mem.base) if mem.base else None
-        disp = mem.disp + (address + ci.size if base == "rip" else 0)
-        return (None, None if base == "rip" else base,
-                ci.reg_name(mem.index) if mem.index else None, mem.scale, disp, op.size)
-    return None
-
-
-def _read_divisor(uc: Any, how: Divisor) -> int:
-    reg, base, index, scale, disp, width = how
-    if reg is not None:
-        return int(uc.reg_read(getattr(x, f"UC_X86_REG_{reg.upper()}")))
-    address = disp
-    if base:
-        address += uc.reg_read(getattr(x, f"UC_X86_REG_{base.upper()}"))
-    if index:
-        address += scale * uc.reg_read(getattr(x, f"UC_X86_REG_{index.upper()}"))
-    return int.from_bytes(uc.mem_read(address & ((1 << 64) - 1), width), "little")

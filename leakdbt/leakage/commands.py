@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -82,8 +82,6 @@ def check(contract_path: str, mode: str, trials: int | None, seed: int | None, j
                                  list(args) or None), nl=False)
         return
     report = run_check(binary, contract, profile, options, list(args) or None)
-    if options.progress is not None:
-        sys.stderr.write("\r\x1b[K")
     command = ["leakdbt", "check", "--contract", contract_path, "--mode", mode]
     if cpu:
         command += ["--cpu", cpu]
@@ -104,12 +102,19 @@ def check(contract_path: str, mode: str, trials: int | None, seed: int | None, j
 
         text = to_text(report, " ".join(shlex.quote(c) if "{" not in c else c
                                         for c in command))
+    _finish(options, text, output, report.leaks)
+
+
+def _finish(options: CheckOptions, text: str, output: str | None, leaks: bool) -> NoReturn:
+    """Clear the progress line, write the report, exit 1 when it found leaks (else 0)."""
+    if options.progress is not None:
+        sys.stderr.write("\r\x1b[K")
     if output:
         with open(output, "w") as f:
             f.write(text)
     else:
         click.echo(text, nl=False)
-    sys.exit(1 if report.leaks else 0)
+    sys.exit(1 if leaks else 0)
 
 
 def _timing(contract_path: str, binary: str, args: tuple[str, ...], contract: Contract,
@@ -130,12 +135,5 @@ def _timing(contract_path: str, binary: str, args: tuple[str, ...], contract: Co
                          "at a time; use --measurements, --mode, --seed, --cpu)")
     report = run_timing(binary, contract, profile, options,
                         measurements or DEFAULT_MEASUREMENTS, list(args) or None)
-    if options.progress is not None:
-        sys.stderr.write("\r\x1b[K")
-    text = to_json(report) if fmt == "json" else to_text(report)
-    if output:
-        with open(output, "w") as f:
-            f.write(text)
-    else:
-        click.echo(text, nl=False)
-    sys.exit(1 if report.leaks else 0)
+    _finish(options, to_json(report) if fmt == "json" else to_text(report), output,
+            report.leaks)

@@ -215,15 +215,27 @@ class RunObserver:
             t.latency.append((len(t.blocks) - 1, address, props))
 
 
-def _latency_sites(code: bytes, base: int, classes: Sequence[str]
+def latency_site(code: bytes, address: int, classes: Sequence[str]) -> LatencySite | None:
+    """The instruction at the start of ``code`` as a site of ``classes``, or None."""
+    sites = _latency_sites(code[:15], address, classes, limit=address + 1)
+    return sites[0][1] if sites else None
+
+
+def operand_values(uc: Any, site: LatencySite) -> list[int]:
+    """The site's operands now (for DIV/IDIV: RAX, RDX, then the divisor)."""
+    return [_read_operand(uc, kind, what, site.width) for kind, what in site.operands]
+
+
+def _latency_sites(code: bytes, base: int, classes: Sequence[str], limit: int | None = None
                    ) -> list[tuple[int, LatencySite]]:
     """Instructions of the latency ``classes`` found by a linear sweep of ``code`` at
     ``base`` (a page, plus the bytes an instruction at its end may need)."""
     from capstone import x86 as cx
 
     found = []
+    end = base + PAGE if limit is None else limit
     for ci in _detail_decoder().disasm(code, base):
-        if ci.address >= base + PAGE:
+        if ci.address >= end:
             break
         cls = next((c for c in classes if ci.mnemonic in CLASS_MNEMONICS[c]), None)
         if cls is None:
@@ -266,7 +278,7 @@ def operand_class(uc: Any, site: LatencySite) -> str:
     class (zero, subnormal, normal, inf, nan); for other floating-point arithmetic whether
     each operand is subnormal (read as zero under MXCSR.DAZ).  Equal text: equal latency, as
     far as the profile can tell."""
-    values = [_read_operand(uc, kind, what, site.width) for kind, what in site.operands]
+    values = operand_values(uc, site)
     if site.mnemonic in INT_DIV:
         rax, rdx, divisor = values[0], values[1], values[-1]
         width = site.width * 8
