@@ -107,8 +107,8 @@ class RunObserver:
         self._entered_ns = time.perf_counter_ns()
         # block -> (instructions, cost, address of its last instruction)
         self._insn_counts: dict[int, tuple[int, int, int]] = {}
-        self._sites: dict[int, LatencySite | None] = {}
-        self._site_hooks: set[int] = set()
+        self._sites: dict[int, LatencySite] = {}  # variable-latency instructions now
+        self._hooked: set[int] = set()  # addresses with a hook (it outlives unmapped code)
         uc = self.uc
         uc.hook_add(UC_HOOK_BLOCK, machine.guard(self._on_block))
         if MEMORY in self.observers:
@@ -194,10 +194,13 @@ class RunObserver:
         code = bytes(self.uc.mem_read(page, PAGE))
         if self.machine.mem.find(page + PAGE) is not None:
             code += bytes(self.uc.mem_read(page + PAGE, 15))  # an instruction may cross
-        for address, site in _latency_sites(code, page, self.classes):
-            if address not in self._site_hooks:
-                self._sites[address] = site
-                self._site_hooks.add(address)
+        found = dict(_latency_sites(code, page, self.classes))
+        for address in [a for a in self._sites if page <= a < page + PAGE and a not in found]:
+            del self._sites[address]  # the page holds other code now
+        for address, site in found.items():
+            self._sites[address] = site
+            if address not in self._hooked:
+                self._hooked.add(address)
                 self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_latency), None,
                                  address, address)
 
