@@ -62,9 +62,25 @@ def cli() -> None:
 @click.option("--stats", is_flag=True, help="Print execution statistics on exit (stderr).")
 @click.option("--contract", "contract_path", type=click.Path(dir_okay=False), default=None,
               help="Security contract whose regions are translated.")
-@click.option("--mode", type=click.Choice(["fast", "hardened"]), default=None,
-              help="Run the contract's regions from the original code (fast) or the "
-                   "translated copies (hardened); default: from the contract's policy.")
+@click.option("--mode", type=click.Choice(["fast", "hardened", "adaptive"]), default=None,
+              help="Run the contract's regions from the original code (fast), the hardened "
+                   "copies (hardened), or switch between them as co-tenants come and go "
+                   "(adaptive); default: from the contract's policy.")
+@click.option("--detector", default="procfs", metavar="NAME[:ARG]",
+              help="Adaptive mode: the tenancy detector (leakdbt tenancy lists them).")
+@click.option("--poll-ms", type=click.FloatRange(min=0.1), default=None,
+              help="Adaptive mode: how often the detector is asked (default 20 ms).")
+@click.option("--hold-ms", type=click.FloatRange(min=0), default=None,
+              help="Adaptive mode: how long no co-tenant must be seen before running fast "
+                   "again (default 200 ms).")
+@click.option("--events", "events_path", type=click.Path(dir_okay=False), default=None,
+              help="Adaptive mode: write every switch as a JSON line to FILE.")
+@click.option("--trust-uid", type=int, multiple=True, metavar="UID",
+              help="Adaptive mode: processes of this user are trusted co-tenants.")
+@click.option("--trust-name", multiple=True, metavar="COMM",
+              help="Adaptive mode: processes with this command name are trusted.")
+@click.option("--trust-cgroup", multiple=True, metavar="PATH",
+              help="Adaptive mode: processes in this cgroup (or below) are trusted.")
 @click.option("--allow-unhardened", is_flag=True,
               help="Run regions that no pass can harden as they are (with the passes that "
                    "did apply) instead of stopping with an error.")
@@ -81,8 +97,11 @@ def cli() -> None:
 def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root: str,
          cwd: str | None, strict: bool, max_insns: int | None, timeout: float | None,
          max_memory: str | None, count_insns: bool, stats: bool, contract_path: str | None,
-         mode: str | None, allow_unhardened: bool, cpu: str | None, translate_all: bool,
-         functions: tuple[str, ...], binary: str, args: tuple[str, ...]) -> None:
+         mode: str | None, detector: str, poll_ms: float | None, hold_ms: float | None,
+         events_path: str | None, trust_uid: tuple[int, ...], trust_name: tuple[str, ...],
+         trust_cgroup: tuple[str, ...], allow_unhardened: bool, cpu: str | None,
+         translate_all: bool, functions: tuple[str, ...], binary: str,
+         args: tuple[str, ...]) -> None:
     """Run BINARY [ARGS]... under leakdbt; exit with the guest's status."""
     from leakdbt.dbt.dispatch import Mode, requests_from_contract
     from leakdbt.linux.launch import ExecOptions, execute
@@ -92,13 +111,10 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
         raise UsageError("--function selects functions for --translate-all")
     if translate_all and contract_path:
         raise UsageError("--translate-all and --contract cannot be combined")
-    for flag, given in (("--mode", mode), ("--allow-unhardened", allow_unhardened),
-                        ("--cpu", cpu)):
-        if given and not contract_path:
-            raise UsageError(f"{flag} needs --contract (the regions to harden)")
     regions = []
     run_mode = Mode.HARDENED
     hardener = None
+    monitor = None
     if contract_path:
         from leakdbt.contract import load, plan
         from leakdbt.contract.model import Policy
@@ -108,10 +124,28 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
 
         contract = load(contract_path, binary=binary)
         profile, _why = choose_profile(cpu)
-        regions = requests_from_contract(contract, plan(contract, profile))
+        the_plan = plan(contract, profile)
+        regions = requests_from_contract(contract, the_plan)
         hardener = Hardener(load_passes(), contract, profile, allow_unhardened)
-        policy_mode = Mode.FAST if contract.protect.policy is Policy.NEVER else Mode.HARDENED
-        run_mode = Mode(mode) if mode else policy_mode
+        # The policy in effect decides what "adaptive" (and no --mode) means.
+        policy_mode = {Policy.NEVER: "fast", Policy.ALWAYS: "hardened",
+                       Policy.ADAPTIVE: "adaptive"}[the_plan.mode]
+        wanted = mode or policy_mode
+        if wanted == "adaptive" and policy_mode != "adaptive":
+            wanted = policy_mode  # always regions stay hardened, never regions fast
+        if wanted == "adaptive":
+            monitor = _monitor_factory(contract, detector, poll_ms, hold_ms, events_path,
+                                       trust_uid, trust_name, trust_cgroup)
+            wanted = "hardened"  # until the first observation says otherwise
+        run_mode = Mode(wanted)
+    else:
+        given = [flag for flag, value in (
+            ("--mode", mode), ("--allow-unhardened", allow_unhardened), ("--cpu", cpu),
+            ("--detector", detector != "procfs"), ("--poll-ms", poll_ms),
+            ("--hold-ms", hold_ms), ("--events", events_path), ("--trust-uid", trust_uid),
+            ("--trust-name", trust_name), ("--trust-cgroup", trust_cgroup)) if value]
+        if given:
+            raise UsageError(f"{given[0]} needs --contract (the regions to harden)")
 
     env = {} if clear_env else dict(os.environ)
     for item in env_items:
@@ -124,10 +158,28 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
         cwd=cwd, strict=strict, max_insns=max_insns or 0, count_insns=count_insns,
         timeout=timeout or 0.0, max_memory=_size(max_memory) if max_memory else 0,
         regions=regions, mode=run_mode, count_entries=stats,
-        translate_all=list(functions) if translate_all else None, hardener=hardener)
+        translate_all=list(functions) if translate_all else None, hardener=hardener,
+        monitor=monitor)
     result = execute(binary, options, on_exit=(lambda r: sys.stderr.write(format_stats(r)))
                      if stats else None)
     sys.exit(result.exit_status)
+
+
+def _monitor_factory(contract: Any, detector: str, poll_ms: float | None,
+                     hold_ms: float | None, events_path: str | None, trust_uid: tuple[int, ...],
+                     trust_name: tuple[str, ...], trust_cgroup: tuple[str, ...]) -> Any:
+    """How ``exec --mode adaptive`` makes its monitor once the dispatcher exists."""
+    from leakdbt.detectors import create_detector, default_context
+    from leakdbt.monitor.monitor import DEFAULT_HOLD_MS, DEFAULT_POLL_MS, Monitor
+
+    tenancy = create_detector(detector, default_context(trust_uid, trust_name, trust_cgroup))
+    events = open(events_path, "w") if events_path else None  # noqa: SIM115 - lives as long as the run
+
+    def make(dispatcher: Any) -> Monitor:
+        return Monitor(tenancy, dispatcher, contract.protect.adversary,
+                       poll_ms or DEFAULT_POLL_MS,
+                       DEFAULT_HOLD_MS if hold_ms is None else hold_ms, events)
+    return make
 
 
 @cli.command()
@@ -149,8 +201,10 @@ def _register_subcommands() -> None:
     from leakdbt.contract.commands import contract
     from leakdbt.dbt.commands import blocks, passes
     from leakdbt.leakage.commands import check
+    from leakdbt.monitor.commands import tenancy
 
     cli.add_command(check)
+    cli.add_command(tenancy)
     cli.add_command(contract)
     cli.add_command(blocks)
     cli.add_command(passes)

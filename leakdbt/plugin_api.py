@@ -1,4 +1,5 @@
-"""The plugin API for hardening passes: the only leakdbt module a pass imports.
+"""The plugin API for hardening passes and tenancy detectors: the only leakdbt module a
+plugin imports.
 
 A pass is a pure function of a region, the contract and the CPU profile: it never touches
 the emulator.  It says whether it applies to a region and returns either a :class:`Rewrite`
@@ -54,9 +55,11 @@ REGISTER64: Mapping[str, str] = REGS64
 """Every general register name (``eax``, ``r9b``, ``ah``, ...) → the 64-bit register it is
 part of (``rax``, ``r9``, ``rax``)."""
 
-__all__ = ["API_VERSION", "BlockView", "DataObject", "Flow", "HardeningPass", "INSN_SCRATCH",
-           "Insn", "REGION_SCRATCH", "REGISTER64", "RED_ZONE", "Refusal", "RegionView",
-           "Rewrite", "detail", "goto", "original"]
+__all__ = ["API_VERSION", "DETECTOR_API_VERSION", "SHARES", "BlockView", "CoTenant",
+           "DataObject", "DetectorContext", "DetectorFactory", "Flow", "HardeningPass",
+           "INSN_SCRATCH", "Insn", "REGION_SCRATCH", "REGISTER64", "RED_ZONE", "Refusal",
+           "RegionView", "Rewrite", "Tenancy", "TenancyDetector", "detail", "goto",
+           "original"]
 
 
 @lru_cache(maxsize=1)
@@ -191,4 +194,70 @@ class HardeningPass(Protocol):
     def harden(self, region: RegionView, contract: Contract, profile: Profile
                ) -> Rewrite | Refusal:
         """The hardened replacement for ``region``, or why there is none."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Tenancy detectors (leakdbt.detectors entry points): who shares which resource with us.
+
+DETECTOR_API_VERSION = 1
+"""The version of the detector interface; a detector declaring another is rejected."""
+
+SHARES = ("core", "cache", "machine")
+"""What a co-tenant shares with the program, most intimate first: ``core`` — our logical CPU
+(time-sliced) or its SMT sibling; ``cache`` — another core that shares our last-level
+cache; ``machine`` — anything else on the machine."""
+
+
+@dataclass(frozen=True)
+class CoTenant:
+    """Someone who shares a resource with the program, and the evidence for it."""
+
+    shares: str  # one of SHARES
+    pid: int = 0  # 0: not a process we can name (e.g. reported by an orchestrator)
+    name: str = ""  # command name, VM name, ...
+    uid: int = -1
+    cpu: int = -1  # the CPU it last ran on, if known
+    evidence: str = ""
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """One answer of a detector: the co-tenants seen now (none: alone)."""
+
+    cotenants: tuple[CoTenant, ...] = ()
+    evidence: str = ""  # how the detector knows (files read, rule applied)
+
+
+@dataclass(frozen=True)
+class DetectorContext:
+    """What a detector is told when it is created."""
+
+    argument: str  # the text after ``NAME:`` in ``--detector NAME:ARG`` ("" if none)
+    pid: int  # our process (the emulator's)
+    cpus: frozenset[int]  # our CPU affinity
+    trusted_uids: frozenset[int] = frozenset()
+    trusted_names: frozenset[str] = frozenset()  # command names
+    trusted_cgroups: frozenset[str] = frozenset()  # cgroup paths (prefix match)
+
+
+@runtime_checkable
+class TenancyDetector(Protocol):
+    """A detector: ``observe()`` answers "who shares which resource with me right now".  It
+    may raise (any exception): the monitor then assumes the worst and runs hardened."""
+
+    def observe(self) -> Tenancy:
+        ...
+
+
+@runtime_checkable
+class DetectorFactory(Protocol):
+    """What a ``leakdbt.detectors`` entry point names: ``create(context)`` makes a detector
+    (raising ValueError with a message for a bad argument)."""
+
+    name: str
+    api_version: int
+    description: str
+
+    def create(self, context: DetectorContext) -> TenancyDetector:
         ...

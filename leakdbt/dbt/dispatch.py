@@ -93,6 +93,7 @@ class DispatchStats:
     refused: dict[str, str] = field(default_factory=dict)  # name -> reason (translate-all)
     translate_seconds: float = 0.0
     switches: int = 0
+    switched_at: list[tuple[str, float]] = field(default_factory=list)  # (mode, time.time())
 
 
 class Dispatcher:
@@ -292,6 +293,7 @@ class Dispatcher:
             else:
                 self._uninstall(site)
         self.stats.switches += 1
+        self.stats.switched_at.append((mode.value, time.time()))
 
     # -- translate-all ----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from leakdbt.loader.image import PF_R, PF_W, PF_X, ElfKind, Image
 from leakdbt.machine.cpu import hwcap
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import MMAP_TOP, PAGE, page_down, page_up
+from leakdbt.monitor.monitor import Monitor
 
 ELF_ET_DYN_BASE = 0x5555_5555_4000  # where Linux puts a PIE main program (no ASLR)
 STACK_TOP = 0x7FFF_FFFF_F000
@@ -59,6 +60,7 @@ class ExecOptions:
     on_modules: Callable[[ModuleMap], object] | None = None  # the module map, before on_start
     hardener: Hardener | None = None  # applies the contract's passes to its regions
     stdio: tuple[int, int, int] | None = None  # host fds for guest 0-2 (default: our own)
+    monitor: Callable[[Dispatcher], Monitor] | None = None  # adaptive mode: makes the monitor
     virtual_time: int | None = None  # seed: deterministic entropy and clocks (VirtualTime)
 
 
@@ -246,8 +248,14 @@ def execute(binary: str, options: ExecOptions,
         options.on_modules(kernel.modules)
     if options.on_start is not None:
         options.on_start(machine, translator)
+    monitor = None
+    if options.monitor is not None and translator is not None:
+        monitor = options.monitor(translator)
+        monitor.step()  # the starting cache, before the guest runs
     if translator is not None:
         translator.running = True
+    if monitor is not None:
+        monitor.start()
     try:
         machine.run(entry, max_insns=options.max_insns, timeout=options.timeout,
                     count_insns=options.count_insns)
@@ -256,12 +264,16 @@ def execute(binary: str, options: ExecOptions,
         status = e.exit_status
         raise
     finally:
+        if monitor is not None:
+            monitor.stop()
         kernel.fds.close_all()
         result = ExecResult(exit_status=status, wall_time=time.perf_counter() - start,
                             syscalls=dict(dispatcher.counts),
                             instructions=machine.instructions_executed(),
                             blocks_translated=machine.blocks_translated,
                             translation=translator.report() if translator else None)
+        if monitor is not None and result.translation is not None:
+            result.translation["monitor"] = monitor.report()
         if on_exit is not None:
             on_exit(result)
     return result

@@ -1,0 +1,119 @@
+"""``leakdbt tenancy``: what the tenancy detectors see right now.
+
+Registered by the top-level CLI with ``cli.add_command(tenancy)``.  For each detector
+(default: procfs and cpuset) it prints the co-tenants observed now, with their evidence, plus
+our pid, our CPUs and — from the detectors that read it — the CPU topology.  A detector whose
+observation raises is shown as ``error: ...`` (the monitor would run hardened); the exit
+status is still 0.  An unknown detector or a bad argument is a usage error (exit status 2).
+``--list`` only lists the installed detectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from leakdbt.detectors import DEFAULT_DETECTORS
+
+
+@click.command("tenancy")
+@click.option("--detector", "specs", multiple=True, metavar="NAME[:ARG]",
+              help=f"A detector to ask (repeatable; default: {', '.join(DEFAULT_DETECTORS)}).")
+@click.option("--trust-uid", "uids", multiple=True, type=click.IntRange(min=0), metavar="N",
+              help="Ignore processes of this user (repeatable).")
+@click.option("--trust-name", "names", multiple=True, metavar="NAME",
+              help="Ignore processes with this command name (repeatable).")
+@click.option("--trust-cgroup", "cgroups", multiple=True, metavar="PATH",
+              help="Ignore processes in this cgroup or below it (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--list", "list_only", is_flag=True,
+              help="Only list the installed detectors (name, description, origin).")
+def tenancy(specs: tuple[str, ...], uids: tuple[int, ...], names: tuple[str, ...],
+            cgroups: tuple[str, ...], fmt: str, list_only: bool) -> None:
+    """Show who shares our core, our last-level cache or the machine right now, as the
+    tenancy detectors of adaptive mode see it."""
+    import json
+
+    from leakdbt.detectors import create_detector, default_context, load_detectors
+
+    available = load_detectors()
+    if list_only:
+        rows = [{"name": d.name, "description": d.factory.description, "origin": d.origin}
+                for d in available.values()]
+        if fmt == "json":
+            click.echo(json.dumps({"detectors": rows}, indent=2))
+        else:
+            for r in rows:
+                click.echo(f"{r['name']}: {r['description']}  ({r['origin']})")
+        return
+    context = default_context(uids, names, cgroups)
+    detectors = [(spec, create_detector(spec, context, available))
+                 for spec in (specs or DEFAULT_DETECTORS)]
+    report: dict[str, Any] = {"pid": context.pid, "cpus": sorted(context.cpus),
+                              "topology": None, "detectors": []}
+    for spec, detector in detectors:
+        topology = getattr(detector, "topology", None)
+        if report["topology"] is None and hasattr(topology, "as_dict"):
+            report["topology"] = topology.as_dict()  # type: ignore[union-attr]
+        entry: dict[str, Any] = {"detector": spec}
+        try:
+            seen = detector.observe()
+        except Exception as e:  # noqa: BLE001 - shown, like the monitor treats it
+            entry["error"] = f"{type(e).__name__}: {e}"
+        else:
+            entry["cotenants"] = [
+                {"shares": c.shares, "pid": c.pid, "name": c.name, "uid": c.uid, "cpu": c.cpu,
+                 "evidence": c.evidence} for c in seen.cotenants]
+            entry["evidence"] = seen.evidence
+        report["detectors"].append(entry)
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(format_text(report))
+
+
+def _cpus(cpus: list[int]) -> str:
+    runs: list[str] = []
+    for c in cpus:
+        if runs and runs[-1].split("-")[-1] == str(c - 1):
+            runs[-1] = f"{runs[-1].split('-')[0]}-{c}"
+        else:
+            runs.append(str(c))
+    return ",".join(runs) or "-"
+
+
+def format_text(report: dict[str, Any]) -> str:
+    lines = [f"our process: pid {report['pid']}, CPUs {_cpus(report['cpus'])}"]
+    topo = report["topology"]
+    if topo is None:
+        lines.append("topology: not read (no detector asked reads it)")
+    else:
+        lines.append(f"online CPUs: {_cpus(topo['online'])}")
+        lines.append("cores (SMT siblings): "
+                     + "  ".join(_cpus(g) for g in topo["cores"]))
+        lines.append(f"LLC groups ({topo['llc_source']}): "
+                     + "  ".join(_cpus(g) for g in topo["llc_groups"]))
+    for entry in report["detectors"]:
+        lines.append("")
+        if "error" in entry:
+            lines.append(f"{entry['detector']}: error: {entry['error']}")
+            continue
+        cotenants = entry["cotenants"]
+        verdict = "alone" if not cotenants else f"{len(cotenants)} co-tenant" + (
+            "s" if len(cotenants) > 1 else "")
+        lines.append(f"{entry['detector']}: {verdict}")
+        for c in cotenants:
+            who = [c["shares"].ljust(7)]
+            if c["pid"]:
+                who.append(f"pid {c['pid']}")
+            who.append(c["name"] or "?")
+            if c["uid"] >= 0:
+                who.append(f"uid {c['uid']}")
+            if c["cpu"] >= 0:
+                who.append(f"cpu {c['cpu']}")
+            lines.append("  " + "  ".join(who) + (f"  -- {c['evidence']}" if c["evidence"]
+                                                  else ""))
+        lines.append(f"  evidence: {entry['evidence']}")
+    return "\n".join(lines)
