@@ -178,6 +178,7 @@ def main() -> None:
     translation_bench(leakdbt)
     hardening_bench(leakdbt)
     check_bench(leakdbt)
+    adaptive_bench(leakdbt)
 
 
 def median_time(argv: list[str], expected: bytes | None = None) -> tuple[float, bytes]:
@@ -352,6 +353,100 @@ def check_bench(leakdbt: list[str]) -> None:
                 raise SystemExit(f"check failed: {out.stderr}")
             points = len(json.loads(out.stdout)["findings"])
             print(f"| {name} | {mode} | {jobs} | {took:.2f} | {points} |")
+
+
+def switch_latency(changes: int = 20, period: float = 0.4) -> list[float]:
+    """Milliseconds from a co-tenant appearing (an orchestrator's state file says so) to the
+    hardened entry jumps being installed, for ``changes`` appearances in one long run with
+    the default poll interval and hold-down.  region_loop enters its region every few
+    nanoseconds, so the next entry after the install runs hardened."""
+    import tempfile
+    import threading
+
+    sys.path.insert(0, str(REPO))
+    from leakdbt.contract import load, plan
+    from leakdbt.contract.profiles import get_profile
+    from leakdbt.dbt.dispatch import Dispatcher, Mode, requests_from_contract
+    from leakdbt.dbt.harden import Hardener
+    from leakdbt.dbt.passes import load_passes
+    from leakdbt.detectors import create_detector, default_context
+    from leakdbt.linux.launch import ExecOptions, execute
+    from leakdbt.monitor.monitor import Monitor
+
+    exe = str(BUILD / "region_loop")
+    c = load(REPO / "contracts" / "region_loop.toml", binary=exe)
+    profile = get_profile(BENCH_CPU)
+    state = Path(tempfile.mkdtemp()) / "tenancy.json"
+
+    def write(shares: list[str]) -> float:
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"updated": time.time(), "cotenants": [
+            {"shares": s, "name": "bench"} for s in shares]}))
+        tmp.replace(state)
+        return time.time()
+
+    write([])
+    appeared: list[float] = []
+    dispatchers: list[Dispatcher] = []
+    done = threading.Event()
+
+    def orchestrate() -> None:
+        time.sleep(0.5)  # the guest is running
+        for _ in range(changes):
+            appeared.append(write(["core"]))
+            time.sleep(period / 2)
+            write([])
+            time.sleep(period / 2)
+        done.set()
+
+    def make(d: Dispatcher) -> Monitor:
+        dispatchers.append(d)
+        return Monitor(create_detector(f"file:{state}", default_context()), d,
+                       c.protect.adversary)
+
+    threading.Thread(target=orchestrate, daemon=True).start()
+    options = ExecOptions(argv=[exe, "4000000000"], env=[], mode=Mode.HARDENED,
+                          regions=requests_from_contract(c, plan(c, profile)),
+                          hardener=Hardener(load_passes(), c, profile), monitor=make,
+                          timeout=0.8 + changes * period)
+    with open(os.devnull, "w") as null:
+        saved = os.dup(1)
+        os.dup2(null.fileno(), 1)
+        try:
+            execute(exe, options)
+        except Exception:  # noqa: BLE001 - the timeout ends the run
+            pass
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+    installs = [t for mode, t in dispatchers[0].stats.switched_at if mode == "hardened"]
+    return [(min(t for t in installs if t >= a) - a) * 1000 for a in appeared
+            if any(t >= a for t in installs)]
+
+
+def adaptive_bench(leakdbt: list[str]) -> None:
+    """Adaptive mode against fast and hardened, and how fast it reacts."""
+    exe = str(BUILD / "region_loop")
+    calls = "20000000"
+    contract = ["--contract", str(REPO / "contracts" / "region_loop.toml")]
+    print(f"\n### Adaptive mode: region_loop, {int(calls):,} region entries (static)\n")
+    print("| runner | time (s) | vs fast |")
+    print("|---|---|---|")
+    fast, out = median_time([*leakdbt, *contract, "--mode", "fast", exe, calls])
+    rows = {"--mode fast": fast}
+    for label, extra in (
+            ("--mode adaptive --detector procfs (alone)", ["--detector", "procfs"]),
+            ("--mode adaptive --detector fixed:alone", ["--detector", "fixed:alone"]),
+            ("--mode adaptive --detector fixed:core", ["--detector", "fixed:core"]),
+            ("--mode hardened", None)):
+        mode = ["--mode", "hardened"] if extra is None else ["--mode", "adaptive", *extra]
+        rows[label] = median_time([*leakdbt, *contract, *mode, exe, calls], out)[0]
+    for label, t in rows.items():
+        print(f"| {label} | {t:.3f} | {t / fast:.3f}x |")
+    latencies = sorted(switch_latency())
+    print(f"\nco-tenant appears -> hardened entry jumps installed (file detector, default "
+          f"poll and hold-down, {len(latencies)} appearances): median "
+          f"{statistics.median(latencies):.1f} ms, worst {latencies[-1]:.1f} ms")
 
 
 if __name__ == "__main__":
