@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import types
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from leakdbt.errors import PluginError, UsageError
@@ -24,12 +23,10 @@ from leakdbt.plugin_api import (
     DetectorFactory,
     TenancyDetector,
 )
+from leakdbt.pluginload import Candidate, installed, load_all
 
 ENTRY_POINT_GROUP = "leakdbt.detectors"
 DEFAULT_DETECTORS = ("procfs", "cpuset")
-
-Candidate = tuple[str, Callable[[], object]]
-"""Where a detector comes from (for messages) and how to load it."""
 
 
 @dataclass(frozen=True)
@@ -44,24 +41,11 @@ class LoadedDetector:
         return self.factory.name
 
 
-def installed() -> list[Candidate]:
-    """The entry points of the ``leakdbt.detectors`` group, as load candidates."""
-    from importlib.metadata import entry_points
-
-    return [(f"entry point {ep.name!r} ({ep.value})", ep.load)
-            for ep in entry_points(group=ENTRY_POINT_GROUP)]
-
-
 def load_detectors(candidates: Iterable[Candidate] | None = None) -> dict[str, LoadedDetector]:
     """The detectors of ``candidates`` (default: the installed ones) by name, sorted."""
     by_name: dict[str, LoadedDetector] = {}
-    for origin, load in (installed() if candidates is None else candidates):
-        try:
-            obj = load()
-        except Exception as e:  # noqa: BLE001 - any import-time failure rejects the plugin
-            raise PluginError(f"{origin}: cannot be loaded: {type(e).__name__}: {e}") from None
-        if isinstance(obj, types.ModuleType):
-            obj = getattr(obj, "DETECTOR", None)
+    for obj, origin in load_all(installed(ENTRY_POINT_GROUP) if candidates is None
+                                else candidates, "DETECTOR"):
         d = LoadedDetector(_checked(obj, origin), origin)
         if d.name in by_name:
             raise PluginError(f"detector {d.name!r} is defined twice: by "

@@ -9,18 +9,15 @@ that names it and where it came from.
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from leakdbt.contract.mapping import PASS_ORDER
 from leakdbt.errors import PluginError
 from leakdbt.plugin_api import API_VERSION, HardeningPass
+from leakdbt.pluginload import Candidate, installed, load_all
 
 ENTRY_POINT_GROUP = "leakdbt.passes"
-
-Candidate = tuple[str, Callable[[], object]]
-"""Where a pass comes from (for messages) and how to load it."""
 
 
 @dataclass(frozen=True)
@@ -35,25 +32,11 @@ class LoadedPass:
         return self.hardening.name
 
 
-def installed() -> list[Candidate]:
-    """The entry points of the ``leakdbt.passes`` group, as load candidates."""
-    from importlib.metadata import entry_points
-
-    return [(f"entry point {ep.name!r} ({ep.value})", ep.load)
-            for ep in entry_points(group=ENTRY_POINT_GROUP)]
-
-
 def load_passes(candidates: Iterable[Candidate] | None = None) -> list[LoadedPass]:
     """The passes of ``candidates`` (default: the installed ones) in the order they run."""
-    loaded: list[LoadedPass] = []
-    for origin, load in (installed() if candidates is None else candidates):
-        try:
-            obj = load()
-        except Exception as e:  # noqa: BLE001 - any import-time failure rejects the plugin
-            raise PluginError(f"{origin}: cannot be loaded: {type(e).__name__}: {e}") from None
-        if isinstance(obj, types.ModuleType):
-            obj = getattr(obj, "PASS", None)
-        loaded.append(LoadedPass(_checked(obj, origin), origin))
+    found = load_all(installed(ENTRY_POINT_GROUP) if candidates is None else candidates,
+                     "PASS")
+    loaded = [LoadedPass(_checked(obj, origin), origin) for obj, origin in found]
     by_name: dict[str, LoadedPass] = {}
     for p in loaded:
         if p.name in by_name:
