@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from leakdbt.dbt.cfg import REGS64
-from leakdbt.dbt.insn import Flow, Insn
+from leakdbt.dbt.insn import REGS64, Flow, Insn
 
 if TYPE_CHECKING:
     from leakdbt.contract.model import Contract

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from leakdbt.dbt.insn import Flow, Insn, decode
+from leakdbt.dbt.insn import REGS64, Flow, Insn, decode
 from leakdbt.loader.image import Image, Symbol, per_image
 
 # Functions that never return (C library and compiler runtime); a call to one ends its path.
@@ -42,14 +42,6 @@ NORETURN = frozenset({
     "__libc_start_main", "__libc_start_call_main", "exit_group", "__malloc_assert",
 })
 MAX_JUMP_TABLE = 4096
-REGS64 = {  # 8/16/32-bit register names -> the 64-bit register they are part of
-    **{f"r{i}{s}": f"r{i}" for i in range(8, 16) for s in ("", "d", "w", "b")},
-    **{r: f"r{r[1:]}" for r in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")},
-    **{f"r{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
-    **{r: f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
-    **{f"{c}l": f"r{c}x" for c in "abcd"}, **{f"{c}h": f"r{c}x" for c in "abcd"},
-    **{"sil": "rsi", "dil": "rdi", "bpl": "rbp", "spl": "rsp"},
-}
 
 
 class EdgeKind(enum.Enum):
