@@ -1,0 +1,1 @@
+"""Dynamic analyses over a running guest (taint tracking: :mod:`leakdbt.analysis.taint`)."""

@@ -1,0 +1,338 @@
+"""Dynamic taint tracking on a running guest: a shadow state updated before every instruction
+(a UC_HOOK_CODE), and findings where tainted data reaches something observable.
+
+Findings (aggregated per (kind, address), with counts and the union of labels seen):
+
+- ``control-flow``: a conditional branch (jcc) whose flags are tainted, a ``jrcxz``/``loop``
+  whose rcx is tainted, an indirect jump or call whose target is tainted;
+- ``memory-access``: a memory operand whose address registers are tainted;
+- ``variable-latency``: ``div``/``idiv`` with a tainted dividend or divisor, SSE/AVX float
+  arithmetic (add/sub/mul/div/sqrt/min/max, scalar or packed) with a tainted operand.
+
+Implicit flows (``implicit=True``, the default): after a tainted *forward* conditional branch
+whose skipped code is a simple if-then body (a *hammock*: within ``IMPLICIT_SPAN`` bytes, no
+call, return or indirect jump, every branch in it stays in it; see :meth:`_hammock`),
+everything the instructions between the branch and its target write also gets the branch's
+labels, until execution reaches the target or leaves the region.  A forward branch over
+anything bigger (typically an error check jumping to a far exit path) opens no region: with it
+everything after a validity check of the secret would be tainted.  That is what
+makes ``r = r * b % m`` under ``if (secret bit)`` tainted.  Only the path that runs the
+region is tracked (not the values the other path would have written); loops with tainted
+exit conditions are not followed.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from unicorn import UC_HOOK_CODE, Uc
+from unicorn import x86_const as ux
+
+from leakdbt.analysis.rules import (
+    CONDITIONS,
+    REGISTERS,
+    SSE_FLOAT_ARITH,
+    Insn,
+    Op,
+    RegLoc,
+    Shadow,
+    decode,
+    div_inputs,
+    is_default,
+    read_op,
+    union,
+)
+from leakdbt.machine.machine import Machine
+
+CONTROL_FLOW = "control-flow"
+MEMORY_ACCESS = "memory-access"
+VARIABLE_LATENCY = "variable-latency"
+IMPLICIT_SPAN = 4096
+
+_JCC = frozenset(f"j{c}" for c in CONDITIONS)
+_RCX_BRANCHES = frozenset({"jrcxz", "jecxz", "loop", "loope", "loopne"})
+_NO_ACCESS = frozenset({"lea", "nop", "prefetcht0", "prefetcht1", "prefetcht2",
+                        "prefetchnta", "prefetchw"})
+_UC_REGS = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in REGISTERS
+            if hasattr(ux, f"UC_X86_REG_{name.upper()}")}
+SYS_READ, SYS_PREAD64, SYS_MMAP = 0, 17, 9
+
+
+@dataclass
+class Finding:
+    kind: str
+    address: int
+    labels: int
+    count: int
+    where: str = ""
+
+    def describe(self) -> str:
+        return f"{self.kind} at {self.where or hex(self.address)} labels={self.labels:#x} " \
+               f"x{self.count}"
+
+
+@dataclass
+class _Implicit:
+    start: int
+    end: int
+    labels: int
+    rsp: int
+
+
+class TaintTracker:
+    """Byte-granular taint over a :class:`Machine`'s registers, flags and memory.
+
+    Attach before the guest runs (from ``ExecOptions.on_start``); mark sources with
+    :meth:`taint_register`, :meth:`taint_memory` or :meth:`taint_argv`; read
+    :meth:`findings` afterwards.  ``scope`` limits the code hook to [begin, end) (taint is then
+    not propagated by code outside it).
+    """
+
+    def __init__(self, machine: Machine, *, scope: tuple[int, int] | None = None,
+                 implicit: bool = True) -> None:
+        self.machine = machine
+        self.uc: Uc = machine.uc
+        self.shadow = Shadow()
+        self.implicit = implicit
+        self.instructions = 0
+        self.elapsed = 0.0
+        self.default_counts: Counter[str] = Counter()
+        self._cache: dict[int, Insn] = {}
+        self._md = Cs(CS_ARCH_X86, CS_MODE_64)
+        self._md.detail = True
+        self._found: dict[tuple[str, int], Finding] = {}
+        self._implicit: list[_Implicit] = []
+        self._hammocks: dict[tuple[int, int], bool] = {}
+        self._md_plain = Cs(CS_ARCH_X86, CS_MODE_64)
+        begin, end = scope if scope is not None else (1, 0)
+        self.uc.hook_add(UC_HOOK_CODE, machine.guard(self._on_insn), None, begin, end)
+        self._syscall = machine.syscall_handler
+        machine.syscall_handler = self._on_syscall
+
+    # -- sources ----------------------------------------------------------------------------------
+
+    def taint_register(self, reg: str, labels: int, nbytes: int | None = None) -> None:
+        loc = REGISTERS[reg]
+        n = loc.size if nbytes is None else nbytes
+        self.shadow.set_reg(loc, [labels] * n + self.shadow.reg(loc)[n:])
+
+    def taint_memory(self, address: int, length: int, labels: int) -> None:
+        self.shadow.store(address, [labels] * length)
+
+    def argv_string(self, index: int) -> tuple[int, int]:
+        """(address, length) of argv[index]'s bytes, from the initial stack (call before the
+        guest runs: rsp points at argc, the argv pointers follow)."""
+        rsp = self.machine.reg("rsp")
+        argc = struct.unpack("<Q", bytes(self.uc.mem_read(rsp, 8)))[0]
+        if not 0 <= index < argc:
+            raise IndexError(f"argv[{index}] with argc={argc}")
+        ptr = struct.unpack("<Q", bytes(self.uc.mem_read(rsp + 8 + 8 * index, 8)))[0]
+        n = 0
+        while self.uc.mem_read(ptr + n, 1) != b"\0":
+            n += 1
+        return ptr, n
+
+    def taint_argv(self, index: int, labels: int) -> tuple[int, int]:
+        ptr, n = self.argv_string(index)
+        self.taint_memory(ptr, n, labels)
+        return ptr, n
+
+    # -- results ----------------------------------------------------------------------------------
+
+    def findings(self) -> list[Finding]:
+        out = sorted(self._found.values(), key=lambda f: (f.address, f.kind))
+        for f in out:
+            f.where = self.machine.symbolize(f.address)
+        return out
+
+    def speed(self) -> float:
+        """Guest instructions per second spent under the tracker's hook."""
+        return self.instructions / self.elapsed if self.elapsed else 0.0
+
+    # -- the hook --------------------------------------------------------------------------------
+
+    def _decode(self, address: int, size: int) -> Insn:
+        code = bytes(self.uc.mem_read(address, max(size, 1) if size < 16 else 16))
+        cs = next(self._md.disasm(code, address, 1), None)
+        if cs is None:  # let the engine raise the fault; no data flow
+            return Insn(address, size, "(bad)", ())
+        return decode(cs)
+
+    def _reg_value(self, loc: RegLoc | None) -> int:
+        if loc is None:
+            return 0
+        return int(self.uc.reg_read(_UC_REGS[loc.name]))
+
+    def _address(self, ins: Insn, op: Op) -> int:
+        a = op.disp
+        if op.rip_relative:
+            a += ins.address + ins.size
+        elif op.base is not None:
+            a += self._reg_value(op.base)
+        if op.index is not None:
+            a += self._reg_value(op.index) * op.scale
+        if op.segment == "fs":
+            a += int(self.uc.reg_read(ux.UC_X86_REG_FS_BASE))
+        elif op.segment == "gs":
+            a += int(self.uc.reg_read(ux.UC_X86_REG_GS_BASE))
+        return a & 0xFFFF_FFFF_FFFF_FFFF
+
+    def _report(self, kind: str, address: int, labels: int) -> None:
+        f = self._found.get((kind, address))
+        if f is None:
+            self._found[(kind, address)] = Finding(kind, address, labels, 1)
+        else:
+            f.labels |= labels
+            f.count += 1
+
+    def _on_insn(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+        t0 = time.perf_counter()
+        self.instructions += 1
+        ins = self._cache.get(address)
+        if ins is None or ins.size != size:
+            ins = self._cache[address] = self._decode(address, size)
+        sh = self.shadow
+        m = ins.mnemonic
+        ea: list[int] = [0] * len(ins.ops)
+        for i, op in enumerate(ins.ops):
+            if op.kind == "m":
+                ea[i] = self._address(ins, op)
+                if m not in _NO_ACCESS and (op.base is not None or op.index is not None):
+                    t = sh.address_taint(op)
+                    if t:
+                        self._report(MEMORY_ACCESS, address, t)
+        if m in ("push", "pop", "call", "ret"):
+            ea.append(int(uc.reg_read(ux.UC_X86_REG_RSP)))
+        elif m == "leave":
+            ea.append(int(uc.reg_read(ux.UC_X86_REG_RBP)))
+        elif ins.rep and int(uc.reg_read(ux.UC_X86_REG_RCX)) == 0:
+            self.elapsed += time.perf_counter() - t0
+            return  # a rep string instruction with rcx = 0 does nothing
+        if self._implicit:
+            self._implicit_step(ins, ea)
+        else:
+            self._check(ins, ea)
+            assert ins.rule is not None
+            ins.rule(sh, ins, ea)
+        if is_default(m):
+            self.default_counts[m] += 1
+        self.elapsed += time.perf_counter() - t0
+
+    def _check(self, ins: Insn, ea: Sequence[int]) -> None:
+        sh, m, address = self.shadow, ins.mnemonic, ins.address
+        if m in _JCC:
+            if sh.flags:
+                self._report(CONTROL_FLOW, address, sh.flags)
+                if self.implicit and ins.ops and ins.ops[0].kind == "i":
+                    target = ins.ops[0].imm
+                    nxt = address + ins.size
+                    if self._hammock(nxt, target):
+                        rsp = int(self.uc.reg_read(ux.UC_X86_REG_RSP))
+                        self._implicit.append(_Implicit(nxt, target, sh.flags, rsp))
+        elif m in _RCX_BRANCHES:
+            t = union(sh.reg_named("rcx")) | (sh.flags if m in ("loope", "loopne") else 0)
+            if t:
+                self._report(CONTROL_FLOW, address, t)
+        elif m in ("jmp", "call") and ins.ops and ins.ops[0].kind != "i":
+            t = union(read_op(sh, ins, ea, 0))
+            if t:
+                self._report(CONTROL_FLOW, address, t)
+        elif m in ("div", "idiv"):
+            t = div_inputs(sh, ins, ea)
+            if t:
+                self._report(VARIABLE_LATENCY, address, t)
+        elif m in SSE_FLOAT_ARITH:
+            t = 0
+            for i, op in enumerate(ins.ops):
+                if op.read:
+                    t |= union(read_op(sh, ins, ea, i))
+            if t:
+                self._report(VARIABLE_LATENCY, address, t)
+
+    def _hammock(self, start: int, end: int) -> bool:
+        """Is [start, end) a simple if-then body: straight-line code or forward branches that
+        stay inside it, no call, return, indirect jump or system call (cached)?"""
+        key = (start, end)
+        ok = self._hammocks.get(key)
+        if ok is None:
+            ok = start < end <= start + IMPLICIT_SPAN
+            if ok:
+                code = bytes(self.uc.mem_read(start, end - start))
+                at = start
+                for cs in self._md_plain.disasm(code, start):
+                    at = cs.address + cs.size
+                    m = cs.mnemonic
+                    if m.startswith(("call", "ret", "syscall", "int", "hlt", "ud2")):
+                        ok = False
+                    elif m.startswith(("j", "loop")):
+                        try:
+                            target = int(cs.op_str, 16)
+                        except ValueError:
+                            target = -1
+                        ok = start <= target <= end
+                    if not ok:
+                        break
+                ok = ok and at == end
+            self._hammocks[key] = ok
+        return ok
+
+    def _implicit_step(self, ins: Insn, ea: Sequence[int]) -> None:
+        """Apply the rule, then add the labels of the enclosing tainted branches to whatever
+        the instruction wrote."""
+        rsp = int(self.uc.reg_read(ux.UC_X86_REG_RSP))
+        pc = ins.address
+        stack = self._implicit
+        while stack:
+            top = stack[-1]
+            if top.start <= pc < top.end or rsp < top.rsp:
+                break
+            stack.pop()
+        self._check(ins, ea)  # may open a new region: not applied to the branch itself
+        assert ins.rule is not None
+        ins.rule(self.shadow, ins, ea)
+        labels = 0
+        for ctx in stack:
+            if ctx.start <= pc < ctx.end or rsp < ctx.rsp:
+                labels |= ctx.labels
+        if not labels:
+            return
+        sh = self.shadow
+        for i, op in enumerate(ins.ops):
+            if op.written:
+                if op.kind == "r" and op.reg is not None:
+                    sh.set_reg(op.reg, [t | labels for t in sh.reg(op.reg)[:op.reg.size]])
+                elif op.kind == "m":
+                    a = ea[i]
+                    sh.store(a, [t | labels for t in sh.load(a, op.size)])
+        for loc in ins.implicit_writes:
+            if loc.name not in ("rsp", "esp"):
+                sh.set_reg(loc, [t | labels for t in sh.reg(loc)[:loc.size]])
+        if ins.writes_flags:
+            sh.flags |= labels
+        if ins.mnemonic in ("push", "call"):
+            a = ea[-1] - 8
+            sh.store(a, [t | labels for t in sh.load(a, 8)])
+
+    # -- system calls -----------------------------------------------------------------------------
+
+    def _on_syscall(self, machine: Machine) -> None:
+        """Data that comes from outside is clean: a read's buffer, a fresh mapping, and the
+        registers the kernel writes (rax, rcx, r11)."""
+        nr = machine.reg("rax")
+        buf, count = machine.reg("rsi"), machine.reg("rdx")
+        assert self._syscall is not None
+        self._syscall(machine)
+        result = machine.reg("rax")
+        sh = self.shadow
+        if nr in (SYS_READ, SYS_PREAD64) and 0 < result <= count:
+            sh.clear(buf, result)
+        elif nr == SYS_MMAP and result < 0xFFFF_FFFF_FFFF_F000:
+            sh.clear(result, buf)  # rsi: the length
+        for name in ("rax", "rcx", "r11"):
+            sh.set_reg_named(name, [0] * 8)
+
