@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -131,7 +130,6 @@ def _pinned_run(tmp_path: Path, contract: Path, busy_cpu: int) -> list[dict]:
     return events(log)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="procfs is Linux's")
 def test_procfs_sees_a_busy_process_on_our_cpu_and_its_exit(built: Path,
                                                             tmp_path: Path) -> None:
     log = _pinned_run(tmp_path, CONTRACT, busy_cpu=0)

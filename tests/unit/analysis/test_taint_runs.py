@@ -18,12 +18,11 @@ from leakdbt.linux.launch import ExecOptions, execute
 from leakdbt.machine.machine import Machine
 
 STATIC = Path(__file__).resolve().parents[3] / "test_binaries" / "build" / "static"
+pytestmark = pytest.mark.usefixtures("built")  # the test programs, built if needed
 
 
 def track(name: str, *args: str, implicit: bool = True) -> tuple[TaintTracker, int]:
     exe = STATIC / name
-    if not exe.exists():
-        pytest.skip(f"{exe} not built")
     box: dict[str, TaintTracker] = {}
 
     def start(machine: Machine, _translator: object) -> None:

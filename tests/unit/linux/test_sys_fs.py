@@ -134,9 +134,7 @@ def _check_stat(fields: dict[str, int], st: os.stat_result) -> None:
 
 
 def test_handler_numbers_match_unistd() -> None:
-    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
-    if not header.exists():
-        pytest.skip("no asm/unistd_64.h")
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")  # linux-libc-dev (DEBS)
     numbers = {
         m[1]: int(m[2]) for m in re.finditer(r"#define __NR_(\w+) (\d+)", header.read_text())
     }
