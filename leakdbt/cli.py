@@ -198,11 +198,13 @@ def info(fmt: str, binary: str) -> None:
 
 
 def _register_subcommands() -> None:
+    from leakdbt.analysis.commands import analyze
     from leakdbt.contract.commands import contract
     from leakdbt.dbt.commands import blocks, passes
     from leakdbt.leakage.commands import check
     from leakdbt.monitor.commands import tenancy
 
+    cli.add_command(analyze)
     cli.add_command(check)
     cli.add_command(tenancy)
     cli.add_command(contract)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from leakdbt.contract.edit import RegionEntry
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.insn import decode
 from leakdbt.errors import LeakDBTError
@@ -15,7 +16,7 @@ from leakdbt.loader.image import Image, Symbol
 
 
 @lru_cache(maxsize=32)
-def _image(path: str) -> Image | None:
+def image_of(path: str) -> Image | None:
     try:
         return load_image(path)
     except LeakDBTError:
@@ -32,7 +33,7 @@ def source_line(path: str, link_address: int) -> SourceLine | None:
 def describe_point(kind: LeakKind, mode: str, place: Place, distinct: int, trials: int,
                    witness: Witness, suggest: bool) -> Finding:
     """The finding for one leak point."""
-    image = _image(place.module_path) if place.module_path else None
+    image = image_of(place.module_path) if place.module_path else None
     text = "?"
     if image is not None:
         insn = decode(image.read(place.link_address, 15), place.link_address)
@@ -45,8 +46,15 @@ def describe_point(kind: LeakKind, mode: str, place: Place, distinct: int, trial
 
 
 def _suggestion(kind: LeakKind, place: Place, image: Image, text: str) -> str | None:
-    """A ``[[protect.region]]`` entry at the block holding the instruction."""
-    func = _function_at(image, place.link_address)
+    entry = suggest_region(kind, place, image, text)
+    return None if entry is None else entry.toml()
+
+
+def suggest_region(kind: LeakKind, place: Place, image: Image, text: str,
+                   tool: str = "leakdbt check") -> RegionEntry | None:
+    """The ``[[protect.region]]`` that covers the leak: the block holding the instruction,
+    with the kind of the pass that removes that kind of leak."""
+    func = function_at(image, place.link_address)
     if func is None:
         return None
     try:
@@ -66,11 +74,12 @@ def _suggestion(kind: LeakKind, place: Place, image: Image, text: str) -> str | 
         region_kind = "divide"
     else:
         region_kind = "float"
-    why = f"leakdbt check: {kind.value} leak at {place.symbolic} ({text})"
-    return f'[[protect.region]]\nat = "{at}"\nkind = "{region_kind}"\nwhy = "{why}"\n'
+    return RegionEntry(at, region_kind, f"{tool}: {kind.value} leak at {place.symbolic} "
+                                        f"({text})")
 
 
-def _function_at(image: Image, address: int) -> Symbol | None:
+def function_at(image: Image, address: int) -> Symbol | None:
+    """The function symbol whose extent holds link-time ``address``."""
     for func in reversed(image.functions):
         if func.value <= address:
             lo, hi = image.extent(func)

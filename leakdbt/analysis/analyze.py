@@ -1,0 +1,232 @@
+"""``leakdbt analyze``: run the program once with its secrets tainted, and turn what the taint
+reaches into findings and contract regions.
+
+The secrets get concrete values (the check's first trial) and a label each; the run is the
+same as a check trial (public inputs, virtual time).  Sources supported so far: ``argv``,
+``register`` and ``pointer`` (at every entry of their function) and ``symbol`` (at start);
+``env``, ``stdin`` and ``file`` secrets are refused with a message.  With
+``protect.functions``, findings are kept only inside those functions (their code, not their
+callees': a library routine that merely copies or prints the secret is the caller's
+business); without it, everywhere.
+
+Suggested regions are merged per block: a branch region covers the divisions, table
+accesses and floating point inside it (the contract mapping gives it those passes), so
+findings in the blocks of a suggested branch region add nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from unicorn import UC_HOOK_CODE
+
+from leakdbt.analysis.taint import TaintTracker
+from leakdbt.contract.edit import RegionEntry
+from leakdbt.contract.model import (
+    ArgvSource,
+    Contract,
+    PointerSource,
+    RegisterSource,
+    SymbolSource,
+)
+from leakdbt.dbt.cfg import function_cfg
+from leakdbt.dbt.dispatch import Dispatcher, Mode
+from leakdbt.dbt.insn import decode
+from leakdbt.dbt.region import form_region
+from leakdbt.errors import LeakDBTError, UsageError
+from leakdbt.leakage.findings import LeakKind, SourceLine
+from leakdbt.leakage.locate import function_at, image_of, source_line, suggest_region
+from leakdbt.leakage.observe import entries_in
+from leakdbt.leakage.trials import Place, TrialSetup, trial_inputs
+from leakdbt.linux.launch import ExecOptions, execute
+from leakdbt.linux.modules import LoadedModule, ModuleMap
+from leakdbt.loader.image import Image
+from leakdbt.machine.machine import Machine
+
+KINDS = {k.value: k for k in LeakKind}
+
+
+@dataclass(frozen=True)
+class AnalysisFinding:
+    """An instruction the secrets reach in an observable way."""
+
+    kind: LeakKind
+    location: str  # module:symbol+offset
+    address: int  # runtime
+    link_address: int
+    module: str
+    instruction: str
+    source: SourceLine | None
+    secrets: tuple[str, ...]  # the secrets it depends on
+    count: int  # how often it ran tainted
+
+
+@dataclass
+class AnalysisReport:
+    """What ``leakdbt analyze`` found."""
+
+    binary: str
+    contract: str
+    findings: list[AnalysisFinding] = field(default_factory=list)
+    regions: list[RegionEntry] = field(default_factory=list)
+    instructions: int = 0
+    default_rule: dict[str, int] = field(default_factory=dict)  # mnemonic -> instructions
+    seconds: float = 0.0
+
+
+def analyze(binary: str, contract: Contract, args: list[str] | None = None) -> AnalysisReport:
+    """Run ``binary`` once with the contract's secrets tainted (see the module doc)."""
+    started = time.monotonic()
+    if args is not None:
+        contract = replace(contract, check=replace(contract.check, args=tuple(args)))
+    for secret in contract.secrets:
+        if not isinstance(secret.source, ArgvSource | RegisterSource | PointerSource
+                          | SymbolSource):
+            raise UsageError(f"secret {secret.name}: leakdbt analyze does not taint "
+                             f"{secret.source.describe()} yet (argv, register, pointer and "
+                             "symbol secrets only)")
+    trial = trial_inputs(contract, 1, contract.check.seed)[0]
+    setup = TrialSetup(binary, contract, Mode.FAST)
+    box: dict[str, Any] = {}
+
+    def on_modules(modules: ModuleMap) -> None:
+        box["modules"] = modules
+
+    def on_start(machine: Machine, _dispatcher: Dispatcher | None) -> None:
+        box["tracker"] = _taint_sources(machine, box["modules"], contract)
+
+    with open(os.devnull, "w+b") as null:
+        fd = null.fileno()
+        options = ExecOptions(argv=setup.argv(trial), env=setup.env(trial), on_start=on_start,
+                              on_modules=on_modules, stdio=(fd, fd, fd), virtual_time=0)
+        # a crash or limit ends the run: what was seen until then still counts
+        with contextlib.suppress(LeakDBTError):
+            execute(binary, options)
+    tracker: TaintTracker = box["tracker"]
+    modules: ModuleMap = box["modules"]
+    report = AnalysisReport(binary, contract.path, instructions=tracker.instructions,
+                            default_rule=dict(tracker.default_counts.most_common()))
+    scoped = _scope(contract, modules)
+    for f in tracker.findings():
+        place = _place(modules, f.address)
+        if scoped is not None and not any(lo <= f.address < hi for lo, hi in scoped):
+            continue
+        image = image_of(place.module_path) if place.module_path else None
+        text = "?"
+        if image is not None:
+            insn = decode(image.read(place.link_address, 15), place.link_address)
+            text = insn.text if insn else "?"
+        names = tuple(s.name for i, s in enumerate(contract.secrets) if f.labels >> i & 1)
+        report.findings.append(AnalysisFinding(
+            KINDS[f.kind], place.symbolic, f.address, place.link_address, place.module, text,
+            source_line(place.module_path, place.link_address) if place.module_path else None,
+            names, f.count))
+    report.regions = _regions(report.findings, modules)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract) -> TaintTracker:
+    """A tracker with every secret's source tainted, now or when it enters."""
+    tracker = TaintTracker(machine)
+    binding = contract.binding
+    assert binding is not None
+    hooks: list[tuple[tuple[str | None, int], Any]] = []
+    symbols: list[tuple[str | None, int, int, int]] = []
+    for i, (secret, resolved) in enumerate(zip(contract.secrets, binding.secrets,
+                                               strict=True)):
+        label = 1 << i
+        source = secret.source
+        if isinstance(source, ArgvSource):
+            tracker.taint_argv(source.index, label)
+        elif isinstance(source, RegisterSource | PointerSource) and resolved is not None \
+                and resolved.function is not None:
+            hooks.append(((resolved.function.module, resolved.function.start),
+                          _entry_source(tracker, machine, source, label, secret.length)))
+        elif isinstance(source, SymbolSource) and resolved is not None \
+                and resolved.span is not None:
+            symbols.append((resolved.span.start.module, resolved.span.start.address,
+                            secret.length, label))
+
+    def on_module(mod: LoadedModule) -> None:
+        for where, hook in hooks:
+            for entry in entries_in([where], mod):
+                machine.uc.hook_add(UC_HOOK_CODE, machine.guard(hook), None, entry, entry)
+        for module, address, length, label in symbols:
+            if (module is None and mod.is_main) or module == mod.name:
+                tracker.taint_memory(address + mod.base, length, label)
+
+    for mod in modules.modules():
+        on_module(mod)
+    modules.listeners.append(on_module)
+    return tracker
+
+
+def _entry_source(tracker: TaintTracker, machine: Machine,
+                  source: RegisterSource | PointerSource, label: int, length: int) -> Any:
+    def hook(uc: Any, address: int, size: int, _ud: object) -> None:
+        if isinstance(source, PointerSource):
+            tracker.taint_memory(machine.reg(source.register), length, label)
+        else:
+            tracker.taint_register(source.register, label, min(length, 16))
+    return hook
+
+
+def _scope(contract: Contract, modules: ModuleMap) -> list[tuple[int, int]] | None:
+    """Runtime [start, end) of the contract's functions (None: no scope given)."""
+    binding = contract.binding
+    if binding is None or not binding.functions:
+        return None
+    out = []
+    for f in binding.functions:
+        for mod in modules.modules():
+            for entry in entries_in([(f.module, f.start)], mod):
+                out.append((entry, entry + max(f.size, 1)))
+    return out
+
+
+def _place(modules: ModuleMap, address: int) -> Place:
+    mod = modules.find(address)
+    if mod is None:
+        return Place(address, "", "", address, f"{address:#x}", False)
+    return Place(address, mod.name, mod.host_path, address - mod.base,
+                 modules.symbolize(address), mod.is_main)
+
+
+def _regions(findings: list[AnalysisFinding], modules: ModuleMap) -> list[RegionEntry]:
+    """One region per block, branch regions absorbing what lies inside them."""
+    entries: dict[str, RegionEntry] = {}
+    covered: set[str] = set()
+    for f in sorted(findings, key=lambda f: f.kind is not LeakKind.CONTROL_FLOW):
+        place = _place(modules, f.address)
+        image = image_of(place.module_path) if place.module_path else None
+        if image is None:
+            continue
+        entry = suggest_region(f.kind, place, image, f.instruction, "leakdbt analyze")
+        if entry is None or entry.at in entries or entry.at in covered:
+            continue
+        entries[entry.at] = entry
+        if entry.kind == "branch":
+            covered |= _branch_blocks(entry, place, image)
+    return list(entries.values())
+
+
+def _branch_blocks(entry: RegionEntry, place: Place, image: Image) -> set[str]:
+    """The names of the blocks a branch region starting at ``entry.at`` holds."""
+    func = function_at(image, place.link_address)
+    if func is None:
+        return set()
+    try:
+        cfg = function_cfg(image, func)
+        block = cfg.block_at(place.link_address)
+        if block is None:
+            return set()
+        region = form_region(cfg, block.start, entry.at, True)
+    except LeakDBTError:
+        return set()
+    prefix = "" if place.is_main else f"{place.module}:"
+    return {prefix + (image.symbolize(b) or f"{b:#x}") for b in region.blocks}

@@ -1,0 +1,62 @@
+"""``leakdbt analyze``: the command-line face of :mod:`leakdbt.analysis.analyze`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command(context_settings={"ignore_unknown_options": True,
+                                 "allow_interspersed_args": False})
+@click.option("--contract", "contract_path", required=True, type=click.Path(dir_okay=False),
+              help="The security contract whose secrets are tainted.")
+@click.option("--write", is_flag=True,
+              help="Add the suggested [[protect.region]] entries to the contract (its "
+                   "comments and layout are kept).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.argument("binary", type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def analyze(contract_path: str, write: bool, fmt: str, binary: str,
+            args: tuple[str, ...]) -> None:
+    """Run BINARY [ARGS]... once with the contract's secrets tainted and list every branch,
+    memory access and variable-latency instruction they reach."""
+    from leakdbt.analysis.analyze import analyze as run
+    from leakdbt.contract import load, loads
+    from leakdbt.contract.edit import RegionEntry, add_regions
+
+    contract = load(contract_path, binary=binary)
+    report = run(binary, contract, list(args) or None)
+    added: list[RegionEntry] = []
+    if write:
+        with open(contract_path) as original:
+            text = original.read()
+        text, added = add_regions(text, report.regions, contract_path)
+        if added:
+            loads(text, path=contract_path, binary=binary)  # valid, or nothing is written
+            with open(contract_path, "w") as out:
+                out.write(text)
+    if fmt == "json":
+        click.echo(json.dumps({
+            "binary": report.binary, "contract": report.contract,
+            "instructions": report.instructions, "default_rule": report.default_rule,
+            "findings": [{"kind": f.kind.value, "location": f.location,
+                          "address": f.address, "instruction": f.instruction,
+                          "source": f"{f.source.file}:{f.source.line}" if f.source else None,
+                          "secrets": list(f.secrets), "count": f.count}
+                         for f in report.findings],
+            "regions": [{"at": e.at, "kind": e.kind, "why": e.why} for e in report.regions],
+            "written": [e.at for e in added]}, indent=2))
+        return
+    click.echo(f"leakdbt analyze: {binary} {' '.join(args)}".rstrip())
+    click.echo(f"  {report.instructions:,} instructions tracked in {report.seconds:.1f} s")
+    for f in report.findings:
+        source = f" ({f.source.file}:{f.source.line})" if f.source else ""
+        click.echo(f"  {f.kind.value} at {f.location}{source}: {f.instruction} "
+                   f"[{', '.join(f.secrets)}; {f.count}x]")
+    if not report.findings:
+        click.echo("  nothing depends on the secrets")
+    for e in report.regions:
+        state = "written" if e in added else ("already in the contract" if write
+                                              else "suggested")
+        click.echo(f"  region {e.at} kind {e.kind}: {state}")
