@@ -2,9 +2,10 @@
 reaches into findings and contract regions.
 
 The secrets get concrete values (the check's first trial) and a label each; the run is the
-same as a check trial (public inputs, virtual time).  Sources supported so far: ``argv``,
-``register`` and ``pointer`` (at every entry of their function) and ``symbol`` (at start);
-``env``, ``stdin`` and ``file`` secrets are refused with a message.  With
+same as a check trial (public inputs, virtual time).  Sources supported so far: ``argv`` and
+``env`` (their strings on the initial stack), ``register`` and ``pointer`` (at every entry of
+their function) and ``symbol`` (at start); ``stdin`` and ``file`` secrets are refused with a
+message.  With
 ``protect.functions``, findings are kept only inside those functions (their code, not their
 callees': a library routine that merely copies or prints the secret is the caller's
 business); without it, everywhere.
@@ -29,10 +30,12 @@ from leakdbt.contract.edit import RegionEntry
 from leakdbt.contract.model import (
     ArgvSource,
     Contract,
+    EnvSource,
     PointerSource,
     RegisterSource,
     SymbolSource,
 )
+from leakdbt.contract.profiles import Profile
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.dispatch import Dispatcher, Mode
 from leakdbt.dbt.insn import decode
@@ -63,6 +66,7 @@ class AnalysisFinding:
     source: SourceLine | None
     secrets: tuple[str, ...]  # the secrets it depends on
     count: int  # how often it ran tainted
+    confirmed: str = ""  # with --confirm: the checker's witness, when it saw the leak too
 
 
 @dataclass
@@ -84,11 +88,11 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None) -> A
     if args is not None:
         contract = replace(contract, check=replace(contract.check, args=tuple(args)))
     for secret in contract.secrets:
-        if not isinstance(secret.source, ArgvSource | RegisterSource | PointerSource
-                          | SymbolSource):
+        if not isinstance(secret.source, ArgvSource | EnvSource | RegisterSource
+                          | PointerSource | SymbolSource):
             raise UsageError(f"secret {secret.name}: leakdbt analyze does not taint "
-                             f"{secret.source.describe()} yet (argv, register, pointer and "
-                             "symbol secrets only)")
+                             f"{secret.source.describe()} yet (argv, env, register, pointer "
+                             "and symbol secrets only)")
     trial = trial_inputs(contract, 1, contract.check.seed)[0]
     setup = TrialSetup(binary, contract, Mode.FAST)
     box: dict[str, Any] = {}
@@ -143,6 +147,10 @@ def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract) -> 
         source = secret.source
         if isinstance(source, ArgvSource):
             tracker.taint_argv(source.index, label)
+        elif isinstance(source, EnvSource):
+            value = _env_value(machine, source.name)
+            if value is not None:
+                tracker.taint_memory(*value, label)
         elif isinstance(source, RegisterSource | PointerSource) and resolved is not None \
                 and resolved.function is not None:
             hooks.append(((resolved.function.module, resolved.function.start),
@@ -164,6 +172,41 @@ def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract) -> 
         on_module(mod)
     modules.listeners.append(on_module)
     return tracker
+
+
+def _env_value(machine: Machine, name: str) -> tuple[int, int] | None:
+    """(address, length) of the value of environment variable ``name`` on the initial
+    stack (argc, argv[], NULL, envp[], NULL), or None when it is not set."""
+    rsp = machine.reg("rsp")
+    argc = int.from_bytes(machine.mem.read(rsp, 8), "little")
+    slot = rsp + 8 * (argc + 2)
+    prefix = name.encode() + b"="
+    while (ptr := int.from_bytes(machine.mem.read(slot, 8), "little")) != 0:
+        head = machine.mem.read(ptr, len(prefix))
+        if head == prefix:
+            start = ptr + len(prefix)
+            end = start
+            while machine.mem.read(end, 1) != b"\0":
+                end += 1
+            return start, end - start
+        slot += 8
+    return None
+
+
+def confirm(report: AnalysisReport, binary: str, contract: Contract, profile: Profile,
+            trials: int, args: list[str] | None = None) -> None:
+    """Mark the findings ``leakdbt check`` also sees (same kind, same instruction) with its
+    witness: a confirmed finding is a leak shown by two concrete secrets."""
+    from leakdbt.leakage.check import CheckOptions, run_check
+
+    checked = run_check(binary, contract, profile, CheckOptions(trials=trials), args)
+    witnesses = {(f.kind, f.location): f.witness for f in checked.findings}
+    for i, f in enumerate(report.findings):
+        w = witnesses.get((f.kind, f.location))
+        if w is not None:
+            report.findings[i] = replace(f, confirmed=(
+                f"trial {w.first.index} ({w.first.describe()}) {w.observed[0]}; trial "
+                f"{w.second.index} ({w.second.describe()}) {w.observed[1]}"))
 
 
 def _entry_source(tracker: TaintTracker, machine: Machine,

@@ -14,11 +14,18 @@ import click
 @click.option("--write", is_flag=True,
               help="Add the suggested [[protect.region]] entries to the contract (its "
                    "comments and layout are kept).")
+@click.option("--confirm", is_flag=True,
+              help="Also run leakdbt check and mark the findings it confirms, with its "
+                   "witness.")
+@click.option("--trials", type=click.IntRange(min=2), default=None,
+              help="With --confirm: the checker's trials (default: the contract's).")
+@click.option("--cpu", metavar="NAME", default=None,
+              help="With --confirm: the CPU profile (default: the host's).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.argument("binary", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def analyze(contract_path: str, write: bool, fmt: str, binary: str,
-            args: tuple[str, ...]) -> None:
+def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
+            cpu: str | None, fmt: str, binary: str, args: tuple[str, ...]) -> None:
     """Run BINARY [ARGS]... once with the contract's secrets tainted and list every branch,
     memory access and variable-latency instruction they reach."""
     from leakdbt.analysis.analyze import analyze as run
@@ -27,6 +34,13 @@ def analyze(contract_path: str, write: bool, fmt: str, binary: str,
 
     contract = load(contract_path, binary=binary)
     report = run(binary, contract, list(args) or None)
+    if confirm:
+        from leakdbt.analysis.analyze import confirm as confirm_findings
+        from leakdbt.contract.profiles import choose_profile
+
+        profile, _why = choose_profile(cpu)
+        confirm_findings(report, binary, contract, profile,
+                         trials or contract.check.trials, list(args) or None)
     added: list[RegionEntry] = []
     if write:
         with open(contract_path) as original:
@@ -43,7 +57,8 @@ def analyze(contract_path: str, write: bool, fmt: str, binary: str,
             "findings": [{"kind": f.kind.value, "location": f.location,
                           "address": f.address, "instruction": f.instruction,
                           "source": f"{f.source.file}:{f.source.line}" if f.source else None,
-                          "secrets": list(f.secrets), "count": f.count}
+                          "secrets": list(f.secrets), "count": f.count,
+                          "confirmed": f.confirmed or None}
                          for f in report.findings],
             "regions": [{"at": e.at, "kind": e.kind, "why": e.why} for e in report.regions],
             "written": [e.at for e in added]}, indent=2))
@@ -54,6 +69,8 @@ def analyze(contract_path: str, write: bool, fmt: str, binary: str,
         source = f" ({f.source.file}:{f.source.line})" if f.source else ""
         click.echo(f"  {f.kind.value} at {f.location}{source}: {f.instruction} "
                    f"[{', '.join(f.secrets)}; {f.count}x]")
+        if f.confirmed:
+            click.echo(f"    confirmed by leakdbt check: {f.confirmed}")
     if not report.findings:
         click.echo("  nothing depends on the secrets")
     for e in report.regions:

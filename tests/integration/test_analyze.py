@@ -4,6 +4,7 @@ analyze --write, exec --mode hardened, check --mode hardened — needs no hand-w
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from leakdbt.analysis.analyze import analyze
 from leakdbt.contract import load
 from leakdbt.leakage.findings import LeakKind
 from tests.conftest import REPO, binary, run_leakdbt, run_native
+from tests.unit.dbt.harness import compile_program
 
 CONTRACTS = REPO / "contracts"
 CF, MEM, LAT = LeakKind.CONTROL_FLOW, LeakKind.MEMORY_ACCESS, LeakKind.VARIABLE_LATENCY
@@ -76,3 +78,42 @@ def test_analyze_write_then_hardened_exec_and_check(built: Path, tmp_path: Path,
                            "intel-skylake", "--trials", "6", exe])
     out = checked.stdout.decode()
     assert checked.status == 1 and "[original]" in out and "[hardened]" not in out, out
+
+
+def test_confirm_marks_what_the_checker_sees_too(built: Path) -> None:
+    exe = binary("static", "ct_modexp")
+    out = run_leakdbt(["analyze", "--contract", str(CONTRACTS / "ct_modexp.toml"), "--confirm",
+                       "--cpu", "intel-skylake", "--trials", "6", "--format", "json", exe])
+    assert out.status == 0, out.stderr.decode()
+    findings = json.loads(out.stdout)["findings"]
+    assert len(findings) == 3
+    assert all(f["confirmed"] and "trial" in f["confirmed"] for f in findings), findings
+
+
+ENV_SOURCE = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noipa)) int pick(const char *pin)
+{
+    if (pin[0] == '7')  /* a call in the arm: gcc keeps the branch */
+        puts("seven");
+    return 1;
+}
+int main(void)
+{
+    const char *pin = getenv("PIN");
+    printf("%d\n", pin ? pick(pin) : 0);
+    return 0;
+}
+"""
+
+
+def test_an_environment_secret_is_tainted(built: Path, tmp_path: Path) -> None:
+    exe = compile_program(tmp_path, "envpin", {"envpin.c": ENV_SOURCE}, "static")
+    contract = tmp_path / "envpin.toml"
+    contract.write_text('version = 1\n[[secret]]\nname = "pin"\nenv = "PIN"\nlength = 2\n'
+                        '[protect]\nadversary = "remote"\nfunctions = ["pick"]\n')
+    report = analyze(str(exe), load(contract, binary=str(exe)))
+    assert [(f.kind, f.location.split("+")[0], f.secrets) for f in report.findings] == [
+        (CF, "pick", ("pin",))]
+    assert [(e.at, e.kind) for e in report.regions] == [("pick", "branch")]
