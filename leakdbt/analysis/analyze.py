@@ -67,6 +67,7 @@ class AnalysisFinding:
     secrets: tuple[str, ...]  # the secrets it depends on
     count: int  # how often it ran tainted
     confirmed: str = ""  # with --confirm: the checker's witness, when it saw the leak too
+    table: str | None = None  # memory accesses: the data object they hit, when one
 
 
 @dataclass
@@ -128,7 +129,7 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None) -> A
         report.findings.append(AnalysisFinding(
             KINDS[f.kind], place.symbolic, f.address, place.link_address, place.module, text,
             source_line(place.module_path, place.link_address) if place.module_path else None,
-            names, f.count))
+            names, f.count, table=_table(modules, f.targets)))
     report.regions = _regions(report.findings, modules)
     report.seconds = time.monotonic() - started
     return report
@@ -232,6 +233,19 @@ def _scope(contract: Contract, modules: ModuleMap) -> list[tuple[int, int]] | No
     return out
 
 
+def _table(modules: ModuleMap, targets: set[int]) -> str | None:
+    """The one data object (ELF symbol with a size) all ``targets`` lie in, by name (as a
+    contract names it: ``lib.so:name`` outside the main program), or None."""
+    names = set()
+    for target in targets:
+        mod = modules.find(target)
+        sym = mod.image.object_at(target - mod.base) if mod and mod.image else None
+        if sym is None or mod is None:
+            return None
+        names.add(sym.name if mod.is_main else f"{mod.name}:{sym.name}")
+    return names.pop() if len(names) == 1 else None
+
+
 def _place(modules: ModuleMap, address: int) -> Place:
     mod = modules.find(address)
     if mod is None:
@@ -250,6 +264,8 @@ def _regions(findings: list[AnalysisFinding], modules: ModuleMap) -> list[Region
         if image is None:
             continue
         entry = suggest_region(f.kind, place, image, f.instruction, "leakdbt analyze")
+        if entry is not None and f.table is not None and entry.kind == "table":
+            entry = replace(entry, table=f.table)
         if entry is None or entry.at in entries or entry.at in covered:
             continue
         entries[entry.at] = entry

@@ -60,7 +60,8 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
                           "secrets": list(f.secrets), "count": f.count,
                           "confirmed": f.confirmed or None}
                          for f in report.findings],
-            "regions": [{"at": e.at, "kind": e.kind, "why": e.why} for e in report.regions],
+            "regions": [{"at": e.at, "kind": e.kind, "table": e.table, "why": e.why}
+                        for e in report.regions],
             "written": [e.at for e in added]}, indent=2))
         return
     click.echo(f"leakdbt analyze: {binary} {' '.join(args)}".rstrip())
@@ -76,4 +77,5 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
     for e in report.regions:
         state = "written" if e in added else ("already in the contract" if write
                                               else "suggested")
-        click.echo(f"  region {e.at} kind {e.kind}: {state}")
+        table = f" table {e.table}" if e.table else ""
+        click.echo(f"  region {e.at} kind {e.kind}{table}: {state}")

@@ -27,7 +27,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn import UC_HOOK_CODE, Uc
@@ -53,6 +53,7 @@ CONTROL_FLOW = "control-flow"
 MEMORY_ACCESS = "memory-access"
 VARIABLE_LATENCY = "variable-latency"
 IMPLICIT_SPAN = 4096
+MAX_TARGETS = 64  # accessed addresses kept per memory-access finding (to name its table)
 
 _JCC = frozenset(f"j{c}" for c in CONDITIONS)
 _RCX_BRANCHES = frozenset({"jrcxz", "jecxz", "loop", "loope", "loopne"})
@@ -70,6 +71,7 @@ class Finding:
     labels: int
     count: int
     where: str = ""
+    targets: set[int] = field(default_factory=set)  # memory accesses: addresses seen (some)
 
     def describe(self) -> str:
         return f"{self.kind} at {self.where or hex(self.address)} labels={self.labels:#x} " \
@@ -182,13 +184,14 @@ class TaintTracker:
             a += int(self.uc.reg_read(ux.UC_X86_REG_GS_BASE))
         return a & 0xFFFF_FFFF_FFFF_FFFF
 
-    def _report(self, kind: str, address: int, labels: int) -> None:
+    def _report(self, kind: str, address: int, labels: int, target: int | None = None) -> None:
         f = self._found.get((kind, address))
         if f is None:
-            self._found[(kind, address)] = Finding(kind, address, labels, 1)
-        else:
-            f.labels |= labels
-            f.count += 1
+            f = self._found[(kind, address)] = Finding(kind, address, labels, 0)
+        f.labels |= labels
+        f.count += 1
+        if target is not None and len(f.targets) < MAX_TARGETS:
+            f.targets.add(target)
 
     def _on_insn(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         t0 = time.perf_counter()
@@ -205,7 +208,7 @@ class TaintTracker:
                 if m not in _NO_ACCESS and (op.base is not None or op.index is not None):
                     t = sh.address_taint(op)
                     if t:
-                        self._report(MEMORY_ACCESS, address, t)
+                        self._report(MEMORY_ACCESS, address, t, ea[i])
         if m in ("push", "pop", "call", "ret"):
             ea.append(int(uc.reg_read(ux.UC_X86_REG_RSP)))
         elif m == "leave":

@@ -25,9 +25,12 @@ class RegionEntry:
     at: str  # a location as contracts write it: ``modexp+0x20``, ``libc.so.6:memcmp``
     kind: str  # branch, table, divide, loop, float
     why: str = ""
+    table: str | None = None  # kind = "table": the table's symbol
 
     def toml(self) -> str:
         lines = ["[[protect.region]]", f"at = {quote(self.at)}", f"kind = {quote(self.kind)}"]
+        if self.table:
+            lines.append(f"symbol = {quote(self.table)}")
         if self.why:
             lines.append(f"why = {quote(self.why)}")
         return "\n".join(lines) + "\n"
