@@ -179,6 +179,7 @@ def main() -> None:
     hardening_bench(leakdbt)
     check_bench(leakdbt)
     adaptive_bench(leakdbt)
+    analyze_bench(leakdbt)
 
 
 def median_time(argv: list[str], expected: bytes | None = None) -> tuple[float, bytes]:
@@ -447,6 +448,33 @@ def adaptive_bench(leakdbt: list[str]) -> None:
     print(f"\nco-tenant appears -> hardened entry jumps installed (file detector, default "
           f"poll and hold-down, {len(latencies)} appearances): median "
           f"{statistics.median(latencies):.1f} ms, worst {latencies[-1]:.1f} ms")
+
+
+def analyze_bench(leakdbt: list[str]) -> None:
+    """Taint tracking speed, and whole analyses."""
+    print("\n### leakdbt analyze: taint tracking (static builds)\n")
+    print("| contract | guest insns tracked | analyze wall time (s) | plain exec (s) | "
+          "tracked insns/s |")
+    print("|---|---|---|---|---|")
+    for name, program in (("ct_modexp", "ct_modexp"), ("sbox_round", "sbox_round"),
+                          ("ossl_modexp_leaky", "ossl_modexp")):
+        exe = str(BUILD / program)
+        contract = str(REPO / "contracts" / f"{name}.toml")
+        argv = [leakdbt[0], "analyze", "--format", "json", "--contract", contract, exe]
+        samples, insns = [], 0
+        for _ in range(REPEAT):
+            started = time.perf_counter()
+            out = subprocess.run(argv, capture_output=True, text=True, check=True)
+            samples.append(time.perf_counter() - started)
+            insns = json.loads(out.stdout)["instructions"]
+        took = statistics.median(samples)
+        secret = {"ct_modexp": "0123456789abcdef",
+                  "sbox_round": "2b7e151628aed2a6abf7158809cf4f3c",
+                  "ossl_modexp_leaky": "00" * 32}[name]
+        extra = ["leaky"] if program == "ossl_modexp" else []
+        plain = median_time([*leakdbt, exe, secret, *extra])[0]
+        print(f"| {name} | {insns:,} | {took:.2f} | {plain:.2f} | "
+              f"{insns / max(took - plain, 1e-3):,.0f} |")
 
 
 if __name__ == "__main__":
