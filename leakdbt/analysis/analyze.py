@@ -2,10 +2,11 @@
 reaches into findings and contract regions.
 
 The secrets get concrete values (the check's first trial) and a label each; the run is the
-same as a check trial (public inputs, virtual time).  Sources supported so far: ``argv`` and
-``env`` (their strings on the initial stack), ``register`` and ``pointer`` (at every entry of
-their function) and ``symbol`` (at start); ``stdin`` and ``file`` secrets are refused with a
-message.  With
+same as a check trial (public inputs, virtual time).  Sources: ``argv`` and ``env`` (their
+strings on the initial stack), ``stdin`` and ``file`` (the bytes read(2) returns from their
+offsets; a file secret's file is written into a fresh working directory, as ``leakdbt
+check`` does), ``register`` and ``pointer`` (at every entry of their function) and
+``symbol`` (at start).  With
 ``protect.functions``, findings are kept only inside those functions (their code, not their
 callees': a library routine that merely copies or prints the secret is the caller's
 business); without it, everywhere.
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,8 +34,10 @@ from leakdbt.contract.model import (
     ArgvSource,
     Contract,
     EnvSource,
+    FileSource,
     PointerSource,
     RegisterSource,
+    StdinSource,
     SymbolSource,
 )
 from leakdbt.contract.profiles import Profile
@@ -40,7 +45,7 @@ from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.dispatch import Dispatcher, Mode
 from leakdbt.dbt.insn import decode
 from leakdbt.dbt.region import form_region
-from leakdbt.errors import LeakDBTError, UsageError
+from leakdbt.errors import LeakDBTError
 from leakdbt.leakage.findings import LeakKind, SourceLine
 from leakdbt.leakage.locate import function_at, image_of, source_line, suggest_region
 from leakdbt.leakage.observe import entries_in
@@ -88,12 +93,6 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None) -> A
     started = time.monotonic()
     if args is not None:
         contract = replace(contract, check=replace(contract.check, args=tuple(args)))
-    for secret in contract.secrets:
-        if not isinstance(secret.source, ArgvSource | EnvSource | RegisterSource
-                          | PointerSource | SymbolSource):
-            raise UsageError(f"secret {secret.name}: leakdbt analyze does not taint "
-                             f"{secret.source.describe()} yet (argv, env, register, pointer "
-                             "and symbol secrets only)")
     trial = trial_inputs(contract, 1, contract.check.seed)[0]
     setup = TrialSetup(binary, contract, Mode.FAST)
     box: dict[str, Any] = {}
@@ -104,10 +103,20 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None) -> A
     def on_start(machine: Machine, _dispatcher: Dispatcher | None) -> None:
         box["tracker"] = _taint_sources(machine, box["modules"], contract)
 
-    with open(os.devnull, "w+b") as null:
-        fd = null.fileno()
+    files = setup.files(trial)
+    with tempfile.TemporaryDirectory(prefix="leakdbt-analyze-") as work, \
+            tempfile.TemporaryFile() as stdin, open(os.devnull, "w+b") as null:
+        stdin.write(setup.stdin(trial))
+        stdin.seek(0)
+        for path, data in files.items():  # file secrets: in a fresh working directory
+            full = os.path.join(work, path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as handle:
+                handle.write(data)
         options = ExecOptions(argv=setup.argv(trial), env=setup.env(trial), on_start=on_start,
-                              on_modules=on_modules, stdio=(fd, fd, fd), virtual_time=0)
+                              on_modules=on_modules, cwd=work if files else None,
+                              stdio=(stdin.fileno(), null.fileno(), null.fileno()),
+                              virtual_time=0)
         # a crash or limit ends the run: what was seen until then still counts
         with contextlib.suppress(LeakDBTError):
             execute(binary, options)
@@ -152,6 +161,8 @@ def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract) -> 
             value = _env_value(machine, source.name)
             if value is not None:
                 tracker.taint_memory(*value, label)
+        elif isinstance(source, StdinSource | FileSource):
+            tracker.read_sources.append(_read_source(tracker, source, label, secret.length))
         elif isinstance(source, RegisterSource | PointerSource) and resolved is not None \
                 and resolved.function is not None:
             hooks.append(((resolved.function.module, resolved.function.start),
@@ -173,6 +184,29 @@ def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract) -> 
         on_module(mod)
     modules.listeners.append(on_module)
     return tracker
+
+
+def _read_source(tracker: TaintTracker, source: StdinSource | FileSource, label: int,
+                 length: int) -> Callable[[int, int, int, int], None]:
+    """A read watcher tainting the secret's bytes of standard input or of its file."""
+    def is_ours(fd: int) -> bool:
+        if isinstance(source, StdinSource):
+            return fd == 0
+        try:
+            path = tracker.guest_path(fd)
+        except LookupError:
+            return False
+        wanted = os.path.normpath(source.path)
+        return path is not None and (os.path.normpath(path) == wanted
+                                     or os.path.normpath(path).endswith("/" + wanted))
+
+    def watch(fd: int, buf: int, count: int, offset: int) -> None:
+        if not is_ours(fd):
+            return
+        lo, hi = max(offset, source.offset), min(offset + count, source.offset + length)
+        if lo < hi:
+            tracker.taint_memory(buf + lo - offset, hi - lo, label)
+    return watch
 
 
 def _env_value(machine: Machine, name: str) -> tuple[int, int] | None:

@@ -23,10 +23,11 @@ exit conditions are not followed.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
@@ -115,6 +116,9 @@ class TaintTracker:
         self.uc.hook_add(UC_HOOK_CODE, machine.guard(self._on_insn), None, begin, end)
         self._syscall = machine.syscall_handler
         machine.syscall_handler = self._on_syscall
+        # Secrets that enter by read(2): called with (fd, buffer, bytes read, file offset of
+        # the first) after the buffer has been cleared; they taint what is secret in it.
+        self.read_sources: list[Callable[[int, int, int, int], None]] = []
 
     # -- sources ----------------------------------------------------------------------------------
 
@@ -323,17 +327,34 @@ class TaintTracker:
 
     # -- system calls -----------------------------------------------------------------------------
 
+    def guest_path(self, fd: int) -> str | None:
+        """The guest path guest ``fd`` was opened by, if the kernel knows one."""
+        fds = getattr(getattr(self._syscall, "kernel", None), "fds", None)
+        return None if fds is None else fds.guest_path(fd)
+
+    def _position(self, fd: int) -> int:
+        """The file offset of guest ``fd`` now (0 when it has none, e.g. a pipe)."""
+        try:
+            host = self._syscall.kernel.fds.get(fd).host_fd  # type: ignore[union-attr]
+            return os.lseek(host, 0, os.SEEK_CUR)
+        except (OSError, AttributeError, LookupError):
+            return 0
+
     def _on_syscall(self, machine: Machine) -> None:
         """Data that comes from outside is clean: a read's buffer, a fresh mapping, and the
         registers the kernel writes (rax, rcx, r11)."""
         nr = machine.reg("rax")
-        buf, count = machine.reg("rsi"), machine.reg("rdx")
+        fd, buf, count, where = (machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10"))
         assert self._syscall is not None
         self._syscall(machine)
         result = machine.reg("rax")
         sh = self.shadow
         if nr in (SYS_READ, SYS_PREAD64) and 0 < result <= count:
             sh.clear(buf, result)
+            if self.read_sources:
+                offset = where if nr == SYS_PREAD64 else self._position(fd) - result
+                for source in self.read_sources:
+                    source(fd, buf, result, offset)
         elif nr == SYS_MMAP and result < 0xFFFF_FFFF_FFFF_F000:
             sh.clear(result, buf)  # rsi: the length
         for name in ("rax", "rcx", "r11"):

@@ -121,3 +121,38 @@ def test_an_environment_secret_is_tainted(built: Path, tmp_path: Path) -> None:
     assert [(f.kind, f.location.split("+")[0], f.secrets) for f in report.findings] == [
         (CF, "pick", ("pin",))]
     assert [(e.at, e.kind) for e in report.regions] == [("pick", "branch")]
+
+
+READ_SOURCE = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noipa)) void on_public(unsigned char c) { if (c == 'x') puts("x"); }
+__attribute__((noipa)) void on_stdin(unsigned char c) { if (c == 7) puts("seven"); }
+__attribute__((noipa)) void on_file(unsigned char c) { if (c == 9) puts("nine"); }
+int main(void)
+{
+    unsigned char in[4] = {0}, key[3] = {0};
+    if (read(0, in, 4) != 4) return 1;
+    FILE *f = fopen("keys/k.bin", "rb");
+    if (!f || fread(key, 1, 3, f) != 3) return 2;
+    on_public(in[0]);  /* public: offset 0 */
+    on_stdin(in[3]);   /* secret: offsets 2-3 */
+    on_file(key[2]);   /* secret: file offsets 1-2 */
+    return 0;
+}
+"""
+
+
+def test_stdin_and_file_secrets_are_tainted_at_their_offsets(built: Path,
+                                                             tmp_path: Path) -> None:
+    exe = compile_program(tmp_path, "reads", {"reads.c": READ_SOURCE}, "static")
+    contract = tmp_path / "reads.toml"
+    contract.write_text(
+        'version = 1\n[[secret]]\nname = "s"\nstdin = true\noffset = 2\nlength = 2\n'
+        '[[secret]]\nname = "k"\nfile = "keys/k.bin"\noffset = 1\nlength = 2\n'
+        '[protect]\nadversary = "remote"\n'
+        'functions = ["on_public", "on_stdin", "on_file"]\n'
+        '[check]\nstdin = "xy"\n')
+    report = analyze(str(exe), load(contract, binary=str(exe)))
+    assert sorted((f.location.split("+")[0], f.secrets) for f in report.findings) == [
+        ("on_file", ("k",)), ("on_stdin", ("s",))]
