@@ -22,7 +22,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,8 +88,10 @@ class AnalysisReport:
     seconds: float = 0.0
 
 
-def analyze(binary: str, contract: Contract, args: list[str] | None = None) -> AnalysisReport:
-    """Run ``binary`` once with the contract's secrets tainted (see the module doc)."""
+def analyze(binary: str, contract: Contract, args: list[str] | None = None,
+            rw: Sequence[str] = ()) -> AnalysisReport:
+    """Run ``binary`` once with the contract's secrets tainted (see the module doc); ``rw``:
+    host directories the guest may write to, as ``exec --rw``."""
     started = time.monotonic()
     if args is not None:
         contract = replace(contract, check=replace(contract.check, args=tuple(args)))
@@ -114,7 +116,7 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None) -> A
             with open(full, "wb") as handle:
                 handle.write(data)
         options = ExecOptions(argv=setup.argv(trial), env=setup.env(trial), on_start=on_start,
-                              on_modules=on_modules, cwd=work if files else None,
+                              on_modules=on_modules, cwd=work if files else None, rw=rw,
                               stdio=(stdin.fileno(), null.fileno(), null.fileno()),
                               virtual_time=0)
         # a crash or limit ends the run: what was seen until then still counts

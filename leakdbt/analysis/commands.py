@@ -21,11 +21,14 @@ import click
               help="With --confirm: the checker's trials (default: the contract's).")
 @click.option("--cpu", metavar="NAME", default=None,
               help="With --confirm: the CPU profile (default: the host's).")
+@click.option("--rw", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Host directory the guest may write to (repeatable), as for exec.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.argument("binary", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
-            cpu: str | None, fmt: str, binary: str, args: tuple[str, ...]) -> None:
+            cpu: str | None, rw: tuple[str, ...], fmt: str, binary: str,
+            args: tuple[str, ...]) -> None:
     """Run BINARY [ARGS]... once with the contract's secrets tainted and list every branch,
     memory access and variable-latency instruction they reach."""
     from leakdbt.analysis.analyze import analyze as run
@@ -33,7 +36,7 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
     from leakdbt.contract.edit import RegionEntry, add_regions
 
     contract = load(contract_path, binary=binary)
-    report = run(binary, contract, list(args) or None)
+    report = run(binary, contract, list(args) or None, rw)
     if confirm:
         from leakdbt.analysis.analyze import confirm as confirm_findings
         from leakdbt.contract.profiles import choose_profile

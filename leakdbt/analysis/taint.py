@@ -24,6 +24,7 @@ exit conditions are not followed.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import time
 from collections import Counter
@@ -62,7 +63,8 @@ _NO_ACCESS = frozenset({"lea", "nop", "prefetcht0", "prefetcht1", "prefetcht2",
                         "prefetchnta", "prefetchw"})
 _UC_REGS = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in REGISTERS
             if hasattr(ux, f"UC_X86_REG_{name.upper()}")}
-SYS_READ, SYS_PREAD64, SYS_MMAP = 0, 17, 9
+SYS_READ, SYS_WRITE, SYS_PREAD64, SYS_PWRITE64, SYS_MMAP = 0, 1, 17, 18, 9
+MAX_FILE_TAINT = 1 << 20  # bytes of one write whose taint is remembered in the file
 
 
 @dataclass
@@ -119,6 +121,7 @@ class TaintTracker:
         # Secrets that enter by read(2): called with (fd, buffer, bytes read, file offset of
         # the first) after the buffer has been cleared; they taint what is secret in it.
         self.read_sources: list[Callable[[int, int, int, int], None]] = []
+        self._files: dict[tuple[int, int], dict[int, int]] = {}  # file -> offset -> labels
 
     # -- sources ----------------------------------------------------------------------------------
 
@@ -332,6 +335,36 @@ class TaintTracker:
         fds = getattr(getattr(self._syscall, "kernel", None), "fds", None)
         return None if fds is None else fds.guest_path(fd)
 
+    def _file(self, fd: int) -> tuple[int, int] | None:
+        """(device, inode) of the regular file guest ``fd`` refers to, else None."""
+        try:
+            host = self._syscall.kernel.fds.get(fd).host_fd  # type: ignore[union-attr]
+            st = os.fstat(host)
+        except (OSError, AttributeError, LookupError):
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+    def _remember(self, fd: int, labels: list[int], offset: int) -> None:
+        """Tainted bytes written to a file keep their taint there (taint through files)."""
+        key = self._file(fd)
+        if key is None:
+            return
+        stored = self._files.setdefault(key, {})
+        for i, label in enumerate(labels):
+            if label:
+                stored[offset + i] = label
+            else:
+                stored.pop(offset + i, None)
+
+    def _read_back(self, fd: int, buf: int, count: int, offset: int) -> None:
+        """Bytes read from a file take the taint written there earlier."""
+        key = self._file(fd)
+        stored = self._files.get(key) if key is not None else None
+        if stored:
+            labels = [stored.get(offset + i, 0) for i in range(count)]
+            if any(labels):
+                self.shadow.store(buf, labels)
+
     def _position(self, fd: int) -> int:
         """The file offset of guest ``fd`` now (0 when it has none, e.g. a pipe)."""
         try:
@@ -341,20 +374,26 @@ class TaintTracker:
             return 0
 
     def _on_syscall(self, machine: Machine) -> None:
-        """Data that comes from outside is clean: a read's buffer, a fresh mapping, and the
-        registers the kernel writes (rax, rcx, r11)."""
+        """Data that comes from outside is clean — a read's buffer, a fresh mapping, the
+        registers the kernel writes (rax, rcx, r11) — except what the program wrote to a
+        file earlier with taint and reads back, and what a read source says is secret."""
         nr = machine.reg("rax")
         fd, buf, count, where = (machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10"))
+        sh = self.shadow
+        written = sh.load(buf, min(count, MAX_FILE_TAINT)) \
+            if nr in (SYS_WRITE, SYS_PWRITE64) else []
         assert self._syscall is not None
         self._syscall(machine)
         result = machine.reg("rax")
-        sh = self.shadow
         if nr in (SYS_READ, SYS_PREAD64) and 0 < result <= count:
             sh.clear(buf, result)
-            if self.read_sources:
-                offset = where if nr == SYS_PREAD64 else self._position(fd) - result
-                for source in self.read_sources:
-                    source(fd, buf, result, offset)
+            offset = where if nr == SYS_PREAD64 else self._position(fd) - result
+            self._read_back(fd, buf, result, offset)
+            for source in self.read_sources:
+                source(fd, buf, result, offset)
+        elif any(written) and 0 < result <= count:
+            offset = where if nr == SYS_PWRITE64 else self._position(fd) - result
+            self._remember(fd, written[:result], offset)
         elif nr == SYS_MMAP and result < 0xFFFF_FFFF_FFFF_F000:
             sh.clear(result, buf)  # rsi: the length
         for name in ("rax", "rcx", "r11"):
