@@ -46,7 +46,7 @@ from leakdbt.dbt.dispatch import Dispatcher, Mode
 from leakdbt.dbt.insn import decode
 from leakdbt.dbt.region import form_region
 from leakdbt.errors import LeakDBTError
-from leakdbt.leakage.findings import LeakKind, SourceLine
+from leakdbt.leakage.findings import CheckReport, Finding, LeakKind, SourceLine
 from leakdbt.leakage.locate import function_at, image_of, source_line, suggest_region
 from leakdbt.leakage.observe import entries_in
 from leakdbt.leakage.trials import Place, TrialSetup, trial_inputs
@@ -83,6 +83,7 @@ class AnalysisReport:
     contract: str
     findings: list[AnalysisFinding] = field(default_factory=list)
     regions: list[RegionEntry] = field(default_factory=list)
+    covering: dict[str, RegionEntry] = field(default_factory=dict)  # location -> its region
     instructions: int = 0
     default_rule: dict[str, int] = field(default_factory=dict)  # mnemonic -> instructions
     seconds: float = 0.0
@@ -141,7 +142,7 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
             KINDS[f.kind], place.symbolic, f.address, place.link_address, place.module, text,
             source_line(place.module_path, place.link_address) if place.module_path else None,
             names, f.count, table=_table(modules, f.targets)))
-    report.regions = _regions(report.findings, modules)
+    report.regions, report.covering = _regions(report.findings, modules)
     report.seconds = time.monotonic() - started
     return report
 
@@ -290,24 +291,31 @@ def _place(modules: ModuleMap, address: int) -> Place:
                  modules.symbolize(address), mod.is_main)
 
 
-def _regions(findings: list[AnalysisFinding], modules: ModuleMap) -> list[RegionEntry]:
-    """One region per block, branch regions absorbing what lies inside them."""
+def _regions(findings: list[AnalysisFinding], modules: ModuleMap
+             ) -> tuple[list[RegionEntry], dict[str, RegionEntry]]:
+    """One region per block, branch regions absorbing what lies inside them; and the
+    region that covers each finding (by location)."""
     entries: dict[str, RegionEntry] = {}
-    covered: set[str] = set()
+    covered: dict[str, RegionEntry] = {}  # block -> the branch region holding it
+    covering: dict[str, RegionEntry] = {}
     for f in sorted(findings, key=lambda f: f.kind is not LeakKind.CONTROL_FLOW):
         place = _place(modules, f.address)
         image = image_of(place.module_path) if place.module_path else None
         if image is None:
             continue
         entry = suggest_region(f.kind, place, image, f.instruction, "leakdbt analyze")
-        if entry is not None and f.table is not None and entry.kind == "table":
-            entry = replace(entry, table=f.table)
-        if entry is None or entry.at in entries or entry.at in covered:
+        if entry is None:
             continue
-        entries[entry.at] = entry
+        if entry.kind == "table" and f.table is not None:
+            entry = replace(entry, table=f.table)
+        owner = covered.get(entry.at) or entries.get(entry.at)
+        if owner is not None:
+            covering[f.location] = owner
+            continue
+        entries[entry.at] = covering[f.location] = entry
         if entry.kind == "branch":
-            covered |= _branch_blocks(entry, place, image)
-    return list(entries.values())
+            covered.update(dict.fromkeys(_branch_blocks(entry, place, image), entry))
+    return list(entries.values()), covering
 
 
 def _branch_blocks(entry: RegionEntry, place: Place, image: Image) -> set[str]:
@@ -325,3 +333,15 @@ def _branch_blocks(entry: RegionEntry, place: Place, image: Image) -> set[str]:
         return set()
     prefix = "" if place.is_main else f"{place.module}:"
     return {prefix + (image.symbolize(b) or f"{b:#x}") for b in region.blocks}
+
+
+def as_check_report(report: AnalysisReport, contract: Contract) -> CheckReport:
+    """The findings as a check report (without witnesses), for the SARIF writer."""
+    out = CheckReport(report.binary, tuple(contract.check.args), report.contract, "",
+                      contract.protect.adversary.value, ("taint",), "", contract.check.seed)
+    for f in report.findings:
+        region = report.covering.get(f.location)
+        out.findings.append(Finding(
+            f.kind, "original", f.address, f.location, f.module, "", f.link_address,
+            f.instruction, f.source, 1, 1, None, region.toml() if region else None))
+    return out

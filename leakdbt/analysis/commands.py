@@ -23,7 +23,7 @@ import click
               help="With --confirm: the CPU profile (default: the host's).")
 @click.option("--rw", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Host directory the guest may write to (repeatable), as for exec.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text")
 @click.argument("binary", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
@@ -53,6 +53,15 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
             loads(text, path=contract_path, binary=binary)  # valid, or nothing is written
             with open(contract_path, "w") as out:
                 out.write(text)
+    if fmt == "sarif":
+        import sys
+
+        from leakdbt.analysis.analyze import as_check_report
+        from leakdbt.leakage.sarif import to_sarif
+
+        click.echo(json.dumps(to_sarif(as_check_report(report, contract),
+                                       command_line=["leakdbt", *sys.argv[1:]]), indent=2))
+        return
     if fmt == "json":
         click.echo(json.dumps({
             "binary": report.binary, "contract": report.contract,

@@ -70,7 +70,7 @@ class Finding:
     source: SourceLine | None
     distinct: int  # distinct observations at this point over the trials
     trials: int  # trials that reached the point
-    witness: Witness
+    witness: Witness | None  # None: found by taint tracking (leakdbt analyze), not by trials
     suggestion: str | None = None  # a [[protect.region]] entry that would cover it
 
 

@@ -39,6 +39,7 @@ def to_text(report: CheckReport, replay: str) -> str:
 def _finding(n: int, f: Finding, replay: str) -> list[str]:
     source = f" ({f.source.file}:{f.source.line})" if f.source else ""
     w = f.witness
+    assert w is not None  # check's findings always have one
     out = [f"{n}. {f.kind.value} leak [{f.mode}] at {f.location}{source}: {f.instruction}",
            f"   {KIND_TEXT[f.kind]}; {f.distinct} distinct observations here over "
            f"{f.trials} trials",

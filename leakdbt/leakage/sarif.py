@@ -169,10 +169,16 @@ def _message(finding: Finding) -> str:
     parts = [
         f"{finding.kind.value} leak ({finding.mode} code) at {finding.location} "
         f"({finding.instruction}): {KIND_TEXT[finding.kind]}.",
-        f"{finding.distinct} distinct observations over {finding.trials} trials.",
-        f"Witness: trial {w.first.index} ({w.first.describe()}) observed {w.observed[0]}; "
-        f"trial {w.second.index} ({w.second.describe()}) observed {w.observed[1]}.",
     ]
+    if w is None:
+        parts.append("Found by taint tracking: the secrets reach this instruction.")
+    else:
+        parts += [
+            f"{finding.distinct} distinct observations over {finding.trials} trials.",
+            f"Witness: trial {w.first.index} ({w.first.describe()}) observed "
+            f"{w.observed[0]}; trial {w.second.index} ({w.second.describe()}) observed "
+            f"{w.observed[1]}.",
+        ]
     text = " ".join(parts)
     if finding.suggestion:
         text += f"\n\nA contract entry that would cover it:\n{finding.suggestion.rstrip()}"
@@ -216,11 +222,11 @@ def _result(finding: Finding, rule_index: int, report: CheckReport, root: str) -
             "mode": finding.mode,
             "distinct": finding.distinct,
             "trials": finding.trials,
-            "witness": {
+            **({"witness": {
                 "first": _trial_json(w.first),
                 "second": _trial_json(w.second),
                 "observed": list(w.observed),
-            },
+            }} if w is not None else {}),
             **({"suggestion": finding.suggestion} if finding.suggestion else {}),
         },
     }

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from leakdbt.analysis.analyze import analyze
@@ -189,3 +190,19 @@ def test_taint_survives_a_round_trip_through_a_file(built: Path, tmp_path: Path)
     report = analyze(str(exe), load(contract, binary=str(exe)), rw=[str(tmp_path)])
     assert [(f.kind, f.location.split("+")[0], f.secrets, f.count)
             for f in report.findings] == [(CF, "decide", ("a",), 1)]
+
+
+def test_sarif_output_validates(built: Path, tmp_path: Path) -> None:
+    exe = binary("static", "ct_modexp")
+    out = run_leakdbt(["analyze", "--contract", str(CONTRACTS / "ct_modexp.toml"),
+                       "--format", "sarif", exe])
+    assert out.status == 0, out.stderr.decode()
+    log = json.loads(out.stdout)
+    schema = json.loads((REPO / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.Draft4Validator(schema).validate(log)
+    results = log["runs"][0]["results"]
+    assert {r["ruleId"] for r in results} == {"leakdbt/control-flow",
+                                              "leakdbt/variable-latency"}
+    assert all("taint tracking" in r["message"]["text"] for r in results)
+    # the divisions sit in the branch region that covers them
+    assert all('at = "modexp+0x20"' in r["properties"]["suggestion"] for r in results)
