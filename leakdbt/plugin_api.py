@@ -28,10 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from leakdbt.dbt.insn import REGS64, Flow, Insn
+from leakdbt.dbt.insn import REGS64, Flow, Insn, detail_decoder
 
 if TYPE_CHECKING:
     from leakdbt.contract.model import Contract
@@ -61,19 +60,10 @@ __all__ = ["API_VERSION", "DETECTOR_API_VERSION", "SHARES", "BlockView", "CoTena
            "original"]
 
 
-@lru_cache(maxsize=1)
-def _detail_decoder() -> Any:
-    import capstone  # lazily, as everywhere
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
-
-
 def detail(insn: Insn) -> Any:
     """Capstone's detailed decoding of ``insn`` (a ``CsInsn``: operands with sizes and
     access, registers read and written), for passes that need more than :class:`Insn`."""
-    for ci in _detail_decoder().disasm(insn.raw, insn.address, 1):
+    for ci in detail_decoder().disasm(insn.raw, insn.address, 1):
         return ci
     raise ValueError(f"cannot decode {insn.raw.hex()} at {insn.address:#x}")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -50,7 +49,7 @@ from leakdbt.leakage.findings import CheckReport, Finding, LeakKind, SourceLine
 from leakdbt.leakage.locate import function_at, image_of, source_line, suggest_region
 from leakdbt.leakage.observe import entries_in
 from leakdbt.leakage.trials import Place, TrialSetup, trial_inputs
-from leakdbt.linux.launch import ExecOptions, execute
+from leakdbt.linux.launch import execute
 from leakdbt.linux.modules import LoadedModule, ModuleMap
 from leakdbt.loader.image import Image
 from leakdbt.machine.machine import Machine
@@ -106,20 +105,10 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
     def on_start(machine: Machine, _dispatcher: Dispatcher | None) -> None:
         box["tracker"] = _taint_sources(machine, box["modules"], contract)
 
-    files = setup.files(trial)
-    with tempfile.TemporaryDirectory(prefix="leakdbt-analyze-") as work, \
-            tempfile.TemporaryFile() as stdin, open(os.devnull, "w+b") as null:
-        stdin.write(setup.stdin(trial))
-        stdin.seek(0)
-        for path, data in files.items():  # file secrets: in a fresh working directory
-            full = os.path.join(work, path)
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            with open(full, "wb") as handle:
-                handle.write(data)
-        options = ExecOptions(argv=setup.argv(trial), env=setup.env(trial), on_start=on_start,
-                              on_modules=on_modules, cwd=work if files else None, rw=rw,
-                              stdio=(stdin.fileno(), null.fileno(), null.fileno()),
-                              virtual_time=0)
+    with setup.inputs(trial) as (options, _out, _err):  # the same run as a check trial
+        options.on_modules = on_modules
+        options.on_start = on_start
+        options.rw = rw
         # a crash or limit ends the run: what was seen until then still counts
         with contextlib.suppress(LeakDBTError):
             execute(binary, options)
@@ -180,7 +169,7 @@ def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract) -> 
             for entry in entries_in([where], mod):
                 machine.uc.hook_add(UC_HOOK_CODE, machine.guard(hook), None, entry, entry)
         for module, address, length, label in symbols:
-            if (module is None and mod.is_main) or module == mod.name:
+            if mod.is_named(module):
                 tracker.taint_memory(address + mod.base, length, label)
 
     for mod in modules.modules():
@@ -343,5 +332,5 @@ def as_check_report(report: AnalysisReport, contract: Contract) -> CheckReport:
         region = report.covering.get(f.location)
         out.findings.append(Finding(
             f.kind, "original", f.address, f.location, f.module, "", f.link_address,
-            f.instruction, f.source, 1, 1, None, region.toml() if region else None))
+            f.instruction, f.source, 0, 0, None, region.toml() if region else None))
     return out

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from functools import reduce
 from operator import or_
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsInsn
+from capstone import CsInsn
 from capstone import x86_const as x86
+
+from leakdbt.dbt.insn import detail_decoder
 
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -72,14 +74,13 @@ def _register_table() -> dict[str, RegLoc]:
 
 
 REGISTERS = _register_table()
-_md = Cs(CS_ARCH_X86, CS_MODE_64)
 
 
 def reg_loc(reg_id: int) -> RegLoc | None:
     """The shadow location of a Capstone register, or None (rip, segments, flags: clean)."""
     if reg_id == 0:
         return None
-    return REGISTERS.get(_md.reg_name(reg_id) or "")
+    return REGISTERS.get(detail_decoder().reg_name(reg_id) or "")
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def decode(cs_insn: CsInsn) -> Insn:
             ops.append(Op("i", o.size, imm=o.imm))
         elif o.type == x86.X86_OP_MEM:
             m = o.mem
-            seg = _md.reg_name(m.segment) if m.segment else ""
+            seg = detail_decoder().reg_name(m.segment) if m.segment else ""
             ops.append(Op("m", o.size, base=reg_loc(m.base), index=reg_loc(m.index),
                           scale=m.scale, disp=m.disp, rip_relative=m.base == x86.X86_REG_RIP,
                           segment=seg if seg in ("fs", "gs") else "", read=read,

@@ -31,7 +31,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn import UC_HOOK_CODE, Uc
 from unicorn import x86_const as ux
 
@@ -49,6 +48,8 @@ from leakdbt.analysis.rules import (
     read_op,
     union,
 )
+from leakdbt.dbt.disasm import strict_decoder
+from leakdbt.dbt.insn import detail_decoder
 from leakdbt.machine.machine import Machine
 
 CONTROL_FLOW = "control-flow"
@@ -108,12 +109,9 @@ class TaintTracker:
         self.elapsed = 0.0
         self.default_counts: Counter[str] = Counter()
         self._cache: dict[int, Insn] = {}
-        self._md = Cs(CS_ARCH_X86, CS_MODE_64)
-        self._md.detail = True
         self._found: dict[tuple[str, int], Finding] = {}
         self._implicit: list[_Implicit] = []
         self._hammocks: dict[tuple[int, int], bool] = {}
-        self._md_plain = Cs(CS_ARCH_X86, CS_MODE_64)
         begin, end = scope if scope is not None else (1, 0)
         self.uc.hook_add(UC_HOOK_CODE, machine.guard(self._on_insn), None, begin, end)
         self._syscall = machine.syscall_handler
@@ -167,7 +165,7 @@ class TaintTracker:
 
     def _decode(self, address: int, size: int) -> Insn:
         code = bytes(self.uc.mem_read(address, max(size, 1) if size < 16 else 16))
-        cs = next(self._md.disasm(code, address, 1), None)
+        cs = next(detail_decoder().disasm(code, address, 1), None)
         if cs is None:  # let the engine raise the fault; no data flow
             return Insn(address, size, "(bad)", ())
         return decode(cs)
@@ -274,7 +272,7 @@ class TaintTracker:
             if ok:
                 code = bytes(self.uc.mem_read(start, end - start))
                 at = start
-                for cs in self._md_plain.disasm(code, start):
+                for cs in strict_decoder().disasm(code, start):
                     at = cs.address + cs.size
                     m = cs.mnemonic
                     if m.startswith(("call", "ret", "syscall", "int", "hlt", "ud2")):

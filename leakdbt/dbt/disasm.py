@@ -21,7 +21,7 @@ def _decoder() -> Any:
 
 
 @lru_cache(maxsize=1)
-def _strict_decoder() -> Any:
+def strict_decoder() -> Any:
     """A decoder that stops at the first byte that is not an instruction (no skipdata)."""
     import capstone
 
@@ -45,7 +45,7 @@ def decode_one(code: bytes, address: int) -> Any | None:
 
     None means the leading bytes are not a valid instruction (or ``code`` is too short).
     """
-    for insn in _strict_decoder().disasm(code, address, 1):
+    for insn in strict_decoder().disasm(code, address, 1):
         return insn
     return None
 

@@ -137,9 +137,8 @@ class Dispatcher:
         if image is None:
             return
         started = time.perf_counter()
-        names = {mod.name, image.soname} - {None}
         for req in self.requests:
-            if (req.module is None and mod.is_main) or (req.module in names and not mod.is_main):
+            if mod.is_named(req.module):
                 self._translate_region(mod, image, req)
         if self.translate_all is not None:
             self._plant_traps(mod, image)

@@ -80,8 +80,10 @@ class Insn:
 
 
 @lru_cache(maxsize=1)
-def _decoder() -> Any:
-    import capstone  # lazily: importing it costs tens of milliseconds
+def detail_decoder() -> Any:
+    """The one Capstone decoder with operand details, shared by everything that needs them
+    (created lazily: importing Capstone costs tens of milliseconds)."""
+    import capstone
 
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     md.detail = True
@@ -90,14 +92,14 @@ def _decoder() -> Any:
 
 def decode(code: bytes, address: int) -> Insn | None:
     """The instruction at the start of ``code`` (located at ``address``), or None."""
-    for ci in _decoder().disasm(code[:15], address, 1):
+    for ci in detail_decoder().disasm(code[:15], address, 1):
         return from_capstone(ci)
     return None
 
 
 def decode_all(code: bytes, address: int) -> list[Insn]:
     """Decode ``code`` linearly from ``address``, stopping at the first undecodable byte."""
-    return [from_capstone(ci) for ci in _decoder().disasm(code, address)]
+    return [from_capstone(ci) for ci in detail_decoder().disasm(code, address)]
 
 
 def from_capstone(ci: Any) -> Insn:

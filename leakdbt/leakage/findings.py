@@ -68,8 +68,8 @@ class Finding:
     link_address: int  # the instruction's address in the module's own numbering
     instruction: str  # Capstone's text
     source: SourceLine | None
-    distinct: int  # distinct observations at this point over the trials
-    trials: int  # trials that reached the point
+    distinct: int  # distinct observations at this point over the trials (0: no trials)
+    trials: int  # trials the check ran (0: found by taint tracking)
     witness: Witness | None  # None: found by taint tracking (leakdbt analyze), not by trials
     suggestion: str | None = None  # a [[protect.region]] entry that would cover it
 

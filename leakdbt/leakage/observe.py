@@ -24,13 +24,13 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 from unicorn import x86_const as x
 
-from leakdbt.dbt.insn import decode
+from leakdbt.dbt.insn import decode, detail_decoder
+from leakdbt.linux.modules import LoadedModule
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PAGE
 
@@ -75,7 +75,6 @@ class Trace:
     """One run's observations."""
 
     digests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OBSERVERS, 0))
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OBSERVERS, 0))
     instructions: int = 0  # in scope
     cost: int = 0  # the cost model's estimate, in scope
     scope_ns: int = 0  # host time spent in scope (emulation, hooks included)
@@ -147,7 +146,6 @@ class RunObserver:
     def _record(self, address: int, size: int) -> None:
         t = self.trace
         t.digests[CONTROL_FLOW] = hash((t.digests[CONTROL_FLOW], address))
-        t.counts[CONTROL_FLOW] += 1
         counts = self._insn_counts.get(address)
         if counts is None:
             counts = self._insn_counts[address] = self._count(address, size)
@@ -180,12 +178,13 @@ class RunObserver:
         kind = "w" if access == UC_MEM_WRITE else "r"
         t = self.trace
         unit = self.unit
-        for u in range(address // unit, (address + size - 1) // unit + 1):
+        units = range(address // unit, (address + size - 1) // unit + 1)
+        for u in units:
             t.digests[MEMORY] = hash((t.digests[MEMORY], kind, u))
-            t.counts[MEMORY] += 1
-            if self.full:
-                pc = uc.reg_read(x.UC_X86_REG_RIP)
-                t.memory.append((len(t.blocks) - 1, pc, kind, u))
+        if self.full:
+            pc = uc.reg_read(x.UC_X86_REG_RIP)
+            block = len(t.blocks) - 1
+            t.memory += [(block, pc, kind, u) for u in units]
 
     # -- variable latency ----------------------------------------------------------------------
 
@@ -211,7 +210,6 @@ class RunObserver:
         props = operand_class(uc, site)
         t = self.trace
         t.digests[LATENCY] = hash((t.digests[LATENCY], address, props))
-        t.counts[LATENCY] += 1
         if "subnormal" in props:
             t.cost += COST["subnormal"]
         if self.full:
@@ -237,7 +235,7 @@ def _latency_sites(code: bytes, base: int, classes: Sequence[str], limit: int | 
 
     found = []
     end = base + PAGE if limit is None else limit
-    for ci in _detail_decoder().disasm(code, base):
+    for ci in detail_decoder().disasm(code, base):
         if ci.address >= end:
             break
         cls = next((c for c in classes if ci.mnemonic in CLASS_MNEMONICS[c]), None)
@@ -263,15 +261,6 @@ def _latency_sites(code: bytes, base: int, classes: Sequence[str], limit: int | 
         found.append((ci.address, LatencySite(ci.address, ci.mnemonic, cls, tuple(operands),
                                               width)))
     return found
-
-
-@lru_cache(maxsize=1)
-def _detail_decoder() -> Any:
-    import capstone
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
 
 
 def operand_class(uc: Any, site: LatencySite) -> str:
@@ -333,9 +322,7 @@ def _fp_class(value: int, double: bool, packed: bool) -> str:
     return "/".join(out)
 
 
-def entries_in(functions: Sequence[tuple[str | None, int]], mod: Any) -> list[int]:
+def entries_in(functions: Sequence[tuple[str | None, int]], mod: LoadedModule) -> list[int]:
     """Runtime entries, in the loaded module ``mod``, of those of ``functions`` ((module
     file name or None for the main program, link-time start)) that it holds."""
-    names = {mod.name, mod.image.soname if mod.image else None} - {None}
-    return [start + mod.base for module, start in functions
-            if (module is None and mod.is_main) or (module in names and not mod.is_main)]
+    return [start + mod.base for module, start in functions if mod.is_named(module)]

@@ -220,9 +220,7 @@ def _result(finding: Finding, rule_index: int, report: CheckReport, root: str) -
             "module": finding.module,
             "instruction": finding.instruction,
             "mode": finding.mode,
-            "distinct": finding.distinct,
-            "trials": finding.trials,
-            **({"witness": {
+            **({"distinct": finding.distinct, "trials": finding.trials, "witness": {
                 "first": _trial_json(w.first),
                 "second": _trial_json(w.second),
                 "observed": list(w.observed),

@@ -13,13 +13,14 @@ is identical up to the first secret byte.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as x
@@ -186,13 +187,13 @@ class TrialSetup:
                 _overwrite(out[path], secret.source.offset, secret.render(value))
         return {p: bytes(d) for p, d in out.items()}
 
-    def run(self, t: TrialInput, what: Observation) -> TrialRun:
-        """Run one trial and observe it."""
-        observers: list[RunObserver] = []
-        dispatchers: list[Dispatcher | None] = []
-        maps: list[ModuleMap] = []
+    @contextlib.contextmanager
+    def inputs(self, t: TrialInput) -> Iterator[tuple[ExecOptions, IO[bytes], IO[bytes]]]:
+        """The trial's inputs in place — argv, environment, standard input, file secrets in a
+        fresh working directory — as the options of its run, with the files that collect
+        its standard output and error."""
         files = self.files(t)
-        with tempfile.TemporaryDirectory(prefix="leakdbt-check-") as work, \
+        with tempfile.TemporaryDirectory(prefix="leakdbt-trial-") as work, \
                 tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, \
                 tempfile.TemporaryFile() as err:
             stdin.write(self.stdin(t))
@@ -202,18 +203,26 @@ class TrialSetup:
                 os.makedirs(os.path.dirname(full), exist_ok=True)
                 with open(full, "wb") as f:
                     f.write(data)
+            yield ExecOptions(
+                argv=self.argv(t), env=self.env(t), cwd=work if files else None,
+                max_insns=self.max_insns, regions=self.regions, mode=self.mode,
+                hardener=self.hardener_factory() if self.hardener_factory else None,
+                stdio=(stdin.fileno(), out.fileno(), err.fileno()),
+                virtual_time=VIRTUAL_TIME_SEED), out, err
+
+    def run(self, t: TrialInput, what: Observation) -> TrialRun:
+        """Run one trial and observe it."""
+        observers: list[RunObserver] = []
+        dispatchers: list[Dispatcher | None] = []
+        maps: list[ModuleMap] = []
+        with self.inputs(t) as (options, out, err):
 
             def start(machine: Machine, dispatcher: Dispatcher | None) -> None:
                 dispatchers.append(dispatcher)
                 observers.append(self._attach(machine, maps[0], t, what))
 
-            options = ExecOptions(
-                argv=self.argv(t), env=self.env(t), cwd=work if files else None,
-                max_insns=self.max_insns, regions=self.regions, mode=self.mode,
-                hardener=self.hardener_factory() if self.hardener_factory else None,
-                on_modules=maps.append, on_start=start,
-                stdio=(stdin.fileno(), out.fileno(), err.fileno()),
-                virtual_time=VIRTUAL_TIME_SEED)
+            options.on_modules = maps.append
+            options.on_start = start
             error = ""
             started = time.perf_counter_ns()
             try:
@@ -259,7 +268,7 @@ class TrialSetup:
                 for entry in entries_in([where], mod):
                     machine.uc.hook_add(UC_HOOK_CODE, machine.guard(write), None, entry, entry)
             for module, address, value in globals_:
-                if (module is None and mod.is_main) or module == mod.name:
+                if mod.is_named(module):
                     machine.mem.write(address + mod.base, value)
 
         for mod in modules.modules():

@@ -24,6 +24,14 @@ class LoadedModule:
     image: Image | None
     is_main: bool
 
+    def is_named(self, module: str | None) -> bool:
+        """Whether a contract's module name means this module: None is the main program;
+        a library is named by its file name or its soname."""
+        if module is None:
+            return self.is_main
+        return not self.is_main and module in (self.name, self.image.soname if self.image
+                                               else None)
+
 
 class ModuleMap:
     """Modules mapped by the loader (main program, interpreter) and by the guest's ld.so."""

@@ -5,6 +5,7 @@ back when it exits; one on the other CPU counts for a co-resident adversary only
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -70,7 +71,7 @@ def test_scripted_tenancy_switches_exactly_and_keeps_the_output(
 
 def _entries(stats: str) -> tuple[int, int]:
     line = next(x for x in stats.splitlines() if "tiny_region" in x and "'fast'" in x)
-    counts = eval(line.split(None, 1)[1])  # noqa: S307 - our own --stats dict
+    counts = ast.literal_eval(line.split(None, 1)[1])
     return counts["fast"], counts["hardened"]
 
 

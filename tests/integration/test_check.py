@@ -13,10 +13,12 @@ import pytest
 
 from leakdbt.contract import load
 from leakdbt.contract.profiles import get_profile
+from leakdbt.dbt.dispatch import Mode
 from leakdbt.leakage.check import CheckOptions, run_check
 from leakdbt.leakage.findings import LeakKind
 from leakdbt.leakage.trials import Observation, TrialSetup, trial_inputs
-from tests.conftest import REPO, binary, run_leakdbt
+from tests.conftest import REPO, binary, run_leakdbt, run_native
+from tests.unit.dbt.harness import compile_program
 
 CONTRACTS = REPO / "contracts"
 CPU = "intel-skylake"  # every latency class variable
@@ -105,16 +107,43 @@ def test_leak_points_do_not_depend_on_the_elf_kind(built: Path) -> None:
     assert found == expected
 
 
-def test_trials_with_equal_secrets_observe_exactly_the_same(built: Path) -> None:
-    """Virtual time: timecalls reads the clock and getrandom, yet two runs with the same
-    trial values produce identical digests, outputs and full traces."""
-    exe = binary("static", "ct_modexp")
-    c = load(CONTRACTS / "ct_modexp.toml", binary=exe)
-    setup = TrialSetup(exe, c, __import__("leakdbt.dbt.dispatch", fromlist=["Mode"]).Mode.FAST)
+CLOCKS = r"""
+#include <stdio.h>
+#include <sys/random.h>
+#include <time.h>
+int main(int argc, char **argv)
+{
+    struct timespec t;
+    unsigned char r[4];
+    clock_gettime(CLOCK_REALTIME, &t);
+    if (getrandom(r, sizeof r, 0) != sizeof r) return 1;
+    unsigned spins = (unsigned)(t.tv_nsec % 97) + r[0];  /* time and entropy steer the flow */
+    volatile unsigned acc = 0;
+    for (unsigned i = 0; i < spins; i++) acc += i;
+    printf("%s %lld.%09ld %02x%02x%02x%02x %u\n", argc > 1 ? argv[1] : "-", (long long)t.tv_sec,
+           t.tv_nsec, r[0], r[1], r[2], r[3], acc);
+    return 0;
+}
+"""
+
+
+def test_trials_with_equal_secrets_observe_exactly_the_same(built: Path, tmp_path: Path
+                                                            ) -> None:
+    """Virtual time: a program whose control flow and output follow the clock and getrandom
+    differs between two native runs, yet two trials with the same secret values produce
+    identical outputs, digests and full traces."""
+    exe = str(compile_program(tmp_path, "clocks", {"clocks.c": CLOCKS}, "static"))
+    assert run_native([exe, "x"]).stdout != run_native([exe, "x"]).stdout
+    contract = tmp_path / "clocks.toml"
+    contract.write_text('version = 1\n[[secret]]\nname = "s"\nargv = 1\nlength = 2\n'
+                        '[protect]\nadversary = "co-resident"\n')
+    c = load(contract, binary=exe)
+    setup = TrialSetup(exe, c, Mode.FAST)
     t = trial_inputs(c, 1, 5)[0]
     what = Observation(("control-flow", "memory", "latency"), 64, ("int-div",), full=True)
     a, b = setup.run(t, what), setup.run(t, what)
-    assert a.trace.digests == b.trace.digests and a.stdout == b.stdout
+    assert a.status == 0 and a.stdout == b.stdout
+    assert a.trace.digests == b.trace.digests
     assert a.trace.blocks == b.trace.blocks and a.trace.memory == b.trace.memory
 
 
