@@ -177,6 +177,7 @@ def main() -> None:
           f"{statistics.median(starts):.3f} s, best {min(starts):.3f} s (5 runs)")
     translation_bench(leakdbt)
     hardening_bench(leakdbt)
+    equivalent_bench(leakdbt)
     check_bench(leakdbt)
     adaptive_bench(leakdbt)
     analyze_bench(leakdbt)
@@ -301,6 +302,33 @@ def hardening_bench(leakdbt: list[str]) -> None:
                          if p})
         print(f"| {prog} | {', '.join(passes)} | {region['fast']:,} → {region['hardened']:,} | "
               f"{region['hardened'] / region['fast']:.1f}x | "
+              f"{insns['hardened'] / insns['fast']:.2f}x | "
+              f"{times['fast']:.3f} / {times['hardened']:.3f} | "
+              f"{times['hardened'] / times['fast']:.2f}x |")
+
+
+EQUIVALENTS = {  # contract -> (program, argv[1:]) for the ct-equivalent bench
+    "sodium_verify_memcmp": ("sodium_verify", ["00" * 32, "memcmp"]),
+    "ossl_modexp_leaky": ("ossl_modexp", ["0123456789abcdef" * 4, "leaky"]),
+}
+
+
+def equivalent_bench(leakdbt: list[str]) -> None:
+    """Whole functions replaced by a constant-time equivalent: the whole program, fast
+    (original function) vs hardened, side by side."""
+    print(f"\n### ct-equivalent: whole functions (static, --cpu {BENCH_CPU})\n")
+    print("| contract | program insns, fast → hardened | ratio | wall time fast / hardened (s) "
+          "| wall ratio |")
+    print("|---|---|---|---|---|")
+    for name, (prog, args) in EQUIVALENTS.items():
+        exe = str(BUILD / prog)
+        contract = str(REPO / "contracts" / f"{name}.toml")
+        base = [*leakdbt, "--contract", contract, "--cpu", BENCH_CPU]
+        runs = {mode: [*base, "--mode", mode, exe, *args] for mode in ("fast", "hardened")}
+        native = subprocess.run([exe, *args], capture_output=True).stdout
+        times = {m: median_time(argv, native)[0] for m, argv in runs.items()}
+        insns = {m: guest_instructions(argv) for m, argv in runs.items()}
+        print(f"| {name} | {insns['fast']:,} → {insns['hardened']:,} | "
               f"{insns['hardened'] / insns['fast']:.2f}x | "
               f"{times['fast']:.3f} / {times['hardened']:.3f} | "
               f"{times['hardened'] / times['fast']:.2f}x |")
@@ -453,28 +481,30 @@ def adaptive_bench(leakdbt: list[str]) -> None:
 def analyze_bench(leakdbt: list[str]) -> None:
     """Taint tracking speed, and whole analyses."""
     print("\n### leakdbt analyze: taint tracking (static builds)\n")
-    print("| contract | guest insns tracked | analyze wall time (s) | plain exec (s) | "
-          "tracked insns/s |")
-    print("|---|---|---|---|---|")
+    print("| contract | guest insns tracked | runs | analyze wall time (s) | plain exec (s) | "
+          "insns/s in the taint hook |")
+    print("|---|---|---|---|---|---|")
     for name, program in (("ct_modexp", "ct_modexp"), ("sbox_round", "sbox_round"),
-                          ("ossl_modexp_leaky", "ossl_modexp")):
+                          ("mac_verify", "mac_verify"), ("ossl_modexp_leaky", "ossl_modexp")):
         exe = str(BUILD / program)
         contract = str(REPO / "contracts" / f"{name}.toml")
         argv = [leakdbt[0], "analyze", "--format", "json", "--contract", contract, exe]
-        samples, insns = [], 0
+        samples, rates = [], []
         for _ in range(REPEAT):
             started = time.perf_counter()
-            out = subprocess.run(argv, capture_output=True, text=True, check=True)
+            out = json.loads(subprocess.run(argv, capture_output=True, text=True,
+                                            check=True).stdout)
             samples.append(time.perf_counter() - started)
-            insns = json.loads(out.stdout)["instructions"]
-        took = statistics.median(samples)
+            rates.append(out["instructions"] / out["taint_seconds"])
         secret = {"ct_modexp": "0123456789abcdef",
                   "sbox_round": "2b7e151628aed2a6abf7158809cf4f3c",
+                  "mac_verify": "bb72509640bec05a5283b4422cda9c97",
                   "ossl_modexp_leaky": "00" * 32}[name]
         extra = ["leaky"] if program == "ossl_modexp" else []
         plain = median_time([*leakdbt, exe, secret, *extra])[0]
-        print(f"| {name} | {insns:,} | {took:.2f} | {plain:.2f} | "
-              f"{insns / max(took - plain, 1e-3):,.0f} |")
+        print(f"| {name} | {out['instructions']:,} | {out['runs']} | "
+              f"{statistics.median(samples):.2f} | {plain:.2f} | "
+              f"{statistics.median(rates):,.0f} |")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,10 @@ def _no_object(address: int) -> DataObject | None:
     return None
 
 
+def _no_function(name: str) -> int | None:
+    return None
+
+
 @dataclass(frozen=True)
 class RegionView:
     """What a pass sees of a region (link-time addresses of its module).
@@ -112,7 +116,8 @@ class RegionView:
     ``shape`` is how the translator formed it: ``branch`` (a conditional branch's block up
     to where its paths meet, or up to the returns when they meet only by returning),
     ``loop`` (a natural loop: the header at ``entry`` and every block that reaches a back
-    edge to it) or ``block`` (one basic block).
+    edge to it), ``function`` (every block of the function whose entry is ``entry``) or
+    ``block`` (one basic block).
     """
 
     name: str  # as the contract wrote it, e.g. ``modexp+0x40``
@@ -124,6 +129,8 @@ class RegionView:
     table: tuple[int, int] | None = None  # a table region's bounds: (address, length)
     params: Mapping[str, int | str | bool] = field(default_factory=dict)  # from the mapping
     object_at: Callable[[int], DataObject | None] = _no_object  # data symbol containing it
+    names: tuple[str, ...] = ()  # the function symbols at ``entry`` (aliases included)
+    function_address: Callable[[str], int | None] = _no_function  # a function of the module
 
     def instructions(self) -> list[Insn]:
         """Every instruction of the region, by address."""

@@ -51,6 +51,18 @@ def binary(kind: str, name: str) -> str:
     return str(BUILD / kind / name)
 
 
+@pytest.fixture(scope="session")
+def fastmath_fp_secret(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """fp_secret linked with gcc's crtfastmath.o, which sets MXCSR.FTZ|DAZ before main: the
+    native ground truth for what the fp-ftz-daz pass computes."""
+    crt = subprocess.run(["gcc", "-print-file-name=crtfastmath.o"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    out = tmp_path_factory.mktemp("ftz") / "fp_secret"
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(out),
+                    str(TEST_BINARIES / "fp_secret.c"), crt], check=True)
+    return str(out)
+
+
 # Core dumps of deliberately crashing native programs are noise.
 try:
     import resource

@@ -11,9 +11,14 @@ check`` does), ``register`` and ``pointer`` (at every entry of their function) a
 callees': a library routine that merely copies or prints the secret is the caller's
 business); without it, everywhere.
 
-Suggested regions are merged per block: a branch region covers the divisions, table
-accesses and floating point inside it (the contract mapping gives it those passes), so
-findings in the blocks of a suggested branch region add nothing.
+Memory accesses the secret moves only within one cache line (of the CPU profile's size) are
+findings only against an adversary who sees offsets within a line (``same-core`` on a CPU
+that leaks them, :func:`leakdbt.contract.mapping.observers`); otherwise they are counted in
+:attr:`AnalysisReport.within_line` and dropped.
+
+The suggested regions (whole functions, loops with their bounds, blocks) and the region
+covering each finding come from :mod:`leakdbt.analysis.suggest`; whole functions and loop
+bounds take a second run.
 """
 
 from __future__ import annotations
@@ -27,8 +32,14 @@ from typing import Any
 
 from unicorn import UC_HOOK_CODE
 
-from leakdbt.analysis.taint import TaintTracker
-from leakdbt.contract.edit import RegionEntry
+from leakdbt.analysis.functions import function_regions
+from leakdbt.analysis.loops import LoopCounter
+from leakdbt.analysis.suggest import exit_loops, regions
+from leakdbt.analysis.taint import MEMORY_ACCESS, WITHIN_LINE, TaintTracker
+from leakdbt.contract import loads, plan
+from leakdbt.contract.dump import dumps
+from leakdbt.contract.edit import RegionEntry, add_regions
+from leakdbt.contract.mapping import Observer, observers
 from leakdbt.contract.model import (
     ArgvSource,
     Contract,
@@ -39,19 +50,17 @@ from leakdbt.contract.model import (
     StdinSource,
     SymbolSource,
 )
-from leakdbt.contract.profiles import Profile
-from leakdbt.dbt.cfg import function_cfg
+from leakdbt.contract.profiles import Profile, host_profile
 from leakdbt.dbt.dispatch import Dispatcher, Mode
 from leakdbt.dbt.insn import decode
-from leakdbt.dbt.region import form_region
 from leakdbt.errors import LeakDBTError
+from leakdbt.leakage.check import trial_setup
 from leakdbt.leakage.findings import CheckReport, Finding, LeakKind, SourceLine
-from leakdbt.leakage.locate import function_at, image_of, source_line, suggest_region
+from leakdbt.leakage.locate import image_of, source_line
 from leakdbt.leakage.observe import entries_in
-from leakdbt.leakage.trials import Place, TrialSetup, trial_inputs
+from leakdbt.leakage.trials import Place, TrialInput, TrialSetup, trial_inputs
 from leakdbt.linux.launch import execute
 from leakdbt.linux.modules import LoadedModule, ModuleMap
-from leakdbt.loader.image import Image
 from leakdbt.machine.machine import Machine
 
 KINDS = {k.value: k for k in LeakKind}
@@ -86,40 +95,35 @@ class AnalysisReport:
     instructions: int = 0
     default_rule: dict[str, int] = field(default_factory=dict)  # mnemonic -> instructions
     seconds: float = 0.0
+    within_line: int = 0  # memory accesses moved only within a line, not seen: dropped
+    taint_seconds: float = 0.0  # host time in the taint hook (the tracker's own speed)
+    runs: int = 1  # guest runs: the tainted one, then for function regions and loop bounds
 
 
 def analyze(binary: str, contract: Contract, args: list[str] | None = None,
-            rw: Sequence[str] = ()) -> AnalysisReport:
+            rw: Sequence[str] = (), profile: Profile | None = None) -> AnalysisReport:
     """Run ``binary`` once with the contract's secrets tainted (see the module doc); ``rw``:
-    host directories the guest may write to, as ``exec --rw``."""
+    host directories the guest may write to, as ``exec --rw``; ``profile``: the CPU whose
+    cache lines and intra-line leaks decide the memory-access findings (default: the
+    host's)."""
     started = time.monotonic()
+    profile = profile or host_profile()
     if args is not None:
         contract = replace(contract, check=replace(contract.check, args=tuple(args)))
     trial = trial_inputs(contract, 1, contract.check.seed)[0]
-    setup = TrialSetup(binary, contract, Mode.FAST)
-    box: dict[str, Any] = {}
-
-    def on_modules(modules: ModuleMap) -> None:
-        box["modules"] = modules
-
-    def on_start(machine: Machine, _dispatcher: Dispatcher | None) -> None:
-        box["tracker"] = _taint_sources(machine, box["modules"], contract)
-
-    with setup.inputs(trial) as (options, _out, _err):  # the same run as a check trial
-        options.on_modules = on_modules
-        options.on_start = on_start
-        options.rw = rw
-        # a crash or limit ends the run: what was seen until then still counts
-        with contextlib.suppress(LeakDBTError):
-            execute(binary, options)
-    tracker: TaintTracker = box["tracker"]
-    modules: ModuleMap = box["modules"]
+    tracker, modules = _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile)
+    assert tracker is not None
     report = AnalysisReport(binary, contract.path, instructions=tracker.instructions,
-                            default_rule=dict(tracker.default_counts.most_common()))
+                            default_rule=dict(tracker.default_counts.most_common()),
+                            taint_seconds=tracker.elapsed)
     scoped = _scope(contract, modules)
+    sub_line = _sees_within_lines(contract, profile)
     for f in tracker.findings():
         place = _place(modules, f.address)
         if scoped is not None and not any(lo <= f.address < hi for lo, hi in scoped):
+            continue
+        if f.kind == MEMORY_ACCESS and f.reach == WITHIN_LINE and not sub_line:
+            report.within_line += 1
             continue
         image = image_of(place.module_path) if place.module_path else None
         text = "?"
@@ -131,14 +135,93 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
             KINDS[f.kind], place.symbolic, f.address, place.link_address, place.module, text,
             source_line(place.module_path, place.link_address) if place.module_path else None,
             names, f.count, table=_table(modules, f.targets)))
-    report.regions, report.covering = _regions(report.findings, modules)
+    places = {f.location: _place(modules, f.address) for f in report.findings}
+    report.regions, report.covering, more = _suggest(report.findings, places, binary,
+                                                     contract, profile, trial, rw)
+    report.runs += more
     report.seconds = time.monotonic() - started
     return report
 
 
-def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract) -> TaintTracker:
+def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profile,
+         watch: Callable[[Machine, ModuleMap], None] | None = None, taint: bool = True
+         ) -> tuple[TaintTracker | None, ModuleMap]:
+    """One run of ``trial`` (the same run as a check trial), with the secrets tainted when
+    ``taint``; ``watch`` attaches more hooks at the start."""
+    box: dict[str, Any] = {}
+
+    def on_modules(modules: ModuleMap) -> None:
+        box["modules"] = modules
+
+    def on_start(machine: Machine, _dispatcher: Dispatcher | None) -> None:
+        if taint:
+            box["tracker"] = _taint_sources(machine, box["modules"], setup.contract,
+                                            profile.line_size)
+        if watch is not None:
+            watch(machine, box["modules"])
+
+    with setup.inputs(trial) as (options, _out, _err):
+        options.on_modules = on_modules
+        options.on_start = on_start
+        options.rw = rw
+        # a crash or limit ends the run: what was seen until then still counts
+        with contextlib.suppress(LeakDBTError):
+            execute(setup.binary, options)
+    return box.get("tracker"), box["modules"]
+
+
+def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: str,
+             contract: Contract, profile: Profile, trial: TrialInput, rw: Sequence[str]
+             ) -> tuple[list[RegionEntry], dict[str, RegionEntry], int]:
+    """The regions for ``findings`` (leakdbt.analysis.suggest), the region covering each
+    finding, and the runs it took.  Whole-function regions take a run hardened with them,
+    to see which findings they remove; loop bounds take a run that counts the iterations of
+    the loops that secret branches leave."""
+    functions = function_regions(places.values(), contract, profile)
+    removed: set[str] = set()
+    if functions:
+        text, _ = add_regions(dumps(contract), list(functions.values()), contract.path)
+        hardened = replace(loads(text, contract.path, binary), check=contract.check)
+        setup = trial_setup(binary, hardened, profile, plan(hardened, profile), "hardened", 0)
+        tracker, modules = _run(setup, trial, rw, profile)
+        assert tracker is not None
+        left = {(KINDS[f.kind], _place(modules, f.address).symbolic)
+                for f in tracker.findings()}
+        removed = {f.location for f in findings if (f.kind, f.location) not in left}
+    loops = exit_loops(findings, places, set(functions))
+    trips: dict[str, tuple[int, ...]] = {}
+    if loops:
+        counters: list[LoopCounter] = []
+
+        def watch(machine: Machine, modules: ModuleMap) -> None:
+            counters.append(LoopCounter(machine))
+            for loop in loops.values():
+                for mod in modules.modules():
+                    if mod.is_named(loop.module):
+                        counters[0].watch(loop.region, loop.branch, mod.base)
+
+        _, modules = _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile, watch,
+                          taint=False)
+        trips = {loop.at: counters[0].trips(loop.region.entry + _base(modules, loop.module))
+                 for loop in loops.values()}
+    return (*regions(findings, places, functions, removed, loops, trips),
+            bool(functions) + bool(loops))
+
+
+def _base(modules: ModuleMap, name: str | None) -> int:
+    return next(m.base for m in modules.modules() if m.is_named(name))
+
+
+def _sees_within_lines(contract: Contract, profile: Profile) -> bool:
+    """Does the contract's adversary see which part of a cache line is accessed?"""
+    return any(v.observer is Observer.INTRA_LINE and v.observed
+               for v in observers(contract.protect.adversary, profile))
+
+
+def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract,
+                   line_size: int = 64) -> TaintTracker:
     """A tracker with every secret's source tainted, now or when it enters."""
-    tracker = TaintTracker(machine)
+    tracker = TaintTracker(machine, line_size=line_size)
     binding = contract.binding
     assert binding is not None
     hooks: list[tuple[tuple[str | None, int], Any]] = []
@@ -278,50 +361,6 @@ def _place(modules: ModuleMap, address: int) -> Place:
         return Place(address, "", "", address, f"{address:#x}", False)
     return Place(address, mod.name, mod.host_path, address - mod.base,
                  modules.symbolize(address), mod.is_main)
-
-
-def _regions(findings: list[AnalysisFinding], modules: ModuleMap
-             ) -> tuple[list[RegionEntry], dict[str, RegionEntry]]:
-    """One region per block, branch regions absorbing what lies inside them; and the
-    region that covers each finding (by location)."""
-    entries: dict[str, RegionEntry] = {}
-    covered: dict[str, RegionEntry] = {}  # block -> the branch region holding it
-    covering: dict[str, RegionEntry] = {}
-    for f in sorted(findings, key=lambda f: f.kind is not LeakKind.CONTROL_FLOW):
-        place = _place(modules, f.address)
-        image = image_of(place.module_path) if place.module_path else None
-        if image is None:
-            continue
-        entry = suggest_region(f.kind, place, image, f.instruction, "leakdbt analyze")
-        if entry is None:
-            continue
-        if entry.kind == "table" and f.table is not None:
-            entry = replace(entry, table=f.table)
-        owner = covered.get(entry.at) or entries.get(entry.at)
-        if owner is not None:
-            covering[f.location] = owner
-            continue
-        entries[entry.at] = covering[f.location] = entry
-        if entry.kind == "branch":
-            covered.update(dict.fromkeys(_branch_blocks(entry, place, image), entry))
-    return list(entries.values()), covering
-
-
-def _branch_blocks(entry: RegionEntry, place: Place, image: Image) -> set[str]:
-    """The names of the blocks a branch region starting at ``entry.at`` holds."""
-    func = function_at(image, place.link_address)
-    if func is None:
-        return set()
-    try:
-        cfg = function_cfg(image, func)
-        block = cfg.block_at(place.link_address)
-        if block is None:
-            return set()
-        region = form_region(cfg, block.start, entry.at, True)
-    except LeakDBTError:
-        return set()
-    prefix = "" if place.is_main else f"{place.module}:"
-    return {prefix + (image.symbolize(b) or f"{b:#x}") for b in region.blocks}
 
 
 def as_check_report(report: AnalysisReport, contract: Contract) -> CheckReport:

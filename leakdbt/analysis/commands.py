@@ -20,7 +20,9 @@ import click
 @click.option("--trials", type=click.IntRange(min=2), default=None,
               help="With --confirm: the checker's trials (default: the contract's).")
 @click.option("--cpu", metavar="NAME", default=None,
-              help="With --confirm: the CPU profile (default: the host's).")
+              help="The CPU profile: its cache line size and whether offsets within a line "
+                   "leak decide the memory-access findings; with --confirm, the checker's "
+                   "too (default: the host's).")
 @click.option("--rw", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Host directory the guest may write to (repeatable), as for exec.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text")
@@ -34,14 +36,14 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
     from leakdbt.analysis.analyze import analyze as run
     from leakdbt.contract import load, loads
     from leakdbt.contract.edit import RegionEntry, add_regions
+    from leakdbt.contract.profiles import choose_profile
 
     contract = load(contract_path, binary=binary)
-    report = run(binary, contract, list(args) or None, rw)
+    profile, _why = choose_profile(cpu)
+    report = run(binary, contract, list(args) or None, rw, profile)
     if confirm:
         from leakdbt.analysis.analyze import confirm as confirm_findings
-        from leakdbt.contract.profiles import choose_profile
 
-        profile, _why = choose_profile(cpu)
         confirm_findings(report, binary, contract, profile,
                          trials or contract.check.trials, list(args) or None)
     added: list[RegionEntry] = []
@@ -66,28 +68,39 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
         click.echo(json.dumps({
             "binary": report.binary, "contract": report.contract,
             "instructions": report.instructions, "default_rule": report.default_rule,
+            "within_line": report.within_line, "runs": report.runs,
+            "seconds": round(report.seconds, 3),
+            "taint_seconds": round(report.taint_seconds, 3),
             "findings": [{"kind": f.kind.value, "location": f.location,
                           "address": f.address, "instruction": f.instruction,
                           "source": f"{f.source.file}:{f.source.line}" if f.source else None,
                           "secrets": list(f.secrets), "count": f.count,
                           "confirmed": f.confirmed or None}
                          for f in report.findings],
-            "regions": [{"at": e.at, "kind": e.kind, "table": e.table, "why": e.why}
-                        for e in report.regions],
+            "regions": [{"at": e.at, "kind": e.kind, "table": e.table, "bound": e.bound,
+                         "why": e.why} for e in report.regions],
             "written": [e.at for e in added]}, indent=2))
         return
     click.echo(f"leakdbt analyze: {binary} {' '.join(args)}".rstrip())
-    click.echo(f"  {report.instructions:,} instructions tracked in {report.seconds:.1f} s")
+    runs = f" ({report.runs} runs)" if report.runs > 1 else ""
+    click.echo(f"  {report.instructions:,} instructions tracked in {report.seconds:.1f} s"
+               f"{runs}")
     for f in report.findings:
         source = f" ({f.source.file}:{f.source.line})" if f.source else ""
         click.echo(f"  {f.kind.value} at {f.location}{source}: {f.instruction} "
                    f"[{', '.join(f.secrets)}; {f.count}x]")
         if f.confirmed:
             click.echo(f"    confirmed by leakdbt check: {f.confirmed}")
+    if report.within_line:
+        click.echo(f"  {report.within_line} memory access(es) the secrets move only within a "
+                   f"{profile.line_size}-byte cache line: not findings against a "
+                   f"{contract.protect.adversary.value} adversary on {profile.name}")
     if not report.findings:
         click.echo("  nothing depends on the secrets")
     for e in report.regions:
         state = "written" if e in added else ("already in the contract" if write
                                               else "suggested")
         table = f" table {e.table}" if e.table else ""
-        click.echo(f"  region {e.at} kind {e.kind}{table}: {state}")
+        bound = "" if e.kind != "loop" else f" bound {e.bound}" if e.bound is not None \
+            else " (no bound known: add one)"
+        click.echo(f"  region {e.at} kind {e.kind}{table}{bound}: {state}")

@@ -5,9 +5,22 @@ Findings (aggregated per (kind, address), with counts and the union of labels se
 
 - ``control-flow``: a conditional branch (jcc) whose flags are tainted, a ``jrcxz``/``loop``
   whose rcx is tainted, an indirect jump or call whose target is tainted;
-- ``memory-access``: a memory operand whose address registers are tainted;
+- ``memory-access``: a memory operand whose address registers are tainted (or, for
+  ``bt``/``bts``/``btr``/``btc`` on memory, whose register bit offset is).  Each says how
+  far the secret can move it (:attr:`Finding.reach`): ``line`` if some value of the tainted
+  address bits puts the access in another cache line than the concrete one, ``within-line``
+  if it cannot leave that line.  The range is computed from the concrete public bits of
+  base and index: every tainted byte's bits vary, except those known to be zero
+  (:meth:`Shadow.zero_bits`: after ``and`` with an immediate, zero-extensions, shifts), so
+  ``t[x & 15]`` in a 64-byte-aligned table stays within its line;
 - ``variable-latency``: ``div``/``idiv`` with a tainted dividend or divisor, SSE/AVX float
   arithmetic (add/sub/mul/div/sqrt/min/max, scalar or packed) with a tainted operand.
+
+Address-to-value taint: a memory operand read through tainted address registers gives the
+instruction's rule bytes carrying the address's labels too (:attr:`Shadow.via`), so what it
+computes from them — an S-box output, a pointer loaded from a secret-chosen slot — depends
+on the secret.  A store through a tainted address does not taint the stored bytes (it is a
+finding only); ``lea``, nops and prefetches read no memory.
 
 Implicit flows (``implicit=True``, the default): after a tainted *forward* conditional branch
 whose skipped code is a simple if-then body (a *hammock*: within ``IMPLICIT_SPAN`` bytes, no
@@ -31,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from unicorn import UC_HOOK_CODE, Uc
+from unicorn import UC_HOOK_CODE, Uc, UcError
 from unicorn import x86_const as ux
 
 from leakdbt.analysis.rules import (
@@ -44,7 +57,6 @@ from leakdbt.analysis.rules import (
     Shadow,
     decode,
     div_inputs,
-    is_default,
     read_op,
     union,
 )
@@ -57,14 +69,26 @@ MEMORY_ACCESS = "memory-access"
 VARIABLE_LATENCY = "variable-latency"
 IMPLICIT_SPAN = 4096
 MAX_TARGETS = 64  # accessed addresses kept per memory-access finding (to name its table)
+LINE, WITHIN_LINE = "line", "within-line"  # how far a secret moves a memory access
 
 _JCC = frozenset(f"j{c}" for c in CONDITIONS)
 _RCX_BRANCHES = frozenset({"jrcxz", "jecxz", "loop", "loope", "loopne"})
+_BIT_STRING = frozenset({"bt", "bts", "btr", "btc"})
+_EXTRA_EA = {"push": ux.UC_X86_REG_RSP, "pop": ux.UC_X86_REG_RSP, "call": ux.UC_X86_REG_RSP,
+             "ret": ux.UC_X86_REG_RSP, "leave": ux.UC_X86_REG_RBP}  # appended to ea (rules)
 _NO_ACCESS = frozenset({"lea", "nop", "prefetcht0", "prefetcht1", "prefetcht2",
-                        "prefetchnta", "prefetchw"})
+                        "prefetchnta", "prefetchw", "prefetch", "prefetchwt1"})
 _UC_REGS = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in REGISTERS
             if hasattr(ux, f"UC_X86_REG_{name.upper()}")}
-SYS_READ, SYS_WRITE, SYS_PREAD64, SYS_PWRITE64, SYS_MMAP = 0, 1, 17, 18, 9
+SYS_READ, SYS_WRITE, SYS_MMAP, SYS_PREAD64, SYS_PWRITE64 = 0, 1, 9, 17, 18
+SYS_READV, SYS_WRITEV, SYS_PREADV, SYS_PWRITEV = 19, 20, 295, 296
+# system calls that move file data: number -> (reads, vectored, positioned (offset in r10))
+_TRANSFERS = {SYS_READ: (True, False, False), SYS_PREAD64: (True, False, True),
+              SYS_READV: (True, True, False), SYS_PREADV: (True, True, True),
+              SYS_WRITE: (False, False, False), SYS_PWRITE64: (False, False, True),
+              SYS_WRITEV: (False, True, False), SYS_PWRITEV: (False, True, True)}
+MAX_IOVECS = 1024  # IOV_MAX
+MAP_ANONYMOUS = 0x20
 MAX_FILE_TAINT = 1 << 20  # bytes of one write whose taint is remembered in the file
 
 
@@ -76,6 +100,7 @@ class Finding:
     count: int
     where: str = ""
     targets: set[int] = field(default_factory=set)  # memory accesses: addresses seen (some)
+    reach: str = ""  # memory accesses: LINE if any run could cross lines, else WITHIN_LINE
 
     def describe(self) -> str:
         return f"{self.kind} at {self.where or hex(self.address)} labels={self.labels:#x} " \
@@ -90,21 +115,43 @@ class _Implicit:
     rsp: int
 
 
+class EngineValues:
+    """The engine's concrete values, for the rules that need them (:class:`Concrete`)."""
+
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+
+    def reg_value(self, loc: RegLoc) -> bytes:
+        """A register's value, ``loc.width`` bytes."""
+        value = int(self.uc.reg_read(_UC_REGS[loc.name]))
+        return (value & ((1 << (8 * loc.width)) - 1)).to_bytes(loc.width, "little")
+
+    def mem_value(self, address: int, size: int) -> bytes:
+        """Guest memory (zeros where it cannot be read: the instruction will fault)."""
+        try:
+            return bytes(self.uc.mem_read(address, size))
+        except UcError:
+            return bytes(size)
+
+
 class TaintTracker:
     """Byte-granular taint over a :class:`Machine`'s registers, flags and memory.
 
     Attach before the guest runs (from ``ExecOptions.on_start``); mark sources with
     :meth:`taint_register`, :meth:`taint_memory` or :meth:`taint_argv`; read
     :meth:`findings` afterwards.  ``scope`` limits the code hook to [begin, end) (taint is then
-    not propagated by code outside it).
+    not propagated by code outside it); ``line_size`` is the cache line size memory-access
+    findings are judged by (:attr:`Finding.reach`).
     """
 
     def __init__(self, machine: Machine, *, scope: tuple[int, int] | None = None,
-                 implicit: bool = True) -> None:
+                 implicit: bool = True, line_size: int = 64) -> None:
         self.machine = machine
         self.uc: Uc = machine.uc
         self.shadow = Shadow()
+        self.shadow.concrete = EngineValues(self.uc)
         self.implicit = implicit
+        self.line_size = line_size
         self.instructions = 0
         self.elapsed = 0.0
         self.default_counts: Counter[str] = Counter()
@@ -189,14 +236,37 @@ class TaintTracker:
             a += int(self.uc.reg_read(ux.UC_X86_REG_GS_BASE))
         return a & 0xFFFF_FFFF_FFFF_FFFF
 
-    def _report(self, kind: str, address: int, labels: int, target: int | None = None) -> None:
+    def _report(self, kind: str, address: int, labels: int, target: int | None = None,
+                reach: str = "") -> None:
         f = self._found.get((kind, address))
         if f is None:
-            f = self._found[(kind, address)] = Finding(kind, address, labels, 0)
+            f = self._found[(kind, address)] = Finding(kind, address, labels, 0, reach=reach)
         f.labels |= labels
         f.count += 1
         if target is not None and len(f.targets) < MAX_TARGETS:
             f.targets.add(target)
+        if reach == LINE:
+            f.reach = LINE
+
+    def _reach(self, op: Op, address: int) -> str:
+        """LINE if the tainted, not-known-zero bits of the address registers can move this
+        access (``op`` at ``address``) out of its cache line, else WITHIN_LINE."""
+        sh = self.shadow
+        lo = hi = address
+        for loc, scale in ((op.base, 1), (op.index, op.scale)):
+            if loc is None:
+                continue
+            bits = 0
+            for j, t in enumerate(sh.reg(loc)):
+                if t:
+                    bits |= 0xFF << (8 * j)
+            bits &= ~sh.zero_bits(loc)
+            if bits:
+                value = self._reg_value(loc)
+                lo -= (value & bits) * scale  # every varying bit 0 ...
+                hi += (bits & ~value) * scale  # ... or 1
+        hi += max(op.size, 1) - 1
+        return WITHIN_LINE if lo // self.line_size == hi // self.line_size else LINE
 
     def _on_insn(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         t0 = time.perf_counter()
@@ -206,28 +276,34 @@ class TaintTracker:
             ins = self._cache[address] = self._decode(address, size)
         sh = self.shadow
         m = ins.mnemonic
-        ea: list[int] = [0] * len(ins.ops)
-        for i, op in enumerate(ins.ops):
-            if op.kind == "m":
-                ea[i] = self._address(ins, op)
-                if m not in _NO_ACCESS and (op.base is not None or op.index is not None):
-                    t = sh.address_taint(op)
-                    if t:
-                        self._report(MEMORY_ACCESS, address, t, ea[i])
-        if m in ("push", "pop", "call", "ret"):
-            ea.append(int(uc.reg_read(ux.UC_X86_REG_RSP)))
-        elif m == "leave":
-            ea.append(int(uc.reg_read(ux.UC_X86_REG_RBP)))
+        ops = ins.ops
+        ea: list[int] = [0] * len(ops)
+        via: list[tuple[int, int, int]] = []
+        for i in ins.mem_index:
+            op = ops[i]
+            a = ea[i] = self._address(ins, op)
+            if (op.base is not None or op.index is not None) and m not in _NO_ACCESS:
+                t = sh.address_taint(op)
+                if t:
+                    self._report(MEMORY_ACCESS, address, t, a, self._reach(op, a))
+                    via.append((a, a + op.size, t))
+        extra = _EXTRA_EA.get(m)
+        if extra is not None:
+            ea.append(int(uc.reg_read(extra)))
         elif ins.rep and int(uc.reg_read(ux.UC_X86_REG_RCX)) == 0:
             self.elapsed += time.perf_counter() - t0
             return  # a rep string instruction with rcx = 0 does nothing
         if self._implicit:
-            self._implicit_step(ins, ea)
+            self._implicit_step(ins, ea, via)
         else:
+            if via:
+                sh.via = via  # loads of these bytes carry the address's labels
             self._check(ins, ea)
             assert ins.rule is not None
             ins.rule(sh, ins, ea)
-        if is_default(m):
+            if via:
+                sh.via = ()
+        if ins.default:
             self.default_counts[m] += 1
         self.elapsed += time.perf_counter() - t0
 
@@ -254,6 +330,10 @@ class TaintTracker:
             t = div_inputs(sh, ins, ea)
             if t:
                 self._report(VARIABLE_LATENCY, address, t)
+        elif m in _BIT_STRING and ins.ops[0].kind == "m" and ins.ops[1].kind == "r":
+            t = union(read_op(sh, ins, ea, 1))  # the bit offset moves the access
+            if t and not sh.address_taint(ins.ops[0]):
+                self._report(MEMORY_ACCESS, address, t, ea[0], LINE)
         elif m in SSE_FLOAT_ARITH:
             t = 0
             for i, op in enumerate(ins.ops):
@@ -289,9 +369,10 @@ class TaintTracker:
             self._hammocks[key] = ok
         return ok
 
-    def _implicit_step(self, ins: Insn, ea: Sequence[int]) -> None:
-        """Apply the rule, then add the labels of the enclosing tainted branches to whatever
-        the instruction wrote."""
+    def _implicit_step(self, ins: Insn, ea: Sequence[int],
+                       via: Sequence[tuple[int, int, int]]) -> None:
+        """Apply the rule (with ``via``'s address-to-value taint), then add the labels of the
+        enclosing tainted branches to whatever the instruction wrote."""
         rsp = int(self.uc.reg_read(ux.UC_X86_REG_RSP))
         pc = ins.address
         stack = self._implicit
@@ -300,9 +381,11 @@ class TaintTracker:
             if top.start <= pc < top.end or rsp < top.rsp:
                 break
             stack.pop()
+        self.shadow.via = via
         self._check(ins, ea)  # may open a new region: not applied to the branch itself
         assert ins.rule is not None
         ins.rule(self.shadow, ins, ea)
+        self.shadow.via = ()  # stores keep only the region's labels
         labels = 0
         for ctx in stack:
             if ctx.start <= pc < ctx.end or rsp < ctx.rsp:
@@ -358,10 +441,15 @@ class TaintTracker:
         """Bytes read from a file take the taint written there earlier."""
         key = self._file(fd)
         stored = self._files.get(key) if key is not None else None
-        if stored:
-            labels = [stored.get(offset + i, 0) for i in range(count)]
-            if any(labels):
-                self.shadow.store(buf, labels)
+        if not stored:
+            return
+        # the file's tainted bytes in range, looked up the cheaper way (a mapping may be
+        # far larger than what was ever written with taint)
+        hits = ((o, stored[o]) for o in range(offset, offset + count) if o in stored) \
+            if count <= len(stored) else \
+            ((o, t) for o, t in stored.items() if offset <= o < offset + count)
+        for o, label in hits:
+            self.shadow.store(buf + o - offset, [label])
 
     def _position(self, fd: int) -> int:
         """The file offset of guest ``fd`` now (0 when it has none, e.g. a pipe)."""
@@ -371,29 +459,61 @@ class TaintTracker:
         except (OSError, AttributeError, LookupError):
             return 0
 
+    def _segments(self, vectored: bool, buf: int, count: int) -> list[tuple[int, int]]:
+        """The guest buffers of a transfer: (address, length) — one, or an iovec array."""
+        if not vectored:
+            return [(buf, count)]
+        out = []
+        for i in range(min(count, MAX_IOVECS)):
+            try:
+                base, length = struct.unpack("<QQ", bytes(self.uc.mem_read(buf + 16 * i, 16)))
+            except Exception:  # noqa: BLE001 - unmapped: the kernel fails the call too
+                break
+            out.append((base, length))
+        return out
+
     def _on_syscall(self, machine: Machine) -> None:
-        """Data that comes from outside is clean — a read's buffer, a fresh mapping, the
+        """Data that comes from outside is clean — a read's buffers, a fresh mapping, the
         registers the kernel writes (rax, rcx, r11) — except what the program wrote to a
-        file earlier with taint and reads back, and what a read source says is secret."""
+        file earlier with taint and reads back (also through readv/preadv or a mapping of
+        the file), and what a read source says is secret."""
         nr = machine.reg("rax")
         fd, buf, count, where = (machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10"))
         sh = self.shadow
-        written = sh.load(buf, min(count, MAX_FILE_TAINT)) \
-            if nr in (SYS_WRITE, SYS_PWRITE64) else []
+        transfer = _TRANSFERS.get(nr)
+        segments = self._segments(transfer[1], buf, count) if transfer else []
+        written: list[int] = []
+        if transfer and not transfer[0]:
+            for address, length in segments:
+                written += sh.load(address, min(length, MAX_FILE_TAINT - len(written)))
         assert self._syscall is not None
         self._syscall(machine)
         result = machine.reg("rax")
-        if nr in (SYS_READ, SYS_PREAD64) and 0 < result <= count:
-            sh.clear(buf, result)
-            offset = where if nr == SYS_PREAD64 else self._position(fd) - result
-            self._read_back(fd, buf, result, offset)
-            for source in self.read_sources:
-                source(fd, buf, result, offset)
-        elif any(written) and 0 < result <= count:
-            offset = where if nr == SYS_PWRITE64 else self._position(fd) - result
-            self._remember(fd, written[:result], offset)
+        moved = transfer is not None and 0 < result <= sum(n for _, n in segments)
+        if transfer and moved:
+            offset = where if transfer[2] else self._position(fd) - result
+            if transfer[0]:
+                left = result
+                for address, length in segments:
+                    n = min(length, left)
+                    if n:
+                        self._arrived(fd, address, n, offset)
+                    offset, left = offset + n, left - n
+            elif any(written):
+                self._remember(fd, written[:result], offset)
         elif nr == SYS_MMAP and result < 0xFFFF_FFFF_FFFF_F000:
             sh.clear(result, buf)  # rsi: the length
+            flags, file_fd, file_offset = (machine.reg(r) for r in ("r10", "r8", "r9"))
+            if not flags & MAP_ANONYMOUS and file_fd < 1 << 31:
+                self._arrived(file_fd, result, buf, file_offset)
         for name in ("rax", "rcx", "r11"):
             sh.set_reg_named(name, [0] * 8)
+
+    def _arrived(self, fd: int, address: int, count: int, offset: int) -> None:
+        """``count`` bytes of ``fd`` from ``offset`` are now at ``address`` (read or mapped):
+        clean, but for the taint written to the file earlier and the read sources'."""
+        self.shadow.clear(address, count)
+        self._read_back(fd, address, count, offset)
+        for source in self.read_sources:
+            source(fd, address, count, offset)
 

@@ -23,14 +23,17 @@ class RegionEntry:
     """One ``[[protect.region]]`` to add."""
 
     at: str  # a location as contracts write it: ``modexp+0x20``, ``libc.so.6:memcmp``
-    kind: str  # branch, table, divide, loop, float
+    kind: str  # branch, table, divide, loop, float, function
     why: str = ""
     table: str | None = None  # kind = "table": the table's symbol
+    bound: int | None = None  # kind = "loop": the public maximum trip count
 
     def toml(self) -> str:
         lines = ["[[protect.region]]", f"at = {quote(self.at)}", f"kind = {quote(self.kind)}"]
         if self.table:
             lines.append(f"symbol = {quote(self.table)}")
+        if self.bound is not None:
+            lines.append(f"bound = {self.bound}")
         if self.why:
             lines.append(f"why = {quote(self.why)}")
         return "\n".join(lines) + "\n"

@@ -122,13 +122,16 @@ class Skipped:
 
 
 PASS_ORDER: tuple[str, ...] = (
-    "bounded-loop", "if-conversion", "ct-division", "oblivious-table", "fp-ftz-daz",
+    "ct-equivalent", "bounded-loop", "if-conversion", "ct-division", "oblivious-table",
+    "fp-ftz-daz",
 )
-"""The order passes run in.  Loops get a fixed trip count first so that their bodies can be
+"""The order passes run in.  A function with a constant-time equivalent is replaced
+first (nothing else applies to it); loops get a fixed trip count first so that their bodies can be
 if-converted; if-conversion runs both sides of a branch, so the divisions and table lookups it
 exposes are hardened after it; FTZ/DAZ wraps the final code."""
 
 PASS_KIND: dict[str, RegionKind] = {
+    "ct-equivalent": RegionKind.FUNCTION,
     "bounded-loop": RegionKind.LOOP,
     "if-conversion": RegionKind.BRANCH,
     "ct-division": RegionKind.DIVIDE,
@@ -138,6 +141,8 @@ PASS_KIND: dict[str, RegionKind] = {
 """The region kind each pass serves (a region without a kind may need any of them)."""
 
 PASS_TEXT: dict[str, str] = {
+    "ct-equivalent": "runs a known constant-time equivalent of the function instead (same "
+                     "arguments, same result)",
     "bounded-loop": "runs the loop for a fixed public number of iterations, masking the "
                     "extra ones",
     "if-conversion": "replaces the branch by straight-line code that computes both sides and "
@@ -158,6 +163,7 @@ EXPOSED: dict[RegionKind, tuple[str, ...]] = {
 operations run on secret-dependent values whichever way the secret goes."""
 
 KIND_CONDITION: dict[RegionKind, str] = {
+    RegionKind.FUNCTION: "for a function whose work on a secret is not constant-time",
     RegionKind.LOOP: "for a loop whose trip count depends on a secret",
     RegionKind.BRANCH: "for a conditional branch on a secret",
     RegionKind.DIVIDE: "for DIV/IDIV with a secret operand",
@@ -233,7 +239,14 @@ def _oblivious_table(name: str, seen: set[Observer], profile: Profile,
                                          f"({granularity}-byte units)")
 
 
+def _ct_equivalent(name: str, seen: set[Observer], profile: Profile,
+                   region: Region | None) -> PassStep | Skipped:
+    return PassStep(name, (), "the function's branches, memory accesses or divisions depend "
+                              f"on the secret; the pass {PASS_TEXT[name]}")
+
+
 RULES: dict[str, Rule] = {
+    "ct-equivalent": _ct_equivalent,
     "bounded-loop": _bounded_loop,
     "if-conversion": _if_conversion,
     "ct-division": _latency_rule(
@@ -283,6 +296,8 @@ def plan_region(region: Region | None, seen: set[Observer], profile: Profile,
         exposed = kind is not None and name in EXPOSED.get(kind, ())
         if kind is not None and PASS_KIND[name] is not kind and not exposed:
             continue
+        if kind is None and PASS_KIND[name] is RegionKind.FUNCTION:
+            continue  # a whole-function region is always asked for by its kind
         decision = RULES[name](name, seen, profile, region)
         if isinstance(decision, Skipped):
             skipped.append(decision)

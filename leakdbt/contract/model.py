@@ -49,6 +49,7 @@ class RegionKind(enum.Enum):
     DIVIDE = "divide"  # an integer division with a secret operand
     LOOP = "loop"  # a loop whose trip count depends on a secret
     FLOAT = "float"  # floating-point arithmetic on secrets
+    FUNCTION = "function"  # a whole function that has a constant-time equivalent
 
 
 class Output(enum.Enum):

@@ -140,6 +140,11 @@ def bind_parts(parts: ContractParts, line: Callable[[str], int],
         if block is None:
             continue
         at, func = block
+        if region.kind is RegionKind.FUNCTION and at.address != func.start:
+            problems.append((line(f"{key}.at"), f"{key}.at",
+                             f'kind = "function" replaces a whole function: {at.symbolic} '
+                             f"is not the entry of {func.name}"))
+            continue
         if functions and scope_known and not any(
                 (f.module, f.start) == (func.module, func.start) for f in functions):
             problems.append((line(f"{key}.at"), f"{key}.at",

@@ -64,6 +64,7 @@ class RegionRequest:
     name: str  # as the contract wrote it, for messages
     branch: bool | None = None  # force a branch region (True), a block (False), or infer
     loop: bool = False  # a loop region headed at ``address``
+    whole_function: bool = False  # the whole function (``address`` is its entry)
     needs: RegionNeeds | None = None  # what the contract asks of it (None: copy only)
 
 
@@ -149,7 +150,8 @@ class Dispatcher:
         if func is None:
             raise TranslationError(f"{req.name}: no function at {req.function:#x} in {mod.name}")
         cfg = function_cfg(image, func, extra_leaders=[req.address])
-        region = form_region(cfg, req.address, req.name, req.branch, req.loop)
+        region = form_region(cfg, req.address, req.name, req.branch, req.loop,
+                             req.whole_function)
         site = self._site(mod, region, jump=not self.count_entries, needs=req.needs)
         self.stats.regions += 1
         if site.patch is None:
@@ -446,7 +448,8 @@ def requests_from_contract(contract: Contract, plan: Plan | None = None
     for i, (region, where) in enumerate(zip(contract.protect.regions, binding.regions,
                                             strict=True)):
         kind = region.kind
-        branch = None if kind is None or kind is RegionKind.LOOP else kind is RegionKind.BRANCH
+        branch = None if kind in (None, RegionKind.LOOP, RegionKind.FUNCTION) \
+            else kind is RegionKind.BRANCH
         needs = None
         if plan is not None:
             table = None
@@ -455,7 +458,8 @@ def requests_from_contract(contract: Contract, plan: Plan | None = None
             needs = RegionNeeds(None if kind is None else kind.value, plan.regions[i].passes,
                                 table)
         out.append(RegionRequest(where.at.module, where.function.start, where.at.address,
-                                 where.at.symbolic, branch, kind is RegionKind.LOOP, needs))
+                                 where.at.symbolic, branch, kind is RegionKind.LOOP,
+                                 whole_function=kind is RegionKind.FUNCTION, needs=needs))
     return out
 
 

@@ -73,10 +73,12 @@ def region_view(region: CodeRegion, kind: str | None, bias: int = 0,
     """What a pass sees of ``region`` (see leakdbt.plugin_api.RegionView)."""
     blocks = tuple(BlockView(b.start, tuple(b.insns), tuple(e.target for e in b.succs))
                    for b in region.block_list())
-    object_at: Callable[[int], DataObject | None] = (
-        _objects(image) if image is not None else (lambda address: None))
+    if image is None:
+        return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
+                          params or {})
+    names = tuple(s.name for s in image.symbols if s.kind == "func" and s.value == region.entry)
     return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
-                      params or {}, object_at)
+                      params or {}, _objects(image), names, _functions(image))
 
 
 def _objects(image: Image) -> Callable[[int], DataObject | None]:
@@ -84,6 +86,13 @@ def _objects(image: Image) -> Callable[[int], DataObject | None]:
         sym = image.object_at(address)
         return None if sym is None else DataObject(sym.name, sym.value, sym.size)
     return object_at
+
+
+def _functions(image: Image) -> Callable[[str], int | None]:
+    def function_address(name: str) -> int | None:
+        sym = image.symbol(name)
+        return sym.value if sym is not None and sym.kind == "func" and sym.value else None
+    return function_address
 
 
 def _nest(outer: tuple[str, ...], inner: tuple[str, ...], address: int, tag: str

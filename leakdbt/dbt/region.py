@@ -5,7 +5,9 @@ block's immediate post-dominator: both arms, entered only at the start, left onl
 the post-dominator — or, when the arms meet only by returning (``if (c) return a; return
 b;``), up to and including the returns.  A loop region is the natural loop whose header is
 the start: every block from which a back edge to the header can be reached without passing
-through the header (it may have several exits).  Any other region is the block itself.  A region
+through the header (it may have several exits).  A function region is every block of the
+function, entered at its entry (a pass replaces it as a whole).  Any other region is the block
+itself.  A region
 that cannot be formed is refused with :class:`RegionError`, whose message names the block
 and the reason.
 """
@@ -31,7 +33,7 @@ class CodeRegion:
     cfg: FunctionCFG
     entry: int
     blocks: tuple[int, ...]  # block starts, by address
-    kind: str  # "branch", "loop" or "block"
+    kind: str  # "branch", "loop", "function" or "block"
 
     def block_list(self) -> list[Block]:
         return [self.cfg.blocks[b] for b in self.blocks]
@@ -49,10 +51,14 @@ class CodeRegion:
 
 
 def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None,
-                loop: bool = False) -> CodeRegion:
-    """The region starting at ``at``: the natural loop headed there when ``loop``, a branch
-    region when ``branch`` (or, when None, when the block ends with a conditional branch),
-    else the block itself."""
+                loop: bool = False, function: bool = False) -> CodeRegion:
+    """The region starting at ``at``: the whole function when ``function`` (``at`` must be
+    its entry), the natural loop headed there when ``loop``, a branch region when ``branch``
+    (or, when None, when the block ends with a conditional branch), else the block itself."""
+    if function:
+        if at != cfg.entry:
+            raise RegionError(f"{name}: a function region starts at the entry of {cfg.name}")
+        return CodeRegion(name, cfg, at, tuple(sorted(cfg.blocks)), "function")
     block = cfg.blocks.get(at)
     if block is None:
         raise RegionError(f"{name}: not a block start reachable by decoding {cfg.name} from "

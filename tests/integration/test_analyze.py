@@ -15,6 +15,7 @@ from leakdbt.analysis.analyze import analyze
 from leakdbt.contract import load
 from leakdbt.leakage.findings import LeakKind
 from tests.conftest import REPO, binary, run_leakdbt, run_native
+from tests.integration.test_hardening import SECRETS
 from tests.unit.dbt.harness import compile_program
 
 CONTRACTS = REPO / "contracts"
@@ -58,14 +59,21 @@ def _without_regions(contract: Path, tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("name", "kind", "secret"), [
-    ("secret_div", "static", "0000000000000007"),
-    ("ct_modexp", "static", "0123456789abcdef"),
-    # PIE: the oblivious-table pass needs the table's bounds, which analyze names (SBOX)
-    ("sbox_round", "static-pie", "2b7e151628aed2a6abf7158809cf4f3c"),
-])
+# Every leaky test program (test_check.py's list), argv after the program name: the secrets
+# of test_hardening.py, or region_loop's public count (its secret is a register).
+WORKFLOW = [("secret_div", "static"), ("ct_modexp", "static"), ("idea_mul", "static"),
+            ("ttable_round", "static"), ("fp_secret", "static"), ("mac_verify", "static"),
+            ("region_loop", "static-pie"),
+            # PIE: the oblivious-table pass needs the table's bounds, which analyze names
+            ("sbox_round", "static-pie")]
+
+
+@pytest.mark.parametrize(("name", "kind"), WORKFLOW)
 def test_analyze_write_then_hardened_exec_and_check(built: Path, tmp_path: Path, name: str,
-                                                    kind: str, secret: str) -> None:
+                                                    kind: str, fastmath_fp_secret: str) -> None:
+    """The three steps from a contract without regions: the hardened program prints what the
+    native one prints (fp_secret: what it prints with FTZ and DAZ set, the pass's purpose),
+    and check finds leaks in the original code and none in the hardened code."""
     contract = _without_regions(CONTRACTS / f"{name}.toml", tmp_path)
     exe = binary(kind, name)
     before = contract.read_text()
@@ -75,14 +83,26 @@ def test_analyze_write_then_hardened_exec_and_check(built: Path, tmp_path: Path,
     assert after.startswith(before.split("[check]")[0].rstrip()) and "[[protect.region]]" in after
     again = run_leakdbt(["analyze", "--contract", str(contract), "--write", exe])
     assert contract.read_text() == after and "already in the contract" in again.stdout.decode()
-    hardened = run_leakdbt(["exec", "--contract", str(contract), "--mode", "hardened",
-                            "--cpu", "intel-skylake", exe, secret])
-    assert (hardened.status, hardened.stdout) == (0, run_native([exe, secret]).stdout), \
-        hardened.stderr.decode()
+    for argv in ([["1000"], ["7"]] if name == "region_loop" else [[s] for s in SECRETS[name]]):
+        hardened = run_leakdbt(["exec", "--contract", str(contract), "--mode", "hardened",
+                                "--cpu", "intel-skylake", exe, *argv])
+        native = run_native([fastmath_fp_secret if name == "fp_secret" else exe, *argv])
+        assert (hardened.status, hardened.stdout) == (0, native.stdout), \
+            hardened.stderr.decode()
     checked = run_leakdbt(["check", "--contract", str(contract), "--mode", "both", "--cpu",
                            "intel-skylake", "--trials", "6", exe])
     out = checked.stdout.decode()
     assert checked.status == 1 and "[original]" in out and "[hardened]" not in out, out
+
+
+def test_an_early_exit_loop_gets_a_loop_region_with_its_bound(built: Path,
+                                                              tmp_path: Path) -> None:
+    """mac_verify: a branch region would hold the loop (if-conversion refuses that); the bound
+    is the trip count with the early exit suppressed, whatever the analyzed tag."""
+    contract = _without_regions(CONTRACTS / "mac_verify.toml", tmp_path)
+    exe = binary("static", "mac_verify")
+    report = analyze(exe, load(contract, binary=exe))
+    assert [(r.at, r.kind, r.bound) for r in report.regions] == [("verify+0x8", "loop", 16)]
 
 
 def test_confirm_marks_what_the_checker_sees_too(built: Path) -> None:
@@ -180,16 +200,64 @@ int main(int argc, char **argv)
 """
 
 
-def test_taint_survives_a_round_trip_through_a_file(built: Path, tmp_path: Path) -> None:
-    exe = compile_program(tmp_path, "spill", {"spill.c": ROUND_TRIP}, "static")
-    contract = tmp_path / "spill.toml"
-    spill = tmp_path / "spill.bin"
+def _decisions(tmp_path: Path, source: str, args: list[str]) -> list[tuple[object, ...]]:
+    """Analyze ``source`` (its secret: argv[1], 2 bytes; the scope: decide()) with ``args``
+    after it, writing only in tmp_path: (kind, function, secrets, count) per finding."""
+    exe = compile_program(tmp_path, "prog", {"prog.c": source}, "static")
+    contract = tmp_path / "prog.toml"
+    quoted = ", ".join(f'"{a}"' for a in ["0000", *args])
     contract.write_text('version = 1\n[[secret]]\nname = "a"\nargv = 1\nlength = 2\n'
                         '[protect]\nadversary = "remote"\nfunctions = ["decide"]\n'
-                        f'[check]\nargs = ["0000", "{spill}"]\n')
+                        f'[check]\nargs = [{quoted}]\n')
     report = analyze(str(exe), load(contract, binary=str(exe)), rw=[str(tmp_path)])
-    assert [(f.kind, f.location.split("+")[0], f.secrets, f.count)
-            for f in report.findings] == [(CF, "decide", ("a",), 1)]
+    return [(f.kind, f.location.split("+")[0], f.secrets, f.count) for f in report.findings]
+
+
+def test_taint_survives_a_round_trip_through_a_file(built: Path, tmp_path: Path) -> None:
+    assert _decisions(tmp_path, ROUND_TRIP, [str(tmp_path / "spill.bin")]) == [
+        (CF, "decide", ("a",), 1)]
+
+
+VECTORED = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+__attribute__((noipa)) void decide(unsigned char c) { if (c == 5) puts("five"); }
+int main(int argc, char **argv)
+{
+    int fd = argc > 3 ? open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600) : -1;
+    char pad[3] = "ab", head[3] = {0}, back[2] = {0};
+    if (fd < 0) return 1;
+    struct iovec out[2] = {{pad, 2}, {argv[1], 2}};     /* the secret at file offset 2 */
+    if (writev(fd, out, 2) != 4) return 2;
+    if (strcmp(argv[3], "vec") == 0) {                  /* ... back through preadv */
+        struct iovec in[2] = {{head, 3}, {back, 1}};
+        if (preadv(fd, in, 2, 0) != 4) return 3;
+        decide(head[2]);                                /* secret byte 0 */
+        decide(back[0]);                                /* secret byte 1 */
+        decide(head[0]);                                /* public */
+    } else {                                            /* ... back through a mapping */
+        unsigned char *m = mmap(0, 4, PROT_READ, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED) return 4;
+        decide(m[2]);
+        decide(m[3]);
+        decide(m[0]);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["vec", "map"])
+def test_taint_survives_vectored_io_and_file_mappings(built: Path, tmp_path: Path,
+                                                      mode: str) -> None:
+    """writev puts the secret in a file; preadv, or an mmap of the file, brings it back:
+    both secret bytes reach the branch (twice), the public byte does not."""
+    assert _decisions(tmp_path, VECTORED, [str(tmp_path / "vec.bin"), mode]) == [
+        (CF, "decide", ("a",), 2)]
 
 
 def test_sarif_output_validates(built: Path, tmp_path: Path) -> None:
@@ -222,7 +290,12 @@ def test_openssl_leaky_and_constant_time_exponentiation(built: Path) -> None:
     leaky = analyze(exe, load(CONTRACTS / "ossl_modexp_leaky.toml", binary=exe))
     found = {(f.kind, f.location) for f in leaky.findings}
     assert {(CF, "BN_mod_exp_mont+0x476"), (CF, "BN_mod_exp_mont+0x58c"),
-            (MEM, "BN_mod_exp_mont+0x5d1"), (MEM, "BN_is_bit_set+0x18")} <= found
+            (MEM, "BN_mod_exp_mont+0x5d1"), (MEM, "BN_is_bit_set+0x18"),
+            # address-to-value taint: +0x5d1 loads the BIGNUM pointer from the secret slot
+            # val[wvalue >> 1], so bn_mul_mont_fixed_top reads b->top through it (+0x1d) ...
+            (MEM, "bn_mul_mont_fixed_top+0x1d"),
+            # ... and bn_mul_mont reads the words of b->d, itself loaded through it (+0x150)
+            (MEM, "bn_mul_mont+0x150")} <= found
     ct = analyze(exe, load(CONTRACTS / "ossl_modexp_ct.toml", binary=exe))
     # The one finding of the constant-time path, explained: bn_correct_top trims the
     # result's leading zero words, so it branches on the result, which the program prints

@@ -5,7 +5,6 @@ for every secret — while the original's observations differ."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from leakdbt.dbt.passes import load_passes
 from leakdbt.linux.launch import ExecOptions, execute
 from leakdbt.machine.machine import Machine
 from leakdbt.trace import LeakageRecorder, Observations
-from tests.conftest import REPO, TEST_BINARIES, binary, run_leakdbt, run_native
+from tests.conftest import REPO, binary, run_leakdbt, run_native
 
 CONTRACTS = REPO / "contracts"
 PROFILE = "intel-skylake"  # every latency class variable: every pass is in the plans
@@ -71,18 +70,6 @@ def test_hardened_equals_native_on_random_secrets(built: Path, name: str,
     native = run_native([binary("static", name), secret])
     guest = run_leakdbt(hardened(name, "static", secret))
     assert (guest.status, guest.stdout) == (native.status, native.stdout), guest.stderr.decode()
-
-
-@pytest.fixture(scope="module")
-def fastmath_fp_secret(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """fp_secret linked with gcc's crtfastmath.o, which sets MXCSR.FTZ|DAZ before main: the
-    native ground truth for what the fp-ftz-daz pass computes."""
-    crt = subprocess.run(["gcc", "-print-file-name=crtfastmath.o"], capture_output=True,
-                         text=True, check=True).stdout.strip()
-    out = tmp_path_factory.mktemp("ftz") / "fp_secret"
-    subprocess.run(["gcc", "-O2", "-static", "-o", str(out),
-                    str(TEST_BINARIES / "fp_secret.c"), crt], check=True)
-    return str(out)
 
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])

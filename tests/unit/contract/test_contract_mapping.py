@@ -24,7 +24,8 @@ TABLE = '[[protect.region]]\nat = "f+4"\nkind = "table"\nsymbol = "sbox"\nlength
 ALL_KINDS = "".join(
     f'[[protect.region]]\nat = "f+{i}"\nkind = "{kind}"\n'
     for i, kind in enumerate(["float", "table", "divide", "branch", "loop"])
-) + '[[protect.region]]\nat = "g"\nkind = "loop"\nbound = 32\n'
+) + '[[protect.region]]\nat = "g"\nkind = "loop"\nbound = 32\n' \
+    '[[protect.region]]\nat = "h"\nkind = "function"\n'
 
 
 def with_latency(profile: Profile, cls: str, variable: bool) -> Profile:
@@ -66,7 +67,7 @@ def test_passes_come_in_the_fixed_order() -> None:
     assert [[s.name for s in rp.passes] for rp in p.regions] == [
         ["fp-ftz-daz"], ["oblivious-table"], ["ct-division"],
         ["if-conversion", *EXPOSED_HERE], ["bounded-loop", *EXPOSED_HERE],
-        ["bounded-loop", *EXPOSED_HERE]]
+        ["bounded-loop", *EXPOSED_HERE], ["ct-equivalent"]]
     # the instruction-level passes a branch or loop exposes apply to it, with their condition
     assert p.regions[3].passes[1].condition == KIND_CONDITION[RegionKind.DIVIDE]
     assert p.regions[5].passes[0].param("bound") == 32
@@ -124,7 +125,7 @@ def test_ftz_daz_only_where_subnormals_are_slow_and_fp_gaps_are_reported() -> No
 def test_region_without_kind_lists_every_applicable_pass_with_its_condition() -> None:
     p = plan(loads(contract("same-core", '[[protect.region]]\nat = "f"\n')), SKYLAKE)
     steps = p.regions[0].passes
-    assert [s.name for s in steps] == list(PASS_ORDER)
+    assert [s.name for s in steps] == list(PASS_ORDER[1:])  # ct-equivalent: asked by kind
     assert steps[1].condition == "for a conditional branch on a secret"
     assert p.gaps
 
@@ -133,7 +134,7 @@ def test_no_region_plans_the_scope() -> None:
     p = plan(loads(contract("co-resident", 'functions = ["f"]\n')), SKYLAKE)
     assert p.regions == ()
     assert p.scope is not None and p.scope.region is None
-    assert [s.name for s in p.passes] == list(PASS_ORDER)
+    assert [s.name for s in p.passes] == list(PASS_ORDER[1:])
 
 
 @pytest.mark.parametrize(("adversary", "policy", "mode"), [

@@ -305,6 +305,13 @@ def test_region_outside_the_scope(built: Built) -> None:
                                      "(work)")]
 
 
+def test_function_region_must_start_at_the_entry(built: Built) -> None:
+    assert bind(contract(region("work", 'kind = "function"\n')), built.static).binding
+    assert errors(contract(region("work+0x5", 'kind = "function"\n')), built.static) == [
+        (12, "protect.region[0].at", 'kind = "function" replaces a whole function: work+0x5 '
+                                     "is not the entry of work")]
+
+
 def test_library_the_binary_does_not_load(built: Built) -> None:
     assert errors(contract(region("libnope.so:f")), built.with_lib, built.lib_dir) == [
         (12, "protect.region[0].at", "libnope.so is not a library with-lib loads "

@@ -1,0 +1,163 @@
+"""Loop regions for ``leakdbt analyze``: a secret-dependent branch that leaves a loop (an
+early exit, as in ``memcmp``) needs the loop hardened as a whole, with a public ``bound``.
+
+:func:`exit_loop` finds the innermost natural loop that a branch leaves.  The bound comes
+from a run in which the secret exit is *suppressed*: :class:`LoopCounter` sends the secret
+branch the way that stays in the loop every time, and counts how many times the header runs
+per entry until the loop leaves by another exit.  That is the trip count when the secret
+never exits early — the public maximum, for the public inputs of that run (the contract's
+``check.args``).  The run is for counting only (the program then goes on as if the
+comparison had succeeded).  A loop that no other exit ends within :data:`MAX_TRIPS`
+iterations, or whose entries all end otherwise (a fault, the end of the run), has no bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from unicorn import UC_HOOK_CODE
+from unicorn import x86_const as ux
+
+from leakdbt.dbt.cfg import FunctionCFG
+from leakdbt.dbt.insn import decode
+from leakdbt.dbt.region import CodeRegion, form_region
+from leakdbt.errors import LeakDBTError
+from leakdbt.machine.machine import Machine
+
+Hook = Callable[[object, int, int, object], None]
+MAX_TRIPS = 1 << 20  # iterations of one entry after which the secret exit is let through
+
+# jcc condition -> whether it holds, from RFLAGS (CF 0, PF 2, ZF 6, SF 7, OF 11)
+_CONDITIONS: dict[str, Callable[[int], bool]] = {
+    "o": lambda f: bool(f >> 11 & 1), "b": lambda f: bool(f & 1), "e": lambda f: bool(f >> 6 & 1),
+    "be": lambda f: bool(f & 1 or f >> 6 & 1), "s": lambda f: bool(f >> 7 & 1),
+    "p": lambda f: bool(f >> 2 & 1), "l": lambda f: (f >> 7 & 1) != (f >> 11 & 1),
+    "le": lambda f: bool(f >> 6 & 1) or (f >> 7 & 1) != (f >> 11 & 1),
+}
+_SYNONYMS = {"c": "b", "nae": "b", "z": "e", "na": "be", "pe": "p", "nge": "l", "ng": "le"}
+_NEGATED = {"no": "o", "ae": "b", "nb": "b", "nc": "b", "ne": "e", "nz": "e", "a": "be",
+            "nbe": "be", "ns": "s", "np": "p", "po": "p", "ge": "l", "nl": "l", "g": "le",
+            "nle": "le"}
+
+
+def is_jcc(mnemonic: str) -> bool:
+    """A conditional jump on the flags (not ``jrcxz`` or ``loop``)?"""
+    cc = mnemonic[1:]
+    return mnemonic[:1] == "j" and (cc in _CONDITIONS or cc in _SYNONYMS or cc in _NEGATED)
+
+
+def taken(mnemonic: str, rflags: int) -> bool:
+    """Whether the conditional jump ``mnemonic`` (``jne``, ``jb``...) jumps under ``rflags``."""
+    cc = mnemonic[1:]
+    if cc in _NEGATED:
+        return not _CONDITIONS[_NEGATED[cc]](rflags)
+    return _CONDITIONS[_SYNONYMS.get(cc, cc)](rflags)
+
+
+def exit_loop(cfg: FunctionCFG, branch: int, name: str) -> CodeRegion | None:
+    """The innermost natural loop of ``cfg`` that the conditional branch at link-time
+    ``branch`` can leave (one successor inside, one outside), or None."""
+    block = cfg.block_at(branch)
+    if block is None or block.last.address != branch:
+        return None
+    best: CodeRegion | None = None
+    for header in cfg.blocks:
+        if not cfg.dominates(header, block.start) or not any(
+                cfg.dominates(header, p) for p in cfg.blocks[header].preds):
+            continue
+        try:
+            loop = form_region(cfg, header, name, loop=True)
+        except LeakDBTError:
+            continue
+        inside = set(loop.blocks)
+        succs = [e.target for e in block.succs]
+        leaves = block.start in inside and any(s in inside for s in succs) and \
+            any(s not in inside for s in succs)
+        if leaves and (best is None or len(loop.blocks) < len(best.blocks)):
+            best = loop
+    return best
+
+
+@dataclass
+class _Loop:
+    header: int  # runtime addresses from here on
+    secret_exit: int  # the secret branch
+    inside: frozenset[int]  # the loop's block starts
+    last: int | None = None  # the loop's last instruction run in the current entry
+    count: int = 0  # header runs in the current entry
+    counts: list[int] = field(default_factory=list)  # one per entry that left by another exit
+
+    def leave(self) -> None:
+        if self.last is not None and self.last != self.secret_exit:
+            self.counts.append(self.count)
+        self.last, self.count = None, 0
+
+
+class LoopCounter:
+    """Counts the iterations of loops of a running guest (hooks on their code and on the
+    targets of their exits only)."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.loops: dict[int, _Loop] = {}  # by runtime header
+
+    def watch(self, loop: CodeRegion, secret_exit: int, bias: int) -> None:
+        """Count ``loop`` (link-time, module loaded at ``bias``), whose secret exit is the
+        branch at link-time ``secret_exit``."""
+        inside = set(loop.blocks)
+        state = _Loop(loop.entry + bias, secret_exit + bias,
+                      frozenset(b + bias for b in inside))
+        self.loops[state.header] = state
+        uc = self.machine.uc
+        for lo, hi in loop.byte_ranges:
+            uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._in_loop(state)), None,
+                        lo + bias, hi + bias - 1)
+        uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._stay(state)), None,
+                    state.secret_exit, state.secret_exit)
+        exits = {e.target for b in loop.block_list() for e in b.succs
+                 if e.target not in inside}
+        for target in exits:
+            uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._at_exit(state)), None,
+                        target + bias, target + bias)
+
+    @staticmethod
+    def _in_loop(state: _Loop) -> Hook:
+        def hook(uc: object, address: int, size: int, _ud: object) -> None:
+            if address == state.header:
+                if state.last is None:
+                    state.count = 0
+                state.count += 1
+            state.last = address
+        return hook
+
+    @staticmethod
+    def _stay(state: _Loop) -> Hook:
+        """At the secret branch: go the way that stays in the loop (RIP written in the hook:
+        the engine goes on from there, not running the branch)."""
+        def hook(uc: Any, address: int, size: int, _ud: object) -> None:
+            insn = decode(bytes(uc.mem_read(address, size)), address)
+            if insn is None or insn.target is None or not is_jcc(insn.mnemonic) or \
+                    state.count >= MAX_TRIPS:
+                return
+            goes = insn.target if taken(insn.mnemonic, uc.reg_read(ux.UC_X86_REG_EFLAGS)) \
+                else address + size
+            other = address + size if goes == insn.target else insn.target
+            if goes not in state.inside and other in state.inside:
+                state.last = address
+                uc.reg_write(ux.UC_X86_REG_RIP, other)
+        return hook
+
+    @staticmethod
+    def _at_exit(state: _Loop) -> Hook:
+        def hook(uc: object, address: int, size: int, _ud: object) -> None:
+            state.leave()
+        return hook
+
+    def trips(self, header: int) -> tuple[int, ...]:
+        """The trip counts, per entry, of the loop headed at runtime ``header`` with its
+        secret exit suppressed (see the module docstring): the bound is the largest."""
+        state = self.loops[header]
+        state.leave()
+        return tuple(state.counts)

@@ -1,0 +1,161 @@
+"""The ``[[protect.region]]`` entries ``leakdbt analyze`` suggests, and the region that covers
+each finding.
+
+Three kinds of suggestion, tried in this order for each finding:
+
+1. **a whole function** (``kind = "function"``, :mod:`leakdbt.analysis.functions`) when an
+   installed pass replaces the function holding the finding.  A second run with those
+   regions applied shows which findings they remove: also those in callees (``BN_is_bit_set``
+   called by ``BN_mod_exp_mont``);
+2. **a loop** (``kind = "loop"`` with its ``bound``, :mod:`leakdbt.analysis.loops`) for a
+   secret branch that leaves a loop: a branch region would contain the loop, which
+   if-conversion refuses;
+3. **the block** holding the finding (:func:`leakdbt.leakage.locate.suggest_region`): a
+   branch region covers the divisions, table accesses and floating point inside it (the
+   contract mapping gives it those passes), so findings in its blocks add nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from leakdbt.analysis.loops import exit_loop
+from leakdbt.contract.edit import RegionEntry
+from leakdbt.dbt.cfg import function_cfg
+from leakdbt.dbt.region import CodeRegion, form_region
+from leakdbt.errors import LeakDBTError
+from leakdbt.leakage.findings import LeakKind
+from leakdbt.leakage.locate import function_at, image_of, suggest_region
+from leakdbt.leakage.trials import Place
+from leakdbt.loader.image import Image
+
+if TYPE_CHECKING:
+    from leakdbt.analysis.analyze import AnalysisFinding
+
+TOOL = "leakdbt analyze"
+
+
+@dataclass(frozen=True)
+class LoopCandidate:
+    """A loop that a secret branch leaves (link-time addresses of its module)."""
+
+    at: str  # the header, as contracts write it
+    module: str | None  # None: the main program (as LoadedModule.is_named takes it)
+    region: CodeRegion
+    branch: int  # the secret exit
+
+
+def exit_loops(findings: list[AnalysisFinding], places: Mapping[str, Place],
+               skip: Collection[str] = ()) -> dict[str, LoopCandidate]:
+    """Finding location → the innermost loop its secret branch leaves (control-flow findings
+    whose function is not in ``skip``, function names as contracts write them)."""
+    out: dict[str, LoopCandidate] = {}
+    for f in findings:
+        place = places[f.location]
+        image = image_of(place.module_path) if place.module_path else None
+        if f.kind is not LeakKind.CONTROL_FLOW or image is None:
+            continue
+        func = function_at(image, place.link_address)
+        if func is None or _qualified(place, func.name) in skip:
+            continue
+        try:
+            loop = exit_loop(function_cfg(image, func), place.link_address, func.name)
+        except LeakDBTError:
+            continue
+        if loop is not None:
+            header = image.symbolize(loop.entry) or f"{loop.entry:#x}"
+            out[f.location] = LoopCandidate(_qualified(place, header),
+                                            None if place.is_main else place.module, loop,
+                                            place.link_address)
+    return out
+
+
+def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
+            functions: Mapping[str, RegionEntry], removed: set[str],
+            loops: Mapping[str, LoopCandidate], trips: Mapping[str, tuple[int, ...]]
+            ) -> tuple[list[RegionEntry], dict[str, RegionEntry]]:
+    """The regions to suggest, and the one covering each finding (by location).
+
+    ``functions``: function regions by function name; ``removed``: locations of the
+    findings that running those regions removes; ``loops``: loop candidates by finding
+    location, ``trips`` the trip counts a run saw per entry, by header (loops.py)."""
+    entries: dict[str, RegionEntry] = {}
+    covered: dict[str, RegionEntry] = {}  # block -> the branch or loop region holding it
+    covering: dict[str, RegionEntry] = {}
+    first_function = next(iter(functions.values()), None)
+    order = sorted(findings, key=lambda f: (f.location not in loops,
+                                            f.kind is not LeakKind.CONTROL_FLOW))
+    for f in order:
+        place = places[f.location]
+        image = image_of(place.module_path) if place.module_path else None
+        if image is None:
+            continue
+        func = function_at(image, place.link_address)
+        whole = functions.get(_qualified(place, func.name)) if func is not None else None
+        if whole is None and f.location in removed:
+            whole = first_function
+        if whole is not None:
+            entries[whole.at] = covering[f.location] = whole
+            continue
+        loop = loops.get(f.location)
+        entry = _loop_entry(loop, trips.get(loop.at, ()), f) if loop is not None else \
+            suggest_region(f.kind, place, image, f.instruction, TOOL)
+        if entry is None:
+            continue
+        if entry.kind == "table" and f.table is not None:
+            entry = replace(entry, table=f.table)
+        owner = covered.get(entry.at) or entries.get(entry.at)
+        if owner is not None:
+            covering[f.location] = owner
+            continue
+        entries[entry.at] = covering[f.location] = entry
+        if loop is not None:
+            covered.update(dict.fromkeys(_names(loop.region.blocks, place, image), entry))
+        elif entry.kind == "branch":
+            covered.update(dict.fromkeys(_branch_blocks(entry, place, image), entry))
+    return list(entries.values()), covering
+
+
+def _loop_entry(loop: LoopCandidate, trips: tuple[int, ...], f: AnalysisFinding
+                ) -> RegionEntry:
+    """A loop region whose bound is the largest trip count seen.  Entries that ran fewer
+    iterations are named: the bounded loop runs the bound on them too, so every buffer the
+    loop walks must have room for it (docs/passes.md, bounded-loop)."""
+    why = f"{TOOL}: control-flow leak at {f.location} ({f.instruction}) leaves the loop"
+    if not trips:
+        why += ("; with that exit suppressed no other exit ended it, so its public trip "
+                "count is unknown: add bound = the loop's maximum number of iterations")
+        return RegionEntry(loop.at, "loop", why)
+    bound = max(trips)
+    why += f"; with that exit suppressed it ran {bound} iterations (the bound)"
+    if min(trips) < bound:
+        why += (f", {min(trips)} on some of its {len(trips)} entries: check that every "
+                f"buffer it walks has room for {bound}")
+    return RegionEntry(loop.at, "loop", why, bound=bound)
+
+
+def _qualified(place: Place, name: str) -> str:
+    """``name`` as a contract writes it: ``lib.so:name`` outside the main program."""
+    return name if place.is_main else f"{place.module}:{name}"
+
+
+def _names(blocks: tuple[int, ...], place: Place, image: Image) -> set[str]:
+    return {_qualified(place, image.symbolize(b) or f"{b:#x}") for b in blocks}
+
+
+def _branch_blocks(entry: RegionEntry, place: Place, image: Image) -> set[str]:
+    """The names of the blocks a branch region starting at ``entry.at`` holds."""
+    func = function_at(image, place.link_address)
+    if func is None:
+        return set()
+    try:
+        cfg = function_cfg(image, func)
+        block = cfg.block_at(place.link_address)
+        if block is None:
+            return set()
+        region = form_region(cfg, block.start, entry.at, True)
+    except LeakDBTError:
+        return set()
+    return _names(region.blocks, place, image)
