@@ -220,8 +220,16 @@ def _sees_within_lines(contract: Contract, profile: Profile) -> bool:
 
 def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract,
                    line_size: int = 64) -> TaintTracker:
-    """A tracker with every secret's source tainted, now or when it enters."""
-    tracker = TaintTracker(machine, line_size=line_size)
+    """A tracker with every secret's source tainted, now or when it enters.  It follows all
+    code but the dynamic loader's (the one module mapped at start besides the program): its
+    start-up — relocating every library, most of a dynamic program's instructions — and
+    its lazy binding handle no secret."""
+    skip = sorted((m.start, m.end) for m in modules.modules() if not m.is_main)
+    ranges, at = [], 1
+    for start, end in skip:
+        ranges.append((at, start))
+        at = end
+    tracker = TaintTracker(machine, ranges=[*ranges, (at, 1 << 64)], line_size=line_size)
     binding = contract.binding
     assert binding is not None
     hooks: list[tuple[tuple[str | None, int], Any]] = []

@@ -140,12 +140,14 @@ class TaintTracker:
     Attach before the guest runs (from ``ExecOptions.on_start``); mark sources with
     :meth:`taint_register`, :meth:`taint_memory` or :meth:`taint_argv`; read
     :meth:`findings` afterwards.  ``scope`` limits the code hook to [begin, end) (taint is then
-    not propagated by code outside it); ``line_size`` is the cache line size memory-access
-    findings are judged by (:attr:`Finding.reach`).
+    not propagated by code outside it); so does ``ranges`` (several [begin, end), more with
+    :meth:`track` before their code first runs); ``line_size`` is the cache line size
+    memory-access findings are judged by (:attr:`Finding.reach`).
     """
 
     def __init__(self, machine: Machine, *, scope: tuple[int, int] | None = None,
-                 implicit: bool = True, line_size: int = 64) -> None:
+                 ranges: Sequence[tuple[int, int]] | None = None, implicit: bool = True,
+                 line_size: int = 64) -> None:
         self.machine = machine
         self.uc: Uc = machine.uc
         self.shadow = Shadow()
@@ -159,14 +161,23 @@ class TaintTracker:
         self._found: dict[tuple[str, int], Finding] = {}
         self._implicit: list[_Implicit] = []
         self._hammocks: dict[tuple[int, int], bool] = {}
-        begin, end = scope if scope is not None else (1, 0)
-        self.uc.hook_add(UC_HOOK_CODE, machine.guard(self._on_insn), None, begin, end)
+        if ranges is None:
+            begin, end = scope if scope is not None else (1, 0)
+            self.uc.hook_add(UC_HOOK_CODE, machine.guard(self._on_insn), None, begin, end)
+        else:
+            for begin, end in ranges:
+                self.track(begin, end)
         self._syscall = machine.syscall_handler
         machine.syscall_handler = self._on_syscall
         # Secrets that enter by read(2): called with (fd, buffer, bytes read, file offset of
         # the first) after the buffer has been cleared; they taint what is secret in it.
         self.read_sources: list[Callable[[int, int, int, int], None]] = []
         self._files: dict[tuple[int, int], dict[int, int]] = {}  # file -> offset -> labels
+
+    def track(self, begin: int, end: int) -> None:
+        """Also propagate taint through the code in [begin, end) (before it first runs: code
+        the engine translated earlier would not call the hook)."""
+        self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_insn), None, begin, end - 1)
 
     # -- sources ----------------------------------------------------------------------------------
 

@@ -43,6 +43,23 @@ def test_findings_are_the_leaking_instructions(built: Path, name: str) -> None:
     assert all(f.secrets and f.count > 0 and f.source is not None for f in report.findings)
 
 
+def test_a_dynamic_build_has_the_same_findings_without_tracking_the_loader(
+        built: Path) -> None:
+    """ld.so's start-up (relocating libc) is most of a small dynamic program's run; it
+    handles no secret, and the tracker skips it."""
+    static = binary("static", "ct_modexp")
+    dynamic = binary("dynamic", "ct_modexp")
+    contract = CONTRACTS / "ct_modexp.toml"
+    want = analyze(static, load(contract, binary=static))
+    got = analyze(dynamic, load(contract, binary=dynamic))
+    assert [(f.kind, f.location) for f in got.findings] == \
+        [(f.kind, f.location) for f in want.findings]
+    stats = run_leakdbt(["exec", "--count-insns", "--stats", dynamic, "0123456789abcdef"])
+    executed = int(next(line.split(":")[1] for line in stats.stderr.decode().splitlines()
+                        if "guest instructions" in line))
+    assert 0 < got.instructions * 4 < executed
+
+
 def test_constant_time_code_has_no_findings(built: Path) -> None:
     """sha256's block() takes the secret message through a pointer at its entry."""
     exe = binary("static", "sha256")

@@ -1,7 +1,8 @@
 """Library code that cannot be rewritten block by block — OpenSSL's sliding-window
 BN_mod_exp_mont (secret branches around calls) and glibc's memcmp (early exit) — through the
 three-step workflow: analyze --write suggests a whole-function region, the hardened program
-prints what the native one prints, and check finds leaks in the original and none hardened."""
+prints what the native one prints, and check finds no leak in it (test_check.py shows the
+original's)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ CASES = {
     "sodium_verify_memcmp": ("sodium_verify", "__memcmp_sse2", ["memcmp"], [
         TAG, TAG[:-2] + "00", TAG[:32] + "0" * 32, "0" * 64, "f" * 64]),
     "ossl_modexp_leaky": ("ossl_modexp", "BN_mod_exp_mont", ["leaky"], [
-        "0" * 64, "f" * 64, "0123456789abcdef" * 4, "8" + "0" * 63]),
+        "f" * 64, "0123456789abcdef" * 4]),
 }
 # Besides the function: bn_correct_top's loop, which trims the result's leading zero words
 # (its exit depends on the result, so on the exponent, in BN_mod_exp_mont_consttime too;
@@ -48,13 +49,13 @@ def test_analyze_write_then_hardened_exec_and_check(built: Path, tmp_path: Path,
             hardened.stderr.decode()
         assert f"{function} {{'passes': ['ct-equivalent']}}" in \
             " ".join(hardened.stderr.decode().split())
-    checked = run_leakdbt(["check", "--contract", str(contract), "--mode", "both", "--cpu",
-                           "intel-skylake", "--trials", "8", exe])
+    # the original's leaks: tests/integration/test_check.py
+    checked = run_leakdbt(["check", "--contract", str(contract), "--mode", "hardened",
+                           "--cpu", "intel-skylake", "--trials", "6", exe])
     out = checked.stdout.decode()
-    assert checked.status == 1 and "[original]" in out and "[hardened]" not in out, out
-    # hardened, every trial ran the same blocks and touched the same lines
-    hardened_line = next(line for line in out.splitlines() if line.strip().startswith("hardened:"))
-    assert "control-flow 1, latency 1, memory 1" in hardened_line, hardened_line
+    assert checked.status == 0 and "no leak found" in out, out
+    # every trial ran the same blocks and touched the same lines
+    assert "distinct traces: control-flow 1, latency 1, memory 1" in out, out
 
 
 def test_shipped_contracts_harden_with_no_leak_left(built: Path) -> None:
@@ -86,13 +87,13 @@ def test_the_shared_libcrypto_gets_the_same_treatment(built: Path, tmp_path: Pat
     regions = tomllib.loads(contract.read_text())["protect"]["region"]
     assert [(r["at"], r["kind"]) for r in regions] == [
         ("libcrypto.so.3:BN_mod_exp_mont", "function")], regions
-    for secret in CASES["ossl_modexp_leaky"][3][:2]:
+    for secret in CASES["ossl_modexp_leaky"][3][:1]:
         hardened = run_leakdbt(["exec", "--contract", str(contract), "--mode", "hardened",
                                 exe, secret, "leaky"])
         assert (hardened.status, hardened.stdout) == \
             (0, run_native([exe, secret, "leaky"]).stdout), hardened.stderr.decode()
     checked = run_leakdbt(["check", "--contract", str(contract), "--mode", "hardened",
-                           "--trials", "4", exe])
+                           "--trials", "3", exe])
     assert checked.status == 0 and "no leak found" in checked.stdout.decode(), \
         checked.stdout.decode()
 
