@@ -18,12 +18,11 @@ that leaks them, :func:`leakdbt.contract.mapping.observers`); otherwise they are
 
 The suggested regions (whole functions, loops with their bounds, blocks) and the region
 covering each finding come from :mod:`leakdbt.analysis.suggest`; whole functions and loop
-bounds take a second run.
+bounds take a run each (``AnalysisReport.runs``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -102,7 +101,7 @@ class AnalysisReport:
 
 def analyze(binary: str, contract: Contract, args: list[str] | None = None,
             rw: Sequence[str] = (), profile: Profile | None = None) -> AnalysisReport:
-    """Run ``binary`` once with the contract's secrets tainted (see the module doc); ``rw``:
+    """Run ``binary`` with the contract's secrets tainted (see the module doc); ``rw``:
     host directories the guest may write to, as ``exec --rw``; ``profile``: the CPU whose
     cache lines and intra-line leaks decide the memory-access findings (default: the
     host's)."""
@@ -164,9 +163,12 @@ def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profi
         options.on_modules = on_modules
         options.on_start = on_start
         options.rw = rw
-        # a crash or limit ends the run: what was seen until then still counts
-        with contextlib.suppress(LeakDBTError):
+        try:
             execute(setup.binary, options)
+        except LeakDBTError:
+            if "modules" not in box:
+                raise  # the program did not start
+            # a crash or limit ends the run: what was seen until then still counts
     return box.get("tracker"), box["modules"]
 
 
@@ -178,38 +180,49 @@ def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: 
     to see which findings they remove; loop bounds take a run that counts the iterations of
     the loops that secret branches leave."""
     functions = function_regions(places.values(), contract, profile)
-    removed: set[str] = set()
-    if functions:
-        text, _ = add_regions(dumps(contract), list(functions.values()), contract.path)
-        hardened = replace(loads(text, contract.path, binary), check=contract.check)
-        setup = trial_setup(binary, hardened, profile, plan(hardened, profile), "hardened", 0)
-        tracker, modules = _run(setup, trial, rw, profile)
-        assert tracker is not None
-        left = {(KINDS[f.kind], _place(modules, f.address).symbolic)
-                for f in tracker.findings()}
-        removed = {f.location for f in findings if (f.kind, f.location) not in left}
+    removed = _removed_by(functions, findings, binary, contract, profile, trial, rw) \
+        if functions else set()
     loops = exit_loops(findings, places, set(functions))
     trips: dict[str, tuple[int, ...]] = {}
     if loops:
-        counters: list[LoopCounter] = []
+        counter: list[LoopCounter] = []
 
         def watch(machine: Machine, modules: ModuleMap) -> None:
-            counters.append(LoopCounter(machine))
-            for loop in loops.values():
-                for mod in modules.modules():
-                    if mod.is_named(loop.module):
-                        counters[0].watch(loop.region, loop.branch, mod.base)
+            counter.append(LoopCounter(machine))
 
-        _, modules = _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile, watch,
-                          taint=False)
-        trips = {loop.at: counters[0].trips(loop.region.entry + _base(modules, loop.module))
+            def on_module(mod: LoadedModule) -> None:
+                for loop in loops.values():
+                    if mod.is_named(loop.module):
+                        counter[0].watch(loop.at, loop.region, loop.branch, mod.base)
+
+            for mod in modules.modules():
+                on_module(mod)
+            modules.listeners.append(on_module)
+
+        _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile, watch, taint=False)
+        trips = {loop.at: counter[0].trips(loop.at) if counter else ()
                  for loop in loops.values()}
     return (*regions(findings, places, functions, removed, loops, trips),
             bool(functions) + bool(loops))
 
 
-def _base(modules: ModuleMap, name: str | None) -> int:
-    return next(m.base for m in modules.modules() if m.is_named(name))
+def _removed_by(functions: dict[str, RegionEntry], findings: list[AnalysisFinding],
+                binary: str, contract: Contract, profile: Profile, trial: TrialInput,
+                rw: Sequence[str]) -> set[str]:
+    """The locations of the ``findings`` that a tainted run hardened with the ``functions``
+    regions no longer shows (none when that run cannot be made: the contract with them
+    does not validate, or its own regions cannot be hardened)."""
+    try:
+        text, _ = add_regions(dumps(contract), list(functions.values()), contract.path)
+        hardened = replace(loads(text, contract.path, binary), check=contract.check)
+        setup = trial_setup(binary, hardened, profile, plan(hardened, profile), "hardened", 0)
+    except LeakDBTError:
+        return set()
+    tracker, modules = _run(setup, trial, rw, profile)
+    if tracker is None:
+        return set()
+    left = {(KINDS[f.kind], _place(modules, f.address).symbolic) for f in tracker.findings()}
+    return {f.location for f in findings if (f.kind, f.location) not in left}
 
 
 def _sees_within_lines(contract: Contract, profile: Profile) -> bool:

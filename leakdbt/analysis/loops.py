@@ -101,15 +101,15 @@ class LoopCounter:
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
-        self.loops: dict[int, _Loop] = {}  # by runtime header
+        self.loops: dict[str, _Loop] = {}  # by the caller's name for each
 
-    def watch(self, loop: CodeRegion, secret_exit: int, bias: int) -> None:
+    def watch(self, name: str, loop: CodeRegion, secret_exit: int, bias: int) -> None:
         """Count ``loop`` (link-time, module loaded at ``bias``), whose secret exit is the
-        branch at link-time ``secret_exit``."""
+        branch at link-time ``secret_exit``, as ``name``."""
         inside = set(loop.blocks)
         state = _Loop(loop.entry + bias, secret_exit + bias,
                       frozenset(b + bias for b in inside))
-        self.loops[state.header] = state
+        self.loops[name] = state
         uc = self.machine.uc
         for lo, hi in loop.byte_ranges:
             uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._in_loop(state)), None,
@@ -155,9 +155,12 @@ class LoopCounter:
             state.leave()
         return hook
 
-    def trips(self, header: int) -> tuple[int, ...]:
-        """The trip counts, per entry, of the loop headed at runtime ``header`` with its
-        secret exit suppressed (see the module docstring): the bound is the largest."""
-        state = self.loops[header]
+    def trips(self, name: str) -> tuple[int, ...]:
+        """The trip counts, per entry, of the loop watched as ``name`` with its secret exit
+        suppressed (see the module docstring; none if it was not watched): the bound is the
+        largest."""
+        state = self.loops.get(name)
+        if state is None:
+            return ()
         state.leave()
         return tuple(state.counts)
