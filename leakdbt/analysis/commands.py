@@ -104,3 +104,7 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
         bound = "" if e.kind != "loop" else f" bound {e.bound}" if e.bound is not None \
             else " (no bound known: add one)"
         click.echo(f"  region {e.at} kind {e.kind}{table}{bound}: {state}")
+    uncovered = sum(f.location not in report.covering for f in report.findings)
+    if uncovered:
+        click.echo(f"  {uncovered} finding(s) without a region: outside every function "
+                   "symbol (stripped code) or in code whose control flow was not recovered")

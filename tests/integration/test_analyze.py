@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -58,6 +59,30 @@ def test_a_dynamic_build_has_the_same_findings_without_tracking_the_loader(
     executed = int(next(line.split(":")[1] for line in stats.stderr.decode().splitlines()
                         if "guest instructions" in line))
     assert 0 < got.instructions * 4 < executed
+
+
+def test_stripped_code_is_analyzed_but_gets_no_region(built: Path, tmp_path: Path) -> None:
+    """Without symbols the same instructions are found (at their addresses; without the
+    scope, printf's too); no contract location can name their blocks, and the output says
+    so."""
+    exe = tmp_path / "ct_modexp"
+    subprocess.run(["strip", "-o", str(exe), binary("static", "ct_modexp")], check=True)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "stripped.toml").write_text((CONTRACTS / "ct_modexp.toml").read_text().replace(
+        'functions = ["modexp"]\n', ""))
+    contract = _without_regions(source / "stripped.toml", tmp_path)
+    want = analyze(binary("static", "ct_modexp"),
+                   load(CONTRACTS / "ct_modexp.toml", binary=binary("static", "ct_modexp")))
+    out = run_leakdbt(["analyze", "--contract", str(contract), str(exe)])
+    text = out.stdout.decode()
+    assert out.status == 0, out.stderr.decode()
+    for f in want.findings:
+        assert f"at {f.address:#x}: {f.instruction}" in text, text
+    findings = [line for line in text.splitlines() if line.startswith("  control-flow at ")
+                or line.startswith(("  memory-access at ", "  variable-latency at "))]
+    assert not any(line.startswith("  region ") for line in text.splitlines()), text
+    assert f"  {len(findings)} finding(s) without a region" in text, text
 
 
 def test_constant_time_code_has_no_findings(built: Path) -> None:
