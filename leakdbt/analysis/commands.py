@@ -101,8 +101,9 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
         state = "written" if e in added else ("already in the contract" if write
                                               else "suggested")
         table = f" table {e.table}" if e.table else ""
-        bound = "" if e.kind != "loop" else f" bound {e.bound}" if e.bound is not None \
-            else " (no bound known: add one)"
+        bound = ""
+        if e.kind == "loop":
+            bound = f" bound {e.bound}" if e.bound is not None else " (no bound known: add one)"
         click.echo(f"  region {e.at} kind {e.kind}{table}{bound}: {state}")
     uncovered = sum(f.location not in report.covering for f in report.findings)
     if uncovered:

@@ -125,10 +125,10 @@ PASS_ORDER: tuple[str, ...] = (
     "ct-equivalent", "bounded-loop", "if-conversion", "ct-division", "oblivious-table",
     "fp-ftz-daz",
 )
-"""The order passes run in.  A function with a constant-time equivalent is replaced
-first (nothing else applies to it); loops get a fixed trip count first so that their bodies can be
-if-converted; if-conversion runs both sides of a branch, so the divisions and table lookups it
-exposes are hardened after it; FTZ/DAZ wraps the final code."""
+"""The order passes run in.  A function with a constant-time equivalent is replaced first
+(nothing else applies to it); loops get a fixed trip count before their bodies are
+if-converted; if-conversion runs both sides of a branch, so the divisions and table lookups
+it exposes are hardened after it; FTZ/DAZ wraps the final code."""
 
 PASS_KIND: dict[str, RegionKind] = {
     "ct-equivalent": RegionKind.FUNCTION,
