@@ -25,6 +25,7 @@ from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_W
 from unicorn import x86_const as x
 
 from leakdbt.dbt.dispatch import Dispatcher
+from leakdbt.dbt.region import merge_ranges
 from leakdbt.leakage.observe import LatencySite, latency_site, operand_values
 from leakdbt.machine.machine import Machine
 
@@ -46,18 +47,12 @@ class LeakageRecorder:
     def __init__(self, machine: Machine, ranges: list[tuple[int, int]], unit: int = 64) -> None:
         self.machine = machine
         self.unit = unit
-        merged: list[tuple[int, int]] = []
-        for lo, hi in sorted(ranges):
-            if merged and lo <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-            else:
-                merged.append((lo, hi))
-        self.ranges = merged
-        self._starts = [lo for lo, _ in merged]
+        self.ranges = merge_ranges(ranges)
+        self._starts = [lo for lo, _ in self.ranges]
         self.seen = Observations()
         self._divisions: dict[int, LatencySite | None] = {}
         uc = machine.uc
-        for lo, hi in merged:
+        for lo, hi in self.ranges:
             uc.hook_add(UC_HOOK_BLOCK, self._on_block, None, lo, hi - 1)
             uc.hook_add(UC_HOOK_CODE, self._on_insn, None, lo, hi - 1)
         uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_access)

@@ -21,7 +21,6 @@ from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as ux
 
 from leakdbt.dbt.cfg import FunctionCFG
-from leakdbt.dbt.insn import decode
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.errors import LeakDBTError
 from leakdbt.machine.machine import Machine
@@ -84,7 +83,6 @@ def exit_loop(cfg: FunctionCFG, branch: int, name: str) -> CodeRegion | None:
 class _Loop:
     header: int  # runtime addresses from here on
     secret_exit: int  # the secret branch
-    inside: frozenset[int]  # the loop's block starts
     last: int | None = None  # the loop's last instruction run in the current entry
     count: int = 0  # header runs in the current entry
     counts: list[int] = field(default_factory=list)  # one per entry that left by another exit
@@ -107,15 +105,18 @@ class LoopCounter:
         """Count ``loop`` (link-time, module loaded at ``bias``), whose secret exit is the
         branch at link-time ``secret_exit``, as ``name``."""
         inside = set(loop.blocks)
-        state = _Loop(loop.entry + bias, secret_exit + bias,
-                      frozenset(b + bias for b in inside))
+        state = _Loop(loop.entry + bias, secret_exit + bias)
         self.loops[name] = state
         uc = self.machine.uc
         for lo, hi in loop.byte_ranges:
             uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._in_loop(state)), None,
                         lo + bias, hi + bias - 1)
-        uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._stay(state)), None,
-                    state.secret_exit, state.secret_exit)
+        branch = next(b.last for b in loop.block_list() if b.last.address == secret_exit)
+        if branch.target is not None and is_jcc(branch.mnemonic):
+            stay = branch.target if branch.target in inside else branch.next
+            uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._stay(
+                state, branch.mnemonic, branch.target + bias, branch.next + bias,
+                stay + bias)), None, state.secret_exit, state.secret_exit)
         exits = {e.target for b in loop.block_list() for e in b.succs
                  if e.target not in inside}
         for target in exits:
@@ -133,20 +134,15 @@ class LoopCounter:
         return hook
 
     @staticmethod
-    def _stay(state: _Loop) -> Hook:
-        """At the secret branch: go the way that stays in the loop (RIP written in the hook:
-        the engine goes on from there, not running the branch)."""
+    def _stay(state: _Loop, mnemonic: str, target: int, fall: int, stay: int) -> Hook:
+        """At the secret branch (``mnemonic``, to ``target`` or on to ``fall``): go to
+        ``stay``, the successor in the loop (RIP written in the hook: the engine goes on
+        from there, not running the branch)."""
         def hook(uc: Any, address: int, size: int, _ud: object) -> None:
-            insn = decode(bytes(uc.mem_read(address, size)), address)
-            if insn is None or insn.target is None or not is_jcc(insn.mnemonic) or \
-                    state.count >= MAX_TRIPS:
-                return
-            goes = insn.target if taken(insn.mnemonic, uc.reg_read(ux.UC_X86_REG_EFLAGS)) \
-                else address + size
-            other = address + size if goes == insn.target else insn.target
-            if goes not in state.inside and other in state.inside:
+            goes = target if taken(mnemonic, uc.reg_read(ux.UC_X86_REG_EFLAGS)) else fall
+            if goes != stay and state.count < MAX_TRIPS:
                 state.last = address
-                uc.reg_write(ux.UC_X86_REG_RIP, other)
+                uc.reg_write(ux.UC_X86_REG_RIP, stay)
         return hook
 
     @staticmethod

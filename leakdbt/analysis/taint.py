@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from unicorn import UC_HOOK_CODE, Uc, UcError
 from unicorn import x86_const as ux
@@ -82,11 +83,23 @@ _UC_REGS = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in REGISTER
             if hasattr(ux, f"UC_X86_REG_{name.upper()}")}
 SYS_READ, SYS_WRITE, SYS_MMAP, SYS_PREAD64, SYS_PWRITE64 = 0, 1, 9, 17, 18
 SYS_READV, SYS_WRITEV, SYS_PREADV, SYS_PWRITEV = 19, 20, 295, 296
-# system calls that move file data: number -> (reads, vectored, positioned (offset in r10))
-_TRANSFERS = {SYS_READ: (True, False, False), SYS_PREAD64: (True, False, True),
-              SYS_READV: (True, True, False), SYS_PREADV: (True, True, True),
-              SYS_WRITE: (False, False, False), SYS_PWRITE64: (False, False, True),
-              SYS_WRITEV: (False, True, False), SYS_PWRITEV: (False, True, True)}
+
+
+class _Transfer(NamedTuple):
+    """A system call that moves file data."""
+
+    reads: bool  # into guest memory (else out of it)
+    vectored: bool  # buffers given as an iovec array
+    positioned: bool  # at the offset in r10 (else at the file position)
+
+
+_TRANSFERS = {SYS_READ: _Transfer(True, False, False), SYS_PREAD64: _Transfer(True, False, True),
+              SYS_READV: _Transfer(True, True, False), SYS_PREADV: _Transfer(True, True, True),
+              SYS_WRITE: _Transfer(False, False, False),
+              SYS_PWRITE64: _Transfer(False, False, True),
+              SYS_WRITEV: _Transfer(False, True, False),
+              SYS_PWRITEV: _Transfer(False, True, True)}
+
 MAX_IOVECS = 1024  # IOV_MAX
 MAP_ANONYMOUS = 0x20
 MAX_FILE_TAINT = 1 << 20  # bytes of one write whose taint is remembered in the file
@@ -478,7 +491,7 @@ class TaintTracker:
         for i in range(min(count, MAX_IOVECS)):
             try:
                 base, length = struct.unpack("<QQ", bytes(self.uc.mem_read(buf + 16 * i, 16)))
-            except Exception:  # noqa: BLE001 - unmapped: the kernel fails the call too
+            except UcError:  # unmapped: the kernel fails the call too
                 break
             out.append((base, length))
         return out
@@ -492,9 +505,9 @@ class TaintTracker:
         fd, buf, count, where = (machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10"))
         sh = self.shadow
         transfer = _TRANSFERS.get(nr)
-        segments = self._segments(transfer[1], buf, count) if transfer else []
+        segments = self._segments(transfer.vectored, buf, count) if transfer else []
         written: list[int] = []
-        if transfer and not transfer[0]:
+        if transfer and not transfer.reads:
             for address, length in segments:
                 written += sh.load(address, min(length, MAX_FILE_TAINT - len(written)))
         assert self._syscall is not None
@@ -502,8 +515,8 @@ class TaintTracker:
         result = machine.reg("rax")
         moved = transfer is not None and 0 < result <= sum(n for _, n in segments)
         if transfer and moved:
-            offset = where if transfer[2] else self._position(fd) - result
-            if transfer[0]:
+            offset = where if transfer.positioned else self._position(fd) - result
+            if transfer.reads:
                 left = result
                 for address, length in segments:
                     n = min(length, left)

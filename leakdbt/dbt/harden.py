@@ -76,9 +76,9 @@ def region_view(region: CodeRegion, kind: str | None, bias: int = 0,
     if image is None:
         return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
                           params or {})
-    names = tuple(s.name for s in image.symbols if s.kind == "func" and s.value == region.entry)
     return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
-                      params or {}, _objects(image), names, _functions(image))
+                      params or {}, _objects(image), image.functions_at(region.entry),
+                      _functions(image))
 
 
 def _objects(image: Image) -> Callable[[int], DataObject | None]:

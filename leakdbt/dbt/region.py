@@ -14,6 +14,7 @@ and the reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from leakdbt.dbt.cfg import Block, FunctionCFG
@@ -41,13 +42,18 @@ class CodeRegion:
     @property
     def byte_ranges(self) -> list[tuple[int, int]]:
         """[start, end) of each block's bytes, merged where adjacent."""
-        out: list[tuple[int, int]] = []
-        for b in self.block_list():
-            if out and out[-1][1] >= b.start:
-                out[-1] = (out[-1][0], max(out[-1][1], b.end))
-            else:
-                out.append((b.start, b.end))
-        return out
+        return merge_ranges((b.start, b.end) for b in self.block_list())
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, end) ranges sorted, with overlapping or adjacent ones merged."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None,

@@ -209,6 +209,12 @@ class Image:
                 return s
         return None
 
+    def functions_at(self, address: int) -> tuple[str, ...]:
+        """The names of the function symbols at link-time ``address`` (aliases included)."""
+        addrs, syms = self._by_address
+        lo, hi = bisect.bisect_left(addrs, address), bisect.bisect_right(addrs, address)
+        return tuple(s.name for s in syms[lo:hi] if s.kind == "func")
+
     def symbol(self, name: str) -> Symbol | None:
         """The symbol called ``name`` (functions preferred), or None."""
         return self._by_name.get(name)

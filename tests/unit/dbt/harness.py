@@ -67,7 +67,7 @@ from unicorn import x86_const as x
 
 from leakdbt.dbt.asm import decode_one
 from leakdbt.dbt.insn import Flow, Insn
-from leakdbt.dbt.region import CodeRegion
+from leakdbt.dbt.region import CodeRegion, merge_ranges
 from leakdbt.dbt.relocate import Translation
 from leakdbt.loader.image import PF_R, PF_W, PF_X, Image
 
@@ -518,12 +518,7 @@ class _Ranges:
     """Membership in a set of [lo, hi) ranges."""
 
     def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
-        merged: list[tuple[int, int]] = []
-        for lo, hi in sorted(ranges):
-            if merged and lo <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-            else:
-                merged.append((lo, hi))
+        merged = merge_ranges(ranges)
         self.lows = [lo for lo, _ in merged]
         self.highs = [hi for _, hi in merged]
 
@@ -664,9 +659,12 @@ class RegionCheck:
 
     def check(self, seeds: Iterable[str], choose: dict[str, Chooser] | None = None) -> Report:
         """Run both sides from the state each seed makes (see :func:`random_state`)."""
+        return self.compare((seed, random_state(random.Random(seed), choose)) for seed in seeds)
+
+    def compare(self, states: Iterable[tuple[str, State]]) -> Report:
+        """Run both sides from each (name, state) and compare what they leave."""
         report = Report(self.region.name)
-        for seed in seeds:
-            state = random_state(random.Random(seed), choose)
+        for seed, state in states:
             orig = self.outcome(False, state)
             copy = self.outcome(True, state)
             report.stops[orig.kind] = report.stops.get(orig.kind, 0) + 1

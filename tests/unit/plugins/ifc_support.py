@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,11 @@ from leakdbt.plugin_api import BlockView, Refusal, RegionView, Rewrite
 from tests.unit.dbt.harness import (
     GPRS,
     PIE_BIAS,
-    STACK,
     Chooser,
-    Mismatch,
     RegionCheck,
-    Report,
     Sandbox,
     State,
     compile_program,
-    differences,
     random_state,
 )
 
@@ -111,30 +107,6 @@ def with_memory(s: State, address: int, data: bytes) -> State:
     scratch = bytearray(s.scratch)
     scratch[off:off + len(data)] = data
     return dataclasses.replace(s, scratch=bytes(scratch))
-
-
-def compare(check: RegionCheck, states: Iterable[tuple[str, State]]) -> Report:
-    """RegionCheck.check for given states (same comparison rules)."""
-    report = Report(check.region.name)
-    for seed, s in states:
-        orig = check.outcome(False, s)
-        copy = check.outcome(True, s)
-        report.stops[orig.kind] = report.stops.get(orig.kind, 0) + 1
-        if not (orig.conclusive and copy.conclusive):
-            report.inconclusive += 1
-            continue
-        report.compared += 1
-        low = min(s.gprs[REG["rsp"]], orig.gprs[REG["rsp"]]) - 128 - STACK
-        for side in (orig, copy):
-            stack = side.memory["stack"]
-            if low > 0:
-                side.memory["stack"] = bytes(min(low, len(stack))) + stack[low:]
-        orig.rflags &= check.flags
-        copy.rflags &= check.flags
-        problems = differences(orig, copy, check.return_map)
-        if problems:
-            report.mismatches.append(Mismatch(seed, problems, orig, copy))
-    return report
 
 
 def trace(check: RegionCheck, s: State, copy: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:

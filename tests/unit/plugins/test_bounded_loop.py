@@ -19,7 +19,6 @@ from tests.unit.dbt.harness import SCRATCH, RegionCheck, Sandbox, State
 from tests.unit.plugins.ifc_support import (
     REG,
     build,
-    compare,
     harden,
     region_of,
     sandbox_for,
@@ -107,7 +106,7 @@ def test_bounded_loop_computes_what_the_original_computes(
     states = _states(function, 150)
     check = _hardened(program, sandbox, function)
     with check:
-        report = compare(check, states)
+        report = check.compare(states)
         results = {check.outcome(False, s).gprs[REG["rax"]] for _, s in states}
     assert not report.mismatches, report.mismatches[:3]
     assert report.compared == len(states)
@@ -156,7 +155,7 @@ def test_memcmp_loop_agrees_on_any_buffers(mcmp_check: RegionCheck, a: bytes, b:
     b = a[:equal_prefix] + b[equal_prefix:]
     s = with_memory(with_memory(state("hyp", rdi=A, rsi=B, rax=0), A, a), B, b)
     with mcmp_check:
-        report = compare(mcmp_check, [("hyp", s)])
+        report = mcmp_check.compare([("hyp", s)])
     assert not report.mismatches, report.mismatches
 
 

@@ -31,7 +31,6 @@ from tests.unit.dbt.harness import (
 from tests.unit.plugins.ifc_support import (
     REG,
     build,
-    compare,
     harden,
     region_of,
     sandbox_for,
@@ -190,7 +189,7 @@ def test_division_arm_composes_with_ct_division(program: Image, sandbox: Sandbox
     with check:
         report = check.check(seeds, choose)
         zero = [(f"zero:{i}", state(f"zero:{i}", rdi=2 * i, rdx=0)) for i in range(10)]
-        report0 = compare(check, zero)
+        report0 = check.compare(zero)
     assert not report.mismatches, report.mismatches[:3]
     assert not report0.mismatches and report0.compared == 10
     assert report0.stops == {"exit": 10}  # 0 divisor, arm not taken: no fault
@@ -276,7 +275,7 @@ def test_nested_branches_agree_on_any_inputs(nested_check: RegionCheck, x: int, 
 
     s = dataclasses.replace(s, rflags=0x2 | (flags & 0x8D5))
     with nested_check:
-        report = compare(nested_check, [("hyp", s)])
+        report = nested_check.compare([("hyp", s)])
     assert not report.mismatches, report.mismatches
 
 
