@@ -246,8 +246,8 @@ def region_instructions(exe: str, contract: str, secret: str, mode: str) -> int:
     from leakdbt.dbt.dispatch import Mode, requests_from_contract
     from leakdbt.dbt.harden import Hardener
     from leakdbt.dbt.passes import load_passes
-    from leakdbt.linux.launch import ExecOptions, execute
-    from leakdbt.trace import LeakageRecorder
+    from leakdbt.leakage.recorder import LeakageRecorder
+    from leakdbt.run.session import ExecOptions, execute
 
     c = load(contract, binary=exe)
     profile = get_profile(BENCH_CPU)
@@ -398,9 +398,9 @@ def switch_latency(changes: int = 20, period: float = 0.4) -> list[float]:
     from leakdbt.dbt.dispatch import Dispatcher, Mode, requests_from_contract
     from leakdbt.dbt.harden import Hardener
     from leakdbt.dbt.passes import load_passes
-    from leakdbt.detectors import create_detector, default_context
-    from leakdbt.linux.launch import ExecOptions, execute
+    from leakdbt.monitor.detectors import create_detector, default_context
     from leakdbt.monitor.monitor import Monitor
+    from leakdbt.run.session import ExecOptions, execute
 
     exe = str(BUILD / "region_loop")
     c = load(REPO / "contracts" / "region_loop.toml", binary=exe)

@@ -104,8 +104,8 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
          args: tuple[str, ...]) -> None:
     """Run BINARY [ARGS]... under leakdbt; exit with the guest's status."""
     from leakdbt.dbt.dispatch import Mode, requests_from_contract
-    from leakdbt.linux.launch import ExecOptions, execute
-    from leakdbt.stats import format_stats
+    from leakdbt.run.session import ExecOptions, execute
+    from leakdbt.run.stats import format_stats
 
     if functions and not translate_all:
         raise UsageError("--function selects functions for --translate-all")
@@ -169,7 +169,7 @@ def _monitor_factory(contract: Any, detector: str, poll_ms: float | None,
                      hold_ms: float | None, events_path: str | None, trust_uid: tuple[int, ...],
                      trust_name: tuple[str, ...], trust_cgroup: tuple[str, ...]) -> Any:
     """How ``exec --mode adaptive`` makes its monitor once the dispatcher exists."""
-    from leakdbt.detectors import create_detector, default_context
+    from leakdbt.monitor.detectors import create_detector, default_context
     from leakdbt.monitor.monitor import DEFAULT_HOLD_MS, DEFAULT_POLL_MS, Monitor
 
     tenancy = create_detector(detector, default_context(trust_uid, trust_name, trust_cgroup))

@@ -66,7 +66,7 @@ class SandboxViolation(LeakDBTError):
 
 class TranslationError(LeakDBTError):
     """The translator cannot produce code it trusts, e.g. an instruction a pass asked for
-    cannot be encoded as written (see ``leakdbt.dbt.asm.AssemblyError``)."""
+    cannot be encoded as written (see ``leakdbt.x86.asm.AssemblyError``)."""
 
 
 class GuestError(LeakDBTError):

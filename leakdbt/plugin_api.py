@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from leakdbt.dbt.insn import REGS64, Flow, Insn, detail_decoder
+from leakdbt.x86.insn import REGS64, Flow, Insn, detail_decoder
 
 if TYPE_CHECKING:
     from leakdbt.contract.model import Contract

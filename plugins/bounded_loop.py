@@ -5,7 +5,7 @@ natural loop, header at the region's entry, possibly with several exits
 (``memcmp``-style early exits, ``strlen``-style scans).  The contract gives the public
 maximum trip count, ``bound = N``.
 
-Method.  The loop body's blocks run as predicated blocks (plugins/predication.py) in a
+Method.  The loop body's blocks run as predicated blocks (plugins/support/predication.py) in a
 topological order of the body without its back edges, exactly ``bound`` times, counted by a
 hidden counter in a scratch slot.  The header's predicate is the *active* flag: all-ones
 until the loop leaves.  An edge back to the header ORs its mask into the next iteration's
@@ -75,7 +75,7 @@ from __future__ import annotations
 import re
 
 from leakdbt.plugin_api import BlockView, Flow, RegionView, goto
-from plugins.predication import (
+from plugins.support.predication import (
     GPR,
     GPR32,
     INIT,
@@ -105,7 +105,7 @@ _LEA = re.compile(r"\w+, \[(\w+) [+-] (0x[0-9a-f]+|\d+)\]$")
 
 def bound_loop(region: RegionView) -> list[str]:
     """The fixed-trip-count code for a loop region (see the module doc); raises
-    :class:`~plugins.predication.Refused` with the reason when it cannot."""
+    :class:`~plugins.support.predication.Refused` with the reason when it cannot."""
     if region.shape != "loop":
         raise Refused(f"region shape is {region.shape}, not a loop region")
     bound = region.params.get("bound")

@@ -2,7 +2,7 @@
 
 :func:`constant_time_divide` turns one decoded ``div`` or ``idiv`` (8, 16, 32 or 64 bits;
 register or memory operand) into Intel-syntax lines, in Capstone's spelling, that
-:func:`leakdbt.dbt.asm.assemble_many` encodes.  The sequence
+:func:`leakdbt.x86.asm.assemble_many` encodes.  The sequence
 
 - computes the same quotient and remainder in the same registers as the instruction (AL/AH;
   AX/DX; EAX/EDX with the upper halves of RAX/RDX zeroed; RAX/RDX), and leaves every other

@@ -18,7 +18,7 @@ memory of the path the original takes are selected with ``cmov``.  Two schemes:
   ``pushfq``); otherwise one ``cmp`` on the byte, and the arms' flags (``pushfq`` slots)
   are selected like a register.  The arm that needs the branch's flags runs first, so the
   second does not ``popfq`` them back when it defines its own.
-- *Predicated blocks* (any other acyclic region; plugins/predication.py): in a topological
+- *Predicated blocks* (any other acyclic region; plugins/support/predication.py): in a topological
   order, each block but the entry under a predicate slot, all-ones when the original would
   run it (``P & cond`` / ``P & ~cond`` of its predecessor's branch); an inactive block is
   undone after it ran: its registers (general and xmm), MXCSR, RFLAGS and the memory it
@@ -62,7 +62,7 @@ of an arm's or the branch's flags, 5 for their select, and a final ``popfq`` (3)
 of the region.  A division in an arm: 4 per enclosing branch + 3 (``popfq``; and a ``pushfq``
 unless the flags are already in a slot) + 2 constants.  E.g. tiny_region of
 test_binaries/region_loop.c (one arm of one ``lea``, no flags): 7 instead of 5 or 6.  The
-predicated-block scheme: see plugins/predication.py (about ``2 w + 10 s + 12`` per block,
+predicated-block scheme: see plugins/support/predication.py (about ``2 w + 10 s + 12`` per block,
 plus edges), the entry's edges ``setcc`` only, or 6 with the mask of a successor that has
 several predecessors.
 
@@ -96,7 +96,7 @@ from leakdbt.plugin_api import (
     goto,
     original,
 )
-from plugins.predication import (
+from plugins.support.predication import (
     GPR,
     INIT,
     XMM,
@@ -125,7 +125,7 @@ __all__ = ["PASS", "if_convert"]
 
 def if_convert(region: RegionView) -> list[str]:
     """The straight-line code for a branch region (see the module doc); raises
-    :class:`~plugins.predication.Refused` with the reason when it cannot."""
+    :class:`~plugins.support.predication.Refused` with the reason when it cannot."""
     if region.shape != "branch":
         raise Refused(f"region shape is {region.shape}, not a branch region")
     bias = region.bias

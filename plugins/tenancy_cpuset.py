@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 
 from leakdbt.plugin_api import DETECTOR_API_VERSION, CoTenant, DetectorContext, Tenancy
-from plugins.tenancy_topology import (
+from plugins.support.topology import (
     Topology,
     format_cpulist,
     parse_cpulist,

@@ -29,7 +29,7 @@ One co-tenant is reported per process (the most intimate share of its runnable t
 is that thread's CPU).  Status, comm and cgroup are read only for the processes it would
 report, so a scan costs about one small read per process plus one per thread of
 multi-threaded processes (~8-12 µs per process or thread).  The topology (see
-:mod:`plugins.tenancy_topology`) is read when the detector is created.
+:mod:`plugins.support.topology`) is read when the detector is created.
 
 What it cannot see: tasks outside our PID namespace (then every observation carries a
 ``core`` co-tenant named ``unknown``), other users' tasks when ``/proc`` is mounted with
@@ -50,7 +50,7 @@ from leakdbt.plugin_api import (
     DetectorContext,
     Tenancy,
 )
-from plugins.tenancy_topology import Topology, format_cpulist, read_text, read_topology
+from plugins.support.topology import Topology, format_cpulist, read_text, read_topology
 
 PF_KTHREAD = 0x00200000
 INIT_PID_NAMESPACE = "pid:[4026531836]"  # PROC_PID_INIT_INO: the initial PID namespace

@@ -51,16 +51,17 @@ from leakdbt.contract.model import (
 )
 from leakdbt.contract.profiles import Profile, host_profile
 from leakdbt.dbt.dispatch import Dispatcher, Mode
-from leakdbt.dbt.insn import decode
 from leakdbt.errors import LeakDBTError
 from leakdbt.leakage.check import trial_setup
-from leakdbt.leakage.findings import CheckReport, Finding, LeakKind, SourceLine
+from leakdbt.leakage.findings import CheckReport, Finding, LeakKind
 from leakdbt.leakage.locate import image_of, source_line
 from leakdbt.leakage.observe import entries_in
 from leakdbt.leakage.trials import Place, TrialInput, TrialSetup, trial_inputs
-from leakdbt.linux.launch import execute
-from leakdbt.linux.modules import LoadedModule, ModuleMap
+from leakdbt.loader.dwarf import SourceLine
+from leakdbt.loader.modules import LoadedModule, ModuleMap
 from leakdbt.machine.machine import Machine
+from leakdbt.run.session import execute
+from leakdbt.x86.insn import decode
 
 KINDS = {k.value: k for k in LeakKind}
 

@@ -45,7 +45,7 @@ from capstone import CsInsn
 from capstone import x86_const as x86
 
 from leakdbt.analysis import vector_rules as vr
-from leakdbt.dbt.insn import detail_decoder
+from leakdbt.x86.insn import detail_decoder
 
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")

@@ -61,9 +61,9 @@ from leakdbt.analysis.rules import (
     read_op,
     union,
 )
-from leakdbt.dbt.disasm import strict_decoder
-from leakdbt.dbt.insn import detail_decoder
 from leakdbt.machine.machine import Machine
+from leakdbt.x86.disasm import strict_decoder
+from leakdbt.x86.insn import detail_decoder
 
 CONTROL_FLOW = "control-flow"
 MEMORY_ACCESS = "memory-access"

@@ -320,7 +320,7 @@ class _Resolver:
     def instruction_starts(self, mod: _Module, start: int, end: int) -> list[int]:
         key = (mod.path, start)
         if key not in self.starts:
-            from leakdbt.dbt.disasm import instruction_starts
+            from leakdbt.x86.disasm import instruction_starts
 
             self.starts[key] = instruction_starts(mod.image.read(start, end - start), start)
         return self.starts[key]

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from leakdbt.dbt.insn import REGS64, Flow, Insn, decode
 from leakdbt.loader.image import Image, Symbol, per_image
+from leakdbt.x86.insn import REGS64, Flow, Insn, decode
 
 # Functions that never return (C library and compiler runtime); a call to one ends its path.
 NORETURN = frozenset({

@@ -70,7 +70,7 @@ def select_functions(image: Image, names: tuple[str, ...]) -> list[Symbol]:
     """The functions named (in the order given, once each), or every function of the image
     by address when none is named (a stripped binary's are found from its direct calls,
     named ``sub_ADDR``); gcc's ``NAME.cold`` parts are shown with NAME."""
-    from leakdbt.dbt.functions import code_functions
+    from leakdbt.loader.functions import code_functions
 
     functions = code_functions(image)
     if not names:

@@ -28,20 +28,20 @@ from unicorn import UC_HOOK_CODE, Uc
 
 from leakdbt.contract.mapping import Plan
 from leakdbt.contract.model import Contract, RegionKind
-from leakdbt.dbt.asm import assemble
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.codecache import CodeCache
-from leakdbt.dbt.disasm import direct_targets, rel32_targets
-from leakdbt.dbt.functions import code_functions
 from leakdbt.dbt.harden import Hardener, RegionNeeds
-from leakdbt.dbt.insn import Flow, decode
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.errors import LeakDBTError, TranslationError
-from leakdbt.linux.modules import LoadedModule, ModuleMap
+from leakdbt.loader.functions import code_functions
 from leakdbt.loader.image import PF_X, Image, Symbol, per_image
+from leakdbt.loader.modules import LoadedModule, ModuleMap
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PAGE, PROT_WRITE, page_down
+from leakdbt.x86.asm import assemble
+from leakdbt.x86.disasm import direct_targets, rel32_targets
+from leakdbt.x86.insn import Flow, decode
 
 JMP_SIZE = 5
 RETRY_SECONDS = 0.0002  # a mode switch that found the guest in the way tries again after

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from leakdbt.contract.mapping import PassStep
-from leakdbt.dbt.asm import rename_labels
 from leakdbt.dbt.passes import LoadedPass
 from leakdbt.dbt.region import CodeRegion
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.errors import LeakDBTError, PluginError, TranslationError
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import BlockView, DataObject, Refusal, RegionView, Rewrite, original
+from leakdbt.x86.asm import rename_labels
 
 if TYPE_CHECKING:
     from leakdbt.contract.model import Contract

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from leakdbt.dbt.cfg import Block, FunctionCFG
-from leakdbt.dbt.insn import Flow
 from leakdbt.errors import TranslationError
+from leakdbt.x86.insn import Flow
 
 
 class RegionError(TranslationError):

@@ -7,8 +7,8 @@ block of the region — and every way out of the region ends in a jump to the or
 successor.  Nothing is added on the way out, so no register or flag is touched.
 
 Every instruction emitted is checked by decoding it with Capstone: a copied instruction must
-mean what the original means at its own address (:func:`leakdbt.dbt.asm.canonical_insn`), an
-assembled one what its text says (:func:`leakdbt.dbt.asm.assemble`).
+mean what the original means at its own address (:func:`leakdbt.x86.asm.canonical_insn`), an
+assembled one what its text says (:func:`leakdbt.x86.asm.assemble`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from leakdbt.dbt.asm import (
+from leakdbt.dbt.region import CodeRegion, RegionError
+from leakdbt.x86.asm import (
     AssemblyError,
     Fixed,
     Line,
@@ -27,8 +28,7 @@ from leakdbt.dbt.asm import (
     decode_one,
     rename_labels,
 )
-from leakdbt.dbt.insn import SHORT_ONLY, Flow, Insn, decode
-from leakdbt.dbt.region import CodeRegion, RegionError
+from leakdbt.x86.insn import SHORT_ONLY, Flow, Insn, decode
 
 MAX_LAYOUT_PASSES = 8
 STAND_IN_DISTANCE = 0x1000_0000  # where sequences are measured, from their original

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from leakdbt.loader.dwarf import SourceLine
+
 
 class LeakKind(enum.Enum):
     """What an adversary observes differ at a leak point."""
@@ -24,15 +26,6 @@ KIND_TEXT: dict[LeakKind, str] = {
     LeakKind.VARIABLE_LATENCY: "an instruction whose latency depends on its operands runs on "
                                "secret-dependent operands",
 }
-
-
-@dataclass(frozen=True)
-class SourceLine:
-    """A source position from DWARF line information."""
-
-    file: str  # as the line table names it (absolute when the compiler recorded it so)
-    line: int
-    column: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ from functools import lru_cache
 
 from leakdbt.contract.edit import RegionEntry
 from leakdbt.dbt.cfg import function_cfg
-from leakdbt.dbt.insn import decode
 from leakdbt.errors import LeakDBTError
-from leakdbt.leakage.findings import Finding, LeakKind, SourceLine, Witness
+from leakdbt.leakage.findings import Finding, LeakKind, Witness
 from leakdbt.leakage.trials import Place
+from leakdbt.loader.dwarf import SourceLine
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image, Symbol
+from leakdbt.x86.insn import decode
 
 
 @lru_cache(maxsize=32)

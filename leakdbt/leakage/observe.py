@@ -29,10 +29,10 @@ from typing import Any
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 from unicorn import x86_const as x
 
-from leakdbt.dbt.insn import decode, detail_decoder
-from leakdbt.linux.modules import LoadedModule
+from leakdbt.loader.modules import LoadedModule
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PAGE
+from leakdbt.x86.insn import decode, detail_decoder
 
 CONTROL_FLOW, MEMORY, LATENCY = "control-flow", "memory", "latency"
 OBSERVERS = (CONTROL_FLOW, MEMORY, LATENCY)

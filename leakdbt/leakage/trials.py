@@ -40,9 +40,9 @@ from leakdbt.dbt.harden import Hardener
 from leakdbt.errors import GuestError, UsageError
 from leakdbt.leakage.findings import Trial
 from leakdbt.leakage.observe import RunObserver, Trace, entries_in
-from leakdbt.linux.launch import ExecOptions, execute
-from leakdbt.linux.modules import LoadedModule, ModuleMap
+from leakdbt.loader.modules import LoadedModule, ModuleMap
 from leakdbt.machine.machine import Machine
+from leakdbt.run.session import ExecOptions, execute
 
 VIRTUAL_TIME_SEED = 0  # the same in every trial: only the secrets differ
 

@@ -20,16 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from leakdbt.linux.files import FdTable
     from leakdbt.linux.fs import FileSystem
-    from leakdbt.linux.modules import ModuleMap
+    from leakdbt.loader.modules import ModuleMap
     from leakdbt.machine.memory import AddressSpace
-
-
-class GuestMemoryFault(Exception):
-    """A guest pointer passed to a system call is not mapped (handlers turn it into -EFAULT)."""
-
-    def __init__(self, address: int) -> None:
-        super().__init__(f"bad guest address {address:#x}")
-        self.address = address
 
 
 class GuestMemory(Protocol):
@@ -130,6 +122,6 @@ class VirtualTime:
 
 
 def _module_map() -> ModuleMap:
-    from leakdbt.linux.modules import ModuleMap
+    from leakdbt.loader.modules import ModuleMap
 
     return ModuleMap()

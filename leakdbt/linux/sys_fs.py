@@ -9,7 +9,7 @@ TIOCGWINSZ, FIONREAD) and the x86-64 kernel layouts of struct stat (144 bytes), 
 (256 bytes), struct iovec, struct flock and struct termios.
 
 Every handler takes the raw 64-bit argument registers and returns the result or ``-errno``:
-FsError/OSError become ``-errno`` and a :class:`~leakdbt.linux.kernel.GuestMemoryFault`
+FsError/OSError become ``-errno`` and a :class:`~leakdbt.machine.memory.GuestMemoryFault`
 becomes ``-EFAULT``.  Writes to fds 1/2 are single ``os.write`` calls on the host's fds (no
 Python buffering); reads of fd 0 are ``os.read`` on the host's stdin.
 """
@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 from leakdbt.linux.files import MAX_RW_COUNT, FsError, OpenFile
 from leakdbt.linux.fs import PATH_MAX, FileSystem
-from leakdbt.linux.kernel import EFAULT, GuestMemoryFault, Kernel, s32, s64
+from leakdbt.linux.kernel import EFAULT, Kernel, s32, s64
+from leakdbt.machine.memory import GuestMemoryFault
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100

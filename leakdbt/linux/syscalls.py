@@ -16,9 +16,10 @@ from typing import Protocol, TextIO
 
 from leakdbt.errors import UnsupportedSyscall
 from leakdbt.linux import sys_fs, sys_mem, sys_proc, sys_xattr
-from leakdbt.linux.kernel import GuestMemoryFault, Kernel, Registers
+from leakdbt.linux.kernel import Kernel, Registers
 from leakdbt.linux.sys_proc import GuestExit
 from leakdbt.linux.syscall_names import SYSCALL_NAMES
+from leakdbt.machine.memory import GuestMemoryFault
 
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 

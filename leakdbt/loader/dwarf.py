@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from leakdbt.leakage.findings import SourceLine
+
+@dataclass(frozen=True)
+class SourceLine:
+    """A source position from DWARF line information."""
+
+    file: str  # as the line table names it (absolute when the compiler recorded it so)
+    line: int
+    column: int = 0
+
 
 MAX_ROWS = 1 << 24  # line table rows kept per file; hostile DWARF costs at most this much
 

@@ -37,10 +37,16 @@ from leakdbt.errors import (
     LimitExceeded,
     UnsupportedInstruction,
 )
-from leakdbt.linux.kernel import GuestMemoryFault
 from leakdbt.machine import vex
 from leakdbt.machine.cpu import guest_cpuid
-from leakdbt.machine.memory import PAGE, PROT_EXEC, PROT_READ, USER_TOP, AddressSpace
+from leakdbt.machine.memory import (
+    PAGE,
+    PROT_EXEC,
+    PROT_READ,
+    USER_TOP,
+    AddressSpace,
+    GuestMemoryFault,
+)
 
 # The engine needs an address at which to stop, and it probes that page through the TLB after
 # memory-map changes.  We give it the page just above the last user page (Linux's TASK_SIZE),

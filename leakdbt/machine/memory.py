@@ -23,7 +23,15 @@ from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from leakdbt.errors import LimitExceeded
-from leakdbt.linux.kernel import GuestMemoryFault
+
+
+class GuestMemoryFault(Exception):
+    """A guest pointer passed to a system call is not mapped (handlers turn it into -EFAULT)."""
+
+    def __init__(self, address: int) -> None:
+        super().__init__(f"bad guest address {address:#x}")
+        self.address = address
+
 
 PAGE = 0x1000
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4  # Linux PROT_* equal Unicorn's UC_PROT_*

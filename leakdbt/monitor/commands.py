@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from leakdbt.detectors import DEFAULT_DETECTORS
+from leakdbt.monitor.detectors import DEFAULT_DETECTORS
 
 
 @click.command("tenancy")
@@ -36,7 +36,7 @@ def tenancy(specs: tuple[str, ...], uids: tuple[int, ...], names: tuple[str, ...
     tenancy detectors of adaptive mode see it."""
     import json
 
-    from leakdbt.detectors import create_detector, default_context, load_detectors
+    from leakdbt.monitor.detectors import create_detector, default_context, load_detectors
 
     available = load_detectors()
     if list_only:

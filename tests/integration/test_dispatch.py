@@ -11,8 +11,8 @@ from unicorn import UC_HOOK_CODE, Uc
 
 from leakdbt.contract import load
 from leakdbt.dbt.dispatch import Dispatcher, Mode, requests_from_contract
-from leakdbt.linux.launch import ExecOptions, execute
 from leakdbt.machine.machine import Machine
+from leakdbt.run.session import ExecOptions, execute
 from tests.conftest import KINDS, REPO, binary, run_leakdbt, run_native
 
 REGION_LOOP = REPO / "contracts" / "region_loop.toml"

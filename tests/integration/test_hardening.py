@@ -16,9 +16,9 @@ from leakdbt.contract.profiles import get_profile
 from leakdbt.dbt.dispatch import Dispatcher, Mode, requests_from_contract
 from leakdbt.dbt.harden import Hardener
 from leakdbt.dbt.passes import load_passes
-from leakdbt.linux.launch import ExecOptions, execute
+from leakdbt.leakage.recorder import LeakageRecorder, Observations
 from leakdbt.machine.machine import Machine
-from leakdbt.trace import LeakageRecorder, Observations
+from leakdbt.run.session import ExecOptions, execute
 from tests.conftest import REPO, binary, run_leakdbt, run_native
 
 CONTRACTS = REPO / "contracts"

@@ -14,9 +14,9 @@ from unicorn import x86_const as ux
 from leakdbt.analysis.loops import LoopCounter, exit_loop, is_jcc, taken
 from leakdbt.dbt.cfg import FunctionCFG, function_cfg
 from leakdbt.dbt.dispatch import Dispatcher
-from leakdbt.linux.launch import ExecOptions, execute
 from leakdbt.loader.elf import load_image
 from leakdbt.machine.machine import Machine
+from leakdbt.run.session import ExecOptions, execute
 from tests.conftest import binary
 
 RIGHT_TAG = "bb72509640bec05a5283b4422cda9c97"

@@ -21,8 +21,8 @@ from leakdbt.analysis.taint import (
 )
 from leakdbt.contract import load
 from leakdbt.contract.profiles import get_profile
-from leakdbt.linux.launch import ExecOptions, execute
 from leakdbt.machine.machine import Machine
+from leakdbt.run.session import ExecOptions, execute
 from tests.unit.dbt.harness import compile_program
 
 STATIC = Path(__file__).resolve().parents[3] / "test_binaries" / "build" / "static"

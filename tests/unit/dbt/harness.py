@@ -65,11 +65,11 @@ from unicorn import (
 )
 from unicorn import x86_const as x
 
-from leakdbt.dbt.asm import decode_one
-from leakdbt.dbt.insn import Flow, Insn
 from leakdbt.dbt.region import CodeRegion, merge_ranges
 from leakdbt.dbt.relocate import Translation
 from leakdbt.loader.image import PF_R, PF_W, PF_X, Image
+from leakdbt.x86.asm import decode_one
+from leakdbt.x86.insn import Flow, Insn
 
 MASK64 = (1 << 64) - 1
 PAGE = 0x1000

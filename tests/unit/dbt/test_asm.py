@@ -16,7 +16,8 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leakdbt.dbt.asm import (
+from leakdbt.errors import LeakDBTError, TranslationError
+from leakdbt.x86.asm import (
     AssemblyError,
     assemble,
     assemble_many,
@@ -25,7 +26,6 @@ from leakdbt.dbt.asm import (
     canonical_text,
     decode_one,
 )
-from leakdbt.errors import LeakDBTError, TranslationError
 
 A = 0x400000
 MASK64 = (1 << 64) - 1

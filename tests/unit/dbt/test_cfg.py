@@ -43,9 +43,9 @@ from leakdbt.dbt.cfg import (
     function_cfg,
     recover,
 )
-from leakdbt.dbt.insn import Flow, Insn
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
+from leakdbt.x86.insn import Flow, Insn
 
 # Every function here exists to exercise one shape of control flow; NOIPA keeps gcc from
 # inlining, cloning or merging them.  h0..h15 and hdef are the switch cases' handlers.

@@ -228,7 +228,7 @@ def test_ct_division_pass_replaces_every_division(built: Path) -> None:
 
 
 def test_ct_division_reads_rip_relative_divisors_at_their_runtime_address() -> None:
-    from leakdbt.dbt.insn import decode
+    from leakdbt.x86.insn import decode
     from plugins.ct_division import UnsupportedDivision, constant_time_divide
 
     insn = decode(bytes.fromhex("f73510000000"), 0x401000)  # div dword ptr [rip + 0x10]

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from leakdbt.dbt.asm import AssemblyError
 from leakdbt.dbt.cfg import FunctionCFG, function_cfg
-from leakdbt.dbt.insn import SHORT_ONLY, Flow, decode, decode_all
 from leakdbt.dbt.region import CodeRegion, RegionError, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
+from leakdbt.x86.asm import AssemblyError
+from leakdbt.x86.insn import SHORT_ONLY, Flow, decode, decode_all
 from tests.conftest import BUILD
 from tests.unit.dbt.harness import (
     PIE_BIAS,

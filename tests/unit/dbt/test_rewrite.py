@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from leakdbt.dbt.asm import AssemblyError, assemble_block
 from leakdbt.dbt.cfg import function_cfg
-from leakdbt.dbt.insn import decode_all
 from leakdbt.dbt.region import form_region
 from leakdbt.dbt.relocate import relocate
 from leakdbt.loader.elf import load_image
+from leakdbt.x86.asm import AssemblyError, assemble_block
+from leakdbt.x86.insn import decode_all
 from tests.conftest import binary
 from tests.unit.dbt.harness import RegionCheck, Sandbox
 

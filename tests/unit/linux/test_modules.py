@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leakdbt.linux.modules import ModuleMap
 from leakdbt.loader.elf import load_image
+from leakdbt.loader.modules import ModuleMap
 from tests.conftest import binary
 
 

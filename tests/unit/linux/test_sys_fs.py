@@ -17,7 +17,8 @@ import pytest
 from leakdbt.linux import sys_fs
 from leakdbt.linux.files import FdTable, OpenFile
 from leakdbt.linux.fs import FileSystem
-from leakdbt.linux.kernel import GuestMemoryFault, Kernel, ProcessIds
+from leakdbt.linux.kernel import Kernel, ProcessIds
+from leakdbt.machine.memory import GuestMemoryFault
 
 BASE = 0x10000
 SIZE = 1 << 20

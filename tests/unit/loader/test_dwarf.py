@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from leakdbt.leakage.findings import SourceLine
-from leakdbt.loader.dwarf import LineTable, line_table, lookup_source
+from leakdbt.loader.dwarf import LineTable, SourceLine, line_table, lookup_source
 from leakdbt.loader.elf import load_image
 from tests.conftest import KINDS, TEST_BINARIES, binary
 

@@ -14,20 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from leakdbt.detectors import (
+from leakdbt.errors import PluginError, UsageError
+from leakdbt.monitor.detectors import (
     ENTRY_POINT_GROUP,
     Candidate,
     create_detector,
     default_context,
     load_detectors,
 )
-from leakdbt.errors import PluginError, UsageError
 from leakdbt.plugin_api import CoTenant, DetectorContext, Tenancy, TenancyDetector
+from plugins.support.topology import format_cpulist, parse_cpulist, read_topology
 from plugins.tenancy_cpuset import CpusetDetector
 from plugins.tenancy_file import FileDetector
 from plugins.tenancy_procfs import PF_KTHREAD, ProcfsDetector
 from plugins.tenancy_scripted import ScheduleDetector, ScriptedError, parse_ticks
-from plugins.tenancy_topology import format_cpulist, parse_cpulist, read_topology
 
 OUR_PID = 1000
 

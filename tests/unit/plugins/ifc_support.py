@@ -12,15 +12,15 @@ from typing import Any
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 from unicorn import x86_const as x
 
-from leakdbt.dbt.asm import assemble_block
 from leakdbt.dbt.cfg import FunctionCFG, function_cfg
 from leakdbt.dbt.harden import region_view
-from leakdbt.dbt.insn import Flow, Insn, decode_all
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import BlockView, Refusal, RegionView, Rewrite
+from leakdbt.x86.asm import assemble_block
+from leakdbt.x86.insn import Flow, Insn, decode_all
 from tests.unit.dbt.harness import (
     GPRS,
     PIE_BIAS,

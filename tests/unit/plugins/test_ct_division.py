@@ -17,8 +17,8 @@ import pytest
 from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as x
 
-from leakdbt.dbt.asm import assemble, assemble_many
-from leakdbt.dbt.insn import Insn, decode, decode_all
+from leakdbt.x86.asm import assemble, assemble_many
+from leakdbt.x86.insn import Insn, decode, decode_all
 from plugins.ct_division import (
     FRAME_BASE,
     UnsupportedDivision,

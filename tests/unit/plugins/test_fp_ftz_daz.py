@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from unicorn import x86_const as x
 
-from leakdbt.dbt.asm import assemble
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.harden import region_view
-from leakdbt.dbt.insn import decode
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import BlockView, Refusal, RegionView, Rewrite
+from leakdbt.x86.asm import assemble
+from leakdbt.x86.insn import decode
 from plugins.fp_ftz_daz import DAZ, FTZ, PASS, is_float_arithmetic
 from tests.unit.dbt.harness import (
     PIE_BIAS,

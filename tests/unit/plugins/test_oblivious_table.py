@@ -25,15 +25,15 @@ from unicorn import (
 from unicorn import x86_const as x
 
 from leakdbt.contract.profiles import get_profile, profile_names
-from leakdbt.dbt.asm import assemble, assemble_block
 from leakdbt.dbt.cfg import FunctionCFG, function_cfg
 from leakdbt.dbt.harden import region_view
-from leakdbt.dbt.insn import Insn, decode
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import BlockView, DataObject, Refusal, RegionView, Rewrite
+from leakdbt.x86.asm import assemble, assemble_block
+from leakdbt.x86.insn import Insn, decode
 from plugins.oblivious_table import PASS, TableAccess, find_accesses, oblivious_access
 from tests.unit.dbt.harness import (
     GPRS,

@@ -1,13 +1,11 @@
-"""Start a program the way Linux's execve does: map the ELF (and its interpreter), build the
-initial stack with argv, envp and the auxiliary vector (System V AMD64 ABI, section 3.4), and
-run it on a Machine with the system-call layer attached."""
+"""One run of a guest program: load it, set up the process (leakdbt.linux.process), attach the
+system-call layer, the translator and the monitor when asked for, and run it to its end.
+
+This is the only place that wires the layers below it together for a run."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import stat
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,27 +13,42 @@ from dataclasses import dataclass, field
 from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
 from leakdbt.dbt.harden import Hardener
 from leakdbt.errors import ElfError, GuestError
-from leakdbt.linux.files import FdTable, OpenFile
 from leakdbt.linux.fs import FileSystem
-from leakdbt.linux.kernel import Kernel, ProcessIds, VirtualTime
-from leakdbt.linux.modules import ModuleMap
+from leakdbt.linux.kernel import Kernel, VirtualTime
+from leakdbt.linux.process import (
+    AT_BASE,
+    AT_CLKTCK,
+    AT_EGID,
+    AT_ENTRY,
+    AT_EUID,
+    AT_FLAGS,
+    AT_GID,
+    AT_HWCAP,
+    AT_HWCAP2,
+    AT_MINSIGSTKSZ,
+    AT_PAGESZ,
+    AT_PHDR,
+    AT_PHENT,
+    AT_PHNUM,
+    AT_SECURE,
+    AT_UID,
+    ELF_ET_DYN_BASE,
+    build_stack,
+    fd_table,
+    guest_exe_path,
+    interpreter_path,
+    map_image,
+    phdr_address,
+    process_ids,
+)
 from leakdbt.linux.syscalls import SyscallDispatcher
 from leakdbt.loader.elf import load_image
-from leakdbt.loader.image import PF_R, PF_W, PF_X, ElfKind, Image
+from leakdbt.loader.image import ElfKind
+from leakdbt.loader.modules import ModuleMap
 from leakdbt.machine.cpu import hwcap
 from leakdbt.machine.machine import Machine
-from leakdbt.machine.memory import MMAP_TOP, PAGE, page_down, page_up
+from leakdbt.machine.memory import MMAP_TOP, PAGE, page_up
 from leakdbt.monitor.monitor import Monitor
-
-ELF_ET_DYN_BASE = 0x5555_5555_4000  # where Linux puts a PIE main program (no ASLR)
-STACK_TOP = 0x7FFF_FFFF_F000
-STACK_SIZE = 8 << 20
-
-# Auxiliary vector entry types (<linux/auxvec.h>, <asm/auxvec.h>).
-AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ = 0, 3, 4, 5, 6
-AT_BASE, AT_FLAGS, AT_ENTRY = 7, 8, 9
-AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
-AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
 
 
 @dataclass
@@ -76,92 +89,6 @@ class ExecResult:
     translation: dict[str, object] | None = None  # Dispatcher.report(), when translating
 
 
-def _prot(flags: int) -> int:
-    return (1 if flags & PF_R else 0) | (2 if flags & PF_W else 0) | (4 if flags & PF_X else 0)
-
-
-def map_image(machine: Machine, image: Image, bias: int) -> None:
-    """Map every PT_LOAD segment of ``image`` at ``bias`` with its own permissions."""
-    pages: dict[int, int] = {}
-    for seg in image.segments:
-        for p in range(page_down(seg.vaddr + bias), page_up(seg.end + bias), PAGE):
-            pages[p] = pages.get(p, 0) | _prot(seg.flags)
-    # Map runs of consecutive pages that share permissions.
-    runs: list[list[int]] = []  # [start, end, prot]
-    for p in sorted(pages):
-        if runs and runs[-1][1] == p and runs[-1][2] == pages[p]:
-            runs[-1][1] = p + PAGE
-        else:
-            runs.append([p, p + PAGE, pages[p]])
-    for start, end, prot in runs:
-        machine.mem.map(start, end - start, prot, image.path)
-    for seg in image.segments:
-        if seg.filesz:
-            machine.mem.write(seg.vaddr + bias, image.data[seg.offset:seg.offset + seg.filesz])
-
-
-def _phdr_address(image: Image, bias: int) -> int:
-    for seg in image.segments:
-        if seg.offset <= image.phoff < seg.offset + seg.filesz:
-            return bias + seg.vaddr + image.phoff - seg.offset
-    return 0
-
-
-def build_stack(machine: Machine, argv: Sequence[str], env: Sequence[str],
-                auxv: list[tuple[int, int]], execfn: str, random16: bytes) -> int:
-    """Write argc/argv/envp/auxv and their strings below STACK_TOP; return the initial rsp."""
-    machine.mem.map(STACK_TOP - STACK_SIZE, STACK_SIZE, 3, "[stack]")
-    sp = STACK_TOP
-
-    def push_bytes(data: bytes) -> int:
-        nonlocal sp
-        sp -= len(data)
-        machine.mem.write(sp, data)
-        return sp
-
-    execfn_addr = push_bytes(os.fsencode(execfn) + b"\0")
-    env_addrs = [push_bytes(os.fsencode(e) + b"\0") for e in reversed(env)][::-1]
-    arg_addrs = [push_bytes(os.fsencode(a) + b"\0") for a in reversed(argv)][::-1]
-    platform_addr = push_bytes(b"x86_64\0")
-    sp &= ~0xF
-    random_addr = push_bytes(random16)  # AT_RANDOM
-    auxv = auxv + [(AT_RANDOM, random_addr), (AT_EXECFN, execfn_addr),
-                   (AT_PLATFORM, platform_addr), (AT_NULL, 0)]
-    words = [len(argv), *arg_addrs, 0, *env_addrs, 0]
-    for key, value in auxv:
-        words += [key, value]
-    sp = (sp - 8 * len(words)) & ~0xF
-    machine.mem.write(sp, struct.pack(f"<{len(words)}Q", *words))
-    return sp
-
-
-def _ids() -> ProcessIds:
-    return ProcessIds(pid=os.getpid(), ppid=os.getppid(), uid=os.getuid(), gid=os.getgid(),
-                      euid=os.geteuid(), egid=os.getegid())
-
-
-def _interpreter_path(fs: FileSystem, binary: str, interpreter: str) -> str:
-    """Host path of the program interpreter, looked up in the guest file system."""
-    try:
-        node = fs.resolve(interpreter)
-    except OSError as e:
-        raise ElfError(binary, f"interpreter {interpreter}: {e.strerror or e}") from None
-    if not node.host or node.st is None or not stat.S_ISREG(node.st.st_mode):
-        raise ElfError(binary, f"interpreter {interpreter} is not a regular file in the guest "
-                               "file system")
-    return node.host
-
-
-def guest_exe_path(binary: str, root: str) -> str:
-    """The path the guest sees for the program (inside --root when it lies there)."""
-    host = os.path.abspath(binary)
-    root = os.path.abspath(root)
-    if root == "/":
-        return host
-    rel = os.path.relpath(host, root)
-    return host if rel.startswith("..") else "/" + ("" if rel == "." else rel)
-
-
 def _symbolize_copies(symbolize: Callable[[int], str], translator: Dispatcher
                       ) -> Callable[[int], str]:
     """Name code-cache addresses after the original instruction they are a copy of."""
@@ -172,18 +99,6 @@ def _symbolize_copies(symbolize: Callable[[int], str], translator: Dispatcher
         return f"{symbolize(original)} (translated copy at {address:#x})"
 
     return name
-
-
-def _fd_table(stdio: tuple[int, int, int] | None) -> FdTable:
-    """The guest's first file descriptors: ours, or the host fds ``stdio`` names."""
-    if stdio is None:
-        return FdTable()
-    fds = FdTable(stdio=False)
-    for guest_fd, host_fd in enumerate(stdio):
-        fds.install_at(guest_fd, OpenFile(host_fd=host_fd, flags=fcntl.fcntl(host_fd,
-                                                                             fcntl.F_GETFL),
-                                          owned=False))
-    return fds
 
 
 def execute(binary: str, options: ExecOptions,
@@ -201,7 +116,7 @@ def execute(binary: str, options: ExecOptions,
     fs = FileSystem(root=options.root, rw=list(options.rw), cwd=cwd)
     fs.exe_path = exe_path
     machine = Machine(max_memory=options.max_memory)
-    kernel = Kernel(mem=machine.mem, fs=fs, fds=_fd_table(options.stdio), ids=_ids(),
+    kernel = Kernel(mem=machine.mem, fs=fs, fds=fd_table(options.stdio), ids=process_ids(),
                     mm=machine.mem, exe_path=exe_path, cpu=machine)
     if options.virtual_time is not None:
         VirtualTime(options.virtual_time).apply(kernel)
@@ -223,7 +138,7 @@ def execute(binary: str, options: ExecOptions,
     entry = image.entry + bias
     interp_base = 0
     if image.interpreter:
-        interp = load_image(_interpreter_path(fs, binary, image.interpreter))
+        interp = load_image(interpreter_path(fs, binary, image.interpreter))
         if not interp.is_pie:
             raise ElfError(binary, f"interpreter {image.interpreter} is not position independent")
         interp_base = machine.mem.find_free(interp.high - interp.low, MMAP_TOP) - interp.low
@@ -231,7 +146,7 @@ def execute(binary: str, options: ExecOptions,
         kernel.modules.add_image(interp, interp_base)
         entry = interp.entry + interp_base
 
-    auxv = [(AT_PHDR, _phdr_address(image, bias)), (AT_PHENT, image.phentsize),
+    auxv = [(AT_PHDR, phdr_address(image, bias)), (AT_PHENT, image.phentsize),
             (AT_PHNUM, image.phnum), (AT_PAGESZ, PAGE), (AT_BASE, interp_base), (AT_FLAGS, 0),
             (AT_ENTRY, image.entry + bias), (AT_UID, kernel.ids.uid),
             (AT_EUID, kernel.ids.euid), (AT_GID, kernel.ids.gid), (AT_EGID, kernel.ids.egid),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from leakdbt.linux.launch import ExecResult
+from leakdbt.run.session import ExecResult
 
 
 def format_stats(result: ExecResult) -> str:

@@ -51,8 +51,8 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Protocol
 
-from leakdbt.dbt.disasm import decode_one
 from leakdbt.errors import TranslationError
+from leakdbt.x86.disasm import decode_one
 
 __all__ = [
     "assemble_block",

@@ -4,8 +4,8 @@ symbol table (stripped) — also the targets of its direct calls and its entry p
 
 from __future__ import annotations
 
-from leakdbt.dbt.disasm import direct_call_targets
 from leakdbt.loader.image import PF_X, Image, Symbol, per_image
+from leakdbt.x86.disasm import direct_call_targets
 
 
 @per_image

@@ -1,0 +1,1 @@
+"""Machinery shared by the built-in passes and detectors (not entry points)."""
