@@ -5,13 +5,19 @@ rmdir(2), unlink(2), rename(2), symlink(2), chmod(2), truncate(2), chdir(2), uma
 proc(5) for the two /proc entries it emulates.
 
 The guest sees the host directory ``root`` as "/".  Guest paths are resolved here, component
-by component: every host component is lstat'ed and every symlink is read and interpreted in the
-*guest* namespace (absolute targets restart at the guest root, ``..`` stops at the guest root,
-at most 40 links per lookup, then ELOOP), so neither ``..``, absolute paths nor symlinks can
-reach the host outside ``root``.  The resolved path is then re-walked physically, one
-``O_PATH | O_NOFOLLOW | O_DIRECTORY`` host fd per component, and the final operation is an
-``*at()`` call on the last directory with ``O_NOFOLLOW``: a component swapped for a symlink
-between resolution and use makes the call fail instead of escaping.
+by component, on host directory fds: each step is an ``fstatat``/``readlinkat``/``openat``
+(``O_PATH | O_NOFOLLOW``) relative to the fd of the directory reached so far, never a host path
+string; every symlink is read and interpreted in the *guest* namespace (absolute targets
+restart at the guest root, ``..`` stops at the guest root, at most 40 links per lookup, then
+ELOOP), so neither ``..``, absolute paths nor symlinks can reach the host outside ``root``.
+A relative lookup starts from a directory the guest holds (its working directory, a directory
+fd: an :class:`Anchor`), identified by its host fd: its recorded path is trusted only if it
+still leads to that same directory (device and inode); otherwise the directory's current path
+is found by climbing its ".." chain to the root, or the lookup fails with ENOENT.  The final
+operation re-walks the result the same way and is an ``*at()`` call with ``O_NOFOLLOW``: a
+component swapped for a symlink between resolution and use makes the call fail instead of
+escaping.  Metadata calls (stat, access, readlink, statfs, extended attributes, chmod) take
+the same path as open(2).
 
 Writes (create, write, truncate, unlink, rename, mkdir, symlink, chmod) are allowed only inside
 the host directories ``rw``; anything else the guest may read but never modify (EACCES).
@@ -38,14 +44,19 @@ import errno
 import os
 import stat
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from leakdbt.errors import UsageError
+from leakdbt.errors import NotExecutable, UsageError
 from leakdbt.linux.files import FsError, OpenFile
 
-__all__ = ["FileSystem", "FsError", "Node"]
+__all__ = ["Anchor", "FileSystem", "FsError", "Node", "require_executable"]
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
 
 MAXSYMLINKS = 40
 PATH_MAX = 4096
@@ -68,6 +79,7 @@ DEVICES = {
 WRITABLE_DEVICES = frozenset({"null"})
 
 _DIR_WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_OPEN = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 # Status flags passed to the host when opening a device.
 _DEVICE_FLAGS = os.O_ACCMODE | os.O_NONBLOCK | os.O_APPEND | os.O_SYNC | os.O_DSYNC
 
@@ -104,6 +116,91 @@ class Node:
         return self.st is not None and stat.S_ISDIR(self.st.st_mode)
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A directory the guest holds (its working directory or a directory fd): the guest path
+    it was reached by and a host fd on the directory itself, which is what counts."""
+
+    path: str
+    host_fd: int
+
+
+class _Walk:
+    """A lookup in progress: the canonical guest components walked so far and, one per
+    directory from the root down, an ``O_PATH`` host fd on it (-1 inside a virtual one)."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.parts: list[str] = []
+        self._fds = [root_fd]
+
+    @property
+    def fd(self) -> int:
+        """The host fd of the directory the walk stands in."""
+        return self._fds[-1]
+
+    def down(self, name: str, fd: int) -> None:
+        """Step into child ``name``, whose host directory fd is ``fd`` (owned from now on)."""
+        self.parts.append(name)
+        self._fds.append(fd)
+
+    def up(self) -> None:
+        """".." : back to the parent directory; the root is its own parent."""
+        if self.parts:
+            self.parts.pop()
+            fd = self._fds.pop()
+            if fd >= 0:
+                os.close(fd)
+
+    def to_root(self) -> None:
+        while self.parts:
+            self.up()
+
+    def close(self) -> None:
+        self.to_root()
+        os.close(self._fds[0])
+
+
+def _push_link(target: str, hops: int, stack: list[str], walk: _Walk) -> int:
+    """Splice a symlink's target into the lookup (read in the guest's namespace: an absolute
+    target restarts at the guest root); returns the new hop count."""
+    hops += 1
+    if hops > MAXSYMLINKS:
+        raise _err(errno.ELOOP)
+    if not target:
+        raise _err(errno.ENOENT)
+    if target.startswith("/"):
+        walk.to_root()
+    stack.extend(reversed(target.split("/")))
+    return hops
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """What makes a host file itself, whatever its name: (device, inode)."""
+    return st.st_dev, st.st_ino
+
+
+def _entry_named_by(dir_fd: int, child: tuple[int, int]) -> str | None:
+    """The name under which directory ``dir_fd`` holds the directory ``child`` (an identity),
+    or None.  Entries are lstat'ed, so a mount point is matched by what is mounted on it."""
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if _identity(st) == child:
+                return entry.name
+    return None
+
+
+def _close_held(held: dict[str, int]) -> None:
+    for fd in held.values():
+        with suppress(OSError):
+            os.close(fd)
+
+
 def _host_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -136,14 +233,37 @@ class FileSystem:
         self.fd_paths: Callable[[int], str | None] = _no_fd_paths
         self._host_mask = _host_umask()
         self.umask = self._host_mask
-        self.cwd = "/"
+        # The working directory is held as a host directory fd (closed with this object);
+        # its guest path is re-checked against that fd on every use.
+        self._held = {"cwd": os.open(self.root, _ROOT_OPEN)}
+        weakref.finalize(self, _close_held, self._held)
+        self._cwd_path = "/"
         try:
             node = self.resolve(cwd)
         except OSError as e:
             raise UsageError(f"working directory {cwd!r}: {e.strerror}") from None
         if node.kind != HOST or not node.is_dir:
             raise UsageError(f"working directory {cwd!r} is not a directory in the guest root")
-        self.cwd = node.guest
+        self._set_cwd(node)
+
+    @property
+    def cwd(self) -> str:
+        """The guest path of the working directory as last verified (see :meth:`getcwd`)."""
+        return self._cwd_path
+
+    @property
+    def _cwd(self) -> Anchor:
+        return Anchor(self._cwd_path, self._held["cwd"])
+
+    def _set_cwd(self, node: Node) -> None:
+        """Make the host directory of ``node`` the working directory (held by fd)."""
+        with self._dir_fd(node.parts) as d:
+            if _identity(os.fstat(d)) != _identity(self.stat_node(node)):
+                raise _err(errno.ENOENT)  # replaced since resolution
+            fd = os.open(".", _ROOT_OPEN, dir_fd=d)
+        os.close(self._held["cwd"])
+        self._held["cwd"] = fd
+        self._cwd_path = node.guest
 
     # -- policy --------------------------------------------------------------------------
 
@@ -197,9 +317,12 @@ class FileSystem:
                 return VLINK, "/proc/self/fd"
         raise _err(errno.EACCES)
 
-    def resolve(self, path: str, base: str | None = None, *, follow: bool = True) -> Node:
-        """Resolve guest ``path`` (relative ones from guest directory ``base``, default cwd).
+    def resolve(self, path: str, base: str | Anchor | None = None, *,
+                follow: bool = True) -> Node:
+        """Resolve guest ``path``; relative ones start at ``base`` (a guest directory path, or an
+        :class:`Anchor` the guest holds), by default the working directory.
 
+        The lookup walks host directory fds (``O_PATH | O_NOFOLLOW``), never host path strings.
         A missing last component gives a ``MISSING`` node; ``follow=False`` leaves a final
         symlink unresolved (a trailing slash still follows it).
         """
@@ -207,11 +330,16 @@ class FileSystem:
             raise _err(errno.ENOENT)
         if len(os.fsencode(path)) >= PATH_MAX:
             raise _err(errno.ENAMETOOLONG)
-        if path.startswith("/"):
-            parts: list[str] = []
-        else:
-            start = self.cwd if base is None else base
-            parts = [c for c in start.split("/") if c]
+        walk = _Walk(os.open(self.root, _ROOT_OPEN))
+        try:
+            if not path.startswith("/"):
+                self._start(walk, self._cwd if base is None else base)
+            return self._lookup(walk, path, follow)
+        finally:
+            walk.close()
+
+    def _lookup(self, walk: _Walk, path: str, follow: bool) -> Node:
+        """Resolve ``path`` from where ``walk`` stands (see :meth:`resolve`)."""
         stack = path.split("/")
         stack.reverse()
         hops = 0
@@ -220,25 +348,24 @@ class FileSystem:
             if name in ("", "."):
                 continue
             if name == "..":
-                if parts:
-                    parts.pop()
+                walk.up()
                 continue
             if len(os.fsencode(name)) > NAME_MAX:
                 raise _err(errno.ENAMETOOLONG)
             last = all(c in ("", ".") for c in stack)
             trailing = last and bool(stack)
             follow_this = follow or not last or trailing
-            child = (*parts, name)
+            child = (*walk.parts, name)
             virtual = self._virtual(child)
             if virtual is not None:
                 kind, target = virtual
                 if kind == VLINK and follow_this:
-                    hops = self._push_link(target, hops, stack, parts)
+                    hops = _push_link(target, hops, stack, walk)
                     continue
                 if kind == DEVICE and (not last or trailing):
                     raise _err(errno.ENOTDIR)
                 if kind == VDIR and not last:
-                    parts.append(name)
+                    walk.down(name, -1)
                     continue
                 host = target if kind == DEVICE else ""
                 return Node(
@@ -248,48 +375,91 @@ class FileSystem:
                     target=target if kind == VLINK else "",
                     trailing=trailing,
                 )
-            host = self._host(child)
             try:
-                st = os.lstat(host)
+                st = os.stat(name, dir_fd=walk.fd, follow_symlinks=False)
             except FileNotFoundError:
                 if last:
-                    return Node(child, MISSING, host=host, trailing=trailing)
+                    return Node(child, MISSING, host=self._host(child), trailing=trailing)
                 raise _err(errno.ENOENT) from None
             if stat.S_ISLNK(st.st_mode) and follow_this:
-                hops = self._push_link(os.readlink(host), hops, stack, parts)
+                hops = _push_link(os.readlink(name, dir_fd=walk.fd), hops, stack, walk)
                 continue
             if (not last or trailing) and not stat.S_ISDIR(st.st_mode):
                 raise _err(errno.ENOTDIR)
             if last:
-                return Node(child, HOST, host=host, st=st, trailing=trailing)
-            parts.append(name)
-        return self._node_at(tuple(parts))
-
-    @staticmethod
-    def _push_link(target: str, hops: int, stack: list[str], parts: list[str]) -> int:
-        """Splice a symlink's target into the lookup; returns the new hop count."""
-        hops += 1
-        if hops > MAXSYMLINKS:
-            raise _err(errno.ELOOP)
-        if not target:
-            raise _err(errno.ENOENT)
-        if target.startswith("/"):
-            parts.clear()
-        stack.extend(reversed(target.split("/")))
-        return hops
-
-    def _node_at(self, parts: tuple[str, ...]) -> Node:
-        """The node of a directory reached through "." / ".." or the root."""
+                return Node(child, HOST, host=self._host(child), st=st, trailing=trailing)
+            walk.down(name, os.open(name, _DIR_WALK, dir_fd=walk.fd))
+        parts = tuple(walk.parts)
         if parts:
             virtual = self._virtual(parts)
             if virtual is not None:
                 return Node(parts, virtual[0])
-        host = self._host(parts)
+        return Node(parts, HOST, host=self._host(parts), st=os.fstat(walk.fd))
+
+    def _start(self, walk: _Walk, base: str | Anchor) -> None:
+        """Stand ``walk`` in the start directory of a relative lookup.
+
+        A plain guest path is walked as given.  An :class:`Anchor`'s path is walked and must
+        lead to the very directory the anchor holds; if the directory was moved (or its path
+        now names something else, e.g. a symlink out of the root), its current guest path is
+        found from the directory itself, or the lookup fails with ENOENT when it is no longer
+        under the root: a stale path string is never trusted.
+        """
+        if isinstance(base, str):
+            self._lookup_dir(walk, base)
+            return
+        want = _identity(os.fstat(base.host_fd))
         try:
-            st = os.lstat(host)
-        except FileNotFoundError:
-            raise _err(errno.ENOENT) from None
-        return Node(parts, HOST, host=host, st=st)
+            self._lookup_dir(walk, base.path)
+            if _identity(os.fstat(walk.fd)) == want:
+                return
+        except OSError:
+            pass
+        walk.to_root()
+        self._lookup_dir(walk, "/" + "/".join(self._locate(base.host_fd)))
+        if _identity(os.fstat(walk.fd)) != want:
+            raise _err(errno.ENOENT)
+
+    def _lookup_dir(self, walk: _Walk, guest_dir: str) -> None:
+        """Walk into the guest directory ``guest_dir`` (ENOTDIR if it is not one)."""
+        node = self._lookup(walk, guest_dir.rstrip("/") + "/.", True)
+        if node.kind == MISSING:
+            raise _err(errno.ENOENT)
+        if node.kind == VDIR:
+            for name in node.parts[len(walk.parts):]:
+                walk.down(name, -1)
+            return
+        if node.kind != HOST or not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        for name in node.parts[len(walk.parts):]:
+            walk.down(name, os.open(name, _DIR_WALK, dir_fd=walk.fd))
+
+    def _locate(self, dir_fd: int) -> tuple[str, ...]:
+        """The guest components of the host directory ``dir_fd`` right now, found by climbing
+        its ".." chain to the root (ENOENT if it was removed or lies outside the root)."""
+        root_id = _identity(os.stat(self.root))
+        names: list[str] = []
+        cur = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            for _ in range(PATH_MAX // 2):
+                here = _identity(os.fstat(cur))
+                if here == root_id:
+                    names.reverse()
+                    return tuple(names)
+                parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+                os.close(cur)
+                cur = parent
+                if _identity(os.fstat(cur)) == here:
+                    break  # the host's "/": the directory is not under the guest root
+                name = _entry_named_by(cur, here)
+                if name is None:
+                    break  # removed
+                names.append(name)
+        except OSError:
+            pass
+        finally:
+            os.close(cur)
+        raise _err(errno.ENOENT)
 
     # -- physical walk -------------------------------------------------------------------
 
@@ -324,7 +494,8 @@ class FileSystem:
 
     # -- queries -------------------------------------------------------------------------
 
-    def stat(self, path: str, base: str | None = None, *, follow: bool = True) -> os.stat_result:
+    def stat(self, path: str, base: str | Anchor | None = None, *,
+             follow: bool = True) -> os.stat_result:
         """stat(2)/lstat(2) of a guest path."""
         return self.stat_node(self.resolve(path, base, follow=follow))
 
@@ -360,7 +531,7 @@ class FileSystem:
         self,
         path: str,
         mode: int,
-        base: str | None = None,
+        base: str | Anchor | None = None,
         *,
         follow: bool = True,
         effective: bool = False,
@@ -384,7 +555,16 @@ class FileSystem:
         if not ok:
             raise _err(errno.EACCES)
 
-    def readlink(self, path: str, base: str | None = None) -> str:
+    def access_file(self, host_fd: int, mode: int, *, writable: bool,
+                    effective: bool = False) -> None:
+        """faccessat2(AT_EMPTY_PATH) of an open file: asks about the file the fd holds, never
+        about the path it was opened by; ``writable`` is whether it lies inside ``rw``."""
+        if mode & os.W_OK and not writable:
+            raise _err(errno.EACCES)
+        if not os.access(_fd_path(host_fd), mode, effective_ids=effective):
+            raise _err(errno.EACCES)
+
+    def readlink(self, path: str, base: str | Anchor | None = None) -> str:
         """readlink(2): the contents of a guest symlink (EINVAL if not a symlink)."""
         node = self.resolve(path, base, follow=False)
         if node.kind == VLINK:
@@ -396,12 +576,58 @@ class FileSystem:
         with self._at(node.parts) as (d, name):
             return os.readlink(name, dir_fd=d)
 
-    def getcwd(self) -> str:
-        """The guest's current working directory."""
-        return self.cwd
+    # -- metadata read from the host (statfs, extended attributes) -----------------------
 
-    def chdir(self, path: str, base: str | None = None) -> None:
-        """chdir(2) to a guest directory."""
+    def _metadata_node(self, path: str, follow: bool) -> Node:
+        """The HOST node whose metadata a path call reads (ENOENT, or EACCES for virtual
+        files, which have none to give)."""
+        node = self.resolve(path, follow=follow)
+        if node.kind == MISSING:
+            raise _err(errno.ENOENT)
+        if node.kind != HOST:
+            raise _err(errno.EACCES)
+        return node
+
+    @contextmanager
+    def _node_fd(self, node: Node) -> Iterator[int]:
+        """An ``O_PATH`` host fd on the file of a HOST node itself (a final link not followed)."""
+        with self._at(node.parts) as (d, name):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def statvfs(self, path: str) -> os.statvfs_result:
+        """statfs(2) of the file system holding a guest path."""
+        with self._node_fd(self._metadata_node(path, True)) as fd:
+            return os.statvfs(fd)
+
+    def getxattr(self, path: str, attr: str, *, follow: bool = True) -> bytes:
+        """getxattr(2)/lgetxattr(2) of a guest path."""
+        node = self._metadata_node(path, follow)
+        if _is_link(node):
+            raise _err(errno.ENODATA)  # a symlink's own attributes are not read
+        with self._node_fd(node) as fd:
+            return os.getxattr(_fd_path(fd), attr)
+
+    def listxattr(self, path: str, *, follow: bool = True) -> list[str]:
+        """listxattr(2)/llistxattr(2) of a guest path."""
+        node = self._metadata_node(path, follow)
+        if _is_link(node):
+            return []
+        with self._node_fd(node) as fd:
+            return os.listxattr(_fd_path(fd))
+
+    def getcwd(self) -> str:
+        """getcwd(2): the guest path of the working directory where it is now (it follows a
+        rename); ENOENT once it was removed or is no longer under the root."""
+        node = self.resolve(".")
+        self._cwd_path = node.guest
+        return node.guest
+
+    def chdir(self, path: str, base: str | Anchor | None = None) -> None:
+        """chdir(2)/fchdir(2) (``path`` "." from the directory fd's :class:`Anchor`)."""
         node = self.resolve(path, base, follow=True)
         if node.kind == MISSING:
             raise _err(errno.ENOENT)
@@ -412,11 +638,12 @@ class FileSystem:
         with self._at(node.parts) as (d, name):
             if not os.access(name, os.X_OK, dir_fd=d, follow_symlinks=False):
                 raise _err(errno.EACCES)
-        self.cwd = node.guest
+        self._set_cwd(node)
 
     # -- open ----------------------------------------------------------------------------
 
-    def open(self, path: str, flags: int, mode: int = 0o666, base: str | None = None) -> OpenFile:
+    def open(self, path: str, flags: int, mode: int = 0o666,
+             base: str | Anchor | None = None) -> OpenFile:
         """open(2)/openat(2): an :class:`OpenFile` on a new host fd (not yet in any fd table)."""
         acc = flags & os.O_ACCMODE
         if acc == os.O_ACCMODE:
@@ -496,7 +723,8 @@ class FileSystem:
 
     # -- modifications -------------------------------------------------------------------
 
-    def _entry(self, path: str, base: str | None, dot: int, dotdot: int) -> tuple[Node, str, bool]:
+    def _entry(self, path: str, base: str | Anchor | None, dot: int,
+               dotdot: int) -> tuple[Node, str, bool]:
         """(parent directory node, last name, trailing slash) for calls acting on an entry.
 
         ``dot``/``dotdot`` are the errnos for a last component "." (or the root) / "..".
@@ -533,7 +761,7 @@ class FileSystem:
         if not self.writable(parent.host):
             raise _err(errno.EACCES)
 
-    def mkdir(self, path: str, mode: int = 0o777, base: str | None = None) -> None:
+    def mkdir(self, path: str, mode: int = 0o777, base: str | Anchor | None = None) -> None:
         """mkdir(2) inside a writable directory."""
         parent, name, _ = self._entry(path, base, errno.EEXIST, errno.EEXIST)
         create_mode = mode & ~self.umask & 0o7777
@@ -551,7 +779,7 @@ class FileSystem:
                 finally:
                     os.close(fd)
 
-    def rmdir(self, path: str, base: str | None = None) -> None:
+    def rmdir(self, path: str, base: str | Anchor | None = None) -> None:
         """rmdir(2) inside a writable directory."""
         parent, name, _ = self._entry(path, base, errno.EINVAL, errno.ENOTEMPTY)
         with self._dir_fd(parent.parts) as d:
@@ -561,7 +789,7 @@ class FileSystem:
             self._require_rw(parent)
             os.rmdir(name, dir_fd=d)
 
-    def unlink(self, path: str, base: str | None = None) -> None:
+    def unlink(self, path: str, base: str | Anchor | None = None) -> None:
         """unlink(2) inside a writable directory."""
         parent, name, trailing = self._entry(path, base, errno.EISDIR, errno.EISDIR)
         with self._dir_fd(parent.parts) as d:
@@ -577,12 +805,14 @@ class FileSystem:
         self,
         old: str,
         new: str,
-        old_base: str | None = None,
-        new_base: str | None = None,
+        old_base: str | Anchor | None = None,
+        new_base: str | Anchor | None = None,
         flags: int = 0,
     ) -> None:
         """rename(2)/renameat2(2) with both directories writable (flags: RENAME_NOREPLACE,
-        RENAME_EXCHANGE)."""
+        RENAME_EXCHANGE; RENAME_WHITEOUT creates a device node, refused like mknod: EPERM)."""
+        if flags & RENAME_WHITEOUT:
+            raise _err(errno.EPERM)
         oparent, oname, otrail = self._entry(old, old_base, errno.EBUSY, errno.EBUSY)
         nparent, nname, ntrail = self._entry(new, new_base, errno.EBUSY, errno.EBUSY)
         with self._dir_fd(oparent.parts) as od, self._dir_fd(nparent.parts) as nd:
@@ -596,7 +826,7 @@ class FileSystem:
             else:
                 os.rename(oname, nname, src_dir_fd=od, dst_dir_fd=nd)
 
-    def symlink(self, target: str, path: str, base: str | None = None) -> None:
+    def symlink(self, target: str, path: str, base: str | Anchor | None = None) -> None:
         """symlink(2): create ``path`` (inside a writable directory) pointing to ``target``."""
         if not target:
             raise _err(errno.ENOENT)
@@ -612,7 +842,7 @@ class FileSystem:
         with self._at(node.parts) as (d, name):
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=d)
 
-    def _target_for_change(self, path: str, base: str | None) -> Node:
+    def _target_for_change(self, path: str, base: str | Anchor | None) -> Node:
         node = self.resolve(path, base, follow=True)
         if node.kind == MISSING:
             raise _err(errno.ENOENT)
@@ -620,24 +850,15 @@ class FileSystem:
             raise _err(errno.EACCES)
         return node
 
-    def chmod(self, path: str, mode: int, base: str | None = None) -> None:
+    def chmod(self, path: str, mode: int, base: str | Anchor | None = None) -> None:
         """chmod(2) of a file inside a writable directory."""
         node = self._target_for_change(path, base)
-        fd = self._open_existing(node, os.O_PATH)
-        try:
+        with self._node_fd(node) as fd:
             if stat.S_ISLNK(os.fstat(fd).st_mode):
                 raise _err(errno.ELOOP)  # swapped for a symlink since resolution
-            # An O_PATH fd cannot be fchmod'ed; leakdbt's own /proc/self/fd entry names the
-            # same inode.  Without a host /proc, fall back to the (already checked) name.
-            try:
-                os.chmod(f"/proc/self/fd/{fd}", mode & 0o7777)
-            except FileNotFoundError:
-                with self._at(node.parts) as (d, name):
-                    os.chmod(name, mode & 0o7777, dir_fd=d)
-        finally:
-            os.close(fd)
+            os.chmod(_fd_path(fd), mode & 0o7777)
 
-    def truncate(self, path: str, length: int, base: str | None = None) -> None:
+    def truncate(self, path: str, length: int, base: str | Anchor | None = None) -> None:
         """truncate(2) of a file inside a writable directory."""
         if length < 0:
             raise _err(errno.EINVAL)
@@ -649,6 +870,30 @@ class FileSystem:
             os.ftruncate(fd, length)
         finally:
             os.close(fd)
+
+
+def require_executable(path: str) -> None:
+    """Refuse to run a host program execve(2) would refuse with EACCES: not a regular file,
+    or no execute permission for us.  A missing file is left to the ELF loader to report."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+        raise NotExecutable(f"{path}: Permission denied (not an executable file)")
+
+
+def _is_link(node: Node) -> bool:
+    return node.st is not None and stat.S_ISLNK(node.st.st_mode)
+
+
+def _fd_path(fd: int) -> str:
+    """A path naming the inode of leakdbt's own host ``fd``, through the host's /proc.
+
+    Path-only calls (getxattr, chmod) are aimed at an ``O_PATH`` fd, which cannot be passed
+    to their f* forms, this way: the file was already reached by a confined walk.
+    """
+    return f"/proc/self/fd/{fd}"
 
 
 def _exists(name: str, dir_fd: int) -> bool:

@@ -21,12 +21,21 @@ import fcntl
 import functools
 import inspect
 import os
+import signal
 import struct
 from collections.abc import Callable
 
 from leakdbt.linux.files import MAX_RW_COUNT, FsError, OpenFile
-from leakdbt.linux.fs import PATH_MAX, FileSystem
+from leakdbt.linux.fs import (
+    PATH_MAX,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    RENAME_WHITEOUT,
+    Anchor,
+    FileSystem,
+)
 from leakdbt.linux.kernel import EFAULT, Kernel, s32, s64
+from leakdbt.linux.sys_proc import deliver_kernel_signal
 from leakdbt.machine.memory import GuestMemoryFault
 
 AT_FDCWD = -100
@@ -37,10 +46,6 @@ AT_NO_AUTOMOUNT = 0x800
 AT_EMPTY_PATH = 0x1000
 AT_STATX_SYNC_TYPE = 0x6000
 AT_STATX_DONT_SYNC = 0x4000
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-RENAME_WHITEOUT = 4
 
 F_DUPFD = 0
 F_GETFD = 1
@@ -138,14 +143,15 @@ def _path_or_empty(k: Kernel, addr: int, flags: int) -> str:
     return _path(k, addr)
 
 
-def _base(k: Kernel, dirfd: int, path: str) -> str | None:
-    """The guest directory a relative ``path`` is resolved from (None: the cwd)."""
+def _base(k: Kernel, dirfd: int, path: str) -> Anchor | None:
+    """The directory a relative ``path`` is resolved from (None: the cwd): the host directory
+    the fd holds, not the path it was opened by (which may name something else by now)."""
     if path.startswith("/") or dirfd == AT_FDCWD:
         return None
     f = k.fds.get(dirfd)
     if f.path is None or not f.is_dir:
         raise FsError(errno.ENOTDIR)
-    return f.path
+    return Anchor(f.path, f.host_fd)
 
 
 def _fd_target(k: Kernel, dirfd: int) -> OpenFile | None:
@@ -267,6 +273,16 @@ def _offset(raw: int) -> int:
 # -- data -----------------------------------------------------------------------------------
 
 
+def _written(k: Kernel, write: Callable[[], int]) -> int:
+    """Run a guest write; on a pipe with no reader the guest gets SIGPIPE first (and dies of
+    it unless it ignores, blocks or catches it), then EPIPE, as write(2) says."""
+    try:
+        return write()
+    except BrokenPipeError:
+        deliver_kernel_signal(k, signal.SIGPIPE, "write to a pipe with no reader")
+        raise
+
+
 @_syscall
 def sys_read(k: Kernel, fd: int, buf: int, count: int) -> int:
     """read(2)."""
@@ -280,7 +296,8 @@ def sys_read(k: Kernel, fd: int, buf: int, count: int) -> int:
 def sys_write(k: Kernel, fd: int, buf: int, count: int) -> int:
     """write(2)."""
     f = k.fds.get(s32(fd))
-    return f.write(k.mem.read(buf, min(count, MAX_RW_COUNT)) if count else b"")
+    data = k.mem.read(buf, min(count, MAX_RW_COUNT)) if count else b""
+    return _written(k, lambda: f.write(data))
 
 
 @_syscall
@@ -298,7 +315,8 @@ def sys_pwrite64(k: Kernel, fd: int, buf: int, count: int, offset: int) -> int:
     """pwrite64(2)."""
     f = k.fds.get(s32(fd))
     off = _offset(offset)
-    return f.pwrite(k.mem.read(buf, min(count, MAX_RW_COUNT)) if count else b"", off)
+    data = k.mem.read(buf, min(count, MAX_RW_COUNT)) if count else b""
+    return _written(k, lambda: f.pwrite(data, off))
 
 
 @_syscall
@@ -315,7 +333,8 @@ def sys_readv(k: Kernel, fd: int, iov: int, iovcnt: int) -> int:
 def sys_writev(k: Kernel, fd: int, iov: int, iovcnt: int) -> int:
     """writev(2): the guest's buffers gathered into one host write."""
     f = k.fds.get(s32(fd))
-    return f.write(_gather(k, _iovecs(k, iov, iovcnt)))
+    data = _gather(k, _iovecs(k, iov, iovcnt))
+    return _written(k, lambda: f.write(data))
 
 
 @_syscall
@@ -332,8 +351,8 @@ def sys_preadv(k: Kernel, fd: int, iov: int, iovcnt: int, pos: int) -> int:
 def sys_pwritev(k: Kernel, fd: int, iov: int, iovcnt: int, pos: int) -> int:
     """pwritev(2)."""
     f = k.fds.get(s32(fd))
-    vecs = _iovecs(k, iov, iovcnt)
-    return f.pwrite(_gather(k, vecs), _offset(pos))
+    data, off = _gather(k, _iovecs(k, iov, iovcnt)), _offset(pos)
+    return _written(k, lambda: f.pwrite(data, off))
 
 
 @_syscall
@@ -583,7 +602,9 @@ def _do_access(k: Kernel, dirfd: int, path_addr: int, mode: int, flags: int) -> 
         elif target.path is None:
             return 0 if m == os.F_OK else -errno.EACCES
         else:
-            path = target.path
+            fs.access_file(target.host_fd, m, writable=target.in_rw,
+                           effective=bool(flags & AT_EACCESS))
+            return 0
     fs.access(
         path,
         m,
@@ -690,11 +711,11 @@ def sys_chdir(k: Kernel, path: int) -> int:
 
 @_syscall
 def sys_fchdir(k: Kernel, fd: int) -> int:
-    """fchdir(2) (to the guest path the directory was opened by)."""
+    """fchdir(2) (to the directory the fd holds, wherever it is now)."""
     f = k.fds.get(s32(fd))
     if f.path is None or not f.is_dir:
         return -errno.ENOTDIR
-    _fs(k).chdir(f.path)
+    _fs(k).chdir(".", Anchor(f.path, f.host_fd))
     return 0
 
 
@@ -772,7 +793,7 @@ def sys_renameat(k: Kernel, olddirfd: int, old: int, newdirfd: int, new: int) ->
 
 @_syscall
 def sys_renameat2(k: Kernel, olddirfd: int, old: int, newdirfd: int, new: int, flags: int) -> int:
-    """renameat2(2) (RENAME_NOREPLACE, RENAME_EXCHANGE)."""
+    """renameat2(2) (RENAME_NOREPLACE, RENAME_EXCHANGE; RENAME_WHITEOUT is refused)."""
     return _do_rename(k, s32(olddirfd), old, s32(newdirfd), new, flags & 0xFFFFFFFF)
 
 

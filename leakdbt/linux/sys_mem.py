@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from leakdbt.errors import LimitExceeded
 from leakdbt.linux.kernel import Kernel, s32
-from leakdbt.machine.memory import PAGE, PROT_WRITE, USER_TOP, page_down, page_up
+from leakdbt.machine.memory import PAGE, PROT_WRITE, USER_TOP, Vma, page_down, page_up
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
@@ -21,23 +21,26 @@ MREMAP_FIXED = 2
 MADV_DONTNEED = 4
 MADV_FREE = 8
 PROT_MASK = 7
+# Label prefix of a MAP_SHARED file mapping's Vma: such a mapping may never become writable
+# (see sys_mprotect), and the label is the one record of it that survives splits and moves.
+SHARED_FILE_LABEL = "[shared] "
 
 
 def sys_brk(k: Kernel, addr: int) -> int:
-    mm = k.mm
-    if addr < mm.brk_start:
-        return mm.brk
-    old_top, new_top = page_up(mm.brk), page_up(addr)
+    mem = k.mem
+    if addr < mem.brk_start:
+        return mem.brk
+    old_top, new_top = page_up(mem.brk), page_up(addr)
     if new_top > old_top:
-        if not mm.is_free(old_top, new_top):
-            return mm.brk
+        if not mem.is_free(old_top, new_top):
+            return mem.brk
         try:
-            mm.map(old_top, new_top - old_top, 3, "[heap]")
+            mem.map(old_top, new_top - old_top, 3, "[heap]")
         except LimitExceeded:
-            return mm.brk
+            return mem.brk
     elif new_top < old_top:
-        mm.unmap(new_top, old_top - new_top)
-    mm.brk = addr
+        mem.unmap(new_top, old_top - new_top)
+    mem.brk = addr
     return addr
 
 
@@ -66,27 +69,34 @@ def sys_mmap(k: Kernel, addr: int, length: int, prot: int, flags: int, fd: int,
         except OSError as e:
             return -(e.errno or errno.EACCES)
         host_path = _host_path(f.host_fd)
-    mm = k.mm
+    mem = k.mem
     if fixed:
-        if flags & MAP_FIXED_NOREPLACE and not mm.is_free(addr, addr + size):
+        if flags & MAP_FIXED_NOREPLACE and not mem.is_free(addr, addr + size):
             return -errno.EEXIST
         start = addr
-    elif addr and addr + size <= USER_TOP and mm.is_free(page_down(addr), page_down(addr) + size):
+    elif addr and addr + size <= USER_TOP and mem.is_free(page_down(addr), page_down(addr) + size):
         start = page_down(addr)
     else:
         try:
-            start = mm.find_free(size)
+            start = mem.find_free(size)
         except MemoryError:
             return -errno.ENOMEM
     try:
-        mm.map(start, size, prot, host_path or "[anon]")
+        mem.map(start, size, prot, _label(flags, host_path))
     except (LimitExceeded, MemoryError):  # MemoryError: over leakdbt's code cache
         return -errno.ENOMEM
     if data:
-        mm.write(start, data)
+        mem.write(start, data)
     if host_path:
         k.modules.add_file_mapping(host_path, start, offset, size)
     return start
+
+
+def _label(flags: int, host_path: str) -> str:
+    """The Vma label of a new mapping: the file it maps (marked when shared) or "[anon]"."""
+    if flags & MAP_ANONYMOUS:
+        return "[anon]"
+    return (SHARED_FILE_LABEL if flags & MAP_SHARED else "") + (host_path or "[anon]")
 
 
 def _host_path(host_fd: int) -> str:
@@ -100,26 +110,48 @@ def _host_path(host_fd: int) -> str:
 def sys_munmap(k: Kernel, addr: int, length: int) -> int:
     if addr & (PAGE - 1) or length == 0:
         return -errno.EINVAL
-    k.mm.unmap(addr, page_up(length))
+    k.mem.unmap(addr, page_up(length))
     k.modules.remove_range(addr, addr + page_up(length))
     return 0
 
 
 def sys_mprotect(k: Kernel, addr: int, length: int, prot: int) -> int:
+    """mprotect(2).  A shared file mapping never becomes writable: EACCES, what Linux says
+    for a file opened read-only (shared writable file mappings are not emulated at all)."""
     if addr & (PAGE - 1):
         return -errno.EINVAL
     if length == 0:
         return 0
-    return 0 if k.mm.protect(addr, page_up(length), prot & PROT_MASK) else -errno.ENOMEM
+    end = addr + page_up(length)
+    if prot & PROT_WRITE:
+        vmas = _vmas_in(k, addr, end)
+        if vmas is None:
+            return -errno.ENOMEM
+        if any(v.name.startswith(SHARED_FILE_LABEL) for v in vmas):
+            return -errno.EACCES
+    return 0 if k.mem.protect(addr, page_up(length), prot & PROT_MASK) else -errno.ENOMEM
+
+
+def _vmas_in(k: Kernel, start: int, end: int) -> list[Vma] | None:
+    """The mappings covering [start, end) in address order; None if part of it is unmapped."""
+    found = []
+    pos = start
+    while pos < end:
+        vma = k.mem.find(pos)
+        if vma is None:
+            return None
+        found.append(vma)
+        pos = vma.end
+    return found
 
 
 def sys_mremap(k: Kernel, old: int, old_size: int, new_size: int, flags: int,
                new_addr: int) -> int:
-    mm = k.mm
+    mem = k.mem
     if old & (PAGE - 1) or new_size == 0 or flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED):
         return -errno.EINVAL
     old_size, new_size = page_up(old_size), page_up(new_size)
-    vma = mm.find(old)
+    vma = mem.find(old)
     if vma is None or vma.end < old + old_size:
         return -errno.EFAULT
     if flags & MREMAP_FIXED:
@@ -128,18 +160,18 @@ def sys_mremap(k: Kernel, old: int, old_size: int, new_size: int, flags: int,
         return _move(k, old, old_size, new_size, new_addr, vma.prot, vma.name)
     if new_size <= old_size:
         if new_size < old_size:
-            mm.unmap(old + new_size, old_size - new_size)
+            mem.unmap(old + new_size, old_size - new_size)
         return old
-    if mm.is_free(old + old_size, old + new_size):
+    if mem.is_free(old + old_size, old + new_size):
         try:
-            mm.map(old + old_size, new_size - old_size, vma.prot, vma.name)
+            mem.map(old + old_size, new_size - old_size, vma.prot, vma.name)
         except LimitExceeded:
             return -errno.ENOMEM
         return old
     if not flags & MREMAP_MAYMOVE:
         return -errno.ENOMEM
     try:
-        target = mm.find_free(new_size)
+        target = mem.find_free(new_size)
     except MemoryError:
         return -errno.ENOMEM
     return _move(k, old, old_size, new_size, target, vma.prot, vma.name)
@@ -147,14 +179,14 @@ def sys_mremap(k: Kernel, old: int, old_size: int, new_size: int, flags: int,
 
 def _move(k: Kernel, old: int, old_size: int, new_size: int, target: int, prot: int,
           name: str) -> int:
-    mm = k.mm
-    data = mm.read(old, min(old_size, new_size))
+    mem = k.mem
+    data = mem.read(old, min(old_size, new_size))
     try:
-        mm.map(target, new_size, prot, name)
+        mem.map(target, new_size, prot, name)
     except (LimitExceeded, MemoryError):
         return -errno.ENOMEM
-    mm.write(target, data)
-    mm.unmap(old, old_size)
+    mem.write(target, data)
+    mem.unmap(old, old_size)
     return target
 
 
@@ -166,24 +198,18 @@ def sys_madvise(k: Kernel, addr: int, length: int, advice: int) -> int:
         end = page_up(addr + length)
         pos = addr
         while pos < end:
-            vma = k.mm.find(pos)
+            vma = k.mem.find(pos)
             if vma is None:
                 return -errno.ENOMEM
             hi = min(vma.end, end)
             if advice == MADV_DONTNEED and vma.name in ("[anon]", "[heap]", "[stack]"):
-                k.mm.write(pos, bytes(hi - pos))
+                k.mem.write(pos, bytes(hi - pos))
             pos = hi
     return 0
 
 
 def _fully_mapped(k: Kernel, start: int, end: int) -> bool:
-    pos = start
-    while pos < end:
-        vma = k.mm.find(pos)
-        if vma is None:
-            return False
-        pos = vma.end
-    return True
+    return _vmas_in(k, start, end) is not None
 
 
 def sys_msync(k: Kernel, addr: int, length: int, flags: int) -> int:

@@ -266,16 +266,37 @@ def sys_tkill(k: Kernel, tid: int, sig: int) -> int:
 _IGNORED_BY_DEFAULT = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGCONT}
 
 
+SIG_DFL, SIG_IGN = 0, 1
+
+
+def _handler(k: Kernel, sig: int) -> int:
+    """The guest's sa_handler for ``sig`` (SIG_DFL, SIG_IGN or a handler address)."""
+    return int(struct.unpack("<Q", k.signal_actions.get(sig, bytes(32))[:8])[0])
+
+
+def deliver_kernel_signal(k: Kernel, sig: int, detail: str) -> None:
+    """A signal the kernel sends for a system call (SIGPIPE on a broken pipe, see write(2)).
+
+    With the default action the guest dies of it (GuestFault: exit status 128+sig).  If the
+    guest blocks, ignores or catches it, this returns and the call fails with its errno, as
+    after a handler ran (handlers themselves are not run).
+    """
+    if k.signal_mask & (1 << (sig - 1)) or _handler(k, sig) != SIG_DFL:
+        return
+    rip = k.cpu.reg("rip")
+    raise GuestFault(sig, rip, k.modules.symbolize(rip), detail)
+
+
 def _raise(k: Kernel, sig: int) -> int:
     """A signal sent to ourselves: handlers are not run; default actions are emulated."""
     if sig == 0:
         return 0
     if not 1 <= sig <= NSIG:
         return -errno.EINVAL
-    handler = struct.unpack("<Q", k.signal_actions.get(sig, bytes(32))[:8])[0]
-    if handler == 1 or sig in _IGNORED_BY_DEFAULT and handler == 0:  # SIG_IGN
+    handler = _handler(k, sig)
+    if handler == SIG_IGN or sig in _IGNORED_BY_DEFAULT and handler == SIG_DFL:
         return 0
-    if handler not in (0, 1):
+    if handler not in (SIG_DFL, SIG_IGN):
         raise GuestError(f"guest sent itself signal {sig} with a handler installed; "
                          "running signal handlers is not supported")
     rip = k.cpu.reg("rip")

@@ -1,6 +1,7 @@
 """File-system metadata calls answered from the host, read-only: statfs(2)/fstatfs(2) and the
 extended-attribute readers getxattr(2)/listxattr(2) (and their l/f variants).  Setting
-attributes is refused (-EACCES): the sandbox exposes metadata, it never changes it."""
+attributes is refused (-EACCES): the sandbox exposes metadata, it never changes it.  Path
+calls go through the guest's :class:`~leakdbt.linux.fs.FileSystem`, confined like open(2)."""
 
 from __future__ import annotations
 
@@ -14,52 +15,38 @@ from leakdbt.linux.kernel import Kernel, s32
 XATTR_SIZE_MAX = 65536
 
 
-def _host_path(k: Kernel, path_addr: int, follow: bool) -> str:
-    path = os.fsdecode(k.mem.read_cstring(path_addr))
-    if not path:
-        raise FileNotFoundError(errno.ENOENT, "empty path")
-    node = k.fs.resolve(path, follow=follow)
-    if not node.host or node.st is None:
-        raise PermissionError(errno.EACCES, "not a host file")
-    return node.host
-
-
-def _target(k: Kernel, arg: int, kind: str) -> int | str:
-    """A host fd (for f* calls) or a host path (for the path calls)."""
-    if kind == "fd":
-        return k.fds.get(s32(arg)).host_fd
-    return _host_path(k, arg, follow=kind == "path")
+def _guest_path(k: Kernel, path_addr: int) -> str:
+    return os.fsdecode(k.mem.read_cstring(path_addr))
 
 
 def _errno(e: OSError) -> int:
     return -(e.errno or errno.EIO)
 
 
-def _statfs(k: Kernel, target: int | str, buf: int) -> int:
-    try:
-        st = os.statvfs(target)
-    except OSError as e:
-        return _errno(e)
+def _pack_statfs(st: os.statvfs_result) -> bytes:
     # struct statfs (x86-64): f_type, f_bsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree,
     # f_fsid[2], f_namelen, f_frsize, f_flags, f_spare[4]
-    k.mem.write(buf, struct.pack("<qqQQQQQiiqqq4q", 0xEF53, st.f_bsize, st.f_blocks,
-                                 st.f_bfree, st.f_bavail, st.f_files, st.f_ffree, 0, 0,
-                                 st.f_namemax, st.f_frsize, st.f_flag, 0, 0, 0, 0))
-    return 0
+    return struct.pack("<qqQQQQQiiqqq4q", 0xEF53, st.f_bsize, st.f_blocks, st.f_bfree,
+                       st.f_bavail, st.f_files, st.f_ffree, 0, 0, st.f_namemax, st.f_frsize,
+                       st.f_flag, 0, 0, 0, 0)
 
 
 def sys_statfs(k: Kernel, path: int, buf: int) -> int:
     try:
-        return _statfs(k, _host_path(k, path, follow=True), buf)
+        st = k.fs.statvfs(_guest_path(k, path))
     except OSError as e:
         return _errno(e)
+    k.mem.write(buf, _pack_statfs(st))
+    return 0
 
 
 def sys_fstatfs(k: Kernel, fd: int, buf: int) -> int:
     try:
-        return _statfs(k, k.fds.get(s32(fd)).host_fd, buf)
+        st = os.statvfs(k.fds.get(s32(fd)).host_fd)
     except OSError as e:
         return _errno(e)
+    k.mem.write(buf, _pack_statfs(st))
+    return 0
 
 
 def _copy_out(k: Kernel, data: bytes, buf: int, size: int) -> int:
@@ -73,11 +60,15 @@ def _copy_out(k: Kernel, data: bytes, buf: int, size: int) -> int:
 
 
 def _getxattr(kind: str) -> Callable[..., int]:
+    """getxattr ("path"), lgetxattr ("link") or fgetxattr ("fd")."""
+
     def handler(k: Kernel, target: int, name: int, value: int, size: int) -> int:
         try:
             attr = os.fsdecode(k.mem.read_cstring(name, 256))
-            where = _target(k, target, kind)
-            data = os.getxattr(where, attr, follow_symlinks=kind != "link")
+            if kind == "fd":
+                data = os.getxattr(k.fds.get(s32(target)).host_fd, attr)
+            else:
+                data = k.fs.getxattr(_guest_path(k, target), attr, follow=kind == "path")
         except OSError as e:
             return _errno(e)
         return _copy_out(k, data, value, size)
@@ -87,10 +78,14 @@ def _getxattr(kind: str) -> Callable[..., int]:
 
 
 def _listxattr(kind: str) -> Callable[..., int]:
+    """listxattr ("path"), llistxattr ("link") or flistxattr ("fd")."""
+
     def handler(k: Kernel, target: int, buf: int, size: int) -> int:
         try:
-            where = _target(k, target, kind)
-            names = os.listxattr(where, follow_symlinks=kind != "link")
+            if kind == "fd":
+                names = os.listxattr(k.fds.get(s32(target)).host_fd)
+            else:
+                names = k.fs.listxattr(_guest_path(k, target), follow=kind == "path")
         except OSError as e:
             return _errno(e)
         return _copy_out(k, b"".join(os.fsencode(n) + b"\0" for n in names), buf, size)
