@@ -9,6 +9,7 @@ stays fast.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from typing import Any
@@ -35,7 +36,45 @@ def _size(text: str) -> int:
     return value
 
 
-@click.group()
+# Commands defined in their own layer's module, imported only when they run (or when
+# ``leakdbt --help`` lists them), so that ``leakdbt exec`` loads neither the contract nor the
+# translator, the checker or the analyses.
+LAZY_COMMANDS = {
+    "analyze": ("leakdbt.analysis.commands", "analyze"),
+    "check": ("leakdbt.leakage.commands", "check"),
+    "tenancy": ("leakdbt.monitor.commands", "tenancy"),
+    "contract": ("leakdbt.contract.commands", "contract"),
+    "blocks": ("leakdbt.dbt.commands", "blocks"),
+    "passes": ("leakdbt.dbt.commands", "passes"),
+}
+
+
+class LazyGroup(click.Group):
+    """A command group whose LAZY_COMMANDS are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            module, name = LAZY_COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), name)
+        return command
+
+
+MAX_INSNS = 1 << 62  # the engine's instruction count is 64 bits
+MAX_TIMEOUT = 1e7  # seconds (115 days): the engine's timeout is in microseconds
+
+
+def _not_nan(value: float | None) -> float | None:
+    """click's FloatRange lets NaN through (every comparison with it is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number of seconds")
+    return value
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="leakdbt")
 def cli() -> None:
     """leakdbt: run x86-64 Linux binaries with side-channel hardening."""
@@ -52,11 +91,15 @@ def cli() -> None:
               help="Host directory used as the guest's / (default: the host's, read-only).")
 @click.option("--cwd", default=None, help="Guest working directory (default: the current one).")
 @click.option("--strict", is_flag=True, help="Make unsupported system calls fatal.")
-@click.option("--max-insns", type=click.IntRange(min=1), default=None,
+@click.option("--max-insns", type=click.IntRange(min=1, max=MAX_INSNS), default=None,
               help="Stop the guest after N instructions (exit status 124).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Stop the guest after SECONDS of wall time (exit status 124).")
-@click.option("--max-memory", default=None, help="Cap guest mappings, e.g. 512M.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT),
+              default=None, callback=lambda _ctx, _param, value: _not_nan(value),
+              help="Stop the guest after SECONDS of wall time, loading included (exit "
+                   "status 124).")
+@click.option("--max-memory", default=None,
+              help="Cap guest mappings, e.g. 512M: mmap/brk beyond it fail with ENOMEM as "
+                   "under RLIMIT_AS; a program that does not fit is refused (exit status 2).")
 @click.option("--count-insns", is_flag=True,
               help="Count guest instructions exactly for --stats (slower).")
 @click.option("--stats", is_flag=True, help="Print execution statistics on exit (stderr).")
@@ -102,8 +145,10 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
          trust_cgroup: tuple[str, ...], allow_unhardened: bool, cpu: str | None,
          translate_all: bool, functions: tuple[str, ...], binary: str,
          args: tuple[str, ...]) -> None:
-    """Run BINARY [ARGS]... under leakdbt; exit with the guest's status."""
-    from leakdbt.dbt.dispatch import Mode, requests_from_contract
+    """Run BINARY [ARGS]... under leakdbt; exit with the guest's status.
+
+    leakdbt's options go before BINARY: everything after it is passed to the program."""
+    from leakdbt.dbt.mode import Mode
     from leakdbt.run.session import ExecOptions, execute
     from leakdbt.run.stats import format_stats
 
@@ -116,17 +161,17 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
     hardener = None
     monitor = None
     if contract_path:
-        from leakdbt.contract import load, plan
+        from leakdbt.contract import load
         from leakdbt.contract.model import Policy
         from leakdbt.contract.profiles import choose_profile
-        from leakdbt.dbt.harden import Hardener
-        from leakdbt.dbt.passes import load_passes
+        from leakdbt.run.protect import protection
 
         contract = load(contract_path, binary=binary)
         profile, _why = choose_profile(cpu)
-        the_plan = plan(contract, profile)
-        regions = requests_from_contract(contract, the_plan)
-        hardener = Hardener(load_passes(), contract, profile, allow_unhardened)
+        protected = protection(contract, profile, allow_unhardened)
+        the_plan = protected.plan
+        regions = list(protected.regions)
+        hardener = protected.hardener()
         # The policy in effect decides what "adaptive" (and no --mode) means.
         policy_mode = {Policy.NEVER: "fast", Policy.ALWAYS: "hardened",
                        Policy.ADAPTIVE: "adaptive"}[the_plan.mode]
@@ -197,22 +242,6 @@ def info(fmt: str, binary: str) -> None:
                nl=fmt == "json")
 
 
-def _register_subcommands() -> None:
-    from leakdbt.analysis.commands import analyze
-    from leakdbt.contract.commands import contract
-    from leakdbt.dbt.commands import blocks, passes
-    from leakdbt.leakage.commands import check
-    from leakdbt.monitor.commands import tenancy
-
-    cli.add_command(analyze)
-    cli.add_command(check)
-    cli.add_command(tenancy)
-    cli.add_command(contract)
-    cli.add_command(blocks)
-    cli.add_command(passes)
-
-
-_register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -223,6 +252,9 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(f"leakdbt: {e.one_line()}", e.exit_status)
     except click.exceptions.Abort:
         _fail("leakdbt: aborted", 130)
+    except click.MissingParameter as e:
+        given = sys.argv[1:] if argv is None else argv
+        _fail(f"leakdbt: {_misplaced(e, given) or ' '.join(e.format_message().split())}", 2)
     except click.ClickException as e:
         _fail(f"leakdbt: {' '.join(e.format_message().split())}", 2)
     except KeyboardInterrupt:
@@ -234,6 +266,20 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         _fail(f"leakdbt: internal error: {type(e).__name__}: {e} "
               "(set LEAKDBT_DEBUG=1 for a traceback)", INTERNAL_ERROR_STATUS)
+
+
+def _misplaced(error: click.MissingParameter, argv: list[str]) -> str | None:
+    """The message for a required option typed after BINARY, where it became the guest's."""
+    param, ctx = error.param, error.ctx
+    if not isinstance(param, click.Option) or ctx is None:
+        return None
+    for i, word in enumerate(argv):
+        name, eq, _value = word.partition("=")
+        if name in param.opts:
+            typed = word if eq or i + 1 == len(argv) else f"{word} {argv[i + 1]}"
+            return (f"{name} must come before BINARY (everything after BINARY is passed to "
+                    f"the program): {ctx.command_path} {typed} [OPTIONS] BINARY [ARGS]...")
+    return None
 
 
 def _fail(message: str, status: int) -> None:

@@ -32,7 +32,9 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
             cpu: str | None, rw: tuple[str, ...], fmt: str, binary: str,
             args: tuple[str, ...]) -> None:
     """Run BINARY [ARGS]... once with the contract's secrets tainted and list every branch,
-    memory access and variable-latency instruction they reach."""
+    memory access and variable-latency instruction they reach.
+
+    leakdbt's options go before BINARY: everything after it is passed to the program."""
     from leakdbt.analysis.analyze import analyze as run
     from leakdbt.contract import load, loads
     from leakdbt.contract.edit import RegionEntry, add_regions

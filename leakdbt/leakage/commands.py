@@ -56,6 +56,8 @@ def check(contract_path: str, mode: str, trials: int | None, seed: int | None, j
     """Run BINARY [ARGS]... with different secrets and report what an adversary could tell
     apart.  Exit status: 0 no leak, 1 leaks found, 2 error.
 
+    leakdbt's options go before BINARY: everything after it is passed to the program.
+
     With --timing, a statistical timing test instead (dudect): --measurements runs with a
     fixed and with random secrets, and Welch's t between them of the host time of the
     emulated scope (what a co-tenant of the emulator sees, not the native program's timing)

@@ -21,6 +21,9 @@ from typing import Any
 _BMI = {(2, 0xF2), (2, 0xF3), (2, 0xF5), (2, 0xF6), (2, 0xF7), (3, 0xF0)}
 # Prefixes that may precede VEX: segment overrides and address size.
 _VEX_OK_PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x67))
+# First bytes an instruction needs for vector_vex_at to say yes: checked before calling it,
+# because a page holds about a thousand instructions and only a few start like this.
+_VEX_FIRST_BYTES = _VEX_OK_PREFIXES | {0xC4, 0xC5}
 SWEEP_BACK = 32  # bytes decoded before a page so the sweep is in step at the page start
 
 
@@ -57,7 +60,8 @@ def vector_vex_instructions(code: bytes, address: int, start: int, end: int) -> 
             if insn_addr >= end:
                 return found
             rel = insn_addr - address
-            if insn_addr >= start and vector_vex_at(code[rel:rel + 16]):
+            if (insn_addr >= start and code[rel] in _VEX_FIRST_BYTES
+                    and vector_vex_at(code[rel:rel + 16])):
                 found.append(insn_addr)
             pos = rel + size
         offset = pos + 1 if pos < len(code) else pos  # skip one undecodable byte
