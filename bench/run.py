@@ -22,15 +22,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "test_binaries" / "build" / "static"
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+STARTUP_REPEAT = max(5, int(os.environ.get("BENCH_STARTUP_REPEAT", "11")))
 WORKLOADS = {
     "sha256 32 MiB": ("sha256", ["32"]),
     "modexp 300k": ("modexp", ["300000"]),
 }
 
 
-def timed(argv: list[str]) -> tuple[float, bytes]:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, bytes]:
     start = time.perf_counter()
-    p = subprocess.run(argv, capture_output=True, check=True)
+    p = subprocess.run(argv, capture_output=True, check=True, env=env)
     return time.perf_counter() - start, p.stdout
 
 
@@ -171,16 +172,63 @@ def main() -> None:
         for name, t in times.items():
             print(f"| {label} | {name} | {t:.3f} | {t / times['native']:.1f}x | "
                   f"{t / best_raw:.2f}x |")
-    hello = str(BUILD / "hello")
-    starts = [timed([*leakdbt, hello])[0] for _ in range(5)]
-    print(f"\nstart-up, static hello-world under leakdbt exec: median "
-          f"{statistics.median(starts):.3f} s, best {min(starts):.3f} s (5 runs)")
+    startup_bench(leakdbt)
     translation_bench(leakdbt)
     hardening_bench(leakdbt)
     equivalent_bench(leakdbt)
     check_bench(leakdbt)
     adaptive_bench(leakdbt)
     analyze_bench(leakdbt)
+
+
+def startup_bench(leakdbt: list[str]) -> None:
+    """Static hello-world, whole process: leakdbt exec vs a bare Unicorn script
+    (bench/bare_unicorn.py) vs native, interleaved so that load changes hit all three.
+    Wall time, and the child's CPU time (user + system), which other load disturbs less."""
+    import resource
+    import tempfile
+
+    hello = str(BUILD / "hello")
+    runners = {"native": [hello],
+               "bare Unicorn script": [sys.executable, str(REPO / "bench" / "bare_unicorn.py"),
+                                       hello],
+               "leakdbt exec": [*leakdbt, hello]}
+    wall: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
+    expected = None
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    # Bytecode is cached, as after an install (PYTHONDONTWRITEBYTECODE would recompile every
+    # leakdbt module on every start); the cache lives in a scratch directory, warmed once.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with tempfile.TemporaryDirectory() as cache:
+        env["PYTHONPYCACHEPREFIX"] = cache
+        for argv in runners.values():
+            timed(argv, env)
+        for _ in range(STARTUP_REPEAT):
+            for name, argv in runners.items():
+                before = children_cpu()
+                t, out = timed(argv, env)
+                cpu[name].append(children_cpu() - before)
+                expected = expected or out
+                if out != expected:
+                    raise SystemExit(f"{name} printed different output for hello")
+                wall[name].append(t)
+    w = {name: statistics.median(times) for name, times in wall.items()}
+    c = {name: statistics.median(times) for name, times in cpu.items()}
+    bare = "bare Unicorn script"
+    print(f"\n### Start-up: static hello-world, whole process (median of {STARTUP_REPEAT} "
+          "interleaved runs)\n")
+    print("| runner | wall (s) | best wall (s) | wall vs native | wall vs bare Unicorn "
+          "| CPU (s) | CPU vs bare Unicorn |")
+    print("|---|---|---|---|---|---|---|")
+    for name in runners:
+        print(f"| {name} | {w[name]:.3f} | {min(wall[name]):.3f} | "
+              f"{w[name] / w['native']:.0f}x | {w[name] / w[bare]:.2f}x | {c[name]:.3f} | "
+              f"{c[name] / c[bare]:.2f}x |")
 
 
 def median_time(argv: list[str], expected: bytes | None = None) -> tuple[float, bytes]:
@@ -241,22 +289,21 @@ def region_instructions(exe: str, contract: str, secret: str, mode: str) -> int:
     mode, the hardened copies — and the entry jumps — in hardened mode), counted
     in-process."""
     sys.path.insert(0, str(REPO))
-    from leakdbt.contract import load, plan
+    from leakdbt.contract import load
     from leakdbt.contract.profiles import get_profile
-    from leakdbt.dbt.dispatch import Mode, requests_from_contract
-    from leakdbt.dbt.harden import Hardener
-    from leakdbt.dbt.passes import load_passes
-    from leakdbt.leakage.recorder import LeakageRecorder
+    from leakdbt.dbt.dispatch import Mode
+    from leakdbt.leakage.findings import LeakKind
+    from leakdbt.leakage.observe import RunObserver
+    from leakdbt.run.protect import protection
     from leakdbt.run.session import ExecOptions, execute
 
-    c = load(contract, binary=exe)
-    profile = get_profile(BENCH_CPU)
-    recorders: list[LeakageRecorder] = []
+    protected = protection(load(contract, binary=exe), get_profile(BENCH_CPU))
+    observers: list[RunObserver] = []
     options = ExecOptions(
         argv=[exe, secret], env=[], mode=Mode(mode),
-        regions=requests_from_contract(c, plan(c, profile)),
-        hardener=Hardener(load_passes(), c, profile),
-        on_start=lambda m, d: recorders.append(LeakageRecorder.for_regions(m, d)))
+        regions=protected.regions, hardener=protected.hardener(),
+        on_start=lambda m, d: observers.append(
+            RunObserver(m, [LeakKind.CONTROL_FLOW], 64, [], None, ranges=d.code_ranges())))
     with open(os.devnull, "w") as null:
         saved = os.dup(1)
         os.dup2(null.fileno(), 1)
@@ -265,7 +312,7 @@ def region_instructions(exe: str, contract: str, secret: str, mode: str) -> int:
         finally:
             os.dup2(saved, 1)
             os.close(saved)
-    return recorders[0].seen.instructions
+    return observers[0].trace.instructions
 
 
 BENCH_CPU = "intel-skylake"  # every latency class variable: every pass runs
@@ -393,18 +440,17 @@ def switch_latency(changes: int = 20, period: float = 0.4) -> list[float]:
     import threading
 
     sys.path.insert(0, str(REPO))
-    from leakdbt.contract import load, plan
+    from leakdbt.contract import load
     from leakdbt.contract.profiles import get_profile
-    from leakdbt.dbt.dispatch import Dispatcher, Mode, requests_from_contract
-    from leakdbt.dbt.harden import Hardener
-    from leakdbt.dbt.passes import load_passes
+    from leakdbt.dbt.dispatch import Dispatcher, Mode
     from leakdbt.monitor.detectors import create_detector, default_context
     from leakdbt.monitor.monitor import Monitor
+    from leakdbt.run.protect import protection
     from leakdbt.run.session import ExecOptions, execute
 
     exe = str(BUILD / "region_loop")
     c = load(REPO / "contracts" / "region_loop.toml", binary=exe)
-    profile = get_profile(BENCH_CPU)
+    protected = protection(c, get_profile(BENCH_CPU))
     state = Path(tempfile.mkdtemp()) / "tenancy.json"
 
     def write(shares: list[str]) -> float:
@@ -416,7 +462,7 @@ def switch_latency(changes: int = 20, period: float = 0.4) -> list[float]:
 
     write([])
     appeared: list[float] = []
-    dispatchers: list[Dispatcher] = []
+    translators: list[Dispatcher] = []
     done = threading.Event()
 
     def orchestrate() -> None:
@@ -428,15 +474,15 @@ def switch_latency(changes: int = 20, period: float = 0.4) -> list[float]:
             time.sleep(period / 2)
         done.set()
 
-    def make(d: Dispatcher) -> Monitor:
-        dispatchers.append(d)
-        return Monitor(create_detector(f"file:{state}", default_context()), d,
+    def make(translator: Dispatcher) -> Monitor:
+        translators.append(translator)
+        return Monitor(create_detector(f"file:{state}", default_context()), translator,
                        c.protect.adversary)
 
     threading.Thread(target=orchestrate, daemon=True).start()
     options = ExecOptions(argv=[exe, "4000000000"], env=[], mode=Mode.HARDENED,
-                          regions=requests_from_contract(c, plan(c, profile)),
-                          hardener=Hardener(load_passes(), c, profile), monitor=make,
+                          regions=protected.regions, hardener=protected.hardener(),
+                          monitor=make,
                           timeout=0.8 + changes * period)
     with open(os.devnull, "w") as null:
         saved = os.dup(1)
@@ -448,7 +494,7 @@ def switch_latency(changes: int = 20, period: float = 0.4) -> list[float]:
         finally:
             os.dup2(saved, 1)
             os.close(saved)
-    installs = [t for mode, t in dispatchers[0].stats.switched_at if mode == "hardened"]
+    installs = [t for mode, t in translators[0].stats.switched_at if mode == "hardened"]
     return [(min(t for t in installs if t >= a) - a) * 1000 for a in appeared
             if any(t >= a for t in installs)]
 
@@ -510,5 +556,7 @@ def analyze_bench(leakdbt: list[str]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--raw":
         raw_main()
+    elif sys.argv[1:] == ["startup"]:  # just the start-up section
+        startup_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"])
     else:
         main()

@@ -1,7 +1,8 @@
 """The plugin API for hardening passes and tenancy detectors: the only leakdbt module a
 plugin imports.
 
-A pass is a pure function of a region, the contract and the CPU profile: it never touches
+A pass is a pure function of a region, the contract and the CPU profile (read-only views of
+them: :class:`RegionView`, :class:`ContractView`, :class:`ProfileView`): it never touches
 the emulator.  It says whether it applies to a region and returns either a :class:`Rewrite`
 or a :class:`Refusal` with the reason.  A rewrite is text: lines in Capstone's Intel syntax
 that the translator assembles with Keystone, checks with Capstone, and lays out in the code
@@ -28,16 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from functools import lru_cache
+from typing import Any, Protocol, runtime_checkable
 
 from leakdbt.x86.insn import REGS64, Flow, Insn, detail_decoder
 
-if TYPE_CHECKING:
-    from leakdbt.contract.model import Contract
-    from leakdbt.contract.profiles import Profile
-
-API_VERSION = 1
-"""The version of this interface; a pass declaring another one is rejected at load."""
+API_VERSION = 2
+"""The version of this interface; a pass declaring another one is rejected at load.  2: passes
+get :class:`ContractView` and :class:`ProfileView`, not the contract and profile objects."""
 
 RED_ZONE = 128
 """Bytes below RSP that leaf functions may use without moving RSP; sequences keep out."""
@@ -54,10 +53,10 @@ REGISTER64: Mapping[str, str] = REGS64
 part of (``rax``, ``r9``, ``rax``)."""
 
 __all__ = ["API_VERSION", "DETECTOR_API_VERSION", "SHARES", "BlockView", "CoTenant",
-           "DataObject", "DetectorContext", "DetectorFactory", "Flow", "HardeningPass",
-           "INSN_SCRATCH", "Insn", "REGION_SCRATCH", "REGISTER64", "RED_ZONE", "Refusal",
-           "RegionView", "Rewrite", "Tenancy", "TenancyDetector", "detail", "goto",
-           "original"]
+           "ContractView", "DataObject", "DetailConstants", "DetectorContext",
+           "DetectorFactory", "Flow", "HardeningPass", "INSN_SCRATCH", "Insn", "ProfileView",
+           "REGION_SCRATCH", "REGISTER64", "RED_ZONE", "Refusal", "RegionView", "Rewrite",
+           "Tenancy", "TenancyDetector", "detail", "detail_constants", "goto", "original"]
 
 
 def detail(insn: Insn) -> Any:
@@ -66,6 +65,28 @@ def detail(insn: Insn) -> Any:
     for ci in detail_decoder().disasm(insn.raw, insn.address, 1):
         return ci
     raise ValueError(f"cannot decode {insn.raw.hex()} at {insn.address:#x}")
+
+
+@dataclass(frozen=True)
+class DetailConstants:
+    """Capstone's x86 constants to read :func:`detail` results with, so that a pass needs
+    no Capstone import of its own."""
+
+    op_reg: int  # an operand's ``type``: a register
+    op_mem: int  # ... a memory operand
+    access_read: int  # bits of an operand's ``access``
+    access_write: int
+    eflags: Mapping[str, int]  # the ``eflags`` bits, by name without ``X86_EFLAGS_``
+
+
+@lru_cache(maxsize=1)
+def detail_constants() -> DetailConstants:
+    """The constants (read once, when first asked: importing Capstone takes time)."""
+    from capstone import CS_AC_READ, CS_AC_WRITE, x86
+
+    prefix = "X86_EFLAGS_"
+    eflags = {n[len(prefix):]: getattr(x86, n) for n in dir(x86) if n.startswith(prefix)}
+    return DetailConstants(x86.X86_OP_REG, x86.X86_OP_MEM, CS_AC_READ, CS_AC_WRITE, eflags)
 
 
 def original(address: int) -> str:
@@ -150,6 +171,26 @@ class RegionView:
 
 
 @dataclass(frozen=True)
+class ContractView:
+    """What a pass sees of the contract: whom it protects against and when hardened code
+    runs (``protect.adversary``, ``protect.policy``, as the contract spells them).  What a
+    region needs is in :attr:`RegionView.params`, from the contract's mapping."""
+
+    adversary: str  # remote, co-resident, same-core
+    policy: str  # always, adaptive, never
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    """What a pass sees of the CPU profile the contract was mapped for."""
+
+    name: str  # e.g. intel-skylake
+    line_size: int  # cache-line bytes
+    variable_latency: frozenset[str] = frozenset()  # latency classes (int-div, fp-subnormal,
+    # ...) whose instructions take operand-dependent time on this CPU
+
+
+@dataclass(frozen=True)
 class Refusal:
     """Why a pass does not (or cannot) harden a region; shown to the user as is."""
 
@@ -175,19 +216,20 @@ class Rewrite:
 @runtime_checkable
 class HardeningPass(Protocol):
     """What a pass provides.  ``before``/``after`` name other passes it must run
-    before/after (unknown names are ignored: that pass is simply not installed)."""
+    before/after (unknown names are ignored: that pass is simply not installed); they alone
+    decide the order passes run in (ties: by name)."""
 
     name: str
     api_version: int
     before: tuple[str, ...]
     after: tuple[str, ...]
 
-    def applies(self, region: RegionView, contract: Contract, profile: Profile
+    def applies(self, region: RegionView, contract: ContractView, profile: ProfileView
                 ) -> bool | Refusal:
         """Whether this pass has work in ``region`` (a Refusal says why it cannot)."""
         ...
 
-    def harden(self, region: RegionView, contract: Contract, profile: Profile
+    def harden(self, region: RegionView, contract: ContractView, profile: ProfileView
                ) -> Rewrite | Refusal:
         """The hardened replacement for ``region``, or why there is none."""
         ...

@@ -75,20 +75,20 @@ from __future__ import annotations
 import re
 
 from leakdbt.plugin_api import BlockView, Flow, RegionView, goto
+from plugins.support.memory_safety import check_accesses
 from plugins.support.predication import (
     GPR,
     GPR32,
     INIT,
+    INSN_PASSES,
     Engine,
     InsnInfo,
     Pred,
     Refused,
     WholeRegionPass,
-    always_valid,
     analyse,
     body,
     control_refusal,
-    covered,
     predicated_refusal,
     slot,
     successors,
@@ -247,34 +247,18 @@ def induction_variables(region: RegionView, order: list[BlockView],
 def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, InsnInfo],
                   ivs: frozenset[str]) -> None:
     """The memory-safety rule of the module doc, for every access of the body."""
-    bias = region.bias
     header = region.entry
     members = {b.start for b in order}
-    written = {r for b in order for i in body(b) for r in infos[i.address].writes if r in GPR}
     edges: dict[int, list[int]] = {}
     for b in order:
         succ = successors(b)
         edges[b.start] = [s for s in succ if s in members and s != header]
         if any(s == header or s not in members for s in succ):
             edges[b.start].append(-1)  # the iteration ends here
-    for b in order:
-        for insn in body(b):
-            for m in infos[insn.address].mems:
-                if always_valid(m):
-                    continue
-                bad = sorted(m.regs & written - ivs)
-                if bad:
-                    raise Refused(f"{where(insn, bias)}: its address depends on {bad[0]}, "
-                                  "which the loop computes (not an induction variable)")
-                if m.regs & ivs:
-                    continue  # valid within `bound` iterations: the contract's precondition
-                cover = {c.start for c in order for i in body(c)
-                         for o in infos[i.address].mems
-                         if o.key == m.key and o.width >= m.width}
-                if not covered(header, edges, cover):
-                    raise Refused(f"{where(insn, bias)}: accesses memory that not every path "
-                                  "through an iteration accesses")
+    check_accesses(order, infos, region.bias, header, edges,
+                   computed_by="the loop computes (not an induction variable)",
+                   every_path="through an iteration", induction=ivs)
 
 
-PASS = WholeRegionPass("bounded-loop", "loop", bound_loop)
+PASS = WholeRegionPass("bounded-loop", "loop", bound_loop, before=INSN_PASSES)
 """The ``bounded-loop`` pass (see the module doc)."""

@@ -45,13 +45,19 @@ a region by the sequence (docs/passes.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from leakdbt.plugin_api import API_VERSION, REGISTER64, Insn, Refusal, RegionView, Rewrite, detail
-
-if TYPE_CHECKING:
-    from leakdbt.contract.model import Contract
-    from leakdbt.contract.profiles import Profile
+from leakdbt.plugin_api import (
+    API_VERSION,
+    REGISTER64,
+    ContractView,
+    Insn,
+    ProfileView,
+    Refusal,
+    RegionView,
+    Rewrite,
+    detail,
+    detail_constants,
+)
 
 __all__ = [
     "FRAME_BASE",
@@ -137,8 +143,7 @@ def division_frame(insn: Insn, bias: int | None = None) -> DivisionFrame:
 
 
 def _parse(insn: Insn, bias: int | None = None) -> tuple[bool, _Operand]:
-    from capstone import x86
-
+    k = detail_constants()
     if insn.mnemonic not in ("div", "idiv"):
         raise UnsupportedDivision(f"{insn.text!r} is not a div/idiv instruction")
     if insn.prefixes:
@@ -146,7 +151,7 @@ def _parse(insn: Insn, bias: int | None = None) -> tuple[bool, _Operand]:
     ci = detail(insn)
     if ci.size != len(insn.raw):
         raise UnsupportedDivision(f"cannot decode {insn.raw.hex()} at {insn.address:#x}")
-    ops = [op for op in ci.operands if op.type in (x86.X86_OP_REG, x86.X86_OP_MEM)]
+    ops = [op for op in ci.operands if op.type in (k.op_reg, k.op_mem)]
     if len(ops) != 1:  # Capstone lists only the explicit operand for div/idiv
         raise UnsupportedDivision(f"{insn.text!r}: expected one explicit operand")
     op = ops[0]
@@ -154,7 +159,7 @@ def _parse(insn: Insn, bias: int | None = None) -> tuple[bool, _Operand]:
     if width not in _PTR:
         raise UnsupportedDivision(f"{insn.text!r}: operand size {width}")
     signed = insn.mnemonic == "idiv"
-    if op.type == x86.X86_OP_REG:
+    if op.type == k.op_reg:
         return signed, _Operand(width, ci.reg_name(op.reg))
     mem = op.mem
     if ci.addr_size != 8:
@@ -360,11 +365,11 @@ class ConstantTimeDivision:
     before: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
 
-    def applies(self, region: RegionView, contract: Contract, profile: Profile) -> bool:
+    def applies(self, region: RegionView, contract: ContractView, profile: ProfileView) -> bool:
         """Whether the region has a division."""
         return any(i.mnemonic in ("div", "idiv") for i in region.instructions())
 
-    def harden(self, region: RegionView, contract: Contract, profile: Profile
+    def harden(self, region: RegionView, contract: ContractView, profile: ProfileView
                ) -> Rewrite | Refusal:
         """One replacement per division; a division it cannot rewrite refuses the region."""
         replace: dict[int, tuple[str, ...]] = {}

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from leakdbt.plugin_api import API_VERSION, Refusal, RegionView, Rewrite, goto
-
-if TYPE_CHECKING:
-    from leakdbt.contract.model import Contract
-    from leakdbt.contract.profiles import Profile
+from leakdbt.plugin_api import (
+    API_VERSION,
+    ContractView,
+    ProfileView,
+    Refusal,
+    RegionView,
+    Rewrite,
+    goto,
+)
 
 __all__ = ["EQUIVALENTS", "PASS", "Body", "Redirect", "fingerprint"]
 
@@ -138,14 +141,17 @@ class ConstantTimeEquivalent:
 
     name = "ct-equivalent"
     api_version = API_VERSION
-    before: tuple[str, ...] = ()
+    # The whole function is replaced: it goes first, before any pass that works on part of
+    # the code it replaces.
+    before: tuple[str, ...] = ("bounded-loop", "if-conversion", "ct-division",
+                               "oblivious-table", "fp-ftz-daz")
     after: tuple[str, ...] = ()
 
-    def applies(self, region: RegionView, contract: Contract, profile: Profile) -> bool:
+    def applies(self, region: RegionView, contract: ContractView, profile: ProfileView) -> bool:
         """Whole-function regions only."""
         return region.shape == "function"
 
-    def harden(self, region: RegionView, contract: Contract, profile: Profile
+    def harden(self, region: RegionView, contract: ContractView, profile: ProfileView
                ) -> Rewrite | Refusal:
         """A jump to the equivalent, or its body; refused for a function it does not know."""
         for name in region.names:

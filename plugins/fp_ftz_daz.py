@@ -60,15 +60,16 @@ Refusals (``Refusal.reason``):
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from leakdbt.plugin_api import (
     API_VERSION,
     RED_ZONE,
     REGION_SCRATCH,
     REGISTER64,
+    ContractView,
     Flow,
     Insn,
+    ProfileView,
     Refusal,
     RegionView,
     Rewrite,
@@ -76,10 +77,6 @@ from leakdbt.plugin_api import (
     goto,
     original,
 )
-
-if TYPE_CHECKING:
-    from leakdbt.contract.model import Contract
-    from leakdbt.contract.profiles import Profile
 
 __all__ = ["DAZ", "FTZ", "PASS", "FtzDaz", "harden_region", "is_float_arithmetic"]
 
@@ -261,9 +258,11 @@ class FtzDaz:
     name = "fp-ftz-daz"
     api_version = API_VERSION
     before: tuple[str, ...] = ()
-    after: tuple[str, ...] = ()
+    # Its instruction form wraps an instruction as one `.insn` line: run after the passes
+    # that replace such instructions, it wraps their whole sequence, not just the original.
+    after: tuple[str, ...] = ("ct-division", "oblivious-table")
 
-    def applies(self, region: RegionView, contract: Contract, profile: Profile
+    def applies(self, region: RegionView, contract: ContractView, profile: ProfileView
                 ) -> bool | Refusal:
         if not _bits(region):
             return False
@@ -275,7 +274,7 @@ class FtzDaz:
             return _refusal(region) or False
         return any(is_float_arithmetic(i) for i in region.instructions())
 
-    def harden(self, region: RegionView, contract: Contract, profile: Profile
+    def harden(self, region: RegionView, contract: ContractView, profile: ProfileView
                ) -> Rewrite | Refusal:
         return harden_region(region)
 

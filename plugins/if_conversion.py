@@ -52,7 +52,7 @@ slots.
 
 Leakage.  The instruction sequence does not depend on the branch.  Memory accesses: the
 same addresses on every path (the rule above), in the same order.  A division's time is
-only constant once ct-division replaced it (the pass order runs it after this one).
+only constant once ct-division replaced it (this pass declares it runs before that one).
 
 Cost (instructions run per entry, besides the original instructions of every block).  Fork,
 per branch: 1 ``setcc`` (only when the byte is tested); per register an arm writes, 2
@@ -96,27 +96,26 @@ from leakdbt.plugin_api import (
     goto,
     original,
 )
+from plugins.support.memory_safety import accessed_at_end, check_accesses
 from plugins.support.predication import (
     GPR,
     INIT,
+    INSN_PASSES,
     XMM,
     Engine,
     InsnInfo,
     Pred,
     Refused,
     WholeRegionPass,
-    always_valid,
     analyse,
     body,
     control_refusal,
-    covered,
     needs_flags,
     predicated_refusal,
     slot,
     successors,
     terminator,
     topological,
-    where,
     writes_flags,
 )
 
@@ -415,43 +414,16 @@ def _negate(cc: str) -> str:
 
 def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, InsnInfo]) -> None:
     """The memory-safety rule of the module doc, for every conditional block's access."""
-    bias = region.bias
     entry, conditional = order[0], order[1:]
-    written = {r for b in conditional for i in body(b) for r in infos[i.address].writes
-               if r in GPR}
-    # Operands the entry block accesses that still denote the same address at its end.
-    live: dict[tuple[object, ...], int] = {}
-    regs_of: dict[tuple[object, ...], frozenset[str]] = {}
-    for insn in body(entry):
-        info = infos[insn.address]
-        for m in info.mems:
-            live[m.key] = max(live.get(m.key, 0), m.width)
-            regs_of[m.key] = m.regs
-        for k in [k for k in live if regs_of[k] & info.writes]:
-            del live[k]
     members = {b.start for b in region.blocks}
     edges = {b.start: [s for s in successors(b) if s in members] for b in region.blocks}
     for b in region.blocks:
         if terminator(b).kind != "ret":
             edges[b.start] += [-1] if any(s not in members for s in successors(b)) else []
-    for b in conditional:
-        for insn in body(b):
-            for m in infos[insn.address].mems:
-                if always_valid(m):
-                    continue
-                bad = sorted(m.regs & written)
-                if bad:
-                    raise Refused(f"{where(insn, bias)}: its address depends on {bad[0]}, "
-                                  "which the conditional code computes")
-                if live.get(m.key, 0) >= m.width:
-                    continue
-                cover = {c.start for c in conditional for i in body(c)
-                         for o in infos[i.address].mems
-                         if o.key == m.key and o.width >= m.width}
-                if not covered(entry.start, edges, cover):
-                    raise Refused(f"{where(insn, bias)}: accesses memory that not every path "
-                                  "of the original accesses")
+    check_accesses(conditional, infos, region.bias, entry.start, edges,
+                   computed_by="the conditional code computes", every_path="of the original",
+                   known=accessed_at_end(entry, infos))
 
 
-PASS = WholeRegionPass("if-conversion", "branch", if_convert)
+PASS = WholeRegionPass("if-conversion", "branch", if_convert, before=INSN_PASSES)
 """The ``if-conversion`` pass (see the module doc)."""

@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from leakdbt.plugin_api import (
     API_VERSION,
@@ -91,19 +91,18 @@ from leakdbt.plugin_api import (
     RED_ZONE,
     REGION_SCRATCH,
     REGISTER64,
+    ContractView,
     Flow,
     Insn,
+    ProfileView,
     Refusal,
     RegionView,
     Rewrite,
     detail,
+    detail_constants,
     goto,
     original,
 )
-
-if TYPE_CHECKING:
-    from leakdbt.contract.model import Contract
-    from leakdbt.contract.profiles import Profile
 
 __all__ = ["MAX_UNITS", "PASS", "ObliviousTable", "TableAccess", "find_accesses",
            "oblivious_access"]
@@ -163,13 +162,13 @@ def _traced_lea(block: tuple[Insn, ...], at: int, reg: str) -> int | None:
 def _inspect(block: tuple[Insn, ...], at: int, region: RegionView) -> TableAccess | None:
     """The access made by ``block[at]``, or None when it has no register-indexed memory
     operand (no memory operand, ``lea``/``nop``, constant or RIP-relative or stack address)."""
-    from capstone import CS_AC_READ, CS_AC_WRITE, x86
+    k = detail_constants()
 
     insn = block[at]
     if insn.mnemonic in ("lea", "nop") or insn.mnemonic.startswith("prefetch"):
         return None
     ci = detail(insn)
-    mems = [op for op in ci.operands if op.type == x86.X86_OP_MEM]
+    mems = [op for op in ci.operands if op.type == k.op_mem]
     if insn.mnemonic in ("xlatb", "xlat"):
         return TableAccess(insn, 1, "rbx + al", True, False, None,
                            "xlat reads the table implicitly (rewrite it as movzx)")
@@ -187,8 +186,8 @@ def _inspect(block: tuple[Insn, ...], at: int, region: RegionView) -> TableAcces
     anchor, constant = _anchor(block, at, base, index, mem.scale, mem.disp, region)
     if constant:
         return None
-    access = TableAccess(insn, op.size, address, bool(op.access & CS_AC_READ),
-                         bool(op.access & CS_AC_WRITE), anchor)
+    access = TableAccess(insn, op.size, address, bool(op.access & k.access_read),
+                         bool(op.access & k.access_write), anchor)
     problem = _problem(insn, ci, access, len(mems), registers)
     return access if problem is None else TableAccess(
         access.insn, access.width, access.address, access.reads, access.writes,
@@ -279,7 +278,7 @@ def find_accesses(region: RegionView) -> list[tuple[TableAccess, tuple[int, int]
     return out
 
 
-def _granularity(region: RegionView, profile: Profile | None) -> int | Refusal:
+def _granularity(region: RegionView, profile: ProfileView | None) -> int | Refusal:
     value = region.params.get("granularity", region.params.get("line_size"))
     if value is None:
         value = profile.line_size if profile is not None else 64
@@ -383,7 +382,7 @@ def _check_table(access: TableAccess, table: int, length: int, granularity: int
     return None
 
 
-def harden_region(region: RegionView, profile: Profile | None = None) -> Rewrite | Refusal:
+def harden_region(region: RegionView, profile: ProfileView | None = None) -> Rewrite | Refusal:
     """The oblivious rewrite of every table access in ``region`` (see the module doc)."""
     granularity = _granularity(region, profile)
     if isinstance(granularity, Refusal):
@@ -414,7 +413,7 @@ class ObliviousTable:
     before: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
 
-    def applies(self, region: RegionView, contract: Contract, profile: Profile
+    def applies(self, region: RegionView, contract: ContractView, profile: ProfileView
                 ) -> bool | Refusal:
         if region.kind == "table":
             return True
@@ -422,7 +421,7 @@ class ObliviousTable:
             return False
         return bool(find_accesses(region))
 
-    def harden(self, region: RegionView, contract: Contract, profile: Profile
+    def harden(self, region: RegionView, contract: ContractView, profile: ProfileView
                ) -> Rewrite | Refusal:
         return harden_region(region, profile)
 

@@ -26,29 +26,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from unicorn import UC_HOOK_CODE
-
+from leakdbt.analysis.findings import AnalysisFinding, AnalysisReport
 from leakdbt.analysis.functions import function_regions
 from leakdbt.analysis.loops import LoopCounter
 from leakdbt.analysis.suggest import exit_loops, regions
-from leakdbt.analysis.taint import MEMORY_ACCESS, WITHIN_LINE, TaintTracker
-from leakdbt.contract import loads, plan
+from leakdbt.analysis.taint import WITHIN_LINE, TaintTracker
+from leakdbt.contract import loads
 from leakdbt.contract.dump import dumps
 from leakdbt.contract.edit import RegionEntry, add_regions
 from leakdbt.contract.mapping import Observer, observers
-from leakdbt.contract.model import (
-    ArgvSource,
-    Contract,
-    EnvSource,
-    FileSource,
-    PointerSource,
-    RegisterSource,
-    StdinSource,
-    SymbolSource,
-)
+from leakdbt.contract.model import Contract, FileSource, StdinSource
 from leakdbt.contract.profiles import Profile, host_profile
 from leakdbt.dbt.dispatch import Dispatcher, Mode
 from leakdbt.errors import LeakDBTError
@@ -57,47 +47,11 @@ from leakdbt.leakage.findings import CheckReport, Finding, LeakKind
 from leakdbt.leakage.locate import image_of, source_line
 from leakdbt.leakage.observe import entries_in
 from leakdbt.leakage.trials import Place, TrialInput, TrialSetup, trial_inputs
-from leakdbt.loader.dwarf import SourceLine
 from leakdbt.loader.modules import LoadedModule, ModuleMap
 from leakdbt.machine.machine import Machine
+from leakdbt.run.secrets import place_in_process
 from leakdbt.run.session import execute
 from leakdbt.x86.insn import decode
-
-KINDS = {k.value: k for k in LeakKind}
-
-
-@dataclass(frozen=True)
-class AnalysisFinding:
-    """An instruction the secrets reach in an observable way."""
-
-    kind: LeakKind
-    location: str  # module:symbol+offset
-    address: int  # runtime
-    link_address: int
-    module: str
-    instruction: str
-    source: SourceLine | None
-    secrets: tuple[str, ...]  # the secrets it depends on
-    count: int  # how often it ran tainted
-    confirmed: str = ""  # with --confirm: the checker's witness, when it saw the leak too
-    table: str | None = None  # memory accesses: the data object they hit, when one
-
-
-@dataclass
-class AnalysisReport:
-    """What ``leakdbt analyze`` found."""
-
-    binary: str
-    contract: str
-    findings: list[AnalysisFinding] = field(default_factory=list)
-    regions: list[RegionEntry] = field(default_factory=list)
-    covering: dict[str, RegionEntry] = field(default_factory=dict)  # location -> its region
-    instructions: int = 0
-    default_rule: dict[str, int] = field(default_factory=dict)  # mnemonic -> instructions
-    seconds: float = 0.0
-    within_line: int = 0  # memory accesses moved only within a line, not seen: dropped
-    taint_seconds: float = 0.0  # host time in the taint hook (the tracker's own speed)
-    runs: int = 1  # guest runs: the tainted one, then for function regions and loop bounds
 
 
 def analyze(binary: str, contract: Contract, args: list[str] | None = None,
@@ -122,7 +76,7 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
         place = _place(modules, f.address)
         if scoped is not None and not any(lo <= f.address < hi for lo, hi in scoped):
             continue
-        if f.kind == MEMORY_ACCESS and f.reach == WITHIN_LINE and not sub_line:
+        if f.kind is LeakKind.MEMORY_ACCESS and f.reach == WITHIN_LINE and not sub_line:
             report.within_line += 1
             continue
         image = image_of(place.module_path) if place.module_path else None
@@ -132,9 +86,11 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
             text = insn.text if insn else "?"
         names = tuple(s.name for i, s in enumerate(contract.secrets) if f.labels >> i & 1)
         report.findings.append(AnalysisFinding(
-            KINDS[f.kind], place.symbolic, f.address, place.link_address, place.module, text,
-            source_line(place.module_path, place.link_address) if place.module_path else None,
-            names, f.count, table=_table(modules, f.targets)))
+            kind=f.kind, address=f.address, location=place.symbolic, module=place.module,
+            link_address=place.link_address, instruction=text,
+            source=source_line(place.module_path, place.link_address)
+            if place.module_path else None,
+            secrets=names, count=f.count, table=_table(modules, f.targets)))
     places = {f.location: _place(modules, f.address) for f in report.findings}
     report.regions, report.covering, more = _suggest(report.findings, places, binary,
                                                      contract, profile, trial, rw)
@@ -146,17 +102,21 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
 def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profile,
          watch: Callable[[Machine, ModuleMap], None] | None = None, taint: bool = True
          ) -> tuple[TaintTracker | None, ModuleMap]:
-    """One run of ``trial`` (the same run as a check trial), with the secrets tainted when
-    ``taint``; ``watch`` attaches more hooks at the start."""
+    """One run of ``trial`` (the same run as a check trial: leakdbt.run.secrets places the
+    secrets), with the secrets tainted when ``taint``; ``watch`` attaches more hooks at the
+    start."""
     box: dict[str, Any] = {}
 
     def on_modules(modules: ModuleMap) -> None:
         box["modules"] = modules
 
-    def on_start(machine: Machine, _dispatcher: Dispatcher | None) -> None:
+    def on_start(machine: Machine, _translator: Dispatcher | None) -> None:
+        values = [v for _, v in trial.values]
         if taint:
-            box["tracker"] = _taint_sources(machine, box["modules"], setup.contract,
+            box["tracker"] = _taint_sources(machine, box["modules"], setup.contract, values,
                                             profile.line_size)
+        else:
+            place_in_process(machine, box["modules"], setup.contract, values)
         if watch is not None:
             watch(machine, box["modules"])
 
@@ -216,13 +176,13 @@ def _removed_by(functions: dict[str, RegionEntry], findings: list[AnalysisFindin
     try:
         text, _ = add_regions(dumps(contract), list(functions.values()), contract.path)
         hardened = replace(loads(text, contract.path, binary), check=contract.check)
-        setup = trial_setup(binary, hardened, profile, plan(hardened, profile), "hardened", 0)
+        setup = trial_setup(binary, hardened, profile, "hardened", 0)
     except LeakDBTError:
         return set()
     tracker, modules = _run(setup, trial, rw, profile)
     if tracker is None:
         return set()
-    left = {(KINDS[f.kind], _place(modules, f.address).symbolic) for f in tracker.findings()}
+    left = {(f.kind, _place(modules, f.address).symbolic) for f in tracker.findings()}
     return {f.location for f in findings if (f.kind, f.location) not in left}
 
 
@@ -233,10 +193,11 @@ def _sees_within_lines(contract: Contract, profile: Profile) -> bool:
 
 
 def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract,
-                   line_size: int = 64) -> TaintTracker:
-    """A tracker with every secret's source tainted, now or when it enters.  It follows all
-    code but the dynamic loader's (the one module mapped at start besides the program): its
-    start-up — relocating every library, most of a dynamic program's instructions — and
+                   values: list[bytes], line_size: int = 64) -> TaintTracker:
+    """A tracker with every secret tainted where it is placed (leakdbt.run.secrets), now or
+    when it enters, and where read(2) brings standard input and file secrets.  It follows
+    all code but the dynamic loader's (the one module mapped at start besides the program):
+    its start-up — relocating every library, most of a dynamic program's instructions — and
     its lazy binding handle no secret."""
     skip = sorted((m.start, m.end) for m in modules.modules() if not m.is_main)
     ranges, at = [], 1
@@ -244,43 +205,25 @@ def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract,
         ranges.append((at, start))
         at = end
     tracker = TaintTracker(machine, ranges=[*ranges, (at, 1 << 64)], line_size=line_size)
-    binding = contract.binding
-    assert binding is not None
-    hooks: list[tuple[tuple[str | None, int], Any]] = []
-    symbols: list[tuple[str | None, int, int, int]] = []
-    for i, (secret, resolved) in enumerate(zip(contract.secrets, binding.secrets,
-                                               strict=True)):
-        label = 1 << i
-        source = secret.source
-        if isinstance(source, ArgvSource):
-            tracker.taint_argv(source.index, label)
-        elif isinstance(source, EnvSource):
-            value = _env_value(machine, source.name)
-            if value is not None:
-                tracker.taint_memory(*value, label)
-        elif isinstance(source, StdinSource | FileSource):
-            tracker.read_sources.append(_read_source(tracker, source, label, secret.length))
-        elif isinstance(source, RegisterSource | PointerSource) and resolved is not None \
-                and resolved.function is not None:
-            hooks.append(((resolved.function.module, resolved.function.start),
-                          _entry_source(tracker, machine, source, label, secret.length)))
-        elif isinstance(source, SymbolSource) and resolved is not None \
-                and resolved.span is not None:
-            symbols.append((resolved.span.start.module, resolved.span.start.address,
-                            secret.length, label))
-
-    def on_module(mod: LoadedModule) -> None:
-        for where, hook in hooks:
-            for entry in entries_in([where], mod):
-                machine.uc.hook_add(UC_HOOK_CODE, machine.guard(hook), None, entry, entry)
-        for module, address, length, label in symbols:
-            if mod.is_named(module):
-                tracker.taint_memory(address + mod.base, length, label)
-
-    for mod in modules.modules():
-        on_module(mod)
-    modules.listeners.append(on_module)
+    for i, secret in enumerate(contract.secrets):
+        if isinstance(secret.source, StdinSource | FileSource):
+            tracker.read_sources.append(_read_source(tracker, secret.source, 1 << i,
+                                                     secret.length))
+    place_in_process(machine, modules, contract, values, _Tainter(tracker))
     return tracker
+
+
+class _Tainter:
+    """Taints each secret where it was placed, with its label: bit ``index`` of the mask."""
+
+    def __init__(self, tracker: TaintTracker) -> None:
+        self.tracker = tracker
+
+    def memory(self, index: int, address: int, length: int) -> None:
+        self.tracker.taint_memory(address, length, 1 << index)
+
+    def register(self, index: int, register: str, length: int) -> None:
+        self.tracker.taint_register(register, 1 << index, length)
 
 
 def _read_source(tracker: TaintTracker, source: StdinSource | FileSource, label: int,
@@ -306,25 +249,6 @@ def _read_source(tracker: TaintTracker, source: StdinSource | FileSource, label:
     return watch
 
 
-def _env_value(machine: Machine, name: str) -> tuple[int, int] | None:
-    """(address, length) of the value of environment variable ``name`` on the initial
-    stack (argc, argv[], NULL, envp[], NULL), or None when it is not set."""
-    rsp = machine.reg("rsp")
-    argc = int.from_bytes(machine.mem.read(rsp, 8), "little")
-    slot = rsp + 8 * (argc + 2)
-    prefix = name.encode() + b"="
-    while (ptr := int.from_bytes(machine.mem.read(slot, 8), "little")) != 0:
-        head = machine.mem.read(ptr, len(prefix))
-        if head == prefix:
-            start = ptr + len(prefix)
-            end = start
-            while machine.mem.read(end, 1) != b"\0":
-                end += 1
-            return start, end - start
-        slot += 8
-    return None
-
-
 def confirm(report: AnalysisReport, binary: str, contract: Contract, profile: Profile,
             trials: int, args: list[str] | None = None) -> None:
     """Mark the findings ``leakdbt check`` also sees (same kind, same instruction) with its
@@ -339,16 +263,6 @@ def confirm(report: AnalysisReport, binary: str, contract: Contract, profile: Pr
             report.findings[i] = replace(f, confirmed=(
                 f"trial {w.first.index} ({w.first.describe()}) {w.observed[0]}; trial "
                 f"{w.second.index} ({w.second.describe()}) {w.observed[1]}"))
-
-
-def _entry_source(tracker: TaintTracker, machine: Machine,
-                  source: RegisterSource | PointerSource, label: int, length: int) -> Any:
-    def hook(uc: Any, address: int, size: int, _ud: object) -> None:
-        if isinstance(source, PointerSource):
-            tracker.taint_memory(machine.reg(source.register), length, label)
-        else:
-            tracker.taint_register(source.register, label, min(length, 16))
-    return hook
 
 
 def _scope(contract: Contract, modules: ModuleMap) -> list[tuple[int, int]] | None:
@@ -392,6 +306,8 @@ def as_check_report(report: AnalysisReport, contract: Contract) -> CheckReport:
     for f in report.findings:
         region = report.covering.get(f.location)
         out.findings.append(Finding(
-            f.kind, "original", f.address, f.location, f.module, "", f.link_address,
-            f.instruction, f.source, 0, 0, None, region.toml() if region else None))
+            kind=f.kind, address=f.address, location=f.location, module=f.module,
+            link_address=f.link_address, instruction=f.instruction, source=f.source,
+            mode="original", module_path="", distinct=0, trials=0, witness=None,
+            suggestion=region.toml() if region else None))
     return out

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from unicorn import UC_HOOK_CODE
-from unicorn import x86_const as ux
 
 from leakdbt.dbt.cfg import FunctionCFG
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.errors import LeakDBTError
 from leakdbt.machine.machine import Machine
 
-Hook = Callable[[object, int, int, object], None]
+Hook = Callable[[int, int], None]  # a code hook: (address, size)
 MAX_TRIPS = 1 << 20  # iterations of one entry after which the secret exit is let through
 
 # jcc condition -> whether it holds, from RFLAGS (CF 0, PF 2, ZF 6, SF 7, OF 11)
@@ -107,25 +103,22 @@ class LoopCounter:
         inside = set(loop.blocks)
         state = _Loop(loop.entry + bias, secret_exit + bias)
         self.loops[name] = state
-        uc = self.machine.uc
+        hooks = self.machine.hooks
         for lo, hi in loop.byte_ranges:
-            uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._in_loop(state)), None,
-                        lo + bias, hi + bias - 1)
+            hooks.on_code(self._in_loop(state), lo + bias, hi + bias)
         branch = next(b.last for b in loop.block_list() if b.last.address == secret_exit)
         if branch.target is not None and is_jcc(branch.mnemonic):
             stay = branch.target if branch.target in inside else branch.next
-            uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._stay(
-                state, branch.mnemonic, branch.target + bias, branch.next + bias,
-                stay + bias)), None, state.secret_exit, state.secret_exit)
+            hooks.at(state.secret_exit, self._stay(
+                state, branch.mnemonic, branch.target + bias, branch.next + bias, stay + bias))
         exits = {e.target for b in loop.block_list() for e in b.succs
                  if e.target not in inside}
         for target in exits:
-            uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._at_exit(state)), None,
-                        target + bias, target + bias)
+            hooks.at(target + bias, self._at_exit(state))
 
     @staticmethod
     def _in_loop(state: _Loop) -> Hook:
-        def hook(uc: object, address: int, size: int, _ud: object) -> None:
+        def hook(address: int, size: int) -> None:
             if address == state.header:
                 if state.last is None:
                     state.count = 0
@@ -133,21 +126,22 @@ class LoopCounter:
             state.last = address
         return hook
 
-    @staticmethod
-    def _stay(state: _Loop, mnemonic: str, target: int, fall: int, stay: int) -> Hook:
+    def _stay(self, state: _Loop, mnemonic: str, target: int, fall: int, stay: int) -> Hook:
         """At the secret branch (``mnemonic``, to ``target`` or on to ``fall``): go to
         ``stay``, the successor in the loop (RIP written in the hook: the engine goes on
         from there, not running the branch)."""
-        def hook(uc: Any, address: int, size: int, _ud: object) -> None:
-            goes = target if taken(mnemonic, uc.reg_read(ux.UC_X86_REG_EFLAGS)) else fall
+        machine = self.machine
+
+        def hook(address: int, size: int) -> None:
+            goes = target if taken(mnemonic, machine.reg("eflags")) else fall
             if goes != stay and state.count < MAX_TRIPS:
                 state.last = address
-                uc.reg_write(ux.UC_X86_REG_RIP, stay)
+                machine.set_reg("rip", stay)
         return hook
 
     @staticmethod
     def _at_exit(state: _Loop) -> Hook:
-        def hook(uc: object, address: int, size: int, _ud: object) -> None:
+        def hook(address: int, size: int) -> None:
             state.leave()
         return hook
 

@@ -19,20 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
+from leakdbt.analysis.findings import AnalysisFinding
 from leakdbt.analysis.loops import exit_loop
 from leakdbt.contract.edit import RegionEntry
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.errors import LeakDBTError
 from leakdbt.leakage.findings import LeakKind
-from leakdbt.leakage.locate import function_at, image_of, suggest_region
+from leakdbt.leakage.locate import image_of, suggest_region
 from leakdbt.leakage.trials import Place
 from leakdbt.loader.image import Image
-
-if TYPE_CHECKING:
-    from leakdbt.analysis.analyze import AnalysisFinding
 
 TOOL = "leakdbt analyze"
 
@@ -57,7 +54,7 @@ def exit_loops(findings: list[AnalysisFinding], places: Mapping[str, Place],
         image = image_of(place.module_path) if place.module_path else None
         if f.kind is not LeakKind.CONTROL_FLOW or image is None:
             continue
-        func = function_at(image, place.link_address)
+        func = image.function_containing(place.link_address)
         if func is None or _qualified(place, func.name) in skip:
             continue
         try:
@@ -92,7 +89,7 @@ def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
         image = image_of(place.module_path) if place.module_path else None
         if image is None:
             continue
-        func = function_at(image, place.link_address)
+        func = image.function_containing(place.link_address)
         whole = functions.get(_qualified(place, func.name)) if func is not None else None
         if whole is None and f.location in removed:
             whole = first_function
@@ -147,7 +144,7 @@ def _names(blocks: tuple[int, ...], place: Place, image: Image) -> set[str]:
 
 def _branch_blocks(entry: RegionEntry, place: Place, image: Image) -> set[str]:
     """The names of the blocks a branch region starting at ``entry.at`` holds."""
-    func = function_at(image, place.link_address)
+    func = image.function_containing(place.link_address)
     if func is None:
         return set()
     try:

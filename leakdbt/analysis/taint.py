@@ -1,5 +1,5 @@
 """Dynamic taint tracking on a running guest: a shadow state updated before every instruction
-(a UC_HOOK_CODE), and findings where tainted data reaches something observable.
+(a code hook), and findings where tainted data reaches something observable.
 
 Findings (aggregated per (kind, address), with counts and the union of labels seen):
 
@@ -7,7 +7,7 @@ Findings (aggregated per (kind, address), with counts and the union of labels se
   whose rcx is tainted, an indirect jump or call whose target is tainted;
 - ``memory-access``: a memory operand whose address registers are tainted (or, for
   ``bt``/``bts``/``btr``/``btc`` on memory, whose register bit offset is).  Each says how
-  far the secret can move it (:attr:`Finding.reach`): ``line`` if some value of the tainted
+  far the secret can move it (:attr:`TaintedUse.reach`): ``line`` if some value of the tainted
   address bits puts the access in another cache line than the concrete one, ``within-line``
   if it cannot leave that line.  The range is computed from the concrete public bits of
   base and index: every tainted byte's bits vary, except those known to be zero
@@ -45,9 +45,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from unicorn import UC_HOOK_CODE, Uc, UcError
-from unicorn import x86_const as ux
-
 from leakdbt.analysis.rules import (
     CONDITIONS,
     REGISTERS,
@@ -61,13 +58,13 @@ from leakdbt.analysis.rules import (
     read_op,
     union,
 )
+from leakdbt.leakage.findings import LeakKind
 from leakdbt.machine.machine import Machine
+from leakdbt.machine.memory import GuestMemoryFault
+from leakdbt.run.secrets import argv_string
 from leakdbt.x86.disasm import strict_decoder
 from leakdbt.x86.insn import detail_decoder
 
-CONTROL_FLOW = "control-flow"
-MEMORY_ACCESS = "memory-access"
-VARIABLE_LATENCY = "variable-latency"
 IMPLICIT_SPAN = 4096
 MAX_TARGETS = 64  # accessed addresses kept per memory-access finding (to name its table)
 LINE, WITHIN_LINE = "line", "within-line"  # how far a secret moves a memory access
@@ -75,12 +72,10 @@ LINE, WITHIN_LINE = "line", "within-line"  # how far a secret moves a memory acc
 _JCC = frozenset(f"j{c}" for c in CONDITIONS)
 _RCX_BRANCHES = frozenset({"jrcxz", "jecxz", "loop", "loope", "loopne"})
 _BIT_STRING = frozenset({"bt", "bts", "btr", "btc"})
-_EXTRA_EA = {"push": ux.UC_X86_REG_RSP, "pop": ux.UC_X86_REG_RSP, "call": ux.UC_X86_REG_RSP,
-             "ret": ux.UC_X86_REG_RSP, "leave": ux.UC_X86_REG_RBP}  # appended to ea (rules)
+_EXTRA_EA = {"push": "rsp", "pop": "rsp", "call": "rsp", "ret": "rsp",
+             "leave": "rbp"}  # the register whose value is appended to ea (rules)
 _NO_ACCESS = frozenset({"lea", "nop", "prefetcht0", "prefetcht1", "prefetcht2",
                         "prefetchnta", "prefetchw", "prefetch", "prefetchwt1"})
-_UC_REGS = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in REGISTERS
-            if hasattr(ux, f"UC_X86_REG_{name.upper()}")}
 SYS_READ, SYS_WRITE, SYS_MMAP, SYS_PREAD64, SYS_PWRITE64 = 0, 1, 9, 17, 18
 SYS_READV, SYS_WRITEV, SYS_PREADV, SYS_PWRITEV = 19, 20, 295, 296
 
@@ -106,8 +101,11 @@ MAX_FILE_TAINT = 1 << 20  # bytes of one write whose taint is remembered in the 
 
 
 @dataclass
-class Finding:
-    kind: str
+class TaintedUse:
+    """An instruction that used tainted data observably (one per kind and address), as
+    the tracker tallies it; leakdbt.analysis.analyze makes a finding of it."""
+
+    kind: LeakKind
     address: int
     labels: int
     count: int
@@ -129,21 +127,21 @@ class _Implicit:
 
 
 class EngineValues:
-    """The engine's concrete values, for the rules that need them (:class:`Concrete`)."""
+    """The machine's concrete values, for the rules that need them (:class:`Concrete`)."""
 
-    def __init__(self, uc: Uc) -> None:
-        self.uc = uc
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
 
     def reg_value(self, loc: RegLoc) -> bytes:
         """A register's value, ``loc.width`` bytes."""
-        value = int(self.uc.reg_read(_UC_REGS[loc.name]))
+        value = self.machine.reg(loc.name)
         return (value & ((1 << (8 * loc.width)) - 1)).to_bytes(loc.width, "little")
 
     def mem_value(self, address: int, size: int) -> bytes:
         """Guest memory (zeros where it cannot be read: the instruction will fault)."""
         try:
-            return bytes(self.uc.mem_read(address, size))
-        except UcError:
+            return self.machine.mem.read(address, size)
+        except GuestMemoryFault:
             return bytes(size)
 
 
@@ -155,28 +153,33 @@ class TaintTracker:
     :meth:`findings` afterwards.  ``scope`` limits the code hook to [begin, end) (taint is then
     not propagated by code outside it); so does ``ranges`` (several [begin, end), more with
     :meth:`track` before their code first runs); ``line_size`` is the cache line size
-    memory-access findings are judged by (:attr:`Finding.reach`).
+    memory-access findings are judged by (:attr:`TaintedUse.reach`).
     """
 
     def __init__(self, machine: Machine, *, scope: tuple[int, int] | None = None,
                  ranges: Sequence[tuple[int, int]] | None = None, implicit: bool = True,
                  line_size: int = 64) -> None:
         self.machine = machine
-        self.uc: Uc = machine.uc
+        self.mem = machine.mem
+        # Register readers bound once: the hook reads registers for every instruction.
+        self._read = {name: machine.reg_reader(name) for name in REGISTERS}
+        self._read.update((name, machine.reg_reader(name)) for name in ("fs_base", "gs_base"))
+        self._extra_ea = {m: self._read[r] for m, r in _EXTRA_EA.items()}
         self.shadow = Shadow()
-        self.shadow.concrete = EngineValues(self.uc)
+        self.shadow.concrete = EngineValues(machine)
         self.implicit = implicit
         self.line_size = line_size
         self.instructions = 0
         self.elapsed = 0.0
         self.default_counts: Counter[str] = Counter()
         self._cache: dict[int, Insn] = {}
-        self._found: dict[tuple[str, int], Finding] = {}
+        self._found: dict[tuple[LeakKind, int], TaintedUse] = {}
         self._implicit: list[_Implicit] = []
         self._hammocks: dict[tuple[int, int], bool] = {}
+        if scope is not None:
+            ranges = [scope, *(ranges or ())]
         if ranges is None:
-            begin, end = scope if scope is not None else (1, 0)
-            self.uc.hook_add(UC_HOOK_CODE, machine.guard(self._on_insn), None, begin, end)
+            machine.hooks.on_code(self._on_insn)  # every instruction
         else:
             for begin, end in ranges:
                 self.track(begin, end)
@@ -190,7 +193,7 @@ class TaintTracker:
     def track(self, begin: int, end: int) -> None:
         """Also propagate taint through the code in [begin, end) (before it first runs: code
         the engine translated earlier would not call the hook)."""
-        self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_insn), None, begin, end - 1)
+        self.machine.hooks.on_code(self._on_insn, begin, end)
 
     # -- sources ----------------------------------------------------------------------------------
 
@@ -202,27 +205,14 @@ class TaintTracker:
     def taint_memory(self, address: int, length: int, labels: int) -> None:
         self.shadow.store(address, [labels] * length)
 
-    def argv_string(self, index: int) -> tuple[int, int]:
-        """(address, length) of argv[index]'s bytes, from the initial stack (call before the
-        guest runs: rsp points at argc, the argv pointers follow)."""
-        rsp = self.machine.reg("rsp")
-        argc = struct.unpack("<Q", bytes(self.uc.mem_read(rsp, 8)))[0]
-        if not 0 <= index < argc:
-            raise IndexError(f"argv[{index}] with argc={argc}")
-        ptr = struct.unpack("<Q", bytes(self.uc.mem_read(rsp + 8 + 8 * index, 8)))[0]
-        n = 0
-        while self.uc.mem_read(ptr + n, 1) != b"\0":
-            n += 1
-        return ptr, n
-
     def taint_argv(self, index: int, labels: int) -> tuple[int, int]:
-        ptr, n = self.argv_string(index)
+        ptr, n = argv_string(self.machine, index)
         self.taint_memory(ptr, n, labels)
         return ptr, n
 
     # -- results ----------------------------------------------------------------------------------
 
-    def findings(self) -> list[Finding]:
+    def findings(self) -> list[TaintedUse]:
         out = sorted(self._found.values(), key=lambda f: (f.address, f.kind))
         for f in out:
             f.where = self.machine.symbolize(f.address)
@@ -235,7 +225,7 @@ class TaintTracker:
     # -- the hook --------------------------------------------------------------------------------
 
     def _decode(self, address: int, size: int) -> Insn:
-        code = bytes(self.uc.mem_read(address, max(size, 1) if size < 16 else 16))
+        code = self.mem.read(address, max(size, 1) if size < 16 else 16)
         cs = next(detail_decoder().disasm(code, address, 1), None)
         if cs is None:  # let the engine raise the fault; no data flow
             return Insn(address, size, "(bad)", ())
@@ -244,7 +234,7 @@ class TaintTracker:
     def _reg_value(self, loc: RegLoc | None) -> int:
         if loc is None:
             return 0
-        return int(self.uc.reg_read(_UC_REGS[loc.name]))
+        return self._read[loc.name]()
 
     def _address(self, ins: Insn, op: Op) -> int:
         a = op.disp
@@ -255,16 +245,16 @@ class TaintTracker:
         if op.index is not None:
             a += self._reg_value(op.index) * op.scale
         if op.segment == "fs":
-            a += int(self.uc.reg_read(ux.UC_X86_REG_FS_BASE))
+            a += self._read["fs_base"]()
         elif op.segment == "gs":
-            a += int(self.uc.reg_read(ux.UC_X86_REG_GS_BASE))
+            a += self._read["gs_base"]()
         return a & 0xFFFF_FFFF_FFFF_FFFF
 
-    def _report(self, kind: str, address: int, labels: int, target: int | None = None,
+    def _report(self, kind: LeakKind, address: int, labels: int, target: int | None = None,
                 reach: str = "") -> None:
         f = self._found.get((kind, address))
         if f is None:
-            f = self._found[(kind, address)] = Finding(kind, address, labels, 0, reach=reach)
+            f = self._found[(kind, address)] = TaintedUse(kind, address, labels, 0, reach=reach)
         f.labels |= labels
         f.count += 1
         if target is not None and len(f.targets) < MAX_TARGETS:
@@ -292,7 +282,7 @@ class TaintTracker:
         hi += max(op.size, 1) - 1
         return WITHIN_LINE if lo // self.line_size == hi // self.line_size else LINE
 
-    def _on_insn(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+    def _on_insn(self, address: int, size: int) -> None:
         t0 = time.perf_counter()
         self.instructions += 1
         ins = self._cache.get(address)
@@ -309,12 +299,12 @@ class TaintTracker:
             if (op.base is not None or op.index is not None) and m not in _NO_ACCESS:
                 t = sh.address_taint(op)
                 if t:
-                    self._report(MEMORY_ACCESS, address, t, a, self._reach(op, a))
+                    self._report(LeakKind.MEMORY_ACCESS, address, t, a, self._reach(op, a))
                     via.append((a, a + op.size, t))
-        extra = _EXTRA_EA.get(m)
+        extra = self._extra_ea.get(m)
         if extra is not None:
-            ea.append(int(uc.reg_read(extra)))
-        elif ins.rep and int(uc.reg_read(ux.UC_X86_REG_RCX)) == 0:
+            ea.append(extra())
+        elif ins.rep and self._read["rcx"]() == 0:
             self.elapsed += time.perf_counter() - t0
             return  # a rep string instruction with rcx = 0 does nothing
         if self._implicit:
@@ -335,36 +325,36 @@ class TaintTracker:
         sh, m, address = self.shadow, ins.mnemonic, ins.address
         if m in _JCC:
             if sh.flags:
-                self._report(CONTROL_FLOW, address, sh.flags)
+                self._report(LeakKind.CONTROL_FLOW, address, sh.flags)
                 if self.implicit and ins.ops and ins.ops[0].kind == "i":
                     target = ins.ops[0].imm
                     nxt = address + ins.size
                     if self._hammock(nxt, target):
-                        rsp = int(self.uc.reg_read(ux.UC_X86_REG_RSP))
+                        rsp = self._read["rsp"]()
                         self._implicit.append(_Implicit(nxt, target, sh.flags, rsp))
         elif m in _RCX_BRANCHES:
             t = union(sh.reg_named("rcx")) | (sh.flags if m in ("loope", "loopne") else 0)
             if t:
-                self._report(CONTROL_FLOW, address, t)
+                self._report(LeakKind.CONTROL_FLOW, address, t)
         elif m in ("jmp", "call") and ins.ops and ins.ops[0].kind != "i":
             t = union(read_op(sh, ins, ea, 0))
             if t:
-                self._report(CONTROL_FLOW, address, t)
+                self._report(LeakKind.CONTROL_FLOW, address, t)
         elif m in ("div", "idiv"):
             t = div_inputs(sh, ins, ea)
             if t:
-                self._report(VARIABLE_LATENCY, address, t)
+                self._report(LeakKind.VARIABLE_LATENCY, address, t)
         elif m in _BIT_STRING and ins.ops[0].kind == "m" and ins.ops[1].kind == "r":
             t = union(read_op(sh, ins, ea, 1))  # the bit offset moves the access
             if t and not sh.address_taint(ins.ops[0]):
-                self._report(MEMORY_ACCESS, address, t, ea[0], LINE)
+                self._report(LeakKind.MEMORY_ACCESS, address, t, ea[0], LINE)
         elif m in SSE_FLOAT_ARITH:
             t = 0
             for i, op in enumerate(ins.ops):
                 if op.read:
                     t |= union(read_op(sh, ins, ea, i))
             if t:
-                self._report(VARIABLE_LATENCY, address, t)
+                self._report(LeakKind.VARIABLE_LATENCY, address, t)
 
     def _hammock(self, start: int, end: int) -> bool:
         """Is [start, end) a simple if-then body: straight-line code or forward branches that
@@ -374,7 +364,7 @@ class TaintTracker:
         if ok is None:
             ok = start < end <= start + IMPLICIT_SPAN
             if ok:
-                code = bytes(self.uc.mem_read(start, end - start))
+                code = self.mem.read(start, end - start)
                 at = start
                 for cs in strict_decoder().disasm(code, start):
                     at = cs.address + cs.size
@@ -397,7 +387,7 @@ class TaintTracker:
                        via: Sequence[tuple[int, int, int]]) -> None:
         """Apply the rule (with ``via``'s address-to-value taint), then add the labels of the
         enclosing tainted branches to whatever the instruction wrote."""
-        rsp = int(self.uc.reg_read(ux.UC_X86_REG_RSP))
+        rsp = self._read["rsp"]()
         pc = ins.address
         stack = self._implicit
         while stack:
@@ -490,8 +480,8 @@ class TaintTracker:
         out = []
         for i in range(min(count, MAX_IOVECS)):
             try:
-                base, length = struct.unpack("<QQ", bytes(self.uc.mem_read(buf + 16 * i, 16)))
-            except UcError:  # unmapped: the kernel fails the call too
+                base, length = struct.unpack("<QQ", self.mem.read(buf + 16 * i, 16))
+            except GuestMemoryFault:  # unmapped: the kernel fails the call too
                 break
             out.append((base, length))
         return out

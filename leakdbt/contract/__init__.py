@@ -7,7 +7,7 @@ code locations) into the immutable objects of :mod:`leakdbt.contract.model`;
 
 from leakdbt.contract.dump import dumps
 from leakdbt.contract.load import load, loads
-from leakdbt.contract.mapping import PASS_ORDER, Observer, PassStep, Plan, plan
+from leakdbt.contract.mapping import PASS_KIND, Observer, PassStep, Plan, plan
 from leakdbt.contract.model import (
     CONTRACT_VERSION,
     Adversary,
@@ -40,7 +40,7 @@ from leakdbt.contract.profiles import (
 )
 
 __all__ = [
-    "CONTRACT_VERSION", "PASS_ORDER", "Adversary", "ArgvSource", "Binding", "Check",
+    "CONTRACT_VERSION", "PASS_KIND", "Adversary", "ArgvSource", "Binding", "Check",
     "Contract", "EnvSource", "FileSource", "Location", "Observer", "Output", "PassStep",
     "Plan", "PointerSource", "Policy", "Profile", "Protect", "Region", "RegionKind",
     "RegisterSource", "Secret", "StdinSource", "SymbolSource", "TableBounds", "ValueFormat",

@@ -153,7 +153,7 @@ def explain_text(plan: Plan, profile_reason: str = "") -> str:
     lines += ["", "Regions:"]
     for rp in plan.regions or ((plan.scope,) if plan.scope else ()):
         lines += _region_lines(rp, plan)
-    lines += ["", "Passes, in the order the translator applies them:"]
+    lines += ["", "Passes (they run in the order they declare: leakdbt passes):"]
     if not plan.passes:
         lines.append("  none")
     for n, step in enumerate(plan.passes, 1):

@@ -1,16 +1,18 @@
-"""From security terms to mechanisms: adversary + CPU profile → observers → ordered passes.
+"""From security terms to mechanisms: adversary + CPU profile → observers → passes.
 
 Three explicit steps, each a table or a small rule a reviewer can check:
 
 1. :data:`ADVERSARY_OBSERVERS` — what each kind of adversary can observe in principle;
    :func:`observers` narrows it by what the CPU actually leaks (intra-line offsets need a
    core that leaks them *and* an SMT sibling to observe them from).
-2. :data:`PASS_ORDER` and one rule per pass — which pass a region of each kind needs against
-   those observers on this CPU, with which parameters, and why.
-3. :func:`plan` — the whole contract: one :class:`RegionPlan` per region and the ordered,
+2. :data:`PASS_KIND` and one rule per pass (:data:`RULES`) — which pass a region of each
+   kind needs against those observers on this CPU, with which parameters, and why.
+3. :func:`plan` — the whole contract: one :class:`RegionPlan` per region and the
    de-duplicated list of passes the translator applies, plus what no pass covers (gaps).
 
-The pass names are the interface with the translator's pass registry.
+The pass names are the interface with the translator's pass registry.  The mapping chooses
+passes; it does not order them: passes declare their own order (``before``/``after``,
+docs/passes.md), and plans list them in the order of :data:`PASS_KIND`, for reading.
 """
 
 from __future__ import annotations
@@ -121,15 +123,6 @@ class Skipped:
     reason: str
 
 
-PASS_ORDER: tuple[str, ...] = (
-    "ct-equivalent", "bounded-loop", "if-conversion", "ct-division", "oblivious-table",
-    "fp-ftz-daz",
-)
-"""The order passes run in.  A function with a constant-time equivalent is replaced first
-(nothing else applies to it); loops get a fixed trip count before their bodies are
-if-converted; if-conversion runs both sides of a branch, so the divisions and table lookups
-it exposes are hardened after it; FTZ/DAZ wraps the final code."""
-
 PASS_KIND: dict[str, RegionKind] = {
     "ct-equivalent": RegionKind.FUNCTION,
     "bounded-loop": RegionKind.LOOP,
@@ -138,7 +131,9 @@ PASS_KIND: dict[str, RegionKind] = {
     "oblivious-table": RegionKind.TABLE,
     "fp-ftz-daz": RegionKind.FLOAT,
 }
-"""The region kind each pass serves (a region without a kind may need any of them)."""
+"""The region kind each pass serves (a region without a kind may need any of them): every
+pass the mapping knows, whole-function first, then those that shape a region, then the
+per-instruction ones — the order plans list them in, not the order they run in."""
 
 PASS_TEXT: dict[str, str] = {
     "ct-equivalent": "runs a known constant-time equivalent of the function instead (same "
@@ -276,7 +271,7 @@ def _float_gaps(profile: Profile) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class RegionPlan:
-    """What happens to one region: its passes in order, what was left out, what is uncovered."""
+    """What happens to one region: its passes, what was left out, what is uncovered."""
 
     index: int  # position in protect.region; -1 for the scope plan
     region: Region | None  # None: any block of the protected scope
@@ -292,7 +287,7 @@ def plan_region(region: Region | None, seen: set[Observer], profile: Profile,
     kind = region.kind if region is not None else None
     steps: list[PassStep] = []
     skipped: list[Skipped] = []
-    for name in PASS_ORDER:
+    for name in PASS_KIND:
         exposed = kind is not None and name in EXPOSED.get(kind, ())
         if kind is not None and PASS_KIND[name] is not kind and not exposed:
             continue
@@ -312,14 +307,14 @@ def plan_region(region: Region | None, seen: set[Observer], profile: Profile,
 
 @dataclass(frozen=True)
 class Plan:
-    """The mechanisms a contract needs on one CPU, in the order the translator applies them."""
+    """The mechanisms a contract needs on one CPU."""
 
     contract: Contract
     profile: Profile
     observers: tuple[ObserverView, ...]
     mode: Policy  # the policy in effect (adaptive against a remote adversary is always)
     mode_reason: str
-    passes: tuple[PassStep, ...]  # program-wide, ordered, one per pass name
+    passes: tuple[PassStep, ...]  # program-wide, one per pass name, in PASS_KIND's order
     regions: tuple[RegionPlan, ...]  # one per protect.region
     scope: RegionPlan | None  # when no region is named: what applies across the scope
     skipped: tuple[Skipped, ...]
@@ -364,7 +359,7 @@ def plan(contract: Contract, profile: Profile) -> Plan:
     passes: list[PassStep] = []
     skipped: list[Skipped] = []
     gaps: list[str] = []
-    for name in PASS_ORDER:
+    for name in PASS_KIND:
         steps = [s for rp in sources for s in rp.passes if s.name == name]
         if steps:
             # Program-wide parameters: those every region agrees on (table bounds differ).

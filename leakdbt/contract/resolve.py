@@ -287,7 +287,7 @@ class _Resolver:
         if sym is not None and sym.kind != "func":
             raise _Problem(f"{loc.symbol} is a data object, not code: a region starts in a "
                            "function")
-        func = sym if sym is not None else self.containing_function(mod, address)
+        func = sym if sym is not None else mod.image.function_containing(address)
         if func is None:
             raise _Problem(f"{loc} is not inside any function of "
                            f"{mod.name or os.path.basename(mod.path)}")
@@ -307,15 +307,6 @@ class _Resolver:
                            f"start at {' and '.join(near)})")
         ref = FunctionRef(mod.name, func.name, start, end - start)
         return self.address(mod, address, loc), ref
-
-    def containing_function(self, mod: _Module, address: int) -> Symbol | None:
-        funcs = mod.image.functions
-        i = bisect.bisect_right([f.value for f in funcs], address) - 1
-        if i < 0:
-            return None
-        func = funcs[i]
-        start, end = mod.image.extent(func)
-        return func if start <= address < end else None
 
     def instruction_starts(self, mod: _Module, start: int, end: int) -> list[int]:
         key = (mod.path, start)

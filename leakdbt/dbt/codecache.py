@@ -49,4 +49,4 @@ class CodeCache:
 
     def write(self, address: int, code: bytes) -> None:
         """Fill reserved bytes (never executed before: no translation to invalidate)."""
-        self.mem.uc.mem_write(address, code)
+        self.mem.write(address, code)

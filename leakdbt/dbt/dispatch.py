@@ -17,20 +17,18 @@ jumps straight to the copy.
 from __future__ import annotations
 
 import bisect
-import enum
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from unicorn import UC_HOOK_CODE, Uc
-
 from leakdbt.contract.mapping import Plan
 from leakdbt.contract.model import Contract, RegionKind
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.codecache import CodeCache
 from leakdbt.dbt.harden import Hardener, RegionNeeds
+from leakdbt.dbt.mode import Mode
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.errors import LeakDBTError, TranslationError
@@ -45,13 +43,6 @@ from leakdbt.x86.insn import Flow, decode
 
 JMP_SIZE = 5
 RETRY_SECONDS = 0.0002  # a mode switch that found the guest in the way tries again after
-
-
-class Mode(enum.Enum):
-    """Which block cache a region runs from."""
-
-    FAST = "fast"  # the original code
-    HARDENED = "hardened"  # the translated copy
 
 
 @dataclass(frozen=True)
@@ -106,7 +97,6 @@ class Dispatcher:
                  translate: Callable[[CodeRegion, int, Callable[[int], int]], Translation]
                  = relocate, hardener: Hardener | None = None) -> None:
         self.machine = machine
-        self.uc: Uc = machine.uc
         self.mem = machine.mem
         self.cache = CodeCache(machine.mem)
         self.modules = modules
@@ -156,9 +146,7 @@ class Dispatcher:
         self.stats.regions += 1
         if site.patch is None:
             self._counted.append(site)
-            self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(
-                lambda uc, address, size, _ud: self._on_entry(site)), None,
-                site.entry, site.entry)
+            self.machine.hooks.at(site.entry, lambda address, size: self._on_entry(site))
         self._prepare(site)
 
     def _site(self, mod: LoadedModule, region: CodeRegion, jump: bool = True,
@@ -205,8 +193,7 @@ class Dispatcher:
         made: list[tuple[int, int]] = []
         address = start
         while t.base <= address < t.end:
-            tb = self.uc.ctl_request_cache(address)
-            size = tb[2] if tb is not None else 0
+            size = self.machine.translate_block(address)
             if size <= 0:
                 break
             made.append((address, size))
@@ -234,7 +221,7 @@ class Dispatcher:
             v = self.mem.find(address)
             if v is None or v.prot & PROT_WRITE:
                 return False
-            if bytes(self.uc.mem_read(address, len(raw))) != raw:
+            if self.mem.read(address, len(raw)) != raw:
                 return False
         return True
 
@@ -325,10 +312,9 @@ class Dispatcher:
                         patch, original, Mode.HARDENED, trap=True)
             self._traps[trap] = (mod, func, site)
             self._add_site(site)
-        self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_trap), None, traps,
-                         traps + len(funcs) - 1)
+        self.machine.hooks.on_code(self._on_trap, traps, traps + len(funcs))
 
-    def _on_trap(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+    def _on_trap(self, address: int, size: int) -> None:
         """First call of a function under --translate-all: translate it and go there."""
         found = self._traps.pop(address, None)
         if found is None:
@@ -409,6 +395,16 @@ class Dispatcher:
             self._by_page[page].remove(site)
 
     # -- reporting ---------------------------------------------------------------------------
+
+    def code_ranges(self) -> list[tuple[int, int]]:
+        """Runtime [start, end) of every installed region's original code and of its copy
+        (a run executes one or the other, by mode): what observing the regions watches."""
+        ranges: list[tuple[int, int]] = []
+        for site in self.sites:
+            t = site.translation
+            ranges.append((t.base, t.end))
+            ranges += [(address, address + len(raw)) for address, raw in t.source]
+        return ranges
 
     def original_of(self, address: int) -> int | None:
         """The original instruction a code-cache address stands for, if any: the one it is

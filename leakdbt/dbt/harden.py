@@ -2,7 +2,9 @@
 and lay the result out in the code cache.
 
 For each region, every pass of its plan (``leakdbt contract explain``) that is installed is
-asked, in pass order, whether it applies (:class:`~leakdbt.plugin_api.RegionView`); those
+asked, in the order the passes declare (``leakdbt passes``), whether it applies; it sees
+read-only views of the region, the contract and the CPU profile
+(:class:`~leakdbt.plugin_api.RegionView`, ``ContractView``, ``ProfileView``); those
 that do return a rewrite or a refusal.  Rewrites are merged: two passes may replace the same
 instruction only when the later one wraps the earlier one (its lines stand for the
 instruction once, as ``.insn``), and only one may replace the whole region (its code then
@@ -24,7 +26,16 @@ from leakdbt.dbt.region import CodeRegion
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.errors import LeakDBTError, PluginError, TranslationError
 from leakdbt.loader.image import Image
-from leakdbt.plugin_api import BlockView, DataObject, Refusal, RegionView, Rewrite, original
+from leakdbt.plugin_api import (
+    BlockView,
+    ContractView,
+    DataObject,
+    ProfileView,
+    Refusal,
+    RegionView,
+    Rewrite,
+    original,
+)
 from leakdbt.x86.asm import rename_labels
 
 if TYPE_CHECKING:
@@ -81,6 +92,17 @@ def region_view(region: CodeRegion, kind: str | None, bias: int = 0,
                       _functions(image))
 
 
+def contract_view(contract: Contract) -> ContractView:
+    """What a pass sees of ``contract`` (see leakdbt.plugin_api.ContractView)."""
+    return ContractView(contract.protect.adversary.value, contract.protect.policy.value)
+
+
+def profile_view(profile: Profile) -> ProfileView:
+    """What a pass sees of ``profile`` (see leakdbt.plugin_api.ProfileView)."""
+    return ProfileView(profile.name, profile.line_size,
+                       frozenset(cls for cls, fact in profile.latency if fact.value))
+
+
 def _objects(image: Image) -> Callable[[int], DataObject | None]:
     def object_at(address: int) -> DataObject | None:
         sym = image.object_at(address)
@@ -116,6 +138,8 @@ class Hardener:
         self.passes = list(passes)
         self.contract = contract
         self.profile = profile
+        self.contract_view = contract_view(contract)  # what the passes see of them
+        self.profile_view = profile_view(profile)
         self.allow_unhardened = allow_unhardened
         self.outcomes: list[Outcome] = []
 
@@ -179,12 +203,12 @@ class Hardener:
         a broken plugin, reported as such."""
         p = loaded.hardening
         try:
-            applies = p.applies(view, self.contract, self.profile)
+            applies = p.applies(view, self.contract_view, self.profile_view)
             if applies is False:
                 return None
             if isinstance(applies, Refusal):
                 return applies
-            result = p.harden(view, self.contract, self.profile)
+            result = p.harden(view, self.contract_view, self.profile_view)
         except Exception as e:  # noqa: BLE001 - a plugin bug must not look like ours
             raise PluginError(f"pass {p.name!r} ({loaded.origin}) failed on {view.name}: "
                               f"{type(e).__name__}: {e}") from None

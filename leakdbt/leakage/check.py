@@ -26,13 +26,10 @@ from leakdbt.contract import Contract, plan
 from leakdbt.contract.mapping import Observer, Plan
 from leakdbt.contract.model import Output
 from leakdbt.contract.profiles import LATENCY_CLASSES, Profile
-from leakdbt.dbt.dispatch import Mode, requests_from_contract
-from leakdbt.dbt.harden import Hardener
-from leakdbt.dbt.passes import load_passes
+from leakdbt.dbt.dispatch import Mode
 from leakdbt.leakage.align import Difference, differences
 from leakdbt.leakage.findings import CheckReport, Finding, LeakKind, ModeSummary, Witness
 from leakdbt.leakage.locate import describe_point
-from leakdbt.leakage.observe import CONTROL_FLOW, LATENCY, MEMORY
 from leakdbt.leakage.trials import (
     Observation,
     Place,
@@ -41,6 +38,7 @@ from leakdbt.leakage.trials import (
     TrialSetup,
     trial_inputs,
 )
+from leakdbt.run.protect import protection
 
 MAX_WITNESS_RUNS = 8  # full-trace runs per mode, one per distinct digest
 GRANULARITY = {"line": None, "page": 4096, "byte": 1}  # None: the profile's line size
@@ -63,17 +61,17 @@ def observation_for(the_plan: Plan, profile: Profile, granularity: str | None
                     ) -> Observation:
     """What the contract's adversary observes on the profile (docs/checking.md)."""
     seen = set(the_plan.observed)
-    observers = [CONTROL_FLOW]
+    observers = [LeakKind.CONTROL_FLOW]
     classes = tuple(c for c in LATENCY_CLASSES if profile.variable(c))
     if Observer.TIME in seen and classes:
-        observers.append(LATENCY)
+        observers.append(LeakKind.VARIABLE_LATENCY)
     unit = profile.line_size
     if Observer.INTRA_LINE in seen:
         unit = profile.intra_line_unit
     if granularity is not None:
         unit = GRANULARITY[granularity] or profile.line_size
     if Observer.CACHE_LINE in seen or granularity is not None:
-        observers.append(MEMORY)
+        observers.append(LeakKind.MEMORY_ACCESS)
     return Observation(tuple(observers), unit, classes)
 
 
@@ -92,7 +90,7 @@ def run_check(binary: str, contract: Contract, profile: Profile, options: CheckO
                          contract.protect.adversary.value, what.observers,
                          _granularity_name(what.unit, profile), seed)
     for mode in options.modes:
-        setup = trial_setup(binary, contract, profile, the_plan, mode, options.max_insns)
+        setup = trial_setup(binary, contract, profile, mode, options.max_insns)
         runs = _run_all(setup, inputs, what, options, f"{mode}: ")
         summary = ModeSummary(mode, count, runs[0].trace.instructions, runs[0].trace.cost,
                               {o: len({r.trace.digests[o] for r in runs})
@@ -112,14 +110,14 @@ def _granularity_name(unit: int, profile: Profile) -> str:
     return f"{unit}-byte units"
 
 
-def trial_setup(binary: str, contract: Contract, profile: Profile, the_plan: Plan, mode: str,
-                max_insns: int) -> TrialSetup:
+def trial_setup(binary: str, contract: Contract, profile: Profile, mode: str, max_insns: int
+                ) -> TrialSetup:
     """What every trial of ``mode`` ("original" or "hardened") shares."""
     if mode == "original":
         return TrialSetup(binary, contract, Mode.FAST, max_insns=max_insns)
-    passes = load_passes()  # errors now, not in every trial
-    return TrialSetup(binary, contract, Mode.HARDENED, requests_from_contract(contract, the_plan),
-                      lambda: Hardener(passes, contract, profile), max_insns)
+    protected = protection(contract, profile)  # a broken pass errors now, not in every trial
+    return TrialSetup(binary, contract, Mode.HARDENED, protected.regions, protected.hardener,
+                      max_insns)
 
 
 _WORKER_SETUP: TrialSetup | None = None
@@ -244,7 +242,7 @@ def replay_trials(binary: str, contract: Contract, profile: Profile, options: Ch
     full = Observation(what.observers, what.unit, what.latency_classes, full=True)
     lines = []
     for mode in options.modes:
-        setup = trial_setup(binary, contract, profile, the_plan, mode, options.max_insns)
+        setup = trial_setup(binary, contract, profile, mode, options.max_insns)
         a, b = (setup.run(inputs[n], full) for n in (first, second))
         lines.append(f"{mode}: trial {first} ({a.trial.public().describe()}) vs trial "
                      f"{second} ({b.trial.public().describe()})")

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from leakdbt.loader.dwarf import SourceLine
 
 
-class LeakKind(enum.Enum):
-    """What an adversary observes differ at a leak point."""
+class LeakKind(enum.StrEnum):
+    """What an adversary observes differ at a leak point.  The values are the one spelling
+    of each kind: observer names (leakdbt.leakage.observe), findings, JSON, SARIF rule ids."""
 
     CONTROL_FLOW = "control-flow"  # which way a branch goes (the executed block sequence)
     MEMORY_ACCESS = "memory-access"  # which cache line (page, byte) an access touches
@@ -49,18 +50,25 @@ class Witness:
 
 
 @dataclass(frozen=True)
-class Finding:
-    """One leak point."""
+class LeakPoint:
+    """An instruction where the secrets become observable: what every finding says, however
+    it was found (trials: :class:`Finding`; taint: leakdbt.analysis.findings)."""
 
     kind: LeakKind
-    mode: str  # "original" or "hardened": which code was checked
     address: int  # runtime address of the instruction
     location: str  # module:symbol+offset (symbol+offset in the main program)
     module: str  # file name of the module (the binary's or a library's)
-    module_path: str
     link_address: int  # the instruction's address in the module's own numbering
     instruction: str  # Capstone's text
     source: SourceLine | None
+
+
+@dataclass(frozen=True)
+class Finding(LeakPoint):
+    """One leak point of a check report."""
+
+    mode: str  # "original" or "hardened": which code was checked
+    module_path: str
     distinct: int  # distinct observations at this point over the trials (0: no trials)
     trials: int  # trials the check ran (0: found by taint tracking)
     witness: Witness | None  # None: found by taint tracking (leakdbt analyze), not by trials

@@ -12,7 +12,7 @@ from leakdbt.leakage.findings import Finding, LeakKind, Witness
 from leakdbt.leakage.trials import Place
 from leakdbt.loader.dwarf import SourceLine
 from leakdbt.loader.elf import load_image
-from leakdbt.loader.image import Image, Symbol
+from leakdbt.loader.image import Image
 from leakdbt.x86.insn import decode
 
 
@@ -42,8 +42,10 @@ def describe_point(kind: LeakKind, mode: str, place: Place, distinct: int, trial
             text = insn.text
     source = source_line(place.module_path, place.link_address) if place.module_path else None
     suggestion = _suggestion(kind, place, image, text) if suggest and image else None
-    return Finding(kind, mode, place.original, place.symbolic, place.module, place.module_path,
-                   place.link_address, text, source, distinct, trials, witness, suggestion)
+    return Finding(kind=kind, address=place.original, location=place.symbolic,
+                   module=place.module, link_address=place.link_address, instruction=text,
+                   source=source, mode=mode, module_path=place.module_path, distinct=distinct,
+                   trials=trials, witness=witness, suggestion=suggestion)
 
 
 def _suggestion(kind: LeakKind, place: Place, image: Image, text: str) -> str | None:
@@ -55,7 +57,7 @@ def suggest_region(kind: LeakKind, place: Place, image: Image, text: str,
                    tool: str = "leakdbt check") -> RegionEntry | None:
     """The ``[[protect.region]]`` that covers the leak: the block holding the instruction,
     with the kind of the pass that removes that kind of leak."""
-    func = function_at(image, place.link_address)
+    func = image.function_containing(place.link_address)
     if func is None:
         return None
     try:
@@ -77,12 +79,3 @@ def suggest_region(kind: LeakKind, place: Place, image: Image, text: str,
         region_kind = "float"
     return RegionEntry(at, region_kind, f"{tool}: {kind.value} leak at {place.symbolic} "
                                         f"({text})")
-
-
-def function_at(image: Image, address: int) -> Symbol | None:
-    """The function symbol whose extent holds link-time ``address``."""
-    for func in reversed(image.functions):
-        if func.value <= address:
-            lo, hi = image.extent(func)
-            return func if lo <= address < hi else None
-    return None

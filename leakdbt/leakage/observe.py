@@ -1,15 +1,19 @@
 """Observers: what an adversary sees of one run, recorded for the code a contract scopes.
 
-Three observers, chosen by the contract's adversary (``leakdbt.contract.mapping``):
+Three observers, chosen by the contract's adversary (``leakdbt.contract.mapping``), each
+named by the kind of leak it sees (:class:`~leakdbt.leakage.findings.LeakKind`):
 
-- **control flow**: the sequence of basic blocks executed;
-- **memory**: each data access, as (kind, address // unit) — unit 64 (cache line), 4096
-  (page) or 1 (byte);
-- **latency**: each instruction of a variable-latency class on the CPU profile, with the
-  operand properties that decide its time (:func:`operand_class`).
+- **control-flow**: the sequence of basic blocks executed;
+- **memory-access**: each data access, as (kind, address // unit) — unit 64 (cache line),
+  4096 (page) or 1 (byte);
+- **variable-latency**: each instruction of a variable-latency class on the CPU profile, with
+  the operand properties that decide its time (:func:`operand_class`).
 
 Scope.  With ``protect.functions``, an observation counts only while a scoped function is
-running — from its entry until it returns, callees included; without, the whole run.
+running — from its entry until it returns, callees included; without, the whole run.  Code
+ranges scope it instead to the instructions in them (the blocks that start there, the
+accesses and latency sites of their instructions): that is how the hardening tests watch a
+contract's regions, original and hardened copy (``Dispatcher.code_ranges``).
 
 Every run keeps a digest per observer (cheap); a *full* run also keeps the events, each
 tagged with the index of the block it happened in, so that two runs can be aligned block by
@@ -19,6 +23,7 @@ measurement.
 
 from __future__ import annotations
 
+import bisect
 import math
 import struct
 import time
@@ -26,16 +31,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
-from unicorn import x86_const as x
-
+from leakdbt.dbt.region import merge_ranges
+from leakdbt.leakage.findings import LeakKind
 from leakdbt.loader.modules import LoadedModule
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PAGE
 from leakdbt.x86.insn import decode, detail_decoder
 
-CONTROL_FLOW, MEMORY, LATENCY = "control-flow", "memory", "latency"
-OBSERVERS = (CONTROL_FLOW, MEMORY, LATENCY)
+OBSERVERS = tuple(LeakKind)  # one observer per kind of leak, named by it
 
 # Instruction classes whose latency may depend on operands (profiles.LATENCY_CLASSES keys).
 INT_DIV = frozenset({"div", "idiv"})
@@ -54,10 +57,6 @@ used only to rank runs; not a measurement."""
 
 MXCSR_DAZ = 1 << 6  # denormals are zero: subnormal SSE inputs are read as zero
 
-GPR = {name: getattr(x, f"UC_X86_REG_{name.upper()}") for name in (
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
-    "r13", "r14", "r15")}
-
 
 @dataclass(frozen=True)
 class LatencySite:
@@ -74,7 +73,7 @@ class LatencySite:
 class Trace:
     """One run's observations."""
 
-    digests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OBSERVERS, 0))
+    digests: dict[LeakKind, int] = field(default_factory=lambda: dict.fromkeys(OBSERVERS, 0))
     instructions: int = 0  # in scope
     cost: int = 0  # the cost model's estimate, in scope
     scope_ns: int = 0  # host time spent in scope (emulation, hooks included)
@@ -82,25 +81,30 @@ class Trace:
     # full: (address, its last instruction, RSP when it starts)
     memory: list[tuple[int, int, str, int]] = field(default_factory=list)  # (block, pc, kind, unit)
     latency: list[tuple[int, int, str]] = field(default_factory=list)  # (block, pc, operands)
+    operands: list[tuple[int, ...]] = field(default_factory=list)  # each latency event's values
 
 
 class RunObserver:
     """Attaches the observers to a machine for one run (see the module doc)."""
 
-    def __init__(self, machine: Machine, observers: Sequence[str], unit: int,
+    def __init__(self, machine: Machine, observers: Sequence[LeakKind], unit: int,
                  latency_classes: Sequence[str], scope: Sequence[int] | None,
-                 full: bool = False) -> None:
+                 full: bool = False, ranges: Sequence[tuple[int, int]] | None = None) -> None:
         """``scope``: runtime entry addresses of the scoped functions (None: everything);
-        more can be added with :meth:`add_scope` as libraries load."""
+        more can be added with :meth:`add_scope` as libraries load.  ``ranges``: runtime
+        [start, end) code ranges to observe instead (``scope`` is then None)."""
         self.machine = machine
-        self.uc = machine.uc
         self.observers = frozenset(observers)
         self.unit = unit
         self.classes = tuple(c for c in CLASS_MNEMONICS if c in latency_classes)
         self.full = full
         self.trace = Trace()
-        self.active = scope is None
-        self.everywhere = scope is None
+        self.ranges = merge_ranges(ranges) if ranges is not None else None
+        self._starts = [lo for lo, _ in self.ranges or ()]
+        self.active = scope is None and ranges is None
+        self.everywhere = self.active
+        self._rsp = machine.reg_reader("rsp")  # read once per block: no lookups per call
+        self._rip = machine.reg_reader("rip")
         self._entry_rsp = 0
         self._current = (0, 0)  # the block running now: (address, size)
         self._entered_ns = time.perf_counter_ns()
@@ -108,11 +112,11 @@ class RunObserver:
         self._insn_counts: dict[int, tuple[int, int, int]] = {}
         self._sites: dict[int, LatencySite] = {}  # variable-latency instructions now
         self._hooked: set[int] = set()  # addresses with a hook (it outlives unmapped code)
-        uc = self.uc
-        uc.hook_add(UC_HOOK_BLOCK, machine.guard(self._on_block))
-        if MEMORY in self.observers:
-            uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, machine.guard(self._on_access))
-        if LATENCY in self.observers and self.classes:
+        hooks = machine.hooks
+        hooks.on_block(self._on_block if self.ranges is None else self._on_block_in_ranges)
+        if LeakKind.MEMORY_ACCESS in self.observers:
+            hooks.on_memory(self._on_access)
+        if LeakKind.VARIABLE_LATENCY in self.observers and self.classes:
             machine.mem.exec_page_listeners.append(self._scan_page)
             for page in machine.mem.code_pages_in_use():
                 self._scan_page(page)
@@ -123,66 +127,99 @@ class RunObserver:
 
     def add_scope(self, entry: int) -> None:
         """Observe from each entry of the function at runtime address ``entry``."""
-        self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_entry), None, entry, entry)
+        self.machine.hooks.at(entry, self._on_entry)
 
-    def _on_entry(self, uc: Any, address: int, size: int, _ud: object) -> None:
+    def _on_entry(self, address: int, size: int) -> None:
         if not self.active:
             self.active = True
             self._entered_ns = time.perf_counter_ns()
-            self._entry_rsp = uc.reg_read(x.UC_X86_REG_RSP)
+            self._entry_rsp = self._rsp()
             if self._current[0] == address:  # the block hook ran before: count its block
                 self._record(*self._current)
 
+    def inside(self, address: int) -> bool:
+        """Is ``address`` in the observed code ranges?"""
+        assert self.ranges is not None
+        i = bisect.bisect_right(self._starts, address) - 1
+        return i >= 0 and address < self.ranges[i][1]
+
+    def _in_scope(self, pc: int) -> bool:
+        """Does an event of the instruction at ``pc`` count now?"""
+        return self.active if self.ranges is None else self.inside(pc)
+
     # -- control flow and the cost model ------------------------------------------------------
 
-    def _on_block(self, uc: Any, address: int, size: int, _ud: object) -> None:
-        if not self.everywhere and self.active and uc.reg_read(x.UC_X86_REG_RSP) > self._entry_rsp:
+    def _on_block(self, address: int, size: int) -> None:
+        if not self.everywhere and self.active and self._rsp() > self._entry_rsp:
             self.active = False  # the scoped function has returned
             self.trace.scope_ns += time.perf_counter_ns() - self._entered_ns
         self._current = (address, size)
         if self.active:
             self._record(address, size)
 
+    def _on_block_in_ranges(self, address: int, size: int) -> None:
+        """Range scope: count every block's instructions in the ranges (a block may run into
+        one), and record the blocks that start in one."""
+        counts = self._counts(address, size)
+        self.trace.instructions += counts[0]
+        self.trace.cost += counts[1]
+        if self.inside(address):
+            self._record_flow(address, counts[2])
+
     def _record(self, address: int, size: int) -> None:
+        counts = self._counts(address, size)
+        self.trace.instructions += counts[0]
+        self.trace.cost += counts[1]
+        self._record_flow(address, counts[2])
+
+    def _record_flow(self, address: int, last: int) -> None:
         t = self.trace
-        t.digests[CONTROL_FLOW] = hash((t.digests[CONTROL_FLOW], address))
+        t.digests[LeakKind.CONTROL_FLOW] = hash((t.digests[LeakKind.CONTROL_FLOW], address))
+        if self.full:
+            t.blocks.append((address, last, self._rsp()))
+
+    def _counts(self, address: int, size: int) -> tuple[int, int, int]:
+        """(instructions, cost, address of the last instruction) of the block, counting only
+        the instructions in scope of a range scope (cached per block)."""
         counts = self._insn_counts.get(address)
         if counts is None:
             counts = self._insn_counts[address] = self._count(address, size)
-        t.instructions += counts[0]
-        t.cost += counts[1]
-        if self.full:
-            t.blocks.append((address, counts[2], self.uc.reg_read(x.UC_X86_REG_RSP)))
+        return counts
 
     def _count(self, address: int, size: int) -> tuple[int, int, int]:
-        code = bytes(self.uc.mem_read(address, size))
+        code = self.machine.mem.read_code_view(address, size)  # an entry jump, not the original
         n = cost = 0
         at = last = 0
         while at < size:
             insn = decode(code[at:], address + at)
             if insn is None:
                 break
-            n += 1
-            cost += next((COST[c] for c, m in CLASS_MNEMONICS.items()
-                          if c != "fp-subnormal" and insn.mnemonic in m), COST["default"])
+            if self.ranges is None or self.inside(address + at):
+                n += 1
+                cost += next((COST[c] for c, m in CLASS_MNEMONICS.items()
+                              if c != "fp-subnormal" and insn.mnemonic in m), COST["default"])
             last = at
             at += insn.size
         return n, cost, address + last
 
     # -- memory ------------------------------------------------------------------------------
 
-    def _on_access(self, uc: Any, access: int, address: int, size: int, value: int,
-                   _ud: object) -> None:
-        if not self.active:
+    def _on_access(self, is_write: bool, address: int, size: int) -> None:
+        pc = None
+        if self.ranges is not None:
+            pc = self._rip()
+            if not self.inside(pc):
+                return
+        elif not self.active:
             return
-        kind = "w" if access == UC_MEM_WRITE else "r"
+        kind = "w" if is_write else "r"
         t = self.trace
         unit = self.unit
         units = range(address // unit, (address + size - 1) // unit + 1)
         for u in units:
-            t.digests[MEMORY] = hash((t.digests[MEMORY], kind, u))
+            t.digests[LeakKind.MEMORY_ACCESS] = hash((t.digests[LeakKind.MEMORY_ACCESS], kind, u))
         if self.full:
-            pc = uc.reg_read(x.UC_X86_REG_RIP)
+            pc = self._rip() if pc is None else pc
             block = len(t.blocks) - 1
             t.memory += [(block, pc, kind, u) for u in units]
 
@@ -190,9 +227,11 @@ class RunObserver:
 
     def _scan_page(self, page: int) -> None:
         """Hook every variable-latency instruction of a code page about to be used."""
-        code = bytes(self.uc.mem_read(page, PAGE))
-        if self.machine.mem.find(page + PAGE) is not None:
-            code += bytes(self.uc.mem_read(page + PAGE, 15))  # an instruction may cross
+        mem = self.machine.mem
+        code = mem.read(page, PAGE)
+        after = mem.find(page + PAGE)
+        if after is not None and after.guest:
+            code += mem.read(page + PAGE, 15)  # an instruction may cross
         found = dict(_latency_sites(code, page, self.classes))
         for address in [a for a in self._sites if page <= a < page + PAGE and a not in found]:
             del self._sites[address]  # the page holds other code now
@@ -200,41 +239,38 @@ class RunObserver:
             self._sites[address] = site
             if address not in self._hooked:
                 self._hooked.add(address)
-                self.uc.hook_add(UC_HOOK_CODE, self.machine.guard(self._on_latency), None,
-                                 address, address)
+                self.machine.hooks.at(address, self._on_latency)
 
-    def _on_latency(self, uc: Any, address: int, size: int, _ud: object) -> None:
+    def _on_latency(self, address: int, size: int) -> None:
         site = self._sites.get(address)
-        if not self.active or site is None:
+        if site is None or not self._in_scope(address):
             return
-        props = operand_class(uc, site)
+        values = operand_values(self.machine, site)
+        mxcsr = 0 if site.cls == "int-div" else self.machine.reg("mxcsr")
+        props = operand_class(site, values, mxcsr)
         t = self.trace
-        t.digests[LATENCY] = hash((t.digests[LATENCY], address, props))
+        latency = LeakKind.VARIABLE_LATENCY
+        t.digests[latency] = hash((t.digests[latency], address, props))
         if "subnormal" in props:
             t.cost += COST["subnormal"]
         if self.full:
             t.latency.append((len(t.blocks) - 1, address, props))
+            t.operands.append(tuple(values))
 
 
-def latency_site(code: bytes, address: int, classes: Sequence[str]) -> LatencySite | None:
-    """The instruction at the start of ``code`` as a site of ``classes``, or None."""
-    sites = _latency_sites(code[:15], address, classes, limit=address + 1)
-    return sites[0][1] if sites else None
-
-
-def operand_values(uc: Any, site: LatencySite) -> list[int]:
+def operand_values(machine: Machine, site: LatencySite) -> list[int]:
     """The site's operands now (for DIV/IDIV: RAX, RDX, then the divisor)."""
-    return [_read_operand(uc, kind, what, site.width) for kind, what in site.operands]
+    return [_read_operand(machine, kind, what) for kind, what in site.operands]
 
 
-def _latency_sites(code: bytes, base: int, classes: Sequence[str], limit: int | None = None
+def _latency_sites(code: bytes, base: int, classes: Sequence[str]
                    ) -> list[tuple[int, LatencySite]]:
     """Instructions of the latency ``classes`` found by a linear sweep of ``code`` at
     ``base`` (a page, plus the bytes an instruction at its end may need)."""
     from capstone import x86 as cx
 
     found = []
-    end = base + PAGE if limit is None else limit
+    end = base + PAGE
     for ci in detail_decoder().disasm(code, base):
         if ci.address >= end:
             break
@@ -263,21 +299,20 @@ def _latency_sites(code: bytes, base: int, classes: Sequence[str], limit: int | 
     return found
 
 
-def operand_class(uc: Any, site: LatencySite) -> str:
+def operand_class(site: LatencySite, values: Sequence[int], mxcsr: int) -> str:
     """The operand properties that decide ``site``'s latency, as text: for DIV/IDIV the
     significant bits of dividend (RDX:RAX) and divisor — the quotient's length decides the
     iterations on most cores; for floating-point division and square root each operand's
     class (zero, subnormal, normal, inf, nan); for other floating-point arithmetic whether
     each operand is subnormal (read as zero under MXCSR.DAZ).  Equal text: equal latency, as
-    far as the profile can tell."""
-    values = operand_values(uc, site)
+    far as the profile can tell.  ``values``: :func:`operand_values`; ``mxcsr``: MXCSR."""
     if site.mnemonic in INT_DIV:
         rax, rdx, divisor = values[0], values[1], values[-1]
         width = site.width * 8
         dividend = rdx << width | (rax & ((1 << width) - 1)) if width < 64 else rdx << 64 | rax
         return f"dividend:{dividend.bit_length()} divisor:{divisor.bit_length()}"
     double = site.mnemonic.endswith(("sd", "pd")) or site.mnemonic.startswith("f")
-    daz = not site.mnemonic.startswith("f") and uc.reg_read(x.UC_X86_REG_MXCSR) & MXCSR_DAZ
+    daz = not site.mnemonic.startswith("f") and mxcsr & MXCSR_DAZ
     classes = [_fp_class(v, double, site.mnemonic.endswith(("ps", "pd"))) for v in values]
     if daz:  # subnormal inputs are read as zero: no assist
         classes = [c.replace("subnormal", "zero") for c in classes]
@@ -287,18 +322,18 @@ def operand_class(uc: Any, site: LatencySite) -> str:
     return " ".join(classes)
 
 
-def _read_operand(uc: Any, kind: str, what: Any, width: int) -> int:
+def _read_operand(machine: Machine, kind: str, what: Any) -> int:
     if kind == "reg":
-        return int(uc.reg_read(GPR.get(what) or getattr(x, f"UC_X86_REG_{what.upper()}")))
+        return machine.reg(what)
     if kind == "xmm":
-        return int(uc.reg_read(getattr(x, f"UC_X86_REG_XMM{what}")))
+        return machine.reg(f"xmm{what}")
     base, index, scale, disp, size = what
     address = disp
     if base:
-        address += uc.reg_read(getattr(x, f"UC_X86_REG_{base.upper()}"))
+        address += machine.reg(base)
     if index:
-        address += scale * uc.reg_read(getattr(x, f"UC_X86_REG_{index.upper()}"))
-    return int.from_bytes(uc.mem_read(address & ((1 << 64) - 1), size), "little")
+        address += scale * machine.reg(index)
+    return int.from_bytes(machine.mem.read(address & ((1 << 64) - 1), size), "little")
 
 
 def _fp_class(value: int, double: bool, packed: bool) -> str:

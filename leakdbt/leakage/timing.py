@@ -55,10 +55,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from leakdbt.contract import Contract, plan
+from leakdbt.contract import Contract
 from leakdbt.contract.profiles import Profile
 from leakdbt.leakage.check import CheckOptions, trial_setup
-from leakdbt.leakage.observe import CONTROL_FLOW
+from leakdbt.leakage.findings import LeakKind
 from leakdbt.leakage.trials import Observation, TrialInput, TrialRun, TrialSetup
 
 THRESHOLD = 4.5
@@ -254,7 +254,6 @@ def run_timing(binary: str, contract: Contract, profile: Profile, options: Check
     started = time.monotonic()
     if args is not None:
         contract = replace(contract, check=replace(contract.check, args=tuple(args)))
-    the_plan = plan(contract, profile)
     seed = contract.check.seed if options.seed is None else options.seed
     inputs = timing_inputs(contract, measurements, seed)
     fixed, origin = fixed_values(contract)
@@ -262,9 +261,9 @@ def run_timing(binary: str, contract: Contract, profile: Profile, options: Check
     report = TimingReport(binary, tuple(contract.check.args), contract.path,
                           profile.name, seed, measurements, scope,
                           {name: v.hex() for name, v in fixed}, origin)
-    what = Observation((CONTROL_FLOW,), profile.line_size, ())
+    what = Observation((LeakKind.CONTROL_FLOW,), profile.line_size, ())
     for mode in options.modes:
-        setup = trial_setup(binary, contract, profile, the_plan, mode, options.max_insns)
+        setup = trial_setup(binary, contract, profile, mode, options.max_insns)
         runs = _measure(setup, inputs, what, options, f"{mode}: ")
         report.modes.append(_analyse(mode, runs))
     report.seconds = time.monotonic() - started

@@ -20,28 +20,17 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
-from unicorn import UC_HOOK_CODE
-from unicorn import x86_const as x
-
-from leakdbt.contract.model import (
-    ArgvSource,
-    Contract,
-    EnvSource,
-    FileSource,
-    PointerSource,
-    RegisterSource,
-    StdinSource,
-    SymbolSource,
-)
+from leakdbt.contract.model import Contract
 from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
 from leakdbt.dbt.harden import Hardener
-from leakdbt.errors import GuestError, UsageError
-from leakdbt.leakage.findings import Trial
+from leakdbt.errors import GuestError
+from leakdbt.leakage.findings import LeakKind, Trial
 from leakdbt.leakage.observe import RunObserver, Trace, entries_in
 from leakdbt.loader.modules import LoadedModule, ModuleMap
 from leakdbt.machine.machine import Machine
+from leakdbt.run.secrets import SecretInputs, place_in_process
 from leakdbt.run.session import ExecOptions, execute
 
 VIRTUAL_TIME_SEED = 0  # the same in every trial: only the secrets differ
@@ -129,7 +118,7 @@ class Place:
 class Observation:
     """What to record: observers, the memory unit, latency classes, full traces or not."""
 
-    observers: tuple[str, ...]
+    observers: tuple[LeakKind, ...]
     unit: int
     latency_classes: tuple[str, ...]
     full: bool = False
@@ -146,57 +135,21 @@ class TrialSetup:
     hardener_factory: Callable[[], Hardener] | None = None
     max_insns: int = 0
 
-    def argv(self, t: TrialInput) -> list[str]:
-        args = list(self.contract.check.args)
-        for secret, (_, value) in zip(self.contract.secrets, t.values, strict=True):
-            if isinstance(secret.source, ArgvSource):
-                text = os.fsdecode(secret.render(value))
-                n = secret.source.index
-                if n - 1 < len(args):
-                    args[n - 1] = text
-                else:
-                    args.append(text)
-        return [self.binary, *args]
-
-    def env(self, t: TrialInput) -> list[str]:
-        env = dict(self.contract.check.env)
-        for secret, (_, value) in zip(self.contract.secrets, t.values, strict=True):
-            if isinstance(secret.source, EnvSource):
-                env[secret.source.name] = os.fsdecode(secret.render(value))
-        return [f"{k}={v}" for k, v in sorted(env.items())]
-
-    def stdin(self, t: TrialInput) -> bytes:
-        data = bytearray((self.contract.check.stdin or "").encode())
-        for secret, (_, value) in zip(self.contract.secrets, t.values, strict=True):
-            if isinstance(secret.source, StdinSource):
-                _overwrite(data, secret.source.offset, secret.render(value))
-        return bytes(data)
-
-    def files(self, t: TrialInput) -> dict[str, bytes]:
-        """Files holding secrets (relative guest path -> contents)."""
-        out: dict[str, bytearray] = {}
-        for secret, (_, value) in zip(self.contract.secrets, t.values, strict=True):
-            if isinstance(secret.source, FileSource):
-                path = secret.source.path
-                if os.path.isabs(path):
-                    raise UsageError(f"secret {secret.name}: leakdbt check writes file "
-                                     "secrets into a fresh working directory, so the path "
-                                     f"must be relative, not {path!r}")
-                if path not in out:
-                    out[path] = bytearray(_read_or_empty(path))
-                _overwrite(out[path], secret.source.offset, secret.render(value))
-        return {p: bytes(d) for p, d in out.items()}
+    def secrets(self, t: TrialInput) -> SecretInputs:
+        """The run's inputs with the trial's secret values in place."""
+        return SecretInputs(self.contract, [v for _, v in t.values])
 
     @contextlib.contextmanager
     def inputs(self, t: TrialInput) -> Iterator[tuple[ExecOptions, IO[bytes], IO[bytes]]]:
         """The trial's inputs in place — argv, environment, standard input, file secrets in a
         fresh working directory — as the options of its run, with the files that collect
         its standard output and error."""
-        files = self.files(t)
+        inputs = self.secrets(t)
+        files = inputs.files()
         with tempfile.TemporaryDirectory(prefix="leakdbt-trial-") as work, \
                 tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, \
                 tempfile.TemporaryFile() as err:
-            stdin.write(self.stdin(t))
+            stdin.write(inputs.stdin())
             stdin.seek(0)
             for path, data in files.items():
                 full = os.path.join(work, path)
@@ -204,7 +157,7 @@ class TrialSetup:
                 with open(full, "wb") as f:
                     f.write(data)
             yield ExecOptions(
-                argv=self.argv(t), env=self.env(t), cwd=work if files else None,
+                argv=inputs.argv(self.binary), env=inputs.env(), cwd=work if files else None,
                 max_insns=self.max_insns, regions=self.regions, mode=self.mode,
                 hardener=self.hardener_factory() if self.hardener_factory else None,
                 stdio=(stdin.fileno(), out.fileno(), err.fileno()),
@@ -213,12 +166,12 @@ class TrialSetup:
     def run(self, t: TrialInput, what: Observation) -> TrialRun:
         """Run one trial and observe it."""
         observers: list[RunObserver] = []
-        dispatchers: list[Dispatcher | None] = []
+        translators: list[Dispatcher | None] = []
         maps: list[ModuleMap] = []
         with self.inputs(t) as (options, out, err):
 
-            def start(machine: Machine, dispatcher: Dispatcher | None) -> None:
-                dispatchers.append(dispatcher)
+            def start(machine: Machine, translator: Dispatcher | None) -> None:
+                translators.append(translator)
                 observers.append(self._attach(machine, maps[0], t, what))
 
             options.on_modules = maps.append
@@ -235,70 +188,31 @@ class TrialSetup:
             err.seek(0)
             run = TrialRun(t, observers[0].trace, status, out.read(), err.read(), error)
             if what.full:
-                run.where = _locations(observers[0], maps[0], dispatchers[0])
+                run.where = _locations(observers[0], maps[0], translators[0])
             return run
 
     def _attach(self, machine: Machine, modules: ModuleMap, t: TrialInput, what: Observation
                 ) -> RunObserver:
-        """Observers, and the writers of register, buffer and global secrets — for the
+        """Observers, and the trial's register, buffer and global secrets in place — for the
         modules loaded now and for those the guest loads later."""
         binding = self.contract.binding
         assert binding is not None
         scoped = [(f.module, f.start) for f in binding.functions]
         observer = RunObserver(machine, what.observers, what.unit, what.latency_classes,
                                [] if scoped else None, what.full)
-        writers: list[tuple[tuple[str | None, int], Callable[..., None]]] = []
-        globals_: list[tuple[str | None, int, bytes]] = []
-        for secret, resolved, (_, value) in zip(self.contract.secrets, binding.secrets,
-                                                t.values, strict=True):
-            source = secret.source
-            if isinstance(source, RegisterSource | PointerSource) and resolved is not None \
-                    and resolved.function is not None:
-                writers.append(((resolved.function.module, resolved.function.start),
-                                _register_writer(machine, source, value)))
-            elif isinstance(source, SymbolSource) and resolved is not None \
-                    and resolved.span is not None:
-                span = resolved.span.start
-                globals_.append((span.module, span.address, value))
 
         def on_module(mod: LoadedModule) -> None:
             for entry in entries_in(scoped, mod):
                 observer.add_scope(entry)
-            for where, write in writers:
-                for entry in entries_in([where], mod):
-                    machine.uc.hook_add(UC_HOOK_CODE, machine.guard(write), None, entry, entry)
-            for module, address, value in globals_:
-                if mod.is_named(module):
-                    machine.mem.write(address + mod.base, value)
 
         for mod in modules.modules():
             on_module(mod)
         modules.listeners.append(on_module)
-        uc: Any = machine.uc  # ctl_flush_tb is missing from the stubs
-        uc.ctl_flush_tb()  # the hooks apply to code translated before them too
+        place_in_process(machine, modules, self.contract, [v for _, v in t.values])
         return observer
 
 
-def _register_writer(machine: Machine, source: RegisterSource | PointerSource, value: bytes
-                     ) -> Callable[[Any, int, int, Any], None]:
-    """A code hook that writes ``value`` into the register, or the buffer it points to."""
-    reg = source.register
-    if reg.startswith("xmm"):
-        const = getattr(x, f"UC_X86_REG_{reg.upper()}")
-        number = int.from_bytes(value[:16].ljust(16, b"\0"), "little")
-    else:
-        const = getattr(x, f"UC_X86_REG_{reg.upper()}")
-        number = int.from_bytes(value[:8].ljust(8, b"\0"), "little")
-
-    def write(uc: Any, address: int, size: int, _ud: object) -> None:
-        if isinstance(source, PointerSource):
-            machine.mem.write(uc.reg_read(const), value)
-        else:
-            uc.reg_write(const, number)
-    return write
-
-
-def _locations(observer: RunObserver, modules: ModuleMap, dispatcher: Dispatcher | None
+def _locations(observer: RunObserver, modules: ModuleMap, translator: Dispatcher | None
                ) -> dict[int, Place]:
     """Where every address of a full trace is (see :class:`Place`)."""
     t = observer.trace
@@ -306,7 +220,7 @@ def _locations(observer: RunObserver, modules: ModuleMap, dispatcher: Dispatcher
         | {pc for _, pc, _, _ in t.memory} | {pc for _, pc, _ in t.latency}
     out = {}
     for a in addresses:
-        orig = dispatcher.original_of(a) if dispatcher is not None else None
+        orig = translator.original_of(a) if translator is not None else None
         target = a if orig is None else orig
         mod = modules.find(target)
         if mod is None:
@@ -315,17 +229,3 @@ def _locations(observer: RunObserver, modules: ModuleMap, dispatcher: Dispatcher
             out[a] = Place(target, mod.name, mod.host_path, target - mod.base,
                            modules.symbolize(target), mod.is_main)
     return out
-
-
-def _overwrite(data: bytearray, offset: int, value: bytes) -> None:
-    if len(data) < offset + len(value):
-        data.extend(bytes(offset + len(value) - len(data)))
-    data[offset:offset + len(value)] = value
-
-
-def _read_or_empty(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""

@@ -24,16 +24,6 @@ if TYPE_CHECKING:
     from leakdbt.machine.memory import AddressSpace
 
 
-class GuestMemory(Protocol):
-    """What handlers may do with guest memory."""
-
-    def read(self, address: int, size: int) -> bytes: ...
-
-    def write(self, address: int, data: bytes) -> None: ...
-
-    def read_cstring(self, address: int, limit: int = 4096) -> bytes: ...
-
-
 class Registers(Protocol):
     """The guest CPU's registers, by lower-case name (``rax``, ``fs_base``...)."""
 
@@ -73,15 +63,14 @@ class ProcessIds:
 class Kernel:
     """Everything a system-call handler may touch.
 
-    ``mm`` is the machine's address space (mmap/brk/mprotect); ``modules`` tells which ELF file
-    lies where (for ``symbol+offset`` locations).
+    ``mem`` is the machine's address space (guest memory, and mmap/brk/mprotect); ``modules``
+    tells which ELF file lies where (for ``symbol+offset`` locations).
     """
 
-    mem: GuestMemory
+    mem: AddressSpace
     fs: FileSystem
     fds: FdTable
     ids: ProcessIds
-    mm: AddressSpace
     exe_path: str  # guest path of the main program (for /proc/self/exe and AT_EXECFN)
     modules: ModuleMap = field(default_factory=lambda: _module_map())
     cpu: Registers = None  # type: ignore[assignment]  # set by the launcher

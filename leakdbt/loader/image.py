@@ -163,6 +163,20 @@ class Image:
         later = [f.value for f in self.functions if func.value < f.value < end]
         return func.value, min(later, default=end)
 
+    def function_containing(self, address: int) -> Symbol | None:
+        """The function symbol whose extent holds link-time ``address`` (symbols only: the
+        ``sub_ADDR`` functions of a stripped binary are leakdbt.loader.functions')."""
+        funcs = self.functions
+        i = bisect.bisect_right(self._function_starts, address) - 1
+        if i < 0:
+            return None
+        lo, hi = self.extent(funcs[i])
+        return funcs[i] if lo <= address < hi else None
+
+    @cached_property
+    def _function_starts(self) -> list[int]:
+        return [f.value for f in self.functions]
+
     def segment_at(self, address: int) -> Segment | None:
         """The segment whose file-backed part holds link-time ``address``."""
         return next((s for s in self.segments if s.vaddr <= address < s.vaddr + s.filesz),

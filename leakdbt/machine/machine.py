@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from unicorn import (
@@ -39,6 +40,7 @@ from leakdbt.errors import (
 )
 from leakdbt.machine import vex
 from leakdbt.machine.cpu import guest_cpuid
+from leakdbt.machine.hooks import Hooks
 from leakdbt.machine.memory import (
     PAGE,
     PROT_EXEC,
@@ -47,17 +49,18 @@ from leakdbt.machine.memory import (
     AddressSpace,
     GuestMemoryFault,
 )
+from leakdbt.x86.registers import WIDTH
 
 # The engine needs an address at which to stop, and it probes that page through the TLB after
 # memory-map changes.  We give it the page just above the last user page (Linux's TASK_SIZE),
-# which no guest mapping can cover; the page holds int3 in case a guest jumps there.
+# which no guest mapping can cover.  The guest never reaches it (it exits through exit_group),
+# and the page is invisible to it: a jump or access there is a SIGSEGV like any unmapped
+# address (the int3 fill is a second line of defence).
 STOP_ADDRESS = USER_TOP + 0x10  # the engine probes the page of STOP_ADDRESS - 1 too
 
-REGS: dict[str, int] = {
-    name: getattr(x86, f"UC_X86_REG_{name.upper()}")
-    for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
-                 "r11", "r12", "r13", "r14", "r15", "rip", "rflags", "fs_base", "gs_base")
-}
+# Register name (leakdbt.x86.registers) -> the engine's number for it: the only such map.
+REGS: dict[str, int] = {name: getattr(x86, f"UC_X86_REG_{name.upper()}") for name in WIDTH}
+_REG_MASKS = {name: (1 << 8 * width) - 1 for name, width in WIDTH.items()}
 
 # Exception vector -> (signal, what Linux would call it).
 VECTOR_SIGNALS: dict[int, tuple[int, str]] = {
@@ -94,17 +97,21 @@ class Machine:
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
         self.mem = AddressSpace(self.uc, max_memory)
+        self.hooks = Hooks(self.uc, self._fail)
         self.symbolize: Callable[[int], str] = lambda a: f"{a:#x}"
         self.syscall_handler: Callable[[Machine], None] | None = None
         self.exited = False
         self.blocks_translated: int | None = None
         self._insns_done: int | None = None
+        self._insn_limit_reached = False  # the next block would cross --max-insns
+        self._final_step = False  # run() is counting the last instructions in the engine
         self._pending: BaseException | None = None
         self._vex_hooks: dict[int, int] = {}
         self._deferred: list[Callable[[], None]] = []
         self.resumable = False  # set by users of defer() before run(): see run()
         self.mem.exec_page_listeners.append(self._vet_code_page)
-        self.mem.map_reserved(USER_TOP, PAGE, PROT_READ | PROT_EXEC, "[leakdbt stop]")
+        self.mem.map_reserved(USER_TOP, PAGE, PROT_READ | PROT_EXEC, "[leakdbt stop]",
+                              guest=False, engine_fetch=True)
         self.uc.mem_write(USER_TOP, b"\xcc" * PAGE)
         self.uc.hook_add(UC_HOOK_TLB_FILL, self.guard(self.mem.tlb_fill))
         self.uc.hook_add(UC_HOOK_INSN, self.guard(self._on_syscall), None, 1, 0,
@@ -119,30 +126,49 @@ class Machine:
     # -- registers -------------------------------------------------------------------------
 
     def reg(self, name: str) -> int:
+        """Register ``name`` (any name of leakdbt.x86.registers.WIDTH) now."""
         return int(self.uc.reg_read(REGS[name]))
 
     def set_reg(self, name: str, value: int) -> None:
-        self.uc.reg_write(REGS[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+        """Write register ``name`` (``value`` truncated to its width)."""
+        self.uc.reg_write(REGS[name], value & _REG_MASKS[name])
+
+    def reg_reader(self, name: str) -> Callable[[], int]:
+        """A reader of register ``name`` for per-instruction hooks: the name is looked up
+        once, not per call."""
+        return partial(self.uc.reg_read, REGS[name])
 
     # -- running -----------------------------------------------------------------------------
 
     def run(self, entry: int, *, max_insns: int = 0, timeout: float = 0.0,
-            count_insns: bool = False) -> None:
+            count_insns: bool = False, since: float | None = None) -> None:
         """Run from ``entry`` until the guest exits; raise GuestFault/LimitExceeded otherwise.
 
-        ``max_insns`` is enforced by the engine; ``count_insns`` adds a per-block callback
-        (slower) that makes :meth:`instructions_executed` exact.  Work handed to
+        ``max_insns`` is enforced exactly by a per-block count and a final engine-counted
+        step; ``count_insns`` makes :meth:`instructions_executed` exact without a limit.  Work handed to
         :meth:`defer` runs between two engine runs, and the guest resumes where it stopped.
+        ``timeout`` counts from ``since`` (a ``time.monotonic()`` value; default: now), so
+        that it can cover loading.
         """
-        start = time.monotonic()
-        if count_insns or (max_insns and self.resumable):
-            self._count_instructions()  # a resumed run needs to know what is left
+        start = time.monotonic() if since is None else since
+        entry &= 0xFFFF_FFFF_FFFF_FFFF
+        if entry >= USER_TOP:  # Linux's execve: SIGSEGV once past the point of no return
+            raise self._reserved_fetch(entry)
+        if count_insns or max_insns:
+            self._count_instructions(max_insns)
         pc = entry
         while True:
-            left = max_insns - (self._insns_done or 0) if max_insns else 0
             left_time = timeout - (time.monotonic() - start) if timeout else 0.0
-            if (max_insns and left <= 0) or (timeout and left_time <= 0):
+            if timeout and left_time <= 0:
                 break
+            # The block counter stops the engine before a block that would cross the limit;
+            # the rest is one engine-counted step (engine counting is slow with many code
+            # hooks: each instruction then walks all of them).
+            final = self._insn_limit_reached
+            left = max_insns - (self._insns_done or 0) if final else 0
+            if final and left <= 0:
+                break
+            self._final_step = final
             try:
                 self.uc.emu_start(pc, STOP_ADDRESS, timeout=int(left_time * 1e6), count=left)
             except UcError as e:
@@ -150,16 +176,23 @@ class Machine:
                 if self.exited:
                     return  # stopping inside a syscall hook can surface as a stray engine error
                 raise self._fault_from_error(e) from None
+            finally:
+                self._final_step = False
             self._raise_pending()
             if self.exited:
                 return
-            if not self._deferred:
+            if final:
+                self._insns_done = max_insns  # the engine ran exactly ``left`` more
+                break
+            if not self._insn_limit_reached and not self._deferred:
                 break
             while self._deferred:
                 self._deferred.pop(0)()
             self._raise_pending()
             pc = self.reg("rip")
         rip = self.reg("rip")
+        if USER_TOP <= rip < USER_TOP + PAGE:  # the guest jumped to the stop address
+            raise self._reserved_fetch(rip)
         if timeout and time.monotonic() - start >= timeout * 0.99:
             raise LimitExceeded(f"--timeout {timeout:g} s reached at {self.symbolize(rip)}")
         if max_insns:
@@ -183,15 +216,25 @@ class Machine:
 
             self.uc.hook_add(UC_HOOK_EDGE_GENERATED, self.guard(edge))
 
-    def _count_instructions(self) -> None:
+    def _count_instructions(self, limit: int = 0) -> None:
+        """Count instructions per block; with ``limit``, stop before the block that would
+        cross it (``_insn_limit_reached``; run() finishes with an exact engine count)."""
+        if self._insns_done is not None:
+            return
         icounts: dict[int, int] = {}
         self._insns_done = 0
+        limit = limit or (1 << 64)
 
         def block(uc: Uc, address: int, size: int, _ud: object) -> None:
             n = icounts.get(address)
             if n is None:
                 n = icounts[address] = uc.ctl_request_cache(address)[1]
-            self._insns_done = (self._insns_done or 0) + n
+            done = (self._insns_done or 0) + n
+            if done > limit and not self._final_step:
+                self._insn_limit_reached = True
+                uc.emu_stop()  # from a block hook: stops before the block runs
+                return
+            self._insns_done = done
 
         self.uc.hook_add(UC_HOOK_BLOCK, self.guard(block))
 
@@ -207,6 +250,12 @@ class Machine:
         """Drop translated blocks of [start, end) so that changed code is retranslated."""
         self.uc.ctl_remove_cache(start, end)
 
+    def translate_block(self, address: int) -> int:
+        """Have the engine translate the block at ``address`` now, ahead of its first run;
+        its size in bytes (0: nothing could be translated there)."""
+        tb = self.uc.ctl_request_cache(address)
+        return tb[2] if tb is not None else 0
+
     # -- hooks --------------------------------------------------------------------------------
 
     def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -216,12 +265,16 @@ class Machine:
             try:
                 return fn(*args)
             except BaseException as e:  # noqa: BLE001 - re-raised by run()
-                if self._pending is None:
-                    self._pending = e
-                self.uc.emu_stop()
+                self._fail(e)
                 return False
 
         return hook
+
+    def _fail(self, e: BaseException) -> None:
+        """What a guarded hook does with ``e``: keep the first, stop the engine."""
+        if self._pending is None:
+            self._pending = e
+        self.uc.emu_stop()
 
     def _raise_pending(self) -> None:
         if self._pending is not None:
@@ -244,11 +297,18 @@ class Machine:
         rip = self.reg("rip")
         if intno == 6:
             self._raise_invalid(rip)
+        if intno == 3 and USER_TOP <= rip - 1 < USER_TOP + PAGE:
+            raise self._reserved_fetch(rip - 1)  # the stop page's int3: invisible to the guest
         signo, what = VECTOR_SIGNALS.get(intno, (signal.SIGSEGV, f"interrupt {intno:#x}"))
         if intno == 14 and self.mem.last_fault:
             addr, access = self.mem.last_fault
             what = f"{_ACCESS_WORDS.get(access, 'access to')} {addr:#x}"
         raise GuestFault(signo, rip, self.symbolize(rip), what)
+
+    def _reserved_fetch(self, address: int) -> GuestFault:
+        """The SIGSEGV Linux gives for a jump to ``address`` above user space."""
+        return GuestFault(signal.SIGSEGV, address, self.symbolize(address),
+                          f"execution at {address:#x} (unmapped)")
 
     def _on_invalid_insn(self, uc: Uc, _ud: object) -> bool:
         self._raise_invalid(self.reg("rip"))
@@ -278,6 +338,7 @@ class Machine:
             if fault:
                 addr, access = fault
                 kind = self.mem.find(addr)
+                kind = kind if kind is not None and kind.guest else None  # reserved: unmapped
                 what = (f"{_ACCESS_WORDS.get(_base_access(access), 'access to')} {addr:#x}"
                         + (" (no permission)" if kind else " (unmapped)"))
                 if _base_access(access) == ucc.UC_MEM_FETCH:

@@ -45,6 +45,16 @@ MMAP_MIN = 0x1_0000  # Linux's vm.mmap_min_addr
 USER_TOP = 0x7FFF_FFFF_F000
 
 
+ENGINE_CHUNK = 16 << 20  # smallest piece a large mapping is handed to the engine in
+ENGINE_PIECES = 256  # most pieces one mapping is cut into (see AddressSpace._engine_map)
+
+
+def engine_chunk(size: int) -> int:
+    """Piece size for a ``size``-byte mapping: ENGINE_CHUNK, or the power of two that keeps
+    the mapping within ENGINE_PIECES pieces."""
+    return max(ENGINE_CHUNK, 1 << max(size // ENGINE_PIECES - 1, 0).bit_length())
+
+
 def page_down(x: int) -> int:
     return x & ~(PAGE - 1)
 
@@ -63,6 +73,7 @@ class Vma:
     name: str
     guest: bool = True  # False: leakdbt's own memory, never reachable from the guest
     pinned: bool = False  # leakdbt's memory the guest runs but may not unmap or change
+    engine_fetch: bool = False  # not guest memory, but the engine may fetch from it (probes)
 
 
 class AddressSpace:
@@ -156,10 +167,11 @@ class AddressSpace:
     # -- changes -----------------------------------------------------------------------------
 
     def map_reserved(self, start: int, size: int, prot: int, name: str,
-                     guest: bool = True) -> None:
+                     guest: bool = True, engine_fetch: bool = False) -> None:
         """Map memory for leakdbt itself above USER_TOP, where guest calls cannot reach;
-        ``guest=False`` also keeps guest instructions from touching it."""
-        self._insert(Vma(start, start + size, prot, name, guest))
+        ``guest=False`` also keeps guest instructions from touching it (``engine_fetch``
+        still lets instruction fetches in: the engine probes its stop page that way)."""
+        self._insert(Vma(start, start + size, prot, name, guest, engine_fetch=engine_fetch))
         with self._change():
             self.uc.mem_map(start, size, prot)
 
@@ -180,9 +192,29 @@ class AddressSpace:
             )
         self.unmap(start, end - start)
         with self._change():
-            self.uc.mem_map(start, end - start, prot)
+            self._engine_map(start, end, prot)
         self._insert(Vma(start, end, prot, name))
         self.mapped_bytes += end - start
+
+    def _engine_map(self, start: int, end: int, prot: int) -> None:
+        """``mem_map`` [start, end) in aligned pieces of at most ``engine_chunk(end - start)``.
+
+        The engine reserves memory lazily, but a later partial ``mem_protect``/``mem_unmap``
+        copies the whole region it splits (an mprotect of one page of a 4 GiB bss touched all
+        4 GiB).  Pieces bound that copy; their number is bounded too, because the engine's
+        map time grows quadratically with its region count.  Raises MemoryError (ENOMEM)
+        when the host refuses the reservation."""
+        chunk = engine_chunk(end - start)
+        done = start
+        try:
+            while done < end:
+                piece_end = min((done // chunk + 1) * chunk, end)
+                self.uc.mem_map(done, piece_end - done, prot)
+                done = piece_end
+        except UcError as e:
+            if done > start:
+                self.uc.mem_unmap(start, done - start)
+            raise MemoryError(f"cannot reserve {end - start} bytes at {start:#x}: {e}") from None
 
     def unmap(self, start: int, size: int) -> None:
         """Remove every mapped page in [start, start+size) (never leakdbt's own pages)."""
@@ -262,6 +294,19 @@ class AddressSpace:
             if used:
                 self.uc.ctl_remove_cache(lo, hi)  # translations made from the shadow
 
+    def read_code_view(self, address: int, size: int) -> bytes:
+        """The bytes instruction fetches see at [address, address+size): a page's shadow
+        where it has one (:meth:`write_code_view`), else what :meth:`read` returns."""
+        out = b""
+        while size > 0:
+            page = page_down(address)
+            n = min(size, page + PAGE - address)
+            phys = self.shadows.get(page)
+            out += self.read(address, n) if phys is None else \
+                bytes(self.uc.mem_read(phys + address - page, n))
+            address, size = address + n, size - n
+        return out
+
     def is_used(self, page: int) -> bool:
         """Has the engine used code page ``page`` since it was mapped or changed?"""
         return page in self._vetted_pages
@@ -340,6 +385,9 @@ class AddressSpace:
             entry.perms = v.prot | PROT_EXEC  # type: ignore[attr-defined]
             return True
         need = _ACCESS_PROT.get(access, PROT_READ)
+        if v is not None and v.engine_fetch and need == PROT_EXEC:
+            entry.paddr, entry.perms = page_down(vaddr), PROT_EXEC  # type: ignore[attr-defined]
+            return True  # a guest that jumps there hits int3: Machine reports SIGSEGV
         if v is None or not v.guest or not (v.prot & need):
             self.last_fault = (vaddr, access)
             return False

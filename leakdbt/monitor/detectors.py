@@ -4,8 +4,9 @@ Detectors are found through the ``leakdbt.detectors`` entry-point group — buil
 ``plugins/tenancy_*.py``, declared in our pyproject.toml) exactly like third-party ones.  An
 entry point names a :class:`~leakdbt.plugin_api.DetectorFactory` (or a module whose
 ``DETECTOR`` is one).  A detector that cannot be loaded, declares another API version, lacks
-part of the interface or reuses a name is rejected with a :class:`~leakdbt.errors.PluginError`
-that names it and where it came from.
+part of the interface or reuses a name (:mod:`leakdbt.pluginload`), or whose name or
+description is malformed, is rejected with a :class:`~leakdbt.errors.PluginError` that names
+it and where it came from.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import difflib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from leakdbt.errors import PluginError, UsageError
 from leakdbt.plugin_api import (
@@ -23,7 +25,7 @@ from leakdbt.plugin_api import (
     DetectorFactory,
     TenancyDetector,
 )
-from leakdbt.pluginload import Candidate, installed, load_all
+from leakdbt.pluginload import Candidate, PluginKind, load_plugins
 
 ENTRY_POINT_GROUP = "leakdbt.detectors"
 DEFAULT_DETECTORS = ("procfs", "cpuset")
@@ -41,30 +43,8 @@ class LoadedDetector:
         return self.factory.name
 
 
-def load_detectors(candidates: Iterable[Candidate] | None = None) -> dict[str, LoadedDetector]:
-    """The detectors of ``candidates`` (default: the installed ones) by name, sorted."""
-    by_name: dict[str, LoadedDetector] = {}
-    for obj, origin in load_all(installed(ENTRY_POINT_GROUP) if candidates is None
-                                else candidates, "DETECTOR"):
-        d = LoadedDetector(_checked(obj, origin), origin)
-        if d.name in by_name:
-            raise PluginError(f"detector {d.name!r} is defined twice: by "
-                              f"{by_name[d.name].origin} and by {d.origin}")
-        by_name[d.name] = d
-    return dict(sorted(by_name.items()))
-
-
-def _checked(obj: object, origin: str) -> DetectorFactory:
-    if obj is None:
-        raise PluginError(f"{origin}: defines no DETECTOR")
-    version = getattr(obj, "api_version", None)
-    if version != DETECTOR_API_VERSION:
-        raise PluginError(f"{origin}: written for detector API version {version!r}; this "
-                          f"leakdbt provides version {DETECTOR_API_VERSION}")
-    if not isinstance(obj, DetectorFactory):
-        missing = [a for a in ("name", "api_version", "description", "create")
-                   if not hasattr(obj, a)]
-        raise PluginError(f"{origin}: not a detector factory (missing {', '.join(missing)})")
+def _checked(obj: Any, origin: str) -> DetectorFactory:
+    """What the shared loader does not check: create is a method, the name and description."""
     if not callable(obj.create):
         raise PluginError(f"{origin}: create must be a method")
     name = obj.name
@@ -73,7 +53,19 @@ def _checked(obj: object, origin: str) -> DetectorFactory:
                           f"':' or surrounding spaces, not {name!r}")
     if not isinstance(obj.description, str):
         raise PluginError(f"{origin}: detector {name!r}: description must be a string")
-    return obj
+    return obj  # the loader checked every member of the interface
+
+
+DETECTORS = PluginKind[DetectorFactory](
+    noun="detector", title="a detector factory", group=ENTRY_POINT_GROUP, attribute="DETECTOR",
+    api="detector API", version=DETECTOR_API_VERSION,
+    members=("name", "api_version", "description", "create"), check=_checked)
+
+
+def load_detectors(candidates: Iterable[Candidate] | None = None) -> dict[str, LoadedDetector]:
+    """The detectors of ``candidates`` (default: the installed ones) by name, sorted."""
+    return {name: LoadedDetector(factory, origin)
+            for name, (factory, origin) in sorted(load_plugins(DETECTORS, candidates).items())}
 
 
 def create_detector(spec: str, context: DetectorContext,

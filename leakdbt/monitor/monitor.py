@@ -10,7 +10,7 @@ through the last-level cache (``cache``).  Sharing only the machine matters to n
 Conservative by design:
 
 - the first observation, made before the guest starts, picks the starting cache;
-- a co-tenant that matters switches to hardened at once — the dispatcher installs the entry
+- a co-tenant that matters switches to hardened at once — the translator installs the entry
   jumps at its next safe point, so the next region entry runs hardened;
 - back to fast only after no co-tenant that matters was seen for the hold-down time;
 - a detector that fails counts as a co-tenant: hardened.
@@ -54,21 +54,21 @@ class MonitorStats:
 
 
 class Monitor:
-    """Watches ``detector`` every ``poll_ms`` and sets ``dispatcher``'s mode (module doc)."""
+    """Watches ``detector`` every ``poll_ms`` and sets ``translator``'s mode (module doc)."""
 
-    def __init__(self, detector: TenancyDetector, dispatcher: Dispatcher, adversary: Adversary,
+    def __init__(self, detector: TenancyDetector, translator: Dispatcher, adversary: Adversary,
                  poll_ms: float = DEFAULT_POLL_MS, hold_ms: float = DEFAULT_HOLD_MS,
                  events: IO[str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.detector = detector
-        self.dispatcher = dispatcher
+        self.translator = translator
         self.matters = MATTERS[adversary]
         self.poll = poll_ms / 1000
         self.hold = hold_ms / 1000
         self.events = events
         self.clock = clock
         self.stats = MonitorStats()
-        self.mode = dispatcher.mode
+        self.mode = translator.mode
         self._started = clock()
         self._since = self._started  # when the current mode began
         self._last_seen: float | None = None  # when a co-tenant that matters was last seen
@@ -111,8 +111,8 @@ class Monitor:
         self.stats.seconds[self.mode.value] += now - self._since
         self._since = now
         first = self.stats.polls == 1
-        if mode is not self.mode or mode is not self.dispatcher.mode:
-            self.dispatcher.set_mode(mode)
+        if mode is not self.mode or mode is not self.translator.mode:
+            self.translator.set_mode(mode)
             self.stats.switches += 0 if first else 1
         self.mode = mode
         if self.events is not None:

@@ -9,11 +9,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
-from leakdbt.dbt.harden import Hardener
+from leakdbt.dbt.mode import Mode
 from leakdbt.errors import ElfError, GuestError
-from leakdbt.linux.fs import FileSystem
+from leakdbt.linux.fs import FileSystem, require_executable
 from leakdbt.linux.kernel import Kernel, VirtualTime
 from leakdbt.linux.process import (
     AT_BASE,
@@ -34,6 +34,7 @@ from leakdbt.linux.process import (
     AT_UID,
     ELF_ET_DYN_BASE,
     build_stack,
+    entry_address,
     fd_table,
     guest_exe_path,
     interpreter_path,
@@ -48,7 +49,11 @@ from leakdbt.loader.modules import ModuleMap
 from leakdbt.machine.cpu import hwcap
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import MMAP_TOP, PAGE, page_up
-from leakdbt.monitor.monitor import Monitor
+
+if TYPE_CHECKING:  # the translator and the monitor are imported only by runs that use them
+    from leakdbt.dbt.dispatch import Dispatcher, RegionRequest
+    from leakdbt.dbt.harden import Hardener
+    from leakdbt.monitor.monitor import Monitor
 
 
 @dataclass
@@ -108,6 +113,7 @@ def execute(binary: str, options: ExecOptions,
     ``on_exit`` sees the result however the run ends (normal exit, crash, limit), before a
     GuestError propagates, so that ``--stats`` is printed for crashes too.
     """
+    loading_started = time.monotonic()  # --timeout covers loading
     image = load_image(binary)
     if image.kind is ElfKind.SHARED and image.entry == 0:
         raise ElfError(binary, "a shared library without an entry point cannot be executed")
@@ -117,14 +123,16 @@ def execute(binary: str, options: ExecOptions,
     fs.exe_path = exe_path
     machine = Machine(max_memory=options.max_memory)
     kernel = Kernel(mem=machine.mem, fs=fs, fds=fd_table(options.stdio), ids=process_ids(),
-                    mm=machine.mem, exe_path=exe_path, cpu=machine)
+                    exe_path=exe_path, cpu=machine)
     if options.virtual_time is not None:
         VirtualTime(options.virtual_time).apply(kernel)
     machine.symbolize = kernel.modules.symbolize
-    dispatcher = SyscallDispatcher(kernel, strict=options.strict)
-    machine.syscall_handler = dispatcher
+    syscalls = SyscallDispatcher(kernel, strict=options.strict)
+    machine.syscall_handler = syscalls
     translator = None
     if options.regions or options.translate_all is not None:
+        from leakdbt.dbt.dispatch import Dispatcher
+
         translator = Dispatcher(machine, kernel.modules, options.regions, options.mode,
                                 options.count_entries, options.translate_all,
                                 hardener=options.hardener)
@@ -135,7 +143,7 @@ def execute(binary: str, options: ExecOptions,
     kernel.modules.add_image(image, bias, is_main=True)
     machine.mem.brk_start = machine.mem.brk = page_up(bias + image.high)
 
-    entry = image.entry + bias
+    entry = entry_address(image, bias)
     interp_base = 0
     if image.interpreter:
         interp = load_image(interpreter_path(fs, binary, image.interpreter))
@@ -144,11 +152,13 @@ def execute(binary: str, options: ExecOptions,
         interp_base = machine.mem.find_free(interp.high - interp.low, MMAP_TOP) - interp.low
         map_image(machine, interp, interp_base)
         kernel.modules.add_image(interp, interp_base)
-        entry = interp.entry + interp_base
+        entry = entry_address(interp, interp_base)
+    # After loading, so that a malformed file is reported as bad input (status 2) first.
+    require_executable(binary)
 
     auxv = [(AT_PHDR, phdr_address(image, bias)), (AT_PHENT, image.phentsize),
             (AT_PHNUM, image.phnum), (AT_PAGESZ, PAGE), (AT_BASE, interp_base), (AT_FLAGS, 0),
-            (AT_ENTRY, image.entry + bias), (AT_UID, kernel.ids.uid),
+            (AT_ENTRY, entry_address(image, bias)), (AT_UID, kernel.ids.uid),
             (AT_EUID, kernel.ids.euid), (AT_GID, kernel.ids.gid), (AT_EGID, kernel.ids.egid),
             (AT_SECURE, 0), (AT_HWCAP, hwcap()), (AT_HWCAP2, 0), (AT_CLKTCK, 100),
             (AT_MINSIGSTKSZ, 2048)]
@@ -173,7 +183,7 @@ def execute(binary: str, options: ExecOptions,
         monitor.start()
     try:
         machine.run(entry, max_insns=options.max_insns, timeout=options.timeout,
-                    count_insns=options.count_insns)
+                    count_insns=options.count_insns, since=loading_started)
         status = kernel.exit_status or 0
     except GuestError as e:
         status = e.exit_status
@@ -183,7 +193,7 @@ def execute(binary: str, options: ExecOptions,
             monitor.stop()
         kernel.fds.close_all()
         result = ExecResult(exit_status=status, wall_time=time.perf_counter() - start,
-                            syscalls=dict(dispatcher.counts),
+                            syscalls=dict(syscalls.counts),
                             instructions=machine.instructions_executed(),
                             blocks_translated=machine.blocks_translated,
                             translation=translator.report() if translator else None)

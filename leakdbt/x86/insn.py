@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from leakdbt.x86.registers import REGS64 as REGS64  # re-exported for its users
+
 
 class Flow(enum.Enum):
     """How control leaves an instruction."""
@@ -39,15 +41,6 @@ SHORT_ONLY = frozenset({"loop", "loope", "loopne", "jrcxz", "jecxz"})
 TRANSACTION = frozenset({"xbegin"})  # continues, or jumps to its abort handler
 STOPS = frozenset({"ud2", "hlt", "int3", "ud0", "ud1"})
 RETURNS = frozenset({"ret", "retf", "iretq", "iret", "iretd", "sysret", "sysretq"})
-
-REGS64 = {  # 8/16/32-bit register names -> the 64-bit register they are part of
-    **{f"r{i}{s}": f"r{i}" for i in range(8, 16) for s in ("", "d", "w", "b")},
-    **{r: f"r{r[1:]}" for r in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")},
-    **{f"r{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
-    **{r: f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
-    **{f"{c}l": f"r{c}x" for c in "abcd"}, **{f"{c}h": f"r{c}x" for c in "abcd"},
-    **{"sil": "rsi", "dil": "rdi", "bpl": "rbp", "spl": "rsp"},
-}
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,28 +67,26 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 from leakdbt.plugin_api import (
     API_VERSION,
     REGION_SCRATCH,
     REGISTER64,
     BlockView,
+    ContractView,
     Flow,
     Insn,
+    ProfileView,
     Refusal,
     RegionView,
     Rewrite,
     detail,
+    detail_constants,
     original,
 )
 
-if TYPE_CHECKING:
-    from leakdbt.contract.model import Contract
-    from leakdbt.contract.profiles import Profile
-
-__all__ = ["INIT", "Engine", "InsnInfo", "Mem", "Pred", "Refused", "Terminator", "analyse",
-           "always_valid", "control_refusal", "covered", "is_string", "needs_flags",
+__all__ = ["INIT", "INSN_PASSES", "Engine", "InsnInfo", "Mem", "Pred", "Refused", "Terminator",
+           "analyse", "always_valid", "control_refusal", "covered", "is_string", "needs_flags",
            "predicated_refusal", "terminator", "topological", "writes_flags"]
 
 MAX_FRAME = 0x1000  # scratch bytes below REGION_SCRATCH a region may use
@@ -112,6 +110,11 @@ SYSCALLS = frozenset({"syscall", "sysenter", "int", "int1", "int3", "into"})
 _PTR = {1: "byte ptr", 2: "word ptr", 4: "dword ptr", 8: "qword ptr"}
 
 
+INSN_PASSES = ("ct-division", "oblivious-table", "fp-ftz-daz")
+"""The per-instruction passes a whole-region pass runs before: their rewrites of the
+instructions its code carries as ``.insn`` lines land inside it (docs/passes.md)."""
+
+
 class Refused(Exception):
     """Why a pass refuses a region (its message becomes the Refusal's reason)."""
 
@@ -122,16 +125,16 @@ class WholeRegionPass:
     refused.  if-conversion and bounded-loop are two of these."""
 
     api_version = API_VERSION
-    before: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
 
-    def __init__(self, name: str, shape: str, rewrite: Callable[[RegionView], list[str]]
-                 ) -> None:
+    def __init__(self, name: str, shape: str, rewrite: Callable[[RegionView], list[str]],
+                 before: tuple[str, ...] = ()) -> None:
         self.name = name
         self.shape = shape
         self.rewrite = rewrite
+        self.before = before
 
-    def applies(self, region: RegionView, contract: Contract, profile: Profile
+    def applies(self, region: RegionView, contract: ContractView, profile: ProfileView
                 ) -> bool | Refusal:
         """Regions of the pass's shape."""
         if region.kind not in (None, self.shape):
@@ -141,7 +144,7 @@ class WholeRegionPass:
                     if region.kind == self.shape else False)
         return True
 
-    def harden(self, region: RegionView, contract: Contract, profile: Profile
+    def harden(self, region: RegionView, contract: ContractView, profile: ProfileView
                ) -> Rewrite | Refusal:
         """The region's code, or why there is none."""
         try:
@@ -232,8 +235,7 @@ _NO_ACCESS = ("lea", "nop")  # memory operand, but no memory access
 
 def analyse(insn: Insn) -> InsnInfo:
     """Registers read and written (implicit ones included) and memory operands of ``insn``."""
-    from capstone import CS_AC_READ, CS_AC_WRITE, x86
-
+    k = detail_constants()
     try:
         ci = detail(insn)
     except ValueError:
@@ -245,19 +247,19 @@ def analyse(insn: Insn) -> InsnInfo:
     divisor: str | None = None
     width = 0
     for op in ci.operands:
-        if op.type == x86.X86_OP_MEM and insn.mnemonic not in _NO_ACCESS:
+        if op.type == k.op_mem and insn.mnemonic not in _NO_ACCESS:
             m = op.mem
             base = ci.reg_name(m.base) if m.base else None
             segment = ci.reg_name(m.segment) if m.segment else None
-            mems.append(Mem(op.size, bool(op.access & CS_AC_READ) or not op.access,
-                            bool(op.access & CS_AC_WRITE),
+            mems.append(Mem(op.size, bool(op.access & k.access_read) or not op.access,
+                            bool(op.access & k.access_write),
                             segment if segment in ("fs", "gs") else None, base,
                             ci.reg_name(m.index) if m.index else None, m.scale, m.disp,
                             insn.rip_target if base == "rip" else None))
     if insn.mnemonic in ("div", "idiv"):
         op = ci.operands[0]
         width = op.size
-        divisor = ci.reg_name(op.reg) if op.type == x86.X86_OP_REG else "mem"
+        divisor = ci.reg_name(op.reg) if op.type == k.op_reg else "mem"
         writes |= {"rax", "rdx", *([GPR[divisor]] if divisor in GPR else [])}
     read, write, define = _flag_access(ci.eflags, insn)
     return InsnInfo(insn, reads, writes, tuple(mems), ci.addr_size != 8, divisor, width,
@@ -273,10 +275,7 @@ _VARIABLE_COUNT = frozenset({"shl", "shr", "sar", "sal", "rol", "ror", "rcl", "r
 def _flag_bits() -> tuple[int, int, tuple[int, ...], int]:
     """Capstone's eflags bits: reads, writes, per arithmetic flag the bits that define it,
     and the bits that leave an arithmetic flag depending on its old value."""
-    from capstone import x86
-
-    bits = {n[len("X86_EFLAGS_"):]: getattr(x86, n) for n in dir(x86)
-            if n.startswith("X86_EFLAGS_")}
+    bits = detail_constants().eflags
     read = sum(b for n, b in bits.items() if n.startswith(("TEST_", "PRIOR_")))
     write = sum(b for n, b in bits.items()
                 if n.startswith(("MODIFY_", "SET_", "RESET_", "UNDEFINED_", "PRIOR_")))

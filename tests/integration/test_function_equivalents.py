@@ -55,7 +55,7 @@ def test_analyze_write_then_hardened_exec_and_check(built: Path, tmp_path: Path,
     out = checked.stdout.decode()
     assert checked.status == 0 and "no leak found" in out, out
     # every trial ran the same blocks and touched the same lines
-    assert "distinct traces: control-flow 1, latency 1, memory 1" in out, out
+    assert "distinct traces: control-flow 1, memory-access 1, variable-latency 1" in out, out
 
 
 def test_shipped_contracts_harden_with_no_leak_left(built: Path) -> None:

@@ -5,6 +5,7 @@ for every secret — while the original's observations differ."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from leakdbt.contract.profiles import get_profile
 from leakdbt.dbt.dispatch import Dispatcher, Mode, requests_from_contract
 from leakdbt.dbt.harden import Hardener
 from leakdbt.dbt.passes import load_passes
-from leakdbt.leakage.recorder import LeakageRecorder, Observations
+from leakdbt.leakage.observe import OBSERVERS, RunObserver, Trace
 from leakdbt.machine.machine import Machine
 from leakdbt.run.session import ExecOptions, execute
 from tests.conftest import REPO, binary, run_leakdbt, run_native
@@ -89,23 +90,40 @@ def test_ftz_daz_results_are_those_of_native_ftz_daz(built: Path, fastmath_fp_se
         assert guest.stdout.split()[-1] == plain.stdout.split()[-1]  # unscaled: all normal
 
 
+@dataclass
+class Observations:
+    """What an attacker sees of the regions in one run, in order of occurrence."""
+
+    blocks: list[int]  # the blocks that start in the regions' code
+    accesses: list[tuple[str, int]]  # data accesses from there: (r/w, cache line)
+    divisions: list[tuple[int, ...]]  # DIV/IDIV there: (rip, rax, rdx, divisor)
+
+    @classmethod
+    def of(cls, trace: Trace) -> Observations:
+        return cls([address for address, _, _ in trace.blocks],
+                   [(kind, line) for _, _, kind, line in trace.memory],
+                   [(pc, *values) for (_, pc, _), values in zip(trace.latency, trace.operands,
+                                                                 strict=True)])
+
+
 def observe(name: str, secret: str, mode: Mode) -> Observations:
-    """What the recorder sees of the regions in one in-process run (static build)."""
+    """What observing the regions' code shows of one in-process run (static build)."""
     exe = binary("static", name)
     contract = load(CONTRACTS / f"{name}.toml", binary=exe)
     profile = get_profile(PROFILE)
     hardener = Hardener(load_passes(), contract, profile)
-    recorders: list[LeakageRecorder] = []
+    observers: list[RunObserver] = []
 
     def start(machine: Machine, dispatcher: Dispatcher | None) -> None:
         assert dispatcher is not None
-        recorders.append(LeakageRecorder.for_regions(machine, dispatcher))
+        observers.append(RunObserver(machine, OBSERVERS, 64, ["int-div"], None, full=True,
+                                     ranges=dispatcher.code_ranges()))
 
     options = ExecOptions(argv=[exe, secret], env=[], mode=mode, on_start=start,
                           regions=requests_from_contract(contract, plan(contract, profile)),
                           hardener=hardener)
     assert execute(exe, options).exit_status == 0
-    return recorders[0].seen
+    return Observations.of(observers[0].trace)
 
 
 @pytest.mark.parametrize("name", list(SECRETS))

@@ -10,17 +10,10 @@ import pytest
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 
 from leakdbt.analysis.analyze import analyze
-from leakdbt.analysis.taint import (
-    CONTROL_FLOW,
-    LINE,
-    MEMORY_ACCESS,
-    VARIABLE_LATENCY,
-    WITHIN_LINE,
-    Finding,
-    TaintTracker,
-)
+from leakdbt.analysis.taint import LINE, WITHIN_LINE, TaintedUse, TaintTracker
 from leakdbt.contract import load
 from leakdbt.contract.profiles import get_profile
+from leakdbt.leakage.findings import LeakKind
 from leakdbt.machine.machine import Machine
 from leakdbt.run.session import ExecOptions, execute
 from tests.unit.dbt.harness import compile_program
@@ -56,40 +49,40 @@ def test_ct_modexp_branch_and_divisions() -> None:
     assert status == 0
     # exactly the secret-dependent branch and the two divisions whose operands depend on it
     # (through the implicit flow of the `if`), not the loop counter or the first `1 % m`
-    assert found(t, "modexp+") == {(CONTROL_FLOW, "modexp+0x2f"),
-                                   (VARIABLE_LATENCY, "modexp+0x28"),
-                                   (VARIABLE_LATENCY, "modexp+0x3a")}
+    assert found(t, "modexp+") == {(LeakKind.CONTROL_FLOW, "modexp+0x2f"),
+                                   (LeakKind.VARIABLE_LATENCY, "modexp+0x28"),
+                                   (LeakKind.VARIABLE_LATENCY, "modexp+0x3a")}
     by = {(f.kind, f.where): f for f in t.findings()}
-    assert by[(CONTROL_FLOW, "modexp+0x2f")].count == 8 * 64
-    assert by[(CONTROL_FLOW, "modexp+0x2f")].labels == 1
+    assert by[(LeakKind.CONTROL_FLOW, "modexp+0x2f")].count == 8 * 64
+    assert by[(LeakKind.CONTROL_FLOW, "modexp+0x2f")].labels == 1
     assert t.instructions > 10_000 and t.speed() > 0
 
 
 def test_ct_modexp_without_implicit_flows_sees_only_the_branch() -> None:
     t, _ = track("ct_modexp", "0123456789abcdef", implicit=False)
-    assert found(t, "modexp+") == {(CONTROL_FLOW, "modexp+0x2f")}
+    assert found(t, "modexp+") == {(LeakKind.CONTROL_FLOW, "modexp+0x2f")}
 
 
 def test_sbox_round_secret_index() -> None:
     t, status = track("sbox_round", "000102030405060708090a0b0c0d0e0f")
     assert status == 0
-    assert found(t, "sub_bytes_key+") == {(MEMORY_ACCESS, "sub_bytes_key+0x1a")}
+    assert found(t, "sub_bytes_key+") == {(LeakKind.MEMORY_ACCESS, "sub_bytes_key+0x1a")}
 
 
 def test_secret_div_divisions() -> None:
     t, status = track("secret_div", "0123456789abcdef")
     assert status == 0
-    divs = {w for k, w in found(t, "divmod_") if k == VARIABLE_LATENCY}
+    divs = {w for k, w in found(t, "divmod_") if k == LeakKind.VARIABLE_LATENCY}
     assert {w.split("+")[0] for w in divs} == {"divmod_u32", "divmod_s32", "divmod_u64",
                                                "divmod_s64"}
     # the stores of the remainder through a public pointer are not memory-access findings
-    assert all(k == VARIABLE_LATENCY for k, _ in found(t, "divmod_"))
+    assert all(k == LeakKind.VARIABLE_LATENCY for k, _ in found(t, "divmod_"))
 
 
 def test_fp_secret_float_arithmetic() -> None:
     t, status = track("fp_secret", "1234")
     assert status == 0
-    assert {k for k, _ in found(t, "fp_dot+")} == {VARIABLE_LATENCY}
+    assert {k for k, _ in found(t, "fp_dot+")} == {LeakKind.VARIABLE_LATENCY}
 
 
 def test_no_findings_without_secrets() -> None:
@@ -100,7 +93,7 @@ def test_no_findings_without_secrets() -> None:
     assert t.findings()
 
 
-def _untainted(name: str, *args: str) -> tuple[list[Finding], int]:
+def _untainted(name: str, *args: str) -> tuple[list[TaintedUse], int]:
     box: dict[str, TaintTracker] = {}
 
     def start(machine: Machine, _translator: object) -> None:
@@ -173,7 +166,7 @@ def test_a_load_through_a_tainted_address_carries_the_address_labels() -> None:
     assert sh.reg_named("rdx") == [1] * 8
     assert sh.flags == 1  # a compare of a value read at a secret index
     assert sh.load(DATA, 0x40) == [0] * 0x40  # the table itself stays clean
-    accesses = [f for f in t.findings() if f.kind == MEMORY_ACCESS]
+    accesses = [f for f in t.findings() if f.kind == LeakKind.MEMORY_ACCESS]
     assert [f.address - CODE for f in accesses] == [0, 6, 18]  # lea and prefetch: none
 
 
@@ -183,15 +176,15 @@ def test_a_store_through_a_tainted_address_is_a_finding_not_taint() -> None:
     sh = t.shadow
     assert sh.load(DATA + 3, 1) == [0]  # stored: where depends on the secret, not what
     assert sh.load(DATA + 0x4C, 4) == [2] * 4  # read-modify-write: the sum read it there
-    assert {(f.kind, f.address - CODE) for f in t.findings()} == {(MEMORY_ACCESS, 0),
-                                                                  (MEMORY_ACCESS, 3)}
+    assert {(f.kind, f.address - CODE) for f in t.findings()} == {(LeakKind.MEMORY_ACCESS, 0),
+                                                                  (LeakKind.MEMORY_ACCESS, 3)}
 
 
 def test_a_pointer_from_a_secret_slot_makes_its_accesses_findings() -> None:
     t = run_code("mov rdx, qword ptr [rsi + rcx*8]; mov eax, dword ptr [rdx]",
                  {"rsi": DATA, "rcx": 1}, {"rcx": 4}, bytes(8) + DATA.to_bytes(8, "little"))
     assert [(f.kind, f.address - CODE, f.labels) for f in t.findings()] == [
-        (MEMORY_ACCESS, 0, 4), (MEMORY_ACCESS, 4, 4)]
+        (LeakKind.MEMORY_ACCESS, 0, 4), (LeakKind.MEMORY_ACCESS, 4, 4)]
 
 
 @pytest.mark.parametrize(("text", "base", "reach"), [
@@ -207,7 +200,7 @@ def test_a_pointer_from_a_secret_slot_makes_its_accesses_findings() -> None:
 ])
 def test_cache_line_reach_of_a_tainted_index(text: str, base: int, reach: str) -> None:
     t = run_code(text, {"rsi": base, "rcx": 0x1234_5678}, {"rcx": 1})
-    (f,) = [f for f in t.findings() if f.kind == MEMORY_ACCESS]
+    (f,) = [f for f in t.findings() if f.kind == LeakKind.MEMORY_ACCESS]
     assert f.reach == reach
 
 
@@ -215,7 +208,7 @@ def test_a_finding_crosses_lines_if_any_execution_does() -> None:
     t = run_code("and ecx, 15; movzx eax, byte ptr [rsi + rcx]; add rsi, 56; "
                  "sub rdi, 1; jnz 0x10000",
                  {"rsi": DATA, "rcx": 5, "rdi": 2}, {"rcx": 1})
-    (f,) = [f for f in t.findings() if f.kind == MEMORY_ACCESS]
+    (f,) = [f for f in t.findings() if f.kind == LeakKind.MEMORY_ACCESS]
     assert (f.count, f.reach) == (2, LINE)  # within its line the first time, not the second
 
 
@@ -234,12 +227,12 @@ def test_masked_indices_and_values_loaded_at_secret_indices(tmp_path: Path) -> N
     got = {(f.kind, f.where.split("+")[0], f.reach) for f in t.findings()
            if f.where.split("+")[0] in ("nibble", "wide", "odd", "chase")}
     assert got == {
-        (MEMORY_ACCESS, "nibble", WITHIN_LINE),  # NIBBLE[s & 15]: 16 bytes, 64-aligned
-        (MEMORY_ACCESS, "wide", LINE),  # WIDE[s & 63]: 256 bytes
-        (MEMORY_ACCESS, "odd", WITHIN_LINE),
-        (CONTROL_FLOW, "odd", ""),  # a branch on the value loaded at the secret index
-        (MEMORY_ACCESS, "chase", WITHIN_LINE),  # PTRS[s & 1]: 16 bytes, aligned
-        (MEMORY_ACCESS, "chase", LINE),  # through the pointer loaded there: anywhere
+        (LeakKind.MEMORY_ACCESS, "nibble", WITHIN_LINE),  # NIBBLE[s & 15]: 16 bytes, 64-aligned
+        (LeakKind.MEMORY_ACCESS, "wide", LINE),  # WIDE[s & 63]: 256 bytes
+        (LeakKind.MEMORY_ACCESS, "odd", WITHIN_LINE),
+        (LeakKind.CONTROL_FLOW, "odd", ""),  # a branch on the value loaded at the secret index
+        (LeakKind.MEMORY_ACCESS, "chase", WITHIN_LINE),  # PTRS[s & 1]: 16 bytes, aligned
+        (LeakKind.MEMORY_ACCESS, "chase", LINE),  # through the pointer loaded there: anywhere
     }
 
 

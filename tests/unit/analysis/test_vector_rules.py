@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
-from unicorn import UC_ARCH_X86, UC_MODE_64, Uc, UcError
+from unicorn import UcError
 from unicorn import x86_const as ux
 
 from leakdbt.analysis import vector_rules as vr
@@ -37,6 +37,8 @@ from leakdbt.analysis.rules import (
     is_default,
 )
 from leakdbt.analysis.taint import EngineValues
+from leakdbt.machine.machine import Machine
+from leakdbt.machine.memory import PROT_EXEC, PROT_READ, PROT_WRITE
 
 _ks = Ks(KS_ARCH_X86, KS_MODE_64)
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -482,10 +484,11 @@ class Probe:
         assert code, case.text
         self.code = bytes(code)
         self.ins = decode(next(_cs.disasm(self.code, CODE, 1)))
-        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self.uc.mem_map(CODE, 0x1000)
-        self.uc.mem_map(WINDOW[0], 0x1000)
-        self.uc.mem_write(CODE, self.code)
+        self.machine = Machine()
+        self.machine.mem.map(CODE, 0x1000, PROT_READ | PROT_EXEC)
+        self.machine.mem.map(WINDOW[0], 0x1000, PROT_READ | PROT_WRITE)
+        self.machine.mem.write(CODE, self.code)
+        self.uc = self.machine.uc
         size = max([o.size for o in self.ins.ops if o.kind == "m"], default=0)
         lo, hi = DATA - case.window, DATA + size + case.window if size else DATA
         self.inputs = [8 * g + j for g in INPUT_GPRS for j in range(8)] + \
@@ -520,7 +523,7 @@ class Probe:
         """The output positions the rule taints when only input ``position`` is (the engine
         holds ``state``: the rules that need concrete values read them there)."""
         sh = Shadow()
-        sh.concrete = EngineValues(self.uc)
+        sh.concrete = EngineValues(self.machine)
         if position < NREG:
             sh.regs[position] = 1
         elif position < FLAGS:

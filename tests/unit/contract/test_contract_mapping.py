@@ -1,4 +1,4 @@
-"""Security terms → mechanisms: observers per adversary and CPU, ordered passes, parameters."""
+"""Security terms → mechanisms: observers per adversary and CPU, passes, parameters."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from leakdbt.contract import PASS_ORDER, Observer, Policy, loads, plan
+from leakdbt.contract import PASS_KIND, Observer, Policy, loads, plan
 from leakdbt.contract.mapping import KIND_CONDITION, observers
 from leakdbt.contract.model import Adversary, RegionKind
 from leakdbt.contract.profiles import Fact, Profile, get_profile
@@ -61,9 +61,9 @@ def test_no_intra_line_observer_where_offsets_do_not_leak() -> None:
 EXPOSED_HERE = ["ct-division", "oblivious-table", "fp-ftz-daz"]  # all variable on Skylake
 
 
-def test_passes_come_in_the_fixed_order() -> None:
+def test_passes_are_listed_in_the_order_of_the_kind_table() -> None:
     p = plan(loads(contract("co-resident", ALL_KINDS)), SKYLAKE)
-    assert [s.name for s in p.passes] == list(PASS_ORDER)
+    assert [s.name for s in p.passes] == list(PASS_KIND)
     assert [[s.name for s in rp.passes] for rp in p.regions] == [
         ["fp-ftz-daz"], ["oblivious-table"], ["ct-division"],
         ["if-conversion", *EXPOSED_HERE], ["bounded-loop", *EXPOSED_HERE],
@@ -125,7 +125,7 @@ def test_ftz_daz_only_where_subnormals_are_slow_and_fp_gaps_are_reported() -> No
 def test_region_without_kind_lists_every_applicable_pass_with_its_condition() -> None:
     p = plan(loads(contract("same-core", '[[protect.region]]\nat = "f"\n')), SKYLAKE)
     steps = p.regions[0].passes
-    assert [s.name for s in steps] == list(PASS_ORDER[1:])  # ct-equivalent: asked by kind
+    assert [s.name for s in steps] == list(PASS_KIND)[1:]  # ct-equivalent: asked by kind
     assert steps[1].condition == "for a conditional branch on a secret"
     assert p.gaps
 
@@ -134,7 +134,7 @@ def test_no_region_plans_the_scope() -> None:
     p = plan(loads(contract("co-resident", 'functions = ["f"]\n')), SKYLAKE)
     assert p.regions == ()
     assert p.scope is not None and p.scope.region is None
-    assert [s.name for s in p.passes] == list(PASS_ORDER[1:])
+    assert [s.name for s in p.passes] == list(PASS_KIND)[1:]
 
 
 @pytest.mark.parametrize(("adversary", "policy", "mode"), [

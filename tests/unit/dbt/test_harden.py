@@ -4,6 +4,7 @@ The merged result is checked by running it against the original on random states
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import (
     API_VERSION,
+    ContractView,
     HardeningPass,
+    ProfileView,
     Refusal,
     RegionView,
     Rewrite,
@@ -48,9 +51,11 @@ class FakePass:
     before: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     views: list[RegionView] = field(default_factory=list)
+    shown: list[tuple[object, object]] = field(default_factory=list)  # (contract, profile)
 
     def applies(self, region: RegionView, contract: object, profile: object) -> bool | Refusal:
         self.views.append(region)
+        self.shown.append((contract, profile))
         return self.answer is not None
 
     def harden(self, region: RegionView, contract: object, profile: object
@@ -96,6 +101,15 @@ def test_only_the_plans_passes_are_asked_and_see_their_parameters(
     assert dict(view.params) == {"bound": 3}
     assert [b.start for b in view.blocks] == list(region.blocks)
     assert h.report() == {"tiny_region": {"passes": ["if-conversion"]}}
+    # the contract and the profile only as read-only views, never the core objects
+    ((contract, profile),) = asked.shown
+    assert contract == ContractView("co-resident", "always")
+    assert isinstance(profile, ProfileView)
+    assert (profile.name, profile.line_size) == ("intel-skylake", 64)
+    assert profile.variable_latency == {c for c, f in PROFILE.latency if f.value}
+    assert "int-div" in profile.variable_latency
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        contract.adversary = "remote"  # type: ignore[misc]
 
 
 def tiny_first_insn(region: CodeRegion) -> int:

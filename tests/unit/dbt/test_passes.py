@@ -13,6 +13,7 @@ import pytest
 from leakdbt.cli import main
 from leakdbt.dbt.passes import ENTRY_POINT_GROUP, Candidate, load_passes
 from leakdbt.errors import PluginError
+from leakdbt.plugin_api import API_VERSION
 
 TEMPLATE = '''
 from leakdbt.plugin_api import API_VERSION, Refusal, Rewrite
@@ -53,15 +54,39 @@ def write(d: Path, module: str, name: str, version: str = "API_VERSION",
     return (f"entry point {ep.name!r} ({ep.value})", ep.load)
 
 
-def test_order_follows_constraints_then_the_mapping_order(plugin_dir: Path) -> None:
+def test_order_follows_the_constraints_then_the_names(plugin_dir: Path) -> None:
     cands = [write(plugin_dir, "fakepass_a", "oblivious-table"),
              write(plugin_dir, "fakepass_b", "if-conversion"),
              write(plugin_dir, "fakepass_c", "zeta", before=("if-conversion",)),
              write(plugin_dir, "fakepass_d", "alpha", after=("oblivious-table", "missing"))]
     names = [p.name for p in load_passes(cands)]
-    # zeta must precede if-conversion; the mapping puts if-conversion before
-    # oblivious-table; alpha must follow oblivious-table ("missing" is not installed).
-    assert names == ["zeta", "if-conversion", "oblivious-table", "alpha"]
+    # zeta must precede if-conversion and alpha follow oblivious-table ("missing" is not
+    # installed); nothing else is constrained, so of the passes free to go next the first
+    # by name goes: oblivious-table (before zeta), alpha (freed by it, before zeta), zeta,
+    # if-conversion.
+    assert names == ["oblivious-table", "alpha", "zeta", "if-conversion"]
+    cands.reverse()
+    assert [p.name for p in load_passes(cands)] == names  # not the order they were found
+
+
+def test_the_built_in_passes_declare_the_order_they_run_in() -> None:
+    """Whole functions are replaced first; the passes that shape a region (bounded-loop,
+    if-conversion) precede the per-instruction ones that compose with them through
+    ``.insn``; FTZ/DAZ wraps what ct-division and oblivious-table leave."""
+    loaded = [p for p in load_passes() if "(plugins." in p.origin]
+    assert [p.name for p in loaded] == ["ct-equivalent", "bounded-loop", "if-conversion",
+                                        "ct-division", "oblivious-table", "fp-ftz-daz"]
+    declared = {p.name: p.hardening for p in loaded}
+
+    def declared_before(a: str, b: str) -> bool:
+        return b in declared[a].before or a in declared[b].after
+
+    insn_level = ("ct-division", "oblivious-table", "fp-ftz-daz")
+    assert all(declared_before("ct-equivalent", n) for n in declared if n != "ct-equivalent")
+    assert all(declared_before(w, n) for w in ("bounded-loop", "if-conversion")
+               for n in insn_level)
+    assert declared_before("ct-division", "fp-ftz-daz")
+    assert declared_before("oblivious-table", "fp-ftz-daz")
 
 
 def test_a_whole_module_may_be_the_entry_point(plugin_dir: Path) -> None:
@@ -76,7 +101,8 @@ def test_wrong_api_version_is_rejected_by_name(plugin_dir: Path) -> None:
     with pytest.raises(PluginError) as e:
         load_passes([cand])
     assert str(e.value) == ("entry point 'old' (fakepass_v:PASS): written for plugin API "
-                            "version 0; this leakdbt provides version 1")
+                            f"version 0; this leakdbt provides version {API_VERSION}")
+    assert API_VERSION == 2  # 2: passes see ContractView/ProfileView (docs/passes.md)
 
 
 def test_duplicate_names_are_rejected_naming_both(plugin_dir: Path) -> None:
@@ -103,8 +129,8 @@ def test_an_ordering_cycle_is_rejected_naming_the_cycle(plugin_dir: Path) -> Non
 
 def test_not_a_pass_and_broken_imports_are_rejected(plugin_dir: Path) -> None:
     (plugin_dir / "fakepass_half.py").write_text(
-        "class P:\n    name = 'half'\n    api_version = 1\n    before = ()\n    after = ()\n"
-        "PASS = P()\n")
+        f"class P:\n    name = 'half'\n    api_version = {API_VERSION}\n    before = ()\n"
+        "    after = ()\nPASS = P()\n")
     (plugin_dir / "fakepass_broken.py").write_text("import no_such_module_here\n")
     (plugin_dir / "fakepass_none.py").write_text("X = 1\n")
     cases = {

@@ -111,8 +111,9 @@ def test_every_source_kind_reaches_the_program(program: Path) -> None:
         "global=aabbccdd",
         "reg=0123456789abcdef ptr=deadbeef",
     ]
-    assert setup.argv(TrialInput(0, values))[1:] == ["first", "cafe"]
-    assert setup.env(TrialInput(0, values)) == ["LC_ALL=C", "PIN=007"]
+    inputs = setup.secrets(TrialInput(0, values))
+    assert inputs.argv(str(program))[1:] == ["first", "cafe"]
+    assert inputs.env() == ["LC_ALL=C", "PIN=007"]
 
 
 def test_trial_values_are_reproducible_and_cover_edge_cases(program: Path) -> None:

@@ -83,7 +83,7 @@ def env(tmp_path: Path) -> Iterator[tuple[Kernel, FakeMemory, Path]]:
     ids = ProcessIds(
         os.getpid(), os.getppid(), os.getuid(), os.getgid(), os.geteuid(), os.getegid()
     )
-    k = Kernel(mem=mem, fs=fs, fds=fds, ids=ids, mm=None, exe_path="/bin/prog")  # type: ignore[arg-type]
+    k = Kernel(mem=mem, fs=fs, fds=fds, ids=ids, exe_path="/bin/prog")  # type: ignore[arg-type]
     yield k, mem, root
     fds.close_all()
 

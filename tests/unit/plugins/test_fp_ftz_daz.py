@@ -417,13 +417,17 @@ def test_applies() -> None:
 
 def test_through_the_hardener(program: Program) -> None:
     """The pass as the translator runs it, for a ``float`` region."""
+    from leakdbt.contract import loads
     from leakdbt.contract.mapping import PassStep
+    from leakdbt.contract.profiles import get_profile
     from leakdbt.dbt.harden import Hardener, RegionNeeds
     from leakdbt.dbt.passes import LoadedPass
 
     region = program.region("f", branch=False)
     sandbox = MxcsrSandbox(program.image, program.bias)
-    hardener = Hardener([LoadedPass(PASS, "test")], None, None)  # type: ignore[arg-type]
+    contract = loads('version = 1\n[[secret]]\nname = "k"\nargv = 1\nlength = 4\n'
+                     '[protect]\nadversary = "remote"\n')
+    hardener = Hardener([LoadedPass(PASS, "test")], contract, get_profile("intel-skylake"))
     step = PassStep("fp-ftz-daz", (("ftz", True), ("daz", True)))
     t = hardener.translate(region, RegionNeeds("float", (step,)), sandbox.bias, sandbox.place,
                            program.image)

@@ -26,7 +26,7 @@ from unicorn import x86_const as x
 
 from leakdbt.contract.profiles import get_profile, profile_names
 from leakdbt.dbt.cfg import FunctionCFG, function_cfg
-from leakdbt.dbt.harden import region_view
+from leakdbt.dbt.harden import profile_view, region_view
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.loader.elf import load_image
@@ -138,7 +138,7 @@ def _view(program: Program, region: CodeRegion, granularity: int = 64,
 def _harden(program: Program, region: CodeRegion, sandbox: Sandbox, granularity: int = 64,
             table: tuple[int, int] | None = None) -> tuple[Rewrite, Translation]:
     rewrite = PASS.harden(_view(program, region, granularity, table), None,  # type: ignore[arg-type]
-                          get_profile(profile_names()[0]))
+                          profile_view(get_profile(profile_names()[0])))
     assert isinstance(rewrite, Rewrite), rewrite
     assert rewrite.replace and rewrite.code is None
     return rewrite, relocate(region, sandbox.bias, sandbox.place, rewrite.replace)
@@ -475,7 +475,7 @@ def test_tables_found_through_symbols_and_lea() -> None:
 
 
 def test_applies() -> None:
-    profile = get_profile(profile_names()[0])
+    profile = profile_view(get_profile(profile_names()[0]))
     load = "movzx eax, byte ptr [rax + 0x4a3c00]"
     assert PASS.applies(_region(load, table=None, kind="table"), None, profile) is True  # type: ignore[arg-type]
     assert PASS.applies(_region(load, table=None, kind=None), None, profile) is False  # type: ignore[arg-type]
@@ -504,14 +504,16 @@ def test_replacement_shape() -> None:
 def test_through_the_hardener(program: Program) -> None:
     """The pass as the translator runs it: loaded, asked, merged and laid out by the
     Hardener for a ``table`` region whose bounds the contract gives."""
+    from leakdbt.contract import loads
     from leakdbt.contract.mapping import PassStep
     from leakdbt.dbt.harden import Hardener, RegionNeeds
     from leakdbt.dbt.passes import LoadedPass
 
     region = program.block_region("t64")
     sandbox = Sandbox(program.image, program.bias)
-    hardener = Hardener([LoadedPass(PASS, "test")], None,  # type: ignore[arg-type]
-                        get_profile(profile_names()[0]))
+    contract = loads('version = 1\n[[secret]]\nname = "k"\nargv = 1\nlength = 4\n'
+                     '[protect]\nadversary = "same-core"\n')
+    hardener = Hardener([LoadedPass(PASS, "test")], contract, get_profile(profile_names()[0]))
     step = PassStep("oblivious-table", (("granularity", 64), ("line_size", 64)))
     t = hardener.translate(region, RegionNeeds("table", (step,), (program.symbols["T64"], 1024)),
                            sandbox.bias, sandbox.place, program.image)
