@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEBS := busybox-static graphviz libssl-dev libsodium-dev binutils linux-libc-dev
 BENCH_DEBS := qemu-user
 
-.PHONY: run test check bench install debs binaries clean
+.PHONY: run test check bench fuzz install debs binaries clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ check: install
 bench: install binaries
 	@for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$p >/dev/null); done
 	$(BIN)/python bench/run.py
+
+# Mutated ELF files and contracts through a fork server (not part of `make test`); updates the
+# figures in docs/reliability.md.  FUZZ_ARGS="--elf 500 --contracts 500" for a short run.
+fuzz: install binaries
+	$(BIN)/python fuzz/run.py --report docs/reliability.md $(FUZZ_ARGS)
 
 clean:
 	$(MAKE) -C test_binaries clean

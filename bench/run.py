@@ -179,6 +179,22 @@ def main() -> None:
     check_bench(leakdbt)
     adaptive_bench(leakdbt)
     analyze_bench(leakdbt)
+    limits_bench(leakdbt)
+
+
+def limits_bench(leakdbt: list[str]) -> None:
+    """The cost of --max-insns: a plain run vs the same run under a limit it never reaches
+    (region_loop: a hot loop of tiny blocks, the worst case for a per-block count)."""
+    exe = str(BUILD / "region_loop")
+    args = ["3000000"]
+    plain, out = median_time([*leakdbt, exe, *args])
+    limited, out2 = median_time([*leakdbt, "--max-insns", str(1 << 40), exe, *args])
+    if out2 != out:
+        raise SystemExit("--max-insns changed region_loop's output")
+    print("\n### --max-insns cost (region_loop 3000000, median wall time)\n")
+    print("| run | time (s) | vs plain |\n|---|---|---|")
+    print(f"| plain | {plain:.3f} | 1.00x |")
+    print(f"| --max-insns (never reached) | {limited:.3f} | {limited / plain:.2f}x |")
 
 
 def startup_bench(leakdbt: list[str]) -> None:
@@ -558,5 +574,7 @@ if __name__ == "__main__":
         raw_main()
     elif sys.argv[1:] == ["startup"]:  # just the start-up section
         startup_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"])
+    elif sys.argv[1:] == ["limits"]:  # just the --max-insns section
+        limits_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"])
     else:
         main()

@@ -10,7 +10,8 @@ Exit statuses (documented in docs/cli.md):
 2     bad input: ELF file, contract, command-line usage, plugin
 124   a limit stopped the guest (--max-insns, --timeout)
 125   internal emulator failure or unsupported guest behaviour
-126   the guest needs something leakdbt refuses to do (--strict)
+126   the program is not executable (execve's EACCES), or the guest needs something
+      leakdbt refuses to do (--strict)
 128+N the guest was killed by signal N (crash), like a shell says
 ====  ===========================================================
 """
@@ -58,6 +59,13 @@ class ContractError(LeakDBTError):
 
 class PluginError(LeakDBTError):
     """A plugin was rejected at load time (bad API version, duplicate name, order cycle)."""
+
+
+class NotExecutable(LeakDBTError):
+    """The program lacks execute permission or is not a regular file (execve(2): EACCES);
+    the status is a shell's for a command found but not executable."""
+
+    exit_status = 126
 
 
 class SandboxViolation(LeakDBTError):

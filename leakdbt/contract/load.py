@@ -48,7 +48,7 @@ from leakdbt.contract.model import (
     source_line,
 )
 from leakdbt.contract.resolve import ContractParts, bind_parts
-from leakdbt.contract.toml_lines import KeyPath, display, key_lines, line_of
+from leakdbt.contract.toml_lines import KeyPath, display, key_lines, line_of, shape_problem
 from leakdbt.errors import ContractError
 
 E = TypeVar("E", bound=enum.Enum)
@@ -74,7 +74,10 @@ def parse_location(text: str) -> Location | str:
     if not s:
         return f"empty address: {ADDRESS_HELP}"
     if _ABSOLUTE.fullmatch(s):
-        return Location(absolute=int(s, 16))
+        address = _number(s)
+        if address is None:
+            return "bad address: more than 64 bits"
+        return Location(absolute=address)
     lib, _, rest = s.rpartition(":")
     if lib and _ABSOLUTE.fullmatch(rest.strip()):
         return (f"bad address {text!r}: an absolute address cannot name a library; "
@@ -83,8 +86,21 @@ def parse_location(text: str) -> Location | str:
     if not m:
         return f"bad address {text!r}: {ADDRESS_HELP}"
     off = m.group("off")
-    return Location(symbol=m.group("sym"), offset=int(off, 0) if off else 0,
-                    library=m.group("lib"))
+    offset = _number(off) if off else 0
+    if offset is None:
+        return f"bad address {m.group('sym')}+...: the offset has more than 64 bits"
+    return Location(symbol=m.group("sym"), offset=offset, library=m.group("lib"))
+
+
+def _number(text: str) -> int | None:
+    """``0x``-prefixed hex or decimal (leading zeros allowed: ``+00010`` is ten, never
+    octal); None above 64 bits (checked on the length first: int() refuses 4300 digits)."""
+    hexa = text[:2] in ("0x", "0X")
+    digits = text[2:].lstrip("0") if hexa else text.lstrip("0")
+    if len(digits) > (16 if hexa else 20):
+        return None
+    value = int(text, 16) if hexa else int(text, 10)
+    return value if value < 1 << 64 else None
 
 
 def parse_function(text: str) -> Location | str:
@@ -122,11 +138,16 @@ def load(path: str | os.PathLike[str], binary: str | os.PathLike[str] | None = N
 def loads(text: str, path: str = "<contract>", binary: str | os.PathLike[str] | None = None,
           library_paths: Sequence[str] | None = None) -> Contract:
     """Validate contract ``text`` (read from ``path``, used in messages); bind if ``binary``."""
+    shape = shape_problem(text)
+    if shape is not None:
+        raise ContractError(path, [(shape[0], "syntax", shape[1])])
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         line, message = _syntax_error(str(e))
         raise ContractError(path, [(line, "syntax", message)]) from None
+    except (RecursionError, ValueError) as e:  # limits shape_problem did not foresee
+        raise ContractError(path, [(1, "syntax", f"cannot parse: {e}")]) from None
     lines = key_lines(text)
     validator = _Validator(lines)
     contract = validator.contract(doc, path)

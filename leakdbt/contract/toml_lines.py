@@ -41,6 +41,46 @@ def line_of(lines: dict[KeyPath, int], path: KeyPath) -> int:
     return 1
 
 
+# Limits on a document's shape, checked before tomllib sees it: tomllib recurses once per
+# nesting level (a deep document raises RecursionError), is quadratic in the components of a
+# dotted key (100,000 took minutes), and int() refuses more than 4300 digits.  Contracts
+# need a few levels, a few components and 20 digits.
+MAX_NESTING = 64
+MAX_KEY_PARTS = 64
+MAX_DIGITS = 100
+
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')"""
+_LONG_KEY = re.compile(_KEY_PART + r"(?:[ \t]*\.[ \t]*" + _KEY_PART
+                       + "){" + str(MAX_KEY_PARTS) + ",}")
+# Strings and comments (skipped), brackets (counted) and over-long digit runs.
+_TOKENS = re.compile(
+    r'"""(?:\\.|[^\\])*?"""' + r"|'''.*?'''" + r'|"(?:\\.|[^"\\\n])*"' + r"|'[^'\n]*'"
+    + r"|#[^\n]*|[\[\]{}]|[0-9][0-9_]{" + str(MAX_DIGITS - 1) + ",}", re.DOTALL)
+
+
+def shape_problem(text: str) -> tuple[int, str] | None:
+    """(line, message) for a document nested deeper, with longer dotted keys or longer
+    numbers than the limits above, else None.  Linear in the text."""
+    m = _LONG_KEY.search(text)
+    if m:
+        return (text.count("\n", 0, m.start()) + 1,
+                f"a dotted key with more than {MAX_KEY_PARTS} components")
+    depth = 0
+    for tok in _TOKENS.finditer(text):
+        c = tok.group()
+        if c in ("[", "{"):
+            depth += 1
+            if depth > MAX_NESTING:
+                return (text.count("\n", 0, tok.start()) + 1,
+                        f"arrays or tables nested more than {MAX_NESTING} deep")
+        elif c in ("]", "}"):
+            depth = max(depth - 1, 0)
+        elif c[0].isdigit():
+            return (text.count("\n", 0, tok.start()) + 1,
+                    f"a number of more than {MAX_DIGITS} digits")
+    return None
+
+
 def key_lines(text: str) -> dict[KeyPath, int]:
     """Map each key path of the (valid) TOML ``text`` to its 1-based line number."""
     return _Scanner(text).run()

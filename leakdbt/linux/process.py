@@ -15,11 +15,14 @@ from leakdbt.linux.fs import FileSystem
 from leakdbt.linux.kernel import ProcessIds
 from leakdbt.loader.image import PF_R, PF_W, PF_X, Image
 from leakdbt.machine.machine import Machine
-from leakdbt.machine.memory import PAGE, page_down, page_up
+from leakdbt.machine.memory import page_down, page_up
 
 ELF_ET_DYN_BASE = 0x5555_5555_4000  # where Linux puts a PIE main program (no ASLR)
 STACK_TOP = 0x7FFF_FFFF_F000
 STACK_SIZE = 8 << 20
+# Largest PT_LOAD segment loaded when no --max-memory is given (documented in docs/cli.md):
+# far above any real program, low enough that reserving it stays cheap for the engine.
+DEFAULT_MAX_SEGMENT = 16 << 30
 
 # Auxiliary vector entry types (<linux/auxvec.h>, <asm/auxvec.h>).
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ = 0, 3, 4, 5, 6
@@ -33,23 +36,63 @@ def _prot(flags: int) -> int:
 
 
 def map_image(machine: Machine, image: Image, bias: int) -> None:
-    """Map every PT_LOAD segment of ``image`` at ``bias`` with its own permissions."""
-    pages: dict[int, int] = {}
-    for seg in image.segments:
-        for p in range(page_down(seg.vaddr + bias), page_up(seg.end + bias), PAGE):
-            pages[p] = pages.get(p, 0) | _prot(seg.flags)
-    # Map runs of consecutive pages that share permissions.
+    """Map every PT_LOAD segment of ``image`` at ``bias`` with its own permissions.
+
+    Pages are reserved, not filled (the engine zero-fills lazily); only file bytes are
+    written.  A segment over the memory cap is an ElfError (see :func:`check_segment_sizes`).
+    """
+    check_segment_sizes(image, machine.mem.max_bytes)
+    spans = [(page_down(seg.vaddr + bias), page_up(seg.end + bias), _prot(seg.flags))
+             for seg in image.segments]
+    # Cut the address range at every segment edge (never page by page: a segment may be
+    # GiBs); a piece gets the permissions of all segments covering it, and neighbouring
+    # pieces with the same permissions are mapped together.
+    edges = sorted({e for lo, hi, _ in spans for e in (lo, hi)})
     runs: list[list[int]] = []  # [start, end, prot]
-    for p in sorted(pages):
-        if runs and runs[-1][1] == p and runs[-1][2] == pages[p]:
-            runs[-1][1] = p + PAGE
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        covering = [p for s_lo, s_hi, p in spans if s_lo < hi and lo < s_hi]
+        if not covering:
+            continue
+        prot = 0
+        for p in covering:
+            prot |= p
+        if runs and runs[-1][1] == lo and runs[-1][2] == prot:
+            runs[-1][1] = hi
         else:
-            runs.append([p, p + PAGE, pages[p]])
-    for start, end, prot in runs:
-        machine.mem.map(start, end - start, prot, image.path)
+            runs.append([lo, hi, prot])
+    try:
+        for start, end, prot in runs:
+            machine.mem.map(start, end - start, prot, image.path)
+    except MemoryError as e:
+        raise ElfError(image.path, f"segment too large: {e}") from None
     for seg in image.segments:
         if seg.filesz:
             machine.mem.write(seg.vaddr + bias, image.data[seg.offset:seg.offset + seg.filesz])
+
+
+def check_segment_sizes(image: Image, max_memory: int) -> None:
+    """Refuse a PT_LOAD segment (or all of them together) larger than ``max_memory`` bytes,
+    or than DEFAULT_MAX_SEGMENT without a cap: the program cannot be loaded (exit status 2),
+    as execve fails with ENOMEM under RLIMIT_AS."""
+    cap = max_memory or DEFAULT_MAX_SEGMENT
+    what = "--max-memory" if max_memory else "leakdbt's limit for one segment"
+    total = 0
+    for seg in image.segments:
+        size = page_up(seg.end) - page_down(seg.vaddr)
+        total += size
+        if size > cap:
+            raise ElfError(image.path, f"segment too large: the PT_LOAD segment at "
+                                       f"{seg.vaddr:#x} needs {size} bytes, more than {what} "
+                                       f"({cap} bytes)")
+    if max_memory and total > max_memory:
+        raise ElfError(image.path, f"the PT_LOAD segments need {total} bytes, more than "
+                                   f"--max-memory ({max_memory} bytes)")
+
+
+def entry_address(image: Image, bias: int) -> int:
+    """Where ``image`` starts at ``bias``: 64-bit unsigned arithmetic as in Linux, so that a
+    hostile e_entry wraps (the machine then reports a SIGSEGV at it)."""
+    return (image.entry + bias) & 0xFFFF_FFFF_FFFF_FFFF
 
 
 def phdr_address(image: Image, bias: int) -> int:

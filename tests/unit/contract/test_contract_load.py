@@ -406,3 +406,56 @@ def test_all_problems_of_a_file_at_once(tmp_path: Path) -> None:
         (1, "version"), (3, "secret[0].name"), (7, "protect.adversary"),
         (9, "check.declassify[0]")]
     assert got[3][2] == "must be one of stdout, stderr, exit-status, files; got 'time'"
+
+
+# -- hostile contracts: one-line ContractError, quickly, never an internal error ---------------
+
+
+def test_offsets_with_leading_zeros_are_decimal() -> None:
+    """``+00010`` is ten (never octal, never an error); hex needs ``0x``."""
+    assert parse_location("main+00010") == Location("main", 10)
+    assert parse_location("main+0x0010") == Location("main", 16)
+    assert parse_location("0x00401000") == Location(absolute=0x401000)
+
+
+def test_offsets_beyond_64_bits_are_refused() -> None:
+    """5,000 digits would trip int()'s digit limit: refused by length first."""
+    for text in ("main+" + "1" * 5000, "main+" + "9" * 21, "main+0x1" + "0" * 16,
+                 "0x1" + "0" * 16):
+        problem = parse_location(text)
+        assert isinstance(problem, str) and "more than 64 bits" in problem, text
+        assert len(problem) < 100
+    assert parse_location("main+" + "0" * 30 + "7") == Location("main", 7)
+    assert parse_location("main+18446744073709551615") == Location("main", (1 << 64) - 1)
+
+
+def test_long_offset_in_a_region_names_key_and_line(tmp_path: Path) -> None:
+    got = problems(tmp_path, minimal(tail='\n[[protect.region]]\nat = "main+' + "7" * 5000
+                                          + '"\n'))
+    assert got == [(12, "protect.region[0].at",
+                    "bad address main+...: the offset has more than 64 bits")]
+
+
+@pytest.mark.parametrize("nest", ["[" * 500 + "]" * 500, "{a=" * 500 + "1" + "}" * 500])
+def test_deep_nesting_names_the_line(tmp_path: Path, nest: str) -> None:
+    got = problems(tmp_path, minimal(tail=f"\nx = {nest}\n"))
+    assert got == [(11, "syntax", "arrays or tables nested more than 64 deep")]
+
+
+def test_nesting_inside_strings_and_comments_does_not_count(tmp_path: Path) -> None:
+    text = minimal(tail='\n# ' + "[" * 200 + '\n').replace(
+        "version = 1\n", 'version = 1\ndescription = "' + "{" * 200 + '"\n')
+    assert load(write(tmp_path, text)).description == "{" * 200
+
+
+@pytest.mark.parametrize("form", ["[{keys}]\n", "[[{keys}]]\n", "{keys} = 1\n"])
+def test_many_dotted_components_are_refused_quickly(tmp_path: Path, form: str) -> None:
+    """100,000 components made tomllib (and the line scanner) quadratic: minutes."""
+    text = minimal() + form.format(keys=".".join(["a"] * 100_000))
+    got = problems(tmp_path, text)
+    assert got == [(10, "syntax", "a dotted key with more than 64 components")]
+
+
+def test_huge_integer_names_the_line(tmp_path: Path) -> None:
+    got = problems(tmp_path, minimal().replace("length = 4", "length = " + "4" * 5000))
+    assert got == [(6, "syntax", "a number of more than 100 digits")]
