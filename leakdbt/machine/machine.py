@@ -58,6 +58,12 @@ from leakdbt.x86.registers import WIDTH
 # address (the int3 fill is a second line of defence).
 STOP_ADDRESS = USER_TOP + 0x10  # the engine probes the page of STOP_ADDRESS - 1 too
 
+# VEX instructions at most this many bytes apart share one range hook.  The hook checks the
+# bytes of whatever instruction runs in its range, so an ordinary instruction between two
+# VEX ones only costs a callback; 32 bytes keeps such ranges inside one AVX routine (glibc's
+# static hello-world: 966 VEX instructions in 99 hooks instead of 966).
+VEX_HOOK_GAP = 32
+
 # Register name (leakdbt.x86.registers) -> the engine's number for it: the only such map.
 REGS: dict[str, int] = {name: getattr(x86, f"UC_X86_REG_{name.upper()}") for name in WIDTH}
 _REG_MASKS = {name: (1 << 8 * width) - 1 for name, width in WIDTH.items()}
@@ -106,7 +112,8 @@ class Machine:
         self._insn_limit_reached = False  # the next block would cross --max-insns
         self._final_step = False  # run() is counting the last instructions in the engine
         self._pending: BaseException | None = None
-        self._vex_hooks: dict[int, int] = {}
+        self._vex_hooks: dict[tuple[int, int], int] = {}  # (first, last) -> engine hook
+        self.vex_sweeps = vex.sweep_cache()
         self._deferred: list[Callable[[], None]] = []
         self.resumable = False  # set by users of defer() before run(): see run()
         self.mem.exec_page_listeners.append(self._vet_code_page)
@@ -145,8 +152,9 @@ class Machine:
         """Run from ``entry`` until the guest exits; raise GuestFault/LimitExceeded otherwise.
 
         ``max_insns`` is enforced exactly by a per-block count and a final engine-counted
-        step; ``count_insns`` makes :meth:`instructions_executed` exact without a limit.  Work handed to
-        :meth:`defer` runs between two engine runs, and the guest resumes where it stopped.
+        step; ``count_insns`` makes :meth:`instructions_executed` exact without a limit.
+        Work handed to :meth:`defer` runs between two engine runs, and the guest resumes
+        where it stopped.
         ``timeout`` counts from ``since`` (a ``time.monotonic()`` value; default: now), so
         that it can cover loading.
         """
@@ -169,6 +177,9 @@ class Machine:
             if final and left <= 0:
                 break
             self._final_step = final
+            if final:
+                # The engine checks a count only in blocks translated while one is set.
+                self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
             try:
                 self.uc.emu_start(pc, STOP_ADDRESS, timeout=int(left_time * 1e6), count=left)
             except UcError as e:
@@ -351,7 +362,9 @@ class Machine:
     # -- instructions the engine would run wrongly -----------------------------------------
 
     def _vet_code_page(self, page: int) -> None:
-        """Plant a hook on every vector VEX instruction of a code page about to be used."""
+        """Plant hooks over the vector VEX instructions of a code page about to be used: one
+        range hook per cluster of nearby ones (:data:`VEX_HOOK_GAP`), since every hook makes
+        the engine's translation of every instruction slower."""
         lo = page - vex.SWEEP_BACK
         v = self.mem.find(lo)
         if v is None or not v.prot & PROT_EXEC:
@@ -360,10 +373,11 @@ class Machine:
         tail = self.mem.find(hi)
         code_end = hi + 15 if tail is not None else hi
         code = bytes(self.uc.mem_read(lo, code_end - lo))
-        for addr in vex.vector_vex_instructions(code, lo, page, hi):
-            if addr not in self._vex_hooks:
-                self._vex_hooks[addr] = self.uc.hook_add(
-                    UC_HOOK_CODE, self.guard(self._on_vex), None, addr, addr)
+        found = self.vex_sweeps.vector_vex_instructions(code, lo, page, hi)
+        for first, last in vex.clusters(found, VEX_HOOK_GAP):
+            if (first, last) not in self._vex_hooks:
+                self._vex_hooks[(first, last)] = self.uc.hook_add(
+                    UC_HOOK_CODE, self.guard(self._on_vex), None, first, last)
 
     def _on_vex(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         code = self.mem.read(address, size)

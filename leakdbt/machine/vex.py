@@ -13,6 +13,10 @@ handler names it.  BMI1/BMI2 use VEX on general-purpose registers and are emulat
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
+import os
 from functools import cache
 from typing import Any
 
@@ -66,3 +70,104 @@ def vector_vex_instructions(code: bytes, address: int, start: int, end: int) -> 
             pos = rel + size
         offset = pos + 1 if pos < len(code) else pos  # skip one undecodable byte
     return found
+
+
+def clusters(addresses: list[int], gap: int) -> list[tuple[int, int]]:
+    """``addresses`` (ascending) as ``(first, last)`` runs whose neighbours are at most
+    ``gap`` bytes apart."""
+    out: list[tuple[int, int]] = []
+    for a in addresses:
+        if out and a - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], a)
+        else:
+            out.append((a, a))
+    return out
+
+
+SWEEP_CACHE_VERSION = 1
+SWEEP_CACHE_LIMIT = 100_000  # entries; a larger cache starts afresh rather than grow forever
+
+
+def default_cache_dir() -> str | None:
+    """Where sweep results are kept across runs: ``$LEAKDBT_CACHE_DIR`` (empty: nowhere),
+    else ``$XDG_CACHE_HOME/leakdbt`` or ``~/.cache/leakdbt``."""
+    explicit = os.environ.get("LEAKDBT_CACHE_DIR")
+    if explicit is not None:
+        return explicit or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "leakdbt")
+
+
+class SweepCache:
+    """Results of :func:`vector_vex_instructions` by a digest of the bytes swept.
+
+    A program's code pages are the same on every run (glibc's 41 pages for a static
+    hello-world), and the sweep is a pure function of the bytes, so its results are kept in
+    one JSON file per user.  That saves the sweep and the Capstone import at start-up.  A
+    missing, unreadable or foreign file is an empty cache; a file that cannot be written is
+    not written.  The file is leakdbt's own state: the guest never sees or names it.
+    """
+
+    def __init__(self, directory: str | None) -> None:
+        self.path = (os.path.join(directory, f"vex-sweeps-v{SWEEP_CACHE_VERSION}.json")
+                     if directory else None)
+        self._entries: dict[str, list[int]] | None = None  # loaded on first use
+        self.hits = self.misses = 0
+
+    def vector_vex_instructions(self, code: bytes, address: int, start: int, end: int
+                                ) -> list[int]:
+        """:func:`vector_vex_instructions`, from the cache when these bytes were swept
+        before (offsets are kept relative to ``address``: PIE code hits too)."""
+        entries = self._load()
+        key = hashlib.blake2b(code + (start - address).to_bytes(8, "little")
+                              + (end - address).to_bytes(8, "little"),
+                              digest_size=16).hexdigest()
+        offsets = entries.get(key)
+        if offsets is not None:
+            self.hits += 1
+            return [address + o for o in offsets]
+        self.misses += 1
+        found = vector_vex_instructions(code, address, start, end)
+        entries[key] = [a - address for a in found]
+        return found
+
+    def save(self) -> None:
+        """Write the cache if this run swept anything new (atomically: concurrent runs each
+        leave a whole file)."""
+        if self.path is None or not self.misses or self._entries is None:
+            return
+        import tempfile  # only when there is something to write
+
+        entries = self._entries if len(self._entries) <= SWEEP_CACHE_LIMIT else {}
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, separators=(",", ":"))
+            os.replace(tmp, self.path)
+        except OSError:
+            return  # a cache we cannot write is only slower
+        self.misses = 0
+
+    def _load(self) -> dict[str, list[int]]:
+        if self._entries is None:
+            self._entries = {}
+            if self.path is not None:
+                try:
+                    with open(self.path) as f:
+                        data = json.load(f)
+                except (OSError, ValueError):
+                    data = None
+                if isinstance(data, dict) and all(
+                        isinstance(v, list) and all(isinstance(o, int) for o in v)
+                        for v in data.values()):
+                    self._entries = data
+        return self._entries
+
+
+@cache
+def sweep_cache() -> SweepCache:
+    """The process's sweep cache (one load per process, one save at exit)."""
+    shared = SweepCache(default_cache_dir())
+    atexit.register(shared.save)
+    return shared

@@ -86,3 +86,63 @@ def test_hook_left_on_replaced_code_does_not_fire() -> None:
     m.invalidate_code(0x10000, 0x11000)
     m.uc.emu_start(0x10000, 0x10000 + len(plain) - 1)
     assert (m.reg("rax"), m.reg("rbx")) == (7, 8)
+
+
+def test_sweep_cache_answers_like_the_sweep_and_survives_a_new_process(tmp_path) -> None:
+    code = asm("mov eax, 0xc5c5c5c5; vpxor xmm0, xmm1, xmm2; add eax, 1; vmovdqu xmm1, [rax]")
+    first = vex.SweepCache(str(tmp_path))
+    assert first.vector_vex_instructions(code, 0x1000, 0x1000, 0x1000 + len(code)) == [
+        0x1005, 0x100c]
+    assert (first.hits, first.misses) == (0, 1)
+    first.save()
+    again = vex.SweepCache(str(tmp_path))  # what the next run loads
+    # the same bytes elsewhere (PIE) hit, at the new addresses
+    assert again.vector_vex_instructions(code, 0x7000, 0x7000, 0x7000 + len(code)) == [
+        0x7005, 0x700c]
+    assert (again.hits, again.misses) == (1, 0)
+    # other bytes, or another part of the same bytes, are swept anew
+    assert again.vector_vex_instructions(code, 0x7000, 0x7006, 0x7000 + len(code)) == [0x700c]
+    assert again.misses == 1
+
+
+def test_a_damaged_sweep_cache_is_an_empty_one(tmp_path) -> None:
+    code = asm("vpxor xmm0, xmm1, xmm2")
+    cache = vex.SweepCache(str(tmp_path))
+    cache.vector_vex_instructions(code, 0, 0, len(code))
+    cache.save()
+    (path,) = tmp_path.iterdir()
+    path.write_text('{"x": "not offsets"')
+    assert vex.SweepCache(str(tmp_path)).vector_vex_instructions(code, 0, 0, len(code)) == [0]
+    path.write_text('{"k": ["bad"]}')
+    assert vex.SweepCache(str(tmp_path)).vector_vex_instructions(code, 0, 0, len(code)) == [0]
+
+
+def test_a_machine_with_a_warm_cache_still_stops_vex_code(tmp_path) -> None:
+    code = asm("mov eax, 1; vpxor xmm0, xmm1, xmm2; mov eax, 2; nop", 0x10000)
+    for _ in range(2):  # cold, then from the cache
+        m = Machine()
+        m.vex_sweeps = vex.SweepCache(str(tmp_path))
+        m.mem.map(0x10000, 0x1000, 5)
+        m.mem.write(0x10000, code)
+        with pytest.raises(UnsupportedInstruction, match="at 0x10005"):
+            m.run(0x10000)
+        m.vex_sweeps.save()
+    assert m.vex_sweeps.hits >= 1
+
+
+def test_nearby_vex_instructions_share_a_hook() -> None:
+    assert vex.clusters([0x10, 0x14, 0x30, 0x80, 0x81], 32) == [(0x10, 0x30), (0x80, 0x81)]
+    assert vex.clusters([], 32) == []
+
+
+def test_an_ordinary_instruction_inside_a_vex_hook_range_runs() -> None:
+    """The VEX instructions around it share one hook: only the one that runs is judged."""
+    m = Machine()
+    code = asm("jmp skip; vpxor xmm0, xmm1, xmm2; skip: mov eax, 7; jmp next; "
+               "vpxor xmm3, xmm3, xmm3; next: mov ebx, 8; vpxor xmm0, xmm1, xmm2", 0x10000)
+    m.mem.map(0x10000, 0x1000, 5)
+    m.mem.write(0x10000, code)
+    with pytest.raises(UnsupportedInstruction, match="VEX"):
+        m.run(0x10000)
+    assert (m.reg("rax"), m.reg("rbx")) == (7, 8)
+    assert len(m._vex_hooks) == 1
