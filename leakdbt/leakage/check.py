@@ -72,7 +72,7 @@ def observation_for(the_plan: Plan, profile: Profile, granularity: str | None
         unit = GRANULARITY[granularity] or profile.line_size
     if Observer.CACHE_LINE in seen or granularity is not None:
         observers.append(LeakKind.MEMORY_ACCESS)
-    return Observation(tuple(observers), unit, classes)
+    return Observation(tuple(k for k in LeakKind if k in observers), unit, classes)
 
 
 def run_check(binary: str, contract: Contract, profile: Profile, options: CheckOptions,
