@@ -57,6 +57,10 @@ class ContractError(LeakDBTError):
         return [f"{self.path}:{line}: {key}: {msg}" for line, key, msg in self.problems]
 
 
+class SuiteError(ContractError):
+    """A suite file (``leakdbt suite``) is invalid; problems as for a contract."""
+
+
 class PluginError(LeakDBTError):
     """A plugin was rejected at load time (bad API version, duplicate name, order cycle)."""
 
@@ -84,13 +88,23 @@ class GuestError(LeakDBTError):
 
 
 class GuestFault(GuestError):
-    """The guest crashed: a synchronous signal such as SIGSEGV, SIGFPE or SIGILL."""
+    """The guest crashed: a synchronous signal such as SIGSEGV, SIGFPE or SIGILL.
 
-    def __init__(self, signo: int, address: int, where: str, detail: str = "") -> None:
+    ``code``, ``fault_address``, ``trapno`` and ``error_code`` are what a guest handler of
+    the signal sees (siginfo's si_code and si_addr, the sigcontext's trapno, err and cr2).
+    """
+
+    def __init__(self, signo: int, address: int, where: str, detail: str = "", *,
+                 code: int = 0, fault_address: int = 0, trapno: int = 0,
+                 error_code: int = 0) -> None:
         self.signo = signo
         self.address = address
         self.where = where
         self.detail = detail
+        self.code = code
+        self.fault_address = fault_address
+        self.trapno = trapno
+        self.error_code = error_code
         name = _signal.Signals(signo).name
         text = f"guest killed by {name} at {where}"
         if detail:

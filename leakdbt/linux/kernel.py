@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from leakdbt.linux.signals import Signals
+from leakdbt.linux.timers import Timers
+
 if TYPE_CHECKING:
     from leakdbt.linux.files import FdTable
     from leakdbt.linux.fs import FileSystem
@@ -45,6 +48,17 @@ def s64(value: int) -> int:
 
 
 EFAULT = -errno.EFAULT
+
+
+class Unsupported(Exception):
+    """A request leakdbt does not implement (a clone flag combination, an exec...): the
+    dispatcher names ``what`` once on stderr and fails the call with ``-err`` (fatal under
+    ``--strict``), so that nothing unsupported passes silently."""
+
+    def __init__(self, what: str, err: int = errno.ENOSYS) -> None:
+        super().__init__(what)
+        self.what = what
+        self.err = err
 
 
 @dataclass
@@ -76,14 +90,22 @@ class Kernel:
     cpu: Registers = None  # type: ignore[assignment]  # set by the launcher
     exit_status: int | None = None
     tid_address: int = 0
-    signal_actions: dict[int, bytes] = field(default_factory=dict)
-    signal_mask: int = 0
+    signals: Signals = field(default_factory=Signals)
+    timers: Timers = field(default_factory=Timers)
     fs_base: int = 0
     gs_base: int = 0
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     entropy: Callable[[int], bytes] = os.urandom  # getrandom(2), AT_RANDOM
     clock_ns: Callable[[int], int] = time.clock_gettime_ns  # host clock id -> now
+    wait_until: Callable[[int, int], None] = field(
+        default=lambda clock, ns: sleep_until(clock, ns))  # block until clock reads ns
+
+
+def sleep_until(clock: int, deadline_ns: int) -> None:
+    """Sleep on the host until ``clock`` (a host clock id) reads ``deadline_ns``."""
+    while (left := deadline_ns - time.clock_gettime_ns(clock)) > 0:
+        time.sleep(left / 1e9)
 
 
 class VirtualTime:
@@ -105,9 +127,15 @@ class VirtualTime:
         base = self.EPOCH_NS if clock == time.CLOCK_REALTIME else 10**12
         return base + self._ticks * 1000
 
+    def wait_until(self, clock: int, ns: int) -> None:
+        """Waiting passes no host time: the clocks jump to ``ns``."""
+        base = self.EPOCH_NS if clock == time.CLOCK_REALTIME else 10**12
+        self._ticks = max(self._ticks, -(-(ns - base) // 1000))
+
     def apply(self, kernel: Kernel) -> None:
         kernel.entropy = self.entropy
         kernel.clock_ns = self.clock_ns
+        kernel.wait_until = self.wait_until
 
 
 def _module_map() -> ModuleMap:

@@ -35,7 +35,7 @@ from leakdbt.linux.fs import (
     FileSystem,
 )
 from leakdbt.linux.kernel import EFAULT, Kernel, s32, s64
-from leakdbt.linux.sys_proc import deliver_kernel_signal
+from leakdbt.linux.sigdeliver import send_from_kernel
 from leakdbt.machine.memory import GuestMemoryFault
 
 AT_FDCWD = -100
@@ -279,7 +279,7 @@ def _written(k: Kernel, write: Callable[[], int]) -> int:
     try:
         return write()
     except BrokenPipeError:
-        deliver_kernel_signal(k, signal.SIGPIPE, "write to a pipe with no reader")
+        send_from_kernel(k, signal.SIGPIPE, "write to a pipe with no reader")
         raise
 
 

@@ -1,26 +1,25 @@
 """Process, identity, time, randomness and signal system calls (see the Linux man pages of
 each call: exit_group(2), uname(2), sysinfo(2), prlimit(2), sched_getaffinity(2), arch_prctl(2),
-futex(2), rt_sigaction(2), clock_gettime(2), nanosleep(2), getrandom(2))."""
+futex(2), clock_gettime(2), nanosleep(2), getrandom(2))."""
 
 from __future__ import annotations
 
 import errno
 import os
 import resource
-import signal
 import struct
 import time
 from collections.abc import Callable
 
-from leakdbt.errors import GuestError, GuestFault
-from leakdbt.linux.kernel import Kernel, s32, s64
+from leakdbt.errors import GuestError
+from leakdbt.linux.kernel import Kernel, Unsupported, s32, s64
+from leakdbt.linux.sys_signal import interruptible_sleep
 
 ARCH_SET_GS, ARCH_SET_FS, ARCH_GET_FS, ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1004
 ARCH_CET_STATUS = 0x3001
 FUTEX_WAIT, FUTEX_WAKE = 0, 1
 FUTEX_CMD_MASK = ~(128 | 256)  # FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME
 TIMER_ABSTIME = 1
-NSIG = 64
 CLOCKS = {0: time.CLOCK_REALTIME, 1: time.CLOCK_MONOTONIC, 2: time.CLOCK_PROCESS_CPUTIME_ID,
           3: time.CLOCK_THREAD_CPUTIME_ID, 4: time.CLOCK_MONOTONIC_RAW, 5: 5, 6: 6,
           7: time.CLOCK_BOOTTIME}
@@ -204,103 +203,7 @@ def sys_futex(k: Kernel, uaddr: int, op: int, val: int, timeout: int, uaddr2: in
         if timeout:
             return -errno.ETIMEDOUT
         raise GuestError("deadlock: the only guest thread waits on a futex forever")
-    return -errno.ENOSYS
-
-
-def sys_rt_sigaction(k: Kernel, sig: int, act: int, oact: int, size: int) -> int:
-    sig = s32(sig)
-    if not 1 <= sig <= NSIG or size != 8:
-        return -errno.EINVAL
-    if act and sig in (signal.SIGKILL, signal.SIGSTOP):
-        return -errno.EINVAL
-    old = k.signal_actions.get(sig, bytes(32))
-    if act:
-        k.signal_actions[sig] = k.mem.read(act, 32)
-    if oact:
-        k.mem.write(oact, old)
-    return 0
-
-
-def sys_rt_sigprocmask(k: Kernel, how: int, new: int, old: int, size: int) -> int:
-    if size != 8:
-        return -errno.EINVAL
-    if old:
-        k.mem.write(old, struct.pack("<Q", k.signal_mask))
-    if new:
-        mask = struct.unpack("<Q", k.mem.read(new, 8))[0]
-        mask &= ~((1 << (signal.SIGKILL - 1)) | (1 << (signal.SIGSTOP - 1)))
-        if how == 0:
-            k.signal_mask |= mask
-        elif how == 1:
-            k.signal_mask &= ~mask
-        elif how == 2:
-            k.signal_mask = mask
-        else:
-            return -errno.EINVAL
-    return 0
-
-
-def sys_sigaltstack(k: Kernel, new: int, old: int) -> int:
-    if old:
-        k.mem.write(old, struct.pack("<QiiQ", 0, 2, 0, 0))  # SS_DISABLE
-    return 0
-
-
-def sys_kill(k: Kernel, pid: int, sig: int) -> int:
-    if s32(pid) not in (0, -1, k.ids.pid):
-        return -errno.EPERM
-    return _raise(k, s32(sig))
-
-
-def sys_tgkill(k: Kernel, tgid: int, tid: int, sig: int) -> int:
-    if s32(tid) != k.ids.pid:
-        return -errno.ESRCH
-    return _raise(k, s32(sig))
-
-
-def sys_tkill(k: Kernel, tid: int, sig: int) -> int:
-    return sys_tgkill(k, k.ids.pid, tid, sig)
-
-
-# Signals whose default action is to ignore them.
-_IGNORED_BY_DEFAULT = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGCONT}
-
-
-SIG_DFL, SIG_IGN = 0, 1
-
-
-def _handler(k: Kernel, sig: int) -> int:
-    """The guest's sa_handler for ``sig`` (SIG_DFL, SIG_IGN or a handler address)."""
-    return int(struct.unpack("<Q", k.signal_actions.get(sig, bytes(32))[:8])[0])
-
-
-def deliver_kernel_signal(k: Kernel, sig: int, detail: str) -> None:
-    """A signal the kernel sends for a system call (SIGPIPE on a broken pipe, see write(2)).
-
-    With the default action the guest dies of it (GuestFault: exit status 128+sig).  If the
-    guest blocks, ignores or catches it, this returns and the call fails with its errno, as
-    after a handler ran (handlers themselves are not run).
-    """
-    if k.signal_mask & (1 << (sig - 1)) or _handler(k, sig) != SIG_DFL:
-        return
-    rip = k.cpu.reg("rip")
-    raise GuestFault(sig, rip, k.modules.symbolize(rip), detail)
-
-
-def _raise(k: Kernel, sig: int) -> int:
-    """A signal sent to ourselves: handlers are not run; default actions are emulated."""
-    if sig == 0:
-        return 0
-    if not 1 <= sig <= NSIG:
-        return -errno.EINVAL
-    handler = _handler(k, sig)
-    if handler == SIG_IGN or sig in _IGNORED_BY_DEFAULT and handler == SIG_DFL:
-        return 0
-    if handler not in (SIG_DFL, SIG_IGN):
-        raise GuestError(f"guest sent itself signal {sig} with a handler installed; "
-                         "running signal handlers is not supported")
-    rip = k.cpu.reg("rip")
-    raise GuestFault(sig, rip, k.modules.symbolize(rip), "signal sent by the guest itself")
+    raise Unsupported(f"futex operation {cmd}")
 
 
 def _timespec(ns: int) -> bytes:
@@ -340,17 +243,21 @@ def sys_time(k: Kernel, tloc: int) -> int:
     return now
 
 
-def _sleep_until(deadline_ns: int, clock: int) -> None:
-    while (left := deadline_ns - time.clock_gettime_ns(clock)) > 0:
-        time.sleep(left / 1e9)
+def _sleep(k: Kernel, clock: int, duration: int, rem: int) -> int:
+    """nanosleep(2)'s end: 0, or -EINTR (with the time left in ``rem``) after a signal."""
+    left = interruptible_sleep(k, clock, max(duration, 0))
+    if not left:
+        return 0
+    if rem:
+        k.mem.write(rem, _timespec(left))
+    return -errno.EINTR
 
 
 def sys_nanosleep(k: Kernel, req: int, rem: int) -> int:
     sec, nsec = struct.unpack("<qq", k.mem.read(req, 16))
     if sec < 0 or not 0 <= nsec < 1_000_000_000:
         return -errno.EINVAL
-    _sleep_until(time.monotonic_ns() + sec * 1_000_000_000 + nsec, time.CLOCK_MONOTONIC)
-    return 0
+    return _sleep(k, time.CLOCK_MONOTONIC, sec * 1_000_000_000 + nsec, rem)
 
 
 def sys_clock_nanosleep(k: Kernel, clk: int, flags: int, req: int, rem: int) -> int:
@@ -361,10 +268,9 @@ def sys_clock_nanosleep(k: Kernel, clk: int, flags: int, req: int, rem: int) -> 
     if sec < 0 or not 0 <= nsec < 1_000_000_000:
         return -errno.EINVAL
     ns = sec * 1_000_000_000 + nsec
-    if not flags & TIMER_ABSTIME:
-        ns += time.clock_gettime_ns(host)
-    _sleep_until(ns, host)
-    return 0
+    if flags & TIMER_ABSTIME:
+        return _sleep(k, host, ns - k.clock_ns(host), 0)
+    return _sleep(k, host, ns, rem)
 
 
 def sys_getrandom(k: Kernel, buf: int, count: int, flags: int) -> int:
@@ -408,8 +314,6 @@ def sys_times(k: Kernel, buf: int) -> int:
 
 
 HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
-    13: ("rt_sigaction", sys_rt_sigaction),
-    14: ("rt_sigprocmask", sys_rt_sigprocmask),
     24: ("sched_yield", sys_zero),
     35: ("nanosleep", sys_nanosleep),
     39: ("getpid", sys_getpid),
@@ -426,7 +330,6 @@ HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
     54: ("setsockopt", sys_refuse_network),
     55: ("getsockopt", sys_refuse_network),
     60: ("exit", sys_exit),
-    62: ("kill", sys_kill),
     63: ("uname", sys_uname),
     96: ("gettimeofday", sys_gettimeofday),
     97: ("getrlimit", sys_getrlimit),
@@ -442,12 +345,10 @@ HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
     115: ("getgroups", sys_getgroups),
     118: ("getresuid", sys_getresuid),
     120: ("getresgid", sys_getresgid),
-    131: ("sigaltstack", sys_sigaltstack),
     157: ("prctl", sys_prctl),
     158: ("arch_prctl", sys_arch_prctl),
     160: ("setrlimit", sys_setrlimit),
     186: ("gettid", sys_gettid),
-    200: ("tkill", sys_tkill),
     201: ("time", sys_time),
     202: ("futex", sys_futex),
     204: ("sched_getaffinity", sys_sched_getaffinity),
@@ -457,7 +358,6 @@ HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
     229: ("clock_getres", sys_clock_getres),
     230: ("clock_nanosleep", sys_clock_nanosleep),
     231: ("exit_group", sys_exit),
-    234: ("tgkill", sys_tgkill),
     273: ("set_robust_list", sys_zero),
     288: ("accept4", sys_refuse_network),
     302: ("prlimit64", sys_prlimit64),

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from leakdbt.errors import UnsupportedSyscall
-from leakdbt.linux import sys_fs, sys_mem, sys_proc, sys_xattr
-from leakdbt.linux.kernel import Kernel, Registers
+from leakdbt.linux import sigdeliver, sys_clone, sys_fs, sys_mem, sys_proc, sys_signal, sys_xattr
+from leakdbt.linux.kernel import Kernel, Registers, Unsupported
 from leakdbt.linux.sys_proc import GuestExit
 from leakdbt.linux.syscall_names import SYSCALL_NAMES
 from leakdbt.machine.memory import GuestMemoryFault
@@ -44,7 +44,7 @@ def _arity(handler: Callable[..., int]) -> int:
 def build_table() -> dict[int, Syscall]:
     """Merge the per-area handler tables; a number claimed twice is a programming error."""
     table: dict[int, Syscall] = {}
-    for module in (sys_fs, sys_mem, sys_proc, sys_xattr):
+    for module in (sys_clone, sys_fs, sys_mem, sys_proc, sys_signal, sys_xattr):
         for nr, (name, handler) in module.HANDLERS.items():
             if nr in table:
                 raise RuntimeError(f"system call {nr} ({name}) registered twice")
@@ -59,6 +59,8 @@ class GuestCpu(Registers, Protocol):
 
     def stop(self) -> None: ...
 
+    def defer(self, work: Callable[[], None]) -> None: ...
+
 
 class SyscallDispatcher:
     """Called by the machine on every ``syscall`` instruction."""
@@ -69,7 +71,7 @@ class SyscallDispatcher:
         self.strict = strict
         self.table = build_table()
         self.counts: Counter[str] = Counter()
-        self._reported: set[int] = set()
+        self._reported: set[str] = set()
         self._stderr = stderr or sys.stderr
 
     def __call__(self, machine: GuestCpu) -> None:
@@ -78,14 +80,7 @@ class SyscallDispatcher:
         if entry is None:
             name = SYSCALL_NAMES.get(nr, f"#{nr}")
             self.counts[name] += 1
-            if self.strict:
-                raise UnsupportedSyscall(f"unsupported system call {name} ({nr}) (--strict)")
-            if nr not in self._reported:
-                self._reported.add(nr)
-                self._stderr.write(f"leakdbt: unsupported system call {name} ({nr}) "
-                                   "returns -ENOSYS\n")
-                self._stderr.flush()
-            result = -errno.ENOSYS
+            result = self.unsupported(f"system call {name} ({nr})", errno.ENOSYS)
         else:
             self.counts[entry.name] += 1
             args = [machine.reg(r) for r in ARG_REGS[:entry.nargs]]
@@ -93,12 +88,31 @@ class SyscallDispatcher:
                 result = entry.handler(self.kernel, *args)
             except GuestMemoryFault:
                 result = -errno.EFAULT
+            except Unsupported as e:
+                result = self.unsupported(f"{e.what} ({entry.name}, {nr})", e.err)
             except GuestExit as e:
                 self.kernel.exit_status = e.status
                 machine.exited = True
                 machine.stop()
                 return
-        rip = machine.reg("rip")
+        rip = machine.reg("rip")  # the engine reports the syscall instruction's own address
         machine.set_reg("r11", machine.reg("rflags"))
-        machine.set_reg("rcx", rip)
+        machine.set_reg("rcx", rip + 2)  # the return address, as the CPU's syscall sets it
         machine.set_reg("rax", result)
+        kernel = self.kernel
+        if kernel.signals.needs_attention() or kernel.timers.active:
+            machine.defer(self._after_syscall)  # runs once the syscall instruction is done
+
+    def _after_syscall(self) -> None:
+        sigdeliver.after_syscall(self.kernel)
+
+    def unsupported(self, what: str, err: int) -> int:
+        """Name ``what`` on stderr the first time (fatal under ``--strict``); ``-err``."""
+        if self.strict:
+            raise UnsupportedSyscall(f"unsupported {what} (--strict)")
+        if what not in self._reported:
+            self._reported.add(what)
+            self._stderr.write(f"leakdbt: unsupported {what} returns "
+                               f"-{errno.errorcode.get(err, str(err))}\n")
+            self._stderr.flush()
+        return -err

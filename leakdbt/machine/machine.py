@@ -8,7 +8,10 @@ re-raises it (see docs/architecture.md).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import signal
+import struct
 import time
 from collections.abc import Callable
 from functools import partial
@@ -49,6 +52,7 @@ from leakdbt.machine.memory import (
     AddressSpace,
     GuestMemoryFault,
 )
+from leakdbt.x86.insn import detail_decoder
 from leakdbt.x86.registers import WIDTH
 
 # The engine needs an address at which to stop, and it probes that page through the TLB after
@@ -68,21 +72,27 @@ VEX_HOOK_GAP = 32
 REGS: dict[str, int] = {name: getattr(x86, f"UC_X86_REG_{name.upper()}") for name in WIDTH}
 _REG_MASKS = {name: (1 << 8 * width) - 1 for name, width in WIDTH.items()}
 
-# Exception vector -> (signal, what Linux would call it).
-VECTOR_SIGNALS: dict[int, tuple[int, str]] = {
-    0: (signal.SIGFPE, "divide error"),
-    1: (signal.SIGTRAP, "debug trap"),
-    3: (signal.SIGTRAP, "breakpoint (int3)"),
-    4: (signal.SIGSEGV, "overflow trap (into)"),
-    5: (signal.SIGSEGV, "bound range exceeded"),
-    6: (signal.SIGILL, "invalid opcode"),
-    7: (signal.SIGFPE, "device not available"),
-    13: (signal.SIGSEGV, "general protection fault"),
-    14: (signal.SIGSEGV, "page fault"),
-    16: (signal.SIGFPE, "x87 floating-point exception"),
-    17: (signal.SIGBUS, "alignment check"),
-    19: (signal.SIGFPE, "SIMD floating-point exception"),
+# Exception vector -> (signal, what Linux would call it, the si_code a handler sees).
+SI_KERNEL = 0x80
+SEGV_MAPERR, SEGV_ACCERR = 1, 2
+VECTOR_SIGNALS: dict[int, tuple[int, str, int]] = {
+    0: (signal.SIGFPE, "divide error", 1),  # FPE_INTDIV
+    1: (signal.SIGTRAP, "debug trap", 2),  # TRAP_TRACE
+    3: (signal.SIGTRAP, "breakpoint (int3)", SI_KERNEL),
+    4: (signal.SIGSEGV, "overflow trap (into)", SI_KERNEL),
+    5: (signal.SIGSEGV, "bound range exceeded", SI_KERNEL),
+    6: (signal.SIGILL, "invalid opcode", 2),  # ILL_ILLOPN
+    7: (signal.SIGFPE, "device not available", SI_KERNEL),
+    13: (signal.SIGSEGV, "general protection fault", SI_KERNEL),
+    14: (signal.SIGSEGV, "page fault", SEGV_MAPERR),
+    16: (signal.SIGFPE, "x87 floating-point exception", 0),
+    17: (signal.SIGBUS, "alignment check", 1),  # BUS_ADRALN
+    19: (signal.SIGFPE, "SIMD floating-point exception", 0),
 }
+# Vectors whose si_addr is the faulting instruction (Linux's do_error_trap callers).
+_ADDR_IS_RIP = {0, 1, 3, 6, 16, 17, 19}
+# x86 page-fault error code bits (what a handler reads in sigcontext.err).
+PF_PROT, PF_WRITE, PF_USER, PF_INSTR = 1, 2, 4, 16
 
 _UNMAPPED_ERRORS = {
     ucc.UC_ERR_READ_UNMAPPED: "read of unmapped address",
@@ -116,6 +126,9 @@ class Machine:
         self.vex_sweeps = vex.sweep_cache()
         self._deferred: list[Callable[[], None]] = []
         self.resumable = False  # set by users of defer() before run(): see run()
+        # The guest's signal handling (linux layer): given a synchronous fault, set up the
+        # guest's handler and return True (the guest resumes at rip), or False (it dies).
+        self.on_fault: Callable[[GuestFault], bool] | None = None
         self.mem.exec_page_listeners.append(self._vet_code_page)
         self.mem.map_reserved(USER_TOP, PAGE, PROT_READ | PROT_EXEC, "[leakdbt stop]",
                               guest=False, engine_fetch=True)
@@ -181,15 +194,22 @@ class Machine:
                 # The engine checks a count only in blocks translated while one is set.
                 self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
             try:
-                self.uc.emu_start(pc, STOP_ADDRESS, timeout=int(left_time * 1e6), count=left)
-            except UcError as e:
+                try:
+                    self.uc.emu_start(pc, STOP_ADDRESS, timeout=int(left_time * 1e6),
+                                      count=left)
+                except UcError as e:
+                    self._raise_pending()
+                    if self.exited:
+                        return  # stopping in a syscall hook can surface as a stray engine error
+                    raise self._fault_from_error(e) from None
+                finally:
+                    self._final_step = False
                 self._raise_pending()
-                if self.exited:
-                    return  # stopping inside a syscall hook can surface as a stray engine error
-                raise self._fault_from_error(e) from None
-            finally:
-                self._final_step = False
-            self._raise_pending()
+            except GuestFault as fault:
+                if not self._to_guest_handler(fault):
+                    raise
+                pc = self.reg("rip")
+                continue
             if self.exited:
                 return
             if final:
@@ -209,6 +229,60 @@ class Machine:
         if max_insns:
             raise LimitExceeded(f"--max-insns {max_insns} reached at {self.symbolize(rip)}")
         raise EmulatorError(f"emulation stopped unexpectedly at {self.symbolize(rip)}")
+
+    def _to_guest_handler(self, fault: GuestFault) -> bool:
+        """Hand a synchronous fault to the guest's signal handling (``on_fault``)."""
+        if self.on_fault is None or self.exited:
+            return False
+        self._clear_exception_in_flight()
+        self.mem.last_fault = None
+        return self.on_fault(fault)
+
+    def _clear_exception_in_flight(self) -> None:
+        """Forget the exception the engine last raised.  The engine delivers exceptions to
+        our interrupt hook instead of its own interrupt code, which alone resets its
+        "exception in flight" field (QEMU's ``old_exception``); left set, the next #DE, #GP
+        or #PF after a handled one would arrive as a double fault (vector 8)."""
+        offset = _old_exception_offset()
+        ctx = self.uc.context_save()
+        raw = bytearray(bytes(ctx))
+        if struct.unpack_from("<i", raw, offset)[0] == -1:
+            return
+        struct.pack_into("<i", raw, offset, -1)
+        ctypes.memmove(ctx.context, bytes(raw), len(raw))
+        self.uc.context_restore(ctx)
+
+    def fxsave(self) -> bytes:
+        """The x87/SSE state as the 512-byte FXSAVE image (what a signal frame holds)."""
+        tags = self.uc.reg_read(x86.UC_X86_REG_FPTAG)
+        abridged = sum(1 << i for i in range(8) if (tags >> 2 * i) & 3 != 3)
+        head = struct.pack("<HHBxH", self.uc.reg_read(x86.UC_X86_REG_FPCW),
+                           self.uc.reg_read(x86.UC_X86_REG_FPSW), abridged,
+                           self.uc.reg_read(x86.UC_X86_REG_FOP))
+        head += struct.pack("<QQII", self.uc.reg_read(x86.UC_X86_REG_FIP),
+                            self.uc.reg_read(x86.UC_X86_REG_FDP),
+                            self.uc.reg_read(x86.UC_X86_REG_MXCSR), 0xFFFF)
+        st = b""
+        for i in range(8):
+            mantissa, exponent = self.uc.reg_read(x86.UC_X86_REG_FP0 + i)
+            st += struct.pack("<QH6x", mantissa, exponent)
+        xmm = b"".join(self.reg(f"xmm{i}").to_bytes(16, "little") for i in range(16))
+        return (head + st + xmm).ljust(512, b"\0")
+
+    def fxrstor(self, image: bytes) -> None:
+        """Load the x87/SSE state from a 512-byte FXSAVE image (signal return)."""
+        fcw, fsw, abridged, fop = struct.unpack_from("<HHBxH", image, 0)
+        mxcsr = struct.unpack_from("<I", image, 24)[0]
+        self.uc.reg_write(x86.UC_X86_REG_FPCW, fcw)
+        self.uc.reg_write(x86.UC_X86_REG_FPSW, fsw)
+        self.uc.reg_write(x86.UC_X86_REG_FPTAG,
+                          sum(3 << 2 * i for i in range(8) if not abridged >> i & 1))
+        self.uc.reg_write(x86.UC_X86_REG_MXCSR, mxcsr & 0xFFFF)
+        for i in range(8):
+            mantissa, exponent = struct.unpack_from("<QH", image, 32 + 16 * i)
+            self.uc.reg_write(x86.UC_X86_REG_FP0 + i, (mantissa, exponent))
+        for i in range(16):
+            self.set_reg(f"xmm{i}", int.from_bytes(image[160 + 16 * i:176 + 16 * i], "little"))
 
     def defer(self, work: Callable[[], None]) -> None:
         """Run ``work`` as soon as the engine has stopped (thread-safe: a monitor thread may
@@ -310,16 +384,68 @@ class Machine:
             self._raise_invalid(rip)
         if intno == 3 and USER_TOP <= rip - 1 < USER_TOP + PAGE:
             raise self._reserved_fetch(rip - 1)  # the stop page's int3: invisible to the guest
-        signo, what = VECTOR_SIGNALS.get(intno, (signal.SIGSEGV, f"interrupt {intno:#x}"))
+        signo, what, code = VECTOR_SIGNALS.get(intno, (signal.SIGSEGV, f"interrupt {intno:#x}",
+                                                       SI_KERNEL))
         if intno == 14 and self.mem.last_fault:
             addr, access = self.mem.last_fault
             what = f"{_ACCESS_WORDS.get(access, 'access to')} {addr:#x}"
-        raise GuestFault(signo, rip, self.symbolize(rip), what)
+            raise self._segv(rip, self.symbolize(rip), what, addr, access)
+        raise GuestFault(signo, rip, self.symbolize(rip), what, code=code, trapno=intno,
+                         fault_address=rip if intno in _ADDR_IS_RIP else 0)
+
+    def _segv(self, address: int, where: str, what: str, fault_addr: int,
+              access: int) -> GuestFault:
+        """The SIGSEGV of a page fault at ``fault_addr``, with Linux's si_code and err."""
+        mapped = self.mem.find(fault_addr)
+        present = mapped is not None and mapped.guest
+        base = _base_access(access)
+        if base != ucc.UC_MEM_FETCH:
+            fault_addr = self._data_fault_address(fault_addr & ~(PAGE - 1))
+        err = (PF_USER | (PF_PROT if present else 0) | (PF_WRITE if base == ucc.UC_MEM_WRITE
+               else 0) | (PF_INSTR if base == ucc.UC_MEM_FETCH else 0))
+        return GuestFault(signal.SIGSEGV, address, where, what,
+                          code=SEGV_ACCERR if present else SEGV_MAPERR,
+                          fault_address=fault_addr, trapno=14, error_code=err)
+
+    def _data_fault_address(self, page: int) -> int:
+        """The exact address a data access faulted at (the TLB reports only its page): the
+        memory operand of the instruction at rip that lies in ``page`` (or crosses into it:
+        then the page itself, as the CPU's cr2), else ``page``."""
+        rip = self.reg("rip")
+        try:
+            code = self.mem.read(rip, 15)
+        except GuestMemoryFault:
+            return page
+        from capstone import x86 as cs
+
+        rsp = self.reg("rsp")
+        candidates = [rsp - 8, rsp]  # push/call write below rsp; pop/ret read at it
+        for ci in detail_decoder().disasm(code, rip, 1):
+            for op in ci.operands:
+                if op.type != cs.X86_OP_MEM:
+                    continue
+                m = op.mem
+                ea = m.disp + (ci.address + ci.size if m.base == cs.X86_REG_RIP else 0)
+                for reg, scale in ((m.base, 1), (m.index, m.scale)):
+                    if reg and reg != cs.X86_REG_RIP and ci.reg_name(reg) in REGS:
+                        ea += self.reg(ci.reg_name(reg)) * scale
+                if m.segment in (cs.X86_REG_FS, cs.X86_REG_GS):
+                    ea += self.reg("fs_base" if m.segment == cs.X86_REG_FS else "gs_base")
+                candidates.insert(0, ea & 0xFFFF_FFFF_FFFF_FFFF)
+        for ea in candidates:
+            if page <= ea < page + PAGE:
+                return ea
+        for ea in candidates:
+            if ea < page < ea + 64:  # an access that starts below the page and crosses it
+                return page
+        return page
 
     def _reserved_fetch(self, address: int) -> GuestFault:
         """The SIGSEGV Linux gives for a jump to ``address`` above user space."""
         return GuestFault(signal.SIGSEGV, address, self.symbolize(address),
-                          f"execution at {address:#x} (unmapped)")
+                          f"execution at {address:#x} (unmapped)", code=SEGV_MAPERR,
+                          fault_address=address, trapno=14,
+                          error_code=PF_USER | PF_INSTR)
 
     def _on_invalid_insn(self, uc: Uc, _ud: object) -> bool:
         self._raise_invalid(self.reg("rip"))
@@ -337,7 +463,8 @@ class Machine:
         if code[:1] == b"\x62":
             return self._unsupported(rip, code, "EVEX-encoded (AVX-512)")
         return GuestFault(signal.SIGILL, rip, self.symbolize(rip),
-                          f"invalid instruction {code[:8].hex(' ')}")
+                          f"invalid instruction {code[:8].hex(' ')}", code=2,  # ILL_ILLOPN
+                          fault_address=rip, trapno=6)
 
     def _fault_from_error(self, e: UcError) -> BaseException:
         rip = self.reg("rip")
@@ -354,9 +481,10 @@ class Machine:
                         + (" (no permission)" if kind else " (unmapped)"))
                 if _base_access(access) == ucc.UC_MEM_FETCH:
                     where = self.symbolize(addr)
-                return GuestFault(signal.SIGSEGV, addr if access == ucc.UC_MEM_FETCH else rip,
-                                  where, what)
-            return GuestFault(signal.SIGSEGV, rip, where, _UNMAPPED_ERRORS.get(e.errno, str(e)))
+                return self._segv(addr if access == ucc.UC_MEM_FETCH else rip, where, what,
+                                  addr, access)
+            return GuestFault(signal.SIGSEGV, rip, where, _UNMAPPED_ERRORS.get(e.errno, str(e)),
+                              code=SI_KERNEL, trapno=13)
         return EmulatorError(f"engine error at {where}: {e}")
 
     # -- instructions the engine would run wrongly -----------------------------------------
@@ -390,6 +518,26 @@ class Machine:
         return UnsupportedInstruction(
             f"unsupported instruction at {self.symbolize(address)} ({address:#x}): {what} "
             f"instruction {code[:11].hex(' ')}; the emulator would execute it wrongly")
+
+
+@functools.cache
+def _old_exception_offset() -> int:
+    """Where the engine's context keeps QEMU's ``old_exception``: found once per process by
+    raising a #DE on a scratch engine and looking for the one int that went from -1 to 0."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0x1000, PAGE)
+    uc.mem_write(0x1000, b"\x31\xc9\xf7\xf1")  # xor ecx, ecx; div ecx
+    uc.hook_add(UC_HOOK_INTR, lambda u, intno, ud: u.emu_stop())
+    before = bytes(uc.context_save())
+    uc.emu_start(0x1000, 0x1004)
+    after = bytes(uc.context_save())
+    found = [off for off in range(0, len(before) - 3, 4)
+             if struct.unpack_from("<i", before, off)[0] == -1
+             and struct.unpack_from("<i", after, off)[0] == 0]
+    if len(found) != 1:
+        raise EmulatorError("cannot find the engine's exception state: guest signal handlers "
+                            "for faults need Unicorn 2.1")
+    return found[0]
 
 
 def _base_access(access: int) -> int:

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from leakdbt.dbt.mode import Mode
@@ -42,7 +43,9 @@ from leakdbt.linux.process import (
     phdr_address,
     process_ids,
 )
+from leakdbt.linux.sigdeliver import after_syscall, deliver_fault
 from leakdbt.linux.syscalls import SyscallDispatcher
+from leakdbt.linux.timers import HostWaker
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import ElfKind
 from leakdbt.loader.modules import ModuleMap
@@ -129,6 +132,11 @@ def execute(binary: str, options: ExecOptions,
     machine.symbolize = kernel.modules.symbolize
     syscalls = SyscallDispatcher(kernel, strict=options.strict)
     machine.syscall_handler = syscalls
+    machine.on_fault = partial(deliver_fault, kernel)
+    waker = None
+    if options.virtual_time is None:  # host time: timers interrupt a spinning guest too
+        waker = kernel.timers.waker = HostWaker(
+            lambda: machine.defer(partial(after_syscall, kernel)))
     translator = None
     if options.regions or options.translate_all is not None:
         from leakdbt.dbt.dispatch import Dispatcher
@@ -189,6 +197,8 @@ def execute(binary: str, options: ExecOptions,
         status = e.exit_status
         raise
     finally:
+        if waker is not None:
+            waker.close()
         if monitor is not None:
             monitor.stop()
         kernel.fds.close_all()
