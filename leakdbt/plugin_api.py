@@ -130,6 +130,10 @@ def _no_function(name: str) -> int | None:
     return None
 
 
+def _no_callee(address: int) -> tuple[BlockView, ...] | None:
+    return None
+
+
 @dataclass(frozen=True)
 class RegionView:
     """What a pass sees of a region (link-time addresses of its module).
@@ -152,6 +156,12 @@ class RegionView:
     object_at: Callable[[int], DataObject | None] = _no_object  # data symbol containing it
     names: tuple[str, ...] = ()  # the function symbols at ``entry`` (aliases included)
     function_address: Callable[[str], int | None] = _no_function  # a function of the module
+    callee: Callable[[int], tuple[BlockView, ...] | None] = _no_callee  # see below
+
+    # ``callee(a)``: the blocks (by address) of the function of the same module whose entry
+    # is link-time ``a`` (a direct call's target), as the translator decodes it, or None when
+    # it cannot decode one there.  Their instructions may appear as ``.insn`` lines of a
+    # whole-region rewrite, as often as the rewrite needs them (predicated callee clones).
 
     def instructions(self) -> list[Insn]:
         """Every instruction of the region, by address."""

@@ -58,6 +58,7 @@ from leakdbt.plugin_api import (
     detail,
     detail_constants,
 )
+from plugins.support.clone import cloned_instructions
 
 __all__ = [
     "FRAME_BASE",
@@ -366,14 +367,14 @@ class ConstantTimeDivision:
     after: tuple[str, ...] = ()
 
     def applies(self, region: RegionView, contract: ContractView, profile: ProfileView) -> bool:
-        """Whether the region has a division."""
-        return any(i.mnemonic in ("div", "idiv") for i in region.instructions())
+        """Whether the region (or a callee it clones) has a division."""
+        return any(i.mnemonic in ("div", "idiv") for i in _instructions(region))
 
     def harden(self, region: RegionView, contract: ContractView, profile: ProfileView
                ) -> Rewrite | Refusal:
         """One replacement per division; a division it cannot rewrite refuses the region."""
         replace: dict[int, tuple[str, ...]] = {}
-        for insn in region.instructions():
+        for insn in _instructions(region):
             if insn.mnemonic not in ("div", "idiv"):
                 continue
             try:
@@ -381,6 +382,13 @@ class ConstantTimeDivision:
             except UnsupportedDivision as e:
                 return Refusal(f"the division at {insn.address + region.bias:#x}: {e}")
         return Rewrite(replace=replace)
+
+
+def _instructions(region: RegionView) -> list[Insn]:
+    """The region's instructions and, in a branch region (whose calls if-conversion turns
+    into predicated clones, plugins/support/clone.py), those of the callees it clones."""
+    own = region.instructions()
+    return own + cloned_instructions(region) if region.shape == "branch" else own
 
 
 PASS = ConstantTimeDivision()

@@ -3,7 +3,9 @@
 Applies to regions the translator formed as ``branch`` (contract kind ``branch`` or none):
 a block ending in a conditional branch up to the branch's immediate post-dominator (the
 *join*), or up to the returns when the paths only meet by returning.  Diamonds, triangles
-and nested acyclic branches are supported.
+and nested acyclic branches are supported.  A direct call in the region runs as an inline,
+predicated clone of its callee (plugins/support/clone.py; the region then always uses the
+predicated-block scheme).
 
 Method.  Every block of the region runs, whatever the secret, and the registers, flags and
 memory of the path the original takes are selected with ``cmov``.  Two schemes:
@@ -69,7 +71,7 @@ several predecessors.
 Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at 0xADDR``):
 
 - ``region shape is S, not a branch region``
-- ``I is a call (a callee cannot be predicated)``
+- the refusals of predicated calls (plugins/support/clone.py)
 - ``I is a system call or software interrupt``
 - ``I is an indirect jump``
 - ``I stops the program``, ``I is not a plain ret``
@@ -92,10 +94,12 @@ from __future__ import annotations
 
 from leakdbt.plugin_api import (
     BlockView,
+    Flow,
     RegionView,
     goto,
     original,
 )
+from plugins.support.clone import expand_calls
 from plugins.support.memory_safety import accessed_at_end, check_accesses
 from plugins.support.predication import (
     GPR,
@@ -129,6 +133,8 @@ def if_convert(region: RegionView) -> list[str]:
         raise Refused(f"region shape is {region.shape}, not a branch region")
     bias = region.bias
     for insn in region.instructions():
+        if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
+            continue  # cloned (plugins/support/clone.py)
         reason = control_refusal(insn, bias)
         if reason:
             raise Refused(reason)
@@ -144,16 +150,31 @@ def if_convert(region: RegionView) -> list[str]:
     infos = {i.address: analyse(i) for i in region.instructions()}
     for b in order[1:]:
         for insn in body(b):
+            if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
+                continue  # cloned, or refused by expand_calls
             reason = predicated_refusal(infos[insn.address], bias)
             if reason:
                 raise Refused(reason)
-    _check_memory(region, order, infos)
+    calls = any(b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL) for b in region.blocks)
+    graph = expand_calls(region, list(region.blocks)) if calls else None
+    clone_writes = frozenset() if graph is None else frozenset(
+        r for i in graph.infos.values() for r in i.writes)
+    _check_memory(region, order, infos, clone_writes)
 
     engine = Engine(bias)
-    members = {b.start for b in region.blocks}
-    if _is_tree(order, infos):
+    if graph is not None:
+        infos.update(graph.infos)
+        engine.entry_depths, engine.deltas = graph.depths, graph.deltas
+        members = {b.start for b in graph.blocks}
+        clones = graph.clones
+        expanded = topological(graph.entry, graph.blocks, lambda a, b: False)
+        assert expanded is not None  # clones are acyclic and sit between region blocks
+        lines = engine.run(expanded, infos, lambda a, b: b in members, lambda t: [],
+                           lambda b: _RSP if b in clones else frozenset())
+    elif _is_tree(order, infos):
         lines = _Fork(engine, {b.start: b for b in order}, infos).run(order[0])
     else:
+        members = {b.start for b in region.blocks}
         lines = engine.run(order, infos, lambda a, b: b in members, lambda t: [])
     lines += engine.flags_to_reg()
     lines.append(f"jmp {goto(exits[0])}" if exits else "ret")
@@ -412,8 +433,13 @@ def _negate(cc: str) -> str:
     return _NEGATE[cc]
 
 
-def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, InsnInfo]) -> None:
-    """The memory-safety rule of the module doc, for every conditional block's access."""
+_RSP = frozenset({"rsp"})  # a clone's RSP moves the same whether its block is on or off
+
+
+def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, InsnInfo],
+                  clone_writes: frozenset[str] = frozenset()) -> None:
+    """The memory-safety rule of the module doc, for every conditional block's access
+    (registers the clones write count as computed by the conditional code)."""
     entry, conditional = order[0], order[1:]
     members = {b.start for b in region.blocks}
     edges = {b.start: [s for s in successors(b) if s in members] for b in region.blocks}
@@ -422,7 +448,7 @@ def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, I
             edges[b.start] += [-1] if any(s not in members for s in successors(b)) else []
     check_accesses(conditional, infos, region.bias, entry.start, edges,
                    computed_by="the conditional code computes", every_path="of the original",
-                   known=accessed_at_end(entry, infos))
+                   known=accessed_at_end(entry, infos), also_written=clone_writes)
 
 
 PASS = WholeRegionPass("if-conversion", "branch", if_convert, before=INSN_PASSES)

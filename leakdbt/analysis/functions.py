@@ -28,7 +28,8 @@ def function_regions(places: Iterable[Place], contract: Contract, profile: Profi
                      ) -> dict[str, RegionEntry]:
     """For each function holding one of ``places`` that a whole-function pass rewrites: its
     name (as contracts write it: ``lib.so:name`` outside the main program) → the region."""
-    passes = [p for p in load_passes() if PASS_KIND.get(p.name) is RegionKind.FUNCTION]
+    passes = [p for p in load_passes() if PASS_KIND.get(p.name) is RegionKind.FUNCTION
+              and p.name not in contract.protect.passes_off]
     seen_contract, seen_profile = contract_view(contract), profile_view(profile)
     out: dict[str, RegionEntry] = {}
     tried: set[str] = set()

@@ -44,6 +44,25 @@ def quote(text: str) -> str:
     return "".join(out)
 
 
+
+def region_lines(at: str, kind: str | None, *, symbol: str | None = None,
+                 length: int | None = None, bound: int | None = None, why: str = ""
+                 ) -> list[str]:
+    """One ``[[protect.region]]`` table as lines: the one writer of regions (the canonical
+    dump and analyze's additions to a user's contract)."""
+    lines = ["[[protect.region]]", f"at = {quote(at)}"]
+    if kind is not None:
+        lines.append(f"kind = {quote(kind)}")
+    if symbol is not None:
+        lines.append(f"symbol = {quote(symbol)}")
+    if length is not None:
+        lines.append(f"length = {length}")
+    if bound is not None:
+        lines.append(f"bound = {bound}")
+    if why:
+        lines.append(f"why = {quote(why)}")
+    return lines
+
 def _key(name: str) -> str:
     return name if _BARE.fullmatch(name) else quote(name)
 
@@ -86,19 +105,15 @@ def dumps(contract: Contract) -> str:
             f"policy = {quote(protect.policy.value)}"]
     if protect.functions:
         out.append(f"functions = {_strings(tuple(str(f) for f in protect.functions))}")
+    if protect.passes_off:
+        out.append(f"passes_off = {_strings(protect.passes_off)}")
     for region in protect.regions:
-        out += ["", "[[protect.region]]", f"at = {quote(str(region.at))}"]
-        if region.kind is not None:
-            out.append(f"kind = {quote(region.kind.value)}")
-        if region.table is not None:
-            if region.table.symbol is not None:
-                out.append(f"symbol = {quote(str(region.table.symbol))}")
-            if region.table.length is not None:
-                out.append(f"length = {region.table.length}")
-        if region.bound is not None:
-            out.append(f"bound = {region.bound}")
-        if region.why:
-            out.append(f"why = {quote(region.why)}")
+        table = region.table
+        out += [""] + region_lines(
+            str(region.at), region.kind.value if region.kind is not None else None,
+            symbol=str(table.symbol) if table is not None and table.symbol is not None else None,
+            length=table.length if table is not None else None,
+            bound=region.bound, why=region.why)
     check = contract.check
     out += ["", "[check]", f"trials = {check.trials}", f"seed = {check.seed}"]
     if check.args:

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from leakdbt.contract.dump import quote
+from leakdbt.contract.dump import region_lines
 from leakdbt.contract.toml_lines import key_lines
 from leakdbt.errors import ContractError
 
@@ -29,14 +29,8 @@ class RegionEntry:
     bound: int | None = None  # kind = "loop": the public maximum trip count
 
     def toml(self) -> str:
-        lines = ["[[protect.region]]", f"at = {quote(self.at)}", f"kind = {quote(self.kind)}"]
-        if self.table:
-            lines.append(f"symbol = {quote(self.table)}")
-        if self.bound is not None:
-            lines.append(f"bound = {self.bound}")
-        if self.why:
-            lines.append(f"why = {quote(self.why)}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(region_lines(self.at, self.kind, symbol=self.table or None,
+                                      bound=self.bound, why=self.why)) + "\n"
 
 
 def add_regions(text: str, entries: Sequence[RegionEntry], path: str = "<contract>"

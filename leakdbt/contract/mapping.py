@@ -281,9 +281,16 @@ class RegionPlan:
     gaps: tuple[str, ...] = ()
 
 
+SWITCHED_OFF = "switched off by protect.passes_off"
+"""Why a pass the contract switches off is not in a plan (every command plans the same way,
+so exec, check and analyze all leave it out)."""
+
+
 def plan_region(region: Region | None, seen: set[Observer], profile: Profile,
-                index: int = -1, resolved: ResolvedRegion | None = None) -> RegionPlan:
-    """The passes for one region (``None``: any block of the protected scope)."""
+                index: int = -1, resolved: ResolvedRegion | None = None,
+                off: tuple[str, ...] = ()) -> RegionPlan:
+    """The passes for one region (``None``: any block of the protected scope); the passes
+    named in ``off`` are left out, as skipped."""
     kind = region.kind if region is not None else None
     steps: list[PassStep] = []
     skipped: list[Skipped] = []
@@ -293,6 +300,9 @@ def plan_region(region: Region | None, seen: set[Observer], profile: Profile,
             continue
         if kind is None and PASS_KIND[name] is RegionKind.FUNCTION:
             continue  # a whole-function region is always asked for by its kind
+        if name in off:
+            skipped.append(Skipped(name, SWITCHED_OFF))
+            continue
         decision = RULES[name](name, seen, profile, region)
         if isinstance(decision, Skipped):
             skipped.append(decision)
@@ -350,11 +360,12 @@ def plan(contract: Contract, profile: Profile) -> Plan:
     seen = _seen(views)
     mode, mode_reason = _mode(contract.protect.policy, contract.protect.adversary)
     binding = contract.binding
+    off = contract.protect.passes_off
     regions = tuple(
-        plan_region(r, seen, profile, i, binding.regions[i] if binding else None)
+        plan_region(r, seen, profile, i, binding.regions[i] if binding else None, off)
         for i, r in enumerate(contract.protect.regions)
     )
-    scope = None if regions else plan_region(None, seen, profile)
+    scope = None if regions else plan_region(None, seen, profile, off=off)
     sources = regions if regions else (scope,) if scope else ()
     passes: list[PassStep] = []
     skipped: list[Skipped] = []

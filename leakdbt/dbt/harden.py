@@ -20,16 +20,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from leakdbt.contract.mapping import PassStep
+from leakdbt.contract.mapping import SWITCHED_OFF, PassStep, Skipped
+from leakdbt.dbt.cfg import Block, function_cfg
 from leakdbt.dbt.passes import LoadedPass
 from leakdbt.dbt.region import CodeRegion
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.errors import LeakDBTError, PluginError, TranslationError
+from leakdbt.loader.functions import code_functions
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import (
     BlockView,
     ContractView,
     DataObject,
+    Insn,
     ProfileView,
     Refusal,
     RegionView,
@@ -49,11 +52,13 @@ class HardeningError(TranslationError):
 
 @dataclass(frozen=True)
 class RegionNeeds:
-    """What the contract asks for one region: its kind, the plan's passes, a table."""
+    """What the contract asks for one region: its kind, the plan's passes, a table, and the
+    passes the plan left out."""
 
     kind: str | None
     steps: tuple[PassStep, ...]
     table: tuple[int, int] | None = None  # link-time (address, length) in the same module
+    skipped: tuple[Skipped, ...] = ()
 
 
 @dataclass
@@ -79,17 +84,50 @@ class Outcome:
 
 def region_view(region: CodeRegion, kind: str | None, bias: int = 0,
                 params: dict[str, int | str | bool] | None = None,
-                table: tuple[int, int] | None = None, image: Image | None = None
-                ) -> RegionView:
-    """What a pass sees of ``region`` (see leakdbt.plugin_api.RegionView)."""
-    blocks = tuple(BlockView(b.start, tuple(b.insns), tuple(e.target for e in b.succs))
-                   for b in region.block_list())
+                table: tuple[int, int] | None = None, image: Image | None = None,
+                callees: Callees | None = None) -> RegionView:
+    """What a pass sees of ``region`` (see leakdbt.plugin_api.RegionView); ``callees``:
+    the functions it may clone (default: decoded from ``image`` on demand)."""
+    blocks = _block_views(region.block_list())
     if image is None:
         return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
                           params or {})
     return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
                       params or {}, _objects(image), image.functions_at(region.entry),
-                      _functions(image))
+                      _functions(image), callees or Callees(image))
+
+
+def _block_views(blocks: Sequence[Block]) -> tuple[BlockView, ...]:
+    return tuple(BlockView(b.start, tuple(b.insns), tuple(e.target for e in b.succs))
+                 for b in blocks)
+
+
+class Callees:
+    """``RegionView.callee``: the blocks of the function at a (link-time) address of
+    ``image``, decoded once; :meth:`instructions` are those handed out, which a rewrite's
+    ``.insn`` lines may name besides the region's own."""
+
+    def __init__(self, image: Image) -> None:
+        self.image = image
+        self.decoded: dict[int, tuple[BlockView, ...] | None] = {}
+
+    def __call__(self, address: int) -> tuple[BlockView, ...] | None:
+        if address not in self.decoded:
+            func = next((f for f in code_functions(self.image) if f.value == address), None)
+            blocks = None
+            if func is not None:
+                try:
+                    cfg = function_cfg(self.image, func)
+                    blocks = _block_views([cfg.blocks[b] for b in sorted(cfg.reachable)])
+                except LeakDBTError:
+                    blocks = None
+            self.decoded[address] = blocks
+        return self.decoded[address]
+
+    def instructions(self) -> dict[int, Insn]:
+        """Every instruction of the functions handed out, by link-time address."""
+        return {i.address: i for blocks in self.decoded.values() for b in blocks or ()
+                for i in b.insns}
 
 
 def contract_view(contract: Contract) -> ContractView:
@@ -149,9 +187,12 @@ class Hardener:
         """The hardened copy of ``region`` (module loaded at ``bias``)."""
         outcome = Outcome(region.name)
         installed = {p.name: p for p in self.passes}
-        outcome.passed_over = [(s.name, "not installed") for s in needs.steps
-                               if s.name not in installed]
+        outcome.passed_over = [(s.name, s.reason) for s in needs.skipped
+                               if s.reason == SWITCHED_OFF]
+        outcome.passed_over += [(s.name, "not installed") for s in needs.steps
+                                if s.name not in installed]
         steps = {s.name: s for s in needs.steps}
+        callees = Callees(image) if image is not None else None
         replace: dict[int, tuple[str, ...]] = {}
         owners: dict[int, str] = {}
         code: tuple[str, ...] | None = None
@@ -160,7 +201,8 @@ class Hardener:
             step = steps.get(loaded.name)
             if step is None:
                 continue
-            view = region_view(region, needs.kind, bias, dict(step.params), needs.table, image)
+            view = region_view(region, needs.kind, bias, dict(step.params), needs.table, image,
+                               callees)
             result = self._ask(loaded, view)
             if result is None:
                 outcome.passed_over.append((loaded.name, "does not apply"))
@@ -185,14 +227,15 @@ class Hardener:
                                          f"{loaded.name!r} both replace the whole region")
                 code, code_owner = tuple(result.code), loaded.name
             outcome.applied.append(loaded.name)
-        order = [s.name for s in needs.steps]
+        order = [s.name for s in needs.skipped] + [s.name for s in needs.steps]
         outcome.passed_over.sort(key=lambda item: order.index(item[0]))
         self.outcomes.append(outcome)
         if not outcome.hardened and not self.allow_unhardened:
             raise HardeningError(f"region {region.name} cannot be hardened: "
                                  f"{outcome.reason()} (--allow-unhardened runs it anyway)")
         try:
-            return relocate(region, bias, place, replace, code)
+            return relocate(region, bias, place, replace, code,
+                            callees.instructions() if callees is not None else None)
         except LeakDBTError as e:
             passes = ", ".join(outcome.applied) or "no pass"
             raise HardeningError(f"{region.name}: the rewrite of {passes} cannot be laid "

@@ -40,13 +40,15 @@ def accessed_at_end(block: BlockView, infos: Mapping[int, InsnInfo]) -> dict[Mem
 def check_accesses(blocks: Sequence[BlockView], infos: Mapping[int, InsnInfo], bias: int,
                    start: int, edges: dict[int, list[int]], *, computed_by: str,
                    every_path: str, induction: frozenset[str] = frozenset(),
-                   known: Mapping[MemKey, int] | None = None) -> None:
+                   known: Mapping[MemKey, int] | None = None,
+                   also_written: frozenset[str] = frozenset()) -> None:
     """Raise :class:`Refused` for the first access of ``blocks`` (the predicated ones) the
     rule does not accept.  Paths run from ``start`` along ``edges`` (block → successors;
     see :func:`~plugins.support.predication.covered`); ``computed_by`` and ``every_path``
     finish the two refusals ("which {computed_by}", "not every path {every_path}
-    accesses")."""
+    accesses"); ``also_written``: registers other predicated code (callee clones) writes."""
     written = {r for b in blocks for i in body(b) for r in infos[i.address].writes if r in GPR}
+    written |= {GPR[r] for r in also_written if r in GPR}  # other predicated code's writes
     for b in blocks:
         for insn in body(b):
             for m in infos[insn.address].mems:

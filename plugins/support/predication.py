@@ -157,9 +157,15 @@ def _hex(value: int) -> str:
     return f"{value:#x}"
 
 
-def slot(off: int, ptr: str = "qword") -> str:
-    """The scratch slot at ``[rsp - off]`` as a memory operand."""
-    return f"{ptr} ptr [rsp - {_hex(off)}]"
+def slot(off: int, ptr: str = "qword", depth: int = 0) -> str:
+    """The scratch slot ``off`` bytes below the region's RSP as a memory operand, while RSP
+    is ``depth`` bytes below the region's (inside a callee clone; 0 elsewhere)."""
+    return f"{ptr} ptr [{_rsp(depth - off)}]"
+
+
+def _rsp(disp: int) -> str:
+    """``rsp + disp`` in Capstone's spelling."""
+    return f"rsp - {_hex(-disp)}" if disp < 0 else f"rsp + {_hex(disp)}"
 
 
 def where(insn: Insn, bias: int) -> str:
@@ -499,14 +505,14 @@ class Pred:
     def off(self) -> str:
         return "ne" if self.kind == "nbyte" else "e"
 
-    def test(self) -> str:
-        return f"cmp {slot(self.slot, 'qword' if self.kind == 'mask' else 'byte')}, 0"
+    def test(self, depth: int = 0) -> str:
+        return f"cmp {slot(self.slot, 'qword' if self.kind == 'mask' else 'byte', depth)}, 0"
 
-    def mask(self) -> list[str]:
+    def mask(self, depth: int = 0) -> list[str]:
         """RAX = the predicate as a mask (flags clobbered)."""
         if self.kind == "mask":
-            return [f"mov rax, {slot(self.slot)}"]
-        return [f"movzx eax, {slot(self.slot, 'byte')}",
+            return [f"mov rax, {slot(self.slot, 'qword', depth)}"]
+        return [f"movzx eax, {slot(self.slot, 'byte', depth)}",
                 "neg rax" if self.kind == "byte" else "sub rax, 1"]
 
 
@@ -545,6 +551,15 @@ class Engine:
         self.saved = False
         self.preds: dict[int, Pred | None] = {}  # None: always on
         self.init_placed = False  # INIT goes after the first always-on block (RSP final)
+        # Callee clones (plugins/support/clone.py) move RSP: how far below the region's RSP
+        # it is now, at the start of each block (by its key) and after each instruction.
+        self.depth = 0
+        self.entry_depths: dict[int, int] = {}
+        self.deltas: dict[int, int] = {}  # instruction address -> what it adds to the depth
+
+    def at(self, off: int, ptr: str = "qword") -> str:
+        """The slot ``off`` as a memory operand where RSP is now."""
+        return slot(off, ptr, self.depth)
 
     def alloc(self, size: int = 8) -> int:
         """A new slot of ``size`` bytes at ``[rsp - offset]`` (the offset is returned)."""
@@ -565,15 +580,23 @@ class Engine:
 
     # -- flags ---------------------------------------------------------------------------
 
-    @staticmethod
-    def save_flags(off: int) -> list[str]:
-        """RFLAGS into the slot at ``[rsp - off]`` (RSP moved below the red zone meanwhile)."""
-        return [f"lea rsp, [rsp - {_hex(off - 8)}]", "pushfq", f"lea rsp, [rsp + {_hex(off)}]"]
+    def save_flags(self, off: int) -> list[str]:
+        """RFLAGS into the slot ``off`` (RSP moved below the red zone meanwhile)."""
+        d = self.depth
+        return [f"lea rsp, [{_rsp(d - off + 8)}]", "pushfq", f"lea rsp, [{_rsp(off - d)}]"]
 
-    @staticmethod
-    def load_flags(off: int) -> list[str]:
-        """RFLAGS from the slot at ``[rsp - off]``."""
-        return [f"lea rsp, [rsp - {_hex(off)}]", "popfq", f"lea rsp, [rsp + {_hex(off - 8)}]"]
+    def load_flags(self, off: int) -> list[str]:
+        """RFLAGS from the slot ``off``."""
+        d = self.depth
+        return [f"lea rsp, [{_rsp(d - off)}]", "popfq", f"lea rsp, [{_rsp(off - 8 - d)}]"]
+
+    def move_to(self, depth: int) -> list[str]:
+        """RSP moved (flags untouched) to ``depth`` bytes below the region's RSP."""
+        if depth == self.depth:
+            return []
+        out = [f"lea rsp, [{_rsp(self.depth - depth)}]"]
+        self.depth = depth
+        return out
 
     def flags_to_reg(self) -> list[str]:
         """Make the register hold the logical flags."""
@@ -593,7 +616,7 @@ class Engine:
     def value_of(self, reg: str) -> str:
         """The operand holding general register ``reg``'s value inside edge glue (RAX and
         RCX are borrowed there)."""
-        return {"rax": slot(self.t1), "rcx": slot(self.t2)}.get(reg, reg)
+        return {"rax": self.at(self.t1), "rcx": self.at(self.t2)}.get(reg, reg)
 
     # -- blocks --------------------------------------------------------------------------
 
@@ -613,9 +636,10 @@ class Engine:
                     npreds[s] = npreds.get(s, 0) + 1
         out: list[str] = []
         for n, b in enumerate(order):
+            out += self.move_to(self.entry_depths.get(b.start, 0))
             out += self.block(b, infos, self.preds.get(b.start), inside, npreds, special,
                               unmasked(b.start), late if n == len(order) - 1 else ())
-        return out
+        return out + self.move_to(0)
 
     def block(self, block: BlockView, infos: dict[int, InsnInfo], pred: Pred | None,
               inside: Callable[[int, int], bool], npreds: dict[int, int], special: Special,
@@ -628,6 +652,8 @@ class Engine:
                  if t is not None]
         cond = self.alloc() if term.kind == "branch" else 0
         actions: dict[str, list[str]] = {}
+        # The edges' glue runs where the block ends: RSP as its instructions leave it.
+        exit_depth = self.depth + sum(self.deltas.get(i.insn.address, 0) for i in insns)
         for t, k in edges:
             assert t is not None
             if inside(block.start, t):
@@ -639,10 +665,10 @@ class Engine:
                     continue
                 known = self.preds.get(t)
                 if known is not None:  # a later predecessor: the masks exclude each other
-                    actions[k] = [f"or {slot(known.slot)}, rax"]
+                    actions[k] = [f"or {slot(known.slot, 'qword', exit_depth)}, rax"]
                 else:
                     known = self.preds[t] = Pred(self.alloc())
-                    actions[k] = [f"mov {slot(known.slot)}, rax"]
+                    actions[k] = [f"mov {slot(known.slot, 'qword', exit_depth)}, rax"]
             else:
                 glue = special(t)
                 if glue:
@@ -665,25 +691,27 @@ class Engine:
         out: list[str] = []
         if needs_flags(insns, needs_cond):
             out += self.flags_to_reg()
-        out += [original(i.insn.address) for i in insns]
+        for i in insns:
+            out.append(original(i.insn.address))
+            self.depth += self.deltas.get(i.insn.address, 0)
         if writes_flags(insns):
             self.live, self.saved = True, False
         if not self.init_placed:
             out.append(INIT)
             self.init_placed = True
         if needs_cond:
-            out.append(f"set{term.cc} {slot(cond, 'byte')}")
+            out.append(f"set{term.cc} {self.at(cond, 'byte')}")
         if actions:
             assert all(line.startswith("mov ") for a in actions.values() for line in a)
-            out.append(f"mov {slot(self.t1)}, rax")
+            out.append(f"mov {self.at(self.t1)}, rax")
             if term.kind == "branch":
-                out += [f"movzx eax, {slot(cond, 'byte')}", "lea rax, [rax - 1]", "not rax"]
+                out += [f"movzx eax, {self.at(cond, 'byte')}", "lea rax, [rax - 1]", "not rax"]
                 out += actions.get("taken", [])
                 if "fall" in actions:
                     out += ["not rax", *actions["fall"]]
             else:
                 out += ["mov rax, 0xffffffffffffffff", *actions.get("taken", [])]
-            out.append(f"mov rax, {slot(self.t1)}")
+            out.append(f"mov rax, {self.at(self.t1)}")
         return out
 
     def _predicated(self, insns: list[InsnInfo], term: Terminator, pred: Pred, cond: int,
@@ -703,12 +731,12 @@ class Engine:
             out += self.flags_to_reg()
         snaps = {r: self.alloc() for r in gprs}
         xsnaps = {r: self.alloc(16) for r in xmms}
-        out += [f"mov {slot(snaps[r])}, {r}" for r in gprs]
-        out += [f"movups {slot(xsnaps[r], 'xmmword')}, {r}" for r in xmms]
+        out += [f"mov {self.at(snaps[r])}, {r}" for r in gprs]
+        out += [f"movups {self.at(xsnaps[r], 'xmmword')}, {r}" for r in xmms]
         mxcsr_in = mxcsr_out = 0
         if sse:
             mxcsr_in, mxcsr_out = self.alloc(), self.alloc()
-            out.append(f"stmxcsr {slot(mxcsr_in, 'dword')}")
+            out.append(f"stmxcsr {self.at(mxcsr_in, 'dword')}")
         recorded: list[tuple[Mem, int, int]] = []
         for info in insns:
             if info.divisor is not None:
@@ -719,66 +747,67 @@ class Engine:
                     out += self._record(m, address, old)
                     recorded.append((m, address, old))
             out.append(original(info.insn.address))
+            self.depth += self.deltas.get(info.insn.address, 0)
         if fw:
             self.live, self.saved = True, False  # the block's flags; `fl` holds those before
         if needs_cond:
-            out.append(f"set{term.cc} {slot(cond, 'byte')}")
+            out.append(f"set{term.cc} {self.at(cond, 'byte')}")
         if not window:
             return out
         # Commit: one comparison; everything up to the edges is mov/cmov (flags kept).
         out += self.save_flags(self.nf) if fw else self.flags_to_slot()
         self.live, self.saved = False, True
-        out.append(pred.test())
-        out += [f"cmov{pred.off} {r}, {slot(snaps[r])}" for r in gprs]
+        out.append(pred.test(self.depth))
+        out += [f"cmov{pred.off} {r}, {self.at(snaps[r])}" for r in gprs]
         glue = [line for a in actions.values() for line in a] + list(late)
         rcx = bool(recorded) or any(_RCX.search(line) for line in glue)
         rax = bool(recorded or xmms or sse or fw or actions or late)
         if rax:
-            out.append(f"mov {slot(self.t1)}, rax")
+            out.append(f"mov {self.at(self.t1)}, rax")
         if rcx:
-            out.append(f"mov {slot(self.t2)}, rcx")
+            out.append(f"mov {self.at(self.t2)}, rcx")
         for m, address, old in reversed(recorded):
             out += self._undo(m, address, old, pred.off)
         if xmms:
             new = self.alloc(16)
             for r in xmms:
-                out.append(f"movups {slot(new, 'xmmword')}, {r}")
+                out.append(f"movups {self.at(new, 'xmmword')}, {r}")
                 for half in (0, 8):
-                    out += [f"mov rax, {slot(new - half)}",
-                            f"cmov{pred.off} rax, {slot(xsnaps[r] - half)}",
-                            f"mov {slot(new - half)}, rax"]
-                out.append(f"movups {r}, {slot(new, 'xmmword')}")
+                    out += [f"mov rax, {self.at(new - half)}",
+                            f"cmov{pred.off} rax, {self.at(xsnaps[r] - half)}",
+                            f"mov {self.at(new - half)}, rax"]
+                out.append(f"movups {r}, {self.at(new, 'xmmword')}")
         if sse:
-            out += [f"stmxcsr {slot(mxcsr_out, 'dword')}",
-                    f"mov eax, {slot(mxcsr_out, 'dword')}",
-                    f"cmov{pred.off} eax, {slot(mxcsr_in, 'dword')}",
-                    f"mov {slot(mxcsr_out, 'dword')}, eax",
-                    f"ldmxcsr {slot(mxcsr_out, 'dword')}"]
+            out += [f"stmxcsr {self.at(mxcsr_out, 'dword')}",
+                    f"mov eax, {self.at(mxcsr_out, 'dword')}",
+                    f"cmov{pred.off} eax, {self.at(mxcsr_in, 'dword')}",
+                    f"mov {self.at(mxcsr_out, 'dword')}, eax",
+                    f"ldmxcsr {self.at(mxcsr_out, 'dword')}"]
         if fw:
-            out += [f"mov rax, {slot(self.fl)}", f"cmov{pred.on} rax, {slot(self.nf)}",
-                    f"mov {slot(self.fl)}, rax"]
+            out += [f"mov rax, {self.at(self.fl)}", f"cmov{pred.on} rax, {self.at(self.nf)}",
+                    f"mov {self.at(self.fl)}, rax"]
         # The edges' masks (flags free from here on).
         if actions:
             if pred.kind != "mask":
                 mask = Pred(self.alloc())
-                out += [*pred.mask(), f"mov {slot(mask.slot)}, rax"]
+                out += [*pred.mask(self.depth), f"mov {self.at(mask.slot)}, rax"]
                 pred = mask
-            p = slot(pred.slot)
+            p = self.at(pred.slot)
             if term.kind != "branch":
                 out += [f"mov rax, {p}", *actions["taken"]]
             elif "taken" in actions:
-                out += [f"movzx eax, {slot(cond, 'byte')}", "neg rax", f"and rax, {p}",
+                out += [f"movzx eax, {self.at(cond, 'byte')}", "neg rax", f"and rax, {p}",
                         *actions["taken"]]
                 if "fall" in actions:
                     out += [f"xor rax, {p}", *actions["fall"]]
             else:
-                out += [f"movzx eax, {slot(cond, 'byte')}", "sub rax, 1", f"and rax, {p}",
+                out += [f"movzx eax, {self.at(cond, 'byte')}", "sub rax, 1", f"and rax, {p}",
                         *actions["fall"]]
         out += late
         if rcx:
-            out.append(f"mov rcx, {slot(self.t2)}")
+            out.append(f"mov rcx, {self.at(self.t2)}")
         if rax:
-            out.append(f"mov rax, {slot(self.t1)}")
+            out.append(f"mov rax, {self.at(self.t1)}")
         return out
 
     def _div_guard(self, info: InsnInfo, preds: Sequence[Pred]) -> list[str]:
@@ -792,8 +821,9 @@ class Engine:
         self.consts |= {self.zero, one}
         out = self.save_flags(keep)
         for p in preds:
-            out += [p.test(), f"cmov{p.off} rax, {slot(self.zero)}",
-                    f"cmov{p.off} rdx, {slot(self.zero)}", f"cmov{p.off} {GPR[d]}, {slot(one)}"]
+            out += [p.test(self.depth), f"cmov{p.off} rax, {self.at(self.zero)}",
+                    f"cmov{p.off} rdx, {self.at(self.zero)}",
+                    f"cmov{p.off} {GPR[d]}, {self.at(one)}"]
         return out + self.load_flags(keep)
 
     def _record(self, m: Mem, address: int, old: int) -> list[str]:
@@ -804,30 +834,29 @@ class Engine:
             compute = f"movabs rax, @{m.rip_target:#x}"
         else:
             compute = f"lea rax, {m.address()}"
-        out = [f"mov {slot(self.t1)}, rax", compute, f"mov {slot(address)}, rax"]
+        out = [f"mov {self.at(self.t1)}, rax", compute, f"mov {self.at(address)}, rax"]
         if m.width == 16:
-            out += ["mov rax, qword ptr [rax + 8]", f"mov {slot(old - 8)}, rax",
-                    f"mov rax, {slot(address)}", "mov rax, qword ptr [rax]"]
+            out += ["mov rax, qword ptr [rax + 8]", f"mov {self.at(old - 8)}, rax",
+                    f"mov rax, {self.at(address)}", "mov rax, qword ptr [rax]"]
         else:
             out.append({1: "movzx eax, byte ptr [rax]", 2: "movzx eax, word ptr [rax]",
                         4: "mov eax, dword ptr [rax]", 8: "mov rax, qword ptr [rax]"}[m.width])
-        return out + [f"mov {slot(old)}, rax", f"mov rax, {slot(self.t1)}"]
+        return out + [f"mov {self.at(old)}, rax", f"mov rax, {self.at(self.t1)}"]
 
-    @staticmethod
-    def _undo(m: Mem, address: int, old: int, off: str) -> list[str]:
+    def _undo(self, m: Mem, address: int, old: int, off: str) -> list[str]:
         """After the block, flags from the predicate's test: the old bytes back when it is
         off (the current ones otherwise).  RAX and RCX are borrowed."""
-        out = [f"mov rax, {slot(address)}"]
+        out = [f"mov rax, {self.at(address)}"]
         if m.width == 16:
             for half in (0, 8):
                 at = f"[rax + {half}]" if half else "[rax]"
-                out += [f"mov rcx, qword ptr {at}", f"cmov{off} rcx, {slot(old - half)}",
+                out += [f"mov rcx, qword ptr {at}", f"cmov{off} rcx, {self.at(old - half)}",
                         f"mov qword ptr {at}, rcx"]
             return out
         load, reg = {1: ("movzx ecx, byte ptr [rax]", "cl"),
                      2: ("movzx ecx, word ptr [rax]", "cx"),
                      4: ("mov ecx, dword ptr [rax]", "ecx"),
                      8: ("mov rcx, qword ptr [rax]", "rcx")}[m.width]
-        cmov = (f"cmov{off} rcx, {slot(old)}" if m.width == 8
-                else f"cmov{off} ecx, {slot(old, 'dword')}")
+        cmov = (f"cmov{off} rcx, {self.at(old)}" if m.width == 8
+                else f"cmov{off} ecx, {self.at(old, 'dword')}")
         return out + [load, cmov, f"mov {_PTR[m.width]} [rax], {reg}"]

@@ -565,12 +565,15 @@ class RegionCheck:
     """
 
     def __init__(self, sandbox: Sandbox, region: CodeRegion, translation: Translation,
-                 *, scratch_below_red_zone: bool = False, flags: int = FLAGS_MASK) -> None:
+                 *, scratch_below_red_zone: bool = False, flags: int = FLAGS_MASK,
+                 dead_below: int = 128) -> None:
         """``scratch_below_red_zone``: the translation may use the stack below the red zone
-        (hardened sequences do), so stack bytes more than 128 below RSP are not compared;
+        (hardened sequences do), so stack bytes more than ``dead_below`` (128) below RSP are
+        not compared (0 for a region that calls: a call clobbers the red zone itself);
         ``flags``: the RFLAGS bits compared (a pass may leave undefined flags different)."""
         self.sandbox = sandbox
         self.scratch_below_red_zone = scratch_below_red_zone
+        self.dead_below = dead_below
         self.flags = flags
         self.region = region
         self.t = translation
@@ -598,7 +601,9 @@ class RegionCheck:
         self.return_map: dict[int, int] = {}
         self.after: dict[int, int] = {}
         for at, orig_at in translation.origin.items():
-            insn = self.insns[orig_at]
+            insn = self.insns.get(orig_at)
+            if insn is None:
+                continue  # an instruction of a callee's clone (plugins/support/clone.py)
             copied = decode_one(translation.code[at - translation.base:], at)
             assert copied is not None, f"undecodable copy at {at:#x}"
             self.after[at + copied.size] = orig_at + insn.size
@@ -674,7 +679,7 @@ class RegionCheck:
                 continue
             report.compared += 1
             if self.scratch_below_red_zone:
-                low = min(state.gprs[7], orig.gprs[7]) - 128 - STACK
+                low = min(state.gprs[7], orig.gprs[7]) - self.dead_below - STACK
                 for side in (orig, copy):
                     stack = side.memory["stack"]
                     if low > 0:

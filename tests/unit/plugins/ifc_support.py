@@ -147,12 +147,21 @@ BASE = 0x10000
 
 
 def view_from_asm(lines: list[str], shape: str = "branch", kind: str | None = "branch",
-                  params: dict[str, int | str | bool] | None = None) -> RegionView:
+                  params: dict[str, int | str | bool] | None = None,
+                  callees: Mapping[int, list[str]] | None = None) -> RegionView:
     """A region made of ``lines`` (assembled at BASE; blocks split at branches and their
-    targets; the region is every block, entered at the first)."""
-    code = assemble_block(lines, BASE)
-    insns = decode_all(code, BASE)
-    leaders = {BASE}
+    targets; the region is every block, entered at the first); ``callees``: functions it
+    may call, by address -> their lines (assembled there)."""
+    functions = {a: blocks_from_asm(f, a) for a, f in (callees or {}).items()}
+    return RegionView("r", kind, shape, BASE, blocks_from_asm(lines, BASE), params=params or {},
+                      callee=functions.get)
+
+
+def blocks_from_asm(lines: list[str], base: int) -> tuple[BlockView, ...]:
+    """``lines`` assembled at ``base``, split into blocks at branches, calls and targets."""
+    code = assemble_block(lines, base)
+    insns = decode_all(code, base)
+    leaders = {base}
     for i in insns:
         if i.flow in (Flow.BRANCH, Flow.JUMP) and i.target is not None:
             leaders.add(i.target)
@@ -176,4 +185,4 @@ def view_from_asm(lines: list[str], shape: str = "branch", kind: str | None = "b
         elif last.flow in (Flow.NEXT, Flow.CALL):
             succ = [last.next]
         views.append(BlockView(b[0].address, tuple(b), tuple(succ)))
-    return RegionView("r", kind, shape, BASE, tuple(views), params=params or {})
+    return tuple(views)

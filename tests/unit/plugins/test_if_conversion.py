@@ -287,7 +287,8 @@ def _arm(*body: str) -> list[str]:
 
 
 REFUSALS = {
-    "call": (_arm("call 0x12000"), "is a call"),
+    "call": (_arm("call 0x12000"), "calls 0x12000, which is not a function the translator "
+             "can decode"),
     "syscall": (_arm("syscall"), "system call"),
     "indirect": (_arm("jmp rax"), "indirect jump"),
     "rsp": (_arm("push rax", "pop rax"), "writes rsp"),

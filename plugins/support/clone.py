@@ -1,0 +1,325 @@
+"""Predicated calls: a region's calls become inline clones of their callees, so that the
+predicated-block engine (plugins/support/predication.py) runs them under the caller's
+predicate like any other block (docs/passes.md, "Predicated calls").
+
+:func:`expand_calls` turns a region into a *graph* of blocks in which every direct ``call F``
+is replaced by the blocks of ``F`` (and, recursively, of the functions ``F`` calls), each
+instance under its own block keys: ``address + n * 2**48`` for the n-th clone.  Each clone
+block ends with a synthetic terminator (:func:`_jump`, :func:`_branch`: decoded-instruction
+records that are never emitted, since the engine spells out all control flow): a ``ret``
+becomes a jump to the call's return site, a ``call`` a jump to the callee's entry.
+
+The stack.  A clone runs on the guest's stack with RSP moved below the region's whole
+scratch frame (:data:`CLONE_BASE` below the region's RSP, plus 8 for the return address a
+call would push, so the callee sees the same alignment), so nothing the callee pushes or
+keeps in its red zone can touch the predicates and snapshots in the frame.  Every change a
+callee makes to RSP must be known before it runs (``push``, ``pop``, ``sub``/``add rsp,
+imm``, ``lea rsp, [rsp + d]``) and the same on every path to a block, so the depth of RSP
+below the region's is known at every instruction; the engine renders its slots relative to
+it, and puts RSP where each block expects it (``lea``, flags untouched).  RSP itself is not
+masked: an inactive clone block moves it exactly as an active one.
+
+What a clone may touch.  Its blocks run even when the caller's predicate is off, when the
+original makes no call at all, so every access must be valid whatever the path: its own
+stack frame (below its return address) and RIP-relative module data.  Reading the caller's
+stack (stack arguments, its return address) and any other address are refused.  A callee's
+stores to its frame lie below the region's RSP minus :data:`CLONE_BASE`: memory the ABI
+already treats as dead.
+
+Refusals (``I`` names the instruction as ``'text' at 0xADDR``; each is the Refusal reason):
+
+- ``I is an indirect call (its callee is known only when it runs)``
+- ``I calls 0xT, which is not a function the translator can decode``
+- ``I calls F through 'I2' (a PLT stub or another indirect jump, resolved only at run
+  time), which is not cloned``
+- ``I: the call is nested deeper than the clone budget (clone_depth = N)``
+- ``I: F calls itself (recursion is not cloned)``
+- ``the clones of the region's callees would run more than N instructions (clone_insns)``
+- ``F has a loop (I jumps back to 0xB): loops in callees are not cloned``
+- ``I leaves F for 0xT (a tail call or a jump out of the function is not cloned)``
+- ``I changes rsp by an amount not known before it runs``
+- ``RSP differs between the paths into 0xB of F``
+- ``I returns with rsp N bytes away from its return address``
+- ``I accesses the caller's stack (stack arguments are not cloned)``
+- ``I: its address is neither the clone's own stack nor module data, so it may fault
+  when the predicate is off``
+- any control-flow or predication refusal of if-conversion, for the callee's instruction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from leakdbt.plugin_api import REGION_SCRATCH, BlockView, Flow, Insn, RegionView, detail
+from plugins.support.predication import (
+    MAX_FRAME,
+    InsnInfo,
+    Refused,
+    analyse,
+    body,
+    control_refusal,
+    predicated_refusal,
+    topological,
+    where,
+)
+
+__all__ = ["CLONE_BASE", "DEFAULT_DEPTH", "DEFAULT_INSNS", "Graph", "cloned_instructions",
+           "expand_calls"]
+
+CLONE_BASE = REGION_SCRATCH + MAX_FRAME
+"""How far below the region's RSP a clone's caller frame ends (its return address below)."""
+DEFAULT_DEPTH = 2
+"""Nesting of calls cloned when the contract sets no ``clone_depth``."""
+DEFAULT_INSNS = 1000
+"""Instructions of all clones together when the contract sets no ``clone_insns``."""
+_INSTANCE = 1 << 48  # block keys of the n-th clone: address + n * _INSTANCE
+
+
+@dataclass
+class Graph:
+    """A region with its calls replaced by clones: blocks by key, what the engine needs."""
+
+    entry: int
+    blocks: list[BlockView] = field(default_factory=list)
+    depths: dict[int, int] = field(default_factory=dict)  # clone block key -> RSP depth
+    deltas: dict[int, int] = field(default_factory=dict)  # insn address -> depth change
+    clones: set[int] = field(default_factory=set)  # keys of clone blocks
+    infos: dict[int, InsnInfo] = field(default_factory=dict)  # clone instructions
+    insns: int = 0  # instructions in all clones
+
+
+def budget(region: RegionView) -> tuple[int, int]:
+    """(clone_depth, clone_insns) from the contract's mapping, or the defaults."""
+    depth = region.params.get("clone_depth", DEFAULT_DEPTH)
+    insns = region.params.get("clone_insns", DEFAULT_INSNS)
+    return int(depth), int(insns)
+
+
+def expand_calls(region: RegionView, blocks: list[BlockView]) -> Graph:
+    """``blocks`` (the region's) with each direct call replaced by a clone of its callee;
+    raises :class:`Refused` (see the module doc)."""
+    max_depth, max_insns = budget(region)
+    graph = _Builder(region, max_depth, max_insns)
+    out = Graph(region.entry)
+    for b in blocks:
+        last = b.last
+        if last.flow is Flow.INDIRECT_CALL:
+            raise Refused(f"{where(last, region.bias)} is an indirect call (its callee is "
+                          "known only when it runs)")
+        if last.flow is not Flow.CALL:
+            out.blocks.append(b)
+            continue
+        entry = graph.clone(last, last.next, CLONE_BASE + 8, (), out)
+        out.blocks.append(dataclasses.replace(b, insns=(*b.insns[:-1], _jump(last, entry)),
+                                              successors=(entry,)))
+    return out
+
+
+def cloned_instructions(region: RegionView) -> list[Insn]:
+    """Every instruction of the functions the region's calls reach within the clone depth
+    budget (each once): what a per-instruction pass must also rewrite."""
+    max_depth, _ = budget(region)
+    seen: set[int] = set()
+    out: list[Insn] = []
+    frontier = [i.target for i in region.instructions() if i.flow is Flow.CALL and i.target]
+    for _level in range(max_depth):
+        nxt: list[int] = []
+        for f in frontier:
+            if f in seen:
+                continue
+            seen.add(f)
+            for b in region.callee(f) or ():
+                out += b.insns
+                nxt += [i.target for i in b.insns if i.flow is Flow.CALL and i.target]
+        frontier = nxt
+    return out
+
+
+class _Builder:
+    def __init__(self, region: RegionView, max_depth: int, max_insns: int) -> None:
+        self.region = region
+        self.bias = region.bias
+        self.max_depth = max_depth
+        self.max_insns = max_insns
+        self.instances = 0
+
+    def clone(self, call: Insn, ret: int, depth: int, chain: tuple[int, ...], out: Graph
+              ) -> int:
+        """Add a clone of ``call``'s callee entered at RSP ``depth`` and returning to block
+        key ``ret``; its entry's key."""
+        w = where(call, self.bias)
+        target = call.target
+        assert target is not None
+        if len(chain) >= self.max_depth:
+            raise Refused(f"{w}: the call is nested deeper than the clone budget "
+                          f"(clone_depth = {self.max_depth})")
+        if target in chain:
+            raise Refused(f"{w}: {target + self.bias:#x} calls itself (recursion is not "
+                          "cloned)")
+        blocks = self.region.callee(target)
+        if not blocks:
+            raise Refused(f"{w} calls {target + self.bias:#x}, which is not a function the "
+                          "translator can decode")
+        fname = f"the function at {target + self.bias:#x}"
+        for b in blocks:
+            if b.last.flow is Flow.INDIRECT_JUMP:
+                raise Refused(f"{w} calls {fname} through {where(b.last, self.bias)} (a PLT "
+                              "stub or another indirect jump, resolved only at run time), "
+                              "which is not cloned")
+        self.instances += 1
+        n = self.instances
+        starts = {b.start for b in blocks}
+
+        def key(address: int) -> int:
+            return address + n * _INSTANCE
+
+        order = topological(target, blocks, lambda a, b: False)
+        if order is None:
+            raise Refused(f"{fname} has a loop ({self._loop(target, blocks, self.bias)}): "
+                          "loops in callees are not cloned")
+        at: dict[int, int] = {target: depth}
+        for b in order:
+            d = at.get(b.start)
+            if d is None:
+                continue  # unreachable from the entry (cannot happen in a decoded CFG)
+            for insn in body(b):
+                if insn.flow is Flow.CALL:
+                    continue
+                reason = control_refusal(insn, self.bias)
+                if reason:
+                    raise Refused(reason)
+                info = analyse(insn)
+                delta = self.check(info, d, depth)
+                out.infos[insn.address] = info
+                out.deltas[insn.address] = delta
+                d += delta
+                out.insns += 1
+            last = b.last
+            if out.insns > self.max_insns:
+                raise Refused(f"the clones of the region's callees would run more than "
+                              f"{self.max_insns} instructions (clone_insns)")
+            out.depths[key(b.start)] = at[b.start]
+            out.clones.add(key(b.start))
+            succ: list[int] = []
+            if last.flow is not Flow.CALL:
+                reason = control_refusal(last, self.bias)
+                if reason:
+                    raise Refused(reason)
+            if last.flow is Flow.RETURN:
+                if d != depth:
+                    raise Refused(f"{where(last, self.bias)} returns with rsp {depth - d} "
+                                  "bytes away from its return address")
+                insns = (*body(b), _jump(last, ret))
+            elif last.flow is Flow.CALL:
+                entry = self.clone(last, key(last.next), d + 8, (*chain, target), out)
+                insns = (*b.insns[:-1], _jump(last, entry))
+                succ = [last.next]
+            elif last.flow is Flow.BRANCH:
+                assert last.target is not None
+                succ = [last.target, last.next]
+                insns = (*body(b), _branch(last, key(last.target), key(last.next)))
+            elif last.flow is Flow.JUMP:
+                assert last.target is not None
+                succ = [last.target]
+                insns = (*body(b), _jump(last, key(last.target)))
+            else:
+                succ = [last.next]
+                insns = (*b.insns, _jump(last, key(last.next)))
+            for s in succ:
+                if s not in starts:
+                    raise Refused(f"{where(last, self.bias)} leaves {fname} for "
+                                  f"{s + self.bias:#x} (a tail call or a jump out of the "
+                                  "function is not cloned)")
+                if at.setdefault(s, d) != d:
+                    raise Refused(f"RSP differs between the paths into {s + self.bias:#x} of "
+                                  f"{fname}")
+            end = insns[-1]
+            nexts = (end.target, end.next) if end.flow is Flow.BRANCH else (end.target,)
+            out.blocks.append(BlockView(key(b.start), insns,
+                                        tuple(t for t in nexts if t is not None)))
+        return key(target)
+
+    def check(self, info: InsnInfo, d: int, entry: int) -> int:
+        """Refuse what a clone instruction cannot do at depth ``d`` (entered at ``entry``);
+        the change it makes to the depth."""
+        insn = info.insn
+        w = where(insn, self.bias)
+        delta = 0
+        if "rsp" in info.writes:
+            change = stack_change(insn)
+            if change is None:
+                raise Refused(f"{w} changes rsp by an amount not known before it runs")
+            delta = change
+            info = dataclasses.replace(info, writes=info.writes - {"rsp"})
+        reason = predicated_refusal(info, self.bias)
+        if reason:
+            raise Refused(reason)
+        for m in info.mems:
+            if m.base == "rip" and m.index is None:
+                continue
+            if m.base == "rsp" and m.index is None and m.segment is None:
+                if m.disp - d + m.width > -entry:
+                    raise Refused(f"{w} accesses the caller's stack (stack arguments are "
+                                  "not cloned)")
+                continue
+            raise Refused(f"{w}: its address is neither the clone's own stack nor module "
+                          "data, so it may fault when the predicate is off")
+        return delta
+
+    @staticmethod
+    def _loop(entry: int, blocks: tuple[BlockView, ...], bias: int) -> str:
+        """'I jumps back to 0xB' for a back edge found by a depth-first walk."""
+        by = {b.start: b for b in blocks}
+        on_path: set[int] = set()
+        done: set[int] = set()
+
+        def walk(n: int) -> str | None:
+            on_path.add(n)
+            for s in by[n].successors:
+                if s in on_path:
+                    return f"{where(by[n].last, bias)} jumps back to {s + bias:#x}"
+                if s in by and s not in done:
+                    found = walk(s)
+                    if found:
+                        return found
+            on_path.discard(n)
+            done.add(n)
+            return None
+
+        return walk(entry) or "a cycle"
+
+
+_ADJUST = re.compile(r"rsp, (0x[0-9a-f]+|\d+)$")
+_LEA = re.compile(r"rsp, \[rsp(?: ([+-]) (0x[0-9a-f]+|\d+))?\]$")
+
+
+def stack_change(insn: Insn) -> int | None:
+    """How far below its old value ``insn`` moves RSP, when that is fixed (push, pop,
+    ``sub``/``add rsp, imm``, ``lea rsp, [rsp + d]``); None otherwise."""
+    m, ops = insn.mnemonic, insn.op_str
+    if m in ("pushfq", "popfq"):
+        return 8 if m == "pushfq" else -8
+    if m in ("push", "pop"):
+        if "rsp" in ops or detail(insn).operands[0].size != 8:
+            return None  # pop rsp; 16-bit push/pop
+        return 8 if m == "push" else -8
+    if m in ("sub", "add") and (a := _ADJUST.fullmatch(ops)):
+        amount = int(a.group(1), 0)
+        return amount if m == "sub" else -amount
+    if m == "lea" and (a := _LEA.fullmatch(ops)):
+        amount = int(a.group(2), 0) if a.group(2) else 0
+        return amount if a.group(1) == "-" else -amount
+    return None
+
+
+def _jump(at: Insn, target: int) -> Insn:
+    """A synthetic ``jmp`` to block key ``target`` (terminates a graph block; not emitted)."""
+    return Insn(at.address, b"", "jmp", "", f"{target:#x}", Flow.JUMP, target)
+
+
+def _branch(at: Insn, taken: int, fall: int) -> Insn:
+    """A synthetic ``jcc`` (``at``'s condition) to block keys ``taken`` / ``fall``: its
+    ``next`` is ``fall`` (it has no bytes)."""
+    return Insn(fall, b"", at.mnemonic, "", f"{taken:#x}", Flow.BRANCH, taken)
