@@ -136,12 +136,7 @@ class Dispatcher:
         self.stats.translate_seconds += time.perf_counter() - started
 
     def _translate_region(self, mod: LoadedModule, image: Image, req: RegionRequest) -> None:
-        func = next((f for f in image.functions if f.value == req.function), None)
-        if func is None:
-            raise TranslationError(f"{req.name}: no function at {req.function:#x} in {mod.name}")
-        cfg = function_cfg(image, func, extra_leaders=[req.address])
-        region = form_region(cfg, req.address, req.name, req.branch, req.loop,
-                             req.whole_function)
+        region = request_region(image, req, mod.name)
         site = self._site(mod, region, jump=not self.count_entries, needs=req.needs)
         self.stats.regions += 1
         if site.patch is None:
@@ -433,6 +428,22 @@ class Dispatcher:
         }
 
 
+def request_region(image: Image, req: RegionRequest, where: str) -> CodeRegion:
+    """The region ``req`` names in ``image`` (``where``: the module's name, for messages).
+    Used by the dispatcher and by ``leakdbt harden`` (leakdbt.elfpatch) alike."""
+    func = next((f for f in image.functions if f.value == req.function), None)
+    if func is None:
+        raise TranslationError(f"{req.name}: no function at {req.function:#x} in {where}")
+    cfg = function_cfg(image, func, extra_leaders=[req.address])
+    return form_region(cfg, req.address, req.name, req.branch, req.loop, req.whole_function)
+
+
+def entry_jump_fits(region: CodeRegion, image: Image, size: int) -> bool:
+    """May a ``size``-byte jump replace the first bytes of ``region`` (link-time)?  The
+    dispatcher's rule for its entry jumps, for jumps written into a file."""
+    return _patchable(region, image, region.entry, size, 0)
+
+
 def requests_from_contract(contract: Contract, plan: Plan | None = None
                            ) -> list[RegionRequest]:
     """The regions of a contract bound to a binary, as the dispatcher takes them; with the
@@ -452,7 +463,7 @@ def requests_from_contract(contract: Contract, plan: Plan | None = None
             if where.table is not None and where.table.start.module == where.at.module:
                 table = (where.table.start.address, where.table.length)
             needs = RegionNeeds(None if kind is None else kind.value, plan.regions[i].passes,
-                                table)
+                                table, plan.regions[i].skipped)
         out.append(RegionRequest(where.at.module, where.function.start, where.at.address,
                                  where.at.symbolic, branch, kind is RegionKind.LOOP,
                                  whole_function=kind is RegionKind.FUNCTION, needs=needs))

@@ -71,7 +71,8 @@ class _Item:
 
 def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
              rewrite: Mapping[int, Sequence[str]] | None = None,
-             code: Sequence[str] | None = None) -> Translation:
+             code: Sequence[str] | None = None,
+             callee_insns: Mapping[int, Insn] | None = None) -> Translation:
     """Translate ``region`` (link-time addresses of a module loaded at ``bias``).
 
     ``place`` is the copy's address, or a function that is given the copy's size and
@@ -79,14 +80,15 @@ def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
     replaces instructions (by link-time address) with sequences of Intel-syntax lines —
     a hardening pass's output — that may use local labels but not leave the sequence;
     ``code`` replaces the whole region (see leakdbt.plugin_api for the ``.insn`` and ``@``
-    lines both may contain).
+    lines both may contain); its ``.insn`` lines may also name ``callee_insns`` (instructions
+    of the functions a pass clones, :class:`leakdbt.dbt.harden.Callees`).
     """
     rewrite = rewrite or {}
     items: list[_Item] = []
     blocks = region.block_list()
     members = {b.start + bias for b in blocks}
     if code is not None:
-        return _relocate_code(region, bias, place, rewrite, code)
+        return _relocate_code(region, bias, place, rewrite, code, callee_insns or {})
     # The entry first, the rest in address order: falling into the copy starts it.
     blocks.sort(key=lambda b: (b.start != region.entry, b.start))
     for i, block in enumerate(blocks):
@@ -128,9 +130,10 @@ def _sequence(origin: int, lines: Sequence[Line]) -> _Item:
 
 
 def _relocate_code(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
-                   rewrite: Mapping[int, Sequence[str]], code: Sequence[str]) -> Translation:
+                   rewrite: Mapping[int, Sequence[str]], code: Sequence[str],
+                   callee_insns: Mapping[int, Insn]) -> Translation:
     """The whole region replaced by ``code`` (which must not fall off its end)."""
-    expansion = _Expansion(region, bias, rewrite)
+    expansion = _Expansion(region, bias, rewrite, callee_insns)
     lines = expansion.lines(code, None)
     unused = sorted(set(rewrite) - expansion.used)
     if unused:
@@ -149,6 +152,19 @@ def _relocate_code(region: CodeRegion, bias: int, place: Callable[[int], int] | 
 
 
 _GOTO = re.compile(r"@(0x[0-9a-fA-F]+)")
+_ADDRESS_LOAD = re.compile(r"movabs (r[a-z0-9]+), @(0x[0-9a-fA-F]+)")
+LEA_RIP_SIZE = 7  # lea r64, [rip + disp32]
+
+
+def _address_load(register: str, target: int) -> Fixed:
+    """``movabs REG, @A`` laid out as ``lea REG, [rip + D]``: the same value, flags
+    untouched, and no absolute address in the copy, so a copy written into a file
+    (``leakdbt harden``) holds wherever the file is loaded."""
+    def encode(at: int) -> bytes:
+        disp = target - (at + LEA_RIP_SIZE)
+        sign = "+" if disp >= 0 else "-"
+        return assemble(f"lea {register}, [rip {sign} {abs(disp):#x}]", at)
+    return Fixed(LEA_RIP_SIZE, encode)
 
 
 class _Expansion:
@@ -156,12 +172,15 @@ class _Expansion:
     lines another pass replaces it with, their labels renamed apart) and ``@A`` by A's
     runtime address."""
 
-    def __init__(self, region: CodeRegion, bias: int,
-                 rewrite: Mapping[int, Sequence[str]]) -> None:
+    def __init__(self, region: CodeRegion, bias: int, rewrite: Mapping[int, Sequence[str]],
+                 callee_insns: Mapping[int, Insn] | None = None) -> None:
         self.region = region
         self.bias = bias
         self.rewrite = rewrite
         self.insns = {i.address: i for b in region.block_list() for i in b.insns}
+        # A callee's instruction may stand in several clones; the region's own only once.
+        self.cloned = {a: i for a, i in (callee_insns or {}).items() if a not in self.insns}
+        self.insns.update(self.cloned)
         self.used: set[int] = set()
         self.instances = 0
 
@@ -173,7 +192,7 @@ class _Expansion:
             if words and words[0] == ".insn":
                 address = int(words[1], 0)
                 if address != own and address in self.rewrite:
-                    if address in self.used:
+                    if address in self.used and address not in self.cloned:
                         raise RegionError(f"{self.region.name}: the replacement for "
                                           f"{address + self.bias:#x} is used twice")
                     self.used.add(address)
@@ -182,6 +201,8 @@ class _Expansion:
                                          f"__{self.instances}")
                 else:
                     out.append(self._copy(address))
+            elif (load := _ADDRESS_LOAD.fullmatch(line.strip())) is not None:
+                out.append(_address_load(load.group(1), int(load.group(2), 0) + self.bias))
             else:
                 out.append(_GOTO.sub(lambda m: f"{int(m.group(1), 0) + self.bias:#x}", line))
         return out

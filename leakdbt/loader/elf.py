@@ -88,6 +88,14 @@ def load_image(path: str | os.PathLike[str], data: bytes | None = None) -> Image
         raise ElfError(spath, f"unexpected loader failure ({type(e).__name__}: {e})") from e
 
 
+def section_headers(path: str, data: bytes) -> list[Section]:
+    """The named section headers of the ELF file ``data`` ([] when it has none usable): what
+    ``leakdbt info`` and ``leakdbt harden`` read of its sections."""
+    parser = _Parser(path, data)
+    h = parser.header()
+    return parser.sections(h.shoff, h.shentsize, h.shnum, h.shstrndx)
+
+
 def _read(path: str) -> bytes:
     """The file's bytes; refuses non-regular files (a FIFO or /dev/zero would hang us)."""
     try:
@@ -149,6 +157,9 @@ class _Section(NamedTuple):
     size: int
     link: int
     entsize: int
+
+
+Section = _Section  # a section header with its name, as section_headers returns it
 
 
 class _Dynamic(NamedTuple):

@@ -1,6 +1,7 @@
-"""``leakdbt tenancy``: what the tenancy detectors see right now.
+"""``leakdbt tenancy``: what the tenancy detectors see right now; ``leakdbt monitor``: the
+monitor of adaptive hardened files (docs/monitor.md).
 
-Registered by the top-level CLI with ``cli.add_command(tenancy)``.  For each detector
+Both are registered by the top-level CLI's ``LAZY_COMMANDS``.  For each detector
 (default: procfs and cpuset) it prints the co-tenants observed now, with their evidence, plus
 our pid, our CPUs and — from the detectors that read it — the CPU topology.  A detector whose
 observation raises is shown as ``error: ...`` (the monitor would run hardened); the exit
@@ -14,7 +15,10 @@ from typing import Any
 
 import click
 
+from leakdbt.errors import UsageError
 from leakdbt.monitor.detectors import DEFAULT_DETECTORS
+from leakdbt.monitor.modefile import DEFAULT_MODE_FILE
+from leakdbt.monitor.monitor import DEFAULT_HOLD_MS, DEFAULT_POLL_MS
 
 
 @click.command("tenancy")
@@ -117,3 +121,59 @@ def format_text(report: dict[str, Any]) -> str:
                                                   else ""))
         lines.append(f"  evidence: {entry['evidence']}")
     return "\n".join(lines)
+
+
+@click.command("monitor", context_settings={"ignore_unknown_options": True,
+                                            "allow_interspersed_args": False})
+@click.option("--mode-file", default=DEFAULT_MODE_FILE, show_default=True, metavar="PATH",
+              help="The mode file the adaptive hardened files map (docs/harden.md); created "
+                   "(mode 0600) if missing.")
+@click.option("--adversary", type=click.Choice(["same-core", "co-resident"]),
+              default="co-resident", show_default=True,
+              help="Whose sharing switches to hardened: a same-core adversary needs our core, "
+                   "a co-resident one also our last-level cache.")
+@click.option("--detector", default="procfs", show_default=True, metavar="NAME[:ARG]",
+              help="The tenancy detector (leakdbt tenancy --list lists them).")
+@click.option("--poll-ms", type=click.FloatRange(min=0.1), default=DEFAULT_POLL_MS,
+              show_default=True, help="How often the detector is asked.")
+@click.option("--hold-ms", type=click.FloatRange(min=0), default=DEFAULT_HOLD_MS,
+              show_default=True,
+              help="How long no co-tenant must be seen before the word says fast again.")
+@click.option("--events", "events_path", type=click.Path(dir_okay=False), default=None,
+              help="Write every switch as a JSON line to FILE.")
+@click.option("--trust-uid", "uids", multiple=True, type=click.IntRange(min=0), metavar="UID",
+              help="Processes of this user are trusted co-tenants (repeatable).")
+@click.option("--trust-name", "names", multiple=True, metavar="COMM",
+              help="Processes with this command name are trusted (repeatable).")
+@click.option("--trust-cgroup", "cgroups", multiple=True, metavar="PATH",
+              help="Processes in this cgroup (or below) are trusted (repeatable).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def monitor(mode_file: str, adversary: str, detector: str, poll_ms: float, hold_ms: float,
+            events_path: str | None, uids: tuple[int, ...], names: tuple[str, ...],
+            cgroups: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Write the mode word of adaptive hardened files from a tenancy detector, until SIGINT
+    or SIGTERM (or, given COMMAND [ARGS]..., until that program exits: its status is ours).
+    On exit the word is left hardened.  Options go before COMMAND."""
+    import sys
+
+    from leakdbt.contract.model import Adversary
+    from leakdbt.monitor.detectors import create_detector, default_context
+    from leakdbt.monitor.modefile import ModeFile
+    from leakdbt.monitor.monitor import Monitor
+    from leakdbt.monitor.serve import serve
+
+    tenancy = create_detector(detector, default_context(uids, names, cgroups))
+    word = ModeFile(mode_file)
+    try:
+        events = open(events_path, "w") if events_path else None  # noqa: SIM115 - closed below
+    except OSError as e:
+        word.close()
+        raise UsageError(f"--events {events_path}: {e.strerror or e}") from None
+    try:
+        status = serve(Monitor(tenancy, word, Adversary(adversary), poll_ms, hold_ms, events),
+                       list(command))
+    finally:
+        word.close()
+        if events is not None:
+            events.close()
+    sys.exit(status)

@@ -26,10 +26,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Protocol
 
 from leakdbt.contract.model import Adversary
-from leakdbt.dbt.dispatch import Dispatcher, Mode
+from leakdbt.dbt.mode import Mode
 from leakdbt.plugin_api import CoTenant, Tenancy, TenancyDetector
 
 MATTERS: dict[Adversary, frozenset[str]] = {
@@ -53,10 +53,20 @@ class MonitorStats:
     seconds: dict[str, float] = field(default_factory=lambda: {"fast": 0.0, "hardened": 0.0})
 
 
+class ModeSwitch(Protocol):
+    """What the monitor switches: the translator of ``exec --mode adaptive``
+    (:class:`~leakdbt.dbt.dispatch.Dispatcher`) or the mode file of hardened files
+    (:class:`~leakdbt.monitor.modefile.ModeFile`, ``leakdbt monitor``)."""
+
+    mode: Mode
+
+    def set_mode(self, mode: Mode) -> None: ...
+
+
 class Monitor:
     """Watches ``detector`` every ``poll_ms`` and sets ``translator``'s mode (module doc)."""
 
-    def __init__(self, detector: TenancyDetector, translator: Dispatcher, adversary: Adversary,
+    def __init__(self, detector: TenancyDetector, translator: ModeSwitch, adversary: Adversary,
                  poll_ms: float = DEFAULT_POLL_MS, hold_ms: float = DEFAULT_HOLD_MS,
                  events: IO[str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -27,7 +27,7 @@ BUILDS = {
 KEYS = [
     "path", "kind", "pie", "entry", "entry_symbol", "segments", "image_size", "interpreter",
     "needed", "soname", "has_symtab", "has_dwarf_lines", "symbol_count", "function_count",
-    "warnings",
+    "warnings", "hardened",
 ]  # fmt: skip
 TEXT_KEYS = [
     "path", "kind", "pie", "entry", "interpreter", "needed", "soname", "symtab", "symbols",
@@ -179,6 +179,7 @@ def test_format_info_exact_text() -> None:
         "     vaddr   memsz  filesz  offset  perms\n"
         "  0x400000  0x1234  0x1234     0x0  r-x\n"
         "  0x402000  0x3000    0x10  0x2000  rw-\n"
+        "hardened:    no\n"
         "warnings:    2\n"
         "  - entry point 0x1 is odd\n"
         "  - second warning\n"

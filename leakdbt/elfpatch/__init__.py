@@ -1,0 +1,1 @@
+"""``leakdbt harden``: hardened native ELF files (docs/harden.md)."""
