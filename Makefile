@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := busybox-static graphviz libssl-dev libsodium-dev binutils linux-libc-dev
+DEBS := busybox-static graphviz chromium libssl-dev libsodium-dev binutils linux-libc-dev
 BENCH_DEBS := qemu-user
 
 .PHONY: run test check bench fuzz install debs binaries clean

@@ -177,9 +177,12 @@ def main() -> None:
     hardening_bench(leakdbt)
     equivalent_bench(leakdbt)
     check_bench(leakdbt)
+    long_check_bench(leakdbt[:1])
     adaptive_bench(leakdbt)
     analyze_bench(leakdbt)
     limits_bench(leakdbt)
+    harden_file_bench(leakdbt[:1])
+    suite_bench(leakdbt[:1])
 
 
 def limits_bench(leakdbt: list[str]) -> None:
@@ -447,6 +450,67 @@ def check_bench(leakdbt: list[str]) -> None:
             print(f"| {name} | {mode} | {jobs} | {took:.2f} | {points} |")
 
 
+LONG_CHECK = ("ossl_modexp_leaky", "ossl_modexp")  # the longest scope of the test programs
+OBSERVER_SETS = (("control-flow",), ("control-flow", "variable-latency"),
+                 ("control-flow", "variable-latency", "memory-access"))
+
+
+def long_check_bench(leakdbt: list[str]) -> None:
+    """16 trials of the longest scope: wall time and peak memory of whole checks (with and
+    without directed trials), then one trial per observer set: instructions per second, and
+    the bytes a full trace stores per million traced instructions."""
+    sys.path.insert(0, str(REPO))
+    from leakdbt.contract import load
+    from leakdbt.dbt.dispatch import Mode
+    from leakdbt.leakage.findings import LeakKind
+    from leakdbt.leakage.trials import Observation, TrialSetup, trial_inputs
+
+    name, program = LONG_CHECK
+    exe, contract = str(BUILD / program), str(REPO / "contracts" / f"{name}.toml")
+    print(f"\n### leakdbt check: 16 trials of {name} (static, --cpu intel-skylake)\n")
+    print("| directed rounds | jobs | trials run | wall time (s) | peak RSS (MiB) | leak points |")
+    print("|---|---|---|---|---|---|")
+    # A fresh parent per check, so that RUSAGE_CHILDREN's peak is this check's alone.
+    peak = ("import json, resource, subprocess, sys; out = subprocess.run(sys.argv[1:], "
+            "capture_output=True, text=True); print(json.dumps([out.returncode, out.stdout, "
+            "out.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+    for rounds, jobs in (("0", "1"), ("2", "1"), ("2", "2")):
+        argv = [sys.executable, "-c", peak, leakdbt[0], "check", "--cpu", "intel-skylake",
+                "--trials", "16", "--directed-rounds", rounds, "--jobs", jobs, "--format",
+                "json", "--contract", contract, exe]
+        started = time.perf_counter()
+        status, out, err, rss_kib = json.loads(subprocess.run(
+            argv, capture_output=True, text=True, check=True).stdout)
+        took = time.perf_counter() - started
+        if status not in (0, 1):
+            raise SystemExit(f"check failed: {err}")
+        report = json.loads(out)
+        trials = report["modes"][0]["trials"]
+        print(f"| {rounds} | {jobs} | {trials} | {took:.2f} | {rss_kib / 1024:.0f} | "
+              f"{len(report['findings'])} |")
+    c = load(contract, binary=exe)
+    setup = TrialSetup(exe, c, Mode.FAST)
+    trial = trial_inputs(c, 1, c.check.seed)[0]
+    print(f"\n### leakdbt check: one trial of {name} per observer set\n")
+    print("| observers | trace | guest insns in scope | host time (s) | insns/s | "
+          "trace bytes per million insns |")
+    print("|---|---|---|---|---|---|")
+    classes = ("int-div", "fp-div", "fp-sqrt", "fp-subnormal")
+    for observers in OBSERVER_SETS:
+        for full in (False, True):
+            what = Observation(tuple(LeakKind(o) for o in observers), 64,
+                               classes if "variable-latency" in observers else (), full)
+            started = time.perf_counter()
+            run = setup.run(trial, what)
+            took = time.perf_counter() - started
+            t = run.trace
+            stored = t.blocks.nbytes() + t.memory.nbytes() + 64 * len(t.latency)
+            per_million = f"{stored / t.instructions * 1e6:,.0f}" if full else "digests only"
+            print(f"| {' + '.join(observers)} | {'full' if full else 'digest'} | "
+                  f"{t.instructions:,} | {took:.2f} | {t.instructions / took:,.0f} | "
+                  f"{per_million} |", flush=True)
+
+
 def switch_latency(changes: int = 20, period: float = 0.4) -> list[float]:
     """Milliseconds from a co-tenant appearing (an orchestrator's state file says so) to the
     hardened entry jumps being installed, for ``changes`` appearances in one long run with
@@ -569,6 +633,96 @@ def analyze_bench(leakdbt: list[str]) -> None:
               f"{statistics.median(rates):,.0f} |")
 
 
+# -- issue 18: hardened files, natively ------------------------------------------------------
+
+TIMING = REPO / "test_binaries" / "build" / "timing"
+DUDECT_N = int(os.environ.get("BENCH_DUDECT_N", "100000"))
+TIMED_SECRETS = {**HARDENING,
+                 # The verifiers' fixed class: the right tag but its last byte, so that both
+                 # classes are rejected (a public outcome) and only where they differ varies.
+                 "mac_verify": "bb72509640bec05a5283b4422cda9c00",
+                 "tag_check": "00112233445566778899aabbccddee00"}
+"""Each timed program's fixed-class secret (argv[1], hex): test_binaries/Makefile's TIMED, the
+leaky test programs whose contracts have regions (entry_div's and umod_modexp's have none)."""
+
+
+def dudect_cycles(exe: str, secret: str, n: int) -> tuple[list[float], list[float]]:
+    """Cycles per main() call of a timing build (test_binaries/timing/harness.c), n calls,
+    split into the fixed and the random class."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".bin") as out:
+        env = dict(os.environ, LEAKDBT_TIMING=f"{n}:{out.name}")
+        subprocess.run([exe, secret], env=env, check=True, capture_output=True)
+        data = Path(out.name).read_bytes()
+    classes: tuple[list[float], list[float]] = ([], [])
+    for cls, cycles in struct.iter_unpack("<BQ", data):
+        classes[cls].append(float(cycles))
+    return classes
+
+
+def dudect_t(fixed: list[float], random_: list[float]) -> tuple[float, float]:
+    """|t| of Welch's test on all measurements, and the largest |t| over dudect's crops
+    (both classes kept below the pooled percentiles of leakage/timing.py)."""
+    from leakdbt.leakage.timing import crop, percentile, welch_t
+
+    pooled = fixed + random_
+    best = 0.0
+    for p in (0.5, 0.75, 0.9, 0.99):
+        cut = percentile(pooled, p)
+        a, b = crop(fixed, cut), crop(random_, cut)
+        if len(a) > 1 and len(b) > 1:
+            best = max(best, abs(welch_t(a, b)))
+    return abs(welch_t(fixed, random_)), best
+
+
+def whole_program_time(argv: list[str], expected: bytes | None) -> float:
+    """Median wall time of REPEAT runs of ``argv`` (any exit status: the verifiers exit 1 on
+    a wrong tag), each printing ``expected`` unless that is None."""
+    samples = []
+    for _ in range(REPEAT):
+        start = time.perf_counter()
+        out = subprocess.run(argv, capture_output=True).stdout
+        samples.append(time.perf_counter() - start)
+        if expected is not None and out != expected:
+            raise SystemExit(f"different output from {' '.join(argv)}")
+    return statistics.median(samples)
+
+
+def harden_file_bench(leakdbt_cmd: list[str]) -> None:
+    """Original vs `leakdbt harden` file, natively: cycles per main() call and whole-program
+    time, and dudect's fixed-vs-random |t| of the timing builds, original and hardened."""
+    import tempfile
+
+    subprocess.run(["make", "-s", "-C", str(REPO / "test_binaries"), "timing"], check=True,
+                   capture_output=True)
+    print(f"\n### Hardened files, natively (static, --cpu {BENCH_CPU}; {DUDECT_N:,} "
+          "calls of main per timing build)\n")
+    print("| program | cycles/main() orig → hardened (median, fixed class) | ratio | "
+          "whole program orig / hardened (s) | dudect \\|t\\| orig (all / best crop) | "
+          "dudect \\|t\\| hardened (all / best crop) |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for prog, secret in TIMED_SECRETS.items():
+            contract = str(REPO / "contracts" / f"{prog}.toml")
+            files = {}
+            for kind, exe in (("program", str(BUILD / prog)),
+                              ("timing", str(TIMING / prog))):
+                out = f"{tmp}/{prog}.{kind}"
+                subprocess.run([*leakdbt_cmd, "harden", "--contract", contract, "--cpu",
+                                BENCH_CPU, "-o", out, exe], check=True, capture_output=True)
+                files[kind] = (exe, out)
+            want = subprocess.run([files["program"][0], secret], capture_output=True).stdout
+            expected = None if prog in CHANGES_RESULTS else want
+            whole = [whole_program_time([exe, secret], expected) for exe in files["program"]]
+            measured = [dudect_cycles(exe, secret, DUDECT_N) for exe in files["timing"]]
+            cyc = [statistics.median(fixed) for fixed, _ in measured]
+            ts = [dudect_t(fixed, random_) for fixed, random_ in measured]
+            print(f"| {prog} | {cyc[0]:,.0f} → {cyc[1]:,.0f} | {cyc[1] / cyc[0]:.2f}x | "
+                  f"{whole[0]:.4f} / {whole[1]:.4f} | {ts[0][0]:.1f} / {ts[0][1]:.1f} | "
+                  f"{ts[1][0]:.1f} / {ts[1][1]:.1f} |", flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--raw":
         raw_main()
@@ -576,5 +730,70 @@ if __name__ == "__main__":
         startup_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"])
     elif sys.argv[1:] == ["limits"]:  # just the --max-insns section
         limits_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"])
+    elif sys.argv[1:] == ["long-check"]:  # just the long-scope check section
+        long_check_bench([str(REPO / ".venv" / "bin" / "leakdbt")])
+    elif sys.argv[1:] == ["harden-file"]:  # just the hardened-files section
+        harden_file_bench([str(REPO / ".venv" / "bin" / "leakdbt")])
     else:
         main()
+
+
+# (contract, program, args, mode): the 8 entries of the suite benchmark
+SUITE_ENTRIES = [("ct_modexp", "ct_modexp", None, "both"),
+                 ("idea_mul", "idea_mul", None, "original"),
+                 ("mac_verify", "mac_verify", None, "original"),
+                 ("sbox_round", "sbox_round", None, "hardened"),
+                 ("ttable_round", "ttable_round", None, "original"),
+                 ("secret_div", "secret_div", None, "original"),
+                 ("sha256", "sha256", ["0"], "original"),
+                 ("sodium_verify_ct", "sodium_verify", None, "original")]
+SUITE_TRIALS = 8
+
+
+def suite_bench(leakdbt: list[str]) -> None:
+    """``leakdbt suite`` of 8 entries on 1 and 2 local Dask workers vs the same checks one by
+    one, and Dask's scheduling overhead per task (a no-op task, 1 worker)."""
+    import tempfile
+
+    print(f"\n### leakdbt suite: 8 entries, {SUITE_TRIALS} trials each, no directed rounds "
+          "(static builds, --cpu intel-skylake)\n")
+    print("| how | wall time (s) | exit status |")
+    print("|---|---|---|")
+    lines = ["version = 1", "[defaults]", f"trials = {SUITE_TRIALS}", f'cpu = "{BENCH_CPU}"',
+             "directed_rounds = 0"]
+    singles = []
+    for contract, program, args, mode in SUITE_ENTRIES:
+        path = REPO / "contracts" / f"{contract}.toml"
+        lines += ["[[entry]]", f'binary = "{BUILD / program}"', f'contract = "{path}"',
+                  f'mode = "{mode}"'] + ([f"args = {json.dumps(args)}"] if args else [])
+        singles.append([*leakdbt, "check", "--cpu", BENCH_CPU, "--trials", str(SUITE_TRIALS),
+                        "--directed-rounds", "0", "--mode", mode, "--contract", str(path),
+                        str(BUILD / program), *(args or [])])
+    started = time.perf_counter()
+    worst = max(subprocess.run(argv, capture_output=True).returncode for argv in singles)
+    print(f"| 8 x `leakdbt check`, one by one | {time.perf_counter() - started:.1f} | {worst} |")
+    with tempfile.TemporaryDirectory() as tmp:
+        suite = os.path.join(tmp, "suite.toml")
+        with open(suite, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        for workers in (1, 2):
+            started = time.perf_counter()
+            done = subprocess.run([*leakdbt, "suite", "--workers", str(workers), suite],
+                                  capture_output=True, text=True)
+            took = time.perf_counter() - started
+            if done.returncode not in (0, 1):
+                raise SystemExit(f"suite failed: {done.stderr}")
+            print(f"| `leakdbt suite --workers {workers}` (cluster start-up included) | "
+                  f"{took:.1f} | {done.returncode} |")
+    from distributed import Client, LocalCluster
+
+    tasks = 500
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.submit(abs, -1).result()  # warm up
+        started = time.perf_counter()
+        client.gather([client.submit(abs, -n, pure=False) for n in range(tasks)])
+        per_task = (time.perf_counter() - started) / tasks
+    print(f"\nDask scheduling overhead: {per_task * 1000:.2f} ms per no-op task "
+          f"({tasks} tasks, 1 local worker process)")
+

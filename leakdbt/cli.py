@@ -42,10 +42,13 @@ def _size(text: str) -> int:
 LAZY_COMMANDS = {
     "analyze": ("leakdbt.analysis.commands", "analyze"),
     "check": ("leakdbt.leakage.commands", "check"),
+    "suite": ("leakdbt.leakage.suite_commands", "suite"),
     "tenancy": ("leakdbt.monitor.commands", "tenancy"),
+    "monitor": ("leakdbt.monitor.commands", "monitor"),
     "contract": ("leakdbt.contract.commands", "contract"),
     "blocks": ("leakdbt.dbt.commands", "blocks"),
     "passes": ("leakdbt.dbt.commands", "passes"),
+    "harden": ("leakdbt.elfpatch.commands", "harden"),
 }
 
 

@@ -1,15 +1,16 @@
-"""``leakdbt analyze``: run the program once with its secrets tainted, and turn what the taint
+"""``leakdbt analyze``: run the program with its secrets tainted, and turn what the taint
 reaches into findings and contract regions.
 
-The secrets get concrete values (the check's first trial) and a label each; the run is the
-same as a check trial (public inputs, virtual time).  Sources: ``argv`` and ``env`` (their
+The secrets get concrete values (the check's first trial; with ``trials`` N, its first N
+trials, one tainted run each, the findings merged) and a label each; a run is the same as a
+check trial (public inputs, virtual time).  Sources: ``argv`` and ``env`` (their
 strings on the initial stack), ``stdin`` and ``file`` (the bytes read(2) returns from their
 offsets; a file secret's file is written into a fresh working directory, as ``leakdbt
 check`` does), ``register`` and ``pointer`` (at every entry of their function) and
 ``symbol`` (at start).  With
-``protect.functions``, findings are kept only inside those functions (their code, not their
-callees': a library routine that merely copies or prints the secret is the caller's
-business); without it, everywhere.
+``protect.functions``, findings are kept only while one of those functions is active,
+callees included — the scope ``leakdbt check`` observes (:mod:`leakdbt.run.scope`); taint
+itself flows everywhere.  Without it, findings are kept everywhere.
 
 Memory accesses the secret moves only within one cache line (of the CPU profile's size) are
 findings only against an adversary who sees offsets within a line (``same-core`` on a CPU
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -33,7 +35,7 @@ from leakdbt.analysis.findings import AnalysisFinding, AnalysisReport
 from leakdbt.analysis.functions import function_regions
 from leakdbt.analysis.loops import LoopCounter
 from leakdbt.analysis.suggest import exit_loops, regions
-from leakdbt.analysis.taint import WITHIN_LINE, TaintTracker
+from leakdbt.analysis.taint import LINE, WITHIN_LINE, TaintedUse, TaintTracker
 from leakdbt.contract import loads
 from leakdbt.contract.dump import dumps
 from leakdbt.contract.edit import RegionEntry, add_regions
@@ -45,37 +47,49 @@ from leakdbt.errors import LeakDBTError
 from leakdbt.leakage.check import trial_setup
 from leakdbt.leakage.findings import CheckReport, Finding, LeakKind
 from leakdbt.leakage.locate import image_of, source_line
-from leakdbt.leakage.observe import entries_in
 from leakdbt.leakage.trials import Place, TrialInput, TrialSetup, trial_inputs
 from leakdbt.loader.modules import LoadedModule, ModuleMap
 from leakdbt.machine.machine import Machine
+from leakdbt.run.scope import FunctionScope, scoped_functions
 from leakdbt.run.secrets import place_in_process
 from leakdbt.run.session import execute
 from leakdbt.x86.insn import decode
 
 
 def analyze(binary: str, contract: Contract, args: list[str] | None = None,
-            rw: Sequence[str] = (), profile: Profile | None = None) -> AnalysisReport:
+            rw: Sequence[str] = (), profile: Profile | None = None, trials: int = 1
+            ) -> AnalysisReport:
     """Run ``binary`` with the contract's secrets tainted (see the module doc); ``rw``:
     host directories the guest may write to, as ``exec --rw``; ``profile``: the CPU whose
     cache lines and intra-line leaks decide the memory-access findings (default: the
-    host's)."""
+    host's); ``trials``: tainted runs, with the secrets ``leakdbt check`` would give its
+    first trials (test vectors first), their findings merged: a path one secret does not
+    take, another may."""
     started = time.monotonic()
     profile = profile or host_profile()
     if args is not None:
         contract = replace(contract, check=replace(contract.check, args=tuple(args)))
-    trial = trial_inputs(contract, 1, contract.check.seed)[0]
-    tracker, modules = _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile)
-    assert tracker is not None
-    report = AnalysisReport(binary, contract.path, instructions=tracker.instructions,
-                            default_rule=dict(tracker.default_counts.most_common()),
-                            taint_seconds=tracker.elapsed)
-    scoped = _scope(contract, modules)
+    inputs = trial_inputs(contract, max(trials, 1), contract.check.seed)
+    trial = inputs[0]
+    report = AnalysisReport(binary, contract.path, runs=0)
+    uses: list[list[TaintedUse]] = []
+    default_rule: Counter[str] = Counter()
+    modules: ModuleMap | None = None
+    for t in inputs:
+        tracker, run_modules = _run(TrialSetup(binary, contract, Mode.FAST), t, rw, profile)
+        assert tracker is not None
+        if modules is None:  # the same binary, loaded the same way: the same addresses
+            modules = run_modules
+        uses.append(tracker.findings())
+        report.instructions += tracker.instructions
+        report.taint_seconds += tracker.elapsed
+        default_rule.update(tracker.default_counts)
+        report.runs += 1
+    assert modules is not None
+    report.default_rule = dict(default_rule.most_common())
     sub_line = _sees_within_lines(contract, profile)
-    for f in tracker.findings():
+    for f in merge_uses(uses):
         place = _place(modules, f.address)
-        if scoped is not None and not any(lo <= f.address < hi for lo, hi in scoped):
-            continue
         if f.kind is LeakKind.MEMORY_ACCESS and f.reach == WITHIN_LINE and not sub_line:
             report.within_line += 1
             continue
@@ -97,6 +111,25 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
     report.runs += more
     report.seconds = time.monotonic() - started
     return report
+
+
+def merge_uses(runs: Sequence[Sequence[TaintedUse]]) -> list[TaintedUse]:
+    """The tainted uses of several runs as one list: the same kind at the same address is one
+    use, with the counts added, the secrets and memory targets joined, and a memory access
+    that could cross lines in one run crossing lines."""
+    merged: dict[tuple[LeakKind, int], TaintedUse] = {}
+    for run in runs:
+        for u in run:
+            seen = merged.get((u.kind, u.address))
+            if seen is None:
+                merged[(u.kind, u.address)] = replace(u, targets=set(u.targets))
+                continue
+            seen.count += u.count
+            seen.labels |= u.labels
+            seen.targets |= u.targets
+            if u.reach == LINE:
+                seen.reach = LINE
+    return sorted(merged.values(), key=lambda u: (u.address, u.kind))
 
 
 def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profile,
@@ -204,7 +237,10 @@ def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract,
     for start, end in skip:
         ranges.append((at, start))
         at = end
-    tracker = TaintTracker(machine, ranges=[*ranges, (at, 1 << 64)], line_size=line_size)
+    scope = FunctionScope(machine, scoped_functions(contract))
+    scope.watch(modules)
+    tracker = TaintTracker(machine, ranges=[*ranges, (at, 1 << 64)], line_size=line_size,
+                           in_scope=None if scope.everywhere else scope.active)
     for i, secret in enumerate(contract.secrets):
         if isinstance(secret.source, StdinSource | FileSource):
             tracker.read_sources.append(_read_source(tracker, secret.source, 1 << i,
@@ -263,19 +299,6 @@ def confirm(report: AnalysisReport, binary: str, contract: Contract, profile: Pr
             report.findings[i] = replace(f, confirmed=(
                 f"trial {w.first.index} ({w.first.describe()}) {w.observed[0]}; trial "
                 f"{w.second.index} ({w.second.describe()}) {w.observed[1]}"))
-
-
-def _scope(contract: Contract, modules: ModuleMap) -> list[tuple[int, int]] | None:
-    """Runtime [start, end) of the contract's functions (None: no scope given)."""
-    binding = contract.binding
-    if binding is None or not binding.functions:
-        return None
-    out = []
-    for f in binding.functions:
-        for mod in modules.modules():
-            for entry in entries_in([(f.module, f.start)], mod):
-                out.append((entry, entry + max(f.size, 1)))
-    return out
 
 
 def _table(modules: ModuleMap, targets: set[int]) -> str | None:

@@ -17,22 +17,25 @@ import click
 @click.option("--confirm", is_flag=True,
               help="Also run leakdbt check and mark the findings it confirms, with its "
                    "witness.")
-@click.option("--trials", type=click.IntRange(min=2), default=None,
-              help="With --confirm: the checker's trials (default: the contract's).")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Taint N runs, with the secrets check's first N trials get (test vectors "
+                   "first), and merge their findings (default 1); with --confirm, the "
+                   "checker's trials too (default: the contract's).")
 @click.option("--cpu", metavar="NAME", default=None,
               help="The CPU profile: its cache line size and whether offsets within a line "
                    "leak decide the memory-access findings; with --confirm, the checker's "
                    "too (default: the host's).")
 @click.option("--rw", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Host directory the guest may write to (repeatable), as for exec.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "html"]),
+              default="text")
 @click.argument("binary", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
             cpu: str | None, rw: tuple[str, ...], fmt: str, binary: str,
             args: tuple[str, ...]) -> None:
-    """Run BINARY [ARGS]... once with the contract's secrets tainted and list every branch,
-    memory access and variable-latency instruction they reach.
+    """Run BINARY [ARGS]... with the contract's secrets tainted (once, or --trials N times)
+    and list every branch, memory access and variable-latency instruction they reach.
 
     leakdbt's options go before BINARY: everything after it is passed to the program."""
     from leakdbt.analysis.analyze import analyze as run
@@ -42,12 +45,13 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
 
     contract = load(contract_path, binary=binary)
     profile, _why = choose_profile(cpu)
-    report = run(binary, contract, list(args) or None, rw, profile)
+    report = run(binary, contract, list(args) or None, rw, profile, trials or 1)
     if confirm:
         from leakdbt.analysis.analyze import confirm as confirm_findings
 
         confirm_findings(report, binary, contract, profile,
-                         trials or contract.check.trials, list(args) or None)
+                         max(trials, 2) if trials else contract.check.trials,
+                         list(args) or None)
     added: list[RegionEntry] = []
     if write:
         with open(contract_path) as original:
@@ -57,6 +61,12 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
             loads(text, path=contract_path, binary=binary)  # valid, or nothing is written
             with open(contract_path, "w") as out:
                 out.write(text)
+    if fmt == "html":
+        from leakdbt.analysis.analyze import as_check_report
+        from leakdbt.leakage.html import check_html
+
+        click.echo(check_html(as_check_report(report, contract), "leakdbt analyze"), nl=False)
+        return
     if fmt == "sarif":
         import sys
 

@@ -33,4 +33,4 @@ class AnalysisReport:
     seconds: float = 0.0
     within_line: int = 0  # memory accesses moved only within a line, not seen: dropped
     taint_seconds: float = 0.0  # host time in the taint hook (the tracker's own speed)
-    runs: int = 1  # guest runs: the tainted one, then for function regions and loop bounds
+    runs: int = 1  # guest runs: the tainted ones, then for function regions and loop bounds

@@ -153,12 +153,14 @@ class TaintTracker:
     :meth:`findings` afterwards.  ``scope`` limits the code hook to [begin, end) (taint is then
     not propagated by code outside it); so does ``ranges`` (several [begin, end), more with
     :meth:`track` before their code first runs); ``line_size`` is the cache line size
-    memory-access findings are judged by (:attr:`TaintedUse.reach`).
+    memory-access findings are judged by (:attr:`TaintedUse.reach`); ``in_scope`` tells
+    whether a finding counts now (taint is propagated everywhere regardless), as the
+    contract's scope says (:class:`leakdbt.run.scope.FunctionScope`).
     """
 
     def __init__(self, machine: Machine, *, scope: tuple[int, int] | None = None,
                  ranges: Sequence[tuple[int, int]] | None = None, implicit: bool = True,
-                 line_size: int = 64) -> None:
+                 line_size: int = 64, in_scope: Callable[[], bool] | None = None) -> None:
         self.machine = machine
         self.mem = machine.mem
         # Register readers bound once: the hook reads registers for every instruction.
@@ -169,6 +171,7 @@ class TaintTracker:
         self.shadow.concrete = EngineValues(machine)
         self.implicit = implicit
         self.line_size = line_size
+        self.in_scope = in_scope
         self.instructions = 0
         self.elapsed = 0.0
         self.default_counts: Counter[str] = Counter()
@@ -252,6 +255,8 @@ class TaintTracker:
 
     def _report(self, kind: LeakKind, address: int, labels: int, target: int | None = None,
                 reach: str = "") -> None:
+        if self.in_scope is not None and not self.in_scope():
+            return
         f = self._found.get((kind, address))
         if f is None:
             f = self._found[(kind, address)] = TaintedUse(kind, address, labels, 0, reach=reach)

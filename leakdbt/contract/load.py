@@ -20,6 +20,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from leakdbt.contract.mapping import PASS_KIND
 from leakdbt.contract.model import (
     CONTRACT_VERSION,
     GENERAL_REGISTERS,
@@ -29,6 +30,8 @@ from leakdbt.contract.model import (
     ArgvSource,
     Check,
     Contract,
+    DeclassifyPoint,
+    DeclassifyWhen,
     EnvSource,
     FileSource,
     Location,
@@ -54,6 +57,7 @@ from leakdbt.errors import ContractError
 E = TypeVar("E", bound=enum.Enum)
 
 MAX_INPUT_LENGTH = 1 << 24  # 16 MiB: more is surely a mistake
+MAX_DECLASSIFIED = 1 << 16  # bytes one declassification point reads
 MAX_STRING_SECRET = 4096  # argv and environment strings
 MAX_TRIALS = 1_000_000
 
@@ -508,7 +512,8 @@ class _Validator:
 
     def protect(self, tbl: dict[str, Any]) -> Protect | None:
         path: KeyPath = ("protect",)
-        self.unknown_keys(tbl, path, ("adversary", "policy", "functions", "region"))
+        self.unknown_keys(tbl, path, ("adversary", "policy", "functions", "region",
+                                      "passes_off"))
         bad = len(self.problems)
         adversary = self.get_enum(tbl, "adversary", path, Adversary,
                                   required="whom to fear: remote, co-resident or same-core")
@@ -536,10 +541,26 @@ class _Validator:
             seen.setdefault(region.at, i)
             regions.append(region)
             self.parts.regions.append((i, region))
+        passes_off = self.passes_off(tbl, path)
         if len(self.problems) > bad or adversary is None:
             return None
         return Protect(adversary=adversary, policy=policy, functions=tuple(functions),
-                       regions=tuple(regions))
+                       regions=tuple(regions), passes_off=passes_off)
+
+    def passes_off(self, tbl: dict[str, Any], path: KeyPath) -> tuple[str, ...]:
+        """``protect.passes_off``: names of passes the mapping can select, each once."""
+        names: list[str] = []
+        for i, name in enumerate(self.get_str_list(tbl, "passes_off", path) or []):
+            if name not in PASS_KIND:
+                close = difflib.get_close_matches(name, list(PASS_KIND), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else \
+                    f"known: {', '.join(PASS_KIND)}"
+                self.error((*path, "passes_off", i), f"no pass is named {name!r} ({hint})")
+            elif name in names:
+                self.error((*path, "passes_off", i), f"{name!r} is listed twice")
+            else:
+                names.append(name)
+        return tuple(names)
 
     def region(self, tbl: dict[str, Any], path: KeyPath) -> Region | None:
         self.unknown_keys(tbl, path, ("at", "kind", "symbol", "length", "bound", "why"))
@@ -572,7 +593,7 @@ class _Validator:
     def check(self, tbl: dict[str, Any], secrets: list[tuple[int, Secret]]) -> Check | None:
         path: KeyPath = ("check",)
         self.unknown_keys(tbl, path, ("trials", "seed", "args", "stdin", "env", "declassify",
-                                      "values"))
+                                      "declassify_at", "values"))
         bad = len(self.problems)
         trials = self.get_int(tbl, "trials", path, 2, MAX_TRIALS)
         seed = self.get_int(tbl, "seed", path, 0, (1 << 64) - 1)
@@ -600,6 +621,14 @@ class _Validator:
                 self.error((*path, "declassify", i), f"{text!r} is listed twice")
             else:
                 declassify.append(out)
+        points = [self.declassify_point(item, (*path, "declassify_at", i))
+                  for i, item in enumerate(self.get_table_array(tbl, "declassify_at", path)
+                                           or [])]
+        names = [p.name for p in points if p is not None]
+        for i, p in enumerate(points):
+            if p is not None and names.count(p.name) > 1:
+                self.error((*path, "declassify_at", i, "name"),
+                           f"{p.name!r} names two declassification points")
 
         values: list[tuple[str, tuple[bytes, ...]]] = []
         by_name = {secret.name: secret for _, secret in secrets}
@@ -643,4 +672,31 @@ class _Validator:
             seed=defaults.seed if seed is None else seed,
             args=tuple(args), stdin=stdin, env=tuple(sorted(env.items())),
             declassify=tuple(declassify), values=tuple(values),
+            declassify_at=tuple(p for p in points if p is not None),
         )
+
+    def declassify_point(self, tbl: dict[str, Any], path: KeyPath) -> DeclassifyPoint | None:
+        """One ``[[check.declassify_at]]``: name, at, register or pointer, length, when."""
+        self.unknown_keys(tbl, path, ("name", "at", "register", "pointer", "length", "when",
+                                      "why"))
+        bad = len(self.problems)
+        name = self.get_str(tbl, "name", path, required="name the declassified value")
+        when = self.get_enum(tbl, "when", path, DeclassifyWhen) or DeclassifyWhen.REACHED
+        at = self.get_location(tbl, "at", path, function=when is DeclassifyWhen.RETURN,
+                               required="give the code location where the value is read")
+        kinds = [k for k in ("register", "pointer") if k in tbl]
+        if len(kinds) != 1:
+            self.error(path, "give exactly one of register (its value) or pointer (the bytes "
+                             "it points to)")
+            return None
+        reg = (self.get_str(tbl, kinds[0], path) or "").lower()
+        if reg and reg not in GENERAL_REGISTERS:
+            self.error((*path, kinds[0]), f"unknown register {reg!r}: use a 64-bit general "
+                                          "register (rax, rdi, rsi, …)")
+        limit = 8 if kinds[0] == "register" else MAX_DECLASSIFIED
+        length = self.get_int(tbl, "length", path, 1, limit)
+        if len(self.problems) > bad or name is None or at is None:
+            return None
+        return DeclassifyPoint(name, at, reg if kinds[0] == "register" else None,
+                               reg if kinds[0] == "pointer" else None,
+                               8 if length is None else length, when)

@@ -61,6 +61,13 @@ class Output(enum.Enum):
     FILES = "files"  # contents of files the program writes
 
 
+class DeclassifyWhen(enum.Enum):
+    """When a declassification point reads its value (``[[check.declassify_at]]``)."""
+
+    REACHED = "reached"  # each time the instruction at ``at`` is about to run
+    RETURN = "return"  # each time the function entered at ``at`` returns
+
+
 GENERAL_REGISTERS = (
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
@@ -251,12 +258,27 @@ class Region:
 
 @dataclass(frozen=True)
 class Protect:
-    """The ``[protect]`` table: adversary, policy, scope and regions."""
+    """The ``[protect]`` table: adversary, policy, scope, regions and passes switched off."""
 
     adversary: Adversary
     policy: Policy = Policy.ALWAYS
     functions: tuple[Location, ...] = ()  # empty: the whole program
     regions: tuple[Region, ...] = ()
+    passes_off: tuple[str, ...] = ()  # passes no command applies or suggests (docs/passes.md)
+
+
+@dataclass(frozen=True)
+class DeclassifyPoint:
+    """One ``[[check.declassify_at]]``: a value the program may reveal — a register, or
+    ``length`` bytes at the address a register holds — read at a code location.  Trials are
+    compared only with trials that saw the same values here (docs/checking.md)."""
+
+    name: str
+    at: Location
+    register: str | None = None  # the value of this register (its low ``length`` bytes)
+    pointer: str | None = None  # or the ``length`` bytes this register points to
+    length: int = 8
+    when: DeclassifyWhen = DeclassifyWhen.REACHED
 
 
 @dataclass(frozen=True)
@@ -269,6 +291,7 @@ class Check:
     stdin: str | None = None  # public standard input; stdin secrets overwrite their bytes
     env: tuple[tuple[str, str], ...] = ()  # public environment, sorted by name
     declassify: tuple[Output, ...] = ()  # outputs allowed to depend on the secrets
+    declassify_at: tuple[DeclassifyPoint, ...] = ()  # values revealed inside the program
     values: tuple[tuple[str, tuple[bytes, ...]], ...] = ()  # secret -> first trials' values
 
 

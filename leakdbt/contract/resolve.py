@@ -125,7 +125,6 @@ def bind_parts(parts: ContractParts, line: Callable[[str], int],
         ref = attempt(f"protect.functions[{i}]", partial(resolver.function, loc))
         if ref is not None:
             functions.append(ref)
-    scope_known = len(functions) == len(parts.functions)
 
     regions: list[ResolvedRegion] = []
     for i, region in parts.regions:
@@ -145,11 +144,9 @@ def bind_parts(parts: ContractParts, line: Callable[[str], int],
                              f'kind = "function" replaces a whole function: {at.symbolic} '
                              f"is not the entry of {func.name}"))
             continue
-        if functions and scope_known and not any(
-                (f.module, f.start) == (func.module, func.start) for f in functions):
-            problems.append((line(f"{key}.at"), f"{key}.at",
-                             f"{at.symbolic} is in {func.name}, outside protect.functions "
-                             f"({', '.join(str(f) for _, f in parts.functions)})"))
+        # A region may lie outside protect.functions: the scope is those functions'
+        # dynamic extent, callees included (docs/checking.md), and a callee's leak is
+        # fixed by a region in the callee.
         regions.append(ResolvedRegion(at=at, function=func, table=table))
 
     binding = Binding(

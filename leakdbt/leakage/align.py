@@ -17,6 +17,7 @@ consequences of a control-flow leak already reported, not new points.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from leakdbt.leakage.findings import LeakKind
@@ -79,7 +80,7 @@ def differences(a: Trace, b: Trace, unit: int) -> list[Difference]:
     return list(found.values())
 
 
-def _by_block(events: list[tuple]) -> dict[int, list[tuple[int, tuple]]]:
+def _by_block(events: Iterable[tuple]) -> dict[int, list[tuple[int, tuple]]]:
     """Events grouped by the index of the block they happened in: (pc, the rest)."""
     out: dict[int, list[tuple[int, tuple]]] = defaultdict(list)
     for block, pc, *rest in events:

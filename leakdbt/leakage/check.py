@@ -10,6 +10,16 @@ For each checked mode (original code, hardened code):
    two concrete trials as its witness;
 3. outputs that differ between trials and are not declassified are reported too.
 
+Directed trials (:mod:`leakdbt.leakage.directed`): before that, the trials run on the
+original code recording the comparisons in scope, and for ``directed_rounds`` rounds new
+trials are derived from them that take those comparisons' other outcomes; every checked
+mode then runs the seed and the derived trials.
+
+Output-sensitive: trials are compared only with trials whose declassified views are equal
+(:mod:`leakdbt.leakage.declassify`: the declassified outputs and declassification points).
+When those views tell every trial apart, nothing could be compared: all trials are then
+compared as if nothing were declassified, and the report says so (a conservative verdict).
+
 Trials run in worker processes with ``jobs`` > 1 (forked: the engine is per process).
 """
 
@@ -27,8 +37,16 @@ from leakdbt.contract.mapping import Observer, Plan
 from leakdbt.contract.model import Output
 from leakdbt.contract.profiles import LATENCY_CLASSES, Profile
 from leakdbt.dbt.dispatch import Mode
+from leakdbt.errors import UsageError
 from leakdbt.leakage.align import Difference, differences
-from leakdbt.leakage.findings import CheckReport, Finding, LeakKind, ModeSummary, Witness
+from leakdbt.leakage.directed import DEFAULT_ROUNDS, DERIVED_PER_ROUND, Derivation, derive
+from leakdbt.leakage.findings import (
+    CheckReport,
+    Finding,
+    LeakKind,
+    ModeSummary,
+    Witness,
+)
 from leakdbt.leakage.locate import describe_point
 from leakdbt.leakage.trials import (
     Observation,
@@ -55,6 +73,11 @@ class CheckOptions:
     granularity: str | None = None  # None: what the adversary sees
     max_insns: int = 0
     progress: Callable[[str], None] | None = None
+    directed_rounds: int = DEFAULT_ROUNDS  # 0: random and given trials only
+    # Runs a batch of trials elsewhere — (setup, trials, observation, progress label) -> runs
+    # in trial order — as ``leakdbt suite`` does on Dask; None: here, in ``jobs`` processes.
+    runner: Callable[[TrialSetup, Sequence[TrialInput], Observation, str],
+                     list[TrialRun]] | None = None
 
 
 def observation_for(the_plan: Plan, profile: Profile, granularity: str | None
@@ -79,27 +102,95 @@ def run_check(binary: str, contract: Contract, profile: Profile, options: CheckO
               args: Sequence[str] | None = None) -> CheckReport:
     """Check ``binary`` against ``contract`` (bound to it); see the module doc."""
     started = time.monotonic()
+    planned = plan_check(binary, contract, profile, options, args)
+    recorded = add_directed_trials(planned, binary, profile, options)
+    for mode in options.modes:
+        setup = trial_setup(binary, planned.contract, profile, mode, options.max_insns)
+        if mode == "original" and recorded:
+            runs = recorded  # the directed rounds ran them already
+        else:
+            runs = _run_all(setup, planned.inputs, planned.what, options, f"{mode}: ")
+        add_mode(planned, setup, runs, mode, options)
+    planned.report.seconds = time.monotonic() - started
+    return planned.report
+
+
+@dataclass
+class PlannedCheck:
+    """What every mode of one check shares — the contract with its public arguments, what is
+    observed, the trials — and the report the modes fill in."""
+
+    contract: Contract
+    what: Observation
+    inputs: list[TrialInput]
+    report: CheckReport
+
+
+def with_args(contract: Contract, args: Sequence[str] | None) -> Contract:
+    """``contract`` with the program's public arguments ``args`` (None: the contract's)."""
+    if args is None:
+        return contract
+    return replace(contract, check=replace(contract.check, args=tuple(args)))
+
+
+def plan_check(binary: str, contract: Contract, profile: Profile, options: CheckOptions,
+               args: Sequence[str] | None = None) -> PlannedCheck:
+    """The trials and the empty report of a check (see :class:`PlannedCheck`)."""
     the_plan = plan(contract, profile)
     what = observation_for(the_plan, profile, options.granularity)
-    if args is not None:
-        contract = replace(contract, check=replace(contract.check, args=tuple(args)))
+    contract = with_args(contract, args)
     count = options.trials or contract.check.trials
     seed = contract.check.seed if options.seed is None else options.seed
     inputs = trial_inputs(contract, count, seed)
     report = CheckReport(binary, tuple(contract.check.args), contract.path, profile.name,
                          contract.protect.adversary.value, what.observers,
                          _granularity_name(what.unit, profile), seed)
-    for mode in options.modes:
-        setup = trial_setup(binary, contract, profile, mode, options.max_insns)
-        runs = _run_all(setup, inputs, what, options, f"{mode}: ")
-        summary = ModeSummary(mode, count, runs[0].trace.instructions, runs[0].trace.cost,
-                              {o: len({r.trace.digests[o] for r in runs})
-                               for o in what.observers})
-        report.modes.append(summary)
-        report.findings += _findings(setup, runs, what, mode, options)
-        report.outputs += _undeclared_outputs(contract, runs, mode)
-    report.seconds = time.monotonic() - started
-    return report
+    return PlannedCheck(contract, what, inputs, report)
+
+
+def add_mode(planned: PlannedCheck, setup: TrialSetup, runs: list[TrialRun], mode: str,
+             options: CheckOptions) -> None:
+    """Compare the trial ``runs`` of ``mode`` (in trial order) and add the mode's figures,
+    findings and output leaks to the report; witnesses are traced in full here."""
+    report, what = planned.report, planned.what
+    classes, note = comparison_classes(runs, what)
+    summary = ModeSummary(mode, len(runs), runs[0].trace.instructions, runs[0].trace.cost,
+                          {o: len({r.trace.digests[o] for r in runs})
+                           for o in what.observers}, note)
+    report.modes.append(summary)
+    report.findings += _findings(setup, classes, len(runs), what, mode, options)
+    report.outputs += _undeclared_outputs(planned.contract, classes, mode)
+
+
+def add_directed_trials(planned: PlannedCheck, binary: str, profile: Profile,
+                        options: CheckOptions) -> list[TrialRun]:
+    """Run the planned trials on the original code recording their comparisons, and add
+    the directed trials derived from them, round by round (see the module doc), to
+    ``planned``'s trials and report; the original-code runs of all of them (they recorded
+    alike: a mode's digests compare only such runs), or [] without directed rounds."""
+    if options.directed_rounds <= 0:
+        return []
+    setup = trial_setup(binary, planned.contract, profile, "original", options.max_insns)
+    recording = replace(planned.what, comparisons=True)
+    inputs = planned.inputs
+    runs = _run_all(setup, inputs, recording, options, "original: ")
+    known = {t.values for t in inputs}
+    done: set[Derivation] = set()
+    frontier = runs
+    for round_ in range(1, options.directed_rounds + 1):
+        new = derive([(r.trial.index, r.trial.values, r.comparisons) for r in frontier],
+                     known, len(inputs), DERIVED_PER_ROUND, done)
+        if not new:
+            break
+        added = [TrialInput(d.index, values) for values, d in new]
+        planned.report.derived += [d for _, d in new]
+        inputs += added
+        frontier = _run_all(setup, added, recording, options,
+                            f"original: directed round {round_}: ")
+        runs += frontier
+    for r in runs:
+        r.comparisons = []  # derived from already: no need to keep them
+    return runs
 
 
 def _granularity_name(unit: int, profile: Profile) -> str:
@@ -130,8 +221,11 @@ def _worker(trial: TrialInput, what: Observation) -> TrialRun:
 
 def _run_all(setup: TrialSetup, inputs: Sequence[TrialInput], what: Observation,
              options: CheckOptions, label: str) -> list[TrialRun]:
-    """Run the trials (in ``jobs`` forked workers), telling progress as they finish."""
+    """Run the trials (in ``jobs`` forked workers, or by ``options.runner``), telling
+    progress as they finish."""
     global _WORKER_SETUP
+    if options.runner is not None:
+        return options.runner(setup, inputs, what, label)
     started = time.monotonic()
     runs: list[TrialRun] = []
 
@@ -157,26 +251,78 @@ def _run_all(setup: TrialSetup, inputs: Sequence[TrialInput], what: Observation,
     return runs
 
 
-def _findings(setup: TrialSetup, runs: list[TrialRun], what: Observation, mode: str,
-              options: CheckOptions) -> list[Finding]:
-    """Localise the differences between trials whose digests differ (see the module doc)."""
-    groups: dict[tuple[int, ...], TrialRun] = {}
+def comparison_classes(runs: list[TrialRun], what: Observation
+                       ) -> tuple[list[list[TrialRun]], str]:
+    """The groups of trials to compare with each other — trials with equal declassified views
+    (see the module doc) — and a sentence on what the declassified values did ("" when
+    nothing declassified varies)."""
+    by_view: dict[tuple[tuple[str, object], ...], list[TrialRun]] = {}
     for r in runs:
-        groups.setdefault(tuple(r.trace.digests[o] for o in what.observers), r)
-    if len(groups) < 2:
+        by_view.setdefault(r.declassified, []).append(r)
+    if len(by_view) < 2:
+        return [runs], ""
+    names = [name for k, (name, _) in enumerate(runs[0].declassified)
+             if len({r.declassified[k][1] for r in runs}) > 1]
+    varying = ", ".join(names)
+    # Only trials with different secrets tell anything apart (a value may repeat).
+    comparable = [g for g in by_view.values() if len({r.trial.values for r in g}) > 1]
+    if not comparable:
+        return [runs], (f"the declassified values ({varying}) tell all {len(runs)} trials "
+                        "apart: nothing could be compared within equal values, so all trials "
+                        "were compared as if nothing were declassified")
+    sizes = ", ".join(str(len(g)) for g in by_view.values())
+    note = (f"the declassified values ({varying}) separate the {len(runs)} trials into "
+            f"{len(by_view)} classes (sizes {sizes}); trials are compared only within a class")
+    separated = _separated(list(by_view.values()), what)
+    return comparable, note + (f"; {separated}" if separated else "")
+
+
+def _separated(groups: list[list[TrialRun]], what: Observation) -> str:
+    """Two trials of different classes that observe differently, and which declassified
+    values separate them (what output-sensitivity excused), or ""."""
+    def digests(r: TrialRun) -> tuple[int, ...]:
+        return tuple(r.trace.digests[o] for o in what.observers)
+
+    for g, group in enumerate(groups):
+        for other in groups[g + 1:]:
+            a, b = group[0], other[0]
+            if digests(a) != digests(b):
+                names = [x[0] for x, y in zip(a.declassified, b.declassified, strict=True)
+                         if x != y]
+                return (f"trials {a.trial.index} and {b.trial.index} observe differently but "
+                        f"are separated by the declassified {', '.join(names)}: no leak there")
+    return ""
+
+
+def _findings(setup: TrialSetup, classes: list[list[TrialRun]], total: int,
+              what: Observation, mode: str, options: CheckOptions) -> list[Finding]:
+    """Localise the differences between trials of one class whose digests differ (see the
+    module doc)."""
+    chosen: list[list[TrialRun]] = []
+    budget = MAX_WITNESS_RUNS
+    distinct = 0
+    for runs in classes:
+        groups: dict[tuple[int, ...], TrialRun] = {}
+        for r in runs:
+            groups.setdefault(tuple(r.trace.digests[o] for o in what.observers), r)
+        distinct += len(groups)
+        if len(groups) > 1 and budget > 1:
+            chosen.append(list(groups.values())[:budget])
+            budget -= len(chosen[-1])
+    if not chosen:
         return []
-    chosen = list(groups.values())[:MAX_WITNESS_RUNS]
     full = Observation(what.observers, what.unit, what.latency_classes, full=True)
     if options.progress is not None:
-        options.progress(f"{mode}: {len(groups)} distinct traces; tracing {len(chosen)} of "
-                         "them in full")
-    traced = [setup.run(r.trial, full) for r in chosen]
+        options.progress(f"{mode}: {distinct} distinct traces; tracing "
+                         f"{sum(map(len, chosen))} of them in full")
     seen: dict[tuple[LeakKind, int], list[tuple[TrialRun, TrialRun, Difference]]] = {}
-    base = traced[0]
-    for other in traced[1:]:
-        for d in differences(base.trace, other.trace, what.unit):
-            seen.setdefault((d.kind, _place(base, d.address).original), []).append(
-                (base, other, d))
+    for reps in chosen:
+        traced = [setup.run(r.trial, full) for r in reps]
+        base = traced[0]
+        for other in traced[1:]:
+            for d in differences(base.trace, other.trace, what.unit):
+                seen.setdefault((d.kind, _place(base, d.address).original), []).append(
+                    (base, other, d))
     findings = []
     for (kind, _), cases in seen.items():
         first, second, d = cases[0]
@@ -184,7 +330,7 @@ def _findings(setup: TrialSetup, runs: list[TrialRun], what: Observation, mode: 
         where = _place(first, d.address)
         witness = Witness(first.trial.public(), second.trial.public(),
                           (_render(first, d.first, kind), _render(second, d.second, kind)))
-        findings.append(describe_point(kind, mode, where, len(values), len(runs), witness,
+        findings.append(describe_point(kind, mode, where, len(values), total, witness,
                                        suggest=mode == "original"))
     findings.sort(key=lambda f: (f.module, f.link_address, f.kind.value))
     return findings
@@ -201,7 +347,9 @@ def _render(run: TrialRun, observed: str, kind: LeakKind) -> str:
     return f"went to {_place(run, int(observed, 16)).symbolic}"
 
 
-def _undeclared_outputs(contract: Contract, runs: list[TrialRun], mode: str) -> list[str]:
+def _undeclared_outputs(contract: Contract, classes: list[list[TrialRun]], mode: str
+                        ) -> list[str]:
+    """Outputs not declassified that differ between two trials of one class."""
     declassified = set(contract.check.declassify)
     out = []
     checks = ((Output.STDOUT, "standard output", lambda r: r.stdout),
@@ -210,11 +358,14 @@ def _undeclared_outputs(contract: Contract, runs: list[TrialRun], mode: str) -> 
     for output, name, get in checks:
         if output in declassified:
             continue
-        first = runs[0]
-        other = next((r for r in runs[1:] if get(r) != get(first)), None)
-        if other is not None:
-            out.append(f"{mode}: the {name} depends on the secrets (trials {first.trial.index} "
-                       f"and {other.trial.index} differ) and is not declassified")
+        for runs in classes:
+            first = runs[0]
+            other = next((r for r in runs[1:] if get(r) != get(first)), None)
+            if other is not None:
+                out.append(f"{mode}: the {name} depends on the secrets (trials "
+                           f"{first.trial.index} and {other.trial.index} differ) and is not "
+                           "declassified")
+                break
     return out
 
 
@@ -233,12 +384,12 @@ def replay_trials(binary: str, contract: Contract, profile: Profile, options: Ch
                   first: int, second: int, args: Sequence[str] | None = None) -> str:
     """Trials ``first`` and ``second`` run again with full traces; every point where their
     observations differ, per checked mode, as text."""
-    if args is not None:
-        contract = replace(contract, check=replace(contract.check, args=tuple(args)))
-    the_plan = plan(contract, profile)
-    what = observation_for(the_plan, profile, options.granularity)
-    seed = contract.check.seed if options.seed is None else options.seed
-    inputs = trial_inputs(contract, max(first, second) + 1, seed)
+    planned = plan_check(binary, contract, profile, options, args)
+    contract, what, inputs = planned.contract, planned.what, planned.inputs
+    if max(first, second) >= len(inputs):  # a directed trial: derive them again (the same)
+        add_directed_trials(planned, binary, profile, options)
+        if max(first, second) >= len(inputs):
+            raise UsageError(f"--replay: this check has trials 0 to {len(inputs) - 1}")
     full = Observation(what.observers, what.unit, what.latency_classes, full=True)
     lines = []
     for mode in options.modes:

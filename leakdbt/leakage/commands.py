@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -29,6 +30,9 @@ MODES = {"original": ("original",), "hardened": ("hardened",),
               help="Runs with random secrets (default: the contract's check.trials).")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of the trial values (default: the contract's check.seed).")
+@click.option("--directed-rounds", type=click.IntRange(min=0), default=None,
+              help="Rounds of directed trials derived from the comparisons the trials ran "
+                   "(default 2; 0: none).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1,
               help="Trials run in parallel in this many processes.")
 @click.option("--granularity", type=click.Choice(["line", "page", "byte"]), default=None,
@@ -37,7 +41,8 @@ MODES = {"original": ("original",), "hardened": ("hardened",),
               help="CPU profile (default: the host's).")
 @click.option("--max-insns", type=click.IntRange(min=1), default=None,
               help="Stop each trial after N guest instructions.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "html"]),
+              default="text")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the report to FILE (default: standard output).")
 @click.option("--replay", metavar="I,J", default=None,
@@ -49,7 +54,8 @@ MODES = {"original": ("original",), "hardened": ("hardened",),
               help="--timing: runs per mode, half of each class (default 200).")
 @click.argument("binary", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def check(contract_path: str, mode: str, trials: int | None, seed: int | None, jobs: int,
+def check(contract_path: str, mode: str, trials: int | None, seed: int | None,
+          directed_rounds: int | None, jobs: int,
           granularity: str | None, cpu: str | None, max_insns: int | None, fmt: str,
           output: str | None, replay: str | None, timing: bool, measurements: int | None,
           binary: str, args: tuple[str, ...]) -> None:
@@ -70,6 +76,8 @@ def check(contract_path: str, mode: str, trials: int | None, seed: int | None, j
     profile, _why = choose_profile(cpu)
     options = CheckOptions(MODES[mode], trials, seed, jobs, granularity, max_insns or 0,
                            progress_printer())
+    if directed_rounds is not None:
+        options = replace(options, directed_rounds=directed_rounds)
     if timing or measurements is not None:
         _timing(contract_path, binary, args, contract, profile, options, timing, trials, jobs,
                 granularity, replay, fmt, output, measurements)
@@ -85,6 +93,8 @@ def check(contract_path: str, mode: str, trials: int | None, seed: int | None, j
         return
     report = run_check(binary, contract, profile, options, list(args) or None)
     command = ["leakdbt", "check", "--contract", contract_path, "--mode", mode]
+    if directed_rounds is not None:
+        command += ["--directed-rounds", str(directed_rounds)]
     if cpu:
         command += ["--cpu", cpu]
     command += ["--seed", str(report.seed), "--replay", "{first},{second}", binary, *args]
@@ -92,6 +102,10 @@ def check(contract_path: str, mode: str, trials: int | None, seed: int | None, j
         from leakdbt.leakage.report import to_json
 
         text = to_json(report)
+    elif fmt == "html":
+        from leakdbt.leakage.html import check_html
+
+        text = check_html(report)
     elif fmt == "sarif":
         import json
 
@@ -131,7 +145,8 @@ def _timing(contract_path: str, binary: str, args: tuple[str, ...], contract: Co
     unused = [name for name, given in (("--trials", trials is not None), ("--jobs", jobs > 1),
                                        ("--granularity", granularity is not None),
                                        ("--replay", replay is not None),
-                                       ("--format sarif", fmt == "sarif")) if given]
+                                       ("--format sarif", fmt == "sarif"),
+                                       ("--format html", fmt == "html")) if given]
     if unused:
         raise UsageError(f"--timing does not take {', '.join(unused)} (measurements run one "
                          "at a time; use --measurements, --mode, --seed, --cpu)")

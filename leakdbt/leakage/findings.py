@@ -75,6 +75,26 @@ class Finding(LeakPoint):
     suggestion: str | None = None  # a [[protect.region]] entry that would cover it
 
 
+@dataclass(frozen=True)
+class DerivedTrial:
+    """A directed trial (leakdbt.leakage.directed): a parent trial's secret with the other
+    operand of one of its comparisons copied in, so that it takes that comparison's other
+    outcome."""
+
+    index: int  # the derived trial's number
+    parent: int  # the trial it was derived from
+    secret: str  # the secret changed
+    offset: int  # bytes [offset, offset + length) of it were replaced
+    length: int
+    location: str  # the comparison: symbol+offset (lib.so:symbol+offset in a library)
+    instruction: str
+
+    def describe(self) -> str:
+        return (f"trial {self.index} from trial {self.parent}: {self.secret}"
+                f"[{self.offset}:{self.offset + self.length}] set to the other operand of "
+                f"{self.instruction} at {self.location}")
+
+
 @dataclass
 class ModeSummary:
     """Figures for one checked mode."""
@@ -84,6 +104,7 @@ class ModeSummary:
     instructions: int = 0  # guest instructions of the first trial in scope
     cost: int = 0  # the cost model's estimate for the first trial (profile latencies)
     distinct_traces: dict[str, int] = field(default_factory=dict)  # observer -> digests
+    declassification: str = ""  # how declassified values grouped the trials ("": not at all)
 
 
 @dataclass
@@ -101,6 +122,7 @@ class CheckReport:
     modes: list[ModeSummary] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # outputs that leak, not declassified
+    derived: list[DerivedTrial] = field(default_factory=list)  # directed trials added
     seconds: float = 0.0
 
     @property

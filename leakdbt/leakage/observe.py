@@ -10,7 +10,8 @@ named by the kind of leak it sees (:class:`~leakdbt.leakage.findings.LeakKind`):
   the operand properties that decide its time (:func:`operand_class`).
 
 Scope.  With ``protect.functions``, an observation counts only while a scoped function is
-running — from its entry until it returns, callees included; without, the whole run.  Code
+running — from its entry until it returns, callees included; without, the whole run
+(:class:`leakdbt.run.scope.FunctionScope`, the one scope of every tool).  Code
 ranges scope it instead to the instructions in them (the blocks that start there, the
 accesses and latency sites of their instructions): that is how the hardening tests watch a
 contract's regions, original and hardened copy (``Dispatcher.code_ranges``).
@@ -32,10 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leakdbt.dbt.region import merge_ranges
+from leakdbt.leakage.compact import AccessTrace, BlockTrace
 from leakdbt.leakage.findings import LeakKind
-from leakdbt.loader.modules import LoadedModule
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PAGE
+from leakdbt.run.scope import FunctionScope
 from leakdbt.x86.insn import decode, detail_decoder
 
 OBSERVERS = tuple(LeakKind)  # one observer per kind of leak, named by it
@@ -77,9 +79,9 @@ class Trace:
     instructions: int = 0  # in scope
     cost: int = 0  # the cost model's estimate, in scope
     scope_ns: int = 0  # host time spent in scope (emulation, hooks included)
-    blocks: list[tuple[int, int, int]] = field(default_factory=list)
+    blocks: BlockTrace = field(default_factory=BlockTrace)
     # full: (address, its last instruction, RSP when it starts)
-    memory: list[tuple[int, int, str, int]] = field(default_factory=list)  # (block, pc, kind, unit)
+    memory: AccessTrace = field(default_factory=AccessTrace)  # (block, pc, kind, unit)
     latency: list[tuple[int, int, str]] = field(default_factory=list)  # (block, pc, operands)
     operands: list[tuple[int, ...]] = field(default_factory=list)  # each latency event's values
 
@@ -88,11 +90,12 @@ class RunObserver:
     """Attaches the observers to a machine for one run (see the module doc)."""
 
     def __init__(self, machine: Machine, observers: Sequence[LeakKind], unit: int,
-                 latency_classes: Sequence[str], scope: Sequence[int] | None,
+                 latency_classes: Sequence[str], scope: Sequence[int] | FunctionScope | None,
                  full: bool = False, ranges: Sequence[tuple[int, int]] | None = None) -> None:
-        """``scope``: runtime entry addresses of the scoped functions (None: everything);
-        more can be added with :meth:`add_scope` as libraries load.  ``ranges``: runtime
-        [start, end) code ranges to observe instead (``scope`` is then None)."""
+        """``scope``: the run's :class:`FunctionScope`, or runtime entry addresses of the
+        scoped functions (None: everything; more can be added with :meth:`add_scope`).
+        ``ranges``: runtime [start, end) code ranges to observe instead (``scope`` is then
+        None)."""
         self.machine = machine
         self.observers = frozenset(observers)
         self.unit = unit
@@ -101,11 +104,19 @@ class RunObserver:
         self.trace = Trace()
         self.ranges = merge_ranges(ranges) if ranges is not None else None
         self._starts = [lo for lo, _ in self.ranges or ()]
-        self.active = scope is None and ranges is None
+        if isinstance(scope, FunctionScope):
+            self.scope = scope
+        else:
+            self.scope = FunctionScope(machine, None if scope is None and ranges is None
+                                       else [])
+            for entry in scope or ():
+                self.scope.add_entry(entry)
+        self.scope.on_enter.append(self._on_entry)
+        self.scope.on_leave.append(self._on_leave)
+        self.active = self.scope.everywhere  # mirrors the scope, updated at each block
         self.everywhere = self.active
         self._rsp = machine.reg_reader("rsp")  # read once per block: no lookups per call
         self._rip = machine.reg_reader("rip")
-        self._entry_rsp = 0
         self._current = (0, 0)  # the block running now: (address, size)
         self._entered_ns = time.perf_counter_ns()
         # block -> (instructions, cost, address of its last instruction)
@@ -120,22 +131,22 @@ class RunObserver:
             machine.mem.exec_page_listeners.append(self._scan_page)
             for page in machine.mem.code_pages_in_use():
                 self._scan_page(page)
-        for entry in scope or ():
-            self.add_scope(entry)
 
     # -- scope ------------------------------------------------------------------------------
 
     def add_scope(self, entry: int) -> None:
         """Observe from each entry of the function at runtime address ``entry``."""
-        self.machine.hooks.at(entry, self._on_entry)
+        self.scope.add_entry(entry)
 
-    def _on_entry(self, address: int, size: int) -> None:
-        if not self.active:
-            self.active = True
-            self._entered_ns = time.perf_counter_ns()
-            self._entry_rsp = self._rsp()
-            if self._current[0] == address:  # the block hook ran before: count its block
-                self._record(*self._current)
+    def _on_entry(self, address: int) -> None:
+        self.active = True
+        self._entered_ns = time.perf_counter_ns()
+        if self._current[0] == address:  # the block hook ran before: count its block
+            self._record(*self._current)
+
+    def _on_leave(self) -> None:
+        self.active = False
+        self.trace.scope_ns += time.perf_counter_ns() - self._entered_ns
 
     def inside(self, address: int) -> bool:
         """Is ``address`` in the observed code ranges?"""
@@ -150,9 +161,8 @@ class RunObserver:
     # -- control flow and the cost model ------------------------------------------------------
 
     def _on_block(self, address: int, size: int) -> None:
-        if not self.everywhere and self.active and self._rsp() > self._entry_rsp:
-            self.active = False  # the scoped function has returned
-            self.trace.scope_ns += time.perf_counter_ns() - self._entered_ns
+        if self.active and not self.everywhere:
+            self.scope.active()  # notices a return (and calls _on_leave)
         self._current = (address, size)
         if self.active:
             self._record(address, size)
@@ -221,7 +231,7 @@ class RunObserver:
         if self.full:
             pc = self._rip() if pc is None else pc
             block = len(t.blocks) - 1
-            t.memory += [(block, pc, kind, u) for u in units]
+            t.memory.extend(block, pc, is_write, units)
 
     # -- variable latency ----------------------------------------------------------------------
 
@@ -355,9 +365,3 @@ def _fp_class(value: int, double: bool, packed: bool) -> str:
         else:
             out.append("normal")
     return "/".join(out)
-
-
-def entries_in(functions: Sequence[tuple[str | None, int]], mod: LoadedModule) -> list[int]:
-    """Runtime entries, in the loaded module ``mod``, of those of ``functions`` ((module
-    file name or None for the main program, link-time start)) that it holds."""
-    return [start + mod.base for module, start in functions if mod.is_named(module)]

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -23,6 +25,11 @@ def to_text(report: CheckReport, replay: str) -> str:
         lines.append(f"  {m.mode}: {m.trials} trials; distinct traces: {traces}; first "
                      f"trial {m.instructions:,} instructions in scope, cost model "
                      f"{m.cost:,} cycles")
+        if m.declassification:
+            lines.append(f"    {m.declassification}")
+    if report.derived:
+        lines.append(f"  directed trials ({len(report.derived)}, derived from comparisons):")
+        lines += [f"    {d.describe()}" for d in report.derived]
     if not report.leaks:
         lines.append("no leak found")
     for n, f in enumerate(report.findings, 1):
@@ -52,8 +59,25 @@ def _finding(n: int, f: Finding, replay: str) -> list[str]:
     return out
 
 
+def replay_command(contract: str, mode: str, cpu: str | None, seed: int, binary: str,
+                   args: Sequence[str], options: Sequence[str] = ()) -> str:
+    """The ``leakdbt check --replay`` command line of a witness, with ``{first}`` and
+    ``{second}`` for the trial numbers (what :func:`to_text` takes); ``options`` are more
+    check options to repeat."""
+    command = ["leakdbt", "check", "--contract", contract, "--mode", mode, *options]
+    if cpu:
+        command += ["--cpu", cpu]
+    command += ["--seed", str(seed), "--replay", "{first},{second}", binary, *args]
+    return " ".join(shlex.quote(c) if "{" not in c else c for c in command)
+
+
 def to_json(report: CheckReport) -> str:
     """The whole report as JSON (addresses as numbers, kinds as their names)."""
+    return json.dumps(to_data(report), indent=2) + "\n"
+
+
+def to_data(report: CheckReport) -> dict[str, Any]:
+    """The whole report as JSON-ready data (what :func:`to_json` writes)."""
     def fix(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: fix(v) for k, v in value.items()}
@@ -63,6 +87,6 @@ def to_json(report: CheckReport) -> str:
             return value.value
         return value
 
-    data = fix(asdict(report))
+    data: dict[str, Any] = fix(asdict(report))
     data["leaks"] = report.leaks
-    return json.dumps(data, indent=2) + "\n"
+    return data

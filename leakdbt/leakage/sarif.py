@@ -280,3 +280,28 @@ def to_sarif(
         },
     }
     return {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
+
+
+def to_suite_sarif(
+    entries: Sequence[tuple[str, CheckReport | None, str]],
+    *,
+    command_line: Sequence[str] | None = None,
+    source_root: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """One SARIF log for a suite: one run per entry ``(name, report, error)``, as
+    :func:`to_sarif` writes it; an entry that failed is a run whose invocation did not
+    succeed, with the error as a notification."""
+    runs = []
+    for name, report, error in entries:
+        if report is not None:
+            run = to_sarif(report, command_line=command_line, source_root=source_root)["runs"][0]
+        else:
+            run = {"tool": {"driver": {"name": TOOL_NAME, "informationUri": INFORMATION_URI,
+                                       "version": _tool_version()}},
+                   "invocations": [{"executionSuccessful": False,
+                                    "toolExecutionNotifications": [
+                                        {"level": "error", "message": {"text": error}}]}],
+                   "results": []}
+        run["automationDetails"] = {"id": f"leakdbt-suite/{name}/"}
+        runs.append(run)
+    return {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": runs}

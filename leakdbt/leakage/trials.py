@@ -26,10 +26,17 @@ from leakdbt.contract.model import Contract
 from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
 from leakdbt.dbt.harden import Hardener
 from leakdbt.errors import GuestError
+from leakdbt.leakage.declassify import (
+    DeclassifiedRecorder,
+    check_points_found,
+    declassified_view,
+)
+from leakdbt.leakage.directed import Comparison, ComparisonRecorder
 from leakdbt.leakage.findings import LeakKind, Trial
-from leakdbt.leakage.observe import RunObserver, Trace, entries_in
-from leakdbt.loader.modules import LoadedModule, ModuleMap
+from leakdbt.leakage.observe import RunObserver, Trace
+from leakdbt.loader.modules import ModuleMap
 from leakdbt.machine.machine import Machine
+from leakdbt.run.scope import FunctionScope, scoped_functions
 from leakdbt.run.secrets import SecretInputs, place_in_process
 from leakdbt.run.session import ExecOptions, execute
 
@@ -99,6 +106,8 @@ class TrialRun:
     stderr: bytes
     error: str = ""  # the one-line report of a guest error (crash, limit), if any
     where: dict[int, Place] = field(default_factory=dict)  # full runs: the trace's code
+    declassified: tuple[tuple[str, object], ...] = ()  # what it reveals on purpose
+    comparisons: list[Comparison] = field(default_factory=list)  # recorded: directed trials
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ class Observation:
     unit: int
     latency_classes: tuple[str, ...]
     full: bool = False
+    comparisons: bool = False  # record the comparisons run in scope (directed trials)
 
 
 @dataclass
@@ -134,6 +144,7 @@ class TrialSetup:
     regions: Sequence[RegionRequest] = ()
     hardener_factory: Callable[[], Hardener] | None = None
     max_insns: int = 0
+    timeout: float = 0.0  # host seconds per trial, loading included (0: none)
 
     def secrets(self, t: TrialInput) -> SecretInputs:
         """The run's inputs with the trial's secret values in place."""
@@ -158,7 +169,8 @@ class TrialSetup:
                     f.write(data)
             yield ExecOptions(
                 argv=inputs.argv(self.binary), env=inputs.env(), cwd=work if files else None,
-                max_insns=self.max_insns, regions=self.regions, mode=self.mode,
+                max_insns=self.max_insns, timeout=self.timeout, regions=self.regions,
+                mode=self.mode,
                 hardener=self.hardener_factory() if self.hardener_factory else None,
                 stdio=(stdin.fileno(), out.fileno(), err.fileno()),
                 virtual_time=VIRTUAL_TIME_SEED), out, err
@@ -166,6 +178,8 @@ class TrialSetup:
     def run(self, t: TrialInput, what: Observation) -> TrialRun:
         """Run one trial and observe it."""
         observers: list[RunObserver] = []
+        recorders: list[DeclassifiedRecorder] = []
+        compared: list[ComparisonRecorder] = []
         translators: list[Dispatcher | None] = []
         maps: list[ModuleMap] = []
         with self.inputs(t) as (options, out, err):
@@ -173,6 +187,11 @@ class TrialSetup:
             def start(machine: Machine, translator: Dispatcher | None) -> None:
                 translators.append(translator)
                 observers.append(self._attach(machine, maps[0], t, what))
+                if what.comparisons:
+                    compared.append(ComparisonRecorder(machine, observers[0].scope,
+                                                       maps[0].symbolize))
+                recorders.append(DeclassifiedRecorder(machine, maps[0],
+                                                      self.contract.check.declassify_at))
 
             options.on_modules = maps.append
             options.on_start = start
@@ -187,6 +206,13 @@ class TrialSetup:
             out.seek(0)
             err.seek(0)
             run = TrialRun(t, observers[0].trace, status, out.read(), err.read(), error)
+            if recorders:
+                check_points_found(recorders[0])
+            run.declassified = declassified_view(self.contract, run.stdout, run.stderr,
+                                                 (status, error),
+                                                 recorders[0].values if recorders else {})
+            if compared:
+                run.comparisons = compared[0].comparisons
             if what.full:
                 run.where = _locations(observers[0], maps[0], translators[0])
             return run
@@ -195,19 +221,10 @@ class TrialSetup:
                 ) -> RunObserver:
         """Observers, and the trial's register, buffer and global secrets in place — for the
         modules loaded now and for those the guest loads later."""
-        binding = self.contract.binding
-        assert binding is not None
-        scoped = [(f.module, f.start) for f in binding.functions]
+        scope = FunctionScope(machine, scoped_functions(self.contract))
+        scope.watch(modules, returns=False)  # the observer checks at every block
         observer = RunObserver(machine, what.observers, what.unit, what.latency_classes,
-                               [] if scoped else None, what.full)
-
-        def on_module(mod: LoadedModule) -> None:
-            for entry in entries_in(scoped, mod):
-                observer.add_scope(entry)
-
-        for mod in modules.modules():
-            on_module(mod)
-        modules.listeners.append(on_module)
+                               scope, what.full)
         place_in_process(machine, modules, self.contract, [v for _, v in t.values])
         return observer
 

@@ -343,3 +343,76 @@ def test_openssl_leaky_and_constant_time_exponentiation(built: Path) -> None:
     # result's leading zero words, so it branches on the result, which the program prints
     # (declassified output) anyway.
     assert [(f.kind, f.location) for f in ct.findings] == [(CF, "bn_correct_top+0x25")]
+
+
+def test_an_entry_function_scope_covers_its_callees(built: Path, tmp_path: Path) -> None:
+    """entry_div's contract names process(); the division is in its callee scale().  analyze
+    and check agree on it (one scope: while process is active, callees included), nothing
+    after process returns counts (main's printf), and the three steps remove the leak."""
+    exe = binary("static", "entry_div")
+    contract = tmp_path / "entry_div.toml"
+    contract.write_text((CONTRACTS / "entry_div.toml").read_text())
+    found = analyze(exe, load(contract, binary=exe))
+    assert {(f.kind, f.location) for f in found.findings} == {(LAT, "scale+0x5")}
+    checked = run_leakdbt(["check", "--contract", str(contract), "--cpu", "intel-skylake",
+                           "--format", "json", exe])
+    assert checked.status == 1
+    assert {(f["kind"], f["location"]) for f in json.loads(checked.stdout)["findings"]} == \
+        {(LAT.value, "scale+0x5")}
+    written = run_leakdbt(["analyze", "--contract", str(contract), "--write", exe])
+    assert written.status == 0 and 'at = "scale"' in contract.read_text(), \
+        written.stderr.decode()
+    for divisor in ("00000007", "fffffffd", "00000000"):
+        hardened = run_leakdbt(["exec", "--contract", str(contract), "--mode", "hardened",
+                                exe, divisor])
+        assert (hardened.status, hardened.stdout) == \
+            (0, run_native([exe, divisor]).stdout), hardened.stderr.decode()
+    clean = run_leakdbt(["check", "--contract", str(contract), "--mode", "hardened", "--cpu",
+                         "intel-skylake", exe])
+    assert clean.status == 0, clean.stdout.decode()
+
+
+NESTED = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include "secret_io.h"
+__attribute__((noipa)) int decide(const uint8_t *s)
+{
+    if (s[0] == 0) {        /* random secrets almost never take it */
+        if (s[1] & 1)       /* reached only when s[0] == 0 */
+            puts("odd");
+        return 1;
+    }
+    return 0;
+}
+int main(int argc, char **argv)
+{
+    uint8_t s[2];
+    if (argc != 2 || parse_hex(argv[1], s, 2) != 0) return 2;
+    printf("%d\n", decide(s));
+    return 0;
+}
+"""
+
+
+def test_trials_taint_paths_the_first_secret_does_not_take(built: Path,
+                                                           tmp_path: Path) -> None:
+    """The first trial's random secret leaves decide() at the first branch; the second trial
+    (all zero bytes, as check chooses it) reaches the nested one: --trials 2 merges both."""
+    (tmp_path / "secret_io.h").write_text((REPO / "test_binaries" / "secret_io.h").read_text())
+    exe = str(compile_program(tmp_path, "nested", {"nested.c": NESTED}, "static"))
+    contract = tmp_path / "nested.toml"
+    contract.write_text('version = 1\n[[secret]]\nname = "s"\nargv = 1\nlength = 2\n'
+                        'format = "hex"\n[protect]\nadversary = "remote"\n'
+                        'functions = ["decide"]\n[check]\nseed = 3\n')
+    one = analyze(exe, load(contract, binary=exe))
+    assert [(f.kind, f.location) for f in one.findings] == [(CF, "decide+0x3")], one.findings
+    two = analyze(exe, load(contract, binary=exe), trials=2)
+    assert [(f.kind, f.location.split("+")[0]) for f in two.findings] == \
+        [(CF, "decide"), (CF, "decide")], two.findings
+    first, nested = two.findings
+    assert first.location == "decide+0x3" and nested.location != first.location
+    assert (first.count, nested.count) == (2, 1)  # the same branch in both runs: counts add
+    out = run_leakdbt(["analyze", "--contract", str(contract), "--trials", "2", exe])
+    assert out.status == 0, out.stderr.decode()
+    assert f"control-flow at {nested.location}" in out.stdout.decode()

@@ -29,7 +29,8 @@ CF, MEM, LAT = LeakKind.CONTROL_FLOW, LeakKind.MEMORY_ACCESS, LeakKind.VARIABLE_
 LEAKY: dict[str, tuple[str, list[str], set[tuple[LeakKind, str]]]] = {
     "ct_modexp": ("ct_modexp", [], {(LAT, "modexp+0x28"), (CF, "modexp+0x2f"),
                                     (LAT, "modexp+0x3a")}),
-    "idea_mul": ("idea_mul", [], {(CF, "mul+0x3")}),
+    # both zero-operand tests (as analyze finds): b == 0 is reached by a directed trial
+    "idea_mul": ("idea_mul", [], {(CF, "mul+0x3"), (CF, "mul+0x8")}),
     "mac_verify": ("mac_verify", [], {(CF, "verify+0xf")}),
     "sbox_round": ("sbox_round", [], {(MEM, "sub_bytes_key+0x1a")}),
     "ttable_round": ("ttable_round", [], {(MEM, "ttable_round+0x10"),
@@ -67,12 +68,20 @@ def test_leaky_program_is_flagged_at_its_leaks_and_nowhere_else(built: Path,
         assert f.suggestion is not None and "[[protect.region]]" in f.suggestion
 
 
+# mac_verify prints the tag with its verdict: the declassified stdout tells every trial apart,
+# so all trials are compared (docs/checking.md).  A directed trial completes the right tag and
+# takes the "verified" return after the bounded loop: that branch is the verdict itself.
+VERDICT_BRANCH = {"mac_verify": {(CF, "verify+0x15")}}
+
+
 @pytest.mark.parametrize("contract", list(LEAKY))
 def test_hardened_program_reports_nothing(built: Path, contract: str) -> None:
     program, args, _ = LEAKY[contract]
     found, report = check(contract, program, args, mode="hardened")
-    assert found == set()
-    assert all(n == 1 for n in report.modes[0].distinct_traces.values())  # type: ignore[attr-defined]
+    assert found == VERDICT_BRANCH.get(contract, set())
+    distinct = report.modes[0].distinct_traces  # type: ignore[attr-defined]
+    assert all(n == (2 if contract in VERDICT_BRANCH and o == CF else 1)
+               for o, n in distinct.items()), distinct
 
 
 @pytest.mark.parametrize("contract", list(CONSTANT_TIME))
@@ -202,3 +211,96 @@ def test_an_undeclassified_output_that_depends_on_the_secret_is_a_leak(
     assert report.outputs == [
         "original: the standard output depends on the secrets (trials 0 and 1 differ) and is "
         "not declassified"]
+
+
+def _tag_check(tmp_path: Path, declassify: str, points: str = "") -> object:
+    """tag_check, hardened by its bounded loop, checked with the right tag among the trials."""
+    text = (CONTRACTS / "tag_check.toml").read_text()
+    text = text.replace('declassify = ["stdout", "exit-status"]\n', declassify)
+    text = text.replace("[check.values]", points + "[check.values]")
+    contract = tmp_path / "tag_check.toml"
+    contract.write_text(text)
+    exe = binary("static", "tag_check")
+    return run_check(exe, load(contract, binary=exe), get_profile(CPU),
+                     CheckOptions(("hardened",), trials=6, directed_rounds=0))
+
+
+def test_a_declassified_verdict_is_no_leak_output_sensitive(built: Path, tmp_path: Path
+                                                             ) -> None:
+    """The path after the bounded loop differs between "verified" and "rejected": with the
+    verdict (stdout, exit status) declassified, trials are compared only within a verdict and
+    nothing leaks; without, the same difference is a leak."""
+    public = _tag_check(tmp_path, 'declassify = ["stdout", "exit-status"]\n')
+    assert not public.leaks and public.findings == []  # type: ignore[attr-defined]
+    assert "separate the 6 trials into 2 classes" in \
+        public.modes[0].declassification  # type: ignore[attr-defined]
+    secret = _tag_check(tmp_path, "")
+    assert {f.location for f in secret.findings} == {"verify+0x15"}  # type: ignore[attr-defined]
+    assert len(secret.outputs) == 2  # type: ignore[attr-defined]
+
+
+def test_a_declassified_return_value(built: Path, tmp_path: Path) -> None:
+    """verify's return value, declassified at its return: the same classes as the printed
+    verdict, and stdout (a function of it) is then no output leak either."""
+    point = ('[[check.declassify_at]]\nname = "verdict"\nat = "verify"\nwhen = "return"\n'
+             'register = "rax"\nlength = 4\n\n')
+    report = _tag_check(tmp_path, "", point)
+    assert not report.leaks, report  # type: ignore[attr-defined]
+    assert "(verdict)" in report.modes[0].declassification  # type: ignore[attr-defined]
+
+
+def _directed(contract: str, program: str, rounds: int, trials: int,
+              kind: str = "static") -> object:
+    exe = binary(kind, program)
+    c = load(CONTRACTS / f"{contract}.toml", binary=exe)
+    return run_check(exe, c, get_profile(CPU),
+                     CheckOptions(("original",), trials=trials, directed_rounds=rounds))
+
+
+def test_directed_trials_find_an_early_exit_loop_without_test_vectors(built: Path) -> None:
+    """early_exit16's contract has no check.values and random tags all leave the loop at the
+    first byte: with the same seed, only the directed trials (the byte the loop compared
+    copied into the tag) reach the second iteration."""
+    plain = _directed("early_exit16", "early_exit16", 0, 4)
+    assert not plain.leaks and plain.derived == []  # type: ignore[attr-defined]
+    directed = _directed("early_exit16", "early_exit16", 2, 4)
+    assert {(f.kind, f.location) for f in directed.findings} == \
+        {(CF, "tag_equal+0xf")}  # type: ignore[attr-defined]
+    derived = directed.derived  # type: ignore[attr-defined]
+    assert derived and derived[0].index == 4 and derived[0].parent == 0
+    assert (derived[0].location, derived[0].offset, derived[0].length) == \
+        ("tag_equal+0xc", 0, 1)
+    witness = directed.findings[0].witness  # type: ignore[attr-defined]
+    assert {witness.first.index, witness.second.index} & {d.index for d in derived}
+    assert directed.modes[0].trials == 4 + len(derived)  # type: ignore[attr-defined]
+
+
+def test_directed_trials_find_glibc_memcmp_on_a_32_byte_tag(built: Path) -> None:
+    """sodium_verify_memcmp_directed has no check.values: the derived trial copies the 16
+    bytes memcmp's pcmpeqb compared the tag with into it, and takes the other branch."""
+    plain = _directed("sodium_verify_memcmp_directed", "sodium_verify", 0, 4)
+    assert not plain.findings  # type: ignore[attr-defined]
+    directed = _directed("sodium_verify_memcmp_directed", "sodium_verify", 2, 4)
+    assert (CF, "__memcmp_sse2+0xb5") in \
+        {(f.kind, f.location) for f in directed.findings}  # type: ignore[attr-defined]
+    first = directed.derived[0]  # type: ignore[attr-defined]
+    assert (first.location, first.offset, first.length) == ("__memcmp_sse2+0xab", 0, 16)
+    assert first.instruction.startswith("pcmpeqb")
+    # the second round reaches the second 16-byte block from the first derived trial
+    assert any(d.parent == first.index and d.offset == 16 and d.length == 16
+               for d in directed.derived)  # type: ignore[attr-defined]
+
+
+def test_replay_of_a_derived_trial_and_the_report_text(built: Path) -> None:
+    exe = binary("static", "early_exit16")
+    contract = str(CONTRACTS / "early_exit16.toml")
+    out = run_leakdbt(["check", "--contract", contract, "--cpu", CPU, exe])
+    assert out.status == 1, out.stderr.decode()
+    assert "trial 4 from trial 0: tag[0:1] set to the other operand of cmp byte ptr " \
+        "[rdi + rax], dl at tag_equal+0xc" in out.stdout.decode()
+    out = run_leakdbt(["check", "--contract", contract, "--cpu", CPU, "--replay", "0,4", exe])
+    assert out.status == 0, out.stderr.decode()
+    assert "control-flow at tag_equal+0xf: went to tag_equal+0x28 / went to tag_equal+0x11" \
+        in out.stdout.decode()
+    out = run_leakdbt(["check", "--contract", contract, "--directed-rounds", "0", exe])
+    assert out.status == 0 and "directed trials" not in out.stdout.decode()

@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("leakdbt.dbt",),
     ("leakdbt.monitor",),
     ("leakdbt.run",),
+    ("leakdbt.elfpatch",),
     ("leakdbt.leakage",),
     ("leakdbt.analysis",),
     ("leakdbt.cli", "leakdbt.__main__", "leakdbt"),

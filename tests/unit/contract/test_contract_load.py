@@ -218,7 +218,7 @@ def test_unknown_key_with_suggestion(tmp_path: Path) -> None:
                       "check)"),
         (8, "secret[0].lenght", "unknown key (did you mean 'length'?)"),
         (12, "protect.colour", "unknown key (allowed here: adversary, policy, functions, "
-                               "region)"),
+                               "region, passes_off)"),
     ]
 
 
