@@ -144,19 +144,35 @@ def test_hardened_regions_look_the_same_for_every_secret(
     capfd.readouterr()
 
 
-def test_a_region_no_pass_can_harden_is_a_one_line_error(built: Path) -> None:
-    """modexp.toml's branch region calls mulmod in its arm: if-conversion refuses, exec
-    says so in one line (status 2); --allow-unhardened runs it, hardening the divisions."""
+def test_a_branch_arm_that_calls_runs_as_a_predicated_clone(built: Path) -> None:
+    """modexp.toml's branch region calls mulmod in its arm: if-conversion clones the callee
+    under the arm's predicate (docs/passes.md), and the program prints what native prints."""
     exe = binary("static", "modexp")
-    args = ["exec", "--contract", str(CONTRACTS / "modexp.toml"), "--cpu", PROFILE]
+    args = ["exec", "--contract", str(CONTRACTS / "modexp.toml"), "--cpu", PROFILE, "--stats"]
+    for secret in ("3", "12345"):
+        run = run_leakdbt([*args, exe, secret])
+        assert (run.status, run.stdout) == (0, run_native([exe, secret]).stdout)
+        stats = run.stderr.decode()
+        assert "main+0x116                     {'passes': ['if-conversion', 'ct-division']}" \
+            in stats
+
+
+def test_a_region_no_pass_can_harden_is_a_one_line_error(built: Path, tmp_path: Path) -> None:
+    """With the passes its branch region needs switched off, exec says so in one line
+    (status 2); --allow-unhardened runs it anyway, hardening what it can."""
+    exe = binary("static", "modexp")
+    contract = tmp_path / "modexp.toml"
+    contract.write_text((CONTRACTS / "modexp.toml").read_text().replace(
+        "[protect]\n", '[protect]\npasses_off = ["if-conversion", "ct-division"]\n', 1))
+    args = ["exec", "--contract", str(contract), "--cpu", PROFILE]
     refused = run_leakdbt([*args, exe, "3"])
     assert refused.status == 2 and refused.stdout == b""
     assert refused.stderr.decode().splitlines() == [
-        "leakdbt: region main+0x116 cannot be hardened: if-conversion: 'call 0x401820' at "
-        "0x401614 is a call (a callee cannot be predicated) (--allow-unhardened runs it "
-        "anyway)"]
+        "leakdbt: region main+0x116 cannot be hardened: no pass applies (if-conversion: "
+        "switched off by protect.passes_off; ct-division: switched off by "
+        "protect.passes_off; oblivious-table: does not apply; fp-ftz-daz: does not apply) "
+        "(--allow-unhardened runs it anyway)"]
     allowed = run_leakdbt([*args, "--allow-unhardened", "--stats", exe, "3"])
     assert (allowed.status, allowed.stdout) == (0, run_native([exe, "3"]).stdout)
     stats = allowed.stderr.decode()
-    assert "main+0x116" in stats and "'unhardened': \"if-conversion: 'call" in stats
-    assert "main+0xcb                      {'passes': ['ct-division']}" in stats
+    assert "main+0x116" in stats and "'unhardened': 'no pass applies" in stats
