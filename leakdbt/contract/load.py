@@ -14,7 +14,6 @@ import difflib
 import enum
 import os
 import re
-import tomllib
 from collections.abc import Sequence
 from functools import partial
 from types import MappingProxyType
@@ -51,7 +50,7 @@ from leakdbt.contract.model import (
     source_line,
 )
 from leakdbt.contract.resolve import ContractParts, bind_parts
-from leakdbt.contract.toml_lines import KeyPath, display, key_lines, line_of, shape_problem
+from leakdbt.contract.toml_lines import KeyPath, display, key_lines, line_of, parse_toml
 from leakdbt.errors import ContractError
 
 E = TypeVar("E", bound=enum.Enum)
@@ -142,16 +141,7 @@ def load(path: str | os.PathLike[str], binary: str | os.PathLike[str] | None = N
 def loads(text: str, path: str = "<contract>", binary: str | os.PathLike[str] | None = None,
           library_paths: Sequence[str] | None = None) -> Contract:
     """Validate contract ``text`` (read from ``path``, used in messages); bind if ``binary``."""
-    shape = shape_problem(text)
-    if shape is not None:
-        raise ContractError(path, [(shape[0], "syntax", shape[1])])
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        line, message = _syntax_error(str(e))
-        raise ContractError(path, [(line, "syntax", message)]) from None
-    except (RecursionError, ValueError) as e:  # limits shape_problem did not foresee
-        raise ContractError(path, [(1, "syntax", f"cannot parse: {e}")]) from None
+    doc = parse_toml(text, path, ContractError)
     lines = key_lines(text)
     validator = _Validator(lines)
     contract = validator.contract(doc, path)
@@ -167,16 +157,6 @@ def loads(text: str, path: str = "<contract>", binary: str | os.PathLike[str] | 
     if problems or contract is None:
         raise ContractError(path, sorted(problems, key=lambda p: p[0]))
     return contract
-
-
-def _syntax_error(message: str) -> tuple[int, str]:
-    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
-    if m:
-        return int(m.group(1)), f"{message[: m.start()]} (column {m.group(2)})"
-    m = re.search(r"\s*\(at end of document\)$", message)
-    if m:
-        return 1, f"{message[: m.start()]} at the end of the file"
-    return 1, message
 
 
 _TYPE_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (

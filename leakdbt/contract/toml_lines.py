@@ -14,6 +14,8 @@ from __future__ import annotations
 import bisect
 import re
 import tomllib
+from collections.abc import Callable
+from typing import Any
 
 KeyPath = tuple[str | int, ...]
 
@@ -268,3 +270,30 @@ class _Scanner:
             # Unexpected text (cannot happen in valid TOML): skip the rest of the line.
             end = self.text.find("\n", self.i)
             self.i = self.n if end < 0 else end
+
+
+def parse_toml(text: str, path: str, error: Callable[[str, list[tuple[int, str, str]]],
+                                                     Exception]) -> dict[str, Any]:
+    """``text`` parsed by tomllib after the shape check; any syntax problem is raised as
+    ``error(path, [(line, "syntax", message)])`` (contracts and suite files alike)."""
+    shape = shape_problem(text)
+    if shape is not None:
+        raise error(path, [(shape[0], "syntax", shape[1])])
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line, message = _syntax_error(str(e))
+        raise error(path, [(line, "syntax", message)]) from None
+    except (RecursionError, ValueError) as e:  # limits shape_problem did not foresee
+        raise error(path, [(1, "syntax", f"cannot parse: {e}")]) from None
+
+
+def _syntax_error(message: str) -> tuple[int, str]:
+    """tomllib's message as (line, text): its position suffix becomes a line and column."""
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if m:
+        return int(m.group(1)), f"{message[: m.start()]} (column {m.group(2)})"
+    m = re.search(r"\s*\(at end of document\)$", message)
+    if m:
+        return 1, f"{message[: m.start()]} at the end of the file"
+    return 1, message

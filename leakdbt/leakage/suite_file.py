@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import glob
 import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from leakdbt.contract.load import _syntax_error
-from leakdbt.contract.toml_lines import KeyPath, display, key_lines, line_of, shape_problem
+from leakdbt.contract.toml_lines import KeyPath, display, key_lines, line_of, parse_toml
 from leakdbt.errors import SuiteError
 
 SUITE_VERSION = 1
@@ -92,14 +90,7 @@ def load_suite(path: str) -> list[SuiteEntry]:
 
 def parse_suite(text: str, path: str) -> list[SuiteEntry]:
     """Validate suite ``text`` (read from ``path``: messages, relative paths)."""
-    shape = shape_problem(text)
-    if shape is not None:
-        raise SuiteError(path, [(shape[0], "syntax", shape[1])])
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        line, message = _syntax_error(str(e))
-        raise SuiteError(path, [(line, "syntax", message)]) from None
+    doc = parse_toml(text, path, SuiteError)
     lines = key_lines(text)
     problems: list[tuple[int, str, str]] = []
 

@@ -276,11 +276,11 @@ def test_directed_trials_find_an_early_exit_loop_without_test_vectors(built: Pat
 
 
 def test_directed_trials_find_glibc_memcmp_on_a_32_byte_tag(built: Path) -> None:
-    """sodium_verify_memcmp_directed has no check.values: the derived trial copies the 16
+    """sodium_verify_derived has no check.values: the derived trial copies the 16
     bytes memcmp's pcmpeqb compared the tag with into it, and takes the other branch."""
-    plain = _directed("sodium_verify_memcmp_directed", "sodium_verify", 0, 4)
+    plain = _directed("sodium_verify_derived", "sodium_verify", 0, 4)
     assert not plain.findings  # type: ignore[attr-defined]
-    directed = _directed("sodium_verify_memcmp_directed", "sodium_verify", 2, 4)
+    directed = _directed("sodium_verify_derived", "sodium_verify", 2, 4)
     assert (CF, "__memcmp_sse2+0xb5") in \
         {(f.kind, f.location) for f in directed.findings}  # type: ignore[attr-defined]
     first = directed.derived[0]  # type: ignore[attr-defined]
