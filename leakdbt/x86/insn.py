@@ -25,7 +25,7 @@ class Flow(enum.Enum):
     INDIRECT_JUMP = "indirect-jump"
     INDIRECT_CALL = "indirect-call"
     RETURN = "return"
-    STOP = "stop"  # never continues: ud2, hlt, int3
+    STOP = "stop"  # never continues: ud2, hlt (int3 is a trap: a handler may return after it)
 
     @property
     def ends_block(self) -> bool:
@@ -39,7 +39,7 @@ CONDITIONAL = frozenset({
 })
 SHORT_ONLY = frozenset({"loop", "loope", "loopne", "jrcxz", "jecxz"})
 TRANSACTION = frozenset({"xbegin"})  # continues, or jumps to its abort handler
-STOPS = frozenset({"ud2", "hlt", "int3", "ud0", "ud1"})
+STOPS = frozenset({"ud2", "hlt", "ud0", "ud1"})
 RETURNS = frozenset({"ret", "retf", "iretq", "iret", "iretd", "sysret", "sysretq"})
 
 

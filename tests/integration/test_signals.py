@@ -28,11 +28,13 @@ def test_same_as_native(built: Path, kind: str, program: str) -> None:
 
 
 def test_handlers_run_from_translated_code(built: Path) -> None:
-    """Faults inside relocated copies reach the guest's handler too (--translate-all)."""
-    exe = binary("static", "sig_segv")
-    native = run_native([exe])
-    guest = run_leakdbt(["exec", "--translate-all", exe])
-    assert (guest.stdout, guest.status) == (native.stdout, native.status), guest.stderr
+    """Faults inside relocated copies reach the guest's handler too (--translate-all); after
+    int3 the handler returns to the copy of the next instruction (int3 is a trap)."""
+    for program in ("sig_segv", "sig_fpe"):
+        exe = binary("static", program)
+        native = run_native([exe])
+        guest = run_leakdbt(["exec", "--timeout", "60", "--translate-all", exe])
+        assert (guest.stdout, guest.status) == (native.stdout, native.status), guest.stderr
 
 
 def test_unhandled_faults_keep_their_report(built: Path) -> None:

@@ -322,7 +322,7 @@ class OInsn:
             return "call" if self.target is not None else "indirect-call"
         if m.startswith(("ret", "iret")):
             return "return"
-        if m in ("hlt", "ud2", "int3"):
+        if m in ("hlt", "ud2"):  # int3 traps after itself: a SIGTRAP handler may go on
             return "stop"
         return "next"
 
