@@ -42,6 +42,7 @@ class Tally:
     statuses: dict[int, int] = field(default_factory=dict)
     bad: list[str] = field(default_factory=list)  # 125, traceback or too slow: the failures
     slowest: float = 0.0
+    slowest_case: str = ""
     seconds: float = 0.0
 
 
@@ -139,14 +140,23 @@ def judge(tally: Tally, what: str, status: int, stderr: str, seconds: float,
           slow: float) -> None:
     tally.runs += 1
     tally.statuses[status] = tally.statuses.get(status, 0) + 1
-    tally.slowest = max(tally.slowest, seconds)
+    if seconds > tally.slowest:
+        tally.slowest, tally.slowest_case = seconds, what
     tally.seconds += seconds
     if status == 125 or "Traceback" in stderr or seconds >= slow:
         tally.bad.append(f"{what}: status {status}, {seconds:.1f} s: {stderr.strip()[:300]}")
 
 
+def progress(kind: str, i: int, n: int, tally: Tally, start: float) -> None:
+    """A line on stderr every 250 cases, so a long run shows where it is."""
+    if (i + 1) % 250 == 0 or i + 1 == n:
+        print(f"fuzz: {kind} {i + 1}/{n}, {len(tally.bad)} failing, "
+              f"{time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+
+
 def fuzz(n_elf: int, n_contracts: int, seed: int, slow: float, keep: Path) -> dict[str, Tally]:
     rng = random.Random(seed)
+    start = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="leakdbt-fuzz-"))
     tallies = {"elf": Tally(), "contract": Tally()}
     bases = [p.read_bytes() for p in ELF_BASES if p.exists()]
@@ -159,6 +169,8 @@ def fuzz(n_elf: int, n_contracts: int, seed: int, slow: float, keep: Path) -> di
         judge(tallies["elf"], f"elf case {i}", status, err, secs, slow)
         if tallies["elf"].bad and tallies["elf"].bad[-1].startswith(f"elf case {i}:"):
             (keep / f"elf_{i}").write_bytes(exe.read_bytes())
+            (keep / f"elf_{i}").chmod(0o755)
+        progress("elf", i, n_elf, tallies["elf"], start)
     contract = work / "case.toml"
     target = str(BUILD / "static" / "ct_modexp")
     for i in range(n_contracts):
@@ -166,9 +178,10 @@ def fuzz(n_elf: int, n_contracts: int, seed: int, slow: float, keep: Path) -> di
         status, err, secs = run_case(["contract", "validate", str(contract), "--binary",
                                       target], slow)
         judge(tallies["contract"], f"contract case {i}", status, err, secs, slow)
-        if tallies["contract"].bad and tallies["contract"].bad[-1].startswith(
-                f"contract case {i}:"):
+        if secs >= slow / 2 or (tallies["contract"].bad and tallies["contract"].bad[-1]
+                                .startswith(f"contract case {i}:")):
             (keep / f"contract_{i}.toml").write_text(contract.read_text())
+        progress("contract", i, n_contracts, tallies["contract"], start)
     return tallies
 
 
@@ -213,11 +226,14 @@ def main() -> int:
     print(text)
     if args.report:
         update_doc(args.report, text)
+    for kind, t in tallies.items():
+        if t.runs:
+            print(f"slowest {kind} case: {t.slowest_case} ({t.slowest:.2f} s)", file=sys.stderr)
     bad = [b for t in tallies.values() for b in t.bad]
     for b in bad[:50]:
         print(b, file=sys.stderr)
-    if bad:
-        print(f"{len(bad)} failing cases; inputs kept in {keep}", file=sys.stderr)
+    print(f"failing inputs (and contracts over {args.slow / 2:g} s) kept in {keep}",
+          file=sys.stderr)
     return 1 if bad else 0
 
 

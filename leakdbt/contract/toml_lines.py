@@ -51,8 +51,10 @@ MAX_NESTING = 64
 MAX_KEY_PARTS = 64
 MAX_DIGITS = 100
 
-_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')"""
-_LONG_KEY = re.compile(_KEY_PART + r"(?:[ \t]*\.[ \t]*" + _KEY_PART
+# Possessive parts and a start only at a word's beginning keep the search linear: a long
+# run of key characters is tried once, not once per position with backtracking.
+_KEY_PART = r"""(?:[A-Za-z0-9_-]++|"[^"\n]*+"|'[^'\n]*+')"""
+_LONG_KEY = re.compile(r"(?<![A-Za-z0-9_-])" + _KEY_PART + r"(?:[ \t]*+\.[ \t]*+" + _KEY_PART
                        + "){" + str(MAX_KEY_PARTS) + ",}")
 # Strings and comments (skipped), brackets (counted) and over-long digit runs.
 _TOKENS = re.compile(

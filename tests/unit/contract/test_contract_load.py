@@ -456,6 +456,19 @@ def test_many_dotted_components_are_refused_quickly(tmp_path: Path, form: str) -
     assert got == [(10, "syntax", "a dotted key with more than 64 components")]
 
 
+def test_long_runs_of_key_characters_are_scanned_once() -> None:
+    """A fuzzed contract with 18,000 repeated digits took 4-13 s: the dotted-key pattern
+    backtracked at every position of the run.  Each input here is 600,000 characters; a
+    quadratic scan of any of them would not finish within the test run."""
+    from leakdbt.contract.toml_lines import shape_problem
+
+    run = "9" * 600_000
+    assert shape_problem(f"x = {run}\n") == (1, "a number of more than 100 digits")
+    assert shape_problem("a" * 600_000 + " = 1\n") is None
+    assert shape_problem("a." * 30 + "b" * 600_000 + " = 1\n") is None
+    assert shape_problem('"k" ' * 150_000 + "= 1\n") is None
+
+
 def test_huge_integer_names_the_line(tmp_path: Path) -> None:
     got = problems(tmp_path, minimal().replace("length = 4", "length = " + "4" * 5000))
     assert got == [(6, "syntax", "a number of more than 100 digits")]
