@@ -145,12 +145,16 @@ def _timing(contract_path: str, binary: str, args: tuple[str, ...], contract: Co
     unused = [name for name, given in (("--trials", trials is not None), ("--jobs", jobs > 1),
                                        ("--granularity", granularity is not None),
                                        ("--replay", replay is not None),
-                                       ("--format sarif", fmt == "sarif"),
-                                       ("--format html", fmt == "html")) if given]
+                                       ("--format sarif", fmt == "sarif")) if given]
     if unused:
         raise UsageError(f"--timing does not take {', '.join(unused)} (measurements run one "
                          "at a time; use --measurements, --mode, --seed, --cpu)")
     report = run_timing(binary, contract, profile, options,
                         measurements or DEFAULT_MEASUREMENTS, list(args) or None)
-    _finish(options, to_json(report) if fmt == "json" else to_text(report), output,
-            report.leaks)
+    if fmt == "html":
+        from leakdbt.leakage.html import timing_html
+
+        text = timing_html(report)
+    else:
+        text = to_json(report) if fmt == "json" else to_text(report)
+    _finish(options, text, output, report.leaks)

@@ -6,6 +6,9 @@ the witness (two trials side by side), and its function's CFG as an inline SVG (
 contract's hardened regions marked.  With both modes checked, original and hardened
 findings stand side by side.  The page is a Jinja2 template (package data,
 ``leakage/templates/report.html.j2``) with its CSS inline: no network access is needed.
+
+``check --timing``'s page (:func:`timing_html`, ``timing.html.j2``) shows instead, per
+mode, both classes' histograms and Welch's t (:mod:`leakdbt.leakage.html_timing`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from leakdbt.loader.elf import Image, load_image
 
 if TYPE_CHECKING:
     from leakdbt.leakage.suite import SuiteReport
+    from leakdbt.leakage.timing import TimingReport
 
 SOURCE_CONTEXT = 3  # lines shown before and after a leak's line
 LEAK_FILL = "#ffc9c9"
@@ -76,6 +80,26 @@ def suite_html(suite: SuiteReport) -> str:
             checks.append(CheckView(r.entry.name, empty, [], [], r.error))
     return _environment().get_template("report.html.j2").render(
         title=f"leakdbt suite {suite.suite}", checks=checks, suite=suite)
+
+
+def timing_html(report: TimingReport, title: str = "leakdbt check --timing") -> str:
+    """The whole page for one timing test: what was measured, then per mode (side by side
+    with ``--mode both``) each quantity's histograms, t and verdict."""
+    from leakdbt.leakage import html_timing as view
+    from leakdbt.leakage import timing
+
+    plot = {"width": view.WIDTH, "height": view.HEIGHT, "left": view.LEFT,
+            "right": view.WIDTH - view.RIGHT, "top": view.TOP,
+            "bottom": view.HEIGHT - view.BOTTOM}
+    notes = {"host_time": timing.HOST_TIME_NOTE, "cost_model": timing.COST_NOTE,
+             "threshold": timing.THRESHOLD_NOTE}
+    modes = [view.mode_view(m) for m in report.modes]
+    return _environment().get_template("timing.html.j2").render(
+        title=title, report=report, modes=modes, columns=max(len(modes), 1), plot=plot,
+        notes=notes, threshold=report.threshold, crops=timing.CROP_PERCENTILES,
+        host_unit=report.modes[0].host_time.unit if report.modes else "µs",
+        cost_unit=report.modes[0].cost_model.unit if report.modes else "cycles",
+        number=view.number, t_text=view.t_text)
 
 
 def check_view(report: CheckReport, title: str) -> CheckView:

@@ -145,6 +145,10 @@ class Quantity:
     t: float
     t_uncropped: float
     crop: float | None = None
+    samples: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False,
+                                                  compare=False)
+    """class -> every measurement, in run order: for the HTML report's plots (not in the
+    JSON report)."""
 
     @property
     def leak(self) -> bool:
@@ -239,7 +243,8 @@ def compare(name: str, unit: str, fixed: Sequence[float], random_: Sequence[floa
         t = welch_t(a, b)
         if abs(t) > abs(best):
             best, where = t, p
-    return Quantity(name, unit, _stats(fixed), _stats(random_), best, t_all, where)
+    return Quantity(name, unit, _stats(fixed), _stats(random_), best, t_all, where,
+                    {FIXED: tuple(fixed), RANDOM: tuple(random_)})
 
 
 def run_timing(binary: str, contract: Contract, profile: Profile, options: CheckOptions,
@@ -372,6 +377,7 @@ def to_json(report: TimingReport) -> str:
         out["leak"] = m.leak
         for key in ("host_time", "cost_model"):
             out[key]["leak"] = getattr(m, key).leak
+            del out[key]["samples"]
     data["leaks"] = report.leaks
     data["notes"] = {"host_time": HOST_TIME_NOTE, "cost_model": COST_NOTE,
                      "threshold": THRESHOLD_NOTE}
