@@ -19,7 +19,6 @@ from typing import Any
 
 from unicorn import (
     UC_ARCH_X86,
-    UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_EDGE_GENERATED,
     UC_HOOK_INSN,
@@ -33,6 +32,7 @@ from unicorn import (
 )
 from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
+from unicorn.unicorn_py3.unicorn import uclib
 
 from leakdbt.errors import (
     EmulatorError,
@@ -42,6 +42,7 @@ from leakdbt.errors import (
     UnsupportedInstruction,
 )
 from leakdbt.machine import vex
+from leakdbt.machine.blockcount import BlockCounter, block_counter
 from leakdbt.machine.cpu import guest_cpuid
 from leakdbt.machine.hooks import Hooks
 from leakdbt.machine.memory import (
@@ -69,6 +70,8 @@ STOP_ADDRESS = USER_TOP + 0x10  # the engine probes the page of STOP_ADDRESS - 1
 VEX_HOOK_GAP = 32
 
 # Register name (leakdbt.x86.registers) -> the engine's number for it: the only such map.
+_uc_reg_read = uclib.uc_reg_read
+MAX_SPURIOUS_STOPS = 100
 REGS: dict[str, int] = {name: getattr(x86, f"UC_X86_REG_{name.upper()}") for name in WIDTH}
 _REG_MASKS = {name: (1 << 8 * width) - 1 for name, width in WIDTH.items()}
 
@@ -109,6 +112,10 @@ _ACCESS_WORDS = {ucc.UC_MEM_READ: "read of", ucc.UC_MEM_WRITE: "write to",
 class Machine:
     """One x86-64 guest CPU with its address space."""
 
+    # False: count instructions with the Python block hook even when the native one is
+    # built (tests and bench/run.py compare the two).
+    native_counting = True
+
     def __init__(self, max_memory: int = 0) -> None:
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
@@ -118,13 +125,12 @@ class Machine:
         self.syscall_handler: Callable[[Machine], None] | None = None
         self.exited = False
         self.blocks_translated: int | None = None
-        self._insns_done: int | None = None
-        self._insn_limit_reached = False  # the next block would cross --max-insns
-        self._final_step = False  # run() is counting the last instructions in the engine
+        self._counter: BlockCounter | None = None  # per-block instruction count (blockcount)
         self._pending: BaseException | None = None
         self._vex_hooks: dict[tuple[int, int], int] = {}  # (first, last) -> engine hook
         self.vex_sweeps = vex.sweep_cache()
         self._deferred: list[Callable[[], None]] = []
+        self._spurious = 0  # unexplained engine stops resumed (_spurious_stop)
         self.resumable = False  # set by users of defer() before run(): see run()
         # The guest's signal handling (linux layer): given a synchronous fault, set up the
         # guest's handler and return True (the guest resumes at rip), or False (it dies).
@@ -156,7 +162,18 @@ class Machine:
     def reg_reader(self, name: str) -> Callable[[], int]:
         """A reader of register ``name`` for per-instruction hooks: the name is looked up
         once, not per call."""
-        return partial(self.uc.reg_read, REGS[name])
+        if WIDTH[name] != 8:
+            return partial(self.uc.reg_read, REGS[name])
+        # The binding's reg_read looks up the register's class on every call (~3 µs);
+        # observers read RIP/RSP per memory access, so call the C function directly (~0.8 µs).
+        value = ctypes.c_uint64()
+        ref, handle, regid, read = ctypes.byref(value), self.uc._uch, REGS[name], _uc_reg_read
+
+        def reader() -> int:
+            read(handle, regid, ref)
+            return value.value
+
+        return reader
 
     # -- running -----------------------------------------------------------------------------
 
@@ -175,21 +192,21 @@ class Machine:
         entry &= 0xFFFF_FFFF_FFFF_FFFF
         if entry >= USER_TOP:  # Linux's execve: SIGSEGV once past the point of no return
             raise self._reserved_fetch(entry)
-        if count_insns or max_insns:
-            self._count_instructions(max_insns)
+        counter = self._count_instructions(max_insns) if count_insns or max_insns else None
         pc = entry
         while True:
             left_time = timeout - (time.monotonic() - start) if timeout else 0.0
             if timeout and left_time <= 0:
                 break
             # The block counter stops the engine before a block that would cross the limit;
-            # the rest is one engine-counted step (engine counting is slow with many code
-            # hooks: each instruction then walks all of them).
-            final = self._insn_limit_reached
-            left = max_insns - (self._insns_done or 0) if final else 0
+            # the rest is one engine-counted step (engine counting is slow: it is a code
+            # hook on every instruction).
+            final = counter is not None and counter.limit_reached
+            left = max_insns - counter.done if counter is not None and final else 0
             if final and left <= 0:
                 break
-            self._final_step = final
+            if counter is not None:
+                counter.final_step = final
             if final:
                 # The engine checks a count only in blocks translated while one is set.
                 self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
@@ -203,19 +220,26 @@ class Machine:
                         return  # stopping in a syscall hook can surface as a stray engine error
                     raise self._fault_from_error(e) from None
                 finally:
-                    self._final_step = False
+                    if counter is not None:
+                        counter.final_step = False
                 self._raise_pending()
             except GuestFault as fault:
+                if counter is not None:
+                    # The fault ended its block early: the final step needs the exact count.
+                    counter.fault_at(self.reg("rip"))
                 if not self._to_guest_handler(fault):
                     raise
                 pc = self.reg("rip")
                 continue
             if self.exited:
                 return
-            if final:
-                self._insns_done = max_insns  # the engine ran exactly ``left`` more
+            if final and counter is not None:
+                counter.done = max_insns  # the engine ran exactly ``left`` more
                 break
-            if not self._insn_limit_reached and not self._deferred:
+            if not (counter is not None and counter.limit_reached) and not self._deferred:
+                if self._spurious_stop(start, timeout):
+                    pc = self.reg("rip")
+                    continue
                 break
             while self._deferred:
                 self._deferred.pop(0)()
@@ -229,6 +253,21 @@ class Machine:
         if max_insns:
             raise LimitExceeded(f"--max-insns {max_insns} reached at {self.symbolize(rip)}")
         raise EmulatorError(f"emulation stopped unexpectedly at {self.symbolize(rip)}")
+
+    def _spurious_stop(self, start: float, timeout: float) -> bool:
+        """Did the engine stop for no reason of ours, so that the guest should resume?
+
+        With a timeout the engine runs a timer thread, and under ``make fuzz`` about one
+        run in a hundred returned from ``emu_start`` early, with no exit, limit, deferred
+        work or jump to the stop page (at different instructions each time).  The stop is
+        at a block boundary, so resuming at RIP is exact; at most ``MAX_SPURIOUS_STOPS``
+        per run, after which the stop is reported as leakdbt's own error."""
+        rip = self.reg("rip")
+        if (self._spurious >= MAX_SPURIOUS_STOPS or USER_TOP <= rip < USER_TOP + PAGE
+                or (timeout and time.monotonic() - start >= timeout * 0.99)):
+            return False
+        self._spurious += 1
+        return True
 
     def _to_guest_handler(self, fault: GuestFault) -> bool:
         """Hand a synchronous fault to the guest's signal handling (``on_fault``)."""
@@ -301,31 +340,27 @@ class Machine:
 
             self.uc.hook_add(UC_HOOK_EDGE_GENERATED, self.guard(edge))
 
-    def _count_instructions(self, limit: int = 0) -> None:
-        """Count instructions per block; with ``limit``, stop before the block that would
-        cross it (``_insn_limit_reached``; run() finishes with an exact engine count)."""
-        if self._insns_done is not None:
-            return
-        icounts: dict[int, int] = {}
-        self._insns_done = 0
-        limit = limit or (1 << 64)
-
-        def block(uc: Uc, address: int, size: int, _ud: object) -> None:
-            n = icounts.get(address)
-            if n is None:
-                n = icounts[address] = uc.ctl_request_cache(address)[1]
-            done = (self._insns_done or 0) + n
-            if done > limit and not self._final_step:
-                self._insn_limit_reached = True
-                uc.emu_stop()  # from a block hook: stops before the block runs
-                return
-            self._insns_done = done
-
-        self.uc.hook_add(UC_HOOK_BLOCK, self.guard(block))
+    def _count_instructions(self, limit: int = 0) -> BlockCounter:
+        """Count instructions per block (leakdbt/machine/blockcount.py: native when built,
+        unless :attr:`native_counting` is off); with ``limit``, stop before the block that
+        would cross it (``limit_reached``; run() finishes with an exact engine count)."""
+        if self._counter is None:
+            self._counter = block_counter(self.uc, limit, self.mem.read_code_view, self._fail,
+                                          self.guard, native=self.native_counting)
+            self.mem.change_listeners.append(lambda _start, _end: self._forget_code())
+        return self._counter
 
     def instructions_executed(self) -> int | None:
-        """Guest instructions run, when counted (only with an instruction limit)."""
-        return self._insns_done
+        """Guest instructions run, when counted (with --max-insns or --count-insns)."""
+        return self._counter.done if self._counter is not None else None
+
+    def instruction_counter(self) -> BlockCounter | None:
+        """The block counter of the last counted run (None: instructions not counted)."""
+        return self._counter
+
+    def _forget_code(self) -> None:
+        if self._counter is not None:
+            self._counter.forget_code()
 
     def stop(self) -> None:
         """Stop the engine at the end of the current instruction (e.g. from a syscall)."""
@@ -334,6 +369,7 @@ class Machine:
     def invalidate_code(self, start: int, end: int) -> None:
         """Drop translated blocks of [start, end) so that changed code is retranslated."""
         self.uc.ctl_remove_cache(start, end)
+        self._forget_code()
 
     def translate_block(self, address: int) -> int:
         """Have the engine translate the block at ``address`` now, ahead of its first run;

@@ -119,3 +119,21 @@ def test_max_insns_counts_a_hot_loop(built: Path, kind: str, name: str, args: li
     assert r.status == 124
     assert f"--max-insns {limit} reached" in _one_error_line(r.stderr)
     assert re.search(rb"guest instructions: %d\b" % limit, r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("name", ["sig_segv", "sig_fpe", "divzero"])
+def test_max_insns_is_exact_across_faults(built: Path, name: str) -> None:
+    """Guests that fault mid-block (and survive, through their handlers, or die): the count
+    takes back the instructions a fault skipped, so a limit of the full count lets the run
+    end as it does unlimited, one less stops it, and limits before stop exactly there."""
+    exe = binary("static", name)
+    plain = run_leakdbt(["exec", exe])
+    r = run_leakdbt(["exec", "--stats", "--count-insns", exe])
+    assert (r.status, r.stdout) == (plain.status, plain.stdout)
+    n = int(re.search(rb"guest instructions: (\d+)", r.stderr).group(1))  # type: ignore[union-attr]
+    ok = run_leakdbt(["exec", "--max-insns", str(n), exe])
+    assert (ok.status, ok.stdout) == (plain.status, plain.stdout), ok.stderr
+    for limit in (n - 1, n - 3, n // 2):
+        stopped = run_leakdbt(["exec", "--max-insns", str(limit), "--stats", exe])
+        assert stopped.status == 124, (limit, stopped.stderr)
+        assert re.search(rb"guest instructions: %d\b" % limit, stopped.stderr), stopped.stderr

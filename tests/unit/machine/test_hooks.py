@@ -111,3 +111,36 @@ def test_translate_block_and_the_code_view() -> None:
     m.mem.write_code_view(CODE, b"\xcc")
     assert m.mem.read_code_view(CODE, 3) == b"\xcc" + code[1:3]
     assert m.mem.read(CODE, 3) == code[:3]  # data reads keep the original bytes
+
+
+@pytest.mark.parametrize("timeout", [0.0, 30.0])
+def test_an_unexplained_engine_stop_resumes_the_guest(timeout: float) -> None:
+    """The engine's timer thread stopped runs early now and then (fuzzing found it): a stop
+    with no exit, limit or deferred work resumes at RIP, and the guest ends as it would."""
+    m, _ = machine_with("mov ecx, 5; l: inc r9; dec ecx; jnz l")
+    loop = CODE + len(asm("mov ecx, 5"))
+    calls: list[int] = []
+
+    def stop_every_other_time(address: int, size: int) -> None:
+        calls.append(address)  # a block hook's stop comes before the block: it hooks again
+        if len(calls) % 2:
+            m.uc.emu_stop()
+
+    m.hooks.on_block(stop_every_other_time, loop, loop + 1)
+    m.run(CODE, timeout=timeout)
+    assert m.exited and m.reg("r9") == 5
+    # The first iteration runs in the block that starts at CODE; the other four start at
+    # the loop: four stops, each resumed.
+    assert len(calls) == 8
+
+
+def test_an_engine_that_keeps_stopping_is_reported() -> None:
+    """More unexplained stops than MAX_SPURIOUS_STOPS are leakdbt's own error, not a hang."""
+    from leakdbt.errors import EmulatorError
+    from leakdbt.machine.machine import MAX_SPURIOUS_STOPS
+
+    m, _ = machine_with(f"mov ecx, {MAX_SPURIOUS_STOPS + 5}; l: inc r9; dec ecx; jnz l")
+    loop = CODE + len(asm("mov ecx, 1"))
+    m.hooks.on_block(lambda address, size: m.uc.emu_stop(), loop, loop + 1)
+    with pytest.raises(EmulatorError, match="stopped unexpectedly"):
+        m.run(CODE)

@@ -1,0 +1,13 @@
+"""The one native part of leakdbt: the block counter behind --max-insns and --count-insns.
+
+Everything else is declared in pyproject.toml.  The counter is a plain C shared object that
+leakdbt loads with ctypes (leakdbt/machine/blockcount.py); it is built as an extension so that
+``pip install`` (editable or not) compiles it with the compiler Python was configured with.
+``optional=True``: without a C compiler the install still succeeds and leakdbt counts with its
+slower pure-Python hook instead (docs/cli.md, "Limits").
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("leakdbt.machine._blockcount", ["leakdbt/machine/_blockcount.c"],
+                             optional=True)])
