@@ -36,7 +36,7 @@ def sys_brk(k: Kernel, addr: int) -> int:
             return mem.brk
         try:
             mem.map(old_top, new_top - old_top, 3, "[heap]")
-        except LimitExceeded:
+        except (LimitExceeded, MemoryError):  # MemoryError: the engine cannot reserve it
             return mem.brk
     elif new_top < old_top:
         mem.unmap(new_top, old_top - new_top)

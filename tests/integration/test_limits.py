@@ -79,6 +79,26 @@ def test_bad_entry_point_is_sigsegv(built: Path, tmp_path: Path, kind: str, entr
     assert f"SIGSEGV at {where:#x}: execution at {where:#x} (unmapped)" in line, line
 
 
+def test_a_brk_the_engine_cannot_reserve_fails_like_linux(built: Path, tmp_path: Path) -> None:
+    """make fuzz: a TLS segment of 0x7ffff7fff000 bytes makes static glibc ask brk for all of
+    user space.  Linux's brk fails (the old break comes back) and glibc gives up with its own
+    message and status 127; leakdbt did the same only when --max-memory refused it, and
+    otherwise ended in status 125."""
+    data = bytearray(Path(binary("static", "hello")).read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phnum, = struct.unpack_from("<H", data, 56)
+    tls = next(phoff + 56 * i for i in range(phnum)
+               if struct.unpack_from("<I", data, phoff + 56 * i)[0] == 7)  # PT_TLS
+    struct.pack_into("<Q", data, tls + 40, 0x7FFF_F7FF_F000)  # p_memsz
+    exe = tmp_path / "huge_tls"
+    exe.write_bytes(bytes(data))
+    exe.chmod(0o755)
+    run = run_leakdbt(["exec", "--timeout", "5", str(exe)])
+    assert run.status == 127, run.stderr
+    assert b"Cannot allocate TLS block" in run.stderr
+    assert b"internal error" not in run.stderr
+
+
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e300"])
 def test_timeout_must_be_a_finite_number(built: Path, value: str) -> None:
     r = run_leakdbt(["exec", "--timeout", value, binary("static", "hello")])
