@@ -4,12 +4,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := busybox-static graphviz chromium libssl-dev libsodium-dev binutils linux-libc-dev
+DEBS := busybox-static graphviz chromium libssl-dev libsodium-dev binutils linux-libc-dev \
+        libtomcrypt-dev libb64-dev nettle-dev libgmp-dev libmbedtls-dev valgrind
 BENCH_DEBS := qemu-user
 
 .PHONY: run test check bench fuzz install debs binaries clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py leakdbt/machine/_blockcount.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -51,4 +52,4 @@ fuzz: install binaries
 
 clean:
 	$(MAKE) -C test_binaries clean
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build leakdbt/machine/_blockcount*.so

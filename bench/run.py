@@ -183,21 +183,54 @@ def main() -> None:
     limits_bench(leakdbt)
     harden_file_bench(leakdbt[:1])
     suite_bench(leakdbt[:1])
+    corpus_bench(leakdbt)
 
 
 def limits_bench(leakdbt: list[str]) -> None:
-    """The cost of --max-insns: a plain run vs the same run under a limit it never reaches
-    (region_loop: a hot loop of tiny blocks, the worst case for a per-block count)."""
-    exe = str(BUILD / "region_loop")
-    args = ["3000000"]
-    plain, out = median_time([*leakdbt, exe, *args])
-    limited, out2 = median_time([*leakdbt, "--max-insns", str(1 << 40), exe, *args])
-    if out2 != out:
-        raise SystemExit("--max-insns changed region_loop's output")
-    print("\n### --max-insns cost (region_loop 3000000, median wall time)\n")
-    print("| run | time (s) | vs plain |\n|---|---|---|")
-    print(f"| plain | {plain:.3f} | 1.00x |")
-    print(f"| --max-insns (never reached) | {limited:.3f} | {limited / plain:.2f}x |")
+    """The cost of counting instructions: a plain run vs the same run under --max-insns
+    (a limit it never reaches) and --count-insns, with the native block counter, and
+    --max-insns with the Python block counter that replaces it when it is not built.  A
+    hot loop of tiny blocks (the worst case for a per-block count) and a program of long
+    blocks; runs interleaved, median wall time and median CPU time (user + system)."""
+    import resource
+
+    python_counter = [str(REPO / ".venv" / "bin" / "python"), "-c",
+                      "import sys; from leakdbt.machine.machine import Machine; "
+                      "Machine.native_counting = False; from leakdbt.cli import main; "
+                      "main(sys.argv[1:])", *leakdbt[1:]]
+    variants = {"plain": [], "--max-insns (never reached)": ["--max-insns", str(1 << 40)],
+                "--count-insns": ["--count-insns"]}
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    for label, name, args in (("region_loop 20000000 (tight loop)", "region_loop",
+                               ["20000000"]),
+                              ("sha256 4 MiB (long blocks)", "sha256", ["4"])):
+        exe = str(BUILD / name)
+        runners = {k: [*leakdbt, *v, exe, *args] for k, v in variants.items()}
+        runners["--max-insns, Python block counter"] = [*python_counter, "--max-insns",
+                                                        str(1 << 40), exe, *args]
+        wall: dict[str, list[float]] = {k: [] for k in runners}
+        cpu: dict[str, list[float]] = {k: [] for k in runners}
+        expected = None
+        for _ in range(REPEAT):
+            for k, argv in runners.items():
+                before = children_cpu()
+                t, out = timed(argv)
+                cpu[k].append(children_cpu() - before)
+                wall[k].append(t)
+                expected = expected or out
+                if out != expected:
+                    raise SystemExit(f"{k} changed {name}'s output")
+        w = {k: statistics.median(v) for k, v in wall.items()}
+        c = {k: statistics.median(v) for k, v in cpu.items()}
+        print(f"\n### Counting instructions: {label}, median of {REPEAT} interleaved runs\n")
+        print("| run | wall (s) | wall vs plain | CPU (s) | CPU vs plain |\n|---|---|---|---|---|")
+        for k in runners:
+            print(f"| {k} | {w[k]:.3f} | {w[k] / w['plain']:.2f}x | {c[k]:.3f} | "
+                  f"{c[k] / c['plain']:.2f}x |", flush=True)
 
 
 def startup_bench(leakdbt: list[str]) -> None:
@@ -450,7 +483,7 @@ def check_bench(leakdbt: list[str]) -> None:
             print(f"| {name} | {mode} | {jobs} | {took:.2f} | {points} |")
 
 
-LONG_CHECK = ("ossl_modexp_leaky", "ossl_modexp")  # the longest scope of the test programs
+LONG_CHECK = ("ossl_powm1024", "ossl_powm1024")  # 4.6M guest instructions in scope per trial
 OBSERVER_SETS = (("control-flow",), ("control-flow", "variable-latency"),
                  ("control-flow", "variable-latency", "memory-access"))
 
@@ -723,6 +756,101 @@ def harden_file_bench(leakdbt_cmd: list[str]) -> None:
                   f"{ts[1][0]:.1f} / {ts[1][1]:.1f} |", flush=True)
 
 
+CORPUS = {  # corpus harness (test_binaries/corpus, contracts/corpus) -> a secret (argv[1])
+    "tc_des": "0123456789abcdef",
+    "tc_aes": "2b7e151628aed2a6abf7158809cf4f3c",
+    "tc_blowfish": "0123456789abcdeffedcba9876543210",
+    "tc_base64": "000102030405060708090a0b0c0d0e0f10111213fcfdfeff",
+    "b64_decode": "000102030405060708090a0b0c0d0e0f10111213fcfdfeff",
+    "nettle_base16": "00112233445566778899aabbccddeeff",
+    "nettle_des": "0123456789abcdef",
+    "gmp_powm": "0123456789abcdef" * 4,
+    "mbed_mpi_cmp": "8000000000000000" * 4,
+}
+
+
+CORPUS_TIMEOUT = 900  # seconds for one analyze or check of a corpus function
+
+
+def leak_points(leakdbt: str, contract: str, exe: str, secret: str, mode: str
+                ) -> tuple[int | None, str]:
+    """``check --mode MODE`` with the contract's trials: its leak points, or None and the
+    one-line error when the run stops (a region no pass hardens)."""
+    try:
+        done = subprocess.run([leakdbt, "check", "--cpu", BENCH_CPU, "--mode", mode,
+                               "--format", "json", "--contract", contract, exe, secret],
+                              capture_output=True, text=True, timeout=CORPUS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return None, f"check did not finish in {CORPUS_TIMEOUT} s"
+    if done.returncode not in (0, 1):
+        return None, (done.stderr.strip().splitlines() or ["?"])[-1]
+    return len(json.loads(done.stdout)["findings"]), ""
+
+
+def corpus_bench(leakdbt: list[str], names: list[str] | None = None) -> None:
+    """Real library code (issue 15): for each corpus function, the issue's workflow with
+    ct-equivalent switched off: ``analyze --write`` on a copy of its contract, then check
+    original and hardened.  Leak points found (check --mode original), removed (found minus
+    check --mode hardened), the regions analyze wrote and the first refusal; guest
+    instructions inside the regions, fast vs hardened (counted by the RunObserver over the
+    regions' code, measured, not modelled), and whole-program wall times."""
+    import contextlib
+    import tempfile
+
+    from leakdbt.errors import LeakDBTError
+
+    print(f"\n### Corpus: real library code, analyze --write then hardened (static, "
+          f"--cpu {BENCH_CPU}, passes_off = [\"ct-equivalent\"])\n")
+    print("| function (harness) | found | removed | regions written | refused / left | "
+          "insns in regions, orig → hardened | wall native / orig / hardened (s) |")
+    print("|---|---|---|---|---|---|---|")
+    cli = leakdbt[0]
+    for name, secret in CORPUS.items():
+        if names and name not in names:
+            continue
+        exe = str(BUILD / "corpus" / name)
+        with tempfile.TemporaryDirectory() as tmp:
+            contract = str(Path(tmp) / f"{name}.toml")
+            shutil.copy(REPO / "contracts" / "corpus" / f"{name}.toml", contract)
+            try:
+                written = subprocess.run([cli, "analyze", "--cpu", BENCH_CPU, "--contract",
+                                          contract, "--write", exe, secret],
+                                         capture_output=True, text=True,
+                                         timeout=CORPUS_TIMEOUT).stdout.count(": written")
+            except subprocess.TimeoutExpired:
+                print(f"| {name} | | | analyze did not finish in {CORPUS_TIMEOUT} s | | | |",
+                      flush=True)
+                continue
+            found, _ = leak_points(cli, contract, exe, secret, "original")
+            left, refusal = leak_points(cli, contract, exe, secret, "hardened")
+            native = subprocess.run([exe, secret], capture_output=True).stdout
+            base = [*leakdbt, "--contract", contract, "--cpu", BENCH_CPU]
+            fast_t = median_time([*leakdbt, exe, secret], native)[0]  # no contract: original
+            hard = subprocess.run([*base, "--mode", "hardened", exe, secret],
+                                  capture_output=True)
+            same = hard.returncode == 0 and hard.stdout == native
+            hard_t = median_time([*base, "--mode", "hardened", exe, secret])[0] if same \
+                else None
+            counts: dict[str, int | None] = {"fast": None, "hardened": None}
+            for mode in counts if written else ():  # no region: no dispatcher to count in
+                with contextlib.suppress(LeakDBTError):  # refused: no hardened count
+                    counts[mode] = region_instructions(exe, contract, secret, mode)
+            native_t = median_time([exe, secret], native)[0]
+        removed = "—" if left is None or found is None else str(found - left)
+        if left is None:
+            why = f"run stops: {refusal.removeprefix('leakdbt: ')}"
+        elif not same:
+            why = "hardened output differs from native"
+        else:
+            why = f"{left} left" if left else "none"
+        insns = " → ".join("—" if counts[m] is None else f"{counts[m]:,}"
+                           for m in ("fast", "hardened"))
+        wall = f"{native_t:.3f} / {fast_t:.3f} / " + ("—" if hard_t is None
+                                                      else f"{hard_t:.3f}")
+        print(f"| {name} | {found} | {removed} | {written} | {why} | {insns} | {wall} |",
+              flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--raw":
         raw_main()
@@ -734,6 +862,8 @@ if __name__ == "__main__":
         long_check_bench([str(REPO / ".venv" / "bin" / "leakdbt")])
     elif sys.argv[1:] == ["harden-file"]:  # just the hardened-files section
         harden_file_bench([str(REPO / ".venv" / "bin" / "leakdbt")])
+    elif sys.argv[1:2] == ["corpus"]:  # just the corpus section (of the functions named)
+        corpus_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"], sys.argv[2:])
     else:
         main()
 

@@ -93,7 +93,9 @@ def cli() -> None:
 @click.option("--root", default="/", type=click.Path(exists=True, file_okay=False),
               help="Host directory used as the guest's / (default: the host's, read-only).")
 @click.option("--cwd", default=None, help="Guest working directory (default: the current one).")
-@click.option("--strict", is_flag=True, help="Make unsupported system calls fatal.")
+@click.option("--strict", is_flag=True,
+              help="Make unsupported system calls fatal, and a region no pass can harden "
+                   "an error in a whole-program contract too.")
 @click.option("--max-insns", type=click.IntRange(min=1, max=MAX_INSNS), default=None,
               help="Stop the guest after N instructions (exit status 124).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT),
@@ -160,6 +162,7 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
     if translate_all and contract_path:
         raise UsageError("--translate-all and --contract cannot be combined")
     regions = []
+    contract = None
     run_mode = Mode.HARDENED
     hardener = None
     monitor = None
@@ -168,10 +171,12 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
         from leakdbt.contract.model import Policy
         from leakdbt.contract.profiles import choose_profile
         from leakdbt.run.protect import protection
+        from leakdbt.run.scope import scoped_functions
 
         contract = load(contract_path, binary=binary)
         profile, _why = choose_profile(cpu)
-        protected = protection(contract, profile, allow_unhardened)
+        protected = protection(contract, profile, allow_unhardened, strict,
+                               lambda line: print(line, file=sys.stderr, flush=True))
         the_plan = protected.plan
         regions = list(protected.regions)
         hardener = protected.hardener()
@@ -207,7 +212,8 @@ def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root:
         timeout=timeout or 0.0, max_memory=_size(max_memory) if max_memory else 0,
         regions=regions, mode=run_mode, count_entries=stats,
         translate_all=list(functions) if translate_all else None, hardener=hardener,
-        monitor=monitor)
+        monitor=monitor, count_scope=stats and contract is not None,
+        scope_functions=scoped_functions(contract) if stats and contract is not None else None)
     result = execute(binary, options, on_exit=(lambda r: sys.stderr.write(format_stats(r)))
                      if stats else None)
     sys.exit(result.exit_status)

@@ -20,6 +20,10 @@ Scratch memory.  Sequences may use the stack below the red zone (the ABI's 128 b
 RSP stay untouched): per-instruction replacements the :data:`INSN_SCRATCH` bytes directly
 below it, whole-region code anything below those.
 
+Run-time bounds.  :func:`allocation_bounds` (``.bounds REG, OFF``) asks the translator for
+the guest allocation that contains an address only known when the code runs (a table built
+in ``malloc``ed memory): see its docstring.
+
 A pass module exposes its pass as a module-level ``PASS`` (built-ins live in ``plugins/``;
 third-party packages register the same object under the ``leakdbt.passes`` entry-point
 group).
@@ -47,16 +51,19 @@ REGION_SCRATCH = RED_ZONE + INSN_SCRATCH
 
 INSN_MARKER = ".insn"
 GOTO_MARKER = "@"
+BOUNDS_MARKER = ".bounds"
 
 REGISTER64: Mapping[str, str] = REGS64
 """Every general register name (``eax``, ``r9b``, ``ah``, ...) → the 64-bit register it is
 part of (``rax``, ``r9``, ``rax``)."""
 
-__all__ = ["API_VERSION", "DETECTOR_API_VERSION", "SHARES", "BlockView", "CoTenant",
+__all__ = ["API_VERSION", "BOUNDS_MARKER", "DETECTOR_API_VERSION", "SHARES", "BlockView",
+           "CoTenant",
            "ContractView", "DataObject", "DetailConstants", "DetectorContext",
            "DetectorFactory", "Flow", "HardeningPass", "INSN_SCRATCH", "Insn", "ProfileView",
            "REGION_SCRATCH", "REGISTER64", "RED_ZONE", "Refusal", "RegionView", "Rewrite",
-           "Tenancy", "TenancyDetector", "detail", "detail_constants", "goto", "original"]
+           "Tenancy", "TenancyDetector", "allocation_bounds", "detail", "detail_constants",
+           "goto", "original"]
 
 
 def detail(insn: Insn) -> Any:
@@ -92,6 +99,21 @@ def detail_constants() -> DetailConstants:
 def original(address: int) -> str:
     """The line that stands for the region's instruction at (link-time) ``address``."""
     return f"{INSN_MARKER} {address:#x}"
+
+
+def allocation_bounds(register: str, offset: int) -> str:
+    """The line that, when it runs, stores the runtime start and the size in bytes of the
+    guest memory containing the address in 64-bit ``register`` into the quadwords at
+    ``[rsp - offset]`` and ``[rsp - offset + 8]`` (RSP as it is at that line; registers,
+    flags and other memory are untouched).  The bounds are those of the live allocation
+    that contains the address, learnt from the guest's allocator calls, else of the sized
+    ELF data object or the anonymous mapping the guest made that contains it
+    (docs/passes.md, "Heap tables").
+    Both quadwords are 0 when neither is known, when the bounds exceed the run-time cap
+    (64 KiB), or when the code does not run under the emulator; a sequence must then not
+    rely on them (and the run reports the access as unhardened).  Translators that cannot
+    provide this (``leakdbt harden``, which writes native files) refuse the region."""
+    return f"{BOUNDS_MARKER} {register}, {offset:#x}"
 
 
 def goto(address: int) -> str:
@@ -134,6 +156,10 @@ def _no_callee(address: int) -> tuple[BlockView, ...] | None:
     return None
 
 
+def _not_resolved(insn: Insn) -> int | str:
+    return "only the translator resolves it, while the program runs"
+
+
 @dataclass(frozen=True)
 class RegionView:
     """What a pass sees of a region (link-time addresses of its module).
@@ -157,11 +183,22 @@ class RegionView:
     names: tuple[str, ...] = ()  # the function symbols at ``entry`` (aliases included)
     function_address: Callable[[str], int | None] = _no_function  # a function of the module
     callee: Callable[[int], tuple[BlockView, ...] | None] = _no_callee  # see below
+    resolve_indirect: Callable[[Insn], int | str] = _not_resolved  # see below
 
-    # ``callee(a)``: the blocks (by address) of the function of the same module whose entry
-    # is link-time ``a`` (a direct call's target), as the translator decodes it, or None when
-    # it cannot decode one there.  Their instructions may appear as ``.insn`` lines of a
-    # whole-region rewrite, as often as the rewrite needs them (predicated callee clones).
+    # ``callee(a)``: the blocks (by address) of the function whose entry is link-time ``a``
+    # (a direct call's target, or what ``resolve_indirect`` answered), as the translator
+    # decodes it, or None when it cannot decode one there.  Their instructions may appear as
+    # ``.insn`` lines of a whole-region rewrite, as often as the rewrite needs them
+    # (predicated callee clones).  A function of another module has the address its
+    # runtime address minus ``bias``, and so do its instructions: ``.insn``, ``@`` and
+    # RIP-relative operands mean the same as for the region's own.
+    #
+    # ``resolve_indirect(i)``: where the indirect ``jmp``/``call [rip + X]`` ``i`` (of the
+    # region or of a callee) goes, when X is a GOT slot: the function the slot is bound to,
+    # or (not yet bound: lazy binding) the first definition of the slot's symbol in the
+    # loaded modules, as ld.so will bind it; a link-time address as for ``callee``.  A
+    # string says why it cannot be resolved (the translator resolves only while the program
+    # runs, when the region is first entered).
 
     def instructions(self) -> list[Insn]:
         """Every instruction of the region, by address."""

@@ -19,6 +19,22 @@ recorded exit: the target address is selected with ``cmov`` and reached by one i
 takes; RFLAGS are restored before that jump, so the flags the loop left are those after the
 region.
 
+Inner loops (plugins/support/loop_nest.py).  The body may hold inner loops, nested two
+deep at most, each with its own bound ``M`` from the contract's ``inner_bounds`` (params
+``inner_bound+0xD``: the header ``D`` bytes after the region's entry).  The body's order
+treats each inner loop as one node; where it comes, the inner loop runs as a loop of its
+own: its blocks, in their order, exactly ``M`` times per outer iteration, counted by its
+own hidden counter, its header's predicate being its own *active* flag.  That flag is
+zeroed at the top of each outer iteration and the edges entering the inner loop OR their
+masks into it, so it is (outer active) & (the path enters the inner loop); an edge back to
+the inner header carries it to the next inner iteration.  The edges leaving the inner loop
+(to the outer body, to the outer header, to an exit of the region) OR their masks into
+their targets' predicates, which are zeroed at the top of each outer iteration and gather
+over the ``M`` iterations (at most one of those edges is taken per entry).  If the inner
+loop is still active after ``M`` iterations (``inner_bounds`` is wrong), the code restores
+RFLAGS and jumps to the original inner header: the original finishes (correct; a branch
+never taken under a right contract; a leak and a contract error otherwise).
+
 Induction variables.  A register whose only write in the loop is one ``add``/``sub`` of a
 constant, ``inc``, ``dec`` or ``lea r, [r +/- c]`` (64- or 32-bit), in a block that every
 iteration that goes on runs and that dominates the blocks after it in the order, is an
@@ -26,16 +42,31 @@ induction variable: its update is *not* undone, so in the iterations after the e
 keeps advancing as if the loop went on, and the addresses computed from it step through the
 buffer exactly like the original's would (no repeated address gives the exit away).  Its
 value when the loop left is recorded at the exit edge (ORed under the edge's mask into a
-zeroed slot) and put back by the dispatch.
+zeroed slot) and put back by the dispatch.  Only a write outside every inner loop makes an
+induction variable of the outer loop.  An inner loop's induction variable is a register
+written exactly twice in the region: a step in the inner loop (as above, for the inner
+loop's iterations), and a *start* in an outer block that every continuing outer iteration
+runs and every path to the inner header passes: ``xor r, r``, ``mov r, imm``, ``mov r, p`` or
+``lea r, [p + ...]`` with ``p`` outer induction variables or registers the region does not
+write.  The start and the step are both kept when inactive, so the register's value in
+every inner iteration depends only on the outer and inner iteration numbers.  Its value at
+the inner loop's exit edge is recorded (as at the outer exits) and, after the inner loop,
+put back (``cmov``): the value at the exit if the inner loop left, else the value before it
+(it did not run).  Every induction variable, of any loop, is recorded at the region's exits
+and put back by the dispatch.
 
 Memory-safety rule.  Every access of the body runs in every one of the ``bound`` iterations.
 Accepted: ``[rsp + d]`` with ``d >= -128`` and no index, RIP-relative operands; addresses
 computed from registers the loop does not write, when the same operand (at least as wide) is
 accessed on every path through an iteration (the original runs at least one); and addresses
-computed from induction variables (and registers the loop does not write).  PRECONDITION
-for the latter: the contract's bound must not exceed the length of any buffer the loop walks
-— every access the original would make in iterations 1..``bound``, whatever path each takes,
-must be valid.  Addresses depending on any other register the loop computes are refused.
+computed from induction variables (and registers the loop does not write); in an inner
+loop, also from its own induction variables, and the "every path" rule counts paths
+through an outer iteration (the inner loop's blocks must cover them).  PRECONDITION for the
+induction variables, per loop: the contract's bound must not exceed the length of any
+buffer the loop walks — every access the original would make in iterations 1..``bound``,
+whatever path each takes, must be valid; for an inner loop, its ``M`` iterations from
+where the original starts it, in each of the outer loop's ``bound`` iterations.  Addresses
+depending on any other register the loop computes are refused.
 
 Leakage.  The instruction sequence and the memory lines touched are the same for every exit
 point: ``bound`` identical iterations with addresses that only depend on the iteration
@@ -51,7 +82,11 @@ stay in their slot between blocks, ``popfq`` only for a block that reads them), 
 edge plus 3 per induction variable at each exit edge, 1 per back edge, 2 to move the next
 iteration's active flag, and 2 for the counter (``sub``/``jne``, the flags being in their
 slot).  Before: 6 + 1 per induction variable + 3 (``pushfq``).  The dispatch: 3 per exit, 10
-more, one ``cmov`` per induction variable and 4 (``popfq``, ``jmp``).
+more, one ``cmov`` per induction variable and 4 (``popfq``, ``jmp``).  An inner loop costs
+``M`` times its blocks, edges and counter per outer iteration, plus 1 per zeroed slot (its
+active flag, each block it leaves to) at each outer iteration's top; before it 1 (its
+counter), 3 if the flags must be saved, and with induction variables 1 + 2 per variable;
+after it 2 (the wrong-bound test) and with induction variables 1 + 2 per variable.
 
 Refusals (``I`` names the instruction as ``'text' at 0xADDR``):
 
@@ -60,8 +95,12 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``):
 - ``I is a call (a callee cannot be predicated)``, ``I is a system call or software
   interrupt``, ``I is an indirect jump``, ``I stops the program``, ``I is not a plain
   ret``, ``I: loop/jrcxz branches are not supported``, ``I is a string instruction``
-- ``I returns from inside the loop``; ``the loop contains an inner loop``; ``the loop has
-  more than 8 exits``
+- ``I returns from inside the loop``; ``the loop has more than 8 exits``
+- nests: ``the loop's body is irreducible (...)``; ``loops are nested more than two deep:
+  the inner loop at A holds another loop at B``; ``the inner loop at A (the region's at
+  +0xD) needs a bound: add it to the contract's `inner_bounds``` (also for a bound that is
+  not a positive integer), ``bound N is too large``; ``inner_bounds names the region's at
+  +0xD, which is not the header of an inner loop of this region (inner loops at: ...)``
 - the conditional-block refusals of if-conversion (``I writes rsp``, AVX, x87/MMX, mxcsr,
   32-bit addressing, store widths, segment or absolute stores, memory or dividend-register
   divisors)
@@ -73,8 +112,10 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 
 from leakdbt.plugin_api import BlockView, Flow, RegionView, goto
+from plugins.support.loop_nest import Inner, Nest, nest
 from plugins.support.memory_safety import check_accesses
 from plugins.support.predication import (
     GPR,
@@ -92,14 +133,16 @@ from plugins.support.predication import (
     predicated_refusal,
     slot,
     successors,
-    topological,
     where,
 )
 
-__all__ = ["PASS", "bound_loop", "induction_variables"]
+__all__ = ["INNER_KEY", "PASS", "bound_loop", "induction_variables", "inner_bounds"]
 
 MAX_EXITS = 8
 MAX_BOUND = (1 << 31) - 1
+INNER_KEY = "inner_bound"
+"""Params ``inner_bound+0xD`` (or ``-0xD``): the bound of the inner loop whose header is
+``D`` bytes after (before) the region's entry (the contract's ``inner_bounds``)."""
 _LEA = re.compile(r"\w+, \[(\w+) [+-] (0x[0-9a-f]+|\d+)\]$")
 
 
@@ -108,11 +151,7 @@ def bound_loop(region: RegionView) -> list[str]:
     :class:`~plugins.support.predication.Refused` with the reason when it cannot."""
     if region.shape != "loop":
         raise Refused(f"region shape is {region.shape}, not a loop region")
-    bound = region.params.get("bound")
-    if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
-        raise Refused("needs the contract's `bound`")
-    if bound > MAX_BOUND:
-        raise Refused(f"bound {bound} is too large")
+    bound = _bound(region.params.get("bound"), "needs the contract's `bound`")
     bias = region.bias
     header = region.entry
     for insn in region.instructions():
@@ -122,70 +161,250 @@ def bound_loop(region: RegionView) -> list[str]:
     for b in region.blocks:
         if b.last.flow is Flow.RETURN:
             raise Refused(f"{where(b.last, bias)} returns from inside the loop")
-    order = topological(header, region.blocks, lambda a, b: b == header)
-    if order is None:
-        raise Refused("the loop contains an inner loop")
+    shape = nest(header, region.blocks, bias)
+    bounds = inner_bounds(region, shape)
     exits = region.exits()
     if len(exits) > MAX_EXITS:
         raise Refused(f"the loop has more than {MAX_EXITS} exits")
     infos = {i.address: analyse(i) for i in region.instructions()}
+    order = shape.flat()
     for b in order:
         for insn in body(b):
             reason = predicated_refusal(infos[insn.address], bias)
             if reason:
                 raise Refused(reason)
-    ivs = induction_variables(region, order, infos)
-    _check_memory(region, order, infos, frozenset(ivs))
+    ivs = _outer_ivs(shape, order, infos)
+    inner_ivs = {i.header: _inner_ivs(shape, i, infos, ivs) for i in shape.inners}
+    spread = _spread_ivs(shape, order, infos, ivs)
+    _check_memory(region, shape, infos, frozenset(ivs) | spread.keys(), inner_ivs)
+    return _Emitter(region, shape, bounds, infos, ivs, inner_ivs, spread).code(bound, exits)
 
-    engine = Engine(bias)
-    active, nxt, exit_id, count = (engine.alloc() for _ in range(4))
-    recorded = {r: engine.alloc() for r in sorted(ivs)}  # induction variables at the exit
-    ids = {e: n + 1 for n, e in enumerate(exits)}
-    engine.preds[header] = Pred(active)
-    back = [f"mov {slot(nxt)}, rax"]  # the first edge back writes, the others OR
 
-    def special(target: int | None) -> list[str]:
-        if target == header:
-            out = [back[0]]
-            back[0] = f"or {slot(nxt)}, rax"
+def _bound(value: object, missing: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise Refused(missing)
+    if value > MAX_BOUND:
+        raise Refused(f"bound {value} is too large")
+    return value
+
+
+def _offset(delta: int) -> str:
+    return f"+{delta:#x}" if delta >= 0 else f"-{-delta:#x}"
+
+
+def inner_bounds(region: RegionView, shape: Nest) -> dict[int, int]:
+    """Each inner loop's header -> its bound, from the params ``inner_bound+0xD`` (the
+    header ``D`` bytes after the region's entry; the contract's ``inner_bounds``)."""
+    given = {k[len(INNER_KEY):]: v for k, v in region.params.items()
+             if k.startswith(INNER_KEY)}
+    out: dict[int, int] = {}
+    for inner in shape.inners:
+        key = _offset(inner.header - region.entry)
+        at = f"{inner.header + region.bias:#x}"
+        out[inner.header] = _bound(
+            given.pop(key, None),
+            f"the inner loop at {at} (the region's at {key}) needs a bound: add it to the "
+            f"contract's `inner_bounds`")
+    if given:
+        key = sorted(given)[0]
+        heads = ", ".join(_offset(i.header - region.entry) for i in shape.inners) or "none"
+        raise Refused(f"inner_bounds names the region's at {key}, which is not the header "
+                      f"of an inner loop of this region (inner loops at: {heads})")
+    return out
+
+
+class _Emitter:
+    """Writes the bounded loop's code: the outer loop and, in its body, each inner loop as
+    a loop of its own (module doc, "Inner loops")."""
+
+    def __init__(self, region: RegionView, shape: Nest, bounds: dict[int, int],
+                 infos: dict[int, InsnInfo], ivs: dict[str, int],
+                 inner_ivs: dict[int, dict[str, tuple[int, int]]],
+                 spread: dict[str, tuple[int, bool]]) -> None:
+        self.region, self.shape, self.bounds, self.infos = region, shape, bounds, infos
+        self.ivs, self.inner_ivs = ivs, inner_ivs
+        engine = self.engine = Engine(region.bias)
+        self.active, self.nxt, self.exit_id, self.count = (engine.alloc() for _ in range(4))
+        # Every induction variable, of any loop, is recorded at the exits and put back.
+        regs = sorted({*ivs, *spread, *(r for v in inner_ivs.values() for r in v)})
+        # Stepped in several blocks: its value at the top, stepped once at the end.
+        self.spread = {r: (engine.alloc(), *step) for r, step in sorted(spread.items())}
+        self.recorded = {r: engine.alloc() for r in regs}
+        self.ids = {e: n + 1 for n, e in enumerate(region.exits())}
+        self.unmasked: dict[int, set[str]] = {}
+        for r, at in ivs.items():
+            self.unmasked.setdefault(at, set()).add(r)
+        for v in inner_ivs.values():
+            for r, (init, step) in v.items():
+                self.unmasked.setdefault(init, set()).add(r)
+                self.unmasked.setdefault(step, set()).add(r)
+        # Per inner loop: its active flag (entries OR into it), next flag, counter, and
+        # for its induction variables the exit flag, the values at the exit and before.
+        self.inner_slots = {i.header: {"active": engine.alloc(), "nxt": engine.alloc(),
+                                       "count": engine.alloc(), "exited": engine.alloc()}
+                            for i in shape.inners}
+        self.inner_rec = {h: {r: (engine.alloc(), engine.alloc()) for r in v}
+                          for h, v in inner_ivs.items()}
+        # Blocks an inner loop leaves to: their predicates gather over its iterations.
+        # (An inner loop leaving into another one enters it: its active flag gathers.)
+        self.gathered = {i.header: self.inner_slots[i.header]["active"] for i in shape.inners}
+        for i in shape.inners:
+            for b in i.blocks:
+                for s in successors(b):
+                    if s in shape.edges and s not in i.members and s != shape.header \
+                            and s not in self.gathered:
+                        self.gathered[s] = engine.alloc()
+        for s, at in self.gathered.items():
+            engine.preds[s] = Pred(at)
+        engine.preds[shape.header] = Pred(self.active)
+        self.npreds: dict[int, int] = {}
+        for a, succ in shape.edges.items():
+            for s in succ:
+                if self._inside(a, s):
+                    self.npreds[s] = self.npreds.get(s, 0) + 1
+        for s in self.gathered:
+            self.npreds[s] = self.npreds.get(s, 0) + 2  # always a slot, never shared
+        # The outer next flag: the first back edge writes it, unless back edges run in
+        # inner loops (many times an iteration): then it is zeroed and every edge ORs.
+        self.or_back = any(shape.header in successors(b) for i in shape.inners
+                           for b in i.blocks)
+        self.first_back = [not self.or_back]
+        self.first_inner_back = {i.header: True for i in shape.inners}
+
+    def _inside(self, a: int, s: int) -> bool:
+        """Does the engine carry the predicate along ``a -> s``?  Edges inside one inner
+        loop (but back to its header) and from outer blocks to outer blocks or into an
+        inner loop; back edges, exits and the edges leaving an inner loop are glue."""
+        if s not in self.shape.edges or s == self.shape.header or s not in self.shape.edges[a]:
+            return False
+        inner = self.shape.inner_of(a)
+        return inner is None or s in inner.members
+
+    def _glue(self, source: int) -> Callable[[int | None], list[str]]:
+        """The glue of the edges leaving the block at ``source`` that the engine does not
+        own (mask in RAX; see predication.Special)."""
+        inner = self.shape.inner_of(source)
+        engine = self.engine
+
+        def glue(target: int | None) -> list[str]:
+            assert target is not None
+            out: list[str] = []
+            if inner is not None and target == inner.header:
+                return [self._first(self.first_inner_back, inner.header,
+                                    self.inner_slots[inner.header]["nxt"])]
+            if inner is not None:  # the edge leaves the inner loop
+                slots = self.inner_slots[inner.header]
+                if self.inner_rec[inner.header]:
+                    out.append(f"or {slot(slots['exited'])}, rax")
+                for r, (at, _) in self.inner_rec[inner.header].items():
+                    out += [f"mov rcx, {engine.value_of(r)}", "and rcx, rax",
+                            f"or {slot(at)}, rcx"]
+            if target == self.shape.header:
+                if self.first_back[0]:
+                    self.first_back[0] = False
+                    return [*out, f"mov {slot(self.nxt)}, rax"]
+                return [*out, f"or {slot(self.nxt)}, rax"]
+            if target in self.gathered:
+                return [*out, f"or {slot(self.gathered[target])}, rax"]
+            # An exit: at most one edge ever leaves (the loop is then inactive), so its
+            # number and the induction variables are ORed into zeroed slots.
+            out += ["mov rcx, rax", f"and rcx, {self.ids[target]:#x}",
+                    f"or {slot(self.exit_id)}, rcx"]
+            for r, at in self.recorded.items():
+                out += [f"mov rcx, {engine.value_of(r)}", "and rcx, rax", f"or {slot(at)}, rcx"]
             return out
-        # An exit: at most one edge ever leaves (the loop is then inactive), so its number
-        # and the induction variables are ORed into zeroed slots.
-        assert target is not None
-        out = ["mov rcx, rax", f"and rcx, {ids[target]:#x}", f"or {slot(exit_id)}, rcx"]
-        for r, at in recorded.items():
-            out += [f"mov rcx, {engine.value_of(r)}", "and rcx, rax", f"or {slot(at)}, rcx"]
-        return out
+        return glue
 
-    lines = [INIT, f"mov {slot(active)}, 0xffffffffffffffff", f"mov {slot(exit_id)}, 0",
-             *(f"mov {slot(at)}, 0" for at in recorded.values()),
-             f"mov {slot(count)}, {bound:#x}", *engine.flags_to_slot()]
-    engine.live = False  # every iteration starts with the flags in their slot
-    lines.append("bl_top:")
-    members = {b.start for b in order}
-    lines += engine.run(order, infos, lambda a, b: b != header and b in members, special,
-                        lambda b: frozenset(r for r, at in ivs.items() if at == b),
-                        [f"mov rax, {slot(nxt)}", f"mov {slot(active)}, rax"])
-    assert engine.saved and not engine.live
-    # The public counter decides the branch; the logical flags stay in their slot.
-    lines += [f"sub {slot(count)}, 1", "jne bl_top"]
-    # The dispatch selects the way out without a branch: the original header if the loop
-    # is still active after `bound` iterations (the bound was wrong: finish in the
-    # original), else the recorded exit; induction variables get their values at the exit.
-    target = engine.alloc()
-    t1 = slot(engine.t1)
-    lines += [f"mov {t1}, rax", f"mov {slot(engine.t2)}, rcx", f"movabs rax, {goto(header)}"]
-    for e in exits:
-        lines += [f"movabs rcx, {goto(e)}", f"cmp {slot(exit_id)}, {ids[e]:#x}",
-                  "cmove rax, rcx"]
-    lines += [f"mov {slot(target)}, rax", f"mov rcx, {slot(engine.t2)}", f"mov rax, {t1}",
-              f"cmp {slot(exit_id)}, 0"]
-    lines += [f"cmovne {r}, {slot(at)}" for r, at in recorded.items()]
-    lines += [*engine.load_flags(engine.fl), f"jmp {slot(target)}"]
-    return engine.finish(lines)
+    @staticmethod
+    def _first(first: dict[int, bool], key: int, at: int) -> str:
+        """``mov`` the mask into the slot ``at`` on the first edge, ``or`` it afterwards."""
+        if first[key]:
+            first[key] = False
+            return f"mov {slot(at)}, rax"
+        return f"or {slot(at)}, rax"
+
+    def _block(self, b: BlockView, late: Sequence[str] = ()) -> list[str]:
+        return self.engine.block(b, self.infos, self.engine.preds.get(b.start), self._inside,
+                                 self.npreds, self._glue(b.start),
+                                 frozenset(self.unmasked.get(b.start, ())), late)
+
+    def code(self, bound: int, exits: list[int]) -> list[str]:
+        engine, shape = self.engine, self.shape
+        lines = [INIT, f"mov {slot(self.active)}, 0xffffffffffffffff",
+                 f"mov {slot(self.exit_id)}, 0",
+                 *(f"mov {slot(at)}, 0" for at in self.recorded.values()),
+                 f"mov {slot(self.count)}, {bound:#x}", *engine.flags_to_slot()]
+        engine.live = False  # every iteration starts with the flags in their slot
+        lines.append("bl_top:")
+        zero = [*self.gathered.values(), *([self.nxt] if self.or_back else [])]
+        lines += [f"mov {slot(z)}, 0" for z in zero]
+        lines += [f"mov {slot(at)}, {r}" for r, (at, _, _) in self.spread.items()]
+        late = [f"mov rax, {slot(self.nxt)}", f"mov {slot(self.active)}, rax"]
+        for n, node in enumerate(shape.order):
+            last = n == len(shape.order) - 1
+            if isinstance(node, Inner):
+                lines += self._inner(node, n)
+                if last:
+                    lines += [f"mov {slot(engine.t1)}, rax", *late,
+                              f"mov rax, {slot(engine.t1)}"]
+            else:
+                lines += self._block(node, late if last else ())
+        assert engine.saved and not engine.live
+        for r, (at, step, narrow) in self.spread.items():
+            sign = "+" if step >= 0 else "-"
+            lines += [f"mov {r}, {slot(at)}",
+                      f"lea {GPR32[r] if narrow else r}, [{r} {sign} {abs(step):#x}]"]
+        # The public counter decides the branch; the logical flags stay in their slot.
+        lines += [f"sub {slot(self.count)}, 1", "jne bl_top"]
+        return engine.finish(lines + self._dispatch(exits))
+
+    def _inner(self, inner: Inner, n: int) -> list[str]:
+        """An inner loop: its body ``bound`` times under its active flag (the entries' masks
+        ORed); still active after that, the bound was wrong: the original goes on from its
+        header.  Its induction variables get their values at its exit, or before it when
+        it did not run."""
+        engine, h = self.engine, inner.header
+        slots, rec = self.inner_slots[h], self.inner_rec[h]
+        lines = engine.flags_to_slot()
+        engine.live = False
+        lines += [f"mov {slot(snap)}, {r}" for r, (_, snap) in rec.items()]
+        lines += [f"mov {slot(at)}, 0" for at, _ in rec.values()]
+        if rec:
+            lines.append(f"mov {slot(slots['exited'])}, 0")
+        lines += [f"mov {slot(slots['count'])}, {self.bounds[h]:#x}", f"bl_inner{n}:"]
+        late = [f"mov rax, {slot(slots['nxt'])}", f"mov {slot(slots['active'])}, rax"]
+        for k, b in enumerate(inner.blocks):
+            lines += self._block(b, late if k == len(inner.blocks) - 1 else ())
+        assert engine.saved and not engine.live
+        lines += [f"sub {slot(slots['count'])}, 1", f"jne bl_inner{n}",
+                  f"cmp {slot(slots['active'])}, 0", f"je bl_done{n}",
+                  *engine.load_flags(engine.fl), f"jmp {goto(h)}", f"bl_done{n}:"]
+        if rec:
+            lines.append(f"cmp {slot(slots['exited'])}, 0")
+            for r, (at, snap) in rec.items():
+                lines += [f"cmove {r}, {slot(snap)}", f"cmovne {r}, {slot(at)}"]
+        return lines
+
+    def _dispatch(self, exits: list[int]) -> list[str]:
+        """Select the way out without a branch: the original header if the loop is still
+        active after `bound` iterations (the bound was wrong: finish in the original), else
+        the recorded exit; induction variables get their values at the exit."""
+        engine = self.engine
+        target = engine.alloc()
+        t1 = slot(engine.t1)
+        lines = [f"mov {t1}, rax", f"mov {slot(engine.t2)}, rcx",
+                 f"movabs rax, {goto(self.shape.header)}"]
+        for e in exits:
+            lines += [f"movabs rcx, {goto(e)}", f"cmp {slot(self.exit_id)}, {self.ids[e]:#x}",
+                      "cmove rax, rcx"]
+        lines += [f"mov {slot(target)}, rax", f"mov rcx, {slot(engine.t2)}", f"mov rax, {t1}",
+                  f"cmp {slot(self.exit_id)}, 0"]
+        lines += [f"cmovne {r}, {slot(at)}" for r, at in self.recorded.items()]
+        return [*lines, *engine.load_flags(engine.fl), f"jmp {slot(target)}"]
 
 
-def _reaches(start: int, edges: dict[int, list[int]], avoid: int, goal: set[int]) -> bool:
+def _reaches(start: int, edges: Mapping[int, Sequence[int]], avoid: int, goal: set[int]
+             ) -> bool:
     """Is a node of ``goal`` reachable from ``start`` without passing ``avoid``?"""
     seen, stack = {start}, [start]
     while stack:
@@ -215,49 +434,207 @@ def _step(info: InsnInfo, reg: str) -> bool:
     return False
 
 
-def induction_variables(region: RegionView, order: list[BlockView],
-                        infos: dict[int, InsnInfo]) -> dict[str, int]:
-    """Induction variables (see the module doc) -> the block that updates them."""
-    header = region.entry
-    members = {b.start for b in order}
-    edges = {b.start: [s for s in successors(b) if s in members and s != header]
-             for b in order}
-    latches = {b.start for b in order if header in successors(b)}
-    writers: dict[str, list[tuple[BlockView, InsnInfo]]] = {}
-    for b in order:
+def _public_start(info: InsnInfo, reg: str, public: frozenset[str]) -> bool:
+    """Does the instruction set ``reg`` (64- or 32-bit) from a constant or from registers
+    in ``public`` only: ``xor r, r``, ``mov r, imm``, ``mov r, p``, ``lea r, [p + ...]``?"""
+    insn = info.insn
+    ops = insn.op_str.split(", ")
+    if info.mems or len(ops) != 2 or ops[0] not in (reg, GPR32[reg]) \
+            or {r for r in info.writes if r in GPR} != {reg}:
+        return False
+    if insn.mnemonic == "xor":
+        return ops[1] == ops[0]
+    if insn.mnemonic in ("mov", "movabs", "lea"):
+        return all(r in public for r in info.reads if r in GPR)
+    return False
+
+
+def _writers(blocks: Sequence[BlockView], infos: dict[int, InsnInfo]
+             ) -> dict[str, list[tuple[BlockView, InsnInfo]]]:
+    """General register -> the instructions (with their blocks) that write it."""
+    out: dict[str, list[tuple[BlockView, InsnInfo]]] = {}
+    for b in blocks:
         for insn in body(b):
             for r in infos[insn.address].writes:
                 if r in GPR:
-                    writers.setdefault(r, []).append((b, infos[insn.address]))
-    out: dict[str, int] = {}
-    for r, ws in writers.items():
-        if len(ws) != 1 or not _step(ws[0][1], r):
-            continue
-        b = ws[0][0]
-        position = [x.start for x in order].index(b.start)
-        if b.start != header and (
-                _reaches(header, edges, b.start, latches)  # an iteration may skip it
-                or any(_reaches(header, edges, b.start, {later.start})
-                       for later in order[position + 1:])):  # it does not dominate
-            continue
-        out[r] = b.start
+                    out.setdefault(r, []).append((b, infos[insn.address]))
     return out
 
 
-def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, InsnInfo],
-                  ivs: frozenset[str]) -> None:
-    """The memory-safety rule of the module doc, for every access of the body."""
-    header = region.entry
-    members = {b.start for b in order}
-    edges: dict[int, list[int]] = {}
+def _every_iteration(header: int, edges: Mapping[int, Sequence[int]], latches: set[int],
+                     order: Sequence[BlockView], start: int) -> bool:
+    """Does every iteration that goes on (reaches a latch) run the block at ``start``, and
+    does it dominate the blocks after it in ``order``?"""
+    if start == header:
+        return True
+    position = [b.start for b in order].index(start)
+    return not (_reaches(header, edges, start, latches)
+                or any(_reaches(header, edges, start, {later.start})
+                       for later in order[position + 1:]))
+
+
+def induction_variables(region: RegionView, order: list[BlockView],
+                        infos: dict[int, InsnInfo]) -> dict[str, int]:
+    """The outer loop's induction variables (see the module doc) -> the block that updates
+    them (``order``: the region's blocks in the order they run)."""
+    return _outer_ivs(nest(region.entry, region.blocks, region.bias), order, infos)
+
+
+def _outer_ivs(shape: Nest, order: list[BlockView], infos: dict[int, InsnInfo]
+               ) -> dict[str, int]:
+    """Registers whose one write in the region is a step in an outer block that every
+    continuing iteration runs (module doc) -> that block."""
+    latches = {a for a in shape.edges if any(s == shape.header for s in _succ(order, a))}
+    out: dict[str, int] = {}
+    for r, ws in _writers(order, infos).items():
+        if len(ws) != 1 or not _step(ws[0][1], r) or shape.inner_of(ws[0][0].start):
+            continue
+        if _every_iteration(shape.header, shape.edges, latches, order, ws[0][0].start):
+            out[r] = ws[0][0].start
+    return out
+
+
+_SIGNED_LEA = re.compile(r"\w+, \[\w+ ([+-]) (0x[0-9a-f]+|\d+)\]$")
+
+
+def _step_of(info: InsnInfo, reg: str) -> tuple[int, bool] | None:
+    """(what a step instruction adds to ``reg``, whether it writes the 32-bit register),
+    or None for an instruction that is not a step of ``reg``."""
+    if not _step(info, reg):
+        return None
+    insn = info.insn
+    ops = insn.op_str.split(", ")
+    narrow = ops[0] != reg
+    if insn.mnemonic in ("inc", "dec"):
+        return (1 if insn.mnemonic == "inc" else -1), narrow
+    if insn.mnemonic in ("add", "sub"):
+        value = int(ops[1], 0)
+        return (value if insn.mnemonic == "add" else -value), narrow
+    m = _SIGNED_LEA.match(insn.op_str)
+    assert m is not None  # _step matched it
+    value = int(m.group(2), 0)
+    return (value if m.group(1) == "+" else -value), narrow
+
+
+def _spread_ivs(shape: Nest, order: list[BlockView], infos: dict[int, InsnInfo],
+                single: dict[str, int]) -> dict[str, tuple[int, bool]]:
+    """Outer induction variables stepped in several blocks (a latch the compiler
+    duplicated, module doc) -> (the step, 32-bit): every write is the same step in an
+    outer block, every path through an iteration that goes on passes exactly one, and no
+    address is computed from the register after a step in the iteration."""
+    latches = {a for a in shape.edges if shape.header in _succ(order, a)}
+    out: dict[str, tuple[int, bool]] = {}
+    for r, ws in _writers(order, infos).items():
+        if r in single or len(ws) < 2:
+            continue
+        steps = {_step_of(i, r) for _, i in ws}
+        blocks = {b.start for b, _ in ws}
+        if len(steps) != 1 or None in steps or len(blocks) != len(ws) \
+                or any(shape.inner_of(b) for b in blocks):
+            continue
+        step = steps.pop()
+        assert step is not None
+        if _one_step_per_iteration(shape, order, blocks, latches) \
+                and not _addressed_after(shape, infos, r, ws):
+            out[r] = step
+    return out
+
+
+def _one_step_per_iteration(shape: Nest, order: list[BlockView], steps: set[int],
+                            latches: set[int]) -> bool:
+    """Does every path from the header to a latch pass exactly one block of ``steps``?"""
+    counts: dict[int, set[int]] = {b.start: set() for b in order}
+    counts[shape.header] = {0}
     for b in order:
-        succ = successors(b)
-        edges[b.start] = [s for s in succ if s in members and s != header]
-        if any(s == header or s not in members for s in succ):
+        here = {min(c + (b.start in steps), 2) for c in counts[b.start]}
+        if b.start in latches and here != {1}:
+            return False
+        for s in shape.edges[b.start]:
+            counts[s] |= here
+    return True
+
+
+def _addressed_after(shape: Nest, infos: dict[int, InsnInfo], reg: str,
+                     ws: list[tuple[BlockView, InsnInfo]]) -> bool:
+    """Is an address computed from ``reg`` after one of its steps ``ws``, in the step's
+    block or in a block reachable from it in the iteration?"""
+    by_start = {b.start: b for b in shape.flat()}
+    seen: set[int] = set()
+    stack = [s for b, _ in ws for s in shape.edges[b.start]]
+    for b, info in ws:
+        after = [i for i in body(b) if i.address > info.insn.address]
+        if any(reg in m.regs for i in after for m in infos[i.address].mems):
+            return True
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if any(reg in m.regs for i in body(by_start[n]) for m in infos[i.address].mems):
+            return True
+        stack += list(shape.edges[n])
+    return False
+
+
+def _succ(order: Sequence[BlockView], start: int) -> list[int]:
+    return next(successors(b) for b in order if b.start == start)
+
+
+def _inner_ivs(shape: Nest, inner: Inner, infos: dict[int, InsnInfo], ivs: dict[str, int]
+               ) -> dict[str, tuple[int, int]]:
+    """An inner loop's induction variables -> (the outer block that starts them, the
+    inner block that steps them): registers written exactly twice in the region, once by
+    a step that every continuing iteration of the inner loop runs, once in an outer block
+    that every continuing outer iteration runs before the inner loop, from a constant or
+    from outer induction variables and registers the region does not write."""
+    order = shape.flat()
+    writers = _writers(order, infos)
+    public = frozenset(GPR.values()) - writers.keys() | ivs.keys()
+    edges = {a: [s for s in succ if s in inner.members] for a, succ in shape.edges.items()
+             if a in inner.members}
+    latches = {a for a in shape.edges if any(s == shape.header for s in _succ(order, a))}
+    out: dict[str, tuple[int, int]] = {}
+    for r, ws in writers.items():
+        steps = [(b, i) for b, i in ws if b.start in inner.members]
+        starts = [(b, i) for b, i in ws if shape.inner_of(b.start) is None]
+        if len(ws) != 2 or len(steps) != 1 or len(starts) != 1:
+            continue
+        (sb, si), (ib, ii) = steps[0], starts[0]
+        if not _step(si, r) or not _public_start(ii, r, public - {r}):
+            continue
+        if not _every_iteration(inner.header, edges, set(inner.latches), inner.blocks,
+                                sb.start):
+            continue
+        if ib.start != shape.header and (
+                _reaches(shape.header, shape.edges, ib.start, latches | {inner.header})):
+            continue  # an outer iteration may go on, or enter the loop, without it
+        out[r] = (ib.start, sb.start)
+    return out
+
+
+def _check_memory(region: RegionView, shape: Nest, infos: dict[int, InsnInfo],
+                  ivs: frozenset[str], inner_ivs: dict[int, dict[str, tuple[int, int]]]
+                  ) -> None:
+    """The memory-safety rule of the module doc, for every access of the body: outer
+    blocks may address through the outer induction variables, an inner loop's blocks
+    through those and its own."""
+    header = region.entry
+    edges: dict[int, list[int]] = {}
+    for b in shape.flat():
+        edges[b.start] = list(shape.edges[b.start])
+        if any(s == header or s not in shape.edges for s in successors(b)):
             edges[b.start].append(-1)  # the iteration ends here
-    check_accesses(order, infos, region.bias, header, edges,
-                   computed_by="the loop computes (not an induction variable)",
-                   every_path="through an iteration", induction=ivs)
+    groups: list[tuple[list[BlockView], frozenset[str]]] = [
+        ([b for b in shape.order if isinstance(b, BlockView)], ivs)]
+    groups += [(list(i.blocks), ivs | inner_ivs[i.header].keys()) for i in shape.inners]
+    for blocks, induction in groups:
+        inside = {b.start for b in blocks}
+        others = frozenset(r for b in shape.flat() if b.start not in inside
+                           for i in body(b) for r in infos[i.address].writes)
+        check_accesses(blocks, infos, region.bias, header, edges,
+                       computed_by="the loop computes (not an induction variable)",
+                       every_path="through an iteration", induction=induction,
+                       also_written=others)
 
 
 PASS = WholeRegionPass("bounded-loop", "loop", bound_loop, before=INSN_PASSES)

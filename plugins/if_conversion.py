@@ -2,25 +2,35 @@
 
 Applies to regions the translator formed as ``branch`` (contract kind ``branch`` or none):
 a block ending in a conditional branch up to the branch's immediate post-dominator (the
-*join*), or up to the returns when the paths only meet by returning.  Diamonds, triangles
-and nested acyclic branches are supported.  A direct call in the region runs as an inline,
-predicated clone of its callee (plugins/support/clone.py; the region then always uses the
-predicated-block scheme).
+*join*), or up to the returns when the paths only meet by returning.  Diamonds, triangles,
+nested acyclic branches and DAGs (a tail both arms share) are supported.  Blocks that are
+also entered from outside the region (side entries, ``RegionView`` does not show them) are
+no concern: the translator's copy holds its own duplicate of each block and is entered only
+at the region's start, while those entries keep running the untouched original
+(leakdbt/dbt/region.py); shapes are judged on the region as the copy sees it.  A direct
+call in the region runs as an inline, predicated clone of its callee
+(plugins/support/clone.py; the region then always uses the predicated-block scheme).
 
 Method.  Every block of the region runs, whatever the secret, and the registers, flags and
 memory of the path the original takes are selected with ``cmov``.  Two schemes:
 
 - *Fork* (regions shaped as a tree: every block but the entry has one predecessor, and no
   conditional block stores to memory or touches xmm registers -- diamonds, triangles,
-  nested and return-joined branches).  At each branch the condition goes to a byte slot
-  (``setcc``), and the two arms run one after the other on the branch's state: registers
-  the first arm writes are snapshotted, saved after it (when the second arm reads or writes
-  them) and restored; then each register is selected once, ``cmov`` on the condition.  When
+  nested and return-joined branches; also a DAG, made a tree by duplicating each block
+  reached from several blocks once per path to it, when that gives at most
+  ``MAX_FORK_BLOCKS`` blocks and no duplicated block holds an instruction a per-instruction
+  pass may replace: a division, or a memory access through a register other than RSP,
+  since the translator lays each replacement out once).  At each branch the condition goes
+  to a byte slot (``setcc``), and the two arms run one after the other on the branch's
+  state: registers the first arm writes are snapshotted, saved after it (when the second
+  arm reads or writes them) and restored; then each register is selected once, ``cmov`` on
+  the condition.  When
   neither arm writes flags the cmovs use the branch's own live flags (no ``cmp``, no
   ``pushfq``); otherwise one ``cmp`` on the byte, and the arms' flags (``pushfq`` slots)
   are selected like a register.  The arm that needs the branch's flags runs first, so the
   second does not ``popfq`` them back when it defines its own.
-- *Predicated blocks* (any other acyclic region; plugins/support/predication.py): in a topological
+- *Predicated blocks* (any other acyclic region, e.g. with a shared tail, which runs once
+  under the OR of its predecessors' masks; plugins/support/predication.py): in a topological
   order, each block but the entry under a predicate slot, all-ones when the original would
   run it (``P & cond`` / ``P & ~cond`` of its predecessor's branch); an inactive block is
   undone after it ran: its registers (general and xmm), MXCSR, RFLAGS and the memory it
@@ -91,6 +101,8 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from leakdbt.plugin_api import (
     BlockView,
@@ -172,7 +184,9 @@ def if_convert(region: RegionView) -> list[str]:
         lines = engine.run(expanded, infos, lambda a, b: b in members, lambda t: [],
                            lambda b: _RSP if b in clones else frozenset())
     elif _is_tree(order, infos):
-        lines = _Fork(engine, {b.start: b for b in order}, infos).run(order[0])
+        tree = _fork_tree(order, infos)
+        assert tree is not None
+        lines = _Fork(engine, tree, infos).run()
     else:
         members = {b.start for b in region.blocks}
         lines = engine.run(order, infos, lambda a, b: b in members, lambda t: [])
@@ -181,29 +195,79 @@ def if_convert(region: RegionView) -> list[str]:
     return engine.finish(lines)
 
 
+MAX_FORK_BLOCKS = 64
+"""The most blocks the fork scheme's tree may hold once shared tails are duplicated."""
+
+
 def _is_tree(order: list[BlockView], infos: dict[int, InsnInfo]) -> bool:
-    """Can the fork scheme run the region: every block but the entry has one predecessor,
-    and none stores to memory or touches xmm registers?"""
-    members = {b.start for b in order}
-    preds: dict[int, int] = {}
-    for b in order:
-        for t in successors(b):
-            if t in members:
-                preds[t] = preds.get(t, 0) + 1
-    if any(n > 1 for n in preds.values()):
-        return False
+    """Can the fork scheme run the region: no conditional block stores to memory or
+    touches xmm registers, and the region is a tree once each block reached from several
+    of its blocks is duplicated (see :func:`_fork_tree`)?  Entries from outside the region
+    do not count: the copy is entered only at its start."""
     for b in order[1:]:
         for insn in body(b):
             info = infos[insn.address]
             if any(m.write for m in info.mems) or (info.reads | info.writes) & XMM:
                 return False
-    return True
+    return _fork_tree(order, infos) is not None
+
+
+def _replaceable(info: InsnInfo) -> bool:
+    """May a per-instruction pass replace this instruction (ct-division a division,
+    oblivious-table an access through a register other than RSP)?  The translator lays
+    each replacement out once, so such an instruction is not duplicated."""
+    return info.divisor is not None or any(m.regs - {"rsp"} for m in info.mems)
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """The region as the fork scheme runs it: node 0 is the entry; each node is a block of
+    the region (``views``) and its children by successor address (``kids``).  A block
+    reached from several blocks (a shared tail) is one node per path to it: a duplicate
+    with its own key, whose ``.insn`` lines repeat the block's instructions."""
+
+    views: tuple[BlockView, ...]
+    kids: tuple[dict[int, int], ...]
+
+
+def _fork_tree(order: list[BlockView], infos: dict[int, InsnInfo]) -> _Tree | None:
+    """The region (acyclic, ``order`` topological) as a :class:`_Tree`, or None when it
+    would hold more than MAX_FORK_BLOCKS nodes or a duplicated block holds an instruction
+    another pass may replace (:func:`_replaceable`)."""
+    by_start = {b.start: b for b in order}
+    paths = dict.fromkeys(by_start, 0)
+    paths[order[0].start] = 1
+    for b in order:
+        for t in successors(b):
+            if t in by_start:
+                paths[t] += paths[b.start]
+    if sum(paths.values()) > MAX_FORK_BLOCKS:
+        return None
+    for b in order:
+        if paths[b.start] > 1 and any(_replaceable(infos[i.address]) for i in body(b)):
+            return None
+    views: list[BlockView] = []
+    kids: list[dict[int, int]] = []
+
+    def add(block: BlockView) -> int:
+        key = len(views)
+        views.append(block)
+        kids.append({})
+        for t in successors(block):
+            if t in by_start:
+                kids[key][t] = add(by_start[t])
+        return key
+
+    add(order[0])
+    return _Tree(tuple(views), tuple(kids))
 
 
 class _Fork:
-    """Tree-shaped regions (every block but the entry has one predecessor, no stores, no
-    xmm): the arms of each branch run one after the other on the branch's state, and each
-    register is then selected once with ``cmov`` on the saved condition.
+    """Tree-shaped regions (every block but the entry has one predecessor once shared
+    tails are duplicated, :class:`_Tree`; no stores, no xmm): the arms of each branch run
+    one after the other on the branch's state, and each register is then selected once
+    with ``cmov`` on the saved condition.  A duplicated tail runs once per arm, each copy
+    on its arm's state, like any other block of the arm.
 
     At a branch with condition byte ``c`` (``setcc``) and arms X (run first) and Y:
     registers X writes are snapshotted; after X, those Y reads or writes are saved as X's
@@ -216,10 +280,10 @@ class _Fork:
     reads flags that are not in the register.
     """
 
-    def __init__(self, engine: Engine, blocks: dict[int, BlockView],
-                 infos: dict[int, InsnInfo]) -> None:
+    def __init__(self, engine: Engine, tree: _Tree, infos: dict[int, InsnInfo]) -> None:
         self.e = engine
-        self.blocks = blocks
+        self.views = tree.views  # by node key
+        self.kids = tree.kids
         self.infos = infos
         self.cur = 0  # the logical flags (a value identity)
         self.reg: int | None = 0  # the flags value in the register (None: unknown)
@@ -229,8 +293,8 @@ class _Fork:
         self.copy: dict[str, int] = {}  # register -> a slot holding its current value
         self.out: list[str] = []
 
-    def run(self, entry: BlockView) -> list[str]:
-        self.node(entry.start, first=True)
+    def run(self) -> list[str]:
+        self.node(0, first=True)
         self.to_reg(self.cur)
         # A condition byte nothing tests (the cmovs used the branch's flags) is not set.
         used = {_operand(line) for line in self.out if line.startswith("cmp byte ptr")}
@@ -240,10 +304,10 @@ class _Fork:
     # -- analysis of subtrees ------------------------------------------------------------
 
     def insns(self, start: int) -> list[InsnInfo]:
-        return [self.infos[i.address] for i in body(self.blocks[start])]
+        return [self.infos[i.address] for i in body(self.views[start])]
 
     def children(self, start: int) -> list[int]:
-        return [t for t in successors(self.blocks[start]) if t in self.blocks]
+        return list(self.kids[start].values())
 
     def subtree(self, start: int) -> list[int]:
         out = [start]
@@ -265,7 +329,7 @@ class _Fork:
     def needs_flags(self, start: int) -> bool:
         """Does the subtree read the flags it starts with?"""
         insns = self.insns(start)
-        branch = terminator(self.blocks[start]).kind == "branch"
+        branch = terminator(self.views[start]).kind == "branch"
         if needs_flags(insns, branch):
             return True
         if writes_flags(insns) or branch:
@@ -293,7 +357,7 @@ class _Fork:
     # -- emission ------------------------------------------------------------------------
 
     def node(self, start: int, first: bool = False) -> None:
-        block = self.blocks[start]
+        block = self.views[start]
         term = terminator(block)
         insns = self.insns(start)
         if needs_flags(insns, term.kind == "branch"):
@@ -313,8 +377,8 @@ class _Fork:
             for k in kids:
                 self.node(k)
             return
-        taken = term.taken if term.taken in self.blocks else None
-        fall = term.fall if term.fall in self.blocks else None
+        taken = self.kids[start].get(term.taken) if term.taken is not None else None
+        fall = self.kids[start].get(term.fall) if term.fall is not None else None
         if taken is None and fall is None:
             return
         c = self.e.alloc()

@@ -16,6 +16,15 @@ the pass applies to the accesses it can tie to a known table) contains loads or 
   ``params["length"]`` overrides its size.  An access with no register besides the anchor
   is a constant address and is left alone.
 
+Heap tables.  A ``table`` region for which neither gives bounds (no contract table, no
+``params["table"]``, no access tied to an ELF object) is a heap table (:func:`heap_accesses`):
+every register-addressed access of it gets the bounds of the guest allocation holding its
+effective address *at run time*, from the ``.bounds`` line of :func:`heap_access`
+(:func:`leakdbt.plugin_api.allocation_bounds`; how leakdbt learns allocations, and what
+happens when it cannot: docs/passes.md, "Heap tables").  The scan's span and trip count
+are then computed from those bounds; unknown bounds (0, 0) make the scan empty and the
+access out of contract, so the original instruction runs.
+
 ``params["granularity"]`` (default ``params["line_size"]``, else the profile's line size) is
 the unit an observer can tell apart: the cache line, or the intra-line unit.
 
@@ -75,8 +84,10 @@ followed by one of
   0x... ({L} bytes) is smaller than its {w}-byte accesses``;
 - ``table at 0x... ({L} bytes) needs {n} loads per lookup (limit 65536)``.
 
-For the region: ``no load or store in {region} indexes a known table: ...`` and
-``granularity {g} is not a power of two up to 4096``.
+For the region: ``no load or store in {region} indexes a known table: ...`` (nor could be a
+heap table) and ``granularity {g} is not a power of two up to 4096``.  Heap-table accesses
+are refused for the same per-access reasons; their alignment, size and unit count are
+checked at run time (the translator's cap on the allocation size, 64 KiB).
 """
 
 from __future__ import annotations
@@ -98,6 +109,7 @@ from leakdbt.plugin_api import (
     Refusal,
     RegionView,
     Rewrite,
+    allocation_bounds,
     detail,
     detail_constants,
     goto,
@@ -105,7 +117,7 @@ from leakdbt.plugin_api import (
 )
 
 __all__ = ["MAX_UNITS", "PASS", "ObliviousTable", "TableAccess", "find_accesses",
-           "oblivious_access"]
+           "heap_access", "heap_accesses", "oblivious_access"]
 
 MAX_UNITS = 1 << 16
 """The largest number of units (loads per lookup) the pass accepts for one table."""
@@ -114,10 +126,11 @@ MASK64 = (1 << 64) - 1
 
 _SCRATCH = ("rax", "rcx", "rdx", "rsi", "rdi", "r8")  # saved, in push order
 _FRAME = RED_ZONE + 8 * (1 + len(_SCRATCH))  # below the original RSP: red zone, RFLAGS, regs
-# Three quadwords at the bottom of the per-instruction scratch (original RSP - 0x280):
-# the selected/stored value, the scan base and the wanted unit's offset.
+# Quadwords at the bottom of the per-instruction scratch (original RSP - 0x280): the
+# selected/stored value, the scan base and the wanted unit's offset; for a heap table also
+# the allocation's start and size (written by the translator at ``.bounds``) and the span.
 _SLOT = REGION_SCRATCH
-assert _FRAME + 24 <= _SLOT <= RED_ZONE + INSN_SCRATCH
+assert _FRAME + 48 <= _SLOT <= RED_ZONE + INSN_SCRATCH
 _LOAD = {1: ("movzx edx, byte ptr", "dl"), 2: ("movzx edx, word ptr", "dx"),
          4: ("mov edx, dword ptr", "edx"), 8: ("mov rdx, qword ptr", "rdx")}
 _MEMORY = re.compile(r"\[[^\]]*\]")
@@ -365,6 +378,90 @@ def oblivious_access(access: TableAccess, table: int, length: int, granularity: 
     return lines
 
 
+def heap_access(access: TableAccess, granularity: int) -> list[str]:
+    """The replacement lines for ``access`` into a table whose bounds are known only at run
+    time: those of the guest allocation containing its effective address, which the
+    translator writes into two slots at the ``.bounds`` line
+    (:func:`leakdbt.plugin_api.allocation_bounds`).  Otherwise as :func:`oblivious_access`,
+    except that the span and the trip count of the scan are computed from those slots: every
+    ``granularity``-byte unit of [start, start + size) is read, in a fixed order.  Unknown
+    bounds (both slots 0) make the access out of contract and the scan empty: the original
+    instruction then runs on the original address."""
+    w = access.width
+    s = max(granularity, w)
+    log = s.bit_length() - 1
+    load, store_reg = _LOAD[w]
+    insn = access.insn
+    lines = _frame_enter() + [
+        f"lea rsi, [{access.address}]",  # EA, as the instruction computes it
+        allocation_bounds("rsi", _SLOT - _FRAME - 24),  # T into slot 3, L into slot 4
+        f"mov rdi, {_slot(3)}",
+        "mov rcx, rsi", "sub rcx, rdi",  # EA - T
+        f"mov rdx, {_slot(4)}",
+        "xor r8d, r8d",
+        f"sub rdx, {_hex(w)}", "adc r8d, 0",  # L < w (unknown bounds: L = 0)
+        "cmp rdx, rcx", "adc r8d, 0",  # out of bounds: EA - T > L - w (unsigned)
+        "mov eax, esi", f"and eax, {_hex(s - 1)}",  # EA's offset in its unit
+        f"mov edx, {_hex(s - w)}",
+        "cmp edx, eax", "adc r8d, 0",  # straddles two units
+        "neg r8d", "sbb r8, r8", "not r8",  # all ones: in contract
+        "and rax, r8",  # offset in the unit (0 when not in contract)
+        "mov rdx, rdi", f"shr rdx, {_hex(log)}", f"shl rdx, {_hex(log)}",  # U0
+        "mov rcx, rdi", f"add rcx, {_slot(4)}", f"add rcx, {_hex(s - 1)}",
+        f"shr rcx, {_hex(log)}", f"shl rcx, {_hex(log)}",  # the s-aligned end of the span
+        "sub rcx, rdx", f"mov {_slot(5)}, rcx",  # span bytes (0 for unknown bounds)
+        "mov rdi, rsi", "sub rdi, rdx",
+        f"shr rdi, {_hex(log)}", f"shl rdi, {_hex(log)}",  # offset of EA's unit in the span
+        "lea rsi, [rdx + rax]",  # scan base: U0 + offset in unit
+    ]
+    if access.reads:
+        lines += [
+            "xor eax, eax", "xor ecx, ecx", "jmp ot_test",
+            "ot_read:",
+            f"{load} [rsi + rcx]",
+            "cmp rcx, rdi", "cmove rax, rdx",
+            f"add rcx, {_hex(s)}",
+            "ot_test:",
+            f"cmp rcx, {_slot(5)}", "jb ot_read",
+            f"mov {_slot(0)}, rax",
+        ]
+    if access.writes:
+        lines += [f"mov {_slot(1)}, rsi", f"mov {_slot(2)}, rdi"]
+    lines += ["test r8, r8", "je ot_outside", *_frame_leave(),
+              _MEMORY.sub(f"[rsp - {_hex(_SLOT)}]", insn.text, count=1)]
+    if access.writes:  # in contract: the span holds at least EA's unit
+        lines += _frame_enter() + [
+            f"mov rax, {_slot(0)}", f"mov rsi, {_slot(1)}", f"mov rdi, {_slot(2)}",
+            "xor ecx, ecx",
+            "ot_write:",
+            f"{load} [rsi + rcx]",
+            "cmp rcx, rdi", "cmove rdx, rax",
+            f"mov {load.split()[-2]} ptr [rsi + rcx], {store_reg}",
+            f"add rcx, {_hex(s)}", f"cmp rcx, {_slot(5)}",
+            "jb ot_write",
+        ] + _frame_leave()
+    lines += ["jmp ot_done", "ot_outside:", *_frame_leave(), original(insn.address),
+              "ot_done:"]
+    return lines
+
+
+def heap_accesses(region: RegionView) -> list[TableAccess]:
+    """The accesses of a ``table`` region that get run-time allocation bounds: when the
+    contract gives no table and no access can be tied to an ELF data object, every memory
+    access whose address uses a register (other than RSP/RIP) and is not constant."""
+    if region.kind != "table" or region.table is not None or "table" in region.params:
+        return []
+    if find_accesses(region):
+        return []
+    out = []
+    for block in region.blocks:
+        for at in range(len(block.insns)):
+            access = _inspect(block.insns, at, region)
+            if access is not None:
+                out.append(access)
+    return out
+
+
 def _check_table(access: TableAccess, table: int, length: int, granularity: int
                  ) -> str | None:
     """Why ``access`` into this table (runtime address) cannot be made oblivious, or None."""
@@ -389,10 +486,15 @@ def harden_region(region: RegionView, profile: ProfileView | None = None) -> Rew
         return granularity
     found = find_accesses(region)
     if not found:
+        heap = heap_accesses(region)
+        if heap:
+            return _harden_heap(heap, region, granularity)
         return Refusal(
             f"no load or store in {region.name} indexes a known table: its bounds are "
             "neither in the contract nor those of an ELF data symbol at the address the "
-            "code uses (name the table and its length in the contract)")
+            "code uses, and it has no register-addressed access whose bounds could come "
+            "from its allocation at run time (name the table and its length in the "
+            "contract)")
     replace: dict[int, tuple[str, ...]] = {}
     for access, (table, length) in found:
         problem = access.problem or _check_table(access, table + region.bias, length,
@@ -402,6 +504,17 @@ def harden_region(region: RegionView, profile: ProfileView | None = None) -> Rew
                            f"{problem}")
         replace[access.insn.address] = tuple(
             oblivious_access(access, table, length, granularity))
+    return Rewrite(replace=replace)
+
+
+def _harden_heap(heap: list[TableAccess], region: RegionView, granularity: int
+                 ) -> Rewrite | Refusal:
+    replace: dict[int, tuple[str, ...]] = {}
+    for access in heap:
+        if access.problem is not None:
+            return Refusal(f"'{access.insn.text}' at {access.insn.address + region.bias:#x}: "
+                           f"{access.problem}")
+        replace[access.insn.address] = tuple(heap_access(access, granularity))
     return Rewrite(replace=replace)
 
 

@@ -29,12 +29,23 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from leakdbt.analysis.findings import AnalysisFinding, AnalysisReport
 from leakdbt.analysis.functions import function_regions
+from leakdbt.analysis.grow import (
+    Candidates,
+    Growth,
+    call_site_branch,
+    enclosing_loops,
+    function_branch,
+    grow,
+    judge_with,
+    refused_comment,
+)
 from leakdbt.analysis.loops import LoopCounter
-from leakdbt.analysis.suggest import exit_loops, regions
+from leakdbt.analysis.suggest import TOOL, LoopCandidate, _inner_bounds, exit_loops, regions
 from leakdbt.analysis.taint import LINE, WITHIN_LINE, TaintedUse, TaintTracker
 from leakdbt.contract import loads
 from leakdbt.contract.dump import dumps
@@ -42,6 +53,7 @@ from leakdbt.contract.edit import RegionEntry, add_regions
 from leakdbt.contract.mapping import Observer, observers
 from leakdbt.contract.model import Contract, FileSource, StdinSource
 from leakdbt.contract.profiles import Profile, host_profile
+from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.dispatch import Dispatcher, Mode
 from leakdbt.errors import LeakDBTError
 from leakdbt.leakage.check import trial_setup
@@ -53,7 +65,7 @@ from leakdbt.machine.machine import Machine
 from leakdbt.run.scope import FunctionScope, scoped_functions
 from leakdbt.run.secrets import place_in_process
 from leakdbt.run.session import execute
-from leakdbt.x86.insn import decode
+from leakdbt.x86.insn import Flow, decode
 
 
 def analyze(binary: str, contract: Contract, args: list[str] | None = None,
@@ -106,8 +118,8 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
             if place.module_path else None,
             secrets=names, count=f.count, table=_table(modules, f.targets)))
     places = {f.location: _place(modules, f.address) for f in report.findings}
-    report.regions, report.covering, more = _suggest(report.findings, places, binary,
-                                                     contract, profile, trial, rw)
+    report.regions, report.covering, report.growth, more = _suggest(
+        report.findings, places, binary, contract, profile, trial, rw)
     report.runs += more
     report.seconds = time.monotonic() - started
     return report
@@ -168,16 +180,18 @@ def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profi
 
 def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: str,
              contract: Contract, profile: Profile, trial: TrialInput, rw: Sequence[str]
-             ) -> tuple[list[RegionEntry], dict[str, RegionEntry], int]:
-    """The regions for ``findings`` (leakdbt.analysis.suggest), the region covering each
-    finding, and the runs it took.  Whole-function regions take a run hardened with them,
-    to see which findings they remove; loop bounds take a run that counts the iterations of
-    the loops that secret branches leave."""
+             ) -> tuple[list[RegionEntry], dict[str, RegionEntry], list[Growth], int]:
+    """The regions for ``findings`` (leakdbt.analysis.suggest), grown until a pass accepts
+    them (leakdbt.analysis.grow), the region covering each finding, what growing tried, and
+    the runs it took.  Whole-function regions take a run hardened with them, to see which
+    findings they remove; loop bounds take a run that counts the iterations of the loops
+    that secret branches leave; growing takes one more when a suggestion is refused."""
     functions = function_regions(places.values(), contract, profile)
     removed = _removed_by(functions, findings, binary, contract, profile, trial, rw) \
         if functions else set()
     loops = exit_loops(findings, places, set(functions))
     trips: dict[str, tuple[int, ...]] = {}
+    inner: dict[str, dict[int, int]] = {}
     if loops:
         counter: list[LoopCounter] = []
 
@@ -196,8 +210,180 @@ def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: 
         _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile, watch, taint=False)
         trips = {loop.at: counter[0].trips(loop.at) if counter else ()
                  for loop in loops.values()}
-    return (*regions(findings, places, functions, removed, loops, trips),
-            bool(functions) + bool(loops))
+        inner = {loop.at: counter[0].inner_trips(loop.at) if counter else {}
+                 for loop in loops.values()}
+    entries, covering = regions(findings, places, functions, removed, loops, trips, inner)
+    grown, covering, growths, more = _grow(entries, covering, places, binary, contract,
+                                           profile, trial, rw)
+    return grown, covering, growths, bool(functions) + bool(loops) + more
+
+
+def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
+          places: dict[str, Place], binary: str, contract: Contract, profile: Profile,
+          trial: TrialInput, rw: Sequence[str]
+          ) -> tuple[list[RegionEntry], dict[str, RegionEntry], list[Growth], int]:
+    """Each suggested region, or the smallest region grown around it that a pass accepts
+    (leakdbt.analysis.grow); a region none is accepted for stays, with a comment saying so.
+    The loops and callers growing needs are measured in one untainted run, made only when
+    a suggestion is refused."""
+    if not entries:
+        return entries, covering, [], 0
+    judge = judge_with(contract, profile)
+    judge(entries)  # one batch: later calls hit its memo
+    holding: dict[RegionEntry, list[str]] = {}
+    for location, e in covering.items():
+        holding.setdefault(e, []).append(location)
+    refused = [e for e, (ok, _) in zip(entries, judge(entries), strict=True) if not ok]
+    sites = _GrowSites(places, refused, holding)
+    runs = 0
+    if refused and (sites.loops or sites.functions):
+        _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile, sites.watch,
+             taint=False)
+        runs = 1
+    out: list[RegionEntry] = []
+    growths = []
+    chosen: dict[RegionEntry, RegionEntry] = {}
+    for e in entries:
+        g = grow(e, holding.get(e, []), judge, partial(sites.candidates, e))
+        growths.append(g)
+        if g.chosen:
+            out += g.chosen
+            chosen[e] = g.chosen[0]
+        else:
+            out.append(chosen.setdefault(e, replace(e, comment=refused_comment(g))))
+    return (list(dict.fromkeys(out)), {k: chosen.get(v, v) for k, v in covering.items()},
+            growths, runs)
+
+
+class _GrowSites:
+    """Where growing looks for a refused region: the loops holding its first finding's
+    block and the function holding it (whose callers a run records)."""
+
+    def __init__(self, places: dict[str, Place], refused: list[RegionEntry],
+                 holding: dict[RegionEntry, list[str]]) -> None:
+        self.loops: dict[str, LoopCandidate] = {}  # by the header as contracts write it
+        self.functions: dict[tuple[str | None, int], Any] = {}  # (module, entry) -> symbol
+        self.where: dict[RegionEntry, tuple[Place, Any, Any, list[str]]] = {}
+        self.returns: dict[tuple[str | None, int], list[int]] = {}  # runtime addresses
+        self.modules: ModuleMap | None = None
+        self.counter: LoopCounter | None = None
+        for e in refused:
+            located = [places[loc] for loc in holding.get(e, []) if loc in places]
+            place = next((p for p in located if p.module_path), None)
+            image = image_of(place.module_path) if place is not None else None
+            func = image.function_containing(place.link_address) \
+                if image is not None and place is not None else None
+            if place is None or image is None or func is None:
+                continue
+            try:
+                cfg = function_cfg(image, func)
+            except LeakDBTError:
+                continue
+            block = cfg.block_at(place.link_address)
+            if block is None:
+                continue
+            module = None if place.is_main else place.module
+            name = _namer(place, image)
+            at_loops = []
+            for loop in enclosing_loops(cfg, block.start, name):
+                at = name(loop.entry)
+                self.loops[at] = LoopCandidate(at, module, loop, -1)
+                at_loops.append(at)
+            self.functions[(module, func.value)] = func
+            self.where[e] = (place, cfg, block.start, at_loops)
+
+    def watch(self, machine: Machine, modules: ModuleMap) -> None:
+        """The hooks of the growing run: loops counted as they run, callers recorded."""
+        self.modules = modules
+        self.counter = counter = LoopCounter(machine)
+
+        def returns_to(key: tuple[str | None, int]) -> Callable[[int, int], None]:
+            seen = self.returns.setdefault(key, [])
+
+            def hook(_address: int, _size: int) -> None:
+                back = int.from_bytes(machine.mem.read(machine.reg("rsp"), 8), "little")
+                if back not in seen:
+                    seen.append(back)
+            return hook
+
+        def on_module(mod: LoadedModule) -> None:
+            for loop in self.loops.values():
+                if mod.is_named(loop.module):
+                    counter.watch(loop.at, loop.region, loop.branch, mod.base)
+            for (module, entry) in self.functions:
+                if mod.is_named(module):
+                    machine.hooks.at(entry + mod.base, returns_to((module, entry)))
+
+        for mod in modules.modules():
+            on_module(mod)
+        modules.listeners.append(on_module)
+
+    def candidates(self, e: RegionEntry) -> Candidates:
+        """Steps 2 to 4 of growing ``e`` (leakdbt.analysis.grow)."""
+        out = Candidates()
+        if e not in self.where:
+            return out
+        place, cfg, block, at_loops = self.where[e]
+        image = image_of(place.module_path)
+        assert image is not None
+        for at in at_loops:
+            trips = self.counter.trips(at) if self.counter is not None else ()
+            if not trips:
+                out.loops.append(f"the loop at {at} ended no entry in the run: no bound")
+                continue
+            inner = self.counter.inner_trips(at) if self.counter is not None else {}
+            bound = max(trips)
+            why = (f"{TOOL}: grown from {e.at} (refused); the run entered it {len(trips)} "
+                   f"time(s), at most {bound} iterations (the bound)")
+            if min(trips) < bound:
+                why += (f", {min(trips)} on some: check that every buffer it walks has room "
+                        f"for {bound}")
+            bounds, why = _inner_bounds(at, inner, why)
+            out.loops.append(RegionEntry(at, "loop", why, bound=bound, inner_bounds=bounds))
+        name = _namer(place, image)
+        whole = function_branch(cfg, block, name)
+        if whole is not None:
+            out.function = RegionEntry(whole, "branch", f"{TOOL}: grown from {e.at} (refused) "
+                                                        "to the whole function")
+        module = None if place.is_main else place.module
+        func = image.function_containing(place.link_address)
+        assert func is not None
+        for back in self.returns.get((module, func.value), []):
+            out.call_sites.append(self._call_site(back, e, cfg.name))
+        return out
+
+    def _call_site(self, back: int, e: RegionEntry, callee: str) -> RegionEntry | str:
+        """The branch region around the call that returns to runtime ``back``."""
+        mod = self.modules.find(back) if self.modules is not None else None
+        image = mod.image if mod is not None else None
+        func = image.function_containing(back - mod.base) \
+            if image is not None and mod is not None else None
+        if mod is None or image is None or func is None:
+            return f"a call from {back:#x}, outside every function symbol"
+        link = back - mod.base
+        try:
+            cfg = function_cfg(image, func)
+        except LeakDBTError as err:
+            return f"the caller {func.name}: {err.one_line()}"
+        block = next((b for b in cfg.blocks.values()
+                      if b.last.next == link and b.last.flow is Flow.CALL), None)
+        where = f"{func.name}+{link - func.value:#x}"
+        if block is None:
+            return f"the return address {where} follows no direct call"
+        place = Place(back, mod.name, mod.host_path, link, where, mod.is_main)
+        at = call_site_branch(cfg, block.start, _namer(place, image))
+        if at is None:
+            return f"no branch region of {func.name} holds its call to {callee}"
+        return RegionEntry(at, "branch", f"{TOOL}: grown from {e.at} (refused) to the call "
+                                         f"of {callee} in {func.name}")
+
+
+def _namer(place: Place, image: Any) -> Callable[[int], str]:
+    """A link-time address of ``place``'s module as contracts write it."""
+    def name(address: int) -> str:
+        text: str = image.symbolize(address) or f"{address:#x}"
+        return text if place.is_main else f"{place.module}:{text}"
+    return name
 
 
 def _removed_by(functions: dict[str, RegionEntry], findings: list[AnalysisFinding],

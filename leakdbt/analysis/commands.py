@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from leakdbt.analysis.findings import AnalysisReport
+    from leakdbt.contract.edit import RegionEntry
 
 
 @click.command(context_settings={"ignore_unknown_options": True,
@@ -40,7 +45,7 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
     leakdbt's options go before BINARY: everything after it is passed to the program."""
     from leakdbt.analysis.analyze import analyze as run
     from leakdbt.contract import load, loads
-    from leakdbt.contract.edit import RegionEntry, add_regions
+    from leakdbt.contract.edit import add_regions
     from leakdbt.contract.profiles import choose_profile
 
     contract = load(contract_path, binary=binary)
@@ -90,8 +95,18 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
                           "confirmed": f.confirmed or None}
                          for f in report.findings],
             "regions": [{"at": e.at, "kind": e.kind, "table": e.table, "bound": e.bound,
-                         "why": e.why} for e in report.regions],
-            "written": [e.at for e in added]}, indent=2))
+                         "why": e.why, "refused": e.comment or None}
+                        for e in report.regions],
+            "written": [e.at for e in added],
+            "counts": _counts(report, added),
+            "growth": [{"suggested": {"at": g.suggested.at, "kind": g.suggested.kind},
+                        "findings": g.findings,
+                        "chosen": [{"at": e.at, "kind": e.kind} for e in g.chosen],
+                        "attempts": [{"step": a.step, "at": a.entry.at if a.entry else None,
+                                      "kind": a.entry.kind if a.entry else None,
+                                      "accepted": a.accepted, "reason": a.reason or None}
+                                     for a in g.attempts]}
+                       for g in report.growth]}, indent=2))
         return
     click.echo(f"leakdbt analyze: {binary} {' '.join(args)}".rstrip())
     runs = f" ({report.runs} runs)" if report.runs > 1 else ""
@@ -117,7 +132,27 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
         if e.kind == "loop":
             bound = f" bound {e.bound}" if e.bound is not None else " (no bound known: add one)"
         click.echo(f"  region {e.at} kind {e.kind}{table}{bound}: {state}")
+        if e.comment:
+            click.echo(f"    no pass accepts it: {e.comment.split('): ', 1)[-1]}")
+    for g in report.growth:
+        if g.grown:
+            click.echo(f"  region {g.suggested.at} kind {g.suggested.kind} refused "
+                       f"({g.attempts[0].reason}): grown to "
+                       + ", ".join(f"{e.at} kind {e.kind}" for e in g.chosen))
+    counts = _counts(report, added)
+    if report.regions:
+        click.echo(f"  regions: {counts['regions']} suggested, {counts['written']} written, "
+                   f"{counts['grown']} grown, {counts['refused']} refused (no pass accepts "
+                   "them)")
     uncovered = sum(f.location not in report.covering for f in report.findings)
     if uncovered:
         click.echo(f"  {uncovered} finding(s) without a region: outside every function "
                    "symbol (stripped code) or in code whose control flow was not recovered")
+
+
+def _counts(report: AnalysisReport, added: list[RegionEntry]) -> dict[str, int]:
+    """How many regions were suggested, written, grown from a refused suggestion, and
+    refused (no pass accepts them, nor any region grown around them)."""
+    return {"regions": len(report.regions), "written": len(added),
+            "grown": sum(g.grown for g in report.growth),
+            "refused": sum(g.refused for g in report.growth)}

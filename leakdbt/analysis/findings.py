@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from leakdbt.analysis.grow import Growth
 from leakdbt.contract.edit import RegionEntry
 from leakdbt.leakage.findings import LeakPoint
 
@@ -28,6 +29,7 @@ class AnalysisReport:
     findings: list[AnalysisFinding] = field(default_factory=list)
     regions: list[RegionEntry] = field(default_factory=list)
     covering: dict[str, RegionEntry] = field(default_factory=dict)  # location -> its region
+    growth: list[Growth] = field(default_factory=list)  # per suggested region: what was tried
     instructions: int = 0
     default_rule: dict[str, int] = field(default_factory=dict)  # mnemonic -> instructions
     seconds: float = 0.0

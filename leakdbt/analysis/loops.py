@@ -1,7 +1,7 @@
 """Loop regions for ``leakdbt analyze``: a secret-dependent branch that leaves a loop (an
 early exit, as in ``memcmp``) needs the loop hardened as a whole, with a public ``bound``.
 
-:func:`exit_loop` finds the innermost natural loop that a branch leaves.  The bound comes
+:func:`exit_loop` finds the outermost natural loop that a branch leaves.  The bound comes
 from a run in which the secret exit is *suppressed*: :class:`LoopCounter` sends the secret
 branch the way that stays in the loop every time, and counts how many times the header runs
 per entry until the loop leaves by another exit.  That is the trip count when the secret
@@ -9,6 +9,8 @@ never exits early — the public maximum, for the public inputs of that run (the
 ``check.args``).  The run is for counting only (the program then goes on as if the
 comparison had succeeded).  A loop that no other exit ends within :data:`MAX_TRIPS`
 iterations, or whose entries all end otherwise (a fault, the end of the run), has no bound.
+The same run measures each inner loop's bound (``inner_bounds``): the most iterations one
+entry of it ran (an entry: reaching its header other than from one of its latches).
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def taken(mnemonic: str, rflags: int) -> bool:
 
 
 def exit_loop(cfg: FunctionCFG, branch: int, name: str) -> CodeRegion | None:
-    """The innermost natural loop of ``cfg`` that the conditional branch at link-time
-    ``branch`` can leave (one successor inside, one outside), or None."""
+    """The outermost natural loop of ``cfg`` that the conditional branch at link-time
+    ``branch`` can leave (one successor inside, one outside), or None: the trip count of
+    every loop the branch leaves depends on it, so the region holds them all (bounded-loop
+    runs its inner loops with their ``inner_bounds``)."""
     block = cfg.block_at(branch)
     if block is None or block.last.address != branch:
         return None
@@ -70,7 +74,7 @@ def exit_loop(cfg: FunctionCFG, branch: int, name: str) -> CodeRegion | None:
         succs = [e.target for e in block.succs]
         leaves = block.start in inside and any(s in inside for s in succs) and \
             any(s not in inside for s in succs)
-        if leaves and (best is None or len(loop.blocks) < len(best.blocks)):
+        if leaves and (best is None or len(loop.blocks) > len(best.blocks)):
             best = loop
     return best
 
@@ -82,6 +86,8 @@ class _Loop:
     last: int | None = None  # the loop's last instruction run in the current entry
     count: int = 0  # header runs in the current entry
     counts: list[int] = field(default_factory=list)  # one per entry that left by another exit
+    # inner loops, by runtime header: [the ends of their latches, trips this entry, most]
+    inner: dict[int, tuple[frozenset[int], list[int]]] = field(default_factory=dict)
 
     def leave(self) -> None:
         if self.last is not None and self.last != self.secret_exit:
@@ -102,12 +108,18 @@ class LoopCounter:
         branch at link-time ``secret_exit``, as ``name``."""
         inside = set(loop.blocks)
         state = _Loop(loop.entry + bias, secret_exit + bias)
+        for h, latches in inner_loops(loop).items():
+            state.inner[h + bias] = (frozenset(loop.cfg.blocks[a].last.address + bias
+                                               for a in latches), [0, 0])
         self.loops[name] = state
         hooks = self.machine.hooks
         for lo, hi in loop.byte_ranges:
             hooks.on_code(self._in_loop(state), lo + bias, hi + bias)
-        branch = next(b.last for b in loop.block_list() if b.last.address == secret_exit)
-        if branch.target is not None and is_jcc(branch.mnemonic):
+        # a secret_exit that is no exit branch of the loop: counted as it runs (region growing)
+        branch = next((b.last for b in loop.block_list() if b.last.address == secret_exit),
+                      None)
+        if branch is not None and branch.target is not None and is_jcc(branch.mnemonic) \
+                and (branch.target in inside) != (branch.next in inside):
             stay = branch.target if branch.target in inside else branch.next
             hooks.at(state.secret_exit, self._stay(
                 state, branch.mnemonic, branch.target + bias, branch.next + bias, stay + bias))
@@ -123,6 +135,10 @@ class LoopCounter:
                 if state.last is None:
                     state.count = 0
                 state.count += 1
+            elif address in state.inner:
+                latch_ends, counts = state.inner[address]
+                counts[0] = counts[0] + 1 if state.last in latch_ends else 1
+                counts[1] = max(counts)
             state.last = address
         return hook
 
@@ -145,6 +161,14 @@ class LoopCounter:
             state.leave()
         return hook
 
+    def inner_trips(self, name: str) -> dict[int, int]:
+        """The inner loops of the loop watched as ``name``: header's offset from the loop's
+        header -> the most iterations one entry of it ran (0: it never ran)."""
+        state = self.loops.get(name)
+        if state is None:
+            return {}
+        return {h - state.header: counts[1] for h, (_, counts) in state.inner.items()}
+
     def trips(self, name: str) -> tuple[int, ...]:
         """The trip counts, per entry, of the loop watched as ``name`` with its secret exit
         suppressed (see the module docstring; none if it was not watched): the bound is the
@@ -154,3 +178,15 @@ class LoopCounter:
             return ()
         state.leave()
         return tuple(state.counts)
+
+
+def inner_loops(loop: CodeRegion) -> dict[int, set[int]]:
+    """The inner loops of a loop region: each header (a block other than the region's entry
+    that a block of the region it dominates jumps back to) -> those latches."""
+    out: dict[int, set[int]] = {}
+    for b in loop.block_list():
+        for e in b.succs:
+            if e.target in loop.blocks and e.target != loop.entry \
+                    and loop.cfg.dominates(e.target, b.start):
+                out.setdefault(e.target, set()).add(b.start)
+    return out

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from leakdbt.analysis.findings import AnalysisFinding
 from leakdbt.analysis.loops import exit_loop
 from leakdbt.contract.edit import RegionEntry
+from leakdbt.contract.load import parse_location
+from leakdbt.contract.model import Location, offset_by
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.errors import LeakDBTError
@@ -71,13 +73,15 @@ def exit_loops(findings: list[AnalysisFinding], places: Mapping[str, Place],
 
 def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
             functions: Mapping[str, RegionEntry], removed: set[str],
-            loops: Mapping[str, LoopCandidate], trips: Mapping[str, tuple[int, ...]]
+            loops: Mapping[str, LoopCandidate], trips: Mapping[str, tuple[int, ...]],
+            inner: Mapping[str, Mapping[int, int]] | None = None
             ) -> tuple[list[RegionEntry], dict[str, RegionEntry]]:
     """The regions to suggest, and the one covering each finding (by location).
 
     ``functions``: function regions by function name; ``removed``: locations of the
     findings that running those regions removes; ``loops``: loop candidates by finding
-    location, ``trips`` the trip counts a run saw per entry, by header (loops.py)."""
+    location, ``trips`` the trip counts a run saw per entry, by header (loops.py), and
+    ``inner`` their inner loops' bounds (offset from the header -> most trips)."""
     entries: dict[str, RegionEntry] = {}
     covered: dict[str, RegionEntry] = {}  # block -> the branch or loop region holding it
     covering: dict[str, RegionEntry] = {}
@@ -97,7 +101,8 @@ def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
             entries[whole.at] = covering[f.location] = whole
             continue
         loop = loops.get(f.location)
-        entry = _loop_entry(loop, trips.get(loop.at, ()), f) if loop is not None else \
+        entry = _loop_entry(loop, trips.get(loop.at, ()), f, (inner or {}).get(loop.at, {})) \
+            if loop is not None else \
             suggest_region(f.kind, place, image, f.instruction, TOOL)
         if entry is None:
             continue
@@ -115,8 +120,8 @@ def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
     return list(entries.values()), covering
 
 
-def _loop_entry(loop: LoopCandidate, trips: tuple[int, ...], f: AnalysisFinding
-                ) -> RegionEntry:
+def _loop_entry(loop: LoopCandidate, trips: tuple[int, ...], f: AnalysisFinding,
+                inner: Mapping[int, int] | None = None) -> RegionEntry:
     """A loop region whose bound is the largest trip count seen.  Entries that ran fewer
     iterations are named: the bounded loop runs the bound on them too, so every buffer the
     loop walks must have room for it (docs/passes.md, bounded-loop)."""
@@ -130,7 +135,27 @@ def _loop_entry(loop: LoopCandidate, trips: tuple[int, ...], f: AnalysisFinding
     if min(trips) < bound:
         why += (f", {min(trips)} on some of its {len(trips)} entries: check that every "
                 f"buffer it walks has room for {bound}")
-    return RegionEntry(loop.at, "loop", why, bound=bound)
+    inner_bounds, why = _inner_bounds(loop.at, inner or {}, why)
+    return RegionEntry(loop.at, "loop", why, bound=bound, inner_bounds=inner_bounds)
+
+
+def _inner_bounds(at: str, inner: Mapping[int, int], why: str
+                  ) -> tuple[tuple[tuple[str, int], ...], str]:
+    """The inner loops' bounds as contracts write them (the most trips one entry ran), and
+    ``why`` saying which inner loops never ran (their bound is left to the user)."""
+    loc = parse_location(at)
+    out: list[tuple[str, int]] = []
+    for delta, most in sorted(inner.items()):
+        header = offset_by(loc, delta) if isinstance(loc, Location) else None
+        if header is None:
+            continue
+        if most:
+            out.append((str(header), most))
+        else:
+            why += f"; its inner loop at {header} never ran: add its bound to inner_bounds"
+    if out:
+        why += "; inner loops' bounds: the most iterations one entry of each ran"
+    return tuple(out), why
 
 
 def _qualified(place: Place, name: str) -> str:

@@ -12,6 +12,7 @@ import re
 from leakdbt.contract.model import (
     ArgvSource,
     Contract,
+    DeclassifyWhen,
     EnvSource,
     FileSource,
     PointerSource,
@@ -46,8 +47,9 @@ def quote(text: str) -> str:
 
 
 def region_lines(at: str, kind: str | None, *, symbol: str | None = None,
-                 length: int | None = None, bound: int | None = None, why: str = ""
-                 ) -> list[str]:
+                 length: int | None = None, bound: int | None = None, why: str = "",
+                 clone_depth: int | None = None, clone_insns: int | None = None,
+                 inner_bounds: tuple[tuple[str, int], ...] = ()) -> list[str]:
     """One ``[[protect.region]]`` table as lines: the one writer of regions (the canonical
     dump and analyze's additions to a user's contract)."""
     lines = ["[[protect.region]]", f"at = {quote(at)}"]
@@ -59,6 +61,13 @@ def region_lines(at: str, kind: str | None, *, symbol: str | None = None,
         lines.append(f"length = {length}")
     if bound is not None:
         lines.append(f"bound = {bound}")
+    if inner_bounds:
+        pairs = ", ".join(f"{quote(header)} = {n}" for header, n in inner_bounds)
+        lines.append(f"inner_bounds = {{ {pairs} }}")
+    if clone_depth is not None:
+        lines.append(f"clone_depth = {clone_depth}")
+    if clone_insns is not None:
+        lines.append(f"clone_insns = {clone_insns}")
     if why:
         lines.append(f"why = {quote(why)}")
     return lines
@@ -113,7 +122,9 @@ def dumps(contract: Contract) -> str:
             str(region.at), region.kind.value if region.kind is not None else None,
             symbol=str(table.symbol) if table is not None and table.symbol is not None else None,
             length=table.length if table is not None else None,
-            bound=region.bound, why=region.why)
+            bound=region.bound, why=region.why, clone_depth=region.clone_depth,
+            clone_insns=region.clone_insns,
+            inner_bounds=tuple((str(h), n) for h, n in region.inner_bounds))
     check = contract.check
     out += ["", "[check]", f"trials = {check.trials}", f"seed = {check.seed}"]
     if check.args:
@@ -132,4 +143,15 @@ def dumps(contract: Contract) -> str:
             assert owner is not None
             texts = tuple(owner.render(v).decode("latin-1") for v in values)
             out.append(f"{_key(name)} = {_strings(texts)}")
+    for point in check.declassify_at:
+        out += ["", "[[check.declassify_at]]", f"name = {quote(point.name)}",
+                f"at = {quote(str(point.at))}"]
+        if point.when is not DeclassifyWhen.REACHED:
+            out.append(f"when = {quote(point.when.value)}")
+        if point.register is not None:
+            out.append(f"register = {quote(point.register)}")
+        if point.pointer is not None:
+            out.append(f"pointer = {quote(point.pointer)}")
+        if point.length != 8:
+            out.append(f"length = {point.length}")
     return "\n".join(out) + "\n"

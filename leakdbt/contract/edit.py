@@ -9,6 +9,7 @@ already has is not added again, so writing the same findings twice changes nothi
 
 from __future__ import annotations
 
+import textwrap
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +28,14 @@ class RegionEntry:
     why: str = ""
     table: str | None = None  # kind = "table": the table's symbol
     bound: int | None = None  # kind = "loop": the public maximum trip count
+    inner_bounds: tuple[tuple[str, int], ...] = ()  # kind = "loop": (inner header, bound)
+    comment: str = ""  # ``#`` lines above the table (analyze: why no pass accepts it)
 
     def toml(self) -> str:
-        return "\n".join(region_lines(self.at, self.kind, symbol=self.table or None,
-                                      bound=self.bound, why=self.why)) + "\n"
+        notes = [f"# {line}" for line in textwrap.wrap(self.comment, 92)]
+        return "\n".join(notes + region_lines(
+            self.at, self.kind, symbol=self.table or None, bound=self.bound, why=self.why,
+            inner_bounds=self.inner_bounds)) + "\n"
 
 
 def add_regions(text: str, entries: Sequence[RegionEntry], path: str = "<contract>"

@@ -47,6 +47,7 @@ from leakdbt.contract.model import (
     SymbolSource,
     TableBounds,
     ValueFormat,
+    header_offset,
     source_line,
 )
 from leakdbt.contract.resolve import ContractParts, bind_parts
@@ -59,6 +60,9 @@ MAX_INPUT_LENGTH = 1 << 24  # 16 MiB: more is surely a mistake
 MAX_DECLASSIFIED = 1 << 16  # bytes one declassification point reads
 MAX_STRING_SECRET = 4096  # argv and environment strings
 MAX_TRIALS = 1_000_000
+MAX_LOOP_BOUND = (1 << 31) - 1  # an inner loop's bound (bounded-loop's limit)
+CLONE_BUDGET = {"clone_depth": (0, 16), "clone_insns": (1, 100_000)}
+"""A region's predicated-call budget keys and their ranges (docs/contracts.md)."""
 
 _ABSOLUTE = re.compile(r"0[xX][0-9a-fA-F]+")
 _SYMBOLIC = re.compile(
@@ -543,7 +547,8 @@ class _Validator:
         return tuple(names)
 
     def region(self, tbl: dict[str, Any], path: KeyPath) -> Region | None:
-        self.unknown_keys(tbl, path, ("at", "kind", "symbol", "length", "bound", "why"))
+        self.unknown_keys(tbl, path, ("at", "kind", "symbol", "length", "bound",
+                                      "inner_bounds", "why", *CLONE_BUDGET))
         bad = len(self.problems)
         at = self.get_location(tbl, "at", path, required="the block where the region starts")
         kind = self.get_enum(tbl, "kind", path, RegionKind)
@@ -566,9 +571,56 @@ class _Validator:
         elif "bound" in tbl:
             self.error((*path, "bound"), 'bound is a loop\'s maximum trip count: it needs '
                                          'kind = "loop"')
+        inner = self.inner_bounds(tbl, path, at) if kind is RegionKind.LOOP else ()
+        if "inner_bounds" in tbl and kind is not RegionKind.LOOP:
+            self.error((*path, "inner_bounds"), "inner_bounds gives the bounds of a loop's "
+                                                'inner loops: it needs kind = "loop"')
+        budget = self.clone_budget(tbl, path, kind)
         if len(self.problems) > bad or at is None:
             return None
-        return Region(at=at, kind=kind, table=table, bound=bound, why=why)
+        return Region(at=at, kind=kind, table=table, bound=bound, inner_bounds=inner, why=why,
+                      **budget)
+
+    def inner_bounds(self, tbl: dict[str, Any], path: KeyPath, at: Location | None
+                     ) -> tuple[tuple[Location, int], ...]:
+        """``inner_bounds = { "f+0x60" = 8 }``: each inner loop's header, written like
+        ``at`` (the same symbol, or both absolute), and its bound (docs/contracts.md)."""
+        out: list[tuple[Location, int]] = []
+        table = self.get_table(tbl, "inner_bounds", path)
+        for text in table or {}:
+            key = (*path, "inner_bounds", text)
+            loc = parse_location(text)
+            bound = self.get_int(table or {}, text, (*path, "inner_bounds"), 1, MAX_LOOP_BOUND)
+            if isinstance(loc, str):
+                self.error(key, loc)
+                continue
+            if at is None or bound is None:
+                continue
+            offset = header_offset(at, loc)
+            if offset is None:
+                like = "an absolute address" if at.absolute is not None else \
+                    f"{Location(at.symbol, 0, None, at.library)} plus an offset"
+                self.error(key, f"an inner loop's header is written like at ({at}): {like}")
+            elif offset == 0:
+                self.error(key, "that is the region's own header: its bound is bound")
+            elif loc in (h for h, _ in out):
+                self.error(key, f"the header {loc} is named twice")
+            else:
+                out.append((loc, bound))
+        return tuple(out)
+
+    def clone_budget(self, tbl: dict[str, Any], path: KeyPath, kind: RegionKind | None
+                     ) -> dict[str, int | None]:
+        """``clone_depth`` and ``clone_insns``: the predicated-call budget of a branch
+        region (or one without a kind), docs/passes.md "Predicated calls"."""
+        budget: dict[str, int | None] = {}
+        for key, (low, high) in CLONE_BUDGET.items():
+            if key in tbl and kind not in (None, RegionKind.BRANCH):
+                self.error((*path, key), f"{key} is the budget of the calls if-conversion "
+                                         'clones: it needs kind = "branch" (or no kind)')
+                continue
+            budget[key] = self.get_int(tbl, key, path, low, high)
+        return budget
 
     def check(self, tbl: dict[str, Any], secrets: list[tuple[int, Secret]]) -> Check | None:
         path: KeyPath = ("check",)

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from leakdbt.contract.model import (
     Adversary,
     Contract,
+    Location,
     Policy,
     Region,
     RegionKind,
     ResolvedRegion,
+    header_offset,
 )
 from leakdbt.contract.profiles import Profile
 
@@ -178,11 +180,26 @@ def _channels(seen: set[Observer]) -> str:
 Rule = Callable[[str, set[Observer], Profile, "Region | None"], "PassStep | Skipped"]
 
 
+INNER_BOUND = "inner_bound"
+"""bounded-loop's parameter for an inner loop's bound: ``inner_bound+0xD`` (or ``-0xD``) for
+the inner loop whose header lies ``D`` bytes after (before) the region's ``at``."""
+
+
+def inner_bound_key(at: Location, header: Location) -> str:
+    """The parameter carrying the bound of the inner loop at ``header`` (load.py checked
+    that it is written like ``at``)."""
+    delta = header_offset(at, header)
+    assert delta is not None
+    return f"{INNER_BOUND}+{delta:#x}" if delta >= 0 else f"{INNER_BOUND}-{-delta:#x}"
+
+
 def _bounded_loop(name: str, seen: set[Observer], profile: Profile,
                   region: Region | None) -> PassStep | Skipped:
     params: tuple[tuple[str, Param], ...] = ()
     if region is not None and region.bound is not None:
         params = (("bound", region.bound),)
+    if region is not None:
+        params += tuple((inner_bound_key(region.at, h), n) for h, n in region.inner_bounds)
     return PassStep(name, params, "the number of iterations depends on the secret and "
                                   f"shows in total time; the pass {PASS_TEXT[name]}")
 
@@ -281,6 +298,21 @@ class RegionPlan:
     gaps: tuple[str, ...] = ()
 
 
+CLONING = ("if-conversion", "ct-division")
+"""The passes that clone a branch region's callees: they get the region's ``clone_depth``
+and ``clone_insns`` (docs/passes.md, "Predicated calls")."""
+
+
+def _with_budget(decision: PassStep | Skipped, region: Region | None) -> PassStep | Skipped:
+    """``decision`` with the region's clone budget among its parameters, if it clones."""
+    if isinstance(decision, Skipped) or decision.name not in CLONING or region is None:
+        return decision
+    budget = tuple((key, value) for key, value in (("clone_depth", region.clone_depth),
+                                                   ("clone_insns", region.clone_insns))
+                   if value is not None)
+    return replace(decision, params=decision.params + budget) if budget else decision
+
+
 SWITCHED_OFF = "switched off by protect.passes_off"
 """Why a pass the contract switches off is not in a plan (every command plans the same way,
 so exec, check and analyze all leave it out)."""
@@ -303,7 +335,7 @@ def plan_region(region: Region | None, seen: set[Observer], profile: Profile,
         if name in off:
             skipped.append(Skipped(name, SWITCHED_OFF))
             continue
-        decision = RULES[name](name, seen, profile, region)
+        decision = _with_budget(RULES[name](name, seen, profile, region), region)
         if isinstance(decision, Skipped):
             skipped.append(decision)
         elif kind is None or exposed:
@@ -376,7 +408,9 @@ def plan(contract: Contract, profile: Profile) -> Plan:
             # Program-wide parameters: those every region agrees on (table bounds differ).
             common = tuple(p for p in steps[0].params
                            if all(p in s.params for s in steps[1:]) and p[0] not in
-                           ("table", "length", "bound"))
+                           ("table", "length", "bound", "clone_depth",
+                                            "clone_insns")
+                           and not p[0].startswith(INNER_BOUND))
             passes.append(PassStep(name, common, steps[0].reason, steps[0].condition))
         for rp in sources:
             for skip in rp.skipped:

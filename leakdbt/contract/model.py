@@ -253,7 +253,32 @@ class Region:
     kind: RegionKind | None = None  # None: the translator classifies the block's instructions
     table: TableBounds | None = None  # only for kind = table
     bound: int | None = None  # only for kind = loop: the public maximum trip count
+    # kind = loop: each inner loop's header (written like ``at``) and its bound
+    inner_bounds: tuple[tuple[Location, int], ...] = ()
+    clone_depth: int | None = None  # branch (or no kind): calls cloned, nesting (None: 2)
+    clone_insns: int | None = None  # ... instructions of all clones together (None: 1000)
     why: str = ""
+
+
+def header_offset(at: Location, header: Location) -> int | None:
+    """How many bytes ``header`` lies after ``at`` when both are written alike (the same
+    library and symbol, or both absolute), else None."""
+    if (at.absolute is None) != (header.absolute is None) or at.symbol != header.symbol \
+            or at.library != header.library:
+        return None
+    if at.absolute is not None and header.absolute is not None:
+        return header.absolute - at.absolute
+    return header.offset - at.offset
+
+
+def offset_by(at: Location, delta: int) -> Location | None:
+    """The location ``delta`` bytes after ``at``, written like it (None: it would lie
+    before ``at``'s symbol or address 0)."""
+    if at.absolute is not None:
+        return Location(absolute=at.absolute + delta) if at.absolute + delta >= 0 else None
+    if at.offset + delta < 0:
+        return None
+    return Location(at.symbol, at.offset + delta, None, at.library)
 
 
 @dataclass(frozen=True)

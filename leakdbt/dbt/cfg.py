@@ -587,6 +587,18 @@ def _writes(insn: Insn, reg: str) -> bool:
     return insn.mnemonic not in _NO_DESTINATION and REGS64.get(ops[0]) == reg
 
 
+def subgraph_dominators(root: int, succs: Callable[[int], list[int]]) -> dict[int, int | None]:
+    """Immediate dominators in the graph of the nodes reachable from ``root`` along
+    ``succs`` (None for the root) — e.g. a region's blocks as its copy sees them, entered
+    only at the region's entry, whatever other entries the original blocks have."""
+    order = _reverse_postorder(root, succs)
+    preds: dict[int, list[int]] = {n: [] for n in order}
+    for n in order:
+        for s in succs(n):
+            preds[s].append(n)
+    return _idoms(order, lambda n: preds[n])
+
+
 def _reverse_postorder(root: int, succs: Callable[[int], list[int]]) -> list[int]:
     seen = {root}
     order: list[int] = []

@@ -17,14 +17,17 @@ jumps straight to the copy.
 from __future__ import annotations
 
 import bisect
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 from leakdbt.contract.mapping import Plan
 from leakdbt.contract.model import Contract, RegionKind
+from leakdbt.dbt.calls import Linker, ResolveLater
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.codecache import CodeCache
 from leakdbt.dbt.harden import Hardener, RegionNeeds
@@ -76,6 +79,17 @@ class Site:
     pretranslated: list[tuple[int, int]] = field(default_factory=list)
 
 
+class BoundsSource(Protocol):
+    """Where the ``.bounds`` lines of hardened code get the guest memory holding an address
+    (leakdbt.run.allocations): :meth:`activate` before the first such copy is made,
+    :meth:`bounds` → (start, size), (0, 0) when unknown; ``where`` is the runtime address of
+    the original instruction the line belongs to, for reports."""
+
+    def activate(self) -> None: ...
+
+    def bounds(self, address: int, where: int) -> tuple[int, int]: ...
+
+
 @dataclass
 class DispatchStats:
     """What --stats reports about translation."""
@@ -95,8 +109,10 @@ class Dispatcher:
                  mode: Mode = Mode.HARDENED, count_entries: bool = False,
                  translate_all: Sequence[str] | None = None,
                  translate: Callable[[CodeRegion, int, Callable[[int], int]], Translation]
-                 = relocate, hardener: Hardener | None = None) -> None:
+                 = relocate, hardener: Hardener | None = None,
+                 bounds: BoundsSource | None = None) -> None:
         self.machine = machine
+        self.bounds = bounds
         self.mem = machine.mem
         self.cache = CodeCache(machine.mem)
         self.modules = modules
@@ -113,6 +129,7 @@ class Dispatcher:
         # trap address -> the function and its entry-jump site
         self._traps: dict[int, tuple[LoadedModule, Symbol, Site]] = {}
         self._counted: list[Site] = []  # regions with an entry hook
+        self._loaded: list[LoadedModule] = []  # in load order (the GOT's lookup order)
         machine.resumable = True
         self.mem.enable_shadows()
         self.mem.exec_page_listeners.append(self._on_exec_page)
@@ -124,6 +141,7 @@ class Dispatcher:
     # -- modules ------------------------------------------------------------------------
 
     def _on_module(self, mod: LoadedModule) -> None:
+        self._loaded.append(mod)
         image = mod.image
         if image is None:
             return
@@ -137,28 +155,63 @@ class Dispatcher:
 
     def _translate_region(self, mod: LoadedModule, image: Image, req: RegionRequest) -> None:
         region = request_region(image, req, mod.name)
-        site = self._site(mod, region, jump=not self.count_entries, needs=req.needs)
+        try:
+            site = self._site(mod, region, jump=not self.count_entries, needs=req.needs)
+        except ResolveLater:
+            self._at_first_entry(mod, region, req)
+            return
         self.stats.regions += 1
         if site.patch is None:
             self._counted.append(site)
             self.machine.hooks.at(site.entry, lambda address, size: self._on_entry(site))
         self._prepare(site)
 
+    def _at_first_entry(self, mod: LoadedModule, region: CodeRegion, req: RegionRequest
+                        ) -> None:
+        """Harden ``region`` when it is first entered: its calls go through a GOT that the
+        dynamic linker binds after loading (leakdbt.dbt.calls).  One hook on its entry
+        translates it, then enters it while it has no entry jump (counting entries, or
+        no jump fits); once the jump is installed the hook goes."""
+        found: list[Site] = []
+
+        def entered(address: int, size: int) -> None:
+            if not found:
+                site = self._site(mod, region, jump=not self.count_entries, needs=req.needs,
+                                  running=True)
+                found.append(site)
+                self.stats.regions += 1
+                if site.patch is None:
+                    self._counted.append(site)
+                else:
+                    self.machine.defer(lambda: self.machine.hooks.remove(hook))
+                    if site.mode is Mode.HARDENED:  # this entry: the jump comes later
+                        self.machine.set_reg("rip", site.translation.entry)
+                self._prepare(site)
+            if found[0].patch is None:
+                self._on_entry(found[0])
+
+        hook = self.machine.hooks.at(region.entry + mod.base, entered)
+
     def _site(self, mod: LoadedModule, region: CodeRegion, jump: bool = True,
-              needs: RegionNeeds | None = None) -> Site:
+              needs: RegionNeeds | None = None, running: bool = False) -> Site:
         """Translate ``region`` into the cache — hardened as ``needs`` says when there is a
         hardener; ``jump``: enter it by an entry jump where one fits (else, and when
-        counting entries, by a hook on its first instruction)."""
+        counting entries, by a hook on its first instruction); ``running``: the program
+        runs (its GOT is bound), else the module is being loaded."""
         lo, hi = mod.start, mod.end
 
         def place(size: int) -> int:
             return self.cache.reserve(size, lo, hi)
 
         if self.hardener is not None and needs is not None:
-            t = self.hardener.translate(region, needs, mod.base, place, mod.image)
+            linker = Linker(self.modules, mod, self._read, lambda: list(self._loaded),
+                            running)
+            t = self.hardener.translate(region, needs, mod.base, place, mod.image, linker)
         else:
             t = self.translate(region, mod.base, place)
         self.cache.write(t.base, t.code)
+        if t.probes:
+            self._hook_probes(t)
         entry = region.entry + mod.base
         patch: bytes | None = assemble(f"jmp {t.entry:#x}", entry) if jump else None
         if patch and not _patchable(region, mod.image, entry, len(patch), mod.base):
@@ -167,6 +220,33 @@ class Dispatcher:
         site = Site(region.name, entry, t, patch, original, self.mode)
         self._add_site(site)
         return site
+
+    def _hook_probes(self, t: Translation) -> None:
+        """A hook on each ``.bounds REG, OFF`` line of the copy (before the engine translates
+        it): it writes (start, size) of the guest memory holding REG's value to
+        [rsp - OFF] and [rsp - OFF + 8] (leakdbt.plugin_api.allocation_bounds)."""
+        source = self.bounds
+        if source is None:
+            raise TranslationError(f"{t.name}: its hardened code needs run-time allocation "
+                                   "bounds, which this run does not learn")
+        source.activate()
+        starts = sorted(t.origin)
+        rsp = self.machine.reg_reader("rsp")
+        for address, (register, offset) in t.probes.items():
+            i = bisect.bisect_right(starts, address) - 1
+            where = t.origin[starts[i]] if i >= 0 else address
+            try:
+                read = self.machine.reg_reader(register)
+            except KeyError:
+                raise TranslationError(f"{t.name}: '.bounds {register}' names no "
+                                       "register") from None
+
+            def probe(_address: int, _size: int, read: Callable[[], int] = read,
+                      offset: int = offset, where: int = where) -> None:
+                start, size = source.bounds(read(), where)
+                self.mem.write(rsp() - offset, struct.pack("<QQ", start, size))
+
+            self.machine.hooks.at(address, probe)
 
     def _prepare(self, site: Site) -> None:
         """Translate the copy's blocks ahead of their first run (so a first run does not
@@ -196,6 +276,13 @@ class Dispatcher:
             if address in t.blocks:
                 break
         return made
+
+    def _read(self, address: int, size: int) -> bytes | None:
+        """Guest memory, None where it is not mapped (what a GOT slot holds)."""
+        try:
+            return self.mem.read(address, size)
+        except LeakDBTError:
+            return None
 
     # -- the entry jump -----------------------------------------------------------------
 

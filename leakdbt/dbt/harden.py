@@ -16,11 +16,13 @@ are kept, and the region is reported).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from leakdbt.contract.mapping import SWITCHED_OFF, PassStep, Skipped
+from leakdbt.dbt.calls import Linker, ResolveLater
 from leakdbt.dbt.cfg import Block, function_cfg
 from leakdbt.dbt.passes import LoadedPass
 from leakdbt.dbt.region import CodeRegion
@@ -87,14 +89,19 @@ def region_view(region: CodeRegion, kind: str | None, bias: int = 0,
                 table: tuple[int, int] | None = None, image: Image | None = None,
                 callees: Callees | None = None) -> RegionView:
     """What a pass sees of ``region`` (see leakdbt.plugin_api.RegionView); ``callees``:
-    the functions it may clone (default: decoded from ``image`` on demand)."""
+    the functions it may clone (default: decoded from ``image`` on demand), and through
+    its linker (while the program runs) what GOT slots are bound to."""
     blocks = _block_views(region.block_list())
     if image is None:
         return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
                           params or {})
-    return RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
+    callees = callees or Callees(image)
+    view = RegionView(region.name, kind, region.kind, region.entry, blocks, bias, table,
                       params or {}, _objects(image), image.functions_at(region.entry),
-                      _functions(image), callees or Callees(image))
+                      _functions(image), callees)
+    if callees.linker is not None:
+        view = dataclasses.replace(view, resolve_indirect=callees.linker.resolve)
+    return view
 
 
 def _block_views(blocks: Sequence[Block]) -> tuple[BlockView, ...]:
@@ -104,11 +111,13 @@ def _block_views(blocks: Sequence[Block]) -> tuple[BlockView, ...]:
 
 class Callees:
     """``RegionView.callee``: the blocks of the function at a (link-time) address of
-    ``image``, decoded once; :meth:`instructions` are those handed out, which a rewrite's
-    ``.insn`` lines may name besides the region's own."""
+    ``image`` — or, with a ``linker``, of another loaded module (leakdbt.dbt.calls) —
+    decoded once; :meth:`instructions` are those handed out, which a rewrite's ``.insn``
+    lines may name besides the region's own."""
 
-    def __init__(self, image: Image) -> None:
+    def __init__(self, image: Image, linker: Linker | None = None) -> None:
         self.image = image
+        self.linker = linker
         self.decoded: dict[int, tuple[BlockView, ...] | None] = {}
 
     def __call__(self, address: int) -> tuple[BlockView, ...] | None:
@@ -121,6 +130,14 @@ class Callees:
                     blocks = _block_views([cfg.blocks[b] for b in sorted(cfg.reachable)])
                 except LeakDBTError:
                     blocks = None
+            elif self.linker is not None:
+                elsewhere = self.linker.callee(address)
+                if elsewhere is not None:
+                    blocks = tuple(
+                        dataclasses.replace(b, insns=tuple(self.linker.shown(i)
+                                                           for i in b.insns))
+                        for b in _block_views([elsewhere.blocks[b]
+                                               for b in sorted(elsewhere.reachable)]))
             self.decoded[address] = blocks
         return self.decoded[address]
 
@@ -182,9 +199,11 @@ class Hardener:
         self.outcomes: list[Outcome] = []
 
     def translate(self, region: CodeRegion, needs: RegionNeeds, bias: int,
-                  place: Callable[[int], int] | int, image: Image | None = None
-                  ) -> Translation:
-        """The hardened copy of ``region`` (module loaded at ``bias``)."""
+                  place: Callable[[int], int] | int, image: Image | None = None,
+                  linker: Linker | None = None) -> Translation:
+        """The hardened copy of ``region`` (module loaded at ``bias``); ``linker`` resolves
+        calls through the GOT (leakdbt.dbt.calls).  Raises ResolveLater when a pass needed
+        a resolution the linker could not give yet, and the region is not hardened."""
         outcome = Outcome(region.name)
         installed = {p.name: p for p in self.passes}
         outcome.passed_over = [(s.name, s.reason) for s in needs.skipped
@@ -192,7 +211,7 @@ class Hardener:
         outcome.passed_over += [(s.name, "not installed") for s in needs.steps
                                 if s.name not in installed]
         steps = {s.name: s for s in needs.steps}
-        callees = Callees(image) if image is not None else None
+        callees = Callees(image, linker) if image is not None else None
         replace: dict[int, tuple[str, ...]] = {}
         owners: dict[int, str] = {}
         code: tuple[str, ...] | None = None
@@ -227,6 +246,9 @@ class Hardener:
                                          f"{loaded.name!r} both replace the whole region")
                 code, code_owner = tuple(result.code), loaded.name
             outcome.applied.append(loaded.name)
+        if linker is not None and linker.put_off and not outcome.hardened:
+            raise ResolveLater(f"{region.name}: its calls through the GOT are resolved when "
+                               "it is first entered")
         order = [s.name for s in needs.skipped] + [s.name for s in needs.steps]
         outcome.passed_over.sort(key=lambda item: order.index(item[0]))
         self.outcomes.append(outcome)

@@ -1,15 +1,26 @@
-"""Regions: the code a contract protects, as a single-entry piece of a function's CFG.
+"""Regions: the code a contract protects, as a piece of a function's CFG whose copy is
+entered only at its start.
 
 A branch region starts at a block that ends with a conditional branch and extends to that
-block's immediate post-dominator: both arms, entered only at the start, left only towards
-the post-dominator — or, when the arms meet only by returning (``if (c) return a; return
-b;``), up to and including the returns.  A loop region is the natural loop whose header is
-the start: every block from which a back edge to the header can be reached without passing
-through the header (it may have several exits).  A function region is every block of the
-function, entered at its entry (a pass replaces it as a whole).  Any other region is the block
-itself.  A region
-that cannot be formed is refused with :class:`RegionError`, whose message names the block
-and the reason.
+block's immediate post-dominator: both arms, left only towards the post-dominator — or, when
+the arms meet only by returning (``if (c) return a; return b;``), up to and including the
+returns.  A loop region is the natural loop whose header is the start: every block from
+which a back edge to the header can be reached without passing through the header (it may
+have several exits).  A function region is every block of the function, entered at its
+entry (a pass replaces it as a whole).  Any other region is the block itself.
+
+Side entries and shared tails.  A block of a region may also be entered from outside it (a
+tail gcc shares between the arms and other code, a shared return block, ``if (p || s)``):
+such blocks are listed in :attr:`CodeRegion.shared`.  The region is not refused: its copy
+in the code cache holds its own duplicate of every block (tail duplication, as hyperblock
+formation does), and that copy is entered only at the region's start (the entry jump or
+hook of leakdbt.dbt.dispatch); the original blocks stay as they are, so an entry from
+outside keeps running the original code.  Shape rules are therefore judged on the region as
+its copy sees it, entered only at the start: a cycle through its blocks must be entered only
+through a block that dominates it there (reducible), else it is irreducible flow.
+
+A region that cannot be formed is refused with :class:`RegionError`, whose message names
+the block and the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from leakdbt.dbt.cfg import Block, FunctionCFG
+from leakdbt.dbt.cfg import Block, FunctionCFG, subgraph_dominators
 from leakdbt.errors import TranslationError
 from leakdbt.x86.insn import Flow
 
@@ -35,6 +46,9 @@ class CodeRegion:
     entry: int
     blocks: tuple[int, ...]  # block starts, by address
     kind: str  # "branch", "loop", "function" or "block"
+    # blocks (not the entry) also entered from outside the region: the copy has its own
+    # duplicate of each, the original stays for those entries (see the module doc)
+    shared: tuple[int, ...] = ()
 
     def block_list(self) -> list[Block]:
         return [self.cfg.blocks[b] for b in self.blocks]
@@ -108,13 +122,9 @@ def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None
             target = "the end of the region" if join is None else _where(cfg, join)
             raise RegionError(f"{name}: exit from the middle: {_where(cfg, b)} ends with "
                               f"'{blk.last.text}' instead of reaching {target}")
-        if b != at:
-            outside = [p for p in blk.preds if p not in members]
-            if outside:
-                raise RegionError(f"{name}: not single-entry: {_where(cfg, b)} is also "
-                                  f"entered from {_where(cfg, outside[0])}")
-    _check_reducible(cfg, members, name)
-    return CodeRegion(name, cfg, at, tuple(sorted(members)), "branch")
+    _check_reducible(cfg, at, members, name)
+    return CodeRegion(name, cfg, at, tuple(sorted(members)), "branch",
+                      _shared(cfg, at, members))
 
 
 def _form_loop(cfg: FunctionCFG, header: int, name: str) -> CodeRegion:
@@ -129,17 +139,40 @@ def _form_loop(cfg: FunctionCFG, header: int, name: str) -> CodeRegion:
         if b in members:
             continue
         members.add(b)
-        stack.extend(cfg.blocks[b].preds)
+        # Every block of a natural loop is reachable, and dominated by the header: a
+        # predecessor the entry cannot reach (code the CFG decoded from an extra leader)
+        # is not part of it but a side entry, which keeps running the original.
+        stack.extend(p for p in cfg.blocks[b].preds if p in cfg.dominators)
     for b in members:
         _check_block(cfg, cfg.blocks[b], name)
-        if b != header:
-            outside = [p for p in cfg.blocks[b].preds if p not in members]
-            if outside:  # cannot happen for a natural loop, but the CFG may be partial
-                raise RegionError(f"{name}: not single-entry: {_where(cfg, b)} is also "
-                                  f"entered from {_where(cfg, outside[0])}")
-    ordered = sorted(members)
-    _check_reducible(cfg, [header] + [b for b in ordered if b != header], name)
-    return CodeRegion(name, cfg, header, tuple(ordered), "loop")
+    _check_reducible(cfg, header, members, name)
+    return CodeRegion(name, cfg, header, tuple(sorted(members)), "loop",
+                      _shared(cfg, header, members))
+
+
+def side_reachable(region: CodeRegion) -> frozenset[int]:
+    """The blocks of ``region`` that the original code can run after a side entry: its
+    :attr:`~CodeRegion.shared` blocks and those reachable from them inside the region.  The
+    hardened copy covers these only when control comes through the region's start (e.g.
+    a leak in one of them is not removed for the other entries); reaching the start
+    enters the copy."""
+    inside = set(region.blocks) - {region.entry}
+    seen = set(region.shared)
+    stack = list(region.shared)
+    while stack:
+        for s in region.cfg.blocks[stack.pop()].inside_succs():
+            if s in inside and s not in seen:
+                seen.add(s)
+                stack.append(s)
+    return frozenset(seen)
+
+
+def _shared(cfg: FunctionCFG, entry: int, members: Iterable[int]) -> tuple[int, ...]:
+    """The blocks of a region, other than its entry, that code outside it jumps or falls
+    into (see the module doc)."""
+    inside = set(members)
+    return tuple(sorted(b for b in inside if b != entry
+                        and any(p not in inside for p in cfg.blocks[b].preds)))
 
 
 def _check_block(cfg: FunctionCFG, block: Block, name: str) -> None:
@@ -156,29 +189,45 @@ def _check_block(cfg: FunctionCFG, block: Block, name: str) -> None:
                           "(xbegin), which the translator does not relocate")
 
 
-def _check_reducible(cfg: FunctionCFG, members: list[int], name: str) -> None:
-    """Every retreating edge (to a block on the current depth-first path) must go to a
-    block that dominates its source: each loop has a single entry, its header."""
+def _check_reducible(cfg: FunctionCFG, entry: int, members: Iterable[int], name: str
+                     ) -> None:
+    """The region's blocks as its copy sees them (entered only at ``entry``): every
+    retreating edge (to a block on the current depth-first path) must go to a block that
+    dominates its source there — each loop has a single entry, its header."""
     inside = set(members)
+
+    def succs(n: int) -> list[int]:
+        return [s for s in cfg.blocks[n].inside_succs() if s in inside]
+
+    idom = subgraph_dominators(entry, succs)
+
+    def dominates(a: int, b: int) -> bool:
+        node: int | None = b
+        while node is not None:
+            if node == a:
+                return True
+            node = idom.get(node)
+        return False
+
     on_path: set[int] = set()
     done: set[int] = set()
     stack: list[tuple[int, list[int]]] = []
 
     def push(n: int) -> None:
         on_path.add(n)
-        stack.append((n, [s for s in cfg.blocks[n].inside_succs() if s in inside]))
+        stack.append((n, succs(n)))
 
-    push(members[0])
+    push(entry)
     while stack:
-        n, succs = stack[-1]
-        if not succs:
+        n, pending = stack[-1]
+        if not pending:
             stack.pop()
             on_path.discard(n)
             done.add(n)
             continue
-        s = succs.pop()
+        s = pending.pop()
         if s in on_path:
-            if not cfg.dominates(s, n):
+            if not dominates(s, n):
                 raise RegionError(f"{name}: irreducible flow: the loop through "
                                   f"{_where(cfg, n)} and {_where(cfg, s)} has more than one "
                                   "entry")

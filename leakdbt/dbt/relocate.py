@@ -46,6 +46,9 @@ class Translation:
     origin: dict[int, int] = field(default_factory=dict)  # copy insn address -> original
     blocks: tuple[int, ...] = ()  # copy addresses where the region's blocks start
     source: tuple[tuple[int, bytes], ...] = ()  # (runtime address, bytes) of each original
+    # copy address of each ``.bounds REG, OFF`` line (a one-byte nop) -> (REG, OFF): where the
+    # translator must write run-time allocation bounds (leakdbt.plugin_api.allocation_bounds)
+    probes: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def end(self) -> int:
@@ -89,14 +92,15 @@ def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
     members = {b.start + bias for b in blocks}
     if code is not None:
         return _relocate_code(region, bias, place, rewrite, code, callee_insns or {})
+    probes: list[_Probe] = []
     # The entry first, the rest in address order: falling into the copy starts it.
     blocks.sort(key=lambda b: (b.start != region.entry, b.start))
     for i, block in enumerate(blocks):
         layout_next = blocks[i + 1].start + bias if i + 1 < len(blocks) else None
         for n, insn in enumerate(block.insns):
             if insn.address in rewrite:
-                lines = _Expansion(region, bias, rewrite).lines(rewrite[insn.address],
-                                                                insn.address)
+                lines = _Expansion(region, bias, rewrite, probes=probes).lines(
+                    rewrite[insn.address], insn.address)
                 item = _sequence(insn.address + bias, lines)
             else:
                 item = _emit(insn, bias, members, region.name)
@@ -110,7 +114,7 @@ def relocate(region: CodeRegion, bias: int, place: Callable[[int], int] | int,
     base, data, labels, origin = _layout(items, place, region.name)
     source = tuple((i.address + bias, i.raw) for b in blocks for i in b.insns)
     return Translation(region.name, base, data, labels[region.entry + bias], origin,
-                       tuple(sorted(labels.values())), source)
+                       tuple(sorted(labels.values())), source, _probes(probes))
 
 
 def _sequence(origin: int, lines: Sequence[Line]) -> _Item:
@@ -133,7 +137,8 @@ def _relocate_code(region: CodeRegion, bias: int, place: Callable[[int], int] | 
                    rewrite: Mapping[int, Sequence[str]], code: Sequence[str],
                    callee_insns: Mapping[int, Insn]) -> Translation:
     """The whole region replaced by ``code`` (which must not fall off its end)."""
-    expansion = _Expansion(region, bias, rewrite, callee_insns)
+    probes: list[_Probe] = []
+    expansion = _Expansion(region, bias, rewrite, callee_insns, probes)
     lines = expansion.lines(code, None)
     unused = sorted(set(rewrite) - expansion.used)
     if unused:
@@ -148,7 +153,30 @@ def _relocate_code(region: CodeRegion, bias: int, place: Callable[[int], int] | 
     base, data, labels, origin = _layout([item], place, region.name)
     source = tuple((i.address + bias, i.raw) for b in region.block_list() for i in b.insns)
     return Translation(region.name, base, data, labels[region.entry + bias], origin,
-                       (base,), source)
+                       (base,), source, _probes(probes))
+
+
+_BOUNDS = re.compile(r"\.bounds\s+(r[a-z0-9]+)\s*,\s*(0x[0-9a-fA-F]+|[0-9]+)")
+
+
+@dataclass
+class _Probe:
+    """A ``.bounds`` line: a one-byte ``nop`` the translator hooks; ``address`` is where
+    its last encoding (the final layout's) put it."""
+
+    register: str
+    offset: int
+    address: int = 0
+
+    def fixed(self) -> Fixed:
+        def encode(at: int) -> bytes:
+            self.address = at
+            return b"\x90"
+        return Fixed(1, encode)
+
+
+def _probes(probes: list[_Probe]) -> dict[int, tuple[str, int]]:
+    return {p.address: (p.register, p.offset) for p in probes}
 
 
 _GOTO = re.compile(r"@(0x[0-9a-fA-F]+)")
@@ -173,8 +201,10 @@ class _Expansion:
     runtime address."""
 
     def __init__(self, region: CodeRegion, bias: int, rewrite: Mapping[int, Sequence[str]],
-                 callee_insns: Mapping[int, Insn] | None = None) -> None:
+                 callee_insns: Mapping[int, Insn] | None = None,
+                 probes: list[_Probe] | None = None) -> None:
         self.region = region
+        self.probes = probes if probes is not None else []
         self.bias = bias
         self.rewrite = rewrite
         self.insns = {i.address: i for b in region.block_list() for i in b.insns}
@@ -201,6 +231,14 @@ class _Expansion:
                                          f"__{self.instances}")
                 else:
                     out.append(self._copy(address))
+            elif words and words[0] == ".bounds":
+                bounds = _BOUNDS.fullmatch(line.strip())
+                if bounds is None:
+                    raise RegionError(f"{self.region.name}: malformed line '{line.strip()}' "
+                                      "(write .bounds REG, OFFSET)")
+                probe = _Probe(bounds.group(1), int(bounds.group(2), 0))
+                self.probes.append(probe)
+                out.append(probe.fixed())
             elif (load := _ADDRESS_LOAD.fullmatch(line.strip())) is not None:
                 out.append(_address_load(load.group(1), int(load.group(2), 0) + self.bias))
             else:

@@ -102,7 +102,7 @@ def harden_file(binary: str, contract_path: str, cpu: str | None = None,
         contract_hash = hashlib.sha256(f.read()).hexdigest()
     contract = load(contract_path, binary=binary)
     profile, _why = choose_profile(cpu)
-    protected = protection(contract, profile, allow_unhardened)
+    protected = protection(contract, profile, allow_unhardened, strict=True)  # no silent gaps
     if not protected.regions:
         raise ElfWriteError(f"{contract_path}: the contract names no region to harden")
     extra = 1 if mode == "adaptive" else 0
@@ -170,6 +170,10 @@ def _hardened_copy(image: Image, protected: Protection, hardener: Hardener,
     needs = req.needs
     probe = protected.hardener()  # the second layout must not count as a second outcome
     t = hardener.translate(region, needs, 0, cursor.place, image)
+    if t.probes:
+        raise ElfWriteError(f"region {req.name}: its hardened code needs run-time allocation "
+                            "bounds (a table in malloc'ed memory), which only the emulator "
+                            "learns: run it with leakdbt exec")
     if image.is_pie:
         again = probe.translate(region, needs, PROBE_BIAS, t.base + PROBE_BIAS, image)
         _same_anywhere(t, again, region)

@@ -96,6 +96,8 @@ class Kernel:
     gs_base: int = 0
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    children: set[int] = field(default_factory=set)  # pids of forked children (sys_clone)
+    vfork_fd: int = -1  # a vfork child: host pipe end whose closing releases the parent
     entropy: Callable[[int], bytes] = os.urandom  # getrandom(2), AT_RANDOM
     clock_ns: Callable[[int], int] = time.clock_gettime_ns  # host clock id -> now
     wait_until: Callable[[int, int], None] = field(

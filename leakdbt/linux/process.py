@@ -147,6 +147,27 @@ def interpreter_path(fs: FileSystem, binary: str, interpreter: str) -> str:
     return node.host
 
 
+def interpreter_file(fs: FileSystem, binary: str, interpreter: str) -> tuple[str, bytes]:
+    """Host path and bytes of the program interpreter, read through the fd the guest file
+    system's lookup opens (so that a rename racing the lookup cannot substitute a file
+    outside the root: the path is only for messages and module names)."""
+    host = interpreter_path(fs, binary, interpreter)
+    try:
+        file = fs.open(interpreter, os.O_RDONLY)
+    except OSError as e:
+        raise ElfError(binary, f"interpreter {interpreter}: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(file.host_fd).st_mode):
+            raise ElfError(binary, f"interpreter {interpreter} is not a regular file in the "
+                                   "guest file system")
+        chunks = []
+        while chunk := os.read(file.host_fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        file.close_host()
+    return host, b"".join(chunks)
+
+
 def guest_exe_path(binary: str, root: str) -> str:
     """The path the guest sees for the program (inside --root when it lies there)."""
     host = os.path.abspath(binary)

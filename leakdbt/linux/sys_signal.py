@@ -10,6 +10,7 @@ Handlers only change state and queue signals; delivery happens right after the c
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import struct
 import time
@@ -28,6 +29,7 @@ from leakdbt.linux.signals import (
     sender_info,
     set_altstack,
 )
+from leakdbt.linux.sys_wait import child_signal
 from leakdbt.linux.timers import (
     ITIMER_CLOCKS,
     ITIMER_SIGNALS,
@@ -100,9 +102,10 @@ def _deliverable(k: Kernel, mask: int) -> bool:
 
 
 def _wait_for_signal(k: Kernel, mask: int, what: str) -> None:
-    """Block until a signal outside ``mask`` is pending: only timers can send one."""
+    """Block until a signal outside ``mask`` is pending: only timers and children (SIGCHLD,
+    leakdbt.linux.sys_wait.child_signal) can send one."""
     while not _deliverable(k, mask):
-        if not k.timers.wait(k):
+        if not k.timers.wait(k) and not child_signal(k, mask):
             raise GuestError(f"deadlock: the only guest thread waits in {what} for a signal "
                              "that nothing can send")
 
@@ -176,6 +179,14 @@ def _send_self(k: Kernel, sig: int, code: int) -> int:
 
 
 def sys_kill(k: Kernel, pid: int, sig: int) -> int:
+    if s32(pid) in k.children:  # a guest child is a host process (leakdbt.linux.sys_clone)
+        if not 0 <= s32(sig) < signal.NSIG:
+            return -errno.EINVAL
+        try:
+            os.kill(s32(pid), s32(sig))
+        except OSError as e:
+            return -(e.errno or errno.ESRCH)
+        return 0
     if s32(pid) not in (0, -1, k.ids.pid, -k.ids.pid):
         return -errno.EPERM  # other processes of the host are out of the guest's reach
     return _send_self(k, s32(sig), SI_USER)

@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from leakdbt.errors import UnsupportedSyscall
-from leakdbt.linux import sigdeliver, sys_clone, sys_fs, sys_mem, sys_proc, sys_signal, sys_xattr
+from leakdbt.linux import (
+    sigdeliver,
+    sys_clone,
+    sys_exec,
+    sys_fs,
+    sys_mem,
+    sys_proc,
+    sys_signal,
+    sys_wait,
+    sys_xattr,
+)
 from leakdbt.linux.kernel import Kernel, Registers, Unsupported
 from leakdbt.linux.sys_proc import GuestExit
 from leakdbt.linux.syscall_names import SYSCALL_NAMES
@@ -44,7 +54,8 @@ def _arity(handler: Callable[..., int]) -> int:
 def build_table() -> dict[int, Syscall]:
     """Merge the per-area handler tables; a number claimed twice is a programming error."""
     table: dict[int, Syscall] = {}
-    for module in (sys_clone, sys_fs, sys_mem, sys_proc, sys_signal, sys_xattr):
+    for module in (sys_clone, sys_exec, sys_fs, sys_mem, sys_proc, sys_signal, sys_wait,
+                   sys_xattr):
         for nr, (name, handler) in module.HANDLERS.items():
             if nr in table:
                 raise RuntimeError(f"system call {nr} ({name}) registered twice")

@@ -91,3 +91,51 @@ class FunctionScope:
             for fn in self.on_leave:
                 fn()
         return self._active
+
+
+class ScopeCounter:
+    """What ``exec --stats`` reports about the scope: how often it was entered and the guest
+    blocks and instructions run inside it (the same scope as ``check`` and ``analyze``).
+
+    A block counts when it starts inside the scope; the block that enters the scope counts
+    from the scoped function's first instruction (the entry hook fires after its block
+    began).  Instructions per block are decoded once per (address, size)."""
+
+    def __init__(self, machine: Machine, modules: ModuleMap,
+                 functions: Sequence[tuple[str | None, int]] | None) -> None:
+        self.machine = machine
+        self.scope = FunctionScope(machine, functions)
+        self.entries = 0
+        self.blocks = 0
+        self.instructions = 0
+        self._sizes: dict[tuple[int, int], list[int]] = {}
+        self._block = (0, 0)
+        self.scope.on_enter.append(self._entered)
+        self.scope.watch(modules, returns=False)
+        machine.hooks.on_block(self._on_block)
+
+    def _starts(self, address: int, size: int) -> list[int]:
+        key = (address, size)
+        if key not in self._sizes:
+            from leakdbt.x86.disasm import instruction_starts
+
+            self._sizes[key] = instruction_starts(self.machine.mem.read(address, size), address)
+        return self._sizes[key]
+
+    def _on_block(self, address: int, size: int) -> None:
+        self._block = (address, size)
+        if self.scope.active():
+            self.blocks += 1
+            self.instructions += len(self._starts(address, size))
+
+    def _entered(self, entry: int) -> None:
+        self.entries += 1
+        address, size = self._block
+        if address <= entry < address + size:
+            self.blocks += 1
+            self.instructions += sum(1 for a in self._starts(address, size) if a >= entry)
+
+    def report(self) -> dict[str, int]:
+        """Entries (when functions are scoped), blocks and guest instructions inside."""
+        entries = {} if self.scope.everywhere else {"entries": self.entries}
+        return {**entries, "blocks": self.blocks, "instructions": self.instructions}

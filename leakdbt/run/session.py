@@ -5,6 +5,7 @@ This is the only place that wires the layers below it together for a run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,12 +39,13 @@ from leakdbt.linux.process import (
     entry_address,
     fd_table,
     guest_exe_path,
-    interpreter_path,
+    interpreter_file,
     map_image,
     phdr_address,
     process_ids,
 )
 from leakdbt.linux.sigdeliver import after_syscall, deliver_fault
+from leakdbt.linux.sys_exec import ExecImage, Kept, Program, keep
 from leakdbt.linux.syscalls import SyscallDispatcher
 from leakdbt.linux.timers import HostWaker
 from leakdbt.loader.elf import load_image
@@ -83,6 +85,10 @@ class ExecOptions:
     stdio: tuple[int, int, int] | None = None  # host fds for guest 0-2 (default: our own)
     monitor: Callable[[Dispatcher], Monitor] | None = None  # adaptive mode: makes the monitor
     virtual_time: int | None = None  # seed: deterministic entropy and clocks (VirtualTime)
+    # --stats with a contract: count entries, blocks and instructions in the contract's scope
+    # (run/scope.py); scope_functions None is the whole run.
+    count_scope: bool = False
+    scope_functions: Sequence[tuple[str | None, int]] | None = None
 
 
 @dataclass
@@ -95,6 +101,7 @@ class ExecResult:
     instructions: int | None = None
     blocks_translated: int | None = None
     translation: dict[str, object] | None = None  # Dispatcher.report(), when translating
+    scope: dict[str, int] | None = None  # ScopeCounter.report(), with count_scope
 
 
 def _symbolize_copies(symbolize: Callable[[int], str], translator: Dispatcher
@@ -115,20 +122,75 @@ def execute(binary: str, options: ExecOptions,
 
     ``on_exit`` sees the result however the run ends (normal exit, crash, limit), before a
     GuestError propagates, so that ``--stats`` is printed for crashes too.
+
+    An execve of the guest replaces the image here: the next one runs on a fresh machine
+    with the kept file system, fds, ids and signal state, and without the contract's
+    regions, observers or monitor (they belong to the first binary; docs/cli.md).  A guest
+    fork makes this a host fork: the child process ends inside this call with the guest's
+    status (leakdbt.run.child), never returning into the caller's code.
     """
-    loading_started = time.monotonic()  # --timeout covers loading
-    image = load_image(binary)
+    owner = os.getpid()
+    started = time.monotonic()  # --timeout covers loading, and every image exec'd
+
+    def report(result: ExecResult) -> None:
+        if on_exit is not None and os.getpid() == owner:  # --stats: the first process's
+            on_exit(result)
+
+    reporter = report if on_exit is not None else None
+
+    replaced: tuple[Kept, Program] | None = None
+    try:
+        while True:
+            try:
+                result = _run_image(binary, options, reporter, started, replaced)
+                break
+            except ExecImage as e:
+                if e.kept is None:
+                    raise
+                replaced = (e.kept, e.program)
+                e.__traceback__ = None  # let the old image's machine go
+                binary = e.program.host_path
+                options = dataclasses.replace(
+                    options, argv=e.program.argv, env=e.env, regions=(), translate_all=None,
+                    on_start=None, on_modules=None, hardener=None, monitor=None,
+                    count_entries=False, count_scope=False, scope_functions=None)
+    except BaseException as e:
+        if os.getpid() != owner:
+            from leakdbt.run.child import end_child
+
+            end_child(e)
+        raise
+    if os.getpid() != owner:
+        from leakdbt.run.child import exit_child
+
+        exit_child(result.exit_status)
+    return result
+
+
+def _run_image(binary: str, options: ExecOptions,
+               on_exit: Callable[[ExecResult], object] | None,
+               loading_started: float, replaced: tuple[Kept, Program] | None
+               ) -> ExecResult:
+    """Load and run one image: ``binary``, or the one an execve asked for (``replaced``:
+    the kernel that asked, and its request)."""
+    image = load_image(binary, replaced[1].data if replaced else None)
     if image.kind is ElfKind.SHARED and image.entry == 0:
         raise ElfError(binary, "a shared library without an entry point cannot be executed")
-    exe_path = guest_exe_path(binary, options.root)
-    cwd = options.cwd or (os.getcwd() if os.path.abspath(options.root) == "/" else "/")
-    fs = FileSystem(root=options.root, rw=list(options.rw), cwd=cwd)
+    if replaced is None:
+        exe_path = guest_exe_path(binary, options.root)
+        cwd = options.cwd or (os.getcwd() if os.path.abspath(options.root) == "/" else "/")
+        fs = FileSystem(root=options.root, rw=list(options.rw), cwd=cwd)
+        fds, ids = fd_table(options.stdio), process_ids()
+    else:
+        old = replaced[0]
+        exe_path, fs, fds, ids = replaced[1].guest_path, old.fs, old.fds, old.ids
     fs.exe_path = exe_path
     machine = Machine(max_memory=options.max_memory)
-    kernel = Kernel(mem=machine.mem, fs=fs, fds=fd_table(options.stdio), ids=process_ids(),
-                    exe_path=exe_path, cpu=machine)
+    kernel = Kernel(mem=machine.mem, fs=fs, fds=fds, ids=ids, exe_path=exe_path, cpu=machine)
     if options.virtual_time is not None:
         VirtualTime(options.virtual_time).apply(kernel)
+    if replaced is not None:  # what execve keeps of the process
+        replaced[0].apply(kernel)
     machine.symbolize = kernel.modules.symbolize
     syscalls = SyscallDispatcher(kernel, strict=options.strict)
     machine.syscall_handler = syscalls
@@ -138,12 +200,21 @@ def execute(binary: str, options: ExecOptions,
         waker = kernel.timers.waker = HostWaker(
             lambda: machine.defer(partial(after_syscall, kernel)))
     translator = None
+    allocations = None
     if options.regions or options.translate_all is not None:
         from leakdbt.dbt.dispatch import Dispatcher
+        from leakdbt.run.allocations import AllocationBounds
 
+        # Watches the allocator once hardened code asks for bounds (heap tables) — from the
+        # start when a table region has no bounds in the contract, since a region may be
+        # translated only at its first entry (leakdbt.run.allocations).
+        allocations = AllocationBounds(machine, kernel.modules)
+        if any(r.needs is not None and r.needs.kind == "table" and r.needs.table is None
+               for r in options.regions):
+            allocations.activate()
         translator = Dispatcher(machine, kernel.modules, options.regions, options.mode,
                                 options.count_entries, options.translate_all,
-                                hardener=options.hardener)
+                                hardener=options.hardener, bounds=allocations)
         machine.symbolize = _symbolize_copies(kernel.modules.symbolize, translator)
 
     bias = ELF_ET_DYN_BASE if image.is_pie else 0
@@ -154,7 +225,7 @@ def execute(binary: str, options: ExecOptions,
     entry = entry_address(image, bias)
     interp_base = 0
     if image.interpreter:
-        interp = load_image(interpreter_path(fs, binary, image.interpreter))
+        interp = load_image(*interpreter_file(fs, binary, image.interpreter))
         if not interp.is_pie:
             raise ElfError(binary, f"interpreter {image.interpreter} is not position independent")
         interp_base = machine.mem.find_free(interp.high - interp.low, MMAP_TOP) - interp.low
@@ -177,6 +248,11 @@ def execute(binary: str, options: ExecOptions,
         machine.count_blocks()
     start = time.perf_counter()
     status = 0
+    scope = None
+    if options.count_scope:
+        from leakdbt.run.scope import ScopeCounter
+
+        scope = ScopeCounter(machine, kernel.modules, options.scope_functions)
     if options.on_modules is not None:
         options.on_modules(kernel.modules)
     if options.on_start is not None:
@@ -189,10 +265,15 @@ def execute(binary: str, options: ExecOptions,
         translator.running = True
     if monitor is not None:
         monitor.start()
+    exec_request: ExecImage | None = None
     try:
         machine.run(entry, max_insns=options.max_insns, timeout=options.timeout,
                     count_insns=options.count_insns, since=loading_started)
         status = kernel.exit_status or 0
+    except ExecImage as e:  # the guest's execve: the session runs the next image
+        e.kept = keep(kernel)
+        exec_request = e
+        raise
     except GuestError as e:
         status = e.exit_status
         raise
@@ -201,14 +282,20 @@ def execute(binary: str, options: ExecOptions,
             waker.close()
         if monitor is not None:
             monitor.stop()
-        kernel.fds.close_all()
+        if exec_request is None:
+            kernel.fds.close_all()
+        else:
+            kernel.fds.close_on_exec()
         result = ExecResult(exit_status=status, wall_time=time.perf_counter() - start,
                             syscalls=dict(syscalls.counts),
                             instructions=machine.instructions_executed(),
                             blocks_translated=machine.blocks_translated,
-                            translation=translator.report() if translator else None)
+                            translation=translator.report() if translator else None,
+                            scope=scope.report() if scope is not None else None)
+        if allocations is not None and allocations.active and result.translation is not None:
+            result.translation["heap-table bounds"] = allocations.report()
         if monitor is not None and result.translation is not None:
             result.translation["monitor"] = monitor.report()
-        if on_exit is not None:
+        if on_exit is not None and exec_request is None:
             on_exit(result)
     return result

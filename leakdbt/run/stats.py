@@ -24,6 +24,11 @@ def format_stats(result: ExecResult) -> str:
                     lines.append(f"      {name:<30} {per_mode}")
             elif value is not None:
                 lines.append(f"    {key + ':':<26} {value}")
+    if result.scope is not None:
+        lines.append("  scope (protect.functions, callees included):" if "entries" in result.scope
+                     else "  scope (the whole run: no protect.functions):")
+        for key, value in result.scope.items():
+            lines.append(f"    {key + ':':<26} {value}")
     total = sum(result.syscalls.values())
     lines.append(f"  system calls:       {total}")
     for name, count in sorted(result.syscalls.items(), key=lambda kv: (-kv[1], kv[0])):

@@ -17,7 +17,9 @@ callee makes to RSP must be known before it runs (``push``, ``pop``, ``sub``/``a
 imm``, ``lea rsp, [rsp + d]``) and the same on every path to a block, so the depth of RSP
 below the region's is known at every instruction; the engine renders its slots relative to
 it, and puts RSP where each block expects it (``lea``, flags untouched).  RSP itself is not
-masked: an inactive clone block moves it exactly as an active one.
+masked: an inactive clone block moves it exactly as an active one.  A callee's ``add``/``sub
+rsp, imm`` runs with RSP moved back by :data:`CLONE_BASE` (where the original call has it),
+so that the flags it sets from RSP's value are the original's (the engine's ``original``).
 
 What a clone may touch.  Its blocks run even when the caller's predicate is off, when the
 original makes no call at all, so every access must be valid whatever the path: its own
@@ -26,12 +28,24 @@ stack (stack arguments, its return address) and any other address are refused.  
 stores to its frame lie below the region's RSP minus :data:`CLONE_BASE`: memory the ABI
 already treats as dead.
 
+Calls through the GOT.  ``call [rip + X]`` and a call to a PLT stub (``endbr64``, ``bnd
+jmp [rip + X]``) are cloned as calls to the function the GOT slot X is bound to, which the
+translator resolves when it hardens the region (:func:`resolve_call`); that function may
+lie in another module.  Its blocks then have addresses in the region's module's terms
+(runtime minus the region's bias), so every rule here, the memory rule included, applies
+unchanged: its RIP-relative operands denote its own module's data.
+
 Refusals (``I`` names the instruction as ``'text' at 0xADDR``; each is the Refusal reason):
 
-- ``I is an indirect call (its callee is known only when it runs)``
+- ``I is an indirect call (its callee is known only when it runs)`` (through a register)
+- ``I is an indirect call through a memory slot that cannot be resolved: WHY``
 - ``I calls 0xT, which is not a function the translator can decode``
-- ``I calls F through 'I2' (a PLT stub or another indirect jump, resolved only at run
-  time), which is not cloned``
+- ``I calls the function at 0xT through I2, whose target cannot be resolved: WHY`` (a PLT
+  stub whose GOT slot the translator cannot resolve; WHY is RegionView.resolve_indirect's)
+- ``I calls the PLT stub at 0xT, which jumps to 0xU, not a function the translator can
+  decode``
+- ``F leaves through I2 (an indirect jump: a jump table or a tail call through a
+  pointer), which is not cloned``
 - ``I: the call is nested deeper than the clone budget (clone_depth = N)``
 - ``I: F calls itself (recursion is not cloned)``
 - ``the clones of the region's callees would run more than N instructions (clone_insns)``
@@ -52,9 +66,9 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from leakdbt.plugin_api import REGION_SCRATCH, BlockView, Flow, Insn, RegionView, detail
+from leakdbt.plugin_api import BlockView, Flow, Insn, RegionView, detail
 from plugins.support.predication import (
-    MAX_FRAME,
+    CLONE_BASE,
     InsnInfo,
     Refused,
     analyse,
@@ -66,10 +80,8 @@ from plugins.support.predication import (
 )
 
 __all__ = ["CLONE_BASE", "DEFAULT_DEPTH", "DEFAULT_INSNS", "Graph", "cloned_instructions",
-           "expand_calls"]
+           "expand_calls", "resolve_call"]
 
-CLONE_BASE = REGION_SCRATCH + MAX_FRAME
-"""How far below the region's RSP a clone's caller frame ends (its return address below)."""
 DEFAULT_DEPTH = 2
 """Nesting of calls cloned when the contract sets no ``clone_depth``."""
 DEFAULT_INSNS = 1000
@@ -105,10 +117,7 @@ def expand_calls(region: RegionView, blocks: list[BlockView]) -> Graph:
     out = Graph(region.entry)
     for b in blocks:
         last = b.last
-        if last.flow is Flow.INDIRECT_CALL:
-            raise Refused(f"{where(last, region.bias)} is an indirect call (its callee is "
-                          "known only when it runs)")
-        if last.flow is not Flow.CALL:
+        if last.flow not in (Flow.CALL, Flow.INDIRECT_CALL):
             out.blocks.append(b)
             continue
         entry = graph.clone(last, last.next, CLONE_BASE + 8, (), out)
@@ -123,18 +132,75 @@ def cloned_instructions(region: RegionView) -> list[Insn]:
     max_depth, _ = budget(region)
     seen: set[int] = set()
     out: list[Insn] = []
-    frontier = [i.target for i in region.instructions() if i.flow is Flow.CALL and i.target]
+
+    def callees(insns: list[Insn] | tuple[Insn, ...]) -> list[tuple[BlockView, ...]]:
+        found = []
+        for i in insns:
+            if i.flow in (Flow.CALL, Flow.INDIRECT_CALL):
+                resolved = resolve_call(region, i)
+                if not isinstance(resolved, str):
+                    found.append(resolved[1])
+        return found
+
+    frontier = callees(region.instructions())
     for _level in range(max_depth):
-        nxt: list[int] = []
-        for f in frontier:
-            if f in seen:
+        nxt: list[tuple[BlockView, ...]] = []
+        for blocks in frontier:
+            if blocks[0].start in seen:
                 continue
-            seen.add(f)
-            for b in region.callee(f) or ():
+            seen.add(blocks[0].start)
+            for b in blocks:
                 out += b.insns
-                nxt += [i.target for i in b.insns if i.flow is Flow.CALL and i.target]
+                nxt += callees(b.insns)
         frontier = nxt
     return out
+
+
+def resolve_call(region: RegionView, call: Insn) -> tuple[int, tuple[BlockView, ...]] | str:
+    """The function ``call`` enters and its blocks (by address), or why it is not cloned.
+
+    A direct call's target is the function; ``call [rip + X]`` (``-fno-plt``) goes where
+    the GOT slot X points, and a call to a PLT stub (a function that is only ``endbr64``
+    and ``jmp [rip + X]``) where the stub's slot points: the translator resolves both as
+    the dynamic linker binds them (``RegionView.resolve_indirect``)."""
+    w = where(call, region.bias)
+    if call.flow is Flow.INDIRECT_CALL:
+        if call.rip_target is None:
+            return f"{w} is an indirect call (its callee is known only when it runs)"
+        resolved = region.resolve_indirect(call)
+        if isinstance(resolved, str):
+            return f"{w} is an indirect call through a memory slot that cannot be resolved: " \
+                   f"{resolved}"
+        target = resolved
+    else:
+        assert call.target is not None
+        target = call.target
+    blocks = region.callee(target)
+    if not blocks:
+        return f"{w} calls {target + region.bias:#x}, which is not a function the " \
+               "translator can decode"
+    stub = _stub_jump(blocks)
+    if stub is not None:
+        resolved = region.resolve_indirect(stub)
+        if isinstance(resolved, str):
+            return f"{w} calls the function at {target + region.bias:#x} through " \
+                   f"{where(stub, region.bias)}, whose target cannot be resolved: {resolved}"
+        stub_at, target = target, resolved
+        blocks = region.callee(target)
+        if not blocks:
+            return f"{w} calls the PLT stub at {stub_at + region.bias:#x}, which jumps to " \
+                   f"{target + region.bias:#x}, not a function the translator can decode"
+    return target, blocks
+
+
+def _stub_jump(blocks: tuple[BlockView, ...]) -> Insn | None:
+    """The ``jmp [rip + X]`` of a PLT stub (one block: ``endbr64``, nops, the jump)."""
+    last = blocks[0].last
+    if len(blocks) != 1 or last.flow is not Flow.INDIRECT_JUMP or last.rip_target is None:
+        return None
+    if any(i.mnemonic not in ("endbr64", "nop") for i in blocks[0].insns[:-1]):
+        return None
+    return last
 
 
 class _Builder:
@@ -150,23 +216,21 @@ class _Builder:
         """Add a clone of ``call``'s callee entered at RSP ``depth`` and returning to block
         key ``ret``; its entry's key."""
         w = where(call, self.bias)
-        target = call.target
-        assert target is not None
         if len(chain) >= self.max_depth:
             raise Refused(f"{w}: the call is nested deeper than the clone budget "
                           f"(clone_depth = {self.max_depth})")
+        resolved = resolve_call(self.region, call)
+        if isinstance(resolved, str):
+            raise Refused(resolved)
+        target, blocks = resolved
         if target in chain:
             raise Refused(f"{w}: {target + self.bias:#x} calls itself (recursion is not "
                           "cloned)")
-        blocks = self.region.callee(target)
-        if not blocks:
-            raise Refused(f"{w} calls {target + self.bias:#x}, which is not a function the "
-                          "translator can decode")
         fname = f"the function at {target + self.bias:#x}"
         for b in blocks:
             if b.last.flow is Flow.INDIRECT_JUMP:
-                raise Refused(f"{w} calls {fname} through {where(b.last, self.bias)} (a PLT "
-                              "stub or another indirect jump, resolved only at run time), "
+                raise Refused(f"{fname} leaves through {where(b.last, self.bias)} (an "
+                              "indirect jump: a jump table or a tail call through a pointer), "
                               "which is not cloned")
         self.instances += 1
         n = self.instances
@@ -185,7 +249,7 @@ class _Builder:
             if d is None:
                 continue  # unreachable from the entry (cannot happen in a decoded CFG)
             for insn in body(b):
-                if insn.flow is Flow.CALL:
+                if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
                     continue
                 reason = control_refusal(insn, self.bias)
                 if reason:
@@ -203,7 +267,8 @@ class _Builder:
             out.depths[key(b.start)] = at[b.start]
             out.clones.add(key(b.start))
             succ: list[int] = []
-            if last.flow is not Flow.CALL:
+            calls = last.flow in (Flow.CALL, Flow.INDIRECT_CALL)
+            if not calls:
                 reason = control_refusal(last, self.bias)
                 if reason:
                     raise Refused(reason)
@@ -212,7 +277,7 @@ class _Builder:
                     raise Refused(f"{where(last, self.bias)} returns with rsp {depth - d} "
                                   "bytes away from its return address")
                 insns = (*body(b), _jump(last, ret))
-            elif last.flow is Flow.CALL:
+            elif calls:
                 entry = self.clone(last, key(last.next), d + 8, (*chain, target), out)
                 insns = (*b.insns[:-1], _jump(last, entry))
                 succ = [last.next]

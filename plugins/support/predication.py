@@ -90,6 +90,9 @@ __all__ = ["INIT", "INSN_PASSES", "Engine", "InsnInfo", "Mem", "Pred", "Refused"
            "predicated_refusal", "terminator", "topological", "writes_flags"]
 
 MAX_FRAME = 0x1000  # scratch bytes below REGION_SCRATCH a region may use
+CLONE_BASE = REGION_SCRATCH + MAX_FRAME
+"""How far below the region's RSP a callee clone's caller frame ends (plugins/support/clone.py):
+a clone's RSP is this far below where the original call has it."""
 
 _SUB = {"rax": ("eax", "ax", "al", "ah"), "rbx": ("ebx", "bx", "bl", "bh"),
         "rcx": ("ecx", "cx", "cl", "ch"), "rdx": ("edx", "dx", "dl", "dh"),
@@ -684,6 +687,17 @@ class Engine:
         self.top = mark
         return out
 
+    def original(self, info: InsnInfo) -> list[str]:
+        """``.insn`` for the instruction.  A callee clone's ``add``/``sub rsp, imm`` runs
+        with RSP where the original call has it (``lea``s, flags untouched, around it): its
+        flags depend on RSP's value, and must be the original's."""
+        address = info.insn.address
+        if self.deltas.get(address) and info.flags_write and info.insn.mnemonic in ("add",
+                                                                                  "sub"):
+            return [f"lea rsp, [rsp + {CLONE_BASE:#x}]", original(address),
+                    f"lea rsp, [rsp - {CLONE_BASE:#x}]"]
+        return [original(address)]
+
     def _always(self, block: BlockView, insns: list[InsnInfo], term: Terminator, cond: int,
                 needs_cond: bool, actions: dict[str, list[str]]) -> list[str]:
         """An always-on block: its instructions, then its edges without touching flags
@@ -692,7 +706,7 @@ class Engine:
         if needs_flags(insns, needs_cond):
             out += self.flags_to_reg()
         for i in insns:
-            out.append(original(i.insn.address))
+            out += self.original(i)
             self.depth += self.deltas.get(i.insn.address, 0)
         if writes_flags(insns):
             self.live, self.saved = True, False
@@ -746,7 +760,7 @@ class Engine:
                     address, old = self.alloc(), self.alloc(16 if m.width == 16 else 8)
                     out += self._record(m, address, old)
                     recorded.append((m, address, old))
-            out.append(original(info.insn.address))
+            out += self.original(info)
             self.depth += self.deltas.get(info.insn.address, 0)
         if fw:
             self.live, self.saved = True, False  # the block's flags; `fl` holds those before

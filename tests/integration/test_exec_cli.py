@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,39 @@ def test_wrong_architecture(tmp_path: Path) -> None:
     r = run_leakdbt(["exec", str(path)])
     assert r.status == 2
     assert "AARCH64" in _one_error_line(r.stderr).upper()
+
+
+def _stat(stderr: bytes, key: str) -> int:
+    m = re.search(rf"^\s+{key}:\s+(\d+)$", stderr.decode(), re.M)
+    assert m, stderr.decode()
+    return int(m.group(1))
+
+
+@pytest.mark.parametrize("divisor", ["0000000a", "ffffffff"])
+def test_stats_scope_counts_what_callgrind_counts(built: Path, tmp_path: Path,
+                                                  divisor: str) -> None:
+    """exec --stats reports the contract's scope (protect.functions, callees included) as
+    check and analyze see it.  Ground truth: valgrind's callgrind on the native binary,
+    collecting only while process() is active (--toggle-collect counts its callees too)."""
+    exe = binary("static", "entry_div")
+    run = run_leakdbt(["exec", "--contract", "contracts/entry_div.toml", "--stats", exe,
+                       divisor])
+    assert run.status == 0, run.stderr
+    out = tmp_path / "cg.out"
+    native = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                             "--toggle-collect=process", exe, divisor],
+                            capture_output=True, text=True, check=True)
+    collected = re.search(r"Collected : (\d+)", native.stderr)
+    assert collected, native.stderr
+    assert _stat(run.stderr, "entries") == 1
+    assert _stat(run.stderr, "instructions") == int(collected.group(1))
+
+
+def test_stats_scope_of_a_whole_program_contract_is_the_whole_run(built: Path) -> None:
+    """Without protect.functions the scope is the whole run: every counted instruction."""
+    run = run_leakdbt(["exec", "--contract", "contracts/hello.toml", "--stats",
+                       "--count-insns", binary("static", "hello")])
+    assert run.status == 0, run.stderr
+    assert b"scope (the whole run: no protect.functions)" in run.stderr
+    assert b"entries:" not in run.stderr
+    assert _stat(run.stderr, "instructions") == _stat(run.stderr, "guest instructions")

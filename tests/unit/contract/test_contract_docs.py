@@ -53,7 +53,8 @@ def test_document_has_an_example_per_feature() -> None:
     for key in ("argv =", "stdin = true", "file =", "env =", "register =", "pointer =",
                 "symbol =", 'kind = "table"', 'kind = "branch"', 'kind = "divide"',
                 'kind = "loop"', 'kind = "float"', "functions =", "declassify =", "args =",
-                'at = "0x', '.so:', 'policy = "adaptive"', 'format = "decimal"'):
+                'at = "0x', '.so:', "[[check.declassify_at]]", 'when = "return"',
+                'policy = "adaptive"', 'format = "decimal"'):
         assert key in text, f"no example uses {key}"
     assert len(toml_examples()) >= 9
 

@@ -27,8 +27,9 @@ FLAGS = {  # as test_binaries/Makefile builds them
     "dynamic": ["-fPIE", "-pie"],
 }
 OFFSET_BOUND = {"modexp", "ct_modexp", "idea_mul", "mac_verify", "sbox_round", "ttable_round",
-                "secret_div", "fp_secret"}  # contracts naming blocks by symbol+offset
-LIBS = {"ossl_modexp": ["-lcrypto"], "sodium_verify": ["-lsodium"]}  # the Makefile's LIBPROGS
+                "secret_div", "fp_secret", "heap_table", "nested_loop"}  # symbol+offset
+LIBS = {"ossl_modexp": ["-lcrypto"], "ossl_powm1024": ["-lcrypto"],
+        "sodium_verify": ["-lsodium"]}  # the Makefile's LIBPROGS
 
 
 def program(stem: str) -> str:

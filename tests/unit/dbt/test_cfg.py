@@ -646,7 +646,7 @@ def test_test_programs_agree_with_objdump(built: Path, kind: str) -> None:
     C library) in the static builds, where calls to exit and abort are direct."""
     checked = 0
     problems: list[str] = []
-    for program in sorted(p.name for p in (built / "dynamic").iterdir()):
+    for program in sorted(p.name for p in (built / "dynamic").iterdir() if p.is_file()):
         if not (built / kind / program).exists():
             continue  # a program added since the last build
         own = {f.name for f in load_image(built / "dynamic" / program).functions} - CRT

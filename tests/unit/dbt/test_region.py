@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from leakdbt.dbt.cfg import FunctionCFG, function_cfg
-from leakdbt.dbt.region import CodeRegion, RegionError, form_region
+from leakdbt.dbt.region import CodeRegion, RegionError, form_region, side_reachable
 from leakdbt.errors import TranslationError
 from leakdbt.loader.elf import load_image
 from tests.conftest import binary
@@ -165,6 +165,22 @@ latch_skip:
 latch_done:
         ret
         .size   latch, .-latch
+
+/* a loop whose body is also the target of code nothing reaches (an extra leader) */
+        .globl  dead_loop
+        .type   dead_loop, @function
+dead_loop:
+        xor     eax, eax
+dead_loop_top:
+        add     eax, edi
+dead_loop_body:
+        dec     edi
+        jne     dead_loop_top
+dead_loop_done:
+        ret
+dead_loop_dead:
+        jmp     dead_loop_body
+        .size   dead_loop, .-dead_loop
 
 /* a cycle a <-> b entered at both a and b */
         .globl  irreducible
@@ -362,10 +378,6 @@ REFUSALS = [
      "of reaching the end of the region"),
     ("tail_arm", "tail_arm", True,
      "tail_arm: exit from the middle: {tail_arm_other} leaves tail_arm for {diamond:#x}"),
-    ("latch", "latch_skip", None,
-     "{latch_skip}: not single-entry: {latch_head} is also entered from latch"),
-    ("irreducible", "irreducible_b", None,
-     "{irreducible_b}: not single-entry: {irreducible_a} is also entered from irreducible"),
     ("indirect", "indirect", None,
      "indirect: {indirect_jump} ends with an indirect jump whose targets are unknown "
      "('jmp rsi')"),
@@ -418,6 +430,59 @@ class _Label:
 
     def __format__(self, spec: str) -> str:
         return format(self.address, spec) if spec else self.where
+
+
+# (function, start label, the region's block labels, those also entered from outside it)
+SIDE_ENTRIES = [
+    # a branch at a loop's latch: the loop, whose header is also entered from the entry
+    ("latch", "latch_skip", {"latch_skip", "latch_head", "latch_add"}, {"latch_head"}),
+    # the cycle a <-> b is irreducible in the function (entered at a and at b), but the
+    # copy is entered only at b: a loop with one entry, its header b
+    ("irreducible", "irreducible_b", {"irreducible_b", "irreducible_a"}, {"irreducible_a"}),
+]
+
+
+@pytest.mark.parametrize(("function", "start", "blocks", "shared"), SIDE_ENTRIES,
+                         ids=[f"{f}@{s}" for f, s, _, _ in SIDE_ENTRIES])
+def test_blocks_also_entered_from_outside_are_formed_and_listed(
+        program: Program, function: str, start: str, blocks: set[str], shared: set[str]
+) -> None:
+    """A side entry no longer refuses the region: the copy is entered only at the start
+    and holds its own duplicate of each block; the original stays for the other entries."""
+    region = program.form(function, start)
+    assert region.kind == "branch" and region.entry == program.symbols[start]
+    assert region.blocks == tuple(sorted(program.symbols[b] for b in blocks))
+    assert region.shared == tuple(sorted(program.symbols[b] for b in shared))
+    outside = {p for b in region.shared for p in region.cfg.blocks[b].preds
+               if p not in region.blocks}
+    assert outside == {program.symbols[function]}
+
+
+def test_side_reachable_blocks_stop_at_the_region_start(program: Program) -> None:
+    """latch@latch_skip: the side entry runs latch_head, latch_add in the original, then
+    reaches latch_skip, the start, where the copy takes over."""
+    region = program.form("latch", "latch_skip")
+    assert side_reachable(region) == {program.symbols["latch_head"],
+                                      program.symbols["latch_add"]}
+    assert side_reachable(program.form("diamond", "diamond")) == frozenset()
+
+
+def test_a_loop_entered_from_unreachable_code_leaves_that_code_out(program: Program) -> None:
+    """dead_loop_dead (decoded as an extra leader, reached by nothing) jumps into the body:
+    it is not part of the natural loop, but a side entry into it."""
+    cfg = program.cfg("dead_loop", ("dead_loop_top", "dead_loop_dead"))
+    top = program.symbols["dead_loop_top"]
+    region = form_region(cfg, top, "dead_loop_top", loop=True)
+    assert region.kind == "loop"
+    assert region.blocks == (top, program.symbols["dead_loop_body"])
+    assert region.shared == (program.symbols["dead_loop_body"],)
+
+
+@pytest.mark.parametrize(("function", "start"), [("diamond", "diamond"), ("nested", "nested"),
+                                                 ("two_returns", "two_returns")])
+def test_single_entry_regions_share_nothing(program: Program, function: str, start: str
+                                            ) -> None:
+    assert program.form(function, start).shared == ()
 
 
 def test_irreducible_loop_is_refused(program: Program) -> None:

@@ -1,6 +1,7 @@
 """Nothing unsupported passes silently: every clone flag combination, exec and unknown system
 call leakdbt does not run fails with an errno, is named once on stderr, and is fatal under
---strict."""
+--strict.  (fork, vfork, posix_spawn's clone and execve run: tests/integration/
+test_processes.py.)"""
 
 from __future__ import annotations
 
@@ -79,20 +80,19 @@ CASES = {
                               f"clone3 flags {PTHREAD_NAMES} (clone3, 435)"),
     "pthread_create-clone": (56, lambda m: (PTHREAD, 0x7000, 0, 0, 0),
                              f"clone flags {PTHREAD_NAMES} (clone, 56)"),
-    "glibc-fork": (56, lambda m: (0x1200000 | SIGCHLD, 0, 0, 0, 0),
-                   "clone flags CLONE_CHILD_CLEARTID|CLONE_CHILD_SETTID|SIGCHLD (clone, 56)"),
-    "posix_spawn": (435, lambda m: (_clone3_args(m, 0x4100, SIGCHLD), 88),
-                    "clone3 flags CLONE_VM|CLONE_VFORK|SIGCHLD (clone3, 435)"),
+    "shared-fd-table": (56, lambda m: (0x400 | SIGCHLD, 0, 0, 0, 0),
+                        "clone flags CLONE_FILES|SIGCHLD (clone, 56)"),
+    "other-exit-signal": (56, lambda m: (10, 0, 0, 0, 0), "clone flags SIGUSR1 (clone, 56)"),
+    "clone3-pidfd": (435, lambda m: (_clone3_args(m, 0x1000, SIGCHLD), 88),
+                     "clone3 flags CLONE_PIDFD|SIGCHLD (clone3, 435)"),
     "plain-clone-vm": (56, lambda m: (0x100, 0x7000, 0, 0, 0),
                        "clone flags CLONE_VM (clone, 56)"),
     "namespaces": (56, lambda m: (0x10000000 | 0x20000000 | SIGCHLD, 0, 0, 0, 0),
                    "clone flags CLONE_NEWUSER|CLONE_NEWPID|SIGCHLD (clone, 56)"),
-    "fork": (57, lambda m: (), "fork flags SIGCHLD (fork, 57)"),
-    "vfork": (58, lambda m: (), "vfork flags CLONE_VM|CLONE_VFORK|SIGCHLD (vfork, 58)"),
-    "execve": (59, lambda m: (m.cstr("/bin/true"), 0, 0),
-               "execve of another program (execve, 59)"),
-    "execveat": (322, lambda m: (0, m.cstr("/bin/true"), 0, 0, 0),
-                 "execveat of another program (execveat, 322)"),
+    "fexecve": (322, lambda m: (3, m.cstr(""), 0, 0, 0x1000),
+                "execveat of an open file (AT_EMPTY_PATH) (execveat, 322)"),
+    "execveat-dirfd": (322, lambda m: (3, m.cstr("true"), 0, 0, 0),
+                       "execveat relative to a directory fd (execveat, 322)"),
     "unknown": (206, lambda m: (), "system call io_setup (206)"),
 }
 

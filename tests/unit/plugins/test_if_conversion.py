@@ -19,6 +19,7 @@ from leakdbt.plugin_api import Refusal, Rewrite
 from plugins import if_conversion
 from plugins.ct_division import PASS as CT_DIVISION
 from plugins.if_conversion import PASS
+from plugins.support.predication import analyse, topological
 from tests.unit.dbt.harness import (
     ARITH_FLAGS,
     FLAGS_MASK,
@@ -348,3 +349,46 @@ def test_return_joined_region_in_a_pie(tmp_path: Path) -> None:
     with check:
         report = check.check([f"pie:{i}" for i in range(100)], CASES["retjoin"][1])
     assert not report.mismatches and report.compared == 100
+
+
+# -- shared tails: the fork scheme duplicates them, within limits ---------------------------
+
+def _dag(*tail: str) -> list[str]:
+    """if (rdi & 1) rax = rsi; else rax = rdx; then a tail both arms share; ret."""
+    return ["mov r9, qword ptr [rsi]", "test dil, 1", "je other", "mov rax, rsi", "jmp tail",
+            "other:", "mov rax, rdx", "tail:", *tail, "ret"]
+
+
+def _triangles(n: int) -> list[str]:
+    """n triangles in a row: each join is reached on twice as many paths as the last."""
+    lines = []
+    for k in range(n):
+        lines += [f"test edi, {1 << k:#x}", f"je j{k}", "inc rax", f"j{k}:"]
+    return lines + ["ret"]
+
+
+SCHEMES = {  # case -> (lines, does the fork scheme run it (its tail duplicated))
+    "dag": (_dag("imul rax, rax, 3"), True),
+    "dag-div": (_dag("div rcx"), False),  # ct-division replaces divisions
+    "dag-load": (_dag("add rax, qword ptr [rsi]"), False),  # oblivious-table, loads
+    "dag-frame": (_dag("add rax, qword ptr [rsp + 8]"), True),
+    "dag-store": (_dag("mov qword ptr [rsp - 8], rax"), False),  # stores: predicated
+    "triangles-4": (_triangles(4), True),  # 46 nodes once duplicated
+    "triangles-5": (_triangles(5), False),  # 94 nodes: more than MAX_FORK_BLOCKS
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMES))
+def test_the_fork_scheme_takes_a_dag_when_duplicating_its_tails_is_safe(case: str) -> None:
+    lines, fork = SCHEMES[case]
+    view = view_from_asm(lines)
+    order = topological(view.entry, view.blocks, lambda a, b: False)
+    assert order is not None
+    infos = {i.address: analyse(i) for i in view.instructions()}
+    assert if_conversion._is_tree(order, infos) is fork
+    tree = if_conversion._fork_tree(order, infos)
+    if tree is not None:  # every block once per path from the entry
+        assert len(tree.views) <= if_conversion.MAX_FORK_BLOCKS
+        assert len(tree.views) > len(order)
+    result = harden(PASS, view)
+    assert isinstance(result, Rewrite), result

@@ -6,16 +6,19 @@ instructions, and the refusals."""
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from unicorn import (
     UC_ARCH_X86,
+    UC_HOOK_CODE,
     UC_HOOK_MEM_READ,
     UC_HOOK_MEM_WRITE,
     UC_MODE_64,
@@ -31,13 +34,22 @@ from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
-from leakdbt.plugin_api import BlockView, DataObject, Refusal, RegionView, Rewrite
-from leakdbt.x86.asm import assemble, assemble_block
+from leakdbt.plugin_api import BlockView, DataObject, Refusal, RegionView, Rewrite, original
+from leakdbt.run.allocations import AllocationMap
+from leakdbt.x86.asm import Fixed, Line, assemble, assemble_block, assemble_block_map
 from leakdbt.x86.insn import Insn, decode
-from plugins.oblivious_table import PASS, TableAccess, find_accesses, oblivious_access
+from plugins.oblivious_table import (
+    PASS,
+    TableAccess,
+    find_accesses,
+    heap_access,
+    heap_accesses,
+    oblivious_access,
+)
 from tests.unit.dbt.harness import (
     GPRS,
     PIE_BIAS,
+    SCRATCH,
     RegionCheck,
     Sandbox,
     compile_program,
@@ -195,15 +207,15 @@ def test_out_of_bounds_runs_the_original_access(program: Program) -> None:
 def test_sub_bytes_loop_body(program: Program) -> None:
     """The AES-like S-box lookup ``out[i] = sbox[in[i] ^ key[i]]``: the loop body block.  In
     the PIE program the table's ``lea`` is hoisted out of the loop, so the bounds come from
-    the contract (every indexed access is then checked against them at run time)."""
+    the contract (every indexed access is then checked against them at run time); without
+    them every access would get run-time allocation bounds (heap tables, below)."""
     region = program.block_region("sub_bytes", "movzx")
     sbox = program.symbols["sbox"]
     view = _view(program, region)
     found = find_accesses(view)
     if program.image.is_pie:
         assert not found  # nothing ties the base register to the table ...
-        refusal = PASS.harden(view, None, None)  # type: ignore[arg-type]
-        assert isinstance(refusal, Refusal) and "no load or store" in refusal.reason
+        assert len(heap_accesses(view)) == 4  # (so run-time bounds would be asked for)
         table: tuple[int, int] | None = (sbox, 256)  # ... but the contract names it
     else:
         assert [a.anchor is not None for a, _ in found] == [True]
@@ -310,7 +322,8 @@ FORMS = [
 ]
 
 
-def _run(code: bytes, at: int, regs: dict[str, int], flags: int, xmm0: int, data: bytes
+def _run(code: bytes, at: int, regs: dict[str, int], flags: int, xmm0: int, data: bytes,
+         probe: tuple[int, Callable[..., None]] | None = None
          ) -> tuple[dict[str, int], int, int, bytes, str | None]:
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(CODE, 0x10000)
@@ -323,6 +336,8 @@ def _run(code: bytes, at: int, regs: dict[str, int], flags: int, xmm0: int, data
         uc.reg_write(reg, regs[name])
     uc.reg_write(x.UC_X86_REG_EFLAGS, flags)
     uc.reg_write(x.UC_X86_REG_XMM0, xmm0)
+    if probe is not None:  # a hook standing for the translator's at a ``.bounds`` line
+        uc.hook_add(UC_HOOK_CODE, probe[1], None, probe[0], probe[0])
     fault = None
     try:
         uc.emu_start(at, at + len(code))
@@ -409,7 +424,7 @@ def _refusal(view: RegionView) -> str:
 
 
 @pytest.mark.parametrize(("texts", "why"), [
-    (["mov eax, dword ptr [rdi + rcx*4]"], "no load or store in r indexes a known table"),
+    (["mov eax, dword ptr [rip + 0x100]"], "no load or store in r indexes a known table"),
     (["movdqa xmm0, xmmword ptr [rax + 0x4a3c00]"], "16-byte memory operand is not supported"),
     (["lock add dword ptr [rax + 0x4a3c00], ecx"], "prefixes (lock/rep) are not supported"),
     (["xchg dword ptr [rax + 0x4a3c00], ecx"], "xchg/cmpxchg/xadd are atomic"),
@@ -521,3 +536,311 @@ def test_through_the_hardener(program: Program) -> None:
     with RegionCheck(sandbox, region, t, scratch_below_red_zone=True) as check:
         report = check.check(f"hardener:{i}" for i in range(50))
     assert not report.mismatches and report.compared == 50
+
+
+# --------------------------------------------------------------------------------------------
+# Heap tables: no ELF object and no contract bounds; the sequence gets (start, size) of the
+# allocation holding the address at run time, at its ``.bounds`` line (a hook writes them,
+# here as leakdbt.run.allocations does in a run: from an AllocationMap, with a size cap).
+
+HEAP_SOURCE = """
+#include <stdint.h>
+#include <stddef.h>
+#define NI __attribute__((noinline))
+NI unsigned heap_get(const uint8_t *t, size_t i) { return t[i]; }
+NI uint32_t heap_get32(const uint32_t *t, size_t i) { return t[i]; }
+NI int heap_get16s(const int16_t *t, size_t i) { return t[i]; }
+NI void heap_put(uint8_t *t, size_t i, uint8_t v) { t[i] = v; }
+NI void heap_add64(uint64_t *t, size_t i, uint64_t v) { t[i] += v; }
+NI void heap_sub_bytes(uint8_t *out, const uint8_t *in, const uint8_t *key,
+                       const uint8_t *sbox, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = sbox[in[i] ^ key[i]];
+}
+int main(int argc, char **argv) {
+    uint8_t t[256] = {0}; uint32_t w[64] = {0}; int16_t h[8] = {0}; uint64_t q[8] = {0};
+    heap_put(t, argc, 1); heap_add64(q, argc & 7, 2); heap_sub_bytes(t, t, t, t, 4);
+    return (int)(heap_get(t, argc) + heap_get32(w, argc) + heap_get16s(h, argc & 7));
+}
+"""
+HEAP_CAP = 0x400  # the cap the probe hook applies in these tests
+# Allocations in the harness's scratch memory: (start, size).  The S-box starts mid-line.
+SBOX_AT = SCRATCH + 0x1010
+ALLOCATIONS = [(SBOX_AT, 256), (SCRATCH + 0x1200, 16), (SCRATCH + 0x1240, 16),
+               (SCRATCH + 0x1300, 16), (SCRATCH + 0x1400, 0x100), (SCRATCH + 0x1800, 0x800)]
+TOO_BIG = SCRATCH + 0x1800  # larger than HEAP_CAP: refused at run time
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def heap_program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Program:
+    kind = request.param
+    directory = tmp_path_factory.mktemp(f"heap-{kind}")
+    path = compile_program(directory, "heap", {"heap.c": HEAP_SOURCE}, kind)
+    return Program(load_image(str(path)), nm_symbols(Path(path)))
+
+
+def _allocation_map() -> AllocationMap:
+    live = AllocationMap()
+    for start, size in ALLOCATIONS:
+        live.add(start, size)
+    return live
+
+
+@contextmanager
+def _probes(uc: Any, probes: dict[int, tuple[str, int]], live: AllocationMap,
+            calls: list[int] | None = None) -> Iterator[None]:
+    """Hooks on the ``.bounds`` lines that write what leakdbt.run.allocations would."""
+    regs = dict(GPRS)
+
+    def hook(uc: Uc, address: int, size: int, _: object) -> None:
+        register, offset = probes[address]
+        found = live.find(uc.reg_read(regs[register]))
+        start, length = found if found is not None and found[1] <= HEAP_CAP else (0, 0)
+        if calls is not None:
+            calls.append(length)
+        rsp = uc.reg_read(x.UC_X86_REG_RSP)
+        uc.mem_write(rsp - offset, start.to_bytes(8, "little") + length.to_bytes(8, "little"))
+
+    handles = [uc.hook_add(UC_HOOK_CODE, hook, None, a, a) for a in probes]
+    uc.ctl_flush_tb()
+    try:
+        yield
+    finally:
+        for h in handles:
+            uc.hook_del(h)
+        uc.ctl_flush_tb()
+
+
+def _heap_harden(program: Program, region: CodeRegion, sandbox: Sandbox, granularity: int = 64
+                 ) -> tuple[Rewrite, Translation]:
+    view = region_view(region, "table", program.bias,
+                       {"granularity": granularity, "line_size": 64}, None, program.image)
+    assert not find_accesses(view)
+    rewrite = PASS.harden(view, None, None)  # type: ignore[arg-type]
+    assert isinstance(rewrite, Rewrite), rewrite
+    t = relocate(region, sandbox.bias, sandbox.place, rewrite.replace)
+    assert len(t.probes) == len(rewrite.replace)
+    return rewrite, t
+
+
+def _index(limit: int) -> Callable[[random.Random], int]:
+    """Mostly in range; sometimes just outside (other memory: unknown or another
+    allocation), sometimes far away (the original faults)."""
+    return lambda rng: rng.choice([rng.randrange(limit)] * 6 + [
+        rng.randrange(-80, limit + 80), rng.getrandbits(40)])
+
+
+def _table_pointer(rng: random.Random) -> int:
+    """The S-box mostly; else another allocation, the over-cap one or no allocation."""
+    return rng.choice([SBOX_AT] * 5 + [SCRATCH + 0x1400, TOO_BIG, SCRATCH + 0x3000])
+
+
+HEAP_CASES = [
+    ("heap_get", {"rdi": _table_pointer, "rsi": _index(256)}, 1),
+    ("heap_get32", {"rdi": _table_pointer, "rsi": _index(64)}, 1),
+    ("heap_get16s", {"rdi": _table_pointer, "rsi": _index(128)}, 1),
+    ("heap_put", {"rdi": _table_pointer, "rsi": _index(256)}, 1),
+    ("heap_add64", {"rdi": _table_pointer, "rsi": _index(32)}, 1),
+]
+
+
+@pytest.mark.parametrize("granularity", [64, 4])
+@pytest.mark.parametrize(("function", "choose", "count"), HEAP_CASES,
+                         ids=[c[0] for c in HEAP_CASES])
+def test_heap_differential(heap_program: Program, function: str, choose: dict[str, Callable[
+        [random.Random], int]], count: int, granularity: int) -> None:
+    region = heap_program.block_region(function)
+    sandbox = Sandbox(heap_program.image, heap_program.bias)
+    rewrite, t = _heap_harden(heap_program, region, sandbox, granularity)
+    assert len(rewrite.replace) == count
+    sizes: list[int] = []
+    with _probes(sandbox.uc, t.probes, _allocation_map(), sizes), \
+            RegionCheck(sandbox, region, t, scratch_below_red_zone=True) as check:
+        report = check.check((f"heap:{function}:{granularity}:{i}" for i in range(STATES)),
+                             choose=choose)
+    assert not report.mismatches, report.mismatches[:3]
+    assert report.compared >= STATES - 2
+    # the probe ran on every copy run: known bounds, and refusals (unknown, over the cap)
+    assert sizes.count(256) > STATES // 3 and sizes.count(0) > 5
+
+
+def test_heap_sub_bytes_loop_body(heap_program: Program) -> None:
+    """``out[i] = sbox[in[i] ^ key[i]]`` with all four arrays malloc'ed: every access of the
+    block gets the bounds of its own allocation."""
+    region = heap_program.block_region("heap_sub_bytes", "movzx")
+    sandbox = Sandbox(heap_program.image, heap_program.bias)
+    rewrite, t = _heap_harden(heap_program, region, sandbox)
+    assert len(rewrite.replace) == 4
+    texts = [insn.text for insn in region.block_list()[0].insns]
+    assert texts[:5] == [  # gcc 12 -O2: in = r9, key = rdx, sbox = rcx, out = rdi, i = rax
+        "movzx esi, byte ptr [r9 + rax]", "xor sil, byte ptr [rdx + rax]", "movzx esi, sil",
+        "movzx esi, byte ptr [rcx + rsi]", "mov byte ptr [rdi + rax], sil"], texts
+    choose: dict[str, Callable[[random.Random], int]] = {
+        "r9": lambda rng: SCRATCH + 0x1200, "rdx": lambda rng: SCRATCH + 0x1240,
+        "rcx": lambda rng: SBOX_AT, "rdi": lambda rng: SCRATCH + 0x1300,
+        "rax": lambda rng: rng.randrange(16), "r8": lambda rng: 16}
+    with _probes(sandbox.uc, t.probes, _allocation_map()), \
+            RegionCheck(sandbox, region, t, scratch_below_red_zone=True) as check:
+        report = check.check((f"heap_sub_bytes:{i}" for i in range(STATES)), choose=choose)
+    assert not report.mismatches, report.mismatches[:3]
+    assert report.compared >= STATES - 2
+
+
+@pytest.mark.parametrize(("granularity", "shift"), [(64, 6), (4, 2)])
+@pytest.mark.parametrize(("function", "span"), [("heap_get", 256), ("heap_get32", 64),
+                                                ("heap_put", 256)])
+def test_heap_footprint_does_not_depend_on_the_index(heap_program: Program, function: str,
+                                                     span: int, granularity: int,
+                                                     shift: int) -> None:
+    """The units touched by the copy are the same for every index in the allocation, and
+    they cover the allocation; the original's differ."""
+    region = heap_program.block_region(function)
+    sandbox = Sandbox(heap_program.image, heap_program.bias)
+    _, t = _heap_harden(heap_program, region, sandbox, granularity)
+    base = random_state(random.Random(f"heap leak:{function}"))
+    names = [name for name, _ in GPRS]
+    rng = random.Random(function)
+    width = 256 // span
+    copies, originals = set(), set()
+    with _probes(sandbox.uc, t.probes, _allocation_map()), \
+            RegionCheck(sandbox, region, t, scratch_below_red_zone=True) as check:
+        for index in [0, span - 1, *(rng.randrange(span) for _ in range(10))]:
+            gprs = list(base.gprs)
+            gprs[names.index("rdi")] = SBOX_AT
+            gprs[names.index("rsi")] = index
+            state = replace(base, gprs=tuple(gprs))
+            with _recording(sandbox, t.base, t.end, shift) as touched:
+                check.outcome(True, state)
+            copies.add(tuple(touched))
+            lo, hi = region.byte_ranges[0]
+            with _recording(sandbox, lo + sandbox.bias, hi + sandbox.bias, shift) as touched:
+                check.outcome(False, state)
+            originals.add(tuple(touched))
+    assert len(copies) == 1, "the copy's footprint depends on the index"
+    assert len(originals) > 1, "the original's footprint should depend on the index"
+    (trace,) = copies
+    first, last = SBOX_AT >> shift, (SBOX_AT + span * width - 1) >> shift
+    assert set(range(first, last + 1)) <= set(trace)
+
+
+def _heap_lines(insn: Insn, granularity: int) -> list[Line]:
+    """The heap sequence for ``insn`` at bias 0, its ``.bounds`` line a marked nop."""
+    view = RegionView("t", "table", "block", insn.address,
+                      (BlockView(insn.address, (insn,), ()),), 0, None,
+                      {"granularity": granularity})
+    (access,) = heap_accesses(view)
+    out: list[Line] = []
+    for line in heap_access(access, granularity):
+        if line.startswith(".bounds"):
+            register, offset = line.split()[1].rstrip(","), int(line.split()[2], 0)
+            assert register == "rsi"
+            out.append(Fixed(1, lambda at: b"\x90", PROBE_MARK + offset))
+        else:
+            out.append(insn.text if line == f".insn {insn.address:#x}" else line)
+    return out
+
+
+PROBE_MARK = 1 << 40
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(form=st.sampled_from(FORMS), granularity=st.sampled_from([1, 2, 4, 8, 16, 64, 128, 4096]),
+       count=st.integers(1, 96), offset=st.integers(0, 15), seed=st.integers(0, 2**32),
+       index=st.one_of(st.integers(0, 95), st.integers(-40, 140)),
+       flags=st.integers(0, 0xFFF), known=st.sampled_from(["yes", "yes", "no", "neighbour"]))
+def test_heap_property_equivalent(form: tuple[str, int, int], granularity: int, count: int,
+                                  offset: int, seed: int, index: int, flags: int,
+                                  known: str) -> None:
+    """Any allocation (16-byte aligned start plus ``offset`` elements), index and
+    granularity, with the bounds known, unknown, or those of a neighbouring allocation:
+    the same registers, flags, xmm0 and memory as the instruction."""
+    text, width, _ = form
+    rng = random.Random(seed)
+    table = DATA + 0x1000 + offset * width
+    length = count * width
+    insn = decode(assemble(text, CODE), CODE)
+    assert insn is not None
+    code, pieces = assemble_block_map(_heap_lines(insn, granularity), SEQ)
+    (probe, mark), = pieces
+    neighbour = (table + length, 0x80)
+
+    def bounds(uc: Uc, address: int, size: int, _: object) -> None:
+        ea = uc.reg_read(x.UC_X86_REG_RSI)
+        if known == "no":
+            found = (0, 0)
+        elif table <= ea < table + length:
+            found = (table, length)
+        elif known == "neighbour" and neighbour[0] <= ea < sum(neighbour):
+            found = neighbour
+        else:
+            found = (0, 0)
+        rsp = uc.reg_read(x.UC_X86_REG_RSP)
+        uc.mem_write(rsp - (mark - PROBE_MARK), struct.pack("<QQ", *found))
+
+    regs = {name: rng.getrandbits(64) for name, _ in GPRS}
+    regs.update(rsp=RSP, rdx=table, rcx=index & ((1 << 64) - 1))
+    data = rng.randbytes(0x3000)
+    xmm0 = rng.getrandbits(128)
+    flags = 0x2 | flags & 0xCD5
+    want = _run(insn.raw, CODE, regs, flags, xmm0, data)
+    got = _run(code, SEQ, regs, flags, xmm0, data, (probe, bounds))
+    assert want[4] is None and got[4] is None
+    assert got[0] == want[0] and got[1] == want[1] and got[2] == want[2]
+    assert got[3] == want[3]
+
+
+def test_heap_replacement_shape() -> None:
+    """The scan's trip count comes from the bounds slots (no constant); unknown bounds make
+    it empty; the only data-dependent branch is the in-contract test."""
+    view = _region("mov eax, dword ptr [rdi + rsi*4]", table=None)
+    (access,) = heap_accesses(view)
+    lines = heap_access(access, 64)
+    assert lines[:2] == ["lea rsp, [rsp - 0x80]", "pushfq"]
+    assert lines[8] == "lea rsi, [rdi + rsi*4]" and lines[9] == ".bounds rsi, 0x1b0"
+    jumps = [line for line in lines if line.split()[0].startswith("j")]
+    assert jumps == ["jmp ot_test", "jb ot_read", "je ot_outside", "jmp ot_done"]
+    assert "cmp rcx, qword ptr [rsp - 0x1a0]" in lines  # the span, from the bounds
+    assert lines[-2:] == [f".insn {AT:#x}", "ot_done:"]
+
+
+def test_heap_mode_is_chosen_only_without_other_bounds() -> None:
+    load = "movzx eax, byte ptr [rdi + rsi]"
+    assert [a.insn.text for a in heap_accesses(_region(load, table=None))] == [load]
+    assert heap_accesses(_region(load)) == []  # the contract's bounds
+    assert heap_accesses(_region(load, table=None, kind=None)) == []  # not a table region
+    assert heap_accesses(_region(load, table=None, params={"granularity": 64,
+                                                           "table": "sbox"})) == []
+    objects = {"sbox": (T, 256)}  # an access tied to an ELF object: static bounds only
+    assert heap_accesses(_region(load, "movzx eax, byte ptr [rax + 0x4a3c00]", table=None,
+                                 objects=objects)) == []
+    assert "no load or store" in _refusal(_region(load, table=None, params={
+        "granularity": 64, "table": "sbox"}))
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("lock add dword ptr [rdi + rsi*4], ecx", "prefixes (lock/rep) are not supported"),
+    ("xchg dword ptr [rdi + rsi*4], ecx", "xchg/cmpxchg/xadd are atomic"),
+    ("push qword ptr [rdi + rsi*8]", "changes RSP"),
+    ("call qword ptr [rdi + rsi*8]", "a control transfer through the table"),
+    ("movdqu xmm0, xmmword ptr [rdi + rsi]", "16-byte memory operand is not supported"),
+])
+def test_heap_refusals(text: str, why: str) -> None:
+    reason = _refusal(_region(text, table=None))
+    assert reason.startswith(f"'{text}' at {AT:#x}: ") and why in reason
+
+
+def test_bounds_line_through_relocation(heap_program: Program) -> None:
+    """relocate() lays a ``.bounds`` line out as a one-byte nop and says where; a malformed
+    one is an error."""
+    from leakdbt.dbt.region import RegionError
+
+    region = heap_program.block_region("heap_get")
+    sandbox = Sandbox(heap_program.image, heap_program.bias)
+    rewrite, t = _heap_harden(heap_program, region, sandbox)
+    ((at, (register, offset)),) = t.probes.items()
+    assert (register, offset) == ("rsi", 0x1B0)
+    assert t.code[at - t.base] == 0x90
+    (address,) = rewrite.replace
+    for bad in (".bounds rsi", ".bounds rsi, rdi"):
+        with pytest.raises(RegionError, match=f"malformed line '{bad}'"):
+            relocate(region, sandbox.bias, sandbox.place, {address: (bad, original(address))})

@@ -17,9 +17,11 @@ from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import relocate
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
-from leakdbt.plugin_api import Refusal, Rewrite
+from leakdbt.plugin_api import BlockView, Insn, Refusal, Rewrite
+from leakdbt.x86.insn import decode_all
 from plugins.ct_division import PASS as CT_DIVISION
 from plugins.if_conversion import PASS
+from plugins.support.clone import cloned_instructions
 from tests.conftest import binary
 from tests.unit.dbt.harness import RegionCheck, Sandbox
 from tests.unit.plugins.ifc_support import build, harden, sandbox_for, state, trace, view_from_asm
@@ -192,8 +194,12 @@ REFUSALS = {  # case -> (callee lines, or None for none; params; message)
     "undecodable": (None, {}, "calls 0x20000, which is not a function the translator can "
                     "decode"),
     "plt": (["jmp qword ptr [rip + 0x1000]"], {},
-            "(a PLT stub or another indirect jump, resolved only at run time), which is not "
-            "cloned"),
+            "calls the function at 0x20000 through 'jmp qword ptr [rip + 0x1000]' at 0x20000, "
+            "whose target cannot be resolved: only the translator resolves it, while the "
+            "program runs"),
+    "table-jump": (["test rsi, rsi", "je out", "jmp rax", "out:", "ret"], {},
+                   "the function at 0x20000 leaves through 'jmp rax' at 0x20005 (an indirect "
+                   "jump: a jump table or a tail call through a pointer), which is not cloned"),
     "depth": ([f"call {INNER:#x}", "ret"], {"clone_depth": 1},
               "the call is nested deeper than the clone budget (clone_depth = 1)"),
     "none": (["ret"], {"clone_depth": 0},
@@ -221,6 +227,9 @@ REFUSALS = {  # case -> (callee lines, or None for none; params; message)
     "syscall": (["syscall", "ret"], {}, "is a system call or software interrupt"),
     "indirect-call": (["ret"], {"indirect": True}, "is an indirect call (its callee is known "
                       "only when it runs)"),
+    "got-call": (["ret"], {"got": True}, "'call qword ptr [rip + 0x2000]' at 0x10006 is an "
+                 "indirect call through a memory slot that cannot be resolved: only the "
+                 "translator resolves it, while the program runs"),
 }
 
 
@@ -228,9 +237,10 @@ REFUSALS = {  # case -> (callee lines, or None for none; params; message)
 def test_call_refusals_say_why(case: str) -> None:
     callee, params, message = REFUSALS[case]
     lines = (["test dil, 1", "je join", "call rax", "join:", "ret"] if params.get("indirect")
-             else _arm_call())
+             else ["test dil, 1", "je join", "call qword ptr [rip + 0x2000]", "join:", "ret"]
+             if params.get("got") else _arm_call())
     functions = {} if callee is None else {CALLEE: callee, INNER: ["ret"]}
-    budget = {k: v for k, v in params.items() if k != "indirect"}
+    budget = {k: v for k, v in params.items() if k not in ("indirect", "got")}
     result = harden(PASS, view_from_asm(lines, params=budget, callees=functions))
     assert isinstance(result, Refusal), result
     assert message in result.reason, result.reason
@@ -260,3 +270,81 @@ def test_scratch_slots_follow_rsp_in_the_clone() -> None:
     inside = code[code.index("lea rsp, [rsp - 0x1288]"):code.index("lea rsp, [rsp + 0x1288]")]
     assert any("[rsp + 0x" in line for line in inside)
     assert not any(line.startswith("mov") and "[rsp - 0x" in line for line in inside)
+
+
+# -- calls through the GOT, and the budget -------------------------------------------------
+
+def _resolving(lines: list[str], callees: dict[int, list[str]], slots: dict[int, int],
+               params: dict[str, int | str | bool] | None = None,
+               raw: dict[int, bytes] | None = None) -> Rewrite | Refusal:
+    """if-conversion of ``lines`` whose ``jmp``/``call [rip + X]`` resolve through
+    ``slots`` (X's address -> the function it is bound to), as the translator's linker
+    resolves GOT slots (leakdbt.dbt.calls); ``raw``: callees given as machine code (one
+    block each: Keystone spells neither ``endbr64`` nor ``bnd``)."""
+    def resolve(insn: Insn) -> int | str:
+        target = slots.get(insn.rip_target or -1)
+        return "not a GOT slot" if target is None else target
+
+    view = view_from_asm(lines, params=params, callees=callees)
+    blocks = {a: (BlockView(a, tuple(decode_all(code, a)), ()),) for a, code in
+              (raw or {}).items()}
+    return harden(PASS, dataclasses.replace(
+        view, resolve_indirect=resolve,
+        callee=lambda a: blocks[a] if a in blocks else view.callee(a)))
+
+
+@pytest.mark.parametrize(("stub", "slot"), [
+    (bytes.fromhex("ff2500100000"), CALLEE + 6 + 0x1000),  # jmp [rip + 0x1000]
+    (bytes.fromhex("f30f1efa f2ff2500100000"), CALLEE + 4 + 7 + 0x1000),  # endbr64; bnd jmp
+], ids=["plt", "plt.sec"])
+def test_a_plt_stub_is_cloned_as_the_function_its_slot_is_bound_to(stub: bytes,
+                                                                   slot: int) -> None:
+    """``call F@plt``, F@plt being ``jmp [rip + GOT]`` (``.plt``) or ``endbr64; bnd jmp
+    [rip + GOT]`` (``.plt.sec``): the clone is F's, never the stub's."""
+    inner = {INNER: ["push rbx", "inc rbx", "pop rbx", "ret"]}
+    result = _resolving(_arm_call(), inner, {slot: INNER}, raw={CALLEE: stub})
+    assert isinstance(result, Rewrite) and result.code is not None
+    assert ".insn 0x30001" in result.code  # inc rbx, from the function the slot names
+    assert not any(f".insn {CALLEE + i:#x}" in result.code for i in range(len(stub)))
+    unresolved = _resolving(_arm_call(), inner, {}, raw={CALLEE: stub})
+    assert isinstance(unresolved, Refusal)
+    assert unresolved.reason.endswith("whose target cannot be resolved: not a GOT slot")
+
+
+def test_a_call_through_the_got_is_cloned() -> None:
+    """``call [rip + GOT]`` (-fno-plt): resolved, then cloned like a direct call."""
+    lines = ["test dil, 1", "je join", "call qword ptr [rip + 0x2000]", "join:", "ret"]
+    slot = 0x10006 + 6 + 0x2000
+    result = _resolving(lines, {INNER: ["push rbx", "inc rbx", "pop rbx", "ret"]},
+                        {slot: INNER})
+    assert isinstance(result, Rewrite) and result.code is not None
+    assert ".insn 0x30001" in result.code
+    assert not any(line.startswith("call") for line in result.code)
+
+
+def test_a_stub_that_jumps_to_nothing_decodable_is_refused() -> None:
+    result = _resolving(_arm_call(), {CALLEE: ["jmp qword ptr [rip + 0x1000]"]},
+                        {CALLEE + 6 + 0x1000: 0x50000})
+    assert isinstance(result, Refusal)
+    assert result.reason == ("'call 0x20000' at 0x10006 calls the PLT stub at 0x20000, which "
+                             "jumps to 0x50000, not a function the translator can decode")
+
+
+CHAIN = {CALLEE: [f"call {INNER:#x}", "ret"], INNER: ["call 0x50000", "ret"],
+         0x50000: ["push rbx", "inc rbx", "pop rbx", "ret"]}
+
+
+def test_a_raised_depth_budget_lets_a_deeper_call_be_cloned() -> None:
+    """region -> CALLEE -> INNER -> 0x50000: three levels, over the default budget (2)."""
+    refused = harden(PASS, view_from_asm(_arm_call(), callees=CHAIN))
+    assert isinstance(refused, Refusal)
+    assert refused.reason == ("'call 0x50000' at 0x30000: the call is nested deeper than the "
+                              "clone budget (clone_depth = 2)")
+    cloned = harden(PASS, view_from_asm(_arm_call(), params={"clone_depth": 3},
+                                        callees=CHAIN))
+    assert isinstance(cloned, Rewrite) and cloned.code is not None
+    assert ".insn 0x50001" in cloned.code
+    deep = view_from_asm(_arm_call(), params={"clone_depth": 3}, callees=CHAIN)
+    assert 0x50001 in {i.address for i in cloned_instructions(deep)}  # ct-division sees it
+    assert 0x50001 not in {i.address for i in cloned_instructions(
+        view_from_asm(_arm_call(), callees=CHAIN))}
