@@ -40,10 +40,20 @@ def pack_rusage(ru: resource.struct_rusage) -> bytes:
                        ru.ru_msgsnd, ru.ru_msgrcv, ru.ru_nsignals, ru.ru_nvcsw, ru.ru_nivcsw)
 
 
+def _may_have(k: Kernel, pid: int) -> bool:
+    """Can a wait for ``pid`` (wait4's meaning: > 0 one child, else any) find a child of the
+    guest?  Only the guest's own children are waited for: leakdbt's host process may have
+    other children (a resource tracker, a Dask worker), and waiting for any host child with
+    none of the guest's would block forever."""
+    return bool(k.children) and (pid <= 0 or pid in k.children)
+
+
 def sys_wait4(k: Kernel, pid: int, status: int, options: int, rusage: int) -> int:
     opts = options & 0xFFFF_FFFF
     if opts & ~WAIT4_OPTIONS:
         return -errno.EINVAL
+    if not _may_have(k, s32(pid)):
+        return -errno.ECHILD
     try:
         child, word, usage = os.wait4(s32(pid), opts)
     except OSError as e:  # ChildProcessError is ECHILD
@@ -73,6 +83,8 @@ def sys_waitid(k: Kernel, idtype: int, ident: int, info: int, options: int,
         return -errno.EINVAL
     if kind == P_PGID and target == 0:
         target = os.getpgrp()
+    if not _may_have(k, target if kind == P_PID else -1):
+        return -errno.ECHILD
     try:
         result = os.waitid(kind, target, opts)
     except OSError as e:

@@ -104,6 +104,7 @@ def test_wait4_signalled_child(env: tuple[Kernel, FakeMemory, SyscallDispatcher]
     pid = os.fork()
     if pid == 0:
         os.kill(os.getpid(), signal.SIGKILL)
+    _k.children.add(pid)
     status = mem.alloc(4)
     assert _call(d, WAIT4, pid, status, 0, 0) == pid
     word = struct.unpack("<i", mem.read(status, 4))[0]
@@ -124,6 +125,7 @@ def test_waitid(env: tuple[Kernel, FakeMemory, SyscallDispatcher]) -> None:
     if pid == 0:
         os.read(read_end, 1)  # until the parent has looked once
         os._exit(3)
+    _k.children.add(pid)
     mem.write(info, b"\xff" * 128)
     assert _call(d, WAITID, 1, pid, info, WEXITED | WNOHANG, 0) == 0  # still running
     assert mem.read(info, 12) == bytes(12) and mem.read(info + 16, 12) == bytes(12)
@@ -175,3 +177,24 @@ def test_exec_checks(env: tuple[Kernel, FakeMemory, SyscallDispatcher],
     assert _call(d, EXECVE, mem.cstr("/s"), argv, 0) == -errno.E2BIG
     assert _call(d, EXECVE, mem.cstr("/missing"), 0, 0) == -errno.ENOENT
     assert _call(d, EXECVE, 0, 0, 0) == -errno.EFAULT
+
+
+def test_wait_for_any_child_ignores_leakdbts_own_children(
+        env: tuple[Kernel, FakeMemory, SyscallDispatcher]) -> None:
+    """A host child that is not the guest's (here: one that never ends) is not waited for:
+    wait4(-1) and waitid(P_ALL) with no guest children are ECHILD at once, not a hang."""
+    k, mem, d = env
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.read(read_end, 1)
+        os._exit(0)
+    try:
+        assert _call(d, WAIT4, (1 << 64) - 1, 0, 0, 0) == -errno.ECHILD
+        assert _call(d, WAITID, 0, 0, mem.alloc(128), WEXITED, 0) == -errno.ECHILD  # P_ALL
+        assert _call(d, WAIT4, pid, 0, 0, 0) == -errno.ECHILD  # not the guest's
+    finally:
+        os.write(write_end, b"x")
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        os.close(write_end)
