@@ -358,24 +358,7 @@ def oblivious_access(access: TableAccess, table: int, length: int, granularity: 
             "jb ot_read",
             f"mov {_slot(0)}, rax",
         ]
-    if access.writes:
-        lines += [f"mov {_slot(1)}, rsi", f"mov {_slot(2)}, rdi"]
-    lines += ["test r8, r8", "je ot_outside", *_frame_leave(),
-              _MEMORY.sub(f"[rsp - {_hex(_SLOT)}]", insn.text, count=1)]
-    if access.writes:
-        lines += _frame_enter() + [
-            f"mov rax, {_slot(0)}", f"mov rsi, {_slot(1)}", f"mov rdi, {_slot(2)}",
-            "xor ecx, ecx",
-            "ot_write:",
-            f"{load} [rsi + rcx]",
-            "cmp rcx, rdi", "cmove rdx, rax",
-            f"mov {load.split()[-2]} ptr [rsi + rcx], {store_reg}",
-            f"add rcx, {_hex(s)}", f"cmp rcx, {_hex(units * s)}",
-            "jb ot_write",
-        ] + _frame_leave()
-    lines += ["jmp ot_done", "ot_outside:", *_frame_leave(), original(insn.address),
-              "ot_done:"]
-    return lines
+    return _access_and_write_back(lines, access, insn, load, store_reg, s, _hex(units * s))
 
 
 def heap_access(access: TableAccess, granularity: int) -> list[str]:
@@ -425,24 +408,8 @@ def heap_access(access: TableAccess, granularity: int) -> list[str]:
             f"cmp rcx, {_slot(5)}", "jb ot_read",
             f"mov {_slot(0)}, rax",
         ]
-    if access.writes:
-        lines += [f"mov {_slot(1)}, rsi", f"mov {_slot(2)}, rdi"]
-    lines += ["test r8, r8", "je ot_outside", *_frame_leave(),
-              _MEMORY.sub(f"[rsp - {_hex(_SLOT)}]", insn.text, count=1)]
-    if access.writes:  # in contract: the span holds at least EA's unit
-        lines += _frame_enter() + [
-            f"mov rax, {_slot(0)}", f"mov rsi, {_slot(1)}", f"mov rdi, {_slot(2)}",
-            "xor ecx, ecx",
-            "ot_write:",
-            f"{load} [rsi + rcx]",
-            "cmp rcx, rdi", "cmove rdx, rax",
-            f"mov {load.split()[-2]} ptr [rsi + rcx], {store_reg}",
-            f"add rcx, {_hex(s)}", f"cmp rcx, {_slot(5)}",
-            "jb ot_write",
-        ] + _frame_leave()
-    lines += ["jmp ot_done", "ot_outside:", *_frame_leave(), original(insn.address),
-              "ot_done:"]
-    return lines
+    # in contract: the span holds at least EA's unit
+    return _access_and_write_back(lines, access, insn, load, store_reg, s, _slot(5))
 
 
 def heap_accesses(region: RegionView) -> list[TableAccess]:
@@ -540,3 +507,27 @@ class ObliviousTable:
 
 
 PASS = ObliviousTable()
+
+
+def _access_and_write_back(lines: list[str], access: TableAccess, insn: Insn, load: str,
+                           store_reg: str, s: int, end: str) -> list[str]:
+    """The common tail of the static and heap sequences: the access itself at a scratch
+    copy, then (for a store) every unit of the span rewritten with the selected value up to
+    ``end`` (an immediate or a slot); an address outside the table runs the original."""
+    if access.writes:
+        lines += [f"mov {_slot(1)}, rsi", f"mov {_slot(2)}, rdi"]
+    lines += ["test r8, r8", "je ot_outside", *_frame_leave(),
+              _MEMORY.sub(f"[rsp - {_hex(_SLOT)}]", insn.text, count=1)]
+    if access.writes:
+        lines += _frame_enter() + [
+            f"mov rax, {_slot(0)}", f"mov rsi, {_slot(1)}", f"mov rdi, {_slot(2)}",
+            "xor ecx, ecx",
+            "ot_write:",
+            f"{load} [rsi + rcx]",
+            "cmp rcx, rdi", "cmove rdx, rax",
+            f"mov {load.split()[-2]} ptr [rsi + rcx], {store_reg}",
+            f"add rcx, {_hex(s)}", f"cmp rcx, {end}",
+            "jb ot_write",
+        ] + _frame_leave()
+    return lines + ["jmp ot_done", "ot_outside:", *_frame_leave(), original(insn.address),
+                    "ot_done:"]
