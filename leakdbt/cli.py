@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from leakdbt.errors import LeakDBTError, UsageError
+from leakdbt.trust_options import trust_options
 
 INTERNAL_ERROR_STATUS = 125
 
@@ -123,12 +124,7 @@ def cli() -> None:
                    "again (default 200 ms).")
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), default=None,
               help="Adaptive mode: write every switch as a JSON line to FILE.")
-@click.option("--trust-uid", type=int, multiple=True, metavar="UID",
-              help="Adaptive mode: processes of this user are trusted co-tenants.")
-@click.option("--trust-name", multiple=True, metavar="COMM",
-              help="Adaptive mode: processes with this command name are trusted.")
-@click.option("--trust-cgroup", multiple=True, metavar="PATH",
-              help="Adaptive mode: processes in this cgroup (or below) are trusted.")
+@trust_options("Adaptive mode: ")
 @click.option("--allow-unhardened", is_flag=True,
               help="Run regions that no pass can harden as they are (with the passes that "
                    "did apply) instead of stopping with an error.")

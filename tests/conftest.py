@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ TEST_BINARIES = REPO / "test_binaries"
 BUILD = TEST_BINARIES / "build"
 KINDS = ("static", "static-pie", "dynamic")
 LEAKDBT = [sys.executable, "-m", "leakdbt"]
+# LEAKDBT_SWEEP=1 runs the long input sweeps of end-to-end tests; by default each such test
+# runs a few inputs chosen to take every path (the differential unit tests cover the rest).
+SWEEP = os.environ.get("LEAKDBT_SWEEP") == "1"
 
 
 @dataclass

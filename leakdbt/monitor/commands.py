@@ -19,23 +19,19 @@ from leakdbt.errors import UsageError
 from leakdbt.monitor.detectors import DEFAULT_DETECTORS
 from leakdbt.monitor.modefile import DEFAULT_MODE_FILE
 from leakdbt.monitor.monitor import DEFAULT_HOLD_MS, DEFAULT_POLL_MS
+from leakdbt.trust_options import trust_options
 
 
 @click.command("tenancy")
 @click.option("--detector", "specs", multiple=True, metavar="NAME[:ARG]",
               help=f"A detector to ask (repeatable; default: {', '.join(DEFAULT_DETECTORS)}).")
-@click.option("--trust-uid", "uids", multiple=True, type=click.IntRange(min=0), metavar="N",
-              help="Ignore processes of this user (repeatable).")
-@click.option("--trust-name", "names", multiple=True, metavar="NAME",
-              help="Ignore processes with this command name (repeatable).")
-@click.option("--trust-cgroup", "cgroups", multiple=True, metavar="PATH",
-              help="Ignore processes in this cgroup or below it (repeatable).")
+@trust_options()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.option("--list", "list_only", is_flag=True,
               help="Only list the installed detectors (name, description, origin).")
-def tenancy(specs: tuple[str, ...], uids: tuple[int, ...], names: tuple[str, ...],
-            cgroups: tuple[str, ...], fmt: str, list_only: bool) -> None:
+def tenancy(specs: tuple[str, ...], trust_uid: tuple[int, ...], trust_name: tuple[str, ...],
+            trust_cgroup: tuple[str, ...], fmt: str, list_only: bool) -> None:
     """Show who shares our core, our last-level cache or the machine right now, as the
     tenancy detectors of adaptive mode see it."""
     import json
@@ -52,7 +48,7 @@ def tenancy(specs: tuple[str, ...], uids: tuple[int, ...], names: tuple[str, ...
             for r in rows:
                 click.echo(f"{r['name']}: {r['description']}  ({r['origin']})")
         return
-    context = default_context(uids, names, cgroups)
+    context = default_context(trust_uid, trust_name, trust_cgroup)
     detectors = [(spec, create_detector(spec, context, available))
                  for spec in (specs or DEFAULT_DETECTORS)]
     report: dict[str, Any] = {"pid": context.pid, "cpus": sorted(context.cpus),
@@ -141,16 +137,11 @@ def format_text(report: dict[str, Any]) -> str:
               help="How long no co-tenant must be seen before the word says fast again.")
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), default=None,
               help="Write every switch as a JSON line to FILE.")
-@click.option("--trust-uid", "uids", multiple=True, type=click.IntRange(min=0), metavar="UID",
-              help="Processes of this user are trusted co-tenants (repeatable).")
-@click.option("--trust-name", "names", multiple=True, metavar="COMM",
-              help="Processes with this command name are trusted (repeatable).")
-@click.option("--trust-cgroup", "cgroups", multiple=True, metavar="PATH",
-              help="Processes in this cgroup (or below) are trusted (repeatable).")
+@trust_options()
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def monitor(mode_file: str, adversary: str, detector: str, poll_ms: float, hold_ms: float,
-            events_path: str | None, uids: tuple[int, ...], names: tuple[str, ...],
-            cgroups: tuple[str, ...], command: tuple[str, ...]) -> None:
+            events_path: str | None, trust_uid: tuple[int, ...], trust_name: tuple[str, ...],
+            trust_cgroup: tuple[str, ...], command: tuple[str, ...]) -> None:
     """Write the mode word of adaptive hardened files from a tenancy detector, until SIGINT
     or SIGTERM (or, given COMMAND [ARGS]..., until that program exits: its status is ours).
     On exit the word is left hardened.  Options go before COMMAND."""
@@ -162,7 +153,7 @@ def monitor(mode_file: str, adversary: str, detector: str, poll_ms: float, hold_
     from leakdbt.monitor.monitor import Monitor
     from leakdbt.monitor.serve import serve
 
-    tenancy = create_detector(detector, default_context(uids, names, cgroups))
+    tenancy = create_detector(detector, default_context(trust_uid, trust_name, trust_cgroup))
     word = ModeFile(mode_file)
     try:
         events = open(events_path, "w") if events_path else None  # noqa: SIM115 - closed below

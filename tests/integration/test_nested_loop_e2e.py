@@ -20,7 +20,7 @@ from leakdbt.dbt.passes import load_passes
 from leakdbt.leakage.observe import OBSERVERS, RunObserver
 from leakdbt.machine.machine import Machine
 from leakdbt.run.session import ExecOptions, execute
-from tests.conftest import REPO, binary, run_leakdbt, run_native
+from tests.conftest import REPO, SWEEP, binary, run_leakdbt, run_native
 
 CONTRACT = REPO / "contracts" / "nested_loop.toml"
 PROFILE = "intel-skylake"
@@ -75,7 +75,7 @@ def _run(exe: str, argv: list[str], mode: Mode, observe: bool = False
 def test_hardened_prints_what_native_prints_for_many_keys(built: Path) -> None:
     exe = binary("static", "nested_loop")
     rng = random.Random(2026)
-    for i in range(40):
+    for i in range(40 if SWEEP else 12):
         argv = [_key(rng)] + ([] if i % 4 == 0 else [str(rng.randrange(1, 5))])
         native = run_native([exe, *argv])
         status, out, _ = _run(exe, argv, Mode.HARDENED)
