@@ -192,6 +192,20 @@ def test_code_changed_by_the_host_is_recounted(native: bool) -> None:
     assert m.instructions_executed() == truth[0] == 9
 
 
+def test_code_rewritten_through_the_code_view_is_recounted(native: bool) -> None:
+    """An entry jump is written with write_code_view (instruction fetches only), with no
+    invalidate_code: the engine retranslates the block and the counter takes the new
+    translation's count (its edge hook), not the old block's."""
+    m, truth = machine_with("nop; nop; nop", native=native)
+    m.mem.enable_shadows()
+    m.run(CODE, count_insns=True)
+    assert m.instructions_executed() == truth[0] == 5
+    m.mem.write_code_view(CODE, asm("xchg ax, ax; nop"))  # same 3 bytes, 2 instructions
+    m.exited = False
+    m.run(CODE, count_insns=True)
+    assert m.instructions_executed() == truth[0] == 9
+
+
 def test_without_the_native_object_the_python_counter_counts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """No shared object (a machine without a C compiler at install): counting still works,
