@@ -8,6 +8,7 @@ the configuration that needs it).  Results are printed as a Markdown table.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -183,6 +184,7 @@ def main() -> None:
     limits_bench(leakdbt)
     harden_file_bench(leakdbt[:1])
     suite_bench(leakdbt[:1])
+    processes_bench()
     corpus_bench(leakdbt)
 
 
@@ -490,58 +492,83 @@ OBSERVER_SETS = (("control-flow",), ("control-flow", "variable-latency"),
 
 def long_check_bench(leakdbt: list[str]) -> None:
     """16 trials of the longest scope: wall time and peak memory of whole checks (with and
-    without directed trials), then one trial per observer set: instructions per second, and
-    the bytes a full trace stores per million traced instructions."""
+    without directed trials; --jobs 1 and the default, one per core), then one trial per
+    observer set and recorder (native C hooks, Python hooks): instructions per second, and
+    the bytes a full trace stores per million traced instructions.  With
+    ``LEAKDBT_REFERENCE=DIR`` (a leakdbt tree, e.g. an older commit's), the check with 0
+    directed rounds and the default jobs runs with that tree too, right after this one's
+    (the machine is shared: compare runs made close together)."""
     sys.path.insert(0, str(REPO))
     from leakdbt.contract import load
     from leakdbt.dbt.dispatch import Mode
+    from leakdbt.leakage import observe
     from leakdbt.leakage.findings import LeakKind
     from leakdbt.leakage.trials import Observation, TrialSetup, trial_inputs
 
     name, program = LONG_CHECK
     exe, contract = str(BUILD / program), str(REPO / "contracts" / f"{name}.toml")
+    reference = os.environ.get("LEAKDBT_REFERENCE")
+    trees = [("this tree", str(REPO))] + ([("reference", reference)] if reference else [])
     print(f"\n### leakdbt check: 16 trials of {name} (static, --cpu intel-skylake)\n")
-    print("| directed rounds | jobs | trials run | wall time (s) | peak RSS (MiB) | leak points |")
-    print("|---|---|---|---|---|---|")
+    print(f"Load average at the start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores).\n")
+    print("| tree | directed rounds | jobs | trials run | wall time (s) | peak RSS (MiB) | "
+          "leak points |")
+    print("|---|---|---|---|---|---|---|")
     # A fresh parent per check, so that RUSAGE_CHILDREN's peak is this check's alone.
     peak = ("import json, resource, subprocess, sys; out = subprocess.run(sys.argv[1:], "
             "capture_output=True, text=True); print(json.dumps([out.returncode, out.stdout, "
             "out.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
-    for rounds, jobs in (("0", "1"), ("2", "1"), ("2", "2")):
-        argv = [sys.executable, "-c", peak, leakdbt[0], "check", "--cpu", "intel-skylake",
-                "--trials", "16", "--directed-rounds", rounds, "--jobs", jobs, "--format",
-                "json", "--contract", contract, exe]
-        started = time.perf_counter()
-        status, out, err, rss_kib = json.loads(subprocess.run(
-            argv, capture_output=True, text=True, check=True).stdout)
-        took = time.perf_counter() - started
-        if status not in (0, 1):
-            raise SystemExit(f"check failed: {err}")
-        report = json.loads(out)
-        trials = report["modes"][0]["trials"]
-        print(f"| {rounds} | {jobs} | {trials} | {took:.2f} | {rss_kib / 1024:.0f} | "
-              f"{len(report['findings'])} |")
+    cli = "import sys; from leakdbt.cli import main; sys.argv[0] = 'leakdbt'; main()"
+    for rounds, jobs in (("0", "1"), ("0", None), ("2", None)):
+        # The reference (slow, when it is an older leakdbt) only in the issue's configuration.
+        for label, tree in trees if (rounds, jobs) == ("0", None) else trees[:1]:
+            argv = [sys.executable, "-c", peak, sys.executable, "-c", cli, "check", "--cpu",
+                    "intel-skylake", "--trials", "16", "--directed-rounds", rounds,
+                    *(["--jobs", jobs] if jobs else []), "--format", "json",
+                    "--contract", contract, exe]
+            started = time.perf_counter()
+            status, out, err, rss_kib = json.loads(subprocess.run(
+                argv, capture_output=True, text=True, check=True, cwd=tree,
+                env=dict(os.environ, PYTHONPATH=tree)).stdout)
+            took = time.perf_counter() - started
+            if status not in (0, 1):
+                raise SystemExit(f"check failed: {err}")
+            report = json.loads(out)
+            trials = report["modes"][0]["trials"]
+            print(f"| {label} | {rounds} | {jobs or f'default ({os.cpu_count()})'} | "
+                  f"{trials} | {took:.2f} | {rss_kib / 1024:.0f} | "
+                  f"{len(report['findings'])} |", flush=True)
     c = load(contract, binary=exe)
     setup = TrialSetup(exe, c, Mode.FAST)
     trial = trial_inputs(c, 1, c.check.seed)[0]
-    print(f"\n### leakdbt check: one trial of {name} per observer set\n")
-    print("| observers | trace | guest insns in scope | host time (s) | insns/s | "
+    print(f"\n### leakdbt check: one trial of {name} per observer set and recorder\n")
+    print("The second of two runs in one process (the first maps and scans the code once, "
+          "as a check's worker does for its first trial); the whole run, start-up and code "
+          "outside the scope included, so insns/s is per instruction *in scope*.\n")
+    print("| observers | recorder | trace | guest insns in scope | host time (s) | insns/s | "
           "trace bytes per million insns |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     classes = ("int-div", "fp-div", "fp-sqrt", "fp-subnormal")
+    init = observe.RunObserver.__init__
     for observers in OBSERVER_SETS:
-        for full in (False, True):
-            what = Observation(tuple(LeakKind(o) for o in observers), 64,
-                               classes if "variable-latency" in observers else (), full)
-            started = time.perf_counter()
-            run = setup.run(trial, what)
-            took = time.perf_counter() - started
-            t = run.trace
-            stored = t.blocks.nbytes() + t.memory.nbytes() + 64 * len(t.latency)
-            per_million = f"{stored / t.instructions * 1e6:,.0f}" if full else "digests only"
-            print(f"| {' + '.join(observers)} | {'full' if full else 'digest'} | "
-                  f"{t.instructions:,} | {took:.2f} | {t.instructions / took:,.0f} | "
-                  f"{per_million} |", flush=True)
+        for native in (True, False):
+            for full in (False, True):
+                observe.RunObserver.__init__ = functools.partialmethod(  # type: ignore
+                    init, native=native)
+                what = Observation(tuple(LeakKind(o) for o in observers), 64,
+                                   classes if "variable-latency" in observers else (), full)
+                setup.run(trial, what)
+                started = time.perf_counter()
+                run = setup.run(trial, what)
+                took = time.perf_counter() - started
+                observe.RunObserver.__init__ = init  # type: ignore[method-assign]
+                t = run.trace
+                stored = t.blocks.nbytes() + t.memory.nbytes() + 64 * len(t.latency)
+                per_million = (f"{stored / t.instructions * 1e6:,.0f}" if full
+                               else "digests only")
+                print(f"| {' + '.join(observers)} | {'C' if native else 'Python'} | "
+                      f"{'full' if full else 'digest'} | {t.instructions:,} | {took:.2f} | "
+                      f"{t.instructions / took:,.0f} | {per_million} |", flush=True)
 
 
 def switch_latency(changes: int = 20, period: float = 0.4) -> list[float]:
@@ -666,94 +693,28 @@ def analyze_bench(leakdbt: list[str]) -> None:
               f"{statistics.median(rates):,.0f} |")
 
 
-# -- issue 18: hardened files, natively ------------------------------------------------------
-
-TIMING = REPO / "test_binaries" / "build" / "timing"
-DUDECT_N = int(os.environ.get("BENCH_DUDECT_N", "100000"))
-TIMED_SECRETS = {**HARDENING,
-                 # The verifiers' fixed class: the right tag but its last byte, so that both
-                 # classes are rejected (a public outcome) and only where they differ varies.
-                 "mac_verify": "bb72509640bec05a5283b4422cda9c00",
-                 "tag_check": "00112233445566778899aabbccddee00"}
-"""Each timed program's fixed-class secret (argv[1], hex): test_binaries/Makefile's TIMED, the
-leaky test programs whose contracts have regions (entry_div's and umod_modexp's have none)."""
-
-
-def dudect_cycles(exe: str, secret: str, n: int) -> tuple[list[float], list[float]]:
-    """Cycles per main() call of a timing build (test_binaries/timing/harness.c), n calls,
-    split into the fixed and the random class."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".bin") as out:
-        env = dict(os.environ, LEAKDBT_TIMING=f"{n}:{out.name}")
-        subprocess.run([exe, secret], env=env, check=True, capture_output=True)
-        data = Path(out.name).read_bytes()
-    classes: tuple[list[float], list[float]] = ([], [])
-    for cls, cycles in struct.iter_unpack("<BQ", data):
-        classes[cls].append(float(cycles))
-    return classes
-
-
-def dudect_t(fixed: list[float], random_: list[float]) -> tuple[float, float]:
-    """|t| of Welch's test on all measurements, and the largest |t| over dudect's crops
-    (both classes kept below the pooled percentiles of leakage/timing.py)."""
-    from leakdbt.leakage.timing import crop, percentile, welch_t
-
-    pooled = fixed + random_
-    best = 0.0
-    for p in (0.5, 0.75, 0.9, 0.99):
-        cut = percentile(pooled, p)
-        a, b = crop(fixed, cut), crop(random_, cut)
-        if len(a) > 1 and len(b) > 1:
-            best = max(best, abs(welch_t(a, b)))
-    return abs(welch_t(fixed, random_)), best
-
-
-def whole_program_time(argv: list[str], expected: bytes | None) -> float:
-    """Median wall time of REPEAT runs of ``argv`` (any exit status: the verifiers exit 1 on
-    a wrong tag), each printing ``expected`` unless that is None."""
-    samples = []
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        out = subprocess.run(argv, capture_output=True).stdout
-        samples.append(time.perf_counter() - start)
-        if expected is not None and out != expected:
-            raise SystemExit(f"different output from {' '.join(argv)}")
-    return statistics.median(samples)
+# -- issue 18: hardened files, natively (bench/harden_file.py) -------------------------------
 
 
 def harden_file_bench(leakdbt_cmd: list[str]) -> None:
-    """Original vs `leakdbt harden` file, natively: cycles per main() call and whole-program
-    time, and dudect's fixed-vs-random |t| of the timing builds, original and hardened."""
-    import tempfile
+    """Original vs `leakdbt harden` file, natively: cycles per main() call and per call of
+    each protected function, whole-program time, and dudect's fixed-vs-random |t| of the
+    timing builds, original and hardened (bench/harden_file.py)."""
+    from harden_file import run  # bench/ is this script's directory, first on sys.path
 
-    subprocess.run(["make", "-s", "-C", str(REPO / "test_binaries"), "timing"], check=True,
-                   capture_output=True)
-    print(f"\n### Hardened files, natively (static, --cpu {BENCH_CPU}; {DUDECT_N:,} "
-          "calls of main per timing build)\n")
-    print("| program | cycles/main() orig → hardened (median, fixed class) | ratio | "
-          "whole program orig / hardened (s) | dudect \\|t\\| orig (all / best crop) | "
-          "dudect \\|t\\| hardened (all / best crop) |")
-    print("|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
-        for prog, secret in TIMED_SECRETS.items():
-            contract = str(REPO / "contracts" / f"{prog}.toml")
-            files = {}
-            for kind, exe in (("program", str(BUILD / prog)),
-                              ("timing", str(TIMING / prog))):
-                out = f"{tmp}/{prog}.{kind}"
-                subprocess.run([*leakdbt_cmd, "harden", "--contract", contract, "--cpu",
-                                BENCH_CPU, "-o", out, exe], check=True, capture_output=True)
-                files[kind] = (exe, out)
-            want = subprocess.run([files["program"][0], secret], capture_output=True).stdout
-            expected = None if prog in CHANGES_RESULTS else want
-            whole = [whole_program_time([exe, secret], expected) for exe in files["program"]]
-            measured = [dudect_cycles(exe, secret, DUDECT_N) for exe in files["timing"]]
-            cyc = [statistics.median(fixed) for fixed, _ in measured]
-            ts = [dudect_t(fixed, random_) for fixed, random_ in measured]
-            print(f"| {prog} | {cyc[0]:,.0f} → {cyc[1]:,.0f} | {cyc[1] / cyc[0]:.2f}x | "
-                  f"{whole[0]:.4f} / {whole[1]:.4f} | {ts[0][0]:.1f} / {ts[0][1]:.1f} | "
-                  f"{ts[1][0]:.1f} / {ts[1][1]:.1f} |", flush=True)
+    run(leakdbt_cmd)
+
+
+# -- issue 17: threads, signals and processes (bench/processes.py) ---------------------------
+
+
+def processes_bench(tables: list[str] | None = None) -> None:
+    """A 4-thread program against the same work in 1 thread, the cost of a thread switch and
+    of a signal delivery, fork + exec of /bin/true against native and qemu-user, and plain
+    exec against $LEAKDBT_REFERENCE (bench/processes.py; ``tables``: the ones to run)."""
+    from processes import run  # bench/ is this script's directory, first on sys.path
+
+    run(str(REPO / ".venv" / "bin" / "python"), tables or ())
 
 
 CORPUS = {  # corpus harness (test_binaries/corpus, contracts/corpus) -> a secret (argv[1])
@@ -862,6 +823,8 @@ if __name__ == "__main__":
         long_check_bench([str(REPO / ".venv" / "bin" / "leakdbt")])
     elif sys.argv[1:] == ["harden-file"]:  # just the hardened-files section
         harden_file_bench([str(REPO / ".venv" / "bin" / "leakdbt")])
+    elif sys.argv[1:2] == ["threads"]:  # just threads, signals and processes (of the tables named)
+        processes_bench(sys.argv[2:])
     elif sys.argv[1:2] == ["corpus"]:  # just the corpus section (of the functions named)
         corpus_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"], sys.argv[2:])
     else:

@@ -132,5 +132,13 @@ class LimitExceeded(GuestError):
     exit_status = 124
 
 
+class Deadlock(GuestError):
+    """Every guest thread waits for something nothing can send any more (a futex no thread
+    will wake, with no timeout): the guest would never go on, so the run ends as a limit
+    would end it.  Only where no other process can wake it either (see linux/blocking.py)."""
+
+    exit_status = 124
+
+
 class EmulatorError(GuestError):
     """The engine failed in a way that is not a guest fault (a bug in leakdbt or Unicorn)."""

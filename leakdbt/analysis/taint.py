@@ -66,7 +66,9 @@ from leakdbt.x86.disasm import strict_decoder
 from leakdbt.x86.insn import detail_decoder
 
 IMPLICIT_SPAN = 4096
-MAX_TARGETS = 64  # accessed addresses kept per memory-access finding (to name its table)
+# Distinct addresses kept per memory-access finding, to name every table it indexes (a
+# 256-entry table has at most 256 distinct element addresses: 16 such tables fit).
+MAX_TARGETS = 4096
 LINE, WITHIN_LINE = "line", "within-line"  # how far a secret moves a memory access
 
 _JCC = frozenset(f"j{c}" for c in CONDITIONS)
@@ -78,6 +80,7 @@ _NO_ACCESS = frozenset({"lea", "nop", "prefetcht0", "prefetcht1", "prefetcht2",
                         "prefetchnta", "prefetchw", "prefetch", "prefetchwt1"})
 SYS_READ, SYS_WRITE, SYS_MMAP, SYS_PREAD64, SYS_PWRITE64 = 0, 1, 9, 17, 18
 SYS_READV, SYS_WRITEV, SYS_PREADV, SYS_PWRITEV = 19, 20, 295, 296
+SYS_CLONE, SYS_CLONE3, CLONE_THREAD = 56, 435, 0x10000
 
 
 class _Transfer(NamedTuple):
@@ -124,6 +127,17 @@ class _Implicit:
     end: int
     labels: int
     rsp: int
+
+
+@dataclass
+class _ThreadTaint:
+    """What of the shadow state belongs to one guest thread: its registers' and flags'
+    taint, what is known zero in them, its open implicit-flow regions."""
+
+    regs: list[int]
+    flags: int
+    zero: list[int]
+    implicit: list[_Implicit]
 
 
 class EngineValues:
@@ -179,6 +193,14 @@ class TaintTracker:
         self._found: dict[tuple[LeakKind, int], TaintedUse] = {}
         self._implicit: list[_Implicit] = []
         self._hammocks: dict[tuple[int, int], bool] = {}
+        # Guest threads (leakdbt.linux.threads) share memory but not registers: at a switch
+        # the outgoing thread's register taint is kept and the incoming one's put back.
+        # Threads are numbered in creation order (0: the first), as Machine.thread_listeners
+        # names them; a new one starts with its creator's taint at its clone (rax clean).
+        self._thread = 0
+        self._threads_made = 1
+        self._parked: dict[int, _ThreadTaint] = {}
+        machine.thread_listeners.append(self._on_thread_switch)
         if scope is not None:
             ranges = [scope, *(ranges or ())]
         if ranges is None:
@@ -212,6 +234,35 @@ class TaintTracker:
         ptr, n = argv_string(self.machine, index)
         self.taint_memory(ptr, n, labels)
         return ptr, n
+
+    # -- threads ----------------------------------------------------------------------------------
+
+    def _register_taint(self) -> _ThreadTaint:
+        sh = self.shadow
+        return _ThreadTaint(list(sh.regs), sh.flags, list(sh.zero), list(self._implicit))
+
+    def _on_thread_switch(self, index: int) -> None:
+        """Thread ``index`` runs from now on: park the running thread's register taint and
+        load ``index``'s (clean if it was never seen: it began before the tracker)."""
+        if index == self._thread:
+            return
+        self._parked[self._thread] = self._register_taint()
+        incoming = self._parked.pop(index, None)
+        sh = self.shadow
+        if incoming is None:
+            incoming = _ThreadTaint([0] * len(sh.regs), 0, [0] * len(sh.zero), [])
+        sh.regs[:] = incoming.regs
+        sh.flags = incoming.flags
+        sh.zero[:] = incoming.zero
+        self._implicit = incoming.implicit
+        self._thread = index
+
+    def _thread_made(self, nr: int, flags: int, result: int) -> None:
+        """After clone/clone3: a new thread (CLONE_THREAD, and the call returned its tid)
+        gets the caller's register taint, as it gets its registers."""
+        if nr in (SYS_CLONE, SYS_CLONE3) and flags & CLONE_THREAD and 0 < result < 1 << 63:
+            self._parked[self._threads_made] = self._register_taint()
+            self._threads_made += 1
 
     # -- results ----------------------------------------------------------------------------------
 
@@ -502,6 +553,8 @@ class TaintTracker:
         transfer = _TRANSFERS.get(nr)
         segments = self._segments(transfer.vectored, buf, count) if transfer else []
         written: list[int] = []
+        clone_flags = fd if nr == SYS_CLONE else self._clone3_flags(fd) if nr == SYS_CLONE3 \
+            else 0
         if transfer and not transfer.reads:
             for address, length in segments:
                 written += sh.load(address, min(length, MAX_FILE_TAINT - len(written)))
@@ -527,6 +580,13 @@ class TaintTracker:
                 self._arrived(file_fd, result, buf, file_offset)
         for name in ("rax", "rcx", "r11"):
             sh.set_reg_named(name, [0] * 8)
+        self._thread_made(nr, clone_flags, result)
+
+    def _clone3_flags(self, args: int) -> int:
+        try:
+            return int(struct.unpack("<Q", self.mem.read(args, 8))[0])
+        except GuestMemoryFault:
+            return 0
 
     def _arrived(self, fd: int, address: int, count: int, offset: int) -> None:
         """``count`` bytes of ``fd`` from ``offset`` are now at ``address`` (read or mapped):

@@ -32,7 +32,7 @@ from leakdbt.dbt.cfg import function_cfg
 from leakdbt.dbt.codecache import CodeCache
 from leakdbt.dbt.harden import Hardener, RegionNeeds
 from leakdbt.dbt.mode import Mode
-from leakdbt.dbt.region import CodeRegion, form_region
+from leakdbt.dbt.region import CodeRegion, RegionError, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.errors import LeakDBTError, TranslationError
 from leakdbt.loader.functions import code_functions
@@ -154,7 +154,13 @@ class Dispatcher:
         self.stats.translate_seconds += time.perf_counter() - started
 
     def _translate_region(self, mod: LoadedModule, image: Image, req: RegionRequest) -> None:
-        region = request_region(image, req, mod.name)
+        try:
+            region = request_region(image, req, mod.name)
+        except RegionError as e:
+            if self.hardener is None or not self.hardener.allow_unhardened:
+                raise
+            self.hardener.not_formed(req.name, e.one_line())  # its original code runs
+            return
         try:
             site = self._site(mod, region, jump=not self.count_entries, needs=req.needs)
         except ResolveLater:
@@ -336,18 +342,21 @@ class Dispatcher:
     def set_mode(self, mode: Mode) -> None:
         """Run every region from ``mode``'s cache from its next entry on.  Thread-safe: a
         region entered through a hook reads the mode at entry; entry jumps are rewritten on
-        the emulation thread, once the guest is not inside the bytes they cover."""
+        the emulation thread, once no guest thread (running or parked) is inside the bytes
+        they cover.  Copies are never dropped, so a thread parked in one runs on there."""
         if self.running and any(site.patch is not None for site in self.sites):
             self.machine.defer(lambda: self._switch(mode))
         else:
             self._switch(mode)
 
     def _switch(self, mode: Mode) -> None:
-        pc = self.machine.reg("rip") if self.running else None
-        if pc is not None and any(s.patch and s.entry < pc < s.entry + len(s.patch)
-                                  for s in self.sites):
-            # Inside the first instructions of an original region, which the jump would
-            # cover: let the guest run on a little and try again.
+        pcs = self.machine.resume_pcs() if self.running else []
+        if any(s.patch and s.entry < pc < s.entry + len(s.patch)
+               for s in self.sites for pc in pcs):
+            # A thread — the running one, or a parked one (Machine.parked_pcs) — is inside
+            # the first instructions of an original region, which the jump would cover (it
+            # would resume in the middle of the jump): let the guest run on a little (a
+            # parked thread moves on at its turn) and try again.
             timer = threading.Timer(RETRY_SECONDS,
                                     lambda: self.machine.defer(lambda: self._switch(mode)))
             timer.daemon = True

@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from leakdbt.errors import LimitExceeded
+from leakdbt.linux.childwatch import ChildWatch
 from leakdbt.linux.signals import Signals
 from leakdbt.linux.timers import Timers
 
 if TYPE_CHECKING:
     from leakdbt.linux.files import FdTable
     from leakdbt.linux.fs import FileSystem
+    from leakdbt.linux.threads import ThreadGroup
     from leakdbt.loader.modules import ModuleMap
     from leakdbt.machine.memory import AddressSpace
 
@@ -63,7 +66,10 @@ class Unsupported(Exception):
 
 @dataclass
 class ProcessIds:
-    """Identity the guest sees (the host's own, so that output matches native runs)."""
+    """Identity the guest sees (at start the host's own, so that output matches native runs;
+    the guest's set*id calls change this view only, never the host's ids: leakdbt.linux.sys_ids).
+    ``suid``/``sgid`` of -1 mean "the effective id" (Linux's saved ids at exec); ``groups``
+    None means the host's supplementary groups."""
 
     pid: int
     ppid: int
@@ -71,6 +77,15 @@ class ProcessIds:
     gid: int
     euid: int
     egid: int
+    suid: int = -1
+    sgid: int = -1
+    groups: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.suid == -1:
+            self.suid = self.euid
+        if self.sgid == -1:
+            self.sgid = self.egid
 
 
 @dataclass
@@ -97,11 +112,30 @@ class Kernel:
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     children: set[int] = field(default_factory=set)  # pids of forked children (sys_clone)
+    child_watch: ChildWatch = field(default_factory=ChildWatch)  # their ends -> SIGCHLD
     vfork_fd: int = -1  # a vfork child: host pipe end whose closing releases the parent
+    threads: ThreadGroup | None = None  # the guest's threads, from its first clone or wait
     entropy: Callable[[int], bytes] = os.urandom  # getrandom(2), AT_RANDOM
     clock_ns: Callable[[int], int] = time.clock_gettime_ns  # host clock id -> now
     wait_until: Callable[[int, int], None] = field(
         default=lambda clock, ns: sleep_until(clock, ns))  # block until clock reads ns
+    virtual_time: bool = False  # clocks and entropy of VirtualTime (leakdbt check)
+    # --timeout: (its seconds, the time.monotonic() at which it ends the run); host waits
+    # (blocking.py, the threads' scheduler) end there too, not only the engine's runs.
+    timeout: tuple[float, float] | None = None
+
+    def timeout_left(self, what: str) -> float | None:
+        """Seconds until --timeout ends the run (None: no --timeout); past it, the
+        :class:`~leakdbt.errors.LimitExceeded` that ends the run, saying the guest was
+        waiting in ``what``."""
+        if self.timeout is None:
+            return None
+        seconds, at = self.timeout
+        left = at - time.monotonic()
+        if left <= 0:
+            raise LimitExceeded(f"--timeout {seconds:g} s reached while the guest waited in "
+                                f"{what}")
+        return left
 
 
 def sleep_until(clock: int, deadline_ns: int) -> None:
@@ -138,6 +172,7 @@ class VirtualTime:
         kernel.entropy = self.entropy
         kernel.clock_ns = self.clock_ns
         kernel.wait_until = self.wait_until
+        kernel.virtual_time = True
 
 
 def _module_map() -> ModuleMap:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import signal
 import struct
+from functools import partial
 
 from leakdbt.errors import GuestFault
+from leakdbt.linux.hostsignals import HOST
 from leakdbt.linux.kernel import Kernel
 from leakdbt.linux.signals import (
     ENTRY_CLEARED_FLAGS,
@@ -88,7 +90,35 @@ def after_syscall(k: Kernel) -> None:
         if not return_from_handler(k):
             raise kill_guest(k, signal.SIGSEGV, "bad signal frame in rt_sigreturn")
     k.timers.fire_due(k)
+    watch_children(k)
+    HOST.drain(k.signals)
     deliver_pending(k)
+
+
+def watch_children(k: Kernel) -> None:
+    """Keep the child watch (leakdbt.linux.childwatch) in step with the guest's children and
+    queue the SIGCHLD of every reported end.  With host time (a timer waker exists) and an
+    engine that can be kicked, ends are also watched while the guest computes: the kick
+    delivers their SIGCHLD at the next block boundary."""
+    watch = k.child_watch
+    enable_async(k)
+    watch.sync(k.children)
+    watch.drain(k.signals)
+
+
+def enable_async(k: Kernel) -> None:
+    """With host time and an engine that can be kicked, let the child watch and the host's
+    signals (leakdbt.linux.hostsignals) interrupt a computing guest: their kick delivers
+    at the next block boundary."""
+    defer = getattr(k.cpu, "defer", None)
+    if k.timers.waker is None or defer is None:
+        return
+    if k.child_watch.kick is None:
+        k.child_watch.kick = lambda: defer(partial(after_syscall, k))
+    if HOST.kick is None or getattr(HOST.kick, "kernel", None) is not k:
+        kick = partial(defer, partial(after_syscall, k))
+        HOST.kick = kick
+        setattr(kick, "kernel", k)  # noqa: B010 - which guest the kick is for
 
 
 def deliver_fault(k: Kernel, fault: GuestFault) -> bool:

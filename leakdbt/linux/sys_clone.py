@@ -9,7 +9,15 @@ host pid (guest pids are the host's, see leakdbt.linux.process.process_ids), so 
 kill need no mapping.  vfork runs as a fork whose parent waits until the child has exec'd
 or ended (what vfork guarantees the parent); with CLONE_VM the child's memory writes do not
 reach the parent (posix_spawn's report of a failed exec is lost: the child ends with 127).
-A kind leakdbt does not run yet (threads, namespaces, shared fd tables) is raised as
+A *thread* (the flags of glibc's pthread_create: CLONE_VM|CLONE_FS|CLONE_FILES|
+CLONE_SIGHAND|CLONE_THREAD, with any of CLONE_SYSVSEM, CLONE_SETTLS, CLONE_PARENT_SETTID,
+CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_DETACHED) is a new context in the
+scheduler (leakdbt.linux.threads): same engine, same memory, its own registers, stack and
+FS base.  This module also ends tasks and names them: exit(2) ends the calling thread (the
+last one ends the process), exit_group(2) the process; gettid, set_tid_address,
+set_robust_list, sched_yield, tgkill/tkill to the guest's own threads.
+A kind leakdbt does not run yet (a thread without shared files or cwd, CLONE_VM without a
+thread or vfork, namespaces, shared fd tables between processes) is raised as
 :class:`~leakdbt.linux.kernel.Unsupported` naming the exact combination, so that the
 dispatcher reports it once on stderr (fatal under ``--strict``) instead of the guest going on
 silently.
@@ -23,11 +31,16 @@ import os
 import signal
 import struct
 import sys
-import threading
 from collections.abc import Callable
+from functools import partial
 
-from leakdbt.linux.kernel import Kernel, Unsupported
+from leakdbt.linux.kernel import Kernel, Unsupported, s32
+from leakdbt.linux.sigdeliver import deliver_pending
+from leakdbt.linux.signals import NSIG, SI_TKILL
+from leakdbt.linux.sys_proc import GuestExit
+from leakdbt.linux.threads import ThreadGroup, current_tid, thread_group
 from leakdbt.linux.timers import HostWaker, Timers
+from leakdbt.machine.memory import GuestMemoryFault
 
 CSIGNAL = 0xFF
 CLONE_FLAGS: dict[int, str] = {
@@ -53,6 +66,12 @@ PROCESS_FLAGS = (CLONE_SYSVSEM | CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHIL
                  | CLONE_CHILD_SETTID | CLONE_VFORK | CLONE_PTRACE | CLONE_DETACHED
                  | CLONE_UNTRACED)
 CLONE_ARGS_SIZE_VER0 = 64  # struct clone_args up to and including tls
+CLONE_FILES = 0x400
+# A thread as pthread_create makes one: these five, and any of THREAD_OPTIONAL.
+THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD
+THREAD_OPTIONAL = (CLONE_SYSVSEM | CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID
+                   | CLONE_CHILD_SETTID | CLONE_DETACHED)
+ROBUST_LIST_HEAD_SIZE = 24
 
 
 def clone_flag_names(flags: int, exit_signal: int | None = None) -> str:
@@ -103,9 +122,35 @@ def _create(k: Kernel, call: str, flags: int, exit_signal: int | None, stack: in
     if bad:
         return bad
     sig = flags & CSIGNAL if exit_signal is None else exit_signal
+    if runs_as_thread(flags):
+        return create_thread(k, flags, stack, parent_tid, child_tid, tls)
     if not runs_as_process(flags, sig):
         raise Unsupported(f"{call} flags {clone_flag_names(flags, exit_signal)}")
     return fork_process(k, flags, stack, parent_tid, child_tid, tls)
+
+
+def threads_of(k: Kernel) -> ThreadGroup:
+    """The guest's threads (made on first use), delivering signals with sigdeliver."""
+    return thread_group(k, partial(deliver_pending, k))
+
+
+def runs_as_thread(flags: int) -> bool:
+    """Whether a (valid) combination makes a thread leakdbt runs: THREAD_FLAGS, and nothing
+    but THREAD_OPTIONAL besides (the exit signal of a thread is never sent)."""
+    rest = flags & ~CSIGNAL
+    return rest & THREAD_FLAGS == THREAD_FLAGS and not rest & ~(THREAD_FLAGS | THREAD_OPTIONAL)
+
+
+def create_thread(k: Kernel, flags: int, stack: int, parent_tid: int, child_tid: int,
+                  tls: int) -> int:
+    """A new thread of the guest (leakdbt.linux.threads.ThreadGroup.spawn); its tid."""
+    thread = threads_of(k).spawn(stack, tls if flags & CLONE_SETTLS else None,
+                                   child_tid if flags & CLONE_CHILD_CLEARTID else 0)
+    for flag, address in ((CLONE_PARENT_SETTID, parent_tid), (CLONE_CHILD_SETTID, child_tid)):
+        if flags & flag:
+            with contextlib.suppress(GuestMemoryFault):  # Linux ignores a bad address here
+                k.mem.write(address, struct.pack("<i", thread.tid))
+    return thread.tid
 
 
 def fork_process(k: Kernel, flags: int, stack: int = 0, parent_tid: int = 0,
@@ -170,6 +215,11 @@ def _become_child(k: Kernel, flags: int, stack: int, child_tid: int, tls: int,
         k.vfork_fd = vfork[1]
     k.ids.ppid, k.ids.pid = k.ids.pid, os.getpid()
     k.children = set()
+    if k.threads is not None:  # only the forking thread lives on in the child
+        k.threads = None
+        set_quantum = getattr(k.cpu, "set_quantum", None)
+        if set_quantum is not None:
+            set_quantum(0, None)
     k.signals.pending.clear()
     k.timers = Timers(waker=_restart_waker(k.timers.waker))
     if flags & CLONE_CHILD_SETTID:
@@ -183,11 +233,9 @@ def _become_child(k: Kernel, flags: int, stack: int, child_tid: int, tls: int,
 
 
 def _restart_waker(waker: Callable[[float], None] | None) -> Callable[[float], None] | None:
-    """The timer thread of the parent does not exist in the child: forget it (and a lock it
-    may have held at the fork), keeping the same object, which the session closes at exit."""
+    """The timer thread of the parent does not exist in the child (HostWaker.after_fork)."""
     if isinstance(waker, HostWaker):
-        waker._thread = None  # noqa: SLF001 - a fork-time reset of HostWaker's own state
-        waker._lock = threading.Lock()  # noqa: SLF001
+        waker.after_fork()
     return waker
 
 
@@ -215,9 +263,84 @@ def sys_vfork(k: Kernel) -> int:
     return _create(k, "vfork", CLONE_VM | CLONE_VFORK | signal.SIGCHLD, None)
 
 
+# -- ending and naming tasks ---------------------------------------------------------------
+
+
+def sys_exit(k: Kernel, status: int) -> int:
+    """exit(2): the calling thread ends; the process ends with the last one."""
+    threads = k.threads
+    if threads is None or threads.exit_current(status & 0xFF):
+        raise GuestExit(status & 0xFF)
+    return 0
+
+
+def sys_exit_group(k: Kernel, status: int) -> int:
+    raise GuestExit(status & 0xFF)
+
+
+def sys_gettid(k: Kernel) -> int:
+    return current_tid(k)
+
+
+def sys_set_tid_address(k: Kernel, addr: int) -> int:
+    if k.threads is not None:
+        k.threads.current.clear_tid = addr
+    else:
+        k.tid_address = addr
+    return current_tid(k)
+
+
+def sys_set_robust_list(k: Kernel, head: int, size: int) -> int:
+    """Recorded, never walked: a thread that dies holding a robust mutex leaves it locked
+    (threads here end only through exit, which releases nothing else either)."""
+    if size != ROBUST_LIST_HEAD_SIZE:
+        return -errno.EINVAL
+    if k.threads is not None:
+        k.threads.current.robust_list = (head, size)
+    return 0
+
+
+def sys_sched_yield(k: Kernel) -> int:
+    """The next runnable thread runs (the caller goes to the back of the turn)."""
+    threads = k.threads
+    if threads is not None and len(threads.live()) > 1:
+        threads.switch_pending = True
+    return 0
+
+
+def sys_tgkill(k: Kernel, tgid: int, tid: int, sig: int) -> int:
+    """A signal to one of the guest's own threads (other processes: ESRCH)."""
+    tgid, tid, sig = s32(tgid), s32(tid), s32(sig)
+    if tid <= 0 or tgid <= 0:
+        return -errno.EINVAL
+    if tgid != k.ids.pid or (k.threads is None and tid != k.ids.pid):
+        return -errno.ESRCH
+    threads = threads_of(k)
+    target = threads.find(tid)
+    if target is None:
+        return -errno.ESRCH
+    if not 0 <= sig <= NSIG:
+        return -errno.EINVAL
+    if sig:
+        threads.signal_thread(target, sig, SI_TKILL)
+    return 0
+
+
+def sys_tkill(k: Kernel, tid: int, sig: int) -> int:
+    return sys_tgkill(k, k.ids.pid, tid, sig)
+
+
 HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
+    24: ("sched_yield", sys_sched_yield),
     56: ("clone", sys_clone),
     57: ("fork", sys_fork),
     58: ("vfork", sys_vfork),
+    60: ("exit", sys_exit),
+    186: ("gettid", sys_gettid),
+    200: ("tkill", sys_tkill),
+    218: ("set_tid_address", sys_set_tid_address),
+    231: ("exit_group", sys_exit_group),
+    234: ("tgkill", sys_tgkill),
+    273: ("set_robust_list", sys_set_robust_list),
     435: ("clone3", sys_clone3),
 }

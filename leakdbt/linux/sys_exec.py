@@ -77,6 +77,7 @@ def keep(k: Kernel) -> Kept:
     sigs.altstack = AltStack()
     sigs.sigreturn = False
     sigs.suspended_mask = None
+    k.ids.suid, k.ids.sgid = k.ids.euid, k.ids.egid  # execve(2): saved ids := effective ids
     return Kept(k.fs, k.fds, k.ids, sigs, k.rlimits, k.children, k.entropy, k.clock_ns,
                 k.wait_until)
 

@@ -2,11 +2,12 @@
 :class:`~leakdbt.linux.fs.FileSystem` and :class:`~leakdbt.linux.files.FdTable` of the kernel.
 
 Follows the Linux man pages read(2), write(2), open(2), close(2), stat(2), statx(2), lseek(2),
-pread(2), readv(2), preadv(2), access(2), dup(2), fcntl(2), truncate(2), fsync(2), getcwd(3)
-(the system call), chdir(2), rename(2), mkdir(2), rmdir(2), unlink(2), readlink(2),
-getdents64(2), symlink(2), chmod(2), umask(2), close_range(2), ioctl(2), ioctl_tty(2) (TCGETS,
-TIOCGWINSZ, FIONREAD) and the x86-64 kernel layouts of struct stat (144 bytes), struct statx
-(256 bytes), struct iovec, struct flock and struct termios.
+pread(2), readv(2), preadv(2), sendfile(2), access(2), dup(2), fcntl(2), truncate(2),
+fsync(2), getcwd(3) (the system call), chdir(2), rename(2), mkdir(2), rmdir(2), unlink(2),
+readlink(2), getdents64(2), symlink(2), chmod(2), umask(2), close_range(2), ioctl(2),
+ioctl_tty(2) (TCGETS, TIOCGWINSZ, TIOCGPGRP/TIOCSPGRP, FIONREAD) and the x86-64 kernel
+layouts of struct stat (144 bytes), struct statx (256 bytes), struct iovec, struct flock and
+struct termios.
 
 Every handler takes the raw 64-bit argument registers and returns the result or ``-errno``:
 FsError/OSError become ``-errno`` and a :class:`~leakdbt.machine.memory.GuestMemoryFault`
@@ -69,6 +70,8 @@ _FLOCK_SIZE = 32  # struct flock on x86-64
 
 TCGETS = 0x5401
 TIOCGWINSZ = 0x5413
+TIOCGPGRP = 0x540F
+TIOCSPGRP = 0x5410
 FIONREAD = 0x541B
 FIONCLEX = 0x5450
 FIOCLEX = 0x5451
@@ -356,6 +359,22 @@ def sys_pwritev(k: Kernel, fd: int, iov: int, iovcnt: int, pos: int) -> int:
 
 
 @_syscall
+def sys_sendfile(k: Kernel, out_fd: int, in_fd: int, offset: int, count: int) -> int:
+    """sendfile(2): the host's, between the two host fds; with ``offset`` the input's own
+    offset is left alone and the new one is written back."""
+    dst, src = k.fds.get(s32(out_fd)), k.fds.get(s32(in_fd))
+    n = min(count, MAX_RW_COUNT)
+    if not offset:
+        return _written(k, lambda: os.sendfile(dst.host_fd, src.host_fd, None, n))
+    start = s64(struct.unpack("<q", k.mem.read(offset, 8))[0])
+    if start < 0:
+        return -errno.EINVAL
+    done = _written(k, lambda: os.sendfile(dst.host_fd, src.host_fd, start, n))
+    k.mem.write(offset, struct.pack("<q", start + done))
+    return done
+
+
+@_syscall
 def sys_lseek(k: Kernel, fd: int, offset: int, whence: int) -> int:
     """lseek(2) (SEEK_SET/CUR/END/DATA/HOLE)."""
     f = k.fds.get(s32(fd))
@@ -509,7 +528,8 @@ def sys_fcntl(k: Kernel, fd: int, cmd: int, arg: int) -> int:
 
 @_syscall
 def sys_ioctl(k: Kernel, fd: int, request: int, arg: int) -> int:
-    """ioctl(2): TCGETS, TIOCGWINSZ, FIONREAD, FIOCLEX/FIONCLEX; else ENOTTY."""
+    """ioctl(2): TCGETS, TIOCGWINSZ, TIOCGPGRP/TIOCSPGRP, FIONREAD, FIOCLEX/FIONCLEX; else
+    ENOTTY."""
     guest_fd, req = s32(fd), request & 0xFFFFFFFF
     f = k.fds.get(guest_fd)
     if req in (FIOCLEX, FIONCLEX):
@@ -517,6 +537,14 @@ def sys_ioctl(k: Kernel, fd: int, request: int, arg: int) -> int:
         return 0
     if req == FIONREAD:
         k.mem.write(arg, fcntl.ioctl(f.host_fd, FIONREAD, bytes(4)))
+        return 0
+    if req in (TIOCGPGRP, TIOCSPGRP):  # tcgetpgrp(3)/tcsetpgrp(3): the host terminal's
+        if not os.isatty(f.host_fd):
+            return -errno.ENOTTY
+        if req == TIOCGPGRP:
+            k.mem.write(arg, struct.pack("<i", os.tcgetpgrp(f.host_fd)))
+        else:
+            os.tcsetpgrp(f.host_fd, struct.unpack("<i", k.mem.read(arg, 4))[0])
         return 0
     if req in (TCGETS, TIOCGWINSZ):
         if not os.isatty(f.host_fd):
@@ -819,7 +847,6 @@ def sys_symlinkat(k: Kernel, target: int, newdirfd: int, linkpath: int) -> int:
 # -- table ----------------------------------------------------------------------------------
 
 HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
-    0: ("read", sys_read),
     1: ("write", sys_write),
     2: ("open", sys_open),
     3: ("close", sys_close),
@@ -835,6 +862,7 @@ HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
     21: ("access", sys_access),
     32: ("dup", sys_dup),
     33: ("dup2", sys_dup2),
+    40: ("sendfile", sys_sendfile),
     72: ("fcntl", sys_fcntl),
     74: ("fsync", sys_fsync),
     75: ("fdatasync", sys_fdatasync),

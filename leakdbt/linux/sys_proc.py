@@ -11,8 +11,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from leakdbt.errors import GuestError
-from leakdbt.linux.kernel import Kernel, Unsupported, s32, s64
+from leakdbt.linux.kernel import Kernel, s32, s64
 from leakdbt.linux.sys_signal import interruptible_sleep
 
 ARCH_SET_GS, ARCH_SET_FS, ARCH_GET_FS, ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1004
@@ -36,16 +35,10 @@ class GuestExit(Exception):
         self.status = status
 
 
-def sys_exit(k: Kernel, status: int) -> int:
-    raise GuestExit(status & 0xFF)
-
 
 def sys_getpid(k: Kernel) -> int:
     return k.ids.pid
 
-
-def sys_gettid(k: Kernel) -> int:
-    return k.ids.pid
 
 
 def sys_getppid(k: Kernel) -> int:
@@ -72,26 +65,57 @@ def sys_getpgrp(k: Kernel) -> int:
     return os.getpgrp()
 
 
-def sys_getgroups(k: Kernel, size: int, addr: int) -> int:
-    groups = os.getgroups()
-    if s32(size) == 0:
-        return len(groups)
-    if s32(size) < len(groups):
+def _may_see(k: Kernel, pid: int) -> bool:
+    """Process groups and sessions: the guest may name itself (0 or its pid), its parent and
+    its own children; other host processes are out of its reach (ESRCH, no oracle)."""
+    return pid in (0, k.ids.pid, k.ids.ppid) or pid in k.children
+
+
+def _host_call(fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except OSError as e:
+        return -(e.errno or errno.EPERM)
+
+
+def sys_setpgid(k: Kernel, pid: int, pgid: int) -> int:
+    """setpgid(2): guest processes are host processes, so the host's own rules apply (self
+    or a child not yet exec'd, same session, EINVAL for a negative group)."""
+    p, g = s32(pid), s32(pgid)
+    if g < 0:
         return -errno.EINVAL
-    k.mem.write(addr, struct.pack(f"<{len(groups)}I", *groups))
-    return len(groups)
+    if p not in (0, k.ids.pid) and p not in k.children:
+        return -errno.ESRCH
+    def setpgid() -> int:
+        os.setpgid(p, g)
+        return 0
+
+    return _host_call(setpgid)
 
 
-def sys_getresuid(k: Kernel, r: int, e: int, s: int) -> int:
-    for addr, v in ((r, k.ids.uid), (e, k.ids.euid), (s, k.ids.euid)):
-        k.mem.write(addr, struct.pack("<I", v))
-    return 0
+def sys_getpgid(k: Kernel, pid: int) -> int:
+    """getpgid(2) of the guest, its parent or a child."""
+    p = s32(pid)
+    if not _may_see(k, p):
+        return -errno.ESRCH
+    return _host_call(lambda: os.getpgid(p))
 
 
-def sys_getresgid(k: Kernel, r: int, e: int, s: int) -> int:
-    for addr, v in ((r, k.ids.gid), (e, k.ids.egid), (s, k.ids.egid)):
-        k.mem.write(addr, struct.pack("<I", v))
-    return 0
+def sys_setsid(k: Kernel) -> int:
+    """setsid(2): the process (host and guest alike) leads a new session and group."""
+    def setsid() -> int:
+        os.setsid()
+        return os.getpid()
+
+    return _host_call(setsid)
+
+
+def sys_getsid(k: Kernel, pid: int) -> int:
+    """getsid(2) of the guest, its parent or a child."""
+    p = s32(pid)
+    if not _may_see(k, p):
+        return -errno.ESRCH
+    return _host_call(lambda: os.getsid(p))
 
 
 def sys_uname(k: Kernel, buf: int) -> int:
@@ -186,24 +210,6 @@ def sys_arch_prctl(k: Kernel, code: int, addr: int) -> int:
     return 0
 
 
-def sys_set_tid_address(k: Kernel, addr: int) -> int:
-    k.tid_address = addr
-    return k.ids.pid
-
-
-def sys_futex(k: Kernel, uaddr: int, op: int, val: int, timeout: int, uaddr2: int,
-              val3: int) -> int:
-    cmd = op & FUTEX_CMD_MASK & 0x7F
-    if cmd in (FUTEX_WAKE, 10):  # FUTEX_WAKE, FUTEX_WAKE_BITSET
-        return 0
-    if cmd in (FUTEX_WAIT, 9):  # FUTEX_WAIT, FUTEX_WAIT_BITSET
-        current = struct.unpack("<I", k.mem.read(uaddr, 4))[0]
-        if current != val & 0xFFFFFFFF:
-            return -errno.EAGAIN
-        if timeout:
-            return -errno.ETIMEDOUT
-        raise GuestError("deadlock: the only guest thread waits on a futex forever")
-    raise Unsupported(f"futex operation {cmd}")
 
 
 def _timespec(ns: int) -> bytes:
@@ -314,22 +320,16 @@ def sys_times(k: Kernel, buf: int) -> int:
 
 
 HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
-    24: ("sched_yield", sys_zero),
-    35: ("nanosleep", sys_nanosleep),
     39: ("getpid", sys_getpid),
     41: ("socket", sys_refuse_network),
     42: ("connect", sys_refuse_network),
     43: ("accept", sys_refuse_network),
-    44: ("sendto", sys_refuse_network),
-    45: ("recvfrom", sys_refuse_network),
     46: ("sendmsg", sys_refuse_network),
     47: ("recvmsg", sys_refuse_network),
     49: ("bind", sys_refuse_network),
     50: ("listen", sys_refuse_network),
-    53: ("socketpair", sys_refuse_network),
     54: ("setsockopt", sys_refuse_network),
     55: ("getsockopt", sys_refuse_network),
-    60: ("exit", sys_exit),
     63: ("uname", sys_uname),
     96: ("gettimeofday", sys_gettimeofday),
     97: ("getrlimit", sys_getrlimit),
@@ -341,24 +341,19 @@ HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
     107: ("geteuid", sys_geteuid),
     108: ("getegid", sys_getegid),
     110: ("getppid", sys_getppid),
+    109: ("setpgid", sys_setpgid),
     111: ("getpgrp", sys_getpgrp),
-    115: ("getgroups", sys_getgroups),
-    118: ("getresuid", sys_getresuid),
-    120: ("getresgid", sys_getresgid),
+    112: ("setsid", sys_setsid),
+    121: ("getpgid", sys_getpgid),
+    124: ("getsid", sys_getsid),
     157: ("prctl", sys_prctl),
     158: ("arch_prctl", sys_arch_prctl),
     160: ("setrlimit", sys_setrlimit),
-    186: ("gettid", sys_gettid),
     201: ("time", sys_time),
-    202: ("futex", sys_futex),
     204: ("sched_getaffinity", sys_sched_getaffinity),
-    218: ("set_tid_address", sys_set_tid_address),
     221: ("fadvise64", sys_zero),
     228: ("clock_gettime", sys_clock_gettime),
     229: ("clock_getres", sys_clock_getres),
-    230: ("clock_nanosleep", sys_clock_nanosleep),
-    231: ("exit_group", sys_exit),
-    273: ("set_robust_list", sys_zero),
     288: ("accept4", sys_refuse_network),
     302: ("prlimit64", sys_prlimit64),
     307: ("sendmmsg", sys_refuse_network),

@@ -17,19 +17,19 @@ import time
 from collections.abc import Callable
 
 from leakdbt.errors import GuestError
+from leakdbt.linux.blocking import block, interrupting, sigchld_interrupts
+from leakdbt.linux.hostsignals import HOST
 from leakdbt.linux.kernel import Kernel, Unsupported, s32, sleep_until
+from leakdbt.linux.sigdeliver import enable_async
 from leakdbt.linux.signals import (
     NSIG,
-    SI_TKILL,
     SI_USER,
-    SIG_IGN,
     STACK_T,
     UNBLOCKABLE,
     Action,
     sender_info,
     set_altstack,
 )
-from leakdbt.linux.sys_wait import child_signal
 from leakdbt.linux.timers import (
     ITIMER_CLOCKS,
     ITIMER_SIGNALS,
@@ -63,6 +63,8 @@ def sys_rt_sigaction(k: Kernel, sig: int, act: int, oact: int, size: int) -> int
         new = Action.unpack(k.mem.read(act, Action.LAYOUT.size))
         new.mask &= ~UNBLOCKABLE
         sigs.actions[sig] = new
+        enable_async(k)
+        HOST.set(sig, new.handler)  # another process's kill meets the same disposition
         if sigs.is_ignored(sig):  # POSIX: setting SIG_IGN discards what is pending
             sigs.pending = [(s, i) for s, i in sigs.pending if s != sig]
     if oact:
@@ -102,12 +104,9 @@ def _deliverable(k: Kernel, mask: int) -> bool:
 
 
 def _wait_for_signal(k: Kernel, mask: int, what: str) -> None:
-    """Block until a signal outside ``mask`` is pending: only timers and children (SIGCHLD,
-    leakdbt.linux.sys_wait.child_signal) can send one."""
-    while not _deliverable(k, mask):
-        if not k.timers.wait(k) and not child_signal(k, mask):
-            raise GuestError(f"deadlock: the only guest thread waits in {what} for a signal "
-                             "that nothing can send")
+    """Block until a signal outside ``mask`` is pending: a timer's, or a child's SIGCHLD
+    (leakdbt.linux.blocking); with neither possible the guest is deadlocked (GuestError)."""
+    block(k, {}, None, mask, what)
 
 
 def sys_rt_sigsuspend(k: Kernel, mask: int, size: int) -> int:
@@ -178,30 +177,83 @@ def _send_self(k: Kernel, sig: int, code: int) -> int:
     return 0
 
 
-def sys_kill(k: Kernel, pid: int, sig: int) -> int:
-    if s32(pid) in k.children:  # a guest child is a host process (leakdbt.linux.sys_clone)
-        if not 0 <= s32(sig) < signal.NSIG:
-            return -errno.EINVAL
+def _host_kill(pid: int, sig: int) -> int:
+    try:
+        os.kill(pid, sig)
+    except OSError as e:
+        return -(e.errno or errno.ESRCH)
+    return 0
+
+
+def guest_processes(k: Kernel) -> dict[int, int]:
+    """pid -> process group of every host process descending from the guest (its children,
+    theirs...: all guest processes, since guest pids are host pids), from /proc."""
+    parents: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            os.kill(s32(pid), s32(sig))
-        except OSError as e:
-            return -(e.errno or errno.ESRCH)
-        return 0
-    if s32(pid) not in (0, -1, k.ids.pid, -k.ids.pid):
-        return -errno.EPERM  # other processes of the host are out of the guest's reach
-    return _send_self(k, s32(sig), SI_USER)
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry)] = (int(fields[1]), int(fields[2]))  # ppid, pgrp
+    found: dict[int, int] = {}
+    for pid, (_ppid, pgrp) in parents.items():
+        at, seen = pid, 0
+        while at in parents and seen < 4096:
+            if parents[at][0] == k.ids.pid:
+                found[pid] = pgrp
+                break
+            at, seen = parents[at][0], seen + 1
+    return found
 
 
-def sys_tgkill(k: Kernel, tgid: int, tid: int, sig: int) -> int:
-    if s32(tid) <= 0 or s32(tgid) <= 0:
+def sys_kill(k: Kernel, pid: int, sig: int) -> int:
+    """kill(2) to the guest itself, a child, or a process group (0: its own, -1: every
+    process it may signal): only guest processes are reached — other processes of the
+    host, in the group or not, are out of the guest's reach (EPERM when none is left)."""
+    target, signo = s32(pid), s32(sig)
+    if not 0 <= signo <= NSIG:
         return -errno.EINVAL
-    if s32(tid) != k.ids.pid or s32(tgid) != k.ids.pid:
-        return -errno.ESRCH
-    return _send_self(k, s32(sig), SI_TKILL)
+    if target > 0:
+        if target in k.children:  # a guest child is a host process (sys_clone)
+            return _host_kill(target, signo)
+        if target != k.ids.pid:
+            return -errno.EPERM
+        return _send_self(k, signo, SI_USER)
+    group = None if target == -1 else os.getpgrp() if target == 0 else -target
+    others = [p for p, g in guest_processes(k).items() if group is None or g == group]
+    me = group is not None and os.getpgrp() == group  # kill(-1) spares the caller (Linux)
+    if not others and not me:
+        return -errno.ESRCH if group is None else -errno.EPERM
+    results = [_host_kill(p, signo) for p in others]
+    if me:
+        results.append(_send_self(k, signo, SI_USER))
+    return 0 if any(r == 0 for r in results) else results[0]
 
 
-def sys_tkill(k: Kernel, tid: int, sig: int) -> int:
-    return sys_tgkill(k, k.ids.pid, tid, sig)
+
+def sys_rt_sigqueueinfo(k: Kernel, pid: int, sig: int, info: int) -> int:
+    """rt_sigqueueinfo(2) (sigqueue(3)) to the guest itself, with the caller's siginfo; to
+    another process the siginfo cannot travel (a host signal carries none): named, EPERM."""
+    signo = s32(sig)
+    if not _valid(signo):
+        return -errno.EINVAL
+    raw = bytearray(k.mem.read(info, 128))
+    if s32(pid) != k.ids.pid:
+        raise Unsupported("rt_sigqueueinfo to another process", errno.EPERM)
+    struct.pack_into("<i", raw, 0, signo)  # the kernel sets si_signo from sig
+    k.signals.send(signo, bytes(raw))
+    return 0
+
+
+def sys_rt_tgsigqueueinfo(k: Kernel, tgid: int, tid: int, sig: int, info: int) -> int:
+    """rt_tgsigqueueinfo(2) to the guest's own (main) thread."""
+    if s32(tid) != k.ids.pid:
+        raise Unsupported("rt_tgsigqueueinfo to another thread or process", errno.EPERM)
+    return sys_rt_sigqueueinfo(k, tgid, sig, info)
+
 
 
 # -- interval timers --------------------------------------------------------------------------
@@ -323,18 +375,15 @@ def sys_timer_delete(k: Kernel, timer_id: int) -> int:
 
 def interruptible_sleep(k: Kernel, clock: int, duration: int) -> int:
     """Sleep ``duration`` ns on ``clock``; the time left (> 0) if a signal the guest handles
-    arrived first (the call then fails with EINTR).  Only an armed timer can send one; without
-    one this is a plain host sleep."""
-    if not k.timers.active:
+    (a timer's, a child's SIGCHLD) or one that kills it arrived first: the call then fails
+    with EINTR.  With nothing that could send one, a plain host sleep."""
+    if not k.timers.active and not (k.children and sigchld_interrupts(k, k.signals.blocked)) \
+            and not interrupting(k, k.signals.blocked):
         sleep_until(clock, time.clock_gettime_ns(clock) + duration)
         return 0
     deadline = k.clock_ns(clock) + duration
-    while k.timers.wait(k, (clock, deadline)):
-        if any(not k.signals.is_blocked(s) and k.signals.action(s).handler != SIG_IGN
-               for s, _ in k.signals.pending):
-            return max(1, deadline - k.clock_ns(clock))
-        if not k.timers.active:
-            return interruptible_sleep(k, clock, deadline - k.clock_ns(clock))
+    if block(k, {}, (clock, deadline), k.signals.blocked, "nanosleep") == -errno.EINTR:
+        return max(1, deadline - k.clock_ns(clock))
     return 0
 
 
@@ -349,13 +398,13 @@ HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
     62: ("kill", sys_kill),
     127: ("rt_sigpending", sys_rt_sigpending),
     128: ("rt_sigtimedwait", sys_rt_sigtimedwait),
+    129: ("rt_sigqueueinfo", sys_rt_sigqueueinfo),
     130: ("rt_sigsuspend", sys_rt_sigsuspend),
     131: ("sigaltstack", sys_sigaltstack),
-    200: ("tkill", sys_tkill),
     222: ("timer_create", sys_timer_create),
     223: ("timer_settime", sys_timer_settime),
     224: ("timer_gettime", sys_timer_gettime),
     225: ("timer_getoverrun", sys_timer_getoverrun),
     226: ("timer_delete", sys_timer_delete),
-    234: ("tgkill", sys_tgkill),
+    297: ("rt_tgsigqueueinfo", sys_rt_tgsigqueueinfo),
 }

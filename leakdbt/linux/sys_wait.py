@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from leakdbt.linux.files import OpenFile
 from leakdbt.linux.kernel import Kernel, s32
-from leakdbt.linux.signals import SIG_DFL, SIG_IGN, siginfo
+from leakdbt.linux.signals import siginfo
 
 WNOHANG, WUNTRACED, WCONTINUED, WEXITED, WNOWAIT = 1, 2, 8, 4, 0x1000000
 WSTOPPED = WUNTRACED
@@ -62,6 +62,12 @@ def sys_wait4(k: Kernel, pid: int, status: int, options: int, rusage: int) -> in
         return 0
     if os.WIFEXITED(word) or os.WIFSIGNALED(word):
         k.children.discard(child)
+        if os.WIFEXITED(word):
+            code, value = CLD_EXITED, os.WEXITSTATUS(word)
+        else:
+            code, value = CLD_DUMPED if os.WCOREDUMP(word) else CLD_KILLED, os.WTERMSIG(word)
+        k.child_watch.reaped(k.signals, child, siginfo(signal.SIGCHLD, code, child, k.ids.uid,
+                                                       value, 0, 0, layout="iIi4xqq"))
     if status:
         k.mem.write(status, struct.pack("<i", word))
     if rusage:
@@ -96,6 +102,9 @@ def sys_waitid(k: Kernel, idtype: int, ident: int, info: int, options: int,
     else:
         if result.si_code in (CLD_EXITED, CLD_KILLED, CLD_DUMPED) and not opts & WNOWAIT:
             k.children.discard(result.si_pid)
+            k.child_watch.reaped(k.signals, result.si_pid, siginfo(
+                signal.SIGCHLD, result.si_code, result.si_pid, result.si_uid,
+                result.si_status, 0, 0, layout="iIi4xqq"))
         if info:
             k.mem.write(info, siginfo(result.si_signo, result.si_code, result.si_pid,
                                       result.si_uid, result.si_status, 0, 0,
@@ -103,30 +112,6 @@ def sys_waitid(k: Kernel, idtype: int, ident: int, info: int, options: int,
     if rusage:  # the host's waitid gives no usage: Linux's would be the child's
         k.mem.write(rusage, bytes(RUSAGE.size))
     return 0
-
-
-def child_signal(k: Kernel, blocked: int) -> bool:
-    """Wait for a child to end and queue its SIGCHLD (True), when the guest waits for a
-    signal (sigsuspend, pause) with children and a SIGCHLD handler that ``blocked`` lets
-    through — how shells wait for jobs.  False when no child can send one.
-
-    A child is only peeked at (WNOWAIT): the guest reaps it.  SIGCHLD is sent only from
-    here; a child ending while the guest computes does not interrupt it (docs/cli.md)."""
-    if not k.children or blocked >> (signal.SIGCHLD - 1) & 1:
-        return False
-    if k.signals.action(signal.SIGCHLD).handler in (SIG_DFL, SIG_IGN):
-        return False
-    try:
-        result = os.waitid(P_ALL, 0, WEXITED | WNOWAIT)
-    except ChildProcessError:
-        k.children.clear()
-        return False
-    if result is None:
-        return False
-    k.signals.send(signal.SIGCHLD, siginfo(signal.SIGCHLD, result.si_code, result.si_pid,
-                                           result.si_uid, result.si_status, 0, 0,
-                                           layout="iIi4xqq"))
-    return True
 
 
 def sys_pipe2(k: Kernel, fds: int, flags: int) -> int:

@@ -18,11 +18,16 @@ from leakdbt.errors import UnsupportedSyscall
 from leakdbt.linux import (
     sigdeliver,
     sys_clone,
+    sys_copy,
     sys_exec,
     sys_fs,
+    sys_futex,
+    sys_ids,
     sys_mem,
+    sys_poll,
     sys_proc,
     sys_signal,
+    sys_sockname,
     sys_wait,
     sys_xattr,
 )
@@ -32,6 +37,9 @@ from leakdbt.linux.syscall_names import SYSCALL_NAMES
 from leakdbt.machine.memory import GuestMemoryFault
 
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+# Calls that may make a child: afterwards (and after the fork itself, which is deferred too)
+# the child watch takes the new child in (sigdeliver.watch_children), in parent and child.
+FORKS = frozenset({56, 57, 58, 435})
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,8 @@ def _arity(handler: Callable[..., int]) -> int:
 def build_table() -> dict[int, Syscall]:
     """Merge the per-area handler tables; a number claimed twice is a programming error."""
     table: dict[int, Syscall] = {}
-    for module in (sys_clone, sys_exec, sys_fs, sys_mem, sys_proc, sys_signal, sys_wait,
-                   sys_xattr):
+    for module in (sys_clone, sys_copy, sys_exec, sys_fs, sys_futex, sys_ids, sys_mem, sys_poll,
+                   sys_proc, sys_signal, sys_sockname, sys_wait, sys_xattr):
         for nr, (name, handler) in module.HANDLERS.items():
             if nr in table:
                 raise RuntimeError(f"system call {nr} ({name}) registered twice")
@@ -111,8 +119,12 @@ class SyscallDispatcher:
         machine.set_reg("rcx", rip + 2)  # the return address, as the CPU's syscall sets it
         machine.set_reg("rax", result)
         kernel = self.kernel
-        if kernel.signals.needs_attention() or kernel.timers.active:
+        if kernel.signals.needs_attention() or kernel.timers.active or (
+                nr in FORKS and result >= 0):
             machine.defer(self._after_syscall)  # runs once the syscall instruction is done
+        threads = kernel.threads
+        if threads is not None and threads.switch_pending:
+            machine.defer(threads.switch)  # the caller blocked, yielded or ended
 
     def _after_syscall(self) -> None:
         sigdeliver.after_syscall(self.kernel)

@@ -151,6 +151,13 @@ class HostWaker:
             self._thread.daemon = True
             self._thread.start()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's timer thread does not exist here; forget it (and
+        a lock it may have held at the fork), keeping this object, which the session
+        closes at exit."""
+        self._thread = None
+        self._lock = threading.Lock()
+
     def close(self) -> None:
         with self._lock:
             if self._thread is not None:

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_EDGE_GENERATED, Uc, UcError
 from unicorn.unicorn_py3 import unicorn as _binding
 
+from leakdbt.machine.extension import load_extension
 from leakdbt.machine.memory import GuestMemoryFault
 from leakdbt.x86.disasm import strict_decoder
 
@@ -118,6 +118,14 @@ class BlockCounter:
     def forget_code(self) -> None:
         """Code may have changed in place: count every block afresh from now on."""
 
+    def set_limit(self, limit: int) -> None:
+        """Stop before the block that would carry the count past ``limit`` (0: never)."""
+        raise NotImplementedError
+
+    def clear_limit_reached(self) -> None:
+        """The stop at the limit was dealt with (a thread quantum): count on."""
+        raise NotImplementedError
+
     def fault_at(self, rip: int) -> None:
         """A synchronous fault at ``rip`` ended the block counted last: take back its
         instructions after the faulting one (the engine's count, like a code hook, counts
@@ -167,23 +175,13 @@ _MissFn = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32)
 def native_library() -> ctypes.CDLL | None:
     """The built ``_blockcount`` shared object, or None (not built, or built for a layout
     this module does not know)."""
-    try:
-        spec = importlib.util.find_spec("leakdbt.machine._blockcount")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin:
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-        lib.bc_struct_size.restype = ctypes.c_uint64
-        if lib.bc_struct_size() != ctypes.sizeof(_Counter):
-            return None
+    def declare(lib: ctypes.CDLL) -> None:
         lib.bc_clear.argtypes = lib.bc_release.argtypes = [ctypes.c_void_p]
         lib.bc_clear.restype = lib.bc_release.restype = None
         _ = lib.bc_block_hook, lib.bc_edge_hook
-    except (OSError, AttributeError):
-        return None
-    return lib
+
+    return load_extension("leakdbt.machine._blockcount", "bc_struct_size",
+                          ctypes.sizeof(_Counter), declare)
 
 
 class NativeBlockCounter(BlockCounter):
@@ -254,6 +252,12 @@ class NativeBlockCounter(BlockCounter):
     def _forget_last(self) -> None:
         self._c.last_count = 0
 
+    def set_limit(self, limit: int) -> None:
+        self._c.limit = limit or NO_LIMIT
+
+    def clear_limit_reached(self) -> None:
+        self._c.limit_reached = 0
+
     def forget_code(self) -> None:
         self._lib.bc_clear(ctypes.byref(self._c))
 
@@ -323,6 +327,12 @@ class PythonBlockCounter(BlockCounter):
 
     def _forget_last(self) -> None:
         self._last = (0, 0, 0)
+
+    def set_limit(self, limit: int) -> None:
+        self._limit = limit or NO_LIMIT
+
+    def clear_limit_reached(self) -> None:
+        self._limit_reached = False
 
     def forget_code(self) -> None:
         self._counts.clear()

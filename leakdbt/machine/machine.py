@@ -72,6 +72,7 @@ VEX_HOOK_GAP = 32
 # Register name (leakdbt.x86.registers) -> the engine's number for it: the only such map.
 _uc_reg_read = uclib.uc_reg_read
 MAX_SPURIOUS_STOPS = 100
+MAX_HELD_QUANTA = 1000  # a scoped call longer than this many quanta is preempted anyway
 REGS: dict[str, int] = {name: getattr(x86, f"UC_X86_REG_{name.upper()}") for name in WIDTH}
 _REG_MASKS = {name: (1 << 8 * width) - 1 for name, width in WIDTH.items()}
 
@@ -132,6 +133,24 @@ class Machine:
         self._deferred: list[Callable[[], None]] = []
         self._spurious = 0  # unexplained engine stops resumed (_spurious_stop)
         self.resumable = False  # set by users of defer() before run(): see run()
+        # Guest threads (leakdbt.linux.threads): after every ``_quantum`` instructions the
+        # engine stops at a block boundary and ``_on_quantum`` runs between two engine runs.
+        self._quantum = 0
+        self._on_quantum: Callable[[], None] | None = None
+        self._next_preempt = 0
+        self._max_insns = 0
+        self._count_requested = False
+        # Called at each guest thread switch with the index (creation order, 0 = the first
+        # thread) of the thread that runs from now on (observers say which thread ran).
+        self.thread_listeners: list[Callable[[int], None]] = []
+        # Asked when a quantum ends: any True holds the switch (a contract's scoped call is
+        # running), for at most MAX_HELD_QUANTA quanta in a row.
+        self.preemption_holds: list[Callable[[], bool]] = []
+        # The addresses where the threads not running now resume (leakdbt.linux.threads):
+        # code rewritten between engine runs (the dispatcher's entry jumps) must not cover
+        # one, as it must not cover the running thread's rip.
+        self.parked_pcs: list[Callable[[], list[int]]] = []
+        self._held = 0
         # The guest's signal handling (linux layer): given a synchronous fault, set up the
         # guest's handler and return True (the guest resumes at rip), or False (it dies).
         self.on_fault: Callable[[GuestFault], bool] | None = None
@@ -192,9 +211,13 @@ class Machine:
         entry &= 0xFFFF_FFFF_FFFF_FFFF
         if entry >= USER_TOP:  # Linux's execve: SIGSEGV once past the point of no return
             raise self._reserved_fetch(entry)
+        self._max_insns, self._count_requested = max_insns, bool(count_insns or max_insns)
         counter = self._count_instructions(max_insns) if count_insns or max_insns else None
+        if self._quantum:
+            self.restart_quantum()  # set before the run: the limit now includes max_insns
         pc = entry
         while True:
+            counter = self._counter  # the threads' quantum may have started one mid-run
             left_time = timeout - (time.monotonic() - start) if timeout else 0.0
             if timeout and left_time <= 0:
                 break
@@ -244,6 +267,7 @@ class Machine:
             while self._deferred:
                 self._deferred.pop(0)()
             self._raise_pending()
+            self._preempt_if_due()
             pc = self.reg("rip")
         rip = self.reg("rip")
         if USER_TOP <= rip < USER_TOP + PAGE:  # the guest jumped to the stop address
@@ -323,6 +347,60 @@ class Machine:
         for i in range(16):
             self.set_reg(f"xmm{i}", int.from_bytes(image[160 + 16 * i:176 + 16 * i], "little"))
 
+    def save_context(self) -> object:
+        """The CPU's whole state (registers, FS/GS bases, FPU), for :meth:`restore_context`:
+        how a guest thread is switched out."""
+        return self.uc.context_save()
+
+    def context_pc(self, context: object) -> int:
+        """The rip a state :meth:`save_context` returned resumes at."""
+        return int(context.reg_read(REGS["rip"]))  # type: ignore[attr-defined]
+
+    def resume_pcs(self) -> list[int]:
+        """Where every guest thread resumes: the running one's rip (between engine runs),
+        then the parked ones' (:attr:`parked_pcs`)."""
+        return [self.reg("rip"), *(pc for source in self.parked_pcs for pc in source())]
+
+    def restore_context(self, context: object) -> None:
+        """Load a state :meth:`save_context` returned (between engine runs)."""
+        self.uc.context_restore(context)
+
+    def set_quantum(self, quantum: int, handler: Callable[[], None] | None) -> None:
+        """From now on, run ``handler`` between two engine runs each time ``quantum`` more
+        guest instructions have run (at the first block boundary past them; 0: never).
+        Uses the block counter (started here if the run did not count), so the points are
+        the same in every run of the same guest."""
+        self._quantum, self._on_quantum = quantum, handler
+        if quantum and self._counter is None:
+            self._count_instructions(self._max_insns)
+            self.uc.ctl_flush_tb()  # type: ignore[attr-defined]  # blocks made before count too
+        self.restart_quantum()
+
+    def restart_quantum(self) -> None:
+        """Give the code running now a full quantum (after a thread switch)."""
+        counter = self._counter
+        if counter is None:
+            return
+        self._next_preempt = counter.done + self._quantum if self._quantum else 0
+        limits = [x for x in (self._max_insns, self._next_preempt) if x]
+        counter.set_limit(min(limits) if limits else 0)
+
+    def _preempt_if_due(self) -> None:
+        """The block counter stopped the engine at the quantum's end (not at --max-insns):
+        run the quantum handler and start the next quantum."""
+        counter = self._counter
+        if (counter is None or not counter.limit_reached or not self._next_preempt
+                or (self._max_insns and self._next_preempt >= self._max_insns)):
+            return
+        counter.clear_limit_reached()
+        if self._held < MAX_HELD_QUANTA and any(hold() for hold in self.preemption_holds):
+            self._held += 1
+        else:
+            self._held = 0
+            if self._on_quantum is not None:
+                self._on_quantum()
+        self.restart_quantum()
+
     def defer(self, work: Callable[[], None]) -> None:
         """Run ``work`` as soon as the engine has stopped (thread-safe: a monitor thread may
         call it); the guest then resumes where it was.  Requires :attr:`resumable`."""
@@ -351,8 +429,11 @@ class Machine:
         return self._counter
 
     def instructions_executed(self) -> int | None:
-        """Guest instructions run, when counted (with --max-insns or --count-insns)."""
-        return self._counter.done if self._counter is not None else None
+        """Guest instructions run, when counted (with --max-insns or --count-insns; a count
+        started mid-run for the threads' quantum is not the run's)."""
+        if self._counter is None or not self._count_requested:
+            return None
+        return self._counter.done
 
     def instruction_counter(self) -> BlockCounter | None:
         """The block counter of the last counted run (None: instructions not counted)."""

@@ -53,6 +53,11 @@ class FunctionScope:
         # to resume at the entry (e.g. to retranslate with a new hook): the entry counts then.
         self.before_enter: list[Callable[[int], bool]] = []
         self.on_leave: list[Callable[[], None]] = []
+        if not self.everywhere:
+            # The scope is the run's, not a thread's: a guest thread switch inside a scoped
+            # call would judge another thread's stack pointer against the entry's, so the
+            # scheduler's quantum waits until the call returns (Machine.preemption_holds).
+            machine.preemption_holds.append(lambda: self._active)
 
     def watch(self, modules: ModuleMap, returns: bool = True) -> None:
         """Hook the scoped functions' entries in the modules loaded now and those the guest

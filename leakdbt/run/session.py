@@ -116,6 +116,20 @@ def _symbolize_copies(symbolize: Callable[[int], str], translator: Dispatcher
     return name
 
 
+_ADOPTED: set[int] = set()  # processes forked outside a guest fork (adopt_this_process)
+
+
+def adopt_this_process() -> None:
+    """This process, forked by leakdbt itself in the middle of a run (``check``'s snapshot,
+    leakdbt.leakage.snapshot), returns from :func:`execute` as the first process does,
+    instead of ending there as a guest fork's child does."""
+    _ADOPTED.add(os.getpid())
+
+
+def _is_owner(owner: int) -> bool:
+    return os.getpid() == owner or os.getpid() in _ADOPTED
+
+
 def execute(binary: str, options: ExecOptions,
             on_exit: Callable[[ExecResult], object] | None = None) -> ExecResult:
     """Run ``binary`` to completion under the sandbox; return its exit status and statistics.
@@ -133,7 +147,7 @@ def execute(binary: str, options: ExecOptions,
     started = time.monotonic()  # --timeout covers loading, and every image exec'd
 
     def report(result: ExecResult) -> None:
-        if on_exit is not None and os.getpid() == owner:  # --stats: the first process's
+        if on_exit is not None and _is_owner(owner):  # --stats: the first process's
             on_exit(result)
 
     reporter = report if on_exit is not None else None
@@ -155,12 +169,12 @@ def execute(binary: str, options: ExecOptions,
                     on_start=None, on_modules=None, hardener=None, monitor=None,
                     count_entries=False, count_scope=False, scope_functions=None)
     except BaseException as e:
-        if os.getpid() != owner:
+        if not _is_owner(owner):
             from leakdbt.run.child import end_child
 
             end_child(e)
         raise
-    if os.getpid() != owner:
+    if not _is_owner(owner):
         from leakdbt.run.child import exit_child
 
         exit_child(result.exit_status)
@@ -187,6 +201,8 @@ def _run_image(binary: str, options: ExecOptions,
     fs.exe_path = exe_path
     machine = Machine(max_memory=options.max_memory)
     kernel = Kernel(mem=machine.mem, fs=fs, fds=fds, ids=ids, exe_path=exe_path, cpu=machine)
+    if options.timeout:  # the guest's host waits end there too, not only its engine runs
+        kernel.timeout = (options.timeout, loading_started + options.timeout)
     if options.virtual_time is not None:
         VirtualTime(options.virtual_time).apply(kernel)
     if replaced is not None:  # what execve keeps of the process

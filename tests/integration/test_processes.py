@@ -1,8 +1,7 @@
 """Processes: fork, vfork, posix_spawn's clone, wait4/waitid, pipes, kill of a child, and
 execve (ELF files and "#!" scripts) give the same output and exit status as native runs; an
 exec'd program is emulated inside the same sandbox (--root), and a path outside it fails as
-every other path the guest names there.  (Threads stay refused: tests/unit/linux/
-test_unsupported.py.)"""
+every other path the guest names there.  (Threads: tests/integration/test_threads.py.)"""
 
 from __future__ import annotations
 
@@ -17,20 +16,10 @@ from tests.conftest import KINDS, TEST_BINARIES, binary, run_leakdbt, run_native
 from tests.integration.test_sandbox import CANARY, _probe_lines
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-PROGRAMS = ("fork_pipe", "fork_exec")
-
-
-@pytest.fixture(scope="module")
-def programs(built: Path) -> Path:
-    """The process test programs, built if this tree's build predates them."""
-    wanted = [f"build/{kind}/{name}" for kind in KINDS for name in PROGRAMS]
-    if not all((TEST_BINARIES / w).exists() for w in wanted):
-        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), *wanted], check=True)
-    return built
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_fork_pipe_wait_same_as_native(programs: Path, kind: str) -> None:
+def test_fork_pipe_wait_same_as_native(built: Path, kind: str) -> None:
     """Children that exit, raise SIGTERM, are SIGKILLed, crash, and a vfork child: the
     parent reads the pipe to end of file; wait4/waitid report each status as Linux does."""
     exe = binary(kind, "fork_pipe")
@@ -46,7 +35,7 @@ def test_fork_pipe_wait_same_as_native(programs: Path, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_fork_exec_pipe_same_as_native(programs: Path, kind: str) -> None:
+def test_fork_exec_pipe_same_as_native(built: Path, kind: str) -> None:
     """The child's stdout is a pipe (dup2 over an O_CLOEXEC pipe2 end), it execs a host
     program (dynamically linked: ld.so and libc are loaded for the new image)."""
     argv = [binary(kind, "fork_exec"), "/bin/echo", "hello", "world"]
@@ -57,14 +46,14 @@ def test_fork_exec_pipe_same_as_native(programs: Path, kind: str) -> None:
     assert guest.stderr == b""
 
 
-def test_stats_are_printed_by_the_first_process_only(programs: Path) -> None:
+def test_stats_are_printed_by_the_first_process_only(built: Path) -> None:
     guest = run_leakdbt(["exec", "--stats", binary("static", "fork_pipe")])
     assert guest.status == 5
     assert guest.stderr.count(b"leakdbt stats:") == 1
     assert guest.stdout.count(b"my parent is the forker: 1") == 3
 
 
-def test_forked_children_run_from_translated_code(programs: Path) -> None:
+def test_forked_children_run_from_translated_code(built: Path) -> None:
     """The child is a copy of the emulator, translator and code cache included."""
     exe = binary("static", "fork_pipe")
     native = run_native([exe])
@@ -99,6 +88,28 @@ def test_busybox_sh_same_as_native(case: str) -> None:
         assert stdout == b"b\n"
     if case == "exit-status":
         assert status == 3
+
+
+# Waiting for jobs: a CHLD trap, a loop polling a background job, a subshell in a pipeline
+# (poll/select-free shells still block in wait4 and read), and busybox cat's sendfile.
+JOB_CASES = {
+    "chld-trap": 'trap "echo chld" CHLD; (exit 2); echo $?',  # "&" + wait would race
+    "poll-a-job": "sleep 0.05 & p=$!; while kill -0 $p 2>/dev/null; do :; done; wait $p; "
+                  "echo waited $?",
+    "subshell-pipeline": "echo abc | (read x; echo got $x) | tr a-z A-Z; "
+                         "(sleep 0.05; echo sub) | cat",
+}
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "busybox"])
+@pytest.mark.parametrize("case", sorted(JOB_CASES))
+def test_shell_jobs_same_as_native(shell: str, case: str) -> None:
+    argv = [BUSYBOX, "sh"] if shell == "busybox" else [shell]
+    argv += ["-c", JOB_CASES[case]]
+    native = run_native(argv)
+    guest = run_leakdbt(["exec", *argv])
+    assert native.stdout and native.stderr == b""
+    assert (guest.stdout, guest.status, guest.stderr) == (native.stdout, native.status, b"")
 
 
 def test_host_bash_pipeline() -> None:
@@ -173,7 +184,7 @@ def test_timers_in_a_child(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sandbox(programs: Path, tmp_path: Path) -> Path:
+def sandbox(built: Path, tmp_path: Path) -> Path:
     """A --root tree: busybox as /bin/sh, fork_exec, scripts in /tmp."""
     root = tmp_path / "root"
     (root / "bin").mkdir(parents=True)
@@ -242,24 +253,8 @@ def test_exec_failures_are_the_sandbox_s(sandbox: Path, path: str, error: str) -
     assert status == 1
 
 
-def test_threads_stay_refused_with_their_report(tmp_path: Path) -> None:
-    """pthread_create's clone is still named on stderr, and fatal under --strict."""
-    src = tmp_path / "thread.c"
-    src.write_text('#include <pthread.h>\n#include <stdio.h>\n'
-                   'static void *run(void *a) { return a; }\n'
-                   'int main(void) { pthread_t t; int r = pthread_create(&t, 0, run, 0);\n'
-                   '  printf("create: %d\\n", r); return 0; }\n')
-    exe = tmp_path / "thread"
-    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(src)], check=True)
-    guest = run_leakdbt(["exec", str(exe)])
-    assert b"create: 0" not in guest.stdout
-    assert b"leakdbt: unsupported clone3 flags CLONE_VM|" in guest.stderr
-    strict = run_leakdbt(["exec", "--strict", str(exe)])
-    assert strict.status == 126
-
-
 @pytest.mark.parametrize("mode", ["stale-cwd", "stale-dirfd"])
-def test_sandbox_escapes_fail_in_a_forked_and_exec_d_program(programs: Path, tmp_path: Path,
+def test_sandbox_escapes_fail_in_a_forked_and_exec_d_program(built: Path, tmp_path: Path,
                                                              mode: str) -> None:
     """test_sandbox.py's stale-directory attacks, run by a program that a forked child
     exec'd from inside the root: every probe stays inside it, with no existence oracle."""

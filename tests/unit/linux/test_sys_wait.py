@@ -9,17 +9,19 @@ import io
 import os
 import signal
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from leakdbt.errors import Deadlock, GuestError, LimitExceeded
+from leakdbt.linux.blocking import block
 from leakdbt.linux.files import FdTable, FsError
 from leakdbt.linux.fs import FileSystem
 from leakdbt.linux.kernel import Kernel, ProcessIds
 from leakdbt.linux.signals import Action
 from leakdbt.linux.sys_exec import _shebang, find_program
-from leakdbt.linux.sys_wait import child_signal
 from leakdbt.linux.syscalls import SyscallDispatcher
 from tests.unit.linux.test_sys_fs import FakeMemory
 from tests.unit.linux.test_unsupported import _call
@@ -142,17 +144,41 @@ def test_waitid(env: tuple[Kernel, FakeMemory, SyscallDispatcher]) -> None:
 
 def test_sigchld_reaches_a_waiting_handler(env: tuple[Kernel, FakeMemory,
                                                       SyscallDispatcher]) -> None:
+    """A wait with nothing else to wait for ends with the child's SIGCHLD (its pid in the
+    siginfo), only when SIGCHLD has a handler and is not blocked; each end is reported
+    once."""
     k, _mem, _d = env
-    assert not child_signal(k, 0)  # no children
+    k.virtual_time = True  # nothing from outside can wake it (in host time: see below)
+    sigchld = 1 << (signal.SIGCHLD - 1)
+    with pytest.raises(Deadlock, match="deadlock: the only guest thread waits in pause"):
+        block(k, {}, None, 0, "pause")  # no children: nothing can wake it
     pid = _child(0)
     k.children.add(pid)
-    assert not child_signal(k, 0)  # SIGCHLD's default action ignores it
+    with pytest.raises(GuestError, match="deadlock"):
+        block(k, {}, None, 0, "pause")  # SIGCHLD's default action ignores it
     k.signals.actions[signal.SIGCHLD] = Action(handler=0x401000)
-    assert not child_signal(k, 1 << (signal.SIGCHLD - 1))  # blocked
-    assert child_signal(k, 0)
+    with pytest.raises(GuestError, match="deadlock"):
+        block(k, {}, None, sigchld, "pause")  # blocked
+    assert block(k, {}, None, 0, "pause") == -errno.EINTR
     (sig, info), = k.signals.pending
     assert sig == signal.SIGCHLD and struct.unpack_from("<i", info, 16)[0] == pid
+    k.signals.pending.clear()
+    with pytest.raises(GuestError, match="deadlock"):
+        block(k, {}, None, 0, "pause")  # reported already: not again
     os.waitpid(pid, 0)
+    k.child_watch.close()
+
+
+def test_in_host_time_a_wait_nothing_in_the_run_can_end_waits_for_timeout(
+        env: tuple[Kernel, FakeMemory, SyscallDispatcher]) -> None:
+    """Another process's signal could still end it (Linux waits too): no deadlock error,
+    the wait lasts until --timeout, which ends the run with its one line (status 124)."""
+    k, _mem, _d = env
+    k.timeout = (0.05, time.monotonic() + 0.05)
+    with pytest.raises(LimitExceeded) as caught:
+        block(k, {}, None, 0, "pause")
+    assert str(caught.value) == "--timeout 0.05 s reached while the guest waited in pause"
+    assert caught.value.exit_status == 124
 
 
 def test_shebang_lines() -> None:
@@ -198,3 +224,32 @@ def test_wait_for_any_child_ignores_leakdbts_own_children(
         os.waitpid(pid, 0)
         os.close(read_end)
         os.close(write_end)
+
+
+def test_kill_of_a_process_group_reaches_guest_processes_only(
+        env: tuple[Kernel, FakeMemory, SyscallDispatcher]) -> None:
+    """kill(-pgid) signals the guest's processes in that group (found through /proc, so a
+    grandchild too); a group holding none of them is out of reach; kill(-1) spares the
+    caller and, with no other guest process, finds none."""
+    k, _mem, d = env
+    kill = 62
+    assert _call(d, kill, -1 & 0xFFFFFFFF, signal.SIGTERM) == -errno.ESRCH
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)
+        if os.fork() == 0:  # a grandchild in the same group
+            os.write(write_end, b"g")
+            time.sleep(60)
+            os._exit(1)
+        time.sleep(60)
+        os._exit(1)
+    k.children.add(pid)
+    assert os.read(read_end, 1) == b"g"
+    assert _call(d, kill, -pid & 0xFFFFFFFF, signal.SIGTERM) == 0
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert _call(d, kill, -999_999 & 0xFFFFFFFF, signal.SIGTERM) == -errno.EPERM
+    assert _call(d, kill, 1, 70) == -errno.EINVAL
+    os.close(read_end)
+    os.close(write_end)

@@ -1,7 +1,7 @@
 """Nothing unsupported passes silently: every clone flag combination, exec and unknown system
 call leakdbt does not run fails with an errno, is named once on stderr, and is fatal under
 --strict.  (fork, vfork, posix_spawn's clone and execve run: tests/integration/
-test_processes.py.)"""
+test_processes.py; threads: tests/unit/linux/test_thread_scheduler.py.)"""
 
 from __future__ import annotations
 
@@ -76,10 +76,14 @@ def _clone3_args(mem: FakeMemory, flags: int, exit_signal: int) -> int:
 
 # (system call number, arguments or a function of memory giving them, expected report)
 CASES = {
-    "pthread_create-clone3": (435, lambda m: (_clone3_args(m, PTHREAD, 0), 88),
-                              f"clone3 flags {PTHREAD_NAMES} (clone3, 435)"),
-    "pthread_create-clone": (56, lambda m: (PTHREAD, 0x7000, 0, 0, 0),
-                             f"clone flags {PTHREAD_NAMES} (clone, 56)"),
+    # pthread_create's flags run (tests/unit/linux/test_thread_scheduler.py); a thread that asks for
+    # a pidfd, or shares no fd table, does not.
+    "thread-with-pidfd": (435, lambda m: (_clone3_args(m, PTHREAD | 0x1000, 0), 88),
+                          "clone3 flags "
+                          f"{PTHREAD_NAMES.replace('SIGHAND|', 'SIGHAND|CLONE_PIDFD|')}"
+                          " (clone3, 435)"),
+    "thread-own-files": (56, lambda m: (PTHREAD & ~0x400, 0x7000, 0, 0, 0),
+                         f"clone flags {PTHREAD_NAMES.replace('CLONE_FILES|', '')} (clone, 56)"),
     "shared-fd-table": (56, lambda m: (0x400 | SIGCHLD, 0, 0, 0, 0),
                         "clone flags CLONE_FILES|SIGCHLD (clone, 56)"),
     "other-exit-signal": (56, lambda m: (10, 0, 0, 0, 0), "clone flags SIGUSR1 (clone, 56)"),

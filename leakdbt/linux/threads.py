@@ -1,0 +1,509 @@
+"""Guest threads: one engine, threads take turns (a deterministic round-robin scheduler).
+
+A thread is a saved CPU context (the engine's whole register state, FS base included), its
+signal mask and alternate stack, its CHILD_CLEARTID word and what it waits for.  Only the
+running thread's state is in the engine and the kernel; a switch saves it and loads the
+next thread's, between two engine runs (the machine's ``defer``), so hooks — the
+translator's entry jumps and code cache, observers, the monitor — are the same for every
+thread: a switch is a register swap, nothing else changes.  What is rewritten between
+engine runs (the dispatcher's entry jumps) avoids where any thread resumes: the scheduler
+lists the parked threads' addresses on ``Machine.parked_pcs`` (:meth:`ThreadGroup.parked_pcs`).
+
+Switches happen at two kinds of points, both the same in every run of the same guest:
+
+- a thread blocks (a futex wait, a sleep) or ends: the next runnable thread runs;
+- the running thread has run a quantum of guest instructions (:data:`DEFAULT_QUANTUM`,
+  ``$LEAKDBT_QUANTUM``): the block counter stops the engine at the first block boundary
+  past it (leakdbt.machine.machine.Machine.set_quantum) and the next runnable thread runs.
+
+The order is round-robin in creation order; a woken thread waits its turn.  While a
+contract's scoped function runs, the quantum is held until it returns (the scope is the
+run's, not a thread's: leakdbt.run.scope, Machine.preemption_holds).  When no thread
+can run, the scheduler waits for the earliest futex timeout or sleep (on the kernel's clock:
+virtual under ``leakdbt check``); with none, the guest is deadlocked and the run ends with a
+one-line :class:`~leakdbt.errors.Deadlock` (exit status 124) instead of hanging.
+
+A read of a pipe, socket or terminal with nothing to read (leakdbt.linux.sys_futex.sys_read)
+blocks its thread here too: the thread waits until select(2) finds the fd readable, then
+makes the call again; when nothing else can run, the scheduler waits in select.
+
+Not here yet: a wait for a child, a write to a full pipe, poll or a host sleep outside
+this scheduler blocks every thread (the host call blocks the engine); process-directed
+signals go to whichever thread runs next.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from leakdbt.errors import Deadlock, UsageError
+from leakdbt.linux.signals import AltStack, Signals, sender_info
+from leakdbt.machine.memory import GuestMemoryFault
+
+if TYPE_CHECKING:
+    from leakdbt.machine.blockcount import BlockCounter
+
+DEFAULT_QUANTUM = 100_000
+MIN_QUANTUM = 1000  # above the engine's largest block (512 instructions): every turn runs
+QUANTUM_ENV = "LEAKDBT_QUANTUM"
+BITSET_ANY = 0xFFFF_FFFF
+
+
+def quantum_from_env() -> int:
+    """The scheduling quantum: ``$LEAKDBT_QUANTUM`` instructions, else the default."""
+    text = os.environ.get(QUANTUM_ENV, "").strip()
+    if not text:
+        return DEFAULT_QUANTUM
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if value < MIN_QUANTUM or value > 1 << 40:
+        raise UsageError(f"{QUANTUM_ENV}={text!r}: the quantum must be an instruction count "
+                         f"from {MIN_QUANTUM} to {1 << 40}")
+    return value
+
+
+class State(Enum):
+    RUNNABLE = "runnable"
+    BLOCKED = "blocked"
+    EXITED = "exited"
+
+
+@dataclass
+class Wait:
+    """What a blocked thread waits for: a futex word (``futex``, with a wake ``bitset``), a
+    host fd to become readable (``fd``: the call ``restart`` is made again then), or only
+    time; ``deadline`` (host clock id, ns) ends the wait with ``timeout_result``."""
+
+    futex: int = 0
+    bitset: int = BITSET_ANY
+    deadline: tuple[int, int] | None = None
+    timeout_result: int = -errno.ETIMEDOUT
+    fd: int = -1
+    restart: int | None = None  # the system call number to make again when ``fd`` is ready
+
+
+@dataclass
+class Thread:
+    """One guest thread (see the module doc)."""
+
+    tid: int
+    context: object | None = None  # the engine's saved state while not running
+    state: State = State.RUNNABLE
+    clear_tid: int = 0  # CLONE_CHILD_CLEARTID / set_tid_address: zeroed and woken at exit
+    robust_list: tuple[int, int] = (0, 0)  # set_robust_list (head, length): recorded
+    wait: Wait | None = None
+    result: int | None = None  # rax when it next runs: the result of the call it blocked in
+    restart: int | None = None  # or: the call it blocked in is made again (its number)
+    blocked: int = 0  # its signal mask while not running
+    altstack: AltStack = field(default_factory=AltStack)
+    pending: list[tuple[int, bytes]] = field(default_factory=list)  # tgkill'd to it
+    instructions: int = 0  # guest instructions it ran (counted since threads began)
+    exit_status: int = 0
+
+
+class ThreadCpu(Protocol):
+    """What the scheduler needs of the machine (leakdbt.machine.machine.Machine)."""
+
+    def reg(self, name: str) -> int: ...
+
+    def set_reg(self, name: str, value: int) -> None: ...
+
+    def save_context(self) -> object: ...
+
+    def restore_context(self, context: object) -> None: ...
+
+    def set_quantum(self, quantum: int, handler: Callable[[], None] | None) -> None: ...
+
+    def restart_quantum(self) -> None: ...
+
+    def defer(self, work: Callable[[], None]) -> None: ...
+
+    def instruction_counter(self) -> BlockCounter | None: ...
+
+    @property
+    def thread_listeners(self) -> list[Callable[[int], None]]: ...
+
+    @property
+    def parked_pcs(self) -> list[Callable[[], list[int]]]: ...
+
+    def context_pc(self, context: object) -> int: ...
+
+
+class Ids(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def uid(self) -> int: ...
+
+
+class Memory(Protocol):
+    def write(self, address: int, data: bytes) -> None: ...
+
+
+class Kernel(Protocol):
+    """What the scheduler needs of the kernel (leakdbt.linux.kernel.Kernel, which imports
+    this module): ids, signal state, memory, the CPU, clocks, and where it keeps us."""
+
+    tid_address: int
+    threads: ThreadGroup | None
+    virtual_time: bool
+
+    def timeout_left(self, what: str) -> float | None: ...
+
+    @property
+    def ids(self) -> Ids: ...
+
+    @property
+    def signals(self) -> Signals: ...
+
+    @property
+    def mem(self) -> Memory: ...
+
+    @property
+    def cpu(self) -> object: ...
+
+    @property
+    def clock_ns(self) -> Callable[[int], int]: ...
+
+    @property
+    def wait_until(self) -> Callable[[int, int], None]: ...
+
+
+class FutexTable:
+    """Threads waiting on futex words, in arrival order per word (Linux's futex queues for
+    threads of one priority).  Private and shared futexes are the same here: one address
+    space."""
+
+    def __init__(self) -> None:
+        self.queues: dict[int, list[Thread]] = {}
+
+    def add(self, thread: Thread, address: int) -> None:
+        self.queues.setdefault(address, []).append(thread)
+
+    def remove(self, thread: Thread) -> None:
+        if thread.wait is None:
+            return
+        queue = self.queues.get(thread.wait.futex)
+        if queue is not None and thread in queue:
+            queue.remove(thread)
+            if not queue:
+                del self.queues[thread.wait.futex]
+
+    def waiters(self, address: int) -> list[Thread]:
+        return list(self.queues.get(address, ()))
+
+    def take(self, address: int, count: int, bitset: int = BITSET_ANY) -> list[Thread]:
+        """Remove and return up to ``count`` waiters on ``address`` whose bitset meets
+        ``bitset`` (first come, first taken)."""
+        taken: list[Thread] = []
+        for thread in self.waiters(address):
+            if len(taken) >= count:
+                break
+            assert thread.wait is not None
+            if thread.wait.bitset & bitset:
+                self.remove(thread)
+                taken.append(thread)
+        return taken
+
+    def requeue(self, address: int, target: int, count: int) -> int:
+        """Move up to ``count`` waiters of ``address`` to ``target``; how many moved."""
+        moved = self.waiters(address)[:max(count, 0)]
+        for thread in moved:
+            self.remove(thread)
+            assert thread.wait is not None
+            thread.wait.futex = target
+            self.add(thread, target)
+        return len(moved)
+
+
+class ThreadGroup:
+    """The threads of the guest and their scheduler (``kernel.threads``)."""
+
+    def __init__(self, k: Kernel, deliver: Callable[[], None],
+                 quantum: int | None = None) -> None:
+        """``deliver``: delivers the kernel's deliverable pending signals to the running
+        thread (leakdbt.linux.sigdeliver.deliver_pending)."""
+        self.k = k
+        self.deliver = deliver
+        self.quantum = quantum_from_env() if quantum is None else quantum
+        main = Thread(k.ids.pid, clear_tid=k.tid_address, blocked=k.signals.blocked)
+        self.threads: list[Thread] = [main]
+        self.current = main
+        self.futexes = FutexTable()
+        self.switch_pending = False  # the dispatcher defers switch() after this call
+        self.switches = 0
+        self._next_tid = k.ids.pid + 1
+        self._started_at = 0  # the counter's value when the current thread began its turn
+        self.cpu.parked_pcs.append(self.parked_pcs)
+
+    @property
+    def cpu(self) -> ThreadCpu:
+        return self.k.cpu  # type: ignore[return-value]
+
+    def live(self) -> list[Thread]:
+        return [t for t in self.threads if t.state is not State.EXITED]
+
+    def find(self, tid: int) -> Thread | None:
+        return next((t for t in self.threads if t.tid == tid and t.state is not State.EXITED),
+                    None)
+
+    def parked_pcs(self) -> list[int]:
+        """Where each thread that is not running resumes (the code that rewrites guest
+        code between engine runs must not split an instruction there: Machine.parked_pcs).
+        One that may make its call again may resume at its syscall instruction too."""
+        pcs = []
+        for t in self.threads:
+            if t is not self.current and t.context is not None and t.state is not State.EXITED:
+                pc = self.cpu.context_pc(t.context)
+                again = t.wait.restart if t.wait is not None else t.restart
+                pcs += [pc, pc - 2] if again is not None else [pc]
+        return pcs
+
+    def instruction_counts(self) -> dict[int, int]:
+        """Guest instructions per thread id, the running thread's turn included."""
+        counts = {t.tid: t.instructions for t in self.threads}
+        counts[self.current.tid] += self._done() - self._started_at
+        return counts
+
+    # -- creating and ending threads ----------------------------------------------------------
+
+    def spawn(self, stack: int, tls: int | None, clear_tid: int) -> Thread:
+        """A new thread that starts right after the current system call with rax 0, on
+        ``stack`` (0: the caller's) and with FS base ``tls`` (None: the caller's).  Its
+        context is taken once the call has completed (deferred); it runs at its turn."""
+        thread = Thread(self._next_tid, clear_tid=clear_tid, blocked=self.k.signals.blocked)
+        self._next_tid += 1
+        self.threads.append(thread)
+
+        def make_context() -> None:
+            cpu = self.cpu
+            parent = cpu.save_context()
+            cpu.set_reg("rax", 0)
+            if stack:
+                cpu.set_reg("rsp", stack)
+            if tls is not None:
+                cpu.set_reg("fs_base", tls)
+            thread.context = cpu.save_context()
+            cpu.restore_context(parent)
+            if self.quantum and len(self.live()) > 1:
+                cpu.set_quantum(self.quantum, self.preempt)
+
+        self.cpu.defer(make_context)
+        return thread
+
+    def exit_current(self, status: int) -> bool:
+        """exit(2) of the running thread: zero its CHILD_CLEARTID word and wake one waiter
+        there (how pthread_join learns of it).  True when it was the last thread (the
+        process ends with ``status``); otherwise the next thread runs after this call."""
+        thread = self.current
+        thread.exit_status = status
+        if thread.clear_tid:
+            try:
+                self.k.mem.write(thread.clear_tid, struct.pack("<I", 0))
+                self.wake(thread.clear_tid, 1)
+            except GuestMemoryFault:
+                pass
+        thread.state = State.EXITED
+        if not self.live():
+            return True
+        self.switch_pending = True
+        return False
+
+    # -- blocking and waking ------------------------------------------------------------------
+
+    def block(self, wait: Wait) -> None:
+        """The running thread waits (its call returns what wakes it: 0 for a wake, the
+        wait's timeout result, or -EINTR for a signal); the next thread runs after this
+        call."""
+        thread = self.current
+        thread.state, thread.wait, thread.result = State.BLOCKED, wait, None
+        if wait.futex:
+            self.futexes.add(thread, wait.futex)
+        self.switch_pending = True
+
+    def wake(self, address: int, count: int, bitset: int = BITSET_ANY) -> int:
+        """FUTEX_WAKE: make up to ``count`` waiters on ``address`` runnable; how many."""
+        woken = self.futexes.take(address, count, bitset)
+        for thread in woken:
+            self._resume_later(thread, 0)
+        return len(woken)
+
+    def _resume_later(self, thread: Thread, result: int) -> None:
+        self.futexes.remove(thread)
+        thread.state, thread.wait, thread.result = State.RUNNABLE, None, result
+
+    def _restart_later(self, thread: Thread) -> None:
+        """``thread`` makes the call it blocked in again when it runs (its fd is ready)."""
+        assert thread.wait is not None
+        thread.state, thread.restart, thread.wait = State.RUNNABLE, thread.wait.restart, None
+
+    def _fd_waiters(self) -> list[Thread]:
+        return [t for t in self.threads if t.state is State.BLOCKED
+                and t.wait is not None and t.wait.fd >= 0]
+
+    def _poll_fds(self, timeout: float | None) -> bool:
+        """Wake the threads whose fd is readable, waiting up to ``timeout`` seconds (None:
+        until one is) for one; whether any woke."""
+        waiting = self._fd_waiters()
+        if not waiting:
+            return False
+        fds = sorted({t.wait.fd for t in waiting if t.wait is not None})
+        try:
+            ready = set(select.select(fds, [], [], timeout)[0])
+        except (OSError, ValueError):  # a closed fd: let its reader find out
+            ready = set(fds)
+        for thread in waiting:
+            if thread.wait is not None and thread.wait.fd in ready:
+                self._restart_later(thread)
+        return bool(ready)
+
+    def signal_thread(self, thread: Thread, sig: int, code: int) -> None:
+        """tgkill(2) to ``thread``: queued for it; one blocked in a wait is woken with
+        -EINTR when the signal is not blocked (it is delivered as the thread runs)."""
+        info = sender_info(sig, code, self.k.ids.pid, self.k.ids.uid)
+        if thread is self.current:
+            self.k.signals.send(sig, info)
+            return
+        thread.pending.append((sig, info))
+        if thread.state is State.BLOCKED and not thread.blocked >> (sig - 1) & 1:
+            self._resume_later(thread, -errno.EINTR)
+
+    # -- switching ----------------------------------------------------------------------------
+
+    def switch(self) -> None:
+        """Between engine runs: save the running thread, run the next runnable one."""
+        self.switch_pending = False
+        current = self.current
+        if current.state is not State.EXITED:
+            current.context = self.cpu.save_context()
+            current.blocked = self.k.signals.blocked
+            current.altstack = self.k.signals.altstack
+        self._account(current)
+        self._run(self._next_after(current))
+
+    def preempt(self) -> None:
+        """The running thread's quantum is over: the next runnable thread runs (the same
+        one when no other can)."""
+        self._expire_timeouts()
+        self._poll_fds(0)
+        if any(t.state is State.RUNNABLE and t is not self.current for t in self.threads):
+            self.switch()
+
+    def _next_after(self, current: Thread) -> Thread:
+        """The first runnable thread after ``current`` in creation order (``current`` last);
+        when none can run, wait for the earliest timeout; none: deadlock."""
+        while True:
+            self._expire_timeouts()
+            self._poll_fds(0)
+            i = self.threads.index(current)
+            for thread in self.threads[i + 1:] + self.threads[:i + 1]:
+                if thread.state is State.RUNNABLE:
+                    return thread
+            timed = [t for t in self.threads if t.state is State.BLOCKED
+                     and t.wait is not None and t.wait.deadline is not None]
+            first = min(timed, key=self._time_left) if timed else None
+            # --timeout bounds host waits (past it, timeout_left raises LimitExceeded).
+            limit = None if self.k.virtual_time else self.k.timeout_left("a thread wait")
+            if first is not None and first.wait is not None and first.wait.deadline:
+                wait = max(self._time_left(first), 0) / 1e9
+                if self._poll_fds(wait if limit is None else min(wait, limit)):
+                    continue
+                if limit is None or wait <= limit:
+                    self.k.wait_until(*first.wait.deadline)
+                else:  # sleep out what --timeout leaves (it raises once that is past)
+                    time.sleep(self.k.timeout_left("a thread wait") or 0)
+            elif not self._poll_fds(limit) and not self._fd_waiters():
+                raise self._deadlock()
+
+    def _time_left(self, thread: Thread) -> int:
+        assert thread.wait is not None and thread.wait.deadline is not None
+        clock, deadline = thread.wait.deadline
+        return deadline - self.k.clock_ns(clock)
+
+    def _expire_timeouts(self) -> None:
+        for thread in self.threads:
+            wait = thread.wait
+            if (thread.state is State.BLOCKED and wait is not None
+                    and wait.deadline is not None and self._time_left(thread) <= 0):
+                self._resume_later(thread, wait.timeout_result)
+
+    def _deadlock(self) -> Deadlock:
+        blocked = [t for t in self.threads if t.state is State.BLOCKED]
+        if len(blocked) == 1 and blocked[0].wait is not None:
+            return Deadlock(f"deadlock: the only guest thread waits on futex "
+                            f"{blocked[0].wait.futex:#x} with no timeout")
+        where = ", ".join(f"thread {t.tid} on futex {t.wait.futex:#x}" for t in blocked
+                          if t.wait is not None)
+        return Deadlock(f"deadlock: all {len(blocked)} guest threads wait with no timeout "
+                        f"and none can wake them ({where})")
+
+    def _run(self, thread: Thread) -> None:
+        cpu = self.cpu
+        assert thread.context is not None
+        cpu.restore_context(thread.context)
+        thread.context = None
+        if thread.result is not None:
+            cpu.set_reg("rax", thread.result)
+            thread.result = None
+        if thread.restart is not None:  # back to its syscall instruction, to make it again
+            cpu.set_reg("rax", thread.restart)
+            cpu.set_reg("rip", cpu.reg("rip") - 2)
+            thread.restart = None
+        self.k.signals.blocked = thread.blocked
+        self.k.signals.altstack = thread.altstack
+        switched = thread is not self.current
+        self.current = thread
+        self._started_at = self._done()
+        cpu.restart_quantum()
+        if switched:
+            self.switches += 1
+            index = self.threads.index(thread)
+            for listener in cpu.thread_listeners:
+                listener(index)
+        self._deliver_own(thread)
+
+    def _deliver_own(self, thread: Thread) -> None:
+        """Signals tgkill'd to ``thread`` while it was not running: delivered now, unless
+        its mask blocks them (they stay queued for it)."""
+        if not thread.pending:
+            return
+        keep = []
+        for sig, info in thread.pending:
+            if thread.blocked >> (sig - 1) & 1:
+                keep.append((sig, info))
+            else:
+                self.k.signals.send(sig, info)
+        thread.pending = keep
+        self.deliver()
+
+    def _done(self) -> int:
+        counter = self.cpu.instruction_counter()
+        return counter.done if counter is not None else 0
+
+    def _account(self, thread: Thread) -> None:
+        done = self._done()
+        thread.instructions += done - self._started_at
+        self._started_at = done
+
+
+def thread_group(k: Kernel, deliver: Callable[[], None]) -> ThreadGroup:
+    """The guest's threads, made on first use (the main thread alone)."""
+    if k.threads is None:
+        k.threads = ThreadGroup(k, deliver)
+    return k.threads
+
+
+def current_tid(k: Kernel) -> int:
+    """gettid(2)."""
+    return k.threads.current.tid if k.threads is not None else k.ids.pid
