@@ -10,7 +10,7 @@ BENCH_DEBS := qemu-user
 
 .PHONY: run test check bench fuzz install debs binaries clean
 
-$(STAMP): pyproject.toml setup.py leakdbt/machine/_blockcount.c
+$(STAMP): pyproject.toml setup.py leakdbt/machine/_blockcount.c leakdbt/leakage/_trace.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -52,4 +52,4 @@ fuzz: install binaries
 
 clean:
 	$(MAKE) -C test_binaries clean
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build leakdbt/machine/_blockcount*.so
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build leakdbt/machine/_blockcount*.so leakdbt/leakage/_trace*.so

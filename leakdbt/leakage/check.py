@@ -3,12 +3,19 @@ tell apart.
 
 For each checked mode (original code, hardened code):
 
-1. every trial runs with digests only (cheap): trials whose digests agree observed the same;
+1. every trial runs once; trials whose digests agree observed the same;
 2. if some observer saw more than one digest, one trial per distinct digest (up to
-   :data:`MAX_WITNESS_RUNS`) runs again with full traces, each is aligned with the first
+   :data:`MAX_WITNESS_RUNS`) is traced in full, each is aligned with the first
    (:mod:`leakdbt.leakage.align`), and every point where they differ becomes a finding, with
    two concrete trials as its witness;
 3. outputs that differ between trials and are not declassified are reported too.
+
+Full traces without running again: when the trials run here (not by a ``runner``), each
+records its full trace as it runs (the native recorder makes that cheap) and writes it to a
+file of a temporary directory, returning only its digests; step 2 reads back the traces
+it needs, two at a time, and the directory goes at the end.  So no trial runs twice and no
+process holds more than two full traces.  With a ``runner`` the trials record digests only
+and step 2 runs its trials again with full traces.
 
 Directed trials (:mod:`leakdbt.leakage.directed`): before that, the trials run on the
 original code recording the comparisons in scope, and for ``directed_rounds`` rounds new
@@ -20,14 +27,20 @@ Output-sensitive: trials are compared only with trials whose declassified views 
 When those views tell every trial apart, nothing could be compared: all trials are then
 compared as if nothing were declassified, and the report says so (a conservative verdict).
 
-Trials run in worker processes with ``jobs`` > 1 (forked: the engine is per process).
+Trials run in worker processes with ``jobs`` > 1 (forked: the engine is per process); 0
+means one per CPU core this process may use.  Where it is sound (argv and env secrets,
+:mod:`leakdbt.leakage.snapshot`), they are forked instead from one run up to the first
+access of a secret, ``jobs`` at a time; each run is the trial's plain run.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,7 +51,7 @@ from leakdbt.contract.model import Output
 from leakdbt.contract.profiles import LATENCY_CLASSES, Profile
 from leakdbt.dbt.dispatch import Mode
 from leakdbt.errors import UsageError
-from leakdbt.leakage.align import Difference, differences
+from leakdbt.leakage.align import Baseline, Difference, differences
 from leakdbt.leakage.directed import DEFAULT_ROUNDS, DERIVED_PER_ROUND, Derivation, derive
 from leakdbt.leakage.findings import (
     CheckReport,
@@ -48,12 +61,14 @@ from leakdbt.leakage.findings import (
     Witness,
 )
 from leakdbt.leakage.locate import describe_point
+from leakdbt.leakage.snapshot import Snapshot, unsound_reason
 from leakdbt.leakage.trials import (
     Observation,
     Place,
     TrialInput,
     TrialRun,
     TrialSetup,
+    discard_spilled,
     trial_inputs,
 )
 from leakdbt.run.protect import protection
@@ -69,7 +84,7 @@ class CheckOptions:
     modes: tuple[str, ...] = ("original",)  # "original", "hardened"
     trials: int | None = None  # None: the contract's
     seed: int | None = None
-    jobs: int = 1
+    jobs: int = 1  # 0: one per CPU core (default_jobs)
     granularity: str | None = None  # None: what the adversary sees
     max_insns: int = 0
     progress: Callable[[str], None] | None = None
@@ -78,6 +93,9 @@ class CheckOptions:
     # in trial order — as ``leakdbt suite`` does on Dask; None: here, in ``jobs`` processes.
     runner: Callable[[TrialSetup, Sequence[TrialInput], Observation, str],
                      list[TrialRun]] | None = None
+    # Run the trials from one forked snapshot of the run up to the first access of a secret
+    # when that is sound (leakdbt.leakage.snapshot); False: every trial runs afresh.
+    snapshots: bool = True
 
 
 def observation_for(the_plan: Plan, profile: Profile, granularity: str | None
@@ -103,16 +121,29 @@ def run_check(binary: str, contract: Contract, profile: Profile, options: CheckO
     """Check ``binary`` against ``contract`` (bound to it); see the module doc."""
     started = time.monotonic()
     planned = plan_check(binary, contract, profile, options, args)
-    recorded = add_directed_trials(planned, binary, profile, options)
-    for mode in options.modes:
-        setup = trial_setup(binary, planned.contract, profile, mode, options.max_insns)
-        if mode == "original" and recorded:
-            runs = recorded  # the directed rounds ran them already
-        else:
-            runs = _run_all(setup, planned.inputs, planned.what, options, f"{mode}: ")
-        add_mode(planned, setup, runs, mode, options)
+    with contextlib.ExitStack() as stack:
+        if options.runner is None:  # full traces kept in files as the trials run
+            spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="leakdbt-traces-"))
+            planned.what = replace(planned.what, spill=spill)
+        recorded = add_directed_trials(planned, binary, profile, options)
+        for mode in options.modes:
+            setup = trial_setup(binary, planned.contract, profile, mode, options.max_insns)
+            if mode == "original" and recorded:
+                runs = recorded  # the directed rounds ran them already
+            else:
+                runs = _run_all(setup, planned.inputs, planned.what, options, f"{mode}: ")
+            add_mode(planned, setup, runs, mode, options)
+            discard_spilled(runs)  # the mode's traces are compared: free the disk now
     planned.report.seconds = time.monotonic() - started
     return planned.report
+
+
+def default_jobs() -> int:
+    """One worker per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -235,18 +266,24 @@ def _run_all(setup: TrialSetup, inputs: Sequence[TrialInput], what: Observation,
             eta = elapsed / done * (len(inputs) - done) if done else 0.0
             options.progress(f"{label}trials {done}/{len(inputs)}, ETA {eta:.0f} s")
 
-    if options.jobs <= 1 or len(inputs) < 2:
-        for t in inputs:
+    jobs = options.jobs or default_jobs()
+    if options.snapshots and not unsound_reason(setup, inputs):
+        # every trial, or (the snapshot abandoned) the first: the others run afresh below
+        runs = Snapshot(setup, inputs, what, jobs, tell).run_all()
+    rest = inputs[len(runs):]
+    if jobs <= 1 or len(rest) < 2:
+        for t in rest:
             runs.append(setup.run(t, what))
             tell(len(runs))
         return runs
     _WORKER_SETUP = setup
     context = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(options.jobs, mp_context=context) as pool:
-        futures = [pool.submit(_worker, t, what) for t in inputs]
-        for done, _ in enumerate(concurrent.futures.as_completed(futures), 1):
+    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(rest)),
+                                                mp_context=context) as pool:
+        futures = [pool.submit(_worker, t, what) for t in rest]
+        for done, _ in enumerate(concurrent.futures.as_completed(futures), len(runs) + 1):
             tell(done)
-        runs = [f.result() for f in futures]
+        runs += [f.result() for f in futures]
     _WORKER_SETUP = None
     return runs
 
@@ -315,29 +352,58 @@ def _findings(setup: TrialSetup, classes: list[list[TrialRun]], total: int,
     if options.progress is not None:
         options.progress(f"{mode}: {distinct} distinct traces; tracing "
                          f"{sum(map(len, chosen))} of them in full")
-    seen: dict[tuple[LeakKind, int], list[tuple[TrialRun, TrialRun, Difference]]] = {}
+    # per leak point: the two trials, the difference, and the threads it was seen in
+    seen: dict[tuple[LeakKind, int],
+               list[tuple[TrialRun, TrialRun, Difference, tuple[str, str]]]] = {}
     for reps in chosen:
-        traced = [setup.run(r.trial, full) for r in reps]
-        base = traced[0]
-        for other in traced[1:]:
-            for d in differences(base.trace, other.trace, what.unit):
+        base = _traced(setup, reps[0], full)
+        baseline = Baseline(base.trace)
+        for r in reps[1:]:
+            other = _traced(setup, r, full)
+            found = baseline.differences(other.trace, what.unit)
+            threads = [(_thread(base, d.blocks[0]), _thread(other, d.blocks[1]))
+                       for d in found]
+            other = other.without_full_trace()  # only its trial and places are reported
+            for d, in_threads in zip(found, threads, strict=True):
                 seen.setdefault((d.kind, _place(base, d.address).original), []).append(
-                    (base, other, d))
+                    (base, other, d, in_threads))
+        del baseline
+        base.trace = base.without_full_trace().trace
     findings = []
     for (kind, _), cases in seen.items():
-        first, second, d = cases[0]
+        first, second, d, (thread_a, thread_b) = cases[0]
         values = {d.first} | {c[2].second for c in cases}
         where = _place(first, d.address)
         witness = Witness(first.trial.public(), second.trial.public(),
-                          (_render(first, d.first, kind), _render(second, d.second, kind)))
+                          (_render(first, d.first, kind) + thread_a,
+                           _render(second, d.second, kind) + thread_b))
         findings.append(describe_point(kind, mode, where, len(values), total, witness,
                                        suggest=mode == "original"))
     findings.sort(key=lambda f: (f.module, f.link_address, f.kind.value))
     return findings
 
 
+def _traced(setup: TrialSetup, run: TrialRun, full: Observation) -> TrialRun:
+    """``run`` with its full trace: read back from its file, or run again."""
+    return run.with_full_trace() if run.spilled else setup.run(run.trial, full)
+
+
 def _place(run: TrialRun, address: int) -> Place:
     return run.where.get(address) or Place(address, "", "", address, f"{address:#x}", False)
+
+
+def _thread(run: TrialRun, block: int) -> str:
+    """Which guest thread ran ``block`` of ``run``'s full trace, for a multi-threaded guest
+    (threads numbered in creation order, 0 the main one); nothing for one thread."""
+    switches = run.trace.threads
+    if not switches or block < 0:
+        return ""
+    thread = 0
+    for at, index in switches:  # (first block of the turn, thread), in block order
+        if at > block:
+            break
+        thread = index
+    return f" (in thread {thread})"
 
 
 def _render(run: TrialRun, observed: str, kind: LeakKind) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from leakdbt.cli_params import binary_argument
 from leakdbt.errors import UsageError
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ MODES = {"original": ("original",), "hardened": ("hardened",),
 @click.option("--directed-rounds", type=click.IntRange(min=0), default=None,
               help="Rounds of directed trials derived from the comparisons the trials ran "
                    "(default 2; 0: none).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1,
-              help="Trials run in parallel in this many processes.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Trials run in parallel in this many processes (default: one per CPU "
+                   "core this process may use).")
 @click.option("--granularity", type=click.Choice(["line", "page", "byte"]), default=None,
               help="Memory accesses at this granularity (default: what the adversary sees).")
 @click.option("--cpu", metavar="NAME", default=None,
@@ -52,10 +54,10 @@ MODES = {"original": ("original",), "hardened": ("hardened",),
                    "of the emulated scope's host time and of the cost model).")
 @click.option("--measurements", type=click.IntRange(min=10), default=None,
               help="--timing: runs per mode, half of each class (default 200).")
-@click.argument("binary", type=click.Path(dir_okay=False))
+@binary_argument()
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def check(contract_path: str, mode: str, trials: int | None, seed: int | None,
-          directed_rounds: int | None, jobs: int,
+          directed_rounds: int | None, jobs: int | None,
           granularity: str | None, cpu: str | None, max_insns: int | None, fmt: str,
           output: str | None, replay: str | None, timing: bool, measurements: int | None,
           binary: str, args: tuple[str, ...]) -> None:
@@ -74,12 +76,12 @@ def check(contract_path: str, mode: str, trials: int | None, seed: int | None,
 
     contract = load(contract_path, binary=binary)
     profile, _why = choose_profile(cpu)
-    options = CheckOptions(MODES[mode], trials, seed, jobs, granularity, max_insns or 0,
+    options = CheckOptions(MODES[mode], trials, seed, jobs or 0, granularity, max_insns or 0,
                            progress_printer())
     if directed_rounds is not None:
         options = replace(options, directed_rounds=directed_rounds)
     if timing or measurements is not None:
-        _timing(contract_path, binary, args, contract, profile, options, timing, trials, jobs,
+        _timing(contract_path, binary, args, contract, profile, options, timing, trials, jobs or 1,
                 granularity, replay, fmt, output, measurements)
         return
     if replay is not None:

@@ -20,26 +20,37 @@ Every run keeps a digest per observer (cheap); a *full* run also keeps the event
 tagged with the index of the block it happened in, so that two runs can be aligned block by
 block (leakdbt.leakage.align).  A per-run cost estimate (:data:`COST`) is a model, not a
 measurement.
+
+Recording.  With the function scope (not code ranges) and the native recorder built
+(leakdbt/leakage/_trace.c, :mod:`leakdbt.leakage.native`), the control-flow and
+memory-access observers are C hooks that append to arrays and update the digests without
+a Python call per block or access; otherwise Python hooks record the same events and
+digests (:func:`leakdbt.leakage.native.mix`; the tests compare the two).  The
+variable-latency observer is a Python hook at the few instructions of its classes.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import struct
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from leakdbt.dbt.region import merge_ranges
 from leakdbt.leakage.compact import AccessTrace, BlockTrace
 from leakdbt.leakage.findings import LeakKind
+from leakdbt.leakage.native import NativeRecorder, mix, native_library
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PAGE
 from leakdbt.run.scope import FunctionScope
 from leakdbt.x86.insn import decode, detail_decoder
 
+R = TypeVar("R")
 OBSERVERS = tuple(LeakKind)  # one observer per kind of leak, named by it
 
 # Instruction classes whose latency may depend on operands (profiles.LATENCY_CLASSES keys).
@@ -84,6 +95,9 @@ class Trace:
     memory: AccessTrace = field(default_factory=AccessTrace)  # (block, pc, kind, unit)
     latency: list[tuple[int, int, str]] = field(default_factory=list)  # (block, pc, operands)
     operands: list[tuple[int, ...]] = field(default_factory=list)  # each latency event's values
+    # full: (blocks recorded before it, thread index) at each guest thread switch: the blocks
+    # from there on ran in that thread (index 0: the first thread, then in creation order)
+    threads: list[tuple[int, int]] = field(default_factory=list)
 
 
 class RunObserver:
@@ -91,17 +105,20 @@ class RunObserver:
 
     def __init__(self, machine: Machine, observers: Sequence[LeakKind], unit: int,
                  latency_classes: Sequence[str], scope: Sequence[int] | FunctionScope | None,
-                 full: bool = False, ranges: Sequence[tuple[int, int]] | None = None) -> None:
+                 full: bool = False, ranges: Sequence[tuple[int, int]] | None = None,
+                 native: bool = True) -> None:
         """``scope``: the run's :class:`FunctionScope`, or runtime entry addresses of the
         scoped functions (None: everything; more can be added with :meth:`add_scope`).
         ``ranges``: runtime [start, end) code ranges to observe instead (``scope`` is then
-        None)."""
+        None).  ``native``: record with the C hooks when they are built (see the module
+        doc; code ranges are always observed from Python)."""
         self.machine = machine
         self.observers = frozenset(observers)
         self.unit = unit
         self.classes = tuple(c for c in CLASS_MNEMONICS if c in latency_classes)
         self.full = full
-        self.trace = Trace()
+        self._trace = Trace()
+        self._latency_cost = 0  # the cost model's subnormal assists (native: added at sync)
         self.ranges = merge_ranges(ranges) if ranges is not None else None
         self._starts = [lo for lo, _ in self.ranges or ()]
         if isinstance(scope, FunctionScope):
@@ -124,13 +141,65 @@ class RunObserver:
         self._sites: dict[int, LatencySite] = {}  # variable-latency instructions now
         self._hooked: set[int] = set()  # addresses with a hook (it outlives unmapped code)
         hooks = machine.hooks
-        hooks.on_block(self._on_block if self.ranges is None else self._on_block_in_ranges)
-        if LeakKind.MEMORY_ACCESS in self.observers:
-            hooks.on_memory(self._on_access)
+        lib = native_library() if native and self.ranges is None else None
+        self._native: NativeRecorder | None = None
+        if lib is not None:
+            self._native = NativeRecorder(
+                machine, lib, memory=LeakKind.MEMORY_ACCESS in self.observers, unit=unit,
+                full=full, everywhere=self.everywhere, figures=self._counts,
+                leave=self.scope.active)
+        else:
+            hooks.on_block(self._on_block if self.ranges is None
+                           else self._on_block_in_ranges)
+            if LeakKind.MEMORY_ACCESS in self.observers:
+                hooks.on_memory(self._on_access)
+        if full:
+            machine.thread_listeners.append(self._on_thread_switch)
         if LeakKind.VARIABLE_LATENCY in self.observers and self.classes:
             machine.mem.exec_page_listeners.append(self._scan_page)
             for page in machine.mem.code_pages_in_use():
                 self._scan_page(page)
+
+    @property
+    def native(self) -> bool:
+        """Are the control-flow and memory-access observers the C hooks?"""
+        return self._native is not None
+
+    @property
+    def trace(self) -> Trace:
+        """The run's observations so far."""
+        if self._native is not None:
+            self._sync(self._native)
+        return self._trace
+
+    def _sync(self, native: NativeRecorder) -> None:
+        """Copy what the C hooks recorded since the last call into the trace."""
+        native.check()
+        t, s = self._trace, native.state
+        t.instructions = int(s.instructions)
+        t.cost = int(s.cost) + self._latency_cost
+        t.digests[LeakKind.CONTROL_FLOW] = int(s.flow_digest)
+        if LeakKind.MEMORY_ACCESS in self.observers:
+            t.digests[LeakKind.MEMORY_ACCESS] = int(s.memory_digest)
+        if self.full:
+            b, m = t.blocks, t.memory
+            native.sync(b.starts, b.lasts, b.rsps, m.blocks, m.pcs, m.units, m.writes)
+
+    def _on_thread_switch(self, index: int) -> None:
+        self._trace.threads.append((self._blocks_so_far(), index))
+
+    def release(self) -> Trace:
+        """The run is over: its trace, which this observer lets go of (with the native
+        recorder's memory), so that it goes as soon as its taker is done with it."""
+        trace = self.trace
+        if self._native is not None:
+            self._native.release()
+            self._native = None
+        self._trace = Trace()
+        return trace
+
+    def _blocks_so_far(self) -> int:
+        return self._native.blocks if self._native is not None else len(self._trace.blocks)
 
     # -- scope ------------------------------------------------------------------------------
 
@@ -141,12 +210,16 @@ class RunObserver:
     def _on_entry(self, address: int) -> None:
         self.active = True
         self._entered_ns = time.perf_counter_ns()
-        if self._current[0] == address:  # the block hook ran before: count its block
+        if self._native is not None:  # counts the block holding the entry, as below
+            self._native.enter(address, self._rsp())
+        elif self._current[0] == address:  # the block hook ran before: count its block
             self._record(*self._current)
 
     def _on_leave(self) -> None:
         self.active = False
-        self.trace.scope_ns += time.perf_counter_ns() - self._entered_ns
+        if self._native is not None:
+            self._native.set_active(False)
+        self._trace.scope_ns += time.perf_counter_ns() - self._entered_ns
 
     def inside(self, address: int) -> bool:
         """Is ``address`` in the observed code ranges?"""
@@ -171,20 +244,20 @@ class RunObserver:
         """Range scope: count every block's instructions in the ranges (a block may run into
         one), and record the blocks that start in one."""
         counts = self._counts(address, size)
-        self.trace.instructions += counts[0]
-        self.trace.cost += counts[1]
+        self._trace.instructions += counts[0]
+        self._trace.cost += counts[1]
         if self.inside(address):
             self._record_flow(address, counts[2])
 
     def _record(self, address: int, size: int) -> None:
         counts = self._counts(address, size)
-        self.trace.instructions += counts[0]
-        self.trace.cost += counts[1]
+        self._trace.instructions += counts[0]
+        self._trace.cost += counts[1]
         self._record_flow(address, counts[2])
 
     def _record_flow(self, address: int, last: int) -> None:
-        t = self.trace
-        t.digests[LeakKind.CONTROL_FLOW] = hash((t.digests[LeakKind.CONTROL_FLOW], address))
+        t = self._trace
+        t.digests[LeakKind.CONTROL_FLOW] = mix(t.digests[LeakKind.CONTROL_FLOW], address)
         if self.full:
             t.blocks.append((address, last, self._rsp()))
 
@@ -198,6 +271,8 @@ class RunObserver:
 
     def _count(self, address: int, size: int) -> tuple[int, int, int]:
         code = self.machine.mem.read_code_view(address, size)  # an entry jump, not the original
+        if self.ranges is None:  # every instruction counts: the same for the same bytes
+            return _block_figures(bytes(code), address)
         n = cost = 0
         at = last = 0
         while at < size:
@@ -222,12 +297,12 @@ class RunObserver:
                 return
         elif not self.active:
             return
-        kind = "w" if is_write else "r"
-        t = self.trace
+        t = self._trace
         unit = self.unit
-        units = range(address // unit, (address + size - 1) // unit + 1)
-        for u in units:
-            t.digests[LeakKind.MEMORY_ACCESS] = hash((t.digests[LeakKind.MEMORY_ACCESS], kind, u))
+        units = range(address // unit, (address + max(size, 1) - 1) // unit + 1)
+        for u in units:  # the same digest as the native hook's
+            t.digests[LeakKind.MEMORY_ACCESS] = mix(t.digests[LeakKind.MEMORY_ACCESS],
+                                                    u * 2 + is_write)
         if self.full:
             pc = self._rip() if pc is None else pc
             block = len(t.blocks) - 1
@@ -242,7 +317,7 @@ class RunObserver:
         after = mem.find(page + PAGE)
         if after is not None and after.guest:
             code += mem.read(page + PAGE, 15)  # an instruction may cross
-        found = dict(_latency_sites(code, page, self.classes))
+        found = dict(_latency_sites(bytes(code), page, self.classes))
         for address in [a for a in self._sites if page <= a < page + PAGE and a not in found]:
             del self._sites[address]  # the page holds other code now
         for address, site in found.items():
@@ -258,14 +333,59 @@ class RunObserver:
         values = operand_values(self.machine, site)
         mxcsr = 0 if site.cls == "int-div" else self.machine.reg("mxcsr")
         props = operand_class(site, values, mxcsr)
-        t = self.trace
+        t = self._trace
         latency = LeakKind.VARIABLE_LATENCY
-        t.digests[latency] = hash((t.digests[latency], address, props))
+        # crc32, not hash(): a string's hash differs between processes (trials may run apart)
+        t.digests[latency] = mix(mix(t.digests[latency], address),
+                                 zlib.crc32(props.encode()))
         if "subnormal" in props:
             t.cost += COST["subnormal"]
+            self._latency_cost += COST["subnormal"]
         if self.full:
-            t.latency.append((len(t.blocks) - 1, address, props))
+            t.latency.append((self._blocks_so_far() - 1, address, props))
             t.operands.append(tuple(values))
+
+
+# The caches of what every trial of a check computes alike.  Plain dicts (bounded: full, they
+# stop growing), so that a trial forked from a snapshot (leakdbt.leakage.snapshot) can hand
+# what it added back to its parent, for the trials forked after it.
+SHARED_CACHES: list[dict[Any, Any]] = []
+
+
+def _shared_cache(limit: int) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Memoise a function of hashable arguments in a dict of :data:`SHARED_CACHES`."""
+    def wrap(fn: Callable[..., R]) -> Callable[..., R]:
+        table: dict[tuple[Any, ...], R] = {}
+        SHARED_CACHES.append(table)
+
+        @functools.wraps(fn)
+        def cached(*args: Any) -> R:
+            found = table.get(args)
+            if found is None:
+                found = fn(*args)
+                if len(table) < limit:
+                    table[args] = found
+            return found
+        return cached
+    return wrap
+
+
+@_shared_cache(1 << 16)
+def _block_figures(code: bytes, address: int) -> tuple[int, int, int]:
+    """(instructions, cost, address of the last instruction) of the block of ``code`` at
+    ``address`` (cached: every trial of a check runs the same blocks)."""
+    n = cost = 0
+    at = last = 0
+    while at < len(code):
+        insn = decode(code[at:], address + at)
+        if insn is None:
+            break
+        n += 1
+        cost += next((COST[c] for c, m in CLASS_MNEMONICS.items()
+                      if c != "fp-subnormal" and insn.mnemonic in m), COST["default"])
+        last = at
+        at += insn.size
+    return n, cost, address + last
 
 
 def operand_values(machine: Machine, site: LatencySite) -> list[int]:
@@ -273,20 +393,25 @@ def operand_values(machine: Machine, site: LatencySite) -> list[int]:
     return [_read_operand(machine, kind, what) for kind, what in site.operands]
 
 
-def _latency_sites(code: bytes, base: int, classes: Sequence[str]
-                   ) -> list[tuple[int, LatencySite]]:
+@_shared_cache(4096)
+def _latency_sites(code: bytes, base: int, classes: tuple[str, ...]
+                   ) -> tuple[tuple[int, LatencySite], ...]:
     """Instructions of the latency ``classes`` found by a linear sweep of ``code`` at
-    ``base`` (a page, plus the bytes an instruction at its end may need)."""
+    ``base`` (a page, plus the bytes an instruction at its end may need).  The sweep reads
+    mnemonics only; operand details are decoded for the instructions found.  Cached: every
+    trial of a check maps the same code pages."""
     from capstone import x86 as cx
 
     found = []
     end = base + PAGE
-    for ci in detail_decoder().disasm(code, base):
-        if ci.address >= end:
+    md = detail_decoder()
+    for address, size, mnemonic, _ops in md.disasm_lite(code, base):
+        if address >= end:
             break
-        cls = next((c for c in classes if ci.mnemonic in CLASS_MNEMONICS[c]), None)
+        cls = next((c for c in classes if mnemonic in CLASS_MNEMONICS[c]), None)
         if cls is None:
             continue
+        ci = next(md.disasm(code[address - base:address - base + size], address, 1))
         operands: list[tuple[str, Any]] = []
         width = 0
         for op in ci.operands:
@@ -306,7 +431,7 @@ def _latency_sites(code: bytes, base: int, classes: Sequence[str]
             operands = [("reg", "rax"), ("reg", "rdx"), *operands]
         found.append((ci.address, LatencySite(ci.address, ci.mnemonic, cls, tuple(operands),
                                               width)))
-    return found
+    return tuple(found)
 
 
 def operand_class(site: LatencySite, values: Sequence[int], mxcsr: int) -> str:

@@ -7,20 +7,21 @@ runs the program under :mod:`leakdbt.leakage.observe`.  Every trial starts from 
 state: the same binary, public inputs and environment, and virtual time (fixed AT_RANDOM,
 seeded getrandom, a clock that advances by a fixed step per reading), so two trials with
 equal secrets observe exactly the same thing; whatever differs between trials with
-different secrets depends on the secrets.  (A fresh process per trial is the snapshot: it
-is identical up to the first secret byte.)
+different secrets depends on the secrets.  (``leakdbt check`` may fork the trials of argv and
+env secrets from one run up to the first access of a secret: leakdbt.leakage.snapshot.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import IO
+from dataclasses import dataclass, field, replace
+from typing import IO, Protocol
 
 from leakdbt.contract.model import Contract
 from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
@@ -108,6 +109,20 @@ class TrialRun:
     where: dict[int, Place] = field(default_factory=dict)  # full runs: the trace's code
     declassified: tuple[tuple[str, object], ...] = ()  # what it reveals on purpose
     comparisons: list[Comparison] = field(default_factory=list)  # recorded: directed trials
+    spilled: str = ""  # the file holding the full trace and its ``where`` (Observation.spill)
+
+    def with_full_trace(self) -> TrialRun:
+        """This run with its full trace read back from its file (itself when not spilled)."""
+        if not self.spilled:
+            return self
+        with open(self.spilled, "rb") as f:
+            trace, where = pickle.load(f)
+        return replace(self, trace=trace, where=where, spilled="")
+
+    def without_full_trace(self) -> TrialRun:
+        """This run with its trace reduced to the figures and digests (``where`` kept)."""
+        t = self.trace
+        return replace(self, trace=Trace(dict(t.digests), t.instructions, t.cost, t.scope_ns))
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,23 @@ class Observation:
     latency_classes: tuple[str, ...]
     full: bool = False
     comparisons: bool = False  # record the comparisons run in scope (directed trials)
+    # A directory: record in full, but write the full trace (with its ``where``) to a file
+    # there and return the run with digests only (TrialRun.spilled), so that a run whose
+    # trace is needed later need not run again and no process holds every trace at once.
+    spill: str = ""
+
+
+class RunWatcher(Protocol):
+    """Watches a trial's run from the inside (leakdbt.leakage.snapshot.Snapshot)."""
+
+    def set_stdio(self, stdio: tuple[int, int, int]) -> None:
+        """The host fds of the run's guest fds 0-2, before it starts."""
+
+    def attach(self, machine: Machine) -> None:
+        """The run starts on ``machine`` (its observers attached)."""
+
+    def finish(self, run: TrialRun) -> TrialRun:
+        """The run is over: what to return for it (a forked trial ends here instead)."""
 
 
 @dataclass
@@ -175,14 +207,19 @@ class TrialSetup:
                 stdio=(stdin.fileno(), out.fileno(), err.fileno()),
                 virtual_time=VIRTUAL_TIME_SEED), out, err
 
-    def run(self, t: TrialInput, what: Observation) -> TrialRun:
-        """Run one trial and observe it."""
+    def run(self, t: TrialInput, what: Observation, snapshot: RunWatcher | None = None
+            ) -> TrialRun:
+        """Run one trial and observe it (as the template of ``snapshot``: see
+        :mod:`leakdbt.leakage.snapshot`; a trial forked from it ends inside this call)."""
         observers: list[RunObserver] = []
         recorders: list[DeclassifiedRecorder] = []
         compared: list[ComparisonRecorder] = []
         translators: list[Dispatcher | None] = []
         maps: list[ModuleMap] = []
         with self.inputs(t) as (options, out, err):
+            if snapshot is not None:
+                assert options.stdio is not None
+                snapshot.set_stdio(options.stdio)
 
             def start(machine: Machine, translator: Dispatcher | None) -> None:
                 translators.append(translator)
@@ -192,6 +229,8 @@ class TrialSetup:
                                                        maps[0].symbolize))
                 recorders.append(DeclassifiedRecorder(machine, maps[0],
                                                       self.contract.check.declassify_at))
+                if snapshot is not None:
+                    snapshot.attach(machine)
 
             options.on_modules = maps.append
             options.on_start = start
@@ -213,9 +252,12 @@ class TrialSetup:
                                                  recorders[0].values if recorders else {})
             if compared:
                 run.comparisons = compared[0].comparisons
-            if what.full:
+            if what.full or what.spill:
                 run.where = _locations(observers[0], maps[0], translators[0])
-            return run
+            observers[0].release()  # run.trace keeps the trace
+            if what.spill and not what.full:
+                run = _spill(run, what.spill)
+            return run if snapshot is None else snapshot.finish(run)
 
     def _attach(self, machine: Machine, modules: ModuleMap, t: TrialInput, what: Observation
                 ) -> RunObserver:
@@ -224,18 +266,45 @@ class TrialSetup:
         scope = FunctionScope(machine, scoped_functions(self.contract))
         scope.watch(modules, returns=False)  # the observer checks at every block
         observer = RunObserver(machine, what.observers, what.unit, what.latency_classes,
-                               scope, what.full)
+                               scope, what.full or bool(what.spill))
         place_in_process(machine, modules, self.contract, [v for _, v in t.values])
         return observer
+
+
+def _spill(run: TrialRun, directory: str) -> TrialRun:
+    """``run`` with its full trace (and ``where``) moved to a new file in ``directory``."""
+    light = replace(run.without_full_trace(), where={})
+    path = ""
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"trial-{run.trial.index}-", suffix=".trace",
+                                    dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump((run.trace, run.where), f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError:  # no room: keep digests only (a trial traced later runs again)
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return light
+    return replace(light, spilled=path)
+
+
+def discard_spilled(runs: Sequence[TrialRun]) -> None:
+    """Remove the files of the runs' full traces (no longer needed)."""
+    for r in runs:
+        if r.spilled:
+            with contextlib.suppress(OSError):
+                os.unlink(r.spilled)
+            r.spilled = ""
 
 
 def _locations(observer: RunObserver, modules: ModuleMap, translator: Dispatcher | None
                ) -> dict[int, Place]:
     """Where every address of a full trace is (see :class:`Place`)."""
     t = observer.trace
-    addresses = {a for block in t.blocks for a in block[:2]} \
-        | {pc for _, pc, _, _ in t.memory} | {pc for _, pc, _ in t.latency}
+    addresses = set(t.blocks.starts) | set(t.blocks.lasts) | set(t.memory.pcs) \
+        | {pc for _, pc, _ in t.latency}
     out = {}
+    files: dict[str, tuple[str, int, int, int] | None] = {}
     for a in addresses:
         orig = translator.original_of(a) if translator is not None else None
         target = a if orig is None else orig
@@ -243,6 +312,29 @@ def _locations(observer: RunObserver, modules: ModuleMap, translator: Dispatcher
         if mod is None:
             out[a] = Place(target, "", "", target, f"{target:#x}", False)
         else:
-            out[a] = Place(target, mod.name, mod.host_path, target - mod.base,
-                           modules.symbolize(target), mod.is_main)
+            if mod.host_path not in files:
+                files[mod.host_path] = _file_identity(mod.host_path)
+            key = (files[mod.host_path], mod.name, mod.is_main, mod.base, target)
+            symbolic = SYMBOLIC.get(key) if key[0] is not None else None
+            if symbolic is None:
+                symbolic = modules.symbolize(target)
+                if key[0] is not None and len(SYMBOLIC) < MAXSYMBOLIC:
+                    SYMBOLIC[key] = symbolic
+            out[a] = Place(target, mod.name, mod.host_path, target - mod.base, symbolic,
+                           mod.is_main)
     return out
+
+
+# Symbolic names of addresses in a module file, kept across the trials a process runs (a
+# trial loads the program afresh: without this, every full trace decodes the symbol tables
+# again).  Keyed by the file's identity, so a file changed on disk is not misnamed.
+SYMBOLIC: dict[tuple[object, ...], str] = {}
+MAXSYMBOLIC = 1 << 20
+
+
+def _file_identity(path: str) -> tuple[str, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_ino, st.st_size, st.st_mtime_ns

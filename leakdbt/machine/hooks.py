@@ -56,10 +56,11 @@ class Hooks:
         block) starting in [start, end) begins to run (every block without a range)."""
         return self._add(UC_HOOK_BLOCK, self._code(callback), start, end)
 
-    def on_memory(self, callback: MemoryCallback) -> Hook:
-        """Call ``callback(is_write, address, size)`` on every data read and write.  Costly
-        beyond its callback: any memory hook sends every guest access down the engine's
-        slow path."""
+    def on_memory(self, callback: MemoryCallback, start: int | None = None,
+                  end: int | None = None) -> Hook:
+        """Call ``callback(is_write, address, size)`` on every data read and write (of an
+        address in [start, end) with a range).  Costly beyond its callback: any memory hook
+        sends every guest access down the engine's slow path."""
         fail = self._fail
 
         def hook(_uc: Uc, access: int, address: int, size: int, _value: int,
@@ -69,7 +70,7 @@ class Hooks:
             except BaseException as e:  # noqa: BLE001 - re-raised by Machine.run
                 fail(e)
 
-        return Hook(self._uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, hook))
+        return self._add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, hook, start, end)
 
     def remove(self, hook: Hook) -> None:
         """Uninstall ``hook``."""
