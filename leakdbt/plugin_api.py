@@ -37,6 +37,7 @@ from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
 from leakdbt.x86.insn import REGS64, Flow, Insn, detail_decoder
+from leakdbt.x86.memaccess import memory_access
 
 API_VERSION = 2
 """The version of this interface; a pass declaring another one is rejected at load.  2: passes
@@ -63,7 +64,7 @@ __all__ = ["API_VERSION", "BOUNDS_MARKER", "DETECTOR_API_VERSION", "SHARES", "Bl
            "DetectorFactory", "Flow", "HardeningPass", "INSN_SCRATCH", "Insn", "ProfileView",
            "REGION_SCRATCH", "REGISTER64", "RED_ZONE", "Refusal", "RegionView", "Rewrite",
            "Tenancy", "TenancyDetector", "allocation_bounds", "detail", "detail_constants",
-           "goto", "original"]
+           "goto", "memory_access", "original"]
 
 
 def detail(insn: Insn) -> Any:

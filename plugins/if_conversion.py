@@ -3,13 +3,21 @@
 Applies to regions the translator formed as ``branch`` (contract kind ``branch`` or none):
 a block ending in a conditional branch up to the branch's immediate post-dominator (the
 *join*), or up to the returns when the paths only meet by returning.  Diamonds, triangles,
-nested acyclic branches and DAGs (a tail both arms share) are supported.  Blocks that are
+nested acyclic branches and DAGs (a tail both arms share) are supported, and one *counted*
+loop inside an arm (a trip count written in its code: plugins/support/arm_loop.py), which
+runs that many times whatever the secret, each iteration's blocks predicated.  Blocks that are
 also entered from outside the region (side entries, ``RegionView`` does not show them) are
 no concern: the translator's copy holds its own duplicate of each block and is entered only
 at the region's start, while those entries keep running the untouched original
 (leakdbt/dbt/region.py); shapes are judged on the region as the copy sees it.  A direct
 call in the region runs as an inline, predicated clone of its callee
 (plugins/support/clone.py; the region then always uses the predicated-block scheme).
+A block that ends the program's path (a call that does not return, such as
+``__assert_fail``, or ``hlt``/``ud2``: a *dead end*, plugins/support/predication.py) is not
+run predicated: where its predicate is on, control leaves for the original code, which
+ends the program as the original does; the region then uses the predicated-block scheme.
+That exit is the one secret-dependent jump of the hardened code, taken only on the path
+where the program stops (or unwinds, for ``longjmp``/``__cxa_throw``) at that point.
 
 Method.  Every block of the region runs, whatever the secret, and the registers, flags and
 memory of the path the original takes are selected with ``cmov``.  Two schemes:
@@ -84,10 +92,20 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
 - the refusals of predicated calls (plugins/support/clone.py)
 - ``I is a system call or software interrupt``
 - ``I is an indirect jump``
-- ``I stops the program``, ``I is not a plain ret``
+- ``I is not a plain ret`` (``hlt``/``ud2`` end a dead end: not a refusal)
 - ``I: loop/jrcxz branches are not supported``
 - ``I is a string instruction``
-- ``the region contains a loop (a cycle through its blocks)``
+- ``the region contains a loop (a cycle through its blocks): I jumps back to H, the
+  loop's head; R`` with R the reason plugins/support/arm_loop.py gives: the loop's head is
+  the region's entry (a branch region around a loop), more than one back edge, a call in
+  the loop, more than one block entering it, not a counted loop, too many iterations; or,
+  for a cycle with no head, ``the region contains a loop (...): the cycle is entered at
+  more than one block (irreducible flow)``
+- ``the loop at H is in a region that calls or moves rsp in conditional code ...``
+- in a conditional block that moves RSP: ``rsp differs between the paths into B``,
+  ``rsp differs between the paths that leave the region for A``, ``rsp differs between
+  the region's returns``, ``I moves rsp in conditional code: a region that does so does
+  not clone its calls``
 - ``the region has more than one exit (A, B)``, ``the region both returns and leaves to A``
 - in a conditional block: ``I writes rsp``; ``I uses 32-bit addressing``; ``I is an AVX
   instruction (ymm/zmm state is not predicated)``; ``I uses the x87/MMX state, which is not
@@ -102,16 +120,20 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from leakdbt.plugin_api import (
     BlockView,
     Flow,
+    Insn,
     RegionView,
     goto,
     original,
 )
-from plugins.support.clone import expand_calls
+from plugins.support.arm_loop import ArmLoop, arm_loop, contiguous
+from plugins.support.arm_loop import run as arm_loop_run
+from plugins.support.clone import expand_calls, stack_change
 from plugins.support.memory_safety import accessed_at_end, check_accesses
 from plugins.support.predication import (
     GPR,
@@ -126,12 +148,14 @@ from plugins.support.predication import (
     analyse,
     body,
     control_refusal,
+    dead_end,
     needs_flags,
     predicated_refusal,
     slot,
     successors,
     terminator,
     topological,
+    where,
     writes_flags,
 )
 
@@ -144,15 +168,26 @@ def if_convert(region: RegionView) -> list[str]:
     if region.shape != "branch":
         raise Refused(f"region shape is {region.shape}, not a branch region")
     bias = region.bias
+    ends = {b.last.address for b in region.blocks if dead_end(b)}
     for insn in region.instructions():
-        if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
-            continue  # cloned (plugins/support/clone.py)
+        if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL) or insn.address in ends:
+            continue  # cloned (plugins/support/clone.py), or the end of a dead end
         reason = control_refusal(insn, bias)
         if reason:
             raise Refused(reason)
     order = topological(region.entry, region.blocks, lambda a, b: False)
+    loop: ArmLoop | None = None
     if order is None:
-        raise Refused("the region contains a loop (a cycle through its blocks)")
+        try:
+            loop = arm_loop(region.entry, region.blocks,
+                            {i.address: analyse(i) for i in region.instructions()}, bias)
+        except Refused as why:
+            raise Refused(f"the region contains a loop (a cycle through its blocks): {why}"
+                          ) from None
+        back = (loop.latch, loop.header)
+        order = topological(region.entry, region.blocks, lambda a, b: (a, b) == back)
+        assert order is not None  # one back edge, the only cycle
+        order = contiguous(order, loop)
     exits = region.exits()
     if len(exits) > 1:
         raise Refused("the region has more than one exit ("
@@ -160,39 +195,119 @@ def if_convert(region: RegionView) -> list[str]:
     if exits and any(terminator(b).kind == "ret" for b in region.blocks):
         raise Refused(f"the region both returns and leaves to {exits[0] + bias:#x}")
     infos = {i.address: analyse(i) for i in region.instructions()}
+    stack = _stack(order, infos, bias)
     for b in order[1:]:
         for insn in body(b):
             if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
                 continue  # cloned, or refused by expand_calls
-            reason = predicated_refusal(infos[insn.address], bias)
+            info = infos[insn.address]
+            if insn.address in stack.deltas:  # moves RSP by a fixed amount: see _stack
+                info = dataclasses.replace(info, writes=info.writes - {"rsp"})
+            reason = predicated_refusal(info, bias)
             if reason:
                 raise Refused(reason)
-    calls = any(b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL) for b in region.blocks)
+    calls = any(b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL) and not dead_end(b)
+                for b in region.blocks)
+    if calls and stack.deltas:
+        assert stack.first is not None
+        raise Refused(f"{where(stack.first, bias)} moves rsp in conditional code: a region "
+                      "that does so does not clone its calls")
+    if loop is not None and (calls or stack.deltas):
+        raise Refused(f"the loop at {loop.header + bias:#x} is in a region that calls or moves "
+                      "rsp in conditional code (a loop in an arm runs only in a region that "
+                      "does neither)")
     graph = expand_calls(region, list(region.blocks)) if calls else None
     clone_writes = frozenset() if graph is None else frozenset(
         r for i in graph.infos.values() for r in i.writes)
     _check_memory(region, order, infos, clone_writes)
 
-    engine = Engine(bias)
+    engine = Engine(bias, stack.floor)
     if graph is not None:
         infos.update(graph.infos)
         engine.entry_depths, engine.deltas = graph.depths, graph.deltas
+        engine.rebased = frozenset(graph.deltas)
         members = {b.start for b in graph.blocks}
         clones = graph.clones
         expanded = topological(graph.entry, graph.blocks, lambda a, b: False)
         assert expanded is not None  # clones are acyclic and sit between region blocks
         lines = engine.run(expanded, infos, lambda a, b: b in members, lambda t: [],
                            lambda b: _RSP if b in clones else frozenset())
-    elif _is_tree(order, infos):
+    elif loop is not None:
+        lines = arm_loop_run(engine, order, infos, frozenset(b.start for b in region.blocks),
+                             loop, _RSP)
+    elif not ends and not stack.deltas and _is_tree(order, infos):
         tree = _fork_tree(order, infos)
         assert tree is not None
         lines = _Fork(engine, tree, infos).run()
     else:
         members = {b.start for b in region.blocks}
-        lines = engine.run(order, infos, lambda a, b: b in members, lambda t: [])
+        engine.entry_depths, engine.deltas = stack.depths, stack.deltas
+        lines = engine.run(order, infos, lambda a, b: b in members, lambda t: [],
+                           lambda b: _RSP, final_depth=stack.final)
     lines += engine.flags_to_reg()
     lines.append(f"jmp {goto(exits[0])}" if exits else "ret")
     return engine.finish(lines)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """How the region's conditional code moves RSP: how far below the region's RSP (where
+    the entry block leaves it) each block starts, what each instruction adds, where RSP is
+    when the region ends, and the lowest it goes (``floor``, 0 or more)."""
+
+    depths: dict[int, int]
+    deltas: dict[int, int]
+    final: int = 0
+    floor: int = 0
+    first: Insn | None = None  # the first instruction that moves RSP (for messages)
+
+
+_STACK_MOVES = ("add", "sub", "lea", "pop")
+
+
+def _stack(order: list[BlockView], infos: dict[int, InsnInfo], bias: int) -> _Stack:
+    """The RSP depths of the region's conditional blocks.  gcc duplicates a function's
+    epilogue (``add rsp, N``; ``pop rbx``; ``ret``) into each arm that returns, and puts
+    ``sub rsp, 8`` on the paths that call: a conditional block may move RSP by a fixed
+    amount (``add``/``sub rsp, imm``, ``lea rsp, [rsp + d]``, ``pop`` of a register) when
+    every path into each block, every path to the join and every return agree on where RSP
+    is.  The hardened code then runs each block, on or off, with RSP where the original
+    has it at that block (the move itself is kept when the block is off; the engine puts
+    RSP back for the next block with ``lea``), so the block's ``[rsp + d]`` operands name
+    the same addresses on every path.  ``push`` and other stores through RSP are still
+    refused: an inactive one would write below another path's frame, and is not undone."""
+    depths: dict[int, int] = {order[0].start: 0}
+    deltas: dict[int, int] = {}
+    ends: dict[str, int] = {}
+    low, first = 0, None
+    starts = {c.start for c in order}
+    for b in order:
+        d = depths.get(b.start, 0)
+        for insn in body(b) if b is not order[0] else ():  # the entry's moves set depth 0
+            if "rsp" not in infos[insn.address].writes or insn.flow in (Flow.CALL,
+                                                                         Flow.INDIRECT_CALL):
+                continue  # a call's clone keeps its own depth (plugins/support/clone.py)
+            change = stack_change(insn) if insn.mnemonic in _STACK_MOVES else None
+            if change is None:
+                raise Refused(f"{where(insn, bias)} writes rsp")
+            deltas[insn.address] = change
+            first = first or insn
+            d += change
+            low = max(low, d)
+        for s in successors(b):
+            if s in starts:
+                if depths.setdefault(s, d) != d:
+                    raise Refused(f"rsp differs between the paths into {s + bias:#x} "
+                                  f"({depths[s]} and {d} bytes below the region's)")
+            elif ends.setdefault("exit", d) != d:
+                raise Refused(f"rsp differs between the paths that leave the region for "
+                              f"{s + bias:#x}")
+        if terminator(b).kind == "ret" and ends.setdefault("exit", d) != d:
+            raise Refused(f"rsp differs between the region's returns ('{b.last.text}' at "
+                          f"{b.last.address + bias:#x})")
+    if not deltas:
+        return _Stack({}, {})
+    return _Stack(depths, deltas, ends.get("exit", 0), (low + 15) & -16, first)
 
 
 MAX_FORK_BLOCKS = 64

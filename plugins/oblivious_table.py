@@ -55,13 +55,38 @@ original instruction on the original address: in-contract accesses have a consta
 footprint, out-of-contract ones (a bug in the program, or not a table access at all) do not,
 and that branch reveals which of the two happened.
 
+16-byte (legacy SSE) accesses: loads (``movdqu``/``movdqa``/``movups``/``movaps``/
+``movupd``/``movapd``/``lddqu``), ALU sources (``pxor xmm0, xmmword ptr [...]``, ``pshufd``,
+``ptest``, ``pcmpistri``: any instruction whose one memory operand is 16 bytes) and stores
+(the moves and ``movnt*`` with a memory destination; Capstone marks the unaligned and
+non-temporal ones read-only, so a 16-byte memory destination is taken as written; so is
+the memory destination of ``mov*``/``pextr*``/``extractps`` of any width: ``movnti``,
+``movq``/``movlps``/``movd [mem], xmm``, ``pextrd``, whose destinations Capstone also marks
+read-only).  The scan
+reads each unit as two quadwords and selects each with ``cmove`` into RAX and R8 (no xmm
+register is used, so none needs saving); the selected 16 bytes go to A, the first 16-byte
+aligned address in slots 8-13, with the original RSP at A + 16, and the instruction runs as
+``mov rsp, [slot 6]`` (= A); ``insn`` on ``xmmword ptr [rsp]``; ``mov rsp, [rsp + 16]`` —
+two flag-preserving moves, so the aligned forms cannot fault on the copy (no instruction
+with a 16-byte memory operand reads RSP except in an address, and an RSP-based address is
+not a table access).  Alignment: every
+legacy-SSE 16-byte operand except those of :data:`UNALIGNED_OK` faults (#GP) when it is not
+16-byte aligned; for those forms the in-contract check also requires ``EA mod 16 = 0``, so a
+misaligned one runs the original instruction, which faults where it would.  (Taking an
+unlisted form as aligned is safe: it only sends its misaligned accesses down that path.)
+VEX forms (``vmovdqu xmm``, ``vpxor``) are refused: the emulator the differential tests run
+on has no AVX.
+
 The span may start before and end after the table (its first and last units are s-aligned):
 those bytes are read too, but never beyond the table's pages (s <= 4096).
 
 Cost per lookup: n = span / s loads (table length / granularity for an aligned table: 4 for a
 256-byte S-box at 64-byte lines, 64 at 4-byte units; 16 for a 1 KiB T-table at 64-byte
 lines — 64 for the four of a 4 KiB set, if the contract names the set as one table), as many
-loads and stores again for a store, and about 30 instructions besides.  The code size does
+loads and stores again for a store, and about 30 instructions besides.  Measured (executed
+instructions for one in-contract lookup over n units, tests/unit/plugins/
+test_oblivious_table_sse.py ``test_cost``): 8-byte load 46 + 6n; 16-byte ``movdqu`` load
+58 + 8n, ``movdqa`` 62 + 8n; 16-byte store 74 + 10n.  The code size does
 not depend on n (the scan is a loop with a constant trip count).
 
 Stores are non-atomic read-modify-writes of *every* unit: another thread writing the same
@@ -71,7 +96,9 @@ unit rather than at the element (the original faults too).
 Refusals (``Refusal.reason``).  For one access: ``'{insn}' at 0x{runtime address}: ``
 followed by one of
 
-- ``{w}-byte memory operand is not supported (1, 2, 4 or 8 bytes)`` (xmm/ymm-wide loads);
+- ``{w}-byte memory operand is not supported (1, 2, 4, 8 or 16 bytes)`` (ymm/zmm, x87
+  10-byte);
+- ``VEX-encoded 16-byte access is not supported (...)``;
 - ``prefixes (lock/rep) are not supported``;
 - ``xchg/cmpxchg/xadd are atomic; an oblivious read-modify-write of every unit would not be``;
 - ``changes RSP (push/pop/leave through the table is not supported)``;
@@ -113,6 +140,7 @@ from leakdbt.plugin_api import (
     detail,
     detail_constants,
     goto,
+    memory_access,
     original,
 )
 
@@ -133,6 +161,19 @@ _SLOT = REGION_SCRATCH
 assert _FRAME + 48 <= _SLOT <= RED_ZONE + INSN_SCRATCH
 _LOAD = {1: ("movzx edx, byte ptr", "dl"), 2: ("movzx edx, word ptr", "dx"),
          4: ("mov edx, dword ptr", "edx"), 8: ("mov rdx, qword ptr", "rdx")}
+WIDE = 16
+"""The xmm width: read and written as two quadwords per unit; the instruction runs on a
+16-byte-aligned copy (``_wide_slot``)."""
+# Slots 6-13 of a 16-byte access: slot 6 holds A, the 16-byte-aligned copy of the operand
+# in slots 8-13 (A = slot 8 rounded up to 16), with the original RSP at A + 16; slot 7 keeps
+# the in-contract mask while the scan uses r8.
+_A = 6
+_WIDE_BASE = 8
+assert _SLOT - _FRAME >= 8 * (_WIDE_BASE + 6)
+# Legacy-SSE forms whose 16-byte memory operand need not be aligned (Intel SDM vol. 1,
+# 14.9: every other non-VEX m128 operand faults with #GP when it is not 16-byte aligned).
+UNALIGNED_OK = frozenset({"movdqu", "movups", "movupd", "lddqu", "pcmpestri", "pcmpestrm",
+                          "pcmpistri", "pcmpistrm"})
 _MEMORY = re.compile(r"\[[^\]]*\]")
 
 
@@ -199,8 +240,12 @@ def _inspect(block: tuple[Insn, ...], at: int, region: RegionView) -> TableAcces
     anchor, constant = _anchor(block, at, base, index, mem.scale, mem.disp, region)
     if constant:
         return None
-    access = TableAccess(insn, op.size, address, bool(op.access & k.access_read),
-                         bool(op.access & k.access_write), anchor)
+    # (Capstone marks some stores' destinations read-only: memory_access corrects it.)
+    first = next(n for n, o in enumerate(ci.operands) if o.type == k.op_mem)
+    reads, writes = memory_access(insn.mnemonic, first, op.access)
+    if ci.operands[0].type == k.op_mem and op.size == WIDE:
+        writes = True  # a legacy-SSE 16-byte memory destination is always written
+    access = TableAccess(insn, op.size, address, reads, writes, anchor)
     problem = _problem(insn, ci, access, len(mems), registers)
     return access if problem is None else TableAccess(
         access.insn, access.width, access.address, access.reads, access.writes,
@@ -247,8 +292,12 @@ def _problem(insn: Insn, ci: Any, access: TableAccess, memory_operands: int,
                 "where it goes; it is not hardened")
     if any(REGISTER64.get(ci.reg_name(r)) == "rsp" for r in ci.regs_access()[1]):
         return "changes RSP (push/pop/leave through the table is not supported)"
-    if access.width not in _LOAD:
-        return f"{access.width}-byte memory operand is not supported (1, 2, 4 or 8 bytes)"
+    if access.width not in _LOAD and access.width != WIDE:
+        return (f"{access.width}-byte memory operand is not supported "
+                "(1, 2, 4, 8 or 16 bytes)")
+    if access.width == WIDE and insn.mnemonic.startswith("v"):
+        return ("VEX-encoded 16-byte access is not supported (only legacy SSE forms are "
+                "differentially tested: the emulator has no AVX)")
     if not (access.reads or access.writes):
         return "Capstone does not say whether it reads or writes its operand"
     return None
@@ -329,7 +378,6 @@ def oblivious_access(access: TableAccess, table: int, length: int, granularity: 
     log = s.bit_length() - 1
     start = table & ~(s - 1)  # U0: the s-aligned start of the span
     units = ((table + length - 1) >> log) - (table >> log) + 1
-    load, store_reg = _LOAD[w]
     insn = access.insn
     lines = _frame_enter() + [
         f"lea rsi, [{access.address}]",  # EA, as the instruction computes it
@@ -338,27 +386,24 @@ def oblivious_access(access: TableAccess, table: int, length: int, granularity: 
         f"mov edx, {_hex(length - w)}",
         "xor r8d, r8d",
         "cmp rdx, rcx", "adc r8d, 0",  # out of bounds: EA - T > L - w (unsigned)
-        "mov eax, esi", f"and eax, {_hex(s - 1)}",  # EA's offset in its unit
-        f"mov edx, {_hex(s - w)}",
-        "cmp edx, eax", "adc r8d, 0",  # straddles two units
-        "neg r8d", "sbb r8, r8", "not r8",  # all ones: in contract
+        *_unit_checks(access, s),
         "and rax, r8",  # offset in the unit (0 when not in contract: reads stay in the span)
         f"movabs rdx, {goto(start)}",
         "mov rdi, rsi", "sub rdi, rdx",
         f"shr rdi, {_hex(log)}", f"shl rdi, {_hex(log)}",  # offset of EA's unit in the span
         "lea rsi, [rdx + rax]",  # scan base: U0 + offset in unit
+        *_wide_slot(access),
     ]
     if access.reads:
         lines += [
-            "xor eax, eax", "xor ecx, ecx",
+            *_select_init(access), "xor ecx, ecx",
             "ot_read:",
-            f"{load} [rsi + rcx]",
-            "cmp rcx, rdi", "cmove rax, rdx",
+            *_select(access),
             f"add rcx, {_hex(s)}", f"cmp rcx, {_hex(units * s)}",
             "jb ot_read",
-            f"mov {_slot(0)}, rax",
+            *_select_done(access),
         ]
-    return _access_and_write_back(lines, access, insn, load, store_reg, s, _hex(units * s))
+    return _access_and_write_back(lines, access, insn, s, _hex(units * s))
 
 
 def heap_access(access: TableAccess, granularity: int) -> list[str]:
@@ -373,7 +418,6 @@ def heap_access(access: TableAccess, granularity: int) -> list[str]:
     w = access.width
     s = max(granularity, w)
     log = s.bit_length() - 1
-    load, store_reg = _LOAD[w]
     insn = access.insn
     lines = _frame_enter() + [
         f"lea rsi, [{access.address}]",  # EA, as the instruction computes it
@@ -384,10 +428,7 @@ def heap_access(access: TableAccess, granularity: int) -> list[str]:
         "xor r8d, r8d",
         f"sub rdx, {_hex(w)}", "adc r8d, 0",  # L < w (unknown bounds: L = 0)
         "cmp rdx, rcx", "adc r8d, 0",  # out of bounds: EA - T > L - w (unsigned)
-        "mov eax, esi", f"and eax, {_hex(s - 1)}",  # EA's offset in its unit
-        f"mov edx, {_hex(s - w)}",
-        "cmp edx, eax", "adc r8d, 0",  # straddles two units
-        "neg r8d", "sbb r8, r8", "not r8",  # all ones: in contract
+        *_unit_checks(access, s),
         "and rax, r8",  # offset in the unit (0 when not in contract)
         "mov rdx, rdi", f"shr rdx, {_hex(log)}", f"shl rdx, {_hex(log)}",  # U0
         "mov rcx, rdi", f"add rcx, {_slot(4)}", f"add rcx, {_hex(s - 1)}",
@@ -396,20 +437,20 @@ def heap_access(access: TableAccess, granularity: int) -> list[str]:
         "mov rdi, rsi", "sub rdi, rdx",
         f"shr rdi, {_hex(log)}", f"shl rdi, {_hex(log)}",  # offset of EA's unit in the span
         "lea rsi, [rdx + rax]",  # scan base: U0 + offset in unit
+        *_wide_slot(access),
     ]
     if access.reads:
         lines += [
-            "xor eax, eax", "xor ecx, ecx", "jmp ot_test",
+            *_select_init(access), "xor ecx, ecx", "jmp ot_test",
             "ot_read:",
-            f"{load} [rsi + rcx]",
-            "cmp rcx, rdi", "cmove rax, rdx",
+            *_select(access),
             f"add rcx, {_hex(s)}",
             "ot_test:",
             f"cmp rcx, {_slot(5)}", "jb ot_read",
-            f"mov {_slot(0)}, rax",
+            *_select_done(access),
         ]
     # in contract: the span holds at least EA's unit
-    return _access_and_write_back(lines, access, insn, load, store_reg, s, _slot(5))
+    return _access_and_write_back(lines, access, insn, s, _slot(5))
 
 
 def heap_accesses(region: RegionView) -> list[TableAccess]:
@@ -509,25 +550,99 @@ class ObliviousTable:
 PASS = ObliviousTable()
 
 
-def _access_and_write_back(lines: list[str], access: TableAccess, insn: Insn, load: str,
-                           store_reg: str, s: int, end: str) -> list[str]:
+def _access_and_write_back(lines: list[str], access: TableAccess, insn: Insn, s: int,
+                           end: str) -> list[str]:
     """The common tail of the static and heap sequences: the access itself at a scratch
     copy, then (for a store) every unit of the span rewritten with the selected value up to
     ``end`` (an immediate or a slot); an address outside the table runs the original."""
+    wide = access.width == WIDE
     if access.writes:
         lines += [f"mov {_slot(1)}, rsi", f"mov {_slot(2)}, rdi"]
-    lines += ["test r8, r8", "je ot_outside", *_frame_leave(),
-              _MEMORY.sub(f"[rsp - {_hex(_SLOT)}]", insn.text, count=1)]
+    lines += ["test r8, r8", "je ot_outside", *_frame_leave()]
+    if wide:  # RSP at A (no flag changes): the aligned forms cannot fault on the copy
+        lines += [f"mov rsp, qword ptr [rsp - {_hex(_SLOT - 8 * _A)}]",
+                  _MEMORY.sub("[rsp]", insn.text, count=1),
+                  f"mov rsp, qword ptr [rsp + {_hex(WIDE)}]"]
+    else:
+        lines += [_MEMORY.sub(f"[rsp - {_hex(_SLOT)}]", insn.text, count=1)]
     if access.writes:
-        lines += _frame_enter() + [
-            f"mov rax, {_slot(0)}", f"mov rsi, {_slot(1)}", f"mov rdi, {_slot(2)}",
-            "xor ecx, ecx",
-            "ot_write:",
-            f"{load} [rsi + rcx]",
-            "cmp rcx, rdi", "cmove rdx, rax",
-            f"mov {load.split()[-2]} ptr [rsi + rcx], {store_reg}",
-            f"add rcx, {_hex(s)}", f"cmp rcx, {end}",
-            "jb ot_write",
-        ] + _frame_leave()
+        if wide:
+            lines += _frame_enter() + [
+                f"mov rdx, {_slot(_A)}", "mov rax, qword ptr [rdx]",
+                "mov r8, qword ptr [rdx + 8]",
+                f"mov rsi, {_slot(1)}", f"mov rdi, {_slot(2)}",
+                "xor ecx, ecx",
+                "ot_write:",
+                "mov rdx, qword ptr [rsi + rcx]", "cmp rcx, rdi", "cmove rdx, rax",
+                "mov qword ptr [rsi + rcx], rdx",
+                "mov rdx, qword ptr [rsi + rcx + 8]", "cmove rdx, r8",
+                "mov qword ptr [rsi + rcx + 8], rdx",
+                f"add rcx, {_hex(s)}", f"cmp rcx, {end}",
+                "jb ot_write",
+            ] + _frame_leave()
+        else:
+            load, store_reg = _LOAD[access.width]
+            lines += _frame_enter() + [
+                f"mov rax, {_slot(0)}", f"mov rsi, {_slot(1)}", f"mov rdi, {_slot(2)}",
+                "xor ecx, ecx",
+                "ot_write:",
+                f"{load} [rsi + rcx]",
+                "cmp rcx, rdi", "cmove rdx, rax",
+                f"mov {load.split()[-2]} ptr [rsi + rcx], {store_reg}",
+                f"add rcx, {_hex(s)}", f"cmp rcx, {end}",
+                "jb ot_write",
+            ] + _frame_leave()
     return lines + ["jmp ot_done", "ot_outside:", *_frame_leave(), original(insn.address),
                     "ot_done:"]
+
+
+def needs_alignment(access: TableAccess) -> bool:
+    """Whether the instruction faults when its memory operand is not 16-byte aligned: every
+    legacy-SSE 16-byte operand but those of :data:`UNALIGNED_OK`.  (Over-approximating is
+    safe: such an access, misaligned, is out of contract and runs the original.)"""
+    return access.width == WIDE and access.insn.mnemonic not in UNALIGNED_OK
+
+
+def _unit_checks(access: TableAccess, s: int) -> list[str]:
+    """With EA in RSI and the out-of-bounds count in R8D: add one when EA's element straddles
+    two units, and one when an aligned 16-byte form's EA is misaligned (the original then
+    runs, and faults where it would); R8 becomes all ones when in contract, else 0."""
+    lines = ["mov eax, esi", f"and eax, {_hex(s - 1)}",  # EA's offset in its unit
+             f"mov edx, {_hex(s - access.width)}",
+             "cmp edx, eax", "adc r8d, 0"]  # straddles two units
+    if needs_alignment(access):
+        lines += ["mov edx, esi", "and edx, 0xf", "neg edx", "adc r8d, 0"]  # CF: EA % 16
+    return lines + ["neg r8d", "sbb r8, r8", "not r8"]  # all ones: in contract
+
+
+def _wide_slot(access: TableAccess) -> list[str]:
+    """For a 16-byte access: A (see ``_A``) into slot 6, the original RSP at A + 16."""
+    if access.width != WIDE:
+        return []
+    return [f"lea rdx, [rsp - {_hex(_SLOT - _FRAME - 8 * _WIDE_BASE - 15)}]",
+            "and rdx, 0xfffffffffffffff0",  # A: slot 8 rounded up to 16
+            f"lea rcx, [rsp + {_hex(_FRAME)}]", f"mov qword ptr [rdx + {_hex(WIDE)}], rcx",
+            f"mov {_slot(_A)}, rdx"]
+
+
+def _select_init(access: TableAccess) -> list[str]:
+    if access.width != WIDE:
+        return ["xor eax, eax"]
+    return [f"mov {_slot(7)}, r8", "xor eax, eax", "xor r8d, r8d"]
+
+
+def _select(access: TableAccess) -> list[str]:
+    """Read the element at ``[rsi + rcx]`` and keep it (RAX, and R8 for its high quadword)
+    when RCX is the wanted unit's offset (RDI)."""
+    if access.width != WIDE:
+        return [f"{_LOAD[access.width][0]} [rsi + rcx]", "cmp rcx, rdi", "cmove rax, rdx"]
+    return ["mov rdx, qword ptr [rsi + rcx]", "cmp rcx, rdi", "cmove rax, rdx",
+            "mov rdx, qword ptr [rsi + rcx + 8]", "cmove r8, rdx"]
+
+
+def _select_done(access: TableAccess) -> list[str]:
+    """The selected element into the operand's copy: slot 0, or A for a 16-byte access."""
+    if access.width != WIDE:
+        return [f"mov {_slot(0)}, rax"]
+    return [f"mov rdx, {_slot(_A)}", "mov qword ptr [rdx], rax", "mov qword ptr [rdx + 8], r8",
+            f"mov r8, {_slot(7)}"]

@@ -32,7 +32,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from leakdbt.analysis.findings import AnalysisFinding, AnalysisReport
+from leakdbt.analysis.findings import AnalysisFinding, AnalysisReport, TableObject
 from leakdbt.analysis.functions import function_regions
 from leakdbt.analysis.grow import (
     Candidates,
@@ -44,7 +44,7 @@ from leakdbt.analysis.grow import (
     judge_with,
     refused_comment,
 )
-from leakdbt.analysis.loops import LoopCounter
+from leakdbt.analysis.loops import LoopCounter, insn_budget, trip_budget
 from leakdbt.analysis.suggest import TOOL, LoopCandidate, _inner_bounds, exit_loops, regions
 from leakdbt.analysis.taint import LINE, WITHIN_LINE, TaintedUse, TaintTracker
 from leakdbt.contract import loads
@@ -111,15 +111,19 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
             insn = decode(image.read(place.link_address, 15), place.link_address)
             text = insn.text if insn else "?"
         names = tuple(s.name for i, s in enumerate(contract.secrets) if f.labels >> i & 1)
+        tables, untabled = _tables(modules, f.targets) if f.kind is LeakKind.MEMORY_ACCESS \
+            else ((), False)
         report.findings.append(AnalysisFinding(
             kind=f.kind, address=f.address, location=place.symbolic, module=place.module,
             link_address=place.link_address, instruction=text,
             source=source_line(place.module_path, place.link_address)
             if place.module_path else None,
-            secrets=names, count=f.count, table=_table(modules, f.targets)))
+            secrets=names, count=f.count, table=tables[0].name or None
+            if len(tables) == 1 and not untabled else None, tables=tables, untabled=untabled))
     places = {f.location: _place(modules, f.address) for f in report.findings}
     report.regions, report.covering, report.growth, more = _suggest(
-        report.findings, places, binary, contract, profile, trial, rw)
+        report.findings, places, binary, contract, profile, trial, rw,
+        insn_budget(report.instructions))
     report.runs += more
     report.seconds = time.monotonic() - started
     return report
@@ -179,19 +183,23 @@ def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profi
 
 
 def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: str,
-             contract: Contract, profile: Profile, trial: TrialInput, rw: Sequence[str]
+             contract: Contract, profile: Profile, trial: TrialInput, rw: Sequence[str],
+             budget: int = 0
              ) -> tuple[list[RegionEntry], dict[str, RegionEntry], list[Growth], int]:
     """The regions for ``findings`` (leakdbt.analysis.suggest), grown until a pass accepts
     them (leakdbt.analysis.grow), the region covering each finding, what growing tried, and
     the runs it took.  Whole-function regions take a run hardened with them, to see which
     findings they remove; loop bounds take a run that counts the iterations of the loops
-    that secret branches leave; growing takes one more when a suggestion is refused."""
+    that secret branches leave; growing takes one more when a suggestion is refused.
+    ``budget``: the instructions each of these untainted runs may execute (0: no limit;
+    leakdbt.analysis.loops: counting with a secret exit suppressed may not end by itself)."""
     functions = function_regions(places.values(), contract, profile)
     removed = _removed_by(functions, findings, binary, contract, profile, trial, rw) \
         if functions else set()
     loops = exit_loops(findings, places, set(functions))
     trips: dict[str, tuple[int, ...]] = {}
     inner: dict[str, dict[int, int]] = {}
+    unknown: dict[str, str] = {}
     if loops:
         counter: list[LoopCounter] = []
 
@@ -201,26 +209,31 @@ def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: 
             def on_module(mod: LoadedModule) -> None:
                 for loop in loops.values():
                     if mod.is_named(loop.module):
-                        counter[0].watch(loop.at, loop.region, loop.branch, mod.base)
+                        counter[0].watch(loop.at, loop.region, loop.branch, mod.base,
+                                         trip_budget(loop.seen))
 
             for mod in modules.modules():
                 on_module(mod)
             modules.listeners.append(on_module)
 
-        _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile, watch, taint=False)
+        _run(TrialSetup(binary, contract, Mode.FAST, max_insns=budget), trial, rw, profile,
+             watch, taint=False)
         trips = {loop.at: counter[0].trips(loop.at) if counter else ()
                  for loop in loops.values()}
         inner = {loop.at: counter[0].inner_trips(loop.at) if counter else {}
                  for loop in loops.values()}
-    entries, covering = regions(findings, places, functions, removed, loops, trips, inner)
+        unknown = {loop.at: counter[0].unknown(loop.at) if counter else ""
+                   for loop in loops.values()}
+    entries, covering = regions(findings, places, functions, removed, loops, trips, inner,
+                                unknown)
     grown, covering, growths, more = _grow(entries, covering, places, binary, contract,
-                                           profile, trial, rw)
+                                           profile, trial, rw, budget)
     return grown, covering, growths, bool(functions) + bool(loops) + more
 
 
 def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
           places: dict[str, Place], binary: str, contract: Contract, profile: Profile,
-          trial: TrialInput, rw: Sequence[str]
+          trial: TrialInput, rw: Sequence[str], budget: int = 0
           ) -> tuple[list[RegionEntry], dict[str, RegionEntry], list[Growth], int]:
     """Each suggested region, or the smallest region grown around it that a pass accepts
     (leakdbt.analysis.grow); a region none is accepted for stays, with a comment saying so.
@@ -237,8 +250,8 @@ def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
     sites = _GrowSites(places, refused, holding)
     runs = 0
     if refused and (sites.loops or sites.functions):
-        _run(TrialSetup(binary, contract, Mode.FAST), trial, rw, profile, sites.watch,
-             taint=False)
+        _run(TrialSetup(binary, contract, Mode.FAST, max_insns=budget), trial, rw, profile,
+             sites.watch, taint=False)
         runs = 1
     out: list[RegionEntry] = []
     growths = []
@@ -487,17 +500,31 @@ def confirm(report: AnalysisReport, binary: str, contract: Contract, profile: Pr
                 f"{w.second.index} ({w.second.describe()}) {w.observed[1]}"))
 
 
-def _table(modules: ModuleMap, targets: set[int]) -> str | None:
-    """The one data object (ELF symbol with a size) all ``targets`` lie in, by name (as a
-    contract names it: ``lib.so:name`` outside the main program), or None."""
-    names = set()
-    for target in targets:
+def _tables(modules: ModuleMap, targets: set[int]) -> tuple[tuple[TableObject, ...], bool]:
+    """The data objects (ELF symbols with a size) the ``targets`` lie in, by address, and
+    whether some target lies in none (a heap or stack table, or no table at all)."""
+    found: dict[tuple[str | None, int], TableObject] = {}
+    untabled = False
+    for target in sorted(targets):
         mod = modules.find(target)
-        sym = mod.image.object_at(target - mod.base) if mod and mod.image else None
-        if sym is None or mod is None:
-            return None
-        names.add(sym.name if mod.is_main else f"{mod.name}:{sym.name}")
-    return names.pop() if len(names) == 1 else None
+        image = mod.image if mod is not None else None
+        sym = image.object_at(target - mod.base) if mod is not None and image else None
+        if sym is None or mod is None or image is None:
+            untabled = True
+            continue
+        module = None if mod.is_main else mod.name
+        if (module, sym.value) in found:
+            continue
+        seg = next((s for s in image.segments
+                    if s.vaddr <= sym.value and sym.value + sym.size <= s.end), None)
+        named = image.symbol(sym.name)
+        name = sym.name if named is not None and named.value == sym.value else ""
+        if not name and mod.is_main and not image.is_pie:
+            name = f"{sym.value:#x}"  # a local symbol whose name another one has
+        found[(module, sym.value)] = TableObject(
+            name if mod.is_main or not name else f"{mod.name}:{name}", module, sym.value,
+            sym.size, seg.vaddr if seg is not None else -1, sym.name)
+    return tuple(sorted(found.values(), key=lambda t: (t.module or "", t.start))), untabled
 
 
 def _place(modules: ModuleMap, address: int) -> Place:

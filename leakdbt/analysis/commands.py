@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from leakdbt.cli_params import binary_argument
+
 if TYPE_CHECKING:
     from leakdbt.analysis.findings import AnalysisReport
     from leakdbt.contract.edit import RegionEntry
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
               help="Host directory the guest may write to (repeatable), as for exec.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "html"]),
               default="text")
-@click.argument("binary", type=click.Path(dir_okay=False))
+@binary_argument()
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
             cpu: str | None, rw: tuple[str, ...], fmt: str, binary: str,
@@ -94,7 +96,8 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
                           "secrets": list(f.secrets), "count": f.count,
                           "confirmed": f.confirmed or None}
                          for f in report.findings],
-            "regions": [{"at": e.at, "kind": e.kind, "table": e.table, "bound": e.bound,
+            "regions": [{"at": e.at, "kind": e.kind, "table": e.table, "length": e.length,
+                         "bound": e.bound,
                          "why": e.why, "refused": e.comment or None}
                         for e in report.regions],
             "written": [e.at for e in added],
@@ -128,6 +131,7 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
         state = "written" if e in added else ("already in the contract" if write
                                               else "suggested")
         table = f" table {e.table}" if e.table else ""
+        table += f" length {e.length}" if e.length is not None else ""
         bound = ""
         if e.kind == "loop":
             bound = f" bound {e.bound}" if e.bound is not None else " (no bound known: add one)"

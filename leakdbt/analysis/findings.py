@@ -11,6 +11,23 @@ from leakdbt.leakage.findings import LeakPoint
 
 
 @dataclass(frozen=True)
+class TableObject:
+    """A sized ELF data object a secret-indexed memory access touched (link-time bounds)."""
+
+    name: str  # as a contract names it (``lib.so:name`` outside the main program); "": it
+    # cannot be named (a local symbol another one shares the name of, in a PIE or library)
+    module: str | None  # None: the main program
+    start: int
+    size: int
+    segment: int  # the link-time start of the PT_LOAD segment holding it (-1: none)
+    symbol: str = ""  # its symbol's name, for messages
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+@dataclass(frozen=True)
 class AnalysisFinding(LeakPoint):
     """An instruction the secrets reach in an observable way (found by taint tracking)."""
 
@@ -18,6 +35,9 @@ class AnalysisFinding(LeakPoint):
     count: int  # how often it ran tainted
     confirmed: str = ""  # with --confirm: the checker's witness, when it saw the leak too
     table: str | None = None  # memory accesses: the data object they hit, when one
+    # memory accesses: every data object they hit, and whether some hit none (heap, stack)
+    tables: tuple[TableObject, ...] = ()
+    untabled: bool = False
 
 
 @dataclass

@@ -35,6 +35,9 @@ from leakdbt.contract.profiles import Profile
 from leakdbt.dbt.cfg import FunctionCFG
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.errors import LeakDBTError
+from leakdbt.leakage.locate import image_of
+from leakdbt.loader.elf import load_image
+from leakdbt.loader.image import Image
 from leakdbt.run.protect import protection, verdicts
 from leakdbt.x86.insn import Flow
 
@@ -95,7 +98,8 @@ def judge_with(contract: Contract, profile: Profile) -> Judge:
         return [(v.accepted and _serves(e.kind, v.passes),
                  v.reason or f"no pass for a {e.kind} region applied (applied: "
                              f"{', '.join(v.passes) or 'none'})")
-                for e, v in zip(entries, verdicts(protection(bound, profile)), strict=True)]
+                for e, v in zip(entries, verdicts(protection(bound, profile), _image),
+                                strict=True)]
 
     memo: dict[RegionEntry, tuple[bool, str]] = {}
 
@@ -115,6 +119,15 @@ def judge_with(contract: Contract, profile: Profile) -> Judge:
         memo.update(got)
         return [memo[e] for e in entries]
     return judge
+
+
+def _image(path: str) -> Image:
+    """The module's image, loaded once for the whole analysis (the one analyze's run and
+    suggestions use): the CFGs and callee verdicts cached per Image (leakdbt.dbt.cfg) then
+    serve every judgement instead of being rebuilt for each region.  A file that does not
+    load raises load_image's error, as a fresh load would."""
+    image = image_of(path)
+    return image if image is not None else load_image(path)
 
 
 def _serves(kind: str, passes: Iterable[str]) -> bool:

@@ -7,10 +7,19 @@ branch the way that stays in the loop every time, and counts how many times the 
 per entry until the loop leaves by another exit.  That is the trip count when the secret
 never exits early — the public maximum, for the public inputs of that run (the contract's
 ``check.args``).  The run is for counting only (the program then goes on as if the
-comparison had succeeded).  A loop that no other exit ends within :data:`MAX_TRIPS`
-iterations, or whose entries all end otherwise (a fault, the end of the run), has no bound.
-The same run measures each inner loop's bound (``inner_bounds``): the most iterations one
-entry of it ran (an entry: reaching its header other than from one of its latches).
+comparison had succeeded).  The same run measures each inner loop's bound
+(``inner_bounds``): the most iterations one entry of it ran (an entry: reaching its header
+other than from one of its latches).
+
+The counting is finite, whatever the loop does once its secret exit is suppressed (it may
+walk past its data and never end): each loop has a *trip budget* (:func:`trip_budget`, a
+multiple of how often the tainted run saw its secret branch), past which the secret exit of
+that entry is let through, and the caller gives the run an instruction budget (a multiple of
+the tainted run's instructions: :func:`insn_budget`), which ends it.  Neither depends on
+time.  An entry that ran out of trips, or that the end of the run (the instruction budget, a
+fault, ``exit``) cut short, gives no trip count; a loop with none has no bound, and
+:meth:`LoopCounter.unknown` says why ("loop bound unknown"): analyze writes the region with
+that reason and no ``bound``, which bounded-loop refuses until the user adds one.
 """
 
 from __future__ import annotations
@@ -24,7 +33,24 @@ from leakdbt.errors import LeakDBTError
 from leakdbt.machine.machine import Machine
 
 Hook = Callable[[int, int], None]  # a code hook: (address, size)
-MAX_TRIPS = 1 << 20  # iterations of one entry after which the secret exit is let through
+MAX_TRIPS = 1 << 20  # the most iterations of one entry with the secret exit suppressed
+TRIP_FLOOR = 1024  # the least trip budget of a loop
+TRIP_FACTOR = 16  # trip budget: this many times the secret branch's runs in the taint run
+INSN_FLOOR = 5_000_000  # the least instruction budget of a counting run
+INSN_FACTOR = 8  # its budget: this many times the instructions of the tainted run
+
+
+def trip_budget(seen: int) -> int:
+    """The iterations one entry of a loop may run with its secret exit suppressed, when the
+    tainted run ran its secret branch ``seen`` times: one entry of the counting run may
+    well run longer than the tainted run's (that is what it measures), but not without
+    end."""
+    return min(MAX_TRIPS, max(TRIP_FLOOR, TRIP_FACTOR * seen))
+
+
+def insn_budget(seen: int) -> int:
+    """The instructions a counting run may execute, when the tainted run took ``seen``."""
+    return INSN_FLOOR + INSN_FACTOR * seen
 
 # jcc condition -> whether it holds, from RFLAGS (CF 0, PF 2, ZF 6, SF 7, OF 11)
 _CONDITIONS: dict[str, Callable[[int], bool]] = {
@@ -86,6 +112,9 @@ class _Loop:
     last: int | None = None  # the loop's last instruction run in the current entry
     count: int = 0  # header runs in the current entry
     counts: list[int] = field(default_factory=list)  # one per entry that left by another exit
+    budget: int = MAX_TRIPS  # iterations of one entry with the secret exit suppressed
+    ran_out: int = 0  # entries whose secret exit was let through at the budget
+    cut: int = 0  # entries the end of the run cut short
     # inner loops, by runtime header: [the ends of their latches, trips this entry, most]
     inner: dict[int, tuple[frozenset[int], list[int]]] = field(default_factory=dict)
 
@@ -103,11 +132,13 @@ class LoopCounter:
         self.machine = machine
         self.loops: dict[str, _Loop] = {}  # by the caller's name for each
 
-    def watch(self, name: str, loop: CodeRegion, secret_exit: int, bias: int) -> None:
+    def watch(self, name: str, loop: CodeRegion, secret_exit: int, bias: int,
+              budget: int = MAX_TRIPS) -> None:
         """Count ``loop`` (link-time, module loaded at ``bias``), whose secret exit is the
-        branch at link-time ``secret_exit``, as ``name``."""
+        branch at link-time ``secret_exit``, as ``name``; ``budget``: the iterations of one
+        entry after which its secret exit is let through."""
         inside = set(loop.blocks)
-        state = _Loop(loop.entry + bias, secret_exit + bias)
+        state = _Loop(loop.entry + bias, secret_exit + bias, budget=max(budget, 1))
         for h, latches in inner_loops(loop).items():
             state.inner[h + bias] = (frozenset(loop.cfg.blocks[a].last.address + bias
                                                for a in latches), [0, 0])
@@ -150,9 +181,13 @@ class LoopCounter:
 
         def hook(address: int, size: int) -> None:
             goes = target if taken(mnemonic, machine.reg("eflags")) else fall
-            if goes != stay and state.count < MAX_TRIPS:
+            if goes == stay:
+                return
+            if state.count < state.budget:
                 state.last = address
                 machine.set_reg("rip", stay)
+            else:
+                state.ran_out += 1
         return hook
 
     @staticmethod
@@ -176,8 +211,25 @@ class LoopCounter:
         state = self.loops.get(name)
         if state is None:
             return ()
-        state.leave()
+        if state.last is not None:  # the run ended inside the loop: no trip count
+            state.cut += 1
+            state.last, state.count = None, 0
         return tuple(state.counts)
+
+    def unknown(self, name: str) -> str:
+        """Why the loop watched as ``name`` has no bound (after :meth:`trips` gave none)."""
+        state = self.loops.get(name)
+        if state is None:
+            return "the counting run never reached it"
+        why = []
+        if state.ran_out:
+            why.append(f"{state.ran_out} entr{'y' if state.ran_out == 1 else 'ies'} ran "
+                       f"{state.budget} iterations (the trip budget) without leaving by "
+                       "another exit")
+        if state.cut:
+            why.append("the counting run ended inside it (its instruction budget, a fault "
+                       "or an exit)")
+        return "; ".join(why) or "no entry left it by another exit"
 
 
 def inner_loops(loop: CodeRegion) -> dict[int, set[int]]:

@@ -46,6 +46,7 @@ from capstone import x86_const as x86
 
 from leakdbt.analysis import vector_rules as vr
 from leakdbt.x86.insn import detail_decoder
+from leakdbt.x86.memaccess import memory_access
 
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -156,9 +157,12 @@ def decode(cs_insn: CsInsn) -> Insn:
             mnemonic = mnemonic[len(prefix):]
     ops: list[Op] = []
     explicit: set[str] = set()
-    for o in cs_insn.operands:
+    for n, o in enumerate(cs_insn.operands):
         access = o.access or 0
-        read, written = bool(access & 1) or access == 0, bool(access & 2)
+        if o.type == x86.X86_OP_MEM:  # Capstone marks some stores read-only: corrected
+            read, written = memory_access(mnemonic, n, access)
+        else:
+            read, written = bool(access & 1) or access == 0, bool(access & 2)
         if o.type == x86.X86_OP_REG:
             loc = reg_loc(o.reg)
             if loc is not None:

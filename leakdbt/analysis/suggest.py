@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
-from leakdbt.analysis.findings import AnalysisFinding
+from leakdbt.analysis.findings import AnalysisFinding, TableObject
 from leakdbt.analysis.loops import exit_loop
 from leakdbt.contract.edit import RegionEntry
 from leakdbt.contract.load import parse_location
@@ -44,6 +44,7 @@ class LoopCandidate:
     module: str | None  # None: the main program (as LoadedModule.is_named takes it)
     region: CodeRegion
     branch: int  # the secret exit
+    seen: int = 0  # how often the tainted run(s) ran the secret exit (its trip budget)
 
 
 def exit_loops(findings: list[AnalysisFinding], places: Mapping[str, Place],
@@ -67,23 +68,28 @@ def exit_loops(findings: list[AnalysisFinding], places: Mapping[str, Place],
             header = image.symbolize(loop.entry) or f"{loop.entry:#x}"
             out[f.location] = LoopCandidate(_qualified(place, header),
                                             None if place.is_main else place.module, loop,
-                                            place.link_address)
+                                            place.link_address, f.count)
     return out
 
 
 def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
             functions: Mapping[str, RegionEntry], removed: set[str],
             loops: Mapping[str, LoopCandidate], trips: Mapping[str, tuple[int, ...]],
-            inner: Mapping[str, Mapping[int, int]] | None = None
+            inner: Mapping[str, Mapping[int, int]] | None = None,
+            unknown: Mapping[str, str] | None = None
             ) -> tuple[list[RegionEntry], dict[str, RegionEntry]]:
     """The regions to suggest, and the one covering each finding (by location).
 
     ``functions``: function regions by function name; ``removed``: locations of the
     findings that running those regions removes; ``loops``: loop candidates by finding
     location, ``trips`` the trip counts a run saw per entry, by header (loops.py), and
-    ``inner`` their inner loops' bounds (offset from the header -> most trips)."""
+    ``inner`` their inner loops' bounds (offset from the header -> most trips), ``unknown``
+    why a loop without trip counts has no bound (LoopCounter.unknown)."""
     entries: dict[str, RegionEntry] = {}
     covered: dict[str, RegionEntry] = {}  # block -> the branch or loop region holding it
+    # table regions: every data object their findings touched, and the findings that
+    # touched memory in none
+    tables: dict[str, tuple[dict[TableObject, None], list[str]]] = {}
     covering: dict[str, RegionEntry] = {}
     first_function = next(iter(functions.values()), None)
     order = sorted(findings, key=lambda f: (f.location not in loops,
@@ -101,14 +107,17 @@ def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
             entries[whole.at] = covering[f.location] = whole
             continue
         loop = loops.get(f.location)
-        entry = _loop_entry(loop, trips.get(loop.at, ()), f, (inner or {}).get(loop.at, {})) \
-            if loop is not None else \
+        entry = _loop_entry(loop, trips.get(loop.at, ()), f, (inner or {}).get(loop.at, {}),
+                            (unknown or {}).get(loop.at, "")) if loop is not None else \
             suggest_region(f.kind, place, image, f.instruction, TOOL)
         if entry is None:
             continue
-        if entry.kind == "table" and f.table is not None:
-            entry = replace(entry, table=f.table)
         owner = covered.get(entry.at) or entries.get(entry.at)
+        if (owner or entry).kind == "table" and f.kind is LeakKind.MEMORY_ACCESS:
+            objects, misses = tables.setdefault((owner or entry).at, ({}, []))
+            objects.update(dict.fromkeys(f.tables))
+            if f.untabled:
+                misses.append(f.location)
         if owner is not None:
             covering[f.location] = owner
             continue
@@ -117,18 +126,59 @@ def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
             covered.update(dict.fromkeys(_names(loop.region.blocks, place, image), entry))
         elif entry.kind == "branch":
             covered.update(dict.fromkeys(_branch_blocks(entry, place, image), entry))
-    return list(entries.values()), covering
+    bounded = {e: table_bounds(e, list(tables[e.at][0]), tables[e.at][1])
+               if e.kind == "table" and e.at in tables else e for e in entries.values()}
+    return list(bounded.values()), {k: bounded.get(v, v) for k, v in covering.items()}
+
+
+def table_bounds(entry: RegionEntry, objects: list[TableObject], unknown: list[str]
+                 ) -> RegionEntry:
+    """``entry`` (a table region) with the bounds that cover every data object its
+    secret-indexed accesses touched in the run(s):
+
+    - one object: its symbol (the pass reads its size);
+    - several, all in one PT_LOAD segment of one module: the first object's symbol with the
+      length up to the last's end (a table's ``length`` may run past its symbol, inside
+      its segment), the objects named in ``why``.  A block that indexes SP1..SP8 or
+      TE0..TE3 then has every lookup in contract; the bytes between the objects are read
+      too (cost, not correctness: they are in the segment);
+    - otherwise (objects in several modules or segments, or an access that also touched
+      memory in no object: ``unknown``): no bounds, and ``why`` says why: the pass then
+      ties each access to the object at its address where it can (docs/passes.md)."""
+    if not objects:
+        return entry
+    objects = sorted(objects, key=lambda o: (o.module or "", o.start))
+    names = ", ".join(o.name or o.symbol for o in objects)
+    if unknown:
+        return replace(entry, why=f"{entry.why}; no table named: {unknown[0]} also touched "
+                                  f"memory in no data object (besides {names})")
+    first = objects[0]
+    if not first.name:
+        return replace(entry, why=f"{entry.why}; no table named: another symbol has the name "
+                                  f"of {first.symbol}, where {names} start")
+    if len(objects) == 1:
+        return replace(entry, table=first.name)
+    end = max(o.end for o in objects)
+    if len({(o.module, o.segment) for o in objects}) != 1 or first.segment < 0:
+        return replace(entry, why=f"{entry.why}; no table named: it indexes {names}, which "
+                                  "lie in different segments (no one span covers them)")
+    return replace(entry, table=first.name, length=end - first.start,
+                   why=f"{entry.why}; it indexes {len(objects)} tables ({names}): the span "
+                       f"from {first.name} covers them")
 
 
 def _loop_entry(loop: LoopCandidate, trips: tuple[int, ...], f: AnalysisFinding,
-                inner: Mapping[int, int] | None = None) -> RegionEntry:
+                inner: Mapping[int, int] | None = None, unknown: str = "") -> RegionEntry:
     """A loop region whose bound is the largest trip count seen.  Entries that ran fewer
     iterations are named: the bounded loop runs the bound on them too, so every buffer the
-    loop walks must have room for it (docs/passes.md, bounded-loop)."""
+    loop walks must have room for it (docs/passes.md, bounded-loop).  No trip count: the
+    region has no bound ("loop bound unknown", ``unknown`` saying why), which bounded-loop
+    refuses until the user gives one."""
     why = f"{TOOL}: control-flow leak at {f.location} ({f.instruction}) leaves the loop"
     if not trips:
-        why += ("; with that exit suppressed no other exit ended it, so its public trip "
-                "count is unknown: add bound = the loop's maximum number of iterations")
+        why += (f"; loop bound unknown: with that exit suppressed "
+                f"{unknown or 'no other exit ended it'}: add bound = the loop's maximum "
+                "number of iterations")
         return RegionEntry(loop.at, "loop", why)
     bound = max(trips)
     why += f"; with that exit suppressed it ran {bound} iterations (the bound)"

@@ -26,7 +26,8 @@ class RegionEntry:
     at: str  # a location as contracts write it: ``modexp+0x20``, ``libc.so.6:memcmp``
     kind: str  # branch, table, divide, loop, float, function
     why: str = ""
-    table: str | None = None  # kind = "table": the table's symbol
+    table: str | None = None  # kind = "table": the table's symbol (or link-time address)
+    length: int | None = None  # kind = "table": its length when not the symbol's size
     bound: int | None = None  # kind = "loop": the public maximum trip count
     inner_bounds: tuple[tuple[str, int], ...] = ()  # kind = "loop": (inner header, bound)
     comment: str = ""  # ``#`` lines above the table (analyze: why no pass accepts it)
@@ -34,7 +35,8 @@ class RegionEntry:
     def toml(self) -> str:
         notes = [f"# {line}" for line in textwrap.wrap(self.comment, 92)]
         return "\n".join(notes + region_lines(
-            self.at, self.kind, symbol=self.table or None, bound=self.bound, why=self.why,
+            self.at, self.kind, symbol=self.table or None, length=self.length,
+            bound=self.bound, why=self.why,
             inner_bounds=self.inner_bounds)) + "\n"
 
 

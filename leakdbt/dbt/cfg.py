@@ -13,7 +13,12 @@ can be read from the bounds check in front of it (``cmp I, N; ja default``) or f
 of the index (``and I, 2**k - 1``).  In PIE code the table's address comes from the one
 ``lea B, [rip + T]`` that sets the base register on every path to the jump; gcc often hoists
 it out of a loop, blocks away.  Every other indirect jump is recorded as unknown.  Calls to
-functions known not to return (:data:`NORETURN`, under any alias) end their block's paths.
+functions that do not return end their block's paths (the block is a *dead end*, as is one
+that stops: ``hlt``, ``ud2``).  A callee does not return when its name (under any alias) is
+in the library table :data:`NORETURN`, or, generally, when its own CFG (decoded with that
+table only, once per image) has no path that returns: every reachable block ends in a dead
+end, a jump back into the function, or an endless loop, with no return, no tail call, no
+unknown indirect jump and no undecodable byte (``die(msg) { fprintf(...); exit(1); }``).
 A block that runs off the end of the function has a fall-through edge out of it.
 
 Dominators and post-dominators use the iterative algorithm of Cooper, Harvey and Kennedy,
@@ -93,6 +98,11 @@ class Block:
         return self.insns[-1]
 
     @property
+    def dead_end(self) -> bool:
+        """Does the program's path end here: a call that does not return, or a stop?"""
+        return not self.succs and self.last.flow in (Flow.CALL, Flow.STOP)
+
+    @property
     def call_target(self) -> int | None:
         """The callee of a block that ends with a direct call."""
         return self.last.target if self.last.flow is Flow.CALL else None
@@ -156,11 +166,23 @@ class FunctionCFG:
         Exits are returns, stops, tail calls, unknown indirect jumps and calls that do not
         come back; blocks that cannot reach any (endless loops) are absent.
         """
+        return self._postdominators(self._leaves)
+
+    @cached_property
+    def joins(self) -> dict[int, int | None]:
+        """Immediate post-dominators when the paths that end the program (dead ends: calls
+        that do not return, stops) are left out, as compilers do for ``unreachable``: where
+        the paths that go on meet (``if (s) { assert(x); a = 1; } else a = 2;`` meets after
+        the ``if``).  Blocks from which every path ends the program or loops forever are
+        absent."""
+        return self._postdominators(lambda b: self._leaves(b) and not b.dead_end)
+
+    def _postdominators(self, leaves: Callable[[Block], bool]) -> dict[int, int | None]:
         exit_node = -1
-        exits = [b.start for b in self.blocks.values() if self._leaves(b)]
+        exits = [b.start for b in self.blocks.values() if leaves(b)]
         preds_rev: dict[int, list[int]] = {exit_node: []}  # reverse graph: preds = succs
         for b in self.blocks.values():
-            preds_rev[b.start] = b.inside_succs() + ([exit_node] if self._leaves(b) else [])
+            preds_rev[b.start] = b.inside_succs() + ([exit_node] if leaves(b) else [])
 
         def succs_rev(n: int) -> list[int]:
             return exits if n == exit_node else self.blocks[n].preds
@@ -190,22 +212,89 @@ class FunctionCFG:
 
 CodeReader = Callable[[int, int], bytes]
 """Reads ``size`` bytes at a link-time address of the module (b"" when unmapped)."""
+DecodeMemo = dict[tuple[int, int], Insn | None]
+"""(address, bytes read there) -> the instruction decoded from them (None: undecodable).
+Only for one fixed ``read`` (one image's code): the key then determines the bytes."""
 
 
 def recover(name: str, entry: int, bounds: Iterable[tuple[int, int]], read: CodeReader,
             extra_leaders: Iterable[int] = (), symbol_at: Callable[[int], str | None]
-            = lambda a: None) -> FunctionCFG:
+            = lambda a: None, noreturn: Callable[[int], bool] | None = None,
+            decoded: DecodeMemo | None = None) -> FunctionCFG:
     """Recover the CFG of the function at ``entry`` whose code lies in ``bounds``.
 
     ``extra_leaders`` start blocks even where no branch targets them (e.g. a contract region
-    that begins mid-block); ``symbol_at`` names call targets (to know non-returning calls).
+    that begins mid-block); ``symbol_at`` names call targets (to know non-returning calls
+    by :data:`NORETURN`); ``noreturn(target)``, when given, also says a callee does not
+    return; ``decoded``, when given, memoizes decodings of ``read``'s bytes (see
+    :data:`DecodeMemo`).
     """
-    return _Builder(name, entry, tuple(bounds), read, symbol_at).build(set(extra_leaders))
+    def named(address: int) -> bool:
+        callee = symbol_at(address)
+        return callee is not None and callee.split("@")[0] in NORETURN
+
+    def ends(address: int) -> bool:
+        return named(address) or (noreturn is not None and noreturn(address))
+
+    return _Builder(name, entry, tuple(bounds), read, ends, decoded).build(set(extra_leaders))
 
 
-def function_cfg(image: Image, func: Symbol, extra_leaders: Iterable[int] = ()) -> FunctionCFG:
-    """The CFG of function symbol ``func`` of ``image``, with its gcc ``.cold`` parts."""
+def returns_never(cfg: FunctionCFG) -> bool:
+    """Has ``cfg`` no path that returns (see the module doc)?  Unknown code counts as
+    returning: an unknown indirect jump, an undecodable byte, a tail call or a fall off the
+    function's end."""
+    if cfg.unknown_jumps or cfg.undecodable or not cfg.reachable:
+        return False
+    for start in cfg.reachable:
+        b = cfg.blocks[start]
+        if b.last.flow is Flow.RETURN or any(not e.inside for e in b.succs):
+            return False
+    return True
+
+
+def function_cfg(image: Image, func: Symbol, extra_leaders: Iterable[int] = (),
+                 general: bool = True) -> FunctionCFG:
+    """The CFG of function symbol ``func`` of ``image``, with its gcc ``.cold`` parts;
+    ``general``: callees that never return are also found by their own CFG (else only by
+    :data:`NORETURN`).
+
+    Built once per (image, symbol, extra leaders, ``general``) and shared: callers must not
+    change the graph (nothing does; the blocks, edges and the lazily computed dominator
+    trees are read only).  Analyze judges each region by asking every pass, and a pass that
+    clones callees asks for their CFGs again each time; rebuilding them cost most of a
+    library analysis.
+    """
+    leaders = frozenset(extra_leaders)
+    if not image.data:  # its code is read from the file each time: nothing is fixed
+        return _build_function_cfg(image, func, leaders, general)
+    cache = _cfg_cache(image)
+    key = (func, leaders, general)
+    cfg = cache.get(key)
+    if cfg is None:
+        cfg = cache[key] = _build_function_cfg(image, func, leaders, general)
+    return cfg
+
+
+@per_image
+def _cfg_cache(image: Image) -> dict[tuple[Symbol, frozenset[int], bool], FunctionCFG]:
+    """(symbol, extra leaders, general) -> its CFG, for one Image object.
+
+    Sound because everything the CFG is built from is fixed for that object: an Image is
+    frozen, its code is the immutable ``data`` bytes read when it was loaded (a changed file
+    is a new Image: a new cache; an Image without ``data``, which reads its file each time,
+    is not cached), and the symbol (name, address, size, kind), the extra leaders and
+    ``general`` are the whole rest of the input; the callee verdicts it uses are themselves
+    a function of the image alone.  Keyed by the Image's identity (as
+    :func:`per_image` says) and dropped when it dies, so two images never share an entry,
+    even ones loaded from the same path.
+    """
+    return {}
+
+
+def _build_function_cfg(image: Image, func: Symbol, extra_leaders: frozenset[int],
+                        general: bool) -> FunctionCFG:
     index = _symbol_index(image)
+    decoded = _decoded(image) if image.data else None
     bounds = [image.extent(func)]
     # gcc names the split-off part after the name it compiled, which may be an alias of the
     # symbol image.functions chose for the address (_IO_fclose / _IO_new_fclose.cold).
@@ -217,13 +306,43 @@ def function_cfg(image: Image, func: Symbol, extra_leaders: Iterable[int] = ()) 
         aliases = index.names_at.get(address, ())
         return next((n for n in aliases if n in NORETURN), aliases[0] if aliases else None)
 
-    return recover(func.name, func.value, bounds, image.read, extra_leaders, symbol_at)
+    if not general:
+        return recover(func.name, func.value, bounds, image.read, extra_leaders, symbol_at,
+                       decoded=decoded)
+    verdicts = _noreturn_verdicts(image)
+
+    def noreturn(address: int) -> bool:
+        if address not in verdicts:
+            callee = index.functions.get(address)
+            verdicts[address] = callee is not None and returns_never(
+                function_cfg(image, callee, general=False))
+        return verdicts[address]
+
+    return recover(func.name, func.value, bounds, image.read, extra_leaders, symbol_at,
+                   noreturn, decoded)
+
+
+@per_image
+def _decoded(image: Image) -> DecodeMemo:
+    """Instructions decoded from ``image.read``, shared by all its CFGs (a callee's code is
+    decoded for its own CFG and again for the verdict on whether it returns).  Sound for
+    the same reason as :func:`_cfg_cache`: the image's bytes never change, so an address
+    and a length fix the bytes decoded, and decoding is a pure function of them and the
+    address (an :class:`Insn` is immutable)."""
+    return {}
+
+
+@per_image
+def _noreturn_verdicts(image: Image) -> dict[int, bool]:
+    """Callee address -> does it never return (by its own CFG), learnt once per image."""
+    return {}
 
 
 @dataclass(frozen=True)
 class _SymbolIndex:
     names_at: dict[int, tuple[str, ...]]  # function names by address (aliases included)
     cold_parts: dict[str, tuple[Symbol, ...]]  # NAME -> its NAME.cold / NAME.cold.N parts
+    functions: dict[int, Symbol]  # image.functions by address
 
 
 @per_image
@@ -239,17 +358,20 @@ def _symbol_index(image: Image) -> _SymbolIndex:
         if dot and (not rest or rest.startswith(".")):
             cold.setdefault(base, []).append(sym)
     return _SymbolIndex({a: tuple(n) for a, n in names.items()},
-                        {b: tuple(c) for b, c in cold.items()})
+                        {b: tuple(c) for b, c in cold.items()},
+                        {f.value: f for f in image.functions})
 
 
 class _Builder:
     def __init__(self, name: str, entry: int, bounds: tuple[tuple[int, int], ...],
-                 read: CodeReader, symbol_at: Callable[[int], str | None]) -> None:
+                 read: CodeReader, noreturn: Callable[[int], bool],
+                 decoded: DecodeMemo | None = None) -> None:
         self.name = name
         self.entry = entry
         self.bounds = bounds
         self.read = read
-        self.symbol_at = symbol_at
+        self.noreturn = noreturn
+        self.decoded: DecodeMemo = {} if decoded is None else decoded
         self.refused: set[int] = set()  # indirect jumps whose table guess did not hold
         self.reset()
 
@@ -269,7 +391,11 @@ class _Builder:
         if address in self.insns:
             return self.insns[address]
         hi = next(h for lo, h in self.bounds if lo <= address < h)
-        insn = decode(self.read(address, min(15, hi - address)), address)
+        size = min(15, hi - address)  # an instruction may not run past the function's end
+        if (address, size) in self.decoded:
+            insn = self.decoded[address, size]
+        else:
+            insn = self.decoded[address, size] = decode(self.read(address, size), address)
         if insn is not None:
             self.insns[address] = insn
         else:
@@ -326,8 +452,7 @@ class _Builder:
             return [insn.target]
         if insn.flow is Flow.CALL:
             assert insn.target is not None
-            callee = self.symbol_at(insn.target)
-            if callee is not None and callee.split("@")[0] in NORETURN:
+            if self.noreturn(insn.target):
                 self.noreturn_calls.add(insn.address)
             return []
         if insn.flow is Flow.INDIRECT_JUMP:

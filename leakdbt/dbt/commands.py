@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from leakdbt.cli_params import binary_argument
 from leakdbt.errors import UsageError
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ FORMATS = ("text", "json", "dot", "svg")
 
 
 @click.command("blocks")
-@click.argument("binary", type=click.Path(dir_okay=False))
+@binary_argument()
 @click.option("--function", "-f", "names", multiple=True, metavar="NAME",
               help="A function to show (repeatable; default: every function symbol).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,

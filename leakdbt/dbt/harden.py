@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from leakdbt.contract.mapping import SWITCHED_OFF, PassStep, Skipped
+from leakdbt.contract.mapping import PASS_KIND, SWITCHED_OFF, PassStep, Skipped
 from leakdbt.dbt.calls import Linker, ResolveLater
 from leakdbt.dbt.cfg import Block, function_cfg
 from leakdbt.dbt.passes import LoadedPass
@@ -65,23 +65,42 @@ class RegionNeeds:
 
 @dataclass
 class Outcome:
-    """What happened to one region."""
+    """What happened to one region.
+
+    A region of a kind (``branch``, ``table``, ``divide``, ...) is hardened only when a pass
+    of that kind applied (:data:`~leakdbt.contract.mapping.PASS_KIND`: ``if-conversion`` for
+    a branch, ``oblivious-table`` for a table, ...) and no pass refused: the per-instruction
+    passes a branch or loop region also gets (``ct-division`` on its divisions, ...) do not
+    remove the leak it was named for.  A region without a kind is hardened when any pass
+    applied and none refused."""
 
     name: str
     applied: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (pass, reason)
     passed_over: list[tuple[str, str]] = field(default_factory=list)  # (pass, why not)
+    kind: str | None = None  # the contract's kind for the region
+    needed: tuple[str, ...] = ()  # the passes of that kind (one must apply)
 
     @property
     def hardened(self) -> bool:
-        return bool(self.applied) and not self.refused
+        if self.refused or not self.applied:
+            return False
+        return not self.needed or any(p in self.applied for p in self.needed)
 
     def reason(self) -> str:
         """Why the region is not (fully) hardened, one line."""
         if self.refused:
             return "; ".join(f"{p}: {why}" for p, why in self.refused)
         parts = [f"{p}: {why}" for p, why in self.passed_over]
+        if self.applied and self.needed:  # the wording analyze's region growing uses
+            return (f"no pass for a {self.kind} region applied (applied: "
+                    + ", ".join(self.applied) + ")")
         return "no pass applies (" + ("; ".join(parts) or "the plan has no pass") + ")"
+
+
+def kind_passes(kind: str | None) -> tuple[str, ...]:
+    """The passes that remove the leak a region of ``kind`` is named for (none: any)."""
+    return tuple(name for name, k in PASS_KIND.items() if k.value == kind)
 
 
 def region_view(region: CodeRegion, kind: str | None, bias: int = 0,
@@ -204,7 +223,7 @@ class Hardener:
         """The hardened copy of ``region`` (module loaded at ``bias``); ``linker`` resolves
         calls through the GOT (leakdbt.dbt.calls).  Raises ResolveLater when a pass needed
         a resolution the linker could not give yet, and the region is not hardened."""
-        outcome = Outcome(region.name)
+        outcome = Outcome(region.name, kind=needs.kind, needed=kind_passes(needs.kind))
         installed = {p.name: p for p in self.passes}
         outcome.passed_over = [(s.name, s.reason) for s in needs.skipped
                                if s.reason == SWITCHED_OFF]
@@ -262,6 +281,14 @@ class Hardener:
             passes = ", ".join(outcome.applied) or "no pass"
             raise HardeningError(f"{region.name}: the rewrite of {passes} cannot be laid "
                                  f"out: {e.one_line()}") from None
+
+    def not_formed(self, name: str, reason: str) -> None:
+        """Record a region the translator could not form (leakdbt.dbt.region: ``reason``,
+        one line): an error unless unhardened regions are allowed, else its original code
+        runs and the outcome says why."""
+        if not self.allow_unhardened:
+            raise HardeningError(reason)
+        self.outcomes.append(Outcome(name, refused=[("translator", reason)]))
 
     def _ask(self, loaded: LoadedPass, view: RegionView) -> Rewrite | Refusal | None:
         """The pass's answer for ``view`` (None: it does not apply).  A pass that raises is

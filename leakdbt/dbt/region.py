@@ -19,6 +19,11 @@ outside keeps running the original code.  Shape rules are therefore judged on th
 its copy sees it, entered only at the start: a cycle through its blocks must be entered only
 through a block that dominates it there (reducible), else it is irreducible flow.
 
+Dead ends.  A block that ends the program's path (a call to a function that does not return,
+such as ``__assert_fail``, or a stop: leakdbt.dbt.cfg) may be part of a branch region: that
+path of the region ends there, and the region's other paths still meet at the join, which
+is found with those paths left out (:attr:`~leakdbt.dbt.cfg.FunctionCFG.joins`).
+
 A region that cannot be formed is refused with :class:`RegionError`, whose message names
 the block and the reason.
 """
@@ -100,8 +105,9 @@ def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None
         raise RegionError(f"{name}: no path from '{block.last.text}' leaves {cfg.name} "
                           "(an endless loop)")
     # None: the paths meet only when the function returns; the region then runs to the
-    # returns (each path must end in one).
-    join = cfg.postdominators[at]
+    # returns (each path must end in one).  Paths that end the program (dead ends) do not
+    # count where the others meet.
+    join = cfg.joins[at] if at in cfg.joins else cfg.postdominators[at]
     members: list[int] = []
     stack = [at]
     while stack:
@@ -118,6 +124,8 @@ def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None
                 raise RegionError(f"{name}: exit from the middle: {_where(cfg, b)} leaves "
                                   f"{cfg.name} for {e.target:#x}")
         returns = blk.last.flow is Flow.RETURN
+        if blk.dead_end:
+            continue  # the program's path ends here (a pass ends it as the original does)
         if (returns and join is not None) or (not returns and not blk.inside_succs()):
             target = "the end of the region" if join is None else _where(cfg, join)
             raise RegionError(f"{name}: exit from the middle: {_where(cfg, b)} ends with "

@@ -72,6 +72,11 @@ class ReportingHardener(Hardener):
                              f"{outcome.reason()}")
         return t
 
+    def not_formed(self, name: str, reason: str) -> None:
+        super().not_formed(name, reason)
+        self.report_line(f"leakdbt: region {name} runs unhardened: "
+                         f"{self.outcomes[-1].reason()}")
+
 
 def protection(contract: Contract, profile: Profile, allow_unhardened: bool = False,
                strict: bool = False, report: Callable[[str], None] | None = None

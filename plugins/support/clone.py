@@ -50,6 +50,9 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``; each is the Refus
 - ``I: F calls itself (recursion is not cloned)``
 - ``the clones of the region's callees would run more than N instructions (clone_insns)``
 - ``F has a loop (I jumps back to 0xB): loops in callees are not cloned``
+- ``I ends the program's path in F (a dead end in a callee is not cloned)``: a call that
+  does not return, or a stop, inside a callee (in the region itself it is an exit:
+  plugins/if_conversion.py)
 - ``I leaves F for 0xT (a tail call or a jump out of the function is not cloned)``
 - ``I changes rsp by an amount not known before it runs``
 - ``RSP differs between the paths into 0xB of F``
@@ -74,6 +77,7 @@ from plugins.support.predication import (
     analyse,
     body,
     control_refusal,
+    dead_end,
     predicated_refusal,
     topological,
     where,
@@ -117,8 +121,8 @@ def expand_calls(region: RegionView, blocks: list[BlockView]) -> Graph:
     out = Graph(region.entry)
     for b in blocks:
         last = b.last
-        if last.flow not in (Flow.CALL, Flow.INDIRECT_CALL):
-            out.blocks.append(b)
+        if last.flow not in (Flow.CALL, Flow.INDIRECT_CALL) or dead_end(b):
+            out.blocks.append(b)  # a dead end's call is not cloned: it never returns
             continue
         entry = graph.clone(last, last.next, CLONE_BASE + 8, (), out)
         out.blocks.append(dataclasses.replace(b, insns=(*b.insns[:-1], _jump(last, entry)),
@@ -142,7 +146,7 @@ def cloned_instructions(region: RegionView) -> list[Insn]:
                     found.append(resolved[1])
         return found
 
-    frontier = callees(region.instructions())
+    frontier = callees([i for b in region.blocks if not dead_end(b) for i in b.insns])
     for _level in range(max_depth):
         nxt: list[tuple[BlockView, ...]] = []
         for blocks in frontier:
@@ -248,6 +252,9 @@ class _Builder:
             d = at.get(b.start)
             if d is None:
                 continue  # unreachable from the entry (cannot happen in a decoded CFG)
+            if dead_end(b):
+                raise Refused(f"{where(b.last, self.bias)} ends the program's path in {fname} "
+                              "(a dead end in a callee is not cloned)")
             for insn in body(b):
                 if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
                     continue

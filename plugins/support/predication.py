@@ -82,11 +82,14 @@ from leakdbt.plugin_api import (
     Rewrite,
     detail,
     detail_constants,
+    goto,
+    memory_access,
     original,
 )
 
 __all__ = ["INIT", "INSN_PASSES", "Engine", "InsnInfo", "Mem", "Pred", "Refused", "Terminator",
-           "analyse", "always_valid", "control_refusal", "covered", "is_string", "needs_flags",
+           "analyse", "always_valid", "control_refusal", "covered", "dead_end", "is_string",
+           "needs_flags",
            "predicated_refusal", "terminator", "topological", "writes_flags"]
 
 MAX_FRAME = 0x1000  # scratch bytes below REGION_SCRATCH a region may use
@@ -255,13 +258,12 @@ def analyse(insn: Insn) -> InsnInfo:
     mems: list[Mem] = []
     divisor: str | None = None
     width = 0
-    for op in ci.operands:
+    for n, op in enumerate(ci.operands):
         if op.type == k.op_mem and insn.mnemonic not in _NO_ACCESS:
             m = op.mem
             base = ci.reg_name(m.base) if m.base else None
             segment = ci.reg_name(m.segment) if m.segment else None
-            mems.append(Mem(op.size, bool(op.access & k.access_read) or not op.access,
-                            bool(op.access & k.access_write),
+            mems.append(Mem(op.size, *memory_access(insn.mnemonic, n, op.access),
                             segment if segment in ("fs", "gs") else None, base,
                             ci.reg_name(m.index) if m.index else None, m.scale, m.disp,
                             insn.rip_target if base == "rip" else None))
@@ -313,7 +315,7 @@ def _flag_access(eflags: int, insn: Insn) -> tuple[bool, bool, bool]:
 @dataclass(frozen=True)
 class Terminator:
     """How control leaves a block: ``branch`` (jcc: ``cc``, ``taken``, ``fall``), ``jump``
-    or ``fall`` (to ``taken``), or ``ret``."""
+    or ``fall`` (to ``taken``), ``ret``, or ``end`` (a dead end, :func:`dead_end`)."""
 
     kind: str
     taken: int | None = None
@@ -347,9 +349,20 @@ def control_refusal(insn: Insn, bias: int) -> str | None:
     return None
 
 
+def dead_end(block: BlockView) -> bool:
+    """Does the program's path end with this block: a call the translator knows does not
+    return (``abort``, ``__assert_fail``, a function with no return path), or a stop
+    (``hlt``, ``ud2``)?  The translator gives such a block no successor.  A whole-region
+    rewrite does not run it predicated: where its predicate is on, control leaves for the
+    original code (:meth:`Engine.block`), which ends the program as the original does."""
+    return not block.successors and block.last.flow in (Flow.CALL, Flow.STOP)
+
+
 def terminator(block: BlockView) -> Terminator:
     """The block's terminator (its successors as the original decides them)."""
     last = block.last
+    if dead_end(block):
+        return Terminator("end")
     if last.flow is Flow.BRANCH:
         assert last.target is not None
         return Terminator("branch", last.target, last.next, last.mnemonic[1:])
@@ -361,7 +374,10 @@ def terminator(block: BlockView) -> Terminator:
 
 
 def body(block: BlockView) -> tuple[Insn, ...]:
-    """The block's instructions without a final branch, jump or return."""
+    """The block's instructions without a final branch, jump or return; none for a dead
+    end (they run only in the original code, :func:`dead_end`)."""
+    if dead_end(block):
+        return ()
     if block.last.flow in (Flow.BRANCH, Flow.JUMP, Flow.RETURN):
         return block.insns[:-1]
     return block.insns
@@ -538,9 +554,11 @@ class Engine:
     when an instruction needs them in the register, ``pushfq`` only when they would be lost.
     """
 
-    def __init__(self, bias: int) -> None:
+    def __init__(self, bias: int, floor: int = 0) -> None:
+        """``floor``: how far below the region's RSP conditional code may move RSP (its
+        slots then start that much deeper, below every RSP the code runs with)."""
         self.bias = bias
-        self.top = REGION_SCRATCH
+        self.top = REGION_SCRATCH + floor
         self.deepest = self.top
         self.t1 = self.alloc()  # RAX while borrowed
         self.t2 = self.alloc()  # RCX while borrowed
@@ -554,11 +572,14 @@ class Engine:
         self.saved = False
         self.preds: dict[int, Pred | None] = {}  # None: always on
         self.init_placed = False  # INIT goes after the first always-on block (RSP final)
-        # Callee clones (plugins/support/clone.py) move RSP: how far below the region's RSP
-        # it is now, at the start of each block (by its key) and after each instruction.
+        # Callee clones (plugins/support/clone.py) and a branch region's own epilogues move
+        # RSP: how far below the region's RSP it is now, at the start of each block (by its
+        # key) and after each instruction.
         self.depth = 0
         self.entry_depths: dict[int, int] = {}
         self.deltas: dict[int, int] = {}  # instruction address -> what it adds to the depth
+        self.rebased: frozenset[int] = frozenset()  # clone instructions (see original())
+        self.stubs: list[str] = []  # out-of-line exits of dead ends, after the code
 
     def at(self, off: int, ptr: str = "qword") -> str:
         """The slot ``off`` as a memory operand where RSP is now."""
@@ -577,7 +598,7 @@ class Engine:
         values = {self.zero: 0, self.one: 1, self.high_one: 0x100}
         init = [f"mov {slot(c)}, {values[c]:#x}" for c in sorted(self.consts)]
         out: list[str] = []
-        for line in lines:
+        for line in [*lines, *self.stubs]:
             out += init if line == INIT else [line]
         return out
 
@@ -626,23 +647,24 @@ class Engine:
     def run(self, order: Sequence[BlockView], infos: dict[int, InsnInfo],
             inside: Callable[[int, int], bool], special: Special,
             unmasked: Callable[[int], frozenset[str]] = lambda b: frozenset(),
-            late: Sequence[str] = ()) -> list[str]:
+            late: Sequence[str] = (), final_depth: int = 0) -> list[str]:
         """Lines running the blocks of ``order`` (topological; the first one's predicate in
         ``self.preds``, or none: always on).  ``inside(a, b)``: the engine propagates the
         predicate along the edge a -> b (b is a later block of ``order``); other edges go
         to ``special``.  ``late``: lines at the end of the last block's commit (RAX
-        borrowed, flags free)."""
+        borrowed, flags free).  ``final_depth``: where RSP is left (below the region's)."""
         npreds: dict[int, int] = {}
         for b in order:
             for s in successors(b):
                 if inside(b.start, s):
                     npreds[s] = npreds.get(s, 0) + 1
         out: list[str] = []
+        last = max(n for n, b in enumerate(order) if not dead_end(b)) if late else -1
         for n, b in enumerate(order):
             out += self.move_to(self.entry_depths.get(b.start, 0))
             out += self.block(b, infos, self.preds.get(b.start), inside, npreds, special,
-                              unmasked(b.start), late if n == len(order) - 1 else ())
-        return out + self.move_to(0)
+                              unmasked(b.start), late if n == last else ())
+        return out + self.move_to(final_depth)
 
     def block(self, block: BlockView, infos: dict[int, InsnInfo], pred: Pred | None,
               inside: Callable[[int, int], bool], npreds: dict[int, int], special: Special,
@@ -650,6 +672,8 @@ class Engine:
         """Lines running ``block`` under ``pred`` (None: always on).  ``unmasked``:
         registers whose writes are kept even when the predicate is off."""
         term = terminator(block)
+        if term.kind == "end":
+            return self._dead_end(block, pred)
         insns = [infos[i.address] for i in body(block)]
         edges = [(t, k) for t, k in ((term.taken, "taken"), (term.fall, "fall"))
                  if t is not None]
@@ -687,13 +711,32 @@ class Engine:
         self.top = mark
         return out
 
+    def _dead_end(self, block: BlockView, pred: Pred | None) -> list[str]:
+        """A dead end (:func:`dead_end`): when its predicate is on, the state is the one the
+        original has at the block (every block before it on its path ran, every other one
+        was undone), so control leaves (``jcc`` to an exit after the code) for the original:
+        the logical flags back in the register, the block's instructions (as ``.insn``, so
+        per-instruction passes' replacements hold there too), then a jump to the original
+        call or stop itself, which pushes the original return address.  Nothing after it
+        needs predicating: the program's path ends there.  When the predicate is off,
+        nothing runs but the test."""
+        label = f"pe_end{len(self.stubs)}"
+        tail = [*(original(i.address) for i in block.insns[:-1]),
+                f"jmp {goto(block.last.address)}"]
+        if pred is None:  # always taken: the code after it never runs
+            return [*self.flags_to_reg(), *tail]
+        out = [*self.flags_to_slot(), pred.test(self.depth), f"j{pred.on} {label}"]
+        self.stubs += [f"{label}:", *self.load_flags(self.fl), *tail]
+        self.live = False  # the test clobbered them; the slot ``fl`` holds the logical flags
+        return out
+
     def original(self, info: InsnInfo) -> list[str]:
         """``.insn`` for the instruction.  A callee clone's ``add``/``sub rsp, imm`` runs
         with RSP where the original call has it (``lea``s, flags untouched, around it): its
         flags depend on RSP's value, and must be the original's."""
         address = info.insn.address
-        if self.deltas.get(address) and info.flags_write and info.insn.mnemonic in ("add",
-                                                                                  "sub"):
+        if address in self.rebased and self.deltas.get(address) and info.flags_write \
+                and info.insn.mnemonic in ("add", "sub"):
             return [f"lea rsp, [rsp + {CLONE_BASE:#x}]", original(address),
                     f"lea rsp, [rsp - {CLONE_BASE:#x}]"]
         return [original(address)]

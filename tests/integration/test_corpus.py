@@ -8,15 +8,28 @@ What the tests assert is what holds today, per function (the ground truth is eac
 documented non-constant-time behaviour, named in the harness's comment):
 
 - analyze finds the leak the library is known for, in the function the contract scopes;
-- where analyze's regions are hardened: the hardened program prints what the native one
-  prints, for a few secrets (``LEAKDBT_CORPUS_SWEEP=20`` runs 20 random ones);
-- where they are refused: the run stops with exit status 2 and the refusal's one line,
-  never a traceback; and a whole-program contract (no ``protect.functions``) runs the same
-  program to the end, hardening what it can and reporting the region it could not.
+- where analyze's regions are hardened (SAME_OUTPUT): the hardened program prints what the
+  native one prints, for the fixed secrets; and (NO_LEAK) ``check --mode hardened`` finds no
+  leak;
+- a block whose lookups index several tables (TABLE_SPANS) gets one table region whose
+  bounds span them all;
+- where they are refused (REFUSED): the run stops with exit status 2 and the refusal's one
+  line, never a traceback; and (RUN_ON) a whole-program contract (no ``protect.functions``)
+  runs the same program to the end, hardening what it can and reporting the region it
+  could not.
+
+Cost: each expensive step runs once per module — analyze once per function (the
+``analyzed`` fixture), each native run once (``native``) — and the end-to-end runs are few:
+one secret per hardened function, two random check trials and one round of directed ones,
+and one scoped and one whole-program run per distinct refusal (``distinct``); what analyze
+printed carries every function's refusal.  ``LEAKDBT_CORPUS_SWEEP=N`` is the sweep: the
+fixed secrets and N random ones per hardened function, the contracts' own check trials,
+and every refused function run both ways.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import subprocess
@@ -66,14 +79,42 @@ CORPUS = {
     "nettle_des": Case(8, ("memory-access at nettle_des_encrypt+",),
                        ("0123456789abcdef", "fedcba9876543210")),
     # GMP 6.2: mpz_powm's sliding window (mpz_powm_sec is GMP's side-channel silent one)
-    # Scoped to mpz_powm, analyze's loop-bound run (the secret exit suppressed, up to 2^20
-    # trips) does not finish in 15 minutes: it is analyzed as a whole program instead.
     "gmp_powm": Case(32, ("control-flow at __gmpn_powm+", "memory-access at __gmpn_powm+"),
-                     ("0123456789abcdef" * 4,), scoped=False),
+                     ("0123456789abcdef" * 4,)),
     # Mbed TLS 2.28: mbedtls_mpi_cmp_mpi returns at the first differing limb
     "mbed_mpi_cmp": Case(32, ("control-flow at mbedtls_mpi_cmp_mpi+",),
                          ("8000000000000000" * 4,)),
 }
+
+
+# Functions whose analyzed regions all harden: the hardened program prints what the native
+# one prints ...
+SAME_OUTPUT = ("tc_des", "tc_aes", "nettle_des", "mbed_mpi_cmp")
+# ... and `check --mode hardened` finds no leak: issue 15's whole workflow.
+NO_LEAK = ("tc_des", "tc_aes", "nettle_des", "mbed_mpi_cmp")
+# A block whose secret-indexed loads touch several tables: the one region analyze writes for
+# it (at, its bounds as written, how many tables its `why` names).  DES: SP8..SP1 (2 KiB,
+# contiguous); AES: TE3..TE0 (with TD0 and Td4 between them: 6 KiB).
+TABLE_SPANS = {
+    "tc_des": ("desfunc+0xd8", 'symbol = "SP8"\nlength = 2048', 8),
+    "tc_aes": ("rijndael_ecb_encrypt+0x98", 'symbol = "TE3"\nlength = 6144', 4),
+}
+# Functions whose analyzed region no pass hardens: the reason the run stops with.
+REFUSED = {
+    # the secret branch is inside the decoding loop: a branch region would hold a cycle
+    "tc_base64": "cannot be hardened: if-conversion: the region contains a loop",
+    # libb64's state machine: loops whose trip count analyze did not measure
+    "b64_decode": "cannot be hardened: bounded-loop: needs the contract's `bound`",
+    # the whole function as one branch region: a table load whose address the arms compute
+    "nettle_base16": "cannot be hardened: if-conversion: 'movzx eax, byte ptr [rax + rdx]' "
+                     "at 0x40180f: its address depends on rax, which the conditional code "
+                     "computes",
+    # the window loop's secret exit: with it suppressed the loop did not end within its
+    # trip budget, so analyze wrote it with "loop bound unknown"
+    "gmp_powm": "cannot be hardened: bounded-loop: needs the contract's `bound`",
+}
+# Refused, and run to the end as they are by a whole-program contract (no protect.functions).
+RUN_ON = ("tc_base64", "b64_decode", "gmp_powm", "nettle_base16")
 
 
 def program(name: str) -> str:
@@ -95,7 +136,6 @@ class Analyzed:
 @pytest.fixture(scope="module")
 def analyzed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Analyzed]:
     """name -> its analyzed contract, made on first use (analyze runs once per function)."""
-    made: dict[str, Analyzed] = {}
     directory = tmp_path_factory.mktemp("corpus")
 
     class Lazy(dict[str, Analyzed]):
@@ -107,18 +147,38 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Analyzed]:
             done = run_leakdbt(["analyze", "--contract", str(contract), "--write",
                                 program(name), CORPUS[name].secrets[0]])
             assert done.status == 0, done.stderr.decode()
-            made[name] = Analyzed(contract, done.stdout.decode())
-            return made[name]
+            self[name] = Analyzed(contract, done.stdout.decode())
+            return self[name]
 
     return Lazy()
 
 
+@functools.cache
+def native(name: str, secret: str) -> bytes:
+    """What the native harness prints for ``secret`` (each run once per session)."""
+    done = run_native([program(name), secret])
+    assert done.status == 0, done.stderr.decode()
+    return done.stdout
+
+
 def secrets(name: str) -> list[str]:
-    """The fixed secrets, or (LEAKDBT_CORPUS_SWEEP=N) N random ones."""
+    """The first fixed secret, or (LEAKDBT_CORPUS_SWEEP=N) the fixed ones and N random."""
     if not SWEEP:
-        return list(CORPUS[name].secrets)
+        return list(CORPUS[name].secrets[:1])
     rng = random.Random(f"corpus-{name}")
-    return [rng.randbytes(CORPUS[name].length).hex() for _ in range(SWEEP)]
+    return [*CORPUS[name].secrets,
+            *(rng.randbytes(CORPUS[name].length).hex() for _ in range(SWEEP))]
+
+
+def distinct(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The first of ``names`` (sorted) for each distinct refusal in REFUSED: the end-to-end
+    runs of the default run (the sweep: all of them)."""
+    if SWEEP:
+        return sorted(names)
+    first: dict[str, str] = {}
+    for name in sorted(names):
+        first.setdefault(REFUSED[name], name)
+    return sorted(first.values())
 
 
 def hardened(contract: Path, name: str, secret: str, *extra: str) -> Run:
@@ -139,27 +199,24 @@ def test_native_harnesses_compute_what_the_libraries_document() -> None:
     """Known answers: FIPS 46 / FIPS 197 vectors, decoders give back the secret, GMP's power
     is Python's, Mbed TLS's comparison is Python's."""
     des = "3fa40e8a984d4815"  # "Now is t" under 0123456789abcdef
-    assert run_native([program("tc_des"), "0123456789abcdef"]).stdout.decode() \
-        .startswith(f"tc_des: ct={des},")
-    assert run_native([program("nettle_des"), "0123456789abcdef"]).stdout.decode() \
+    assert native("tc_des", "0123456789abcdef").decode().startswith(f"tc_des: ct={des},")
+    assert native("nettle_des", "0123456789abcdef").decode() \
         .startswith(f"nettle_des: ct={des}")
-    assert run_native([program("tc_aes"), "2b7e151628aed2a6abf7158809cf4f3c"]).stdout == \
+    assert native("tc_aes", "2b7e151628aed2a6abf7158809cf4f3c") == \
         b"tc_aes: ct=3925841d02dc09fbdc118597196a0b32\n"
     data = "00ff10fbeffc" * 4
     for name in ("tc_base64", "b64_decode"):
-        assert run_native([program(name), data]).stdout.decode() == \
-            f"{name}: n=24 data={data}\n"
-    assert run_native([program("nettle_base16"), "00112233445566778899AaBbCcDdEeFf"]) \
-        .stdout == b"nettle_base16: n=16 data=00112233445566778899aabbccddeeff\n"
+        assert native(name, data).decode() == f"{name}: n=24 data={data}\n"
+    assert native("nettle_base16", "00112233445566778899AaBbCcDdEeFf") \
+        == b"nettle_base16: n=16 data=00112233445566778899aabbccddeeff\n"
     e = "0123456789abcdef" * 4
     m, b = 2**256 - 189, 0x243f6a8885a308d313198a2e03707344a4093822299f31d0082efa98ec4e6c89
-    assert run_native([program("gmp_powm"), e]).stdout.decode() == \
+    assert native("gmp_powm", e).decode() == \
         f"gmp_powm: r={pow(b, 2**256 + int(e, 16), m):064x}\n"
     x = 2**256 + int("7f" * 32, 16)
     bounds = (2**256 + 2**255, 2**257 - 1, 2**256 + 1)
     want = ",".join(str((x > y) - (x < y)) for y in bounds)
-    assert run_native([program("mbed_mpi_cmp"), "7f" * 32]).stdout.decode() == \
-        f"mbed_mpi_cmp: cmp={want}\n"
+    assert native("mbed_mpi_cmp", "7f" * 32).decode() == f"mbed_mpi_cmp: cmp={want}\n"
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -173,18 +230,38 @@ def test_analyze_finds_the_documented_leak(analyzed: dict[str, Analyzed], name: 
     assert "[[protect.region]]" in result.contract.read_text()
 
 
-# Functions whose analyzed regions all harden: the hardened program prints what the native
-# one prints.  tc_des and tc_aes are among them although leaks remain (below).
-SAME_OUTPUT = ("tc_des", "tc_aes", "nettle_des", "mbed_mpi_cmp")
-
-
 @pytest.mark.parametrize("name", SAME_OUTPUT)
 def test_hardened_prints_what_native_prints(analyzed: dict[str, Analyzed], name: str) -> None:
     contract = analyzed[name].contract
     for secret in secrets(name):
         done = hardened(contract, name, secret)
         assert done.status == 0, done.stderr.decode()
-        assert done.stdout == run_native([program(name), secret]).stdout, secret
+        assert done.stdout == native(name, secret), secret
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_SPANS))
+def test_one_region_spans_every_table_its_block_indexes(analyzed: dict[str, Analyzed],
+                                                        name: str) -> None:
+    """libtomcrypt's DES round indexes SP1..SP8 from one block, its AES round TE0..TE3: the
+    table region analyze writes for the block covers every table its lookups touched (a
+    region naming one of them would leave the others' lookups running as they are)."""
+    at, bounds, count = TABLE_SPANS[name]
+    text = analyzed[name].contract.read_text()
+    assert f'at = "{at}"\nkind = "table"\n{bounds}\n' in text, text
+    assert f"it indexes {count} tables (" in text
+
+
+@pytest.mark.parametrize("name", NO_LEAK)
+def test_analyzed_contract_leaves_no_leak(analyzed: dict[str, Analyzed], name: str) -> None:
+    """DES (libtomcrypt: SP8..SP1 as one span, and des_fp; Nettle: des_keymap), AES (the
+    T-tables) and Mbed TLS's comparison (a bounded loop, bound 5 measured by analyze): no
+    leak once hardened.  Two random trials and a round of directed ones, which set a
+    secret's bytes to what it was compared with (the sweep: the contract's trials)."""
+    trials = [] if SWEEP else ["--trials", "2", "--directed-rounds", "1"]
+    done = run_leakdbt(["check", "--contract", str(analyzed[name].contract), "--mode",
+                        "hardened", *trials, program(name), CORPUS[name].secrets[0]])
+    assert done.status == 0, done.stdout.decode() + done.stderr.decode()
+    assert "no leak found" in done.stdout.decode()
 
 
 def test_stack_sboxes_run_unhardened_and_are_reported(analyzed: dict[str, Analyzed]) -> None:
@@ -194,55 +271,22 @@ def test_stack_sboxes_run_unhardened_and_are_reported(analyzed: dict[str, Analyz
     secret = CORPUS["tc_blowfish"].secrets[0]
     done = hardened(analyzed["tc_blowfish"].contract, "tc_blowfish", secret)
     assert done.status == 0, done.stderr.decode()
-    assert done.stdout == run_native([program("tc_blowfish"), secret]).stdout
+    assert done.stdout == native("tc_blowfish", secret)
     assert "blowfish_ecb_encrypt+0x4b: heap-table access not hardened: the address is in no " \
         "live allocation" in done.stderr.decode()
 
 
-@pytest.mark.parametrize("name", ["nettle_des", "mbed_mpi_cmp"])
-def test_analyzed_contract_leaves_no_leak(analyzed: dict[str, Analyzed], name: str) -> None:
-    """Nettle's DES (des_keymap lookups: one oblivious-table region) and Mbed TLS's
-    comparison (a bounded loop, bound 5 measured by analyze): no leak once hardened."""
-    done = run_leakdbt(["check", "--contract", str(analyzed[name].contract), "--mode",
-                        "hardened", "--trials", "3", program(name), CORPUS[name].secrets[0]])
-    assert done.status == 0, done.stdout.decode() + done.stderr.decode()
-    assert "no leak found" in done.stdout.decode()
-
-
-def test_des_tables_in_one_block_need_one_region_each(analyzed: dict[str, Analyzed],
-                                                      tmp_path: Path) -> None:
-    """libtomcrypt's DES round indexes the eight tables SP1..SP8 from one block, but a block
-    holds one region and a table region names one table: analyze's region covers SP7 only,
-    and the other seven tables still leak (docs/benchmarks.md).  The tables are contiguous
-    (SP8 first, 256 bytes each), so a reviewed contract naming them as one 2 KiB table
-    removes every leak: what is missing is in analyze's suggestion, not in the pass."""
-    text = analyzed["tc_des"].contract.read_text()
-    assert 'at = "desfunc+0xd8"\nkind = "table"\nsymbol = "SP7"' in text
-    exe = program("tc_des")
-    sp8 = subprocess.run(["nm", exe], capture_output=True, text=True, check=True).stdout
-    address = next(line.split()[0] for line in sp8.splitlines() if line.endswith(" SP8"))
-    reviewed = tmp_path / "tc_des.toml"
-    reviewed.write_text(text.replace('symbol = "SP7"', f'symbol = "0x{address}"\nlength = 2048'))
-    done = run_leakdbt(["check", "--contract", str(reviewed), "--mode", "hardened",
-                        "--trials", "3", exe, CORPUS["tc_des"].secrets[0]])
-    assert done.status == 0, done.stdout.decode() + done.stderr.decode()
-    assert "no leak found" in done.stdout.decode()
-
-
-# Functions whose analyzed region no pass hardens: the reason the run stops with.
-REFUSED = {
-    # the secret branch is inside the decoding loop: a branch region would hold a cycle
-    "tc_base64": "cannot be hardened: if-conversion: the region contains a loop",
-    # libb64's state machine: loops whose trip count analyze did not measure
-    "b64_decode": "cannot be hardened: bounded-loop: needs the contract's `bound`",
-    # the branch region's paths reach assert()'s call to __assert_fail, which never returns:
-    # region formation stops there (also in a whole-program contract, so not below)
-    "nettle_base16": "exit from the middle: nettle_base16_decode_single+0x70 ends with 'call",
-}
-RUN_ON = ("tc_base64", "b64_decode")  # refused regions a whole-program contract runs as they are
-
-
 @pytest.mark.parametrize("name", sorted(REFUSED))
+def test_analyze_says_why_no_pass_accepts_the_region(analyzed: dict[str, Analyzed],
+                                                     name: str) -> None:
+    """analyze judges its regions as exec would, and says which one no pass accepts and why
+    (the reason exec stops with, below)."""
+    out = analyzed[name].output
+    assert "no pass accepts it: " in out, out
+    assert REFUSED[name].removeprefix("cannot be hardened: ") in out, out
+
+
+@pytest.mark.parametrize("name", distinct(sorted(REFUSED)))
 def test_refused_region_stops_the_scoped_run_with_its_reason(
         analyzed: dict[str, Analyzed], name: str) -> None:
     """A contract naming its functions is strict: the refusal is the run's one-line error."""
@@ -250,7 +294,7 @@ def test_refused_region_stops_the_scoped_run_with_its_reason(
     assert REFUSED[name] in err
 
 
-@pytest.mark.parametrize("name", RUN_ON)
+@pytest.mark.parametrize("name", distinct(RUN_ON))
 def test_whole_program_contract_runs_the_refused_region_and_reports_it(
         analyzed: dict[str, Analyzed], name: str, tmp_path: Path) -> None:
     """The same regions in a whole-program contract (no protect.functions): the run goes on
@@ -261,7 +305,7 @@ def test_whole_program_contract_runs_the_refused_region_and_reports_it(
     secret = CORPUS[name].secrets[0]
     done = hardened(whole, name, secret, "--stats")
     assert done.status == 0, done.stderr.decode()
-    assert done.stdout == run_native([program(name), secret]).stdout
+    assert done.stdout == native(name, secret)
     reason = REFUSED[name].removeprefix("cannot be hardened: ")
     assert f"'unhardened': \"{reason}" in done.stderr.decode() \
         or f"'unhardened': '{reason}" in done.stderr.decode()

@@ -583,10 +583,12 @@ class RegionCheck:
         starts = {b.start + bias for b in blocks}
         self.original_inside = _Ranges((lo + bias, hi + bias) for lo, hi in region.byte_ranges)
         copy_only = _Ranges([(translation.base, translation.end)])
-        self.allow_reentry = any(b.last.flow is Flow.INDIRECT_JUMP for b in blocks)
+        self.allow_reentry = any(b.last.flow is Flow.INDIRECT_JUMP or b.dead_end
+                                 for b in blocks)
         if self.allow_reentry:
-            # A jump-table jump in the copy lands in the original's case blocks; from there the
-            # original runs (equivalence then means: copy prefix + original rest = original).
+            # A jump-table jump in the copy lands in the original's case blocks, a dead end's
+            # exit at the original call that does not return; from there the original runs
+            # (equivalence then means: copy prefix + original rest = original).
             orig = self.original_inside
             self.copy_inside: Callable[[int], bool] = lambda a: copy_only(a) or orig(a)
         else:
@@ -650,8 +652,10 @@ class RegionCheck:
     def outcome(self, side_copy: bool, state: State) -> Outcome:
         sb = self.sandbox
         if side_copy:
-            run = _Run(True, self.copy_inside, frozenset(self.return_map), self.call_targets,
-                       MAX_ENTRIES)
+            # Re-entered original code calls as the original does (a dead end's call).
+            returns = frozenset(self.return_map) | (self.original_returns
+                                                    if self.allow_reentry else frozenset())
+            run = _Run(True, self.copy_inside, returns, self.call_targets, MAX_ENTRIES)
             start = self.t.entry
         else:
             run = _Run(False, self.original_inside, self.original_returns, self.call_targets,

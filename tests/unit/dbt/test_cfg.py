@@ -496,10 +496,13 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Image]:
         return dict(zip(BUILDS, pool.map(build, BUILDS), strict=True))
 
 
-def cfg_of(image: Image, name: str) -> FunctionCFG:
+def cfg_of(image: Image, name: str, general: bool = False) -> FunctionCFG:
+    """The CFG as objdump's listing can judge it: callees that never return known by name
+    only (``general``: also by their own CFG, which test_callees_without_a_return_path_*
+    checks against objdump separately)."""
     sym = image.symbol(name)
     assert sym is not None and sym.kind == "func", name
-    return function_cfg(image, sym)
+    return function_cfg(image, sym, general=general)
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -627,6 +630,59 @@ def test_stops_endless_loops_and_falling_off_the_end(builds: dict[str, Image],
     assert [b.succs for b in cfg.blocks.values()] == [[edge]] and cfg.exits == (edge,)
 
 
+def _no_return_in_listing(od: Listing, image: Image, address: int) -> bool:
+    """objdump's oracle for a callee that never returns: in its listing (its symbol's
+    extent) no return, no indirect jump, no jump out of the extent, and no fall off its
+    end."""
+    func = next((f for f in image.functions if f.value == address), None)
+    if func is None:
+        return False  # not a function symbol: the CFG asks nothing of it either
+    lo, hi = image.extent(func)
+    listed = [a for a in od.within([(lo, hi)]) if not _PADDING.fullmatch(od[a].mnemonic)]
+    last = od[listed[-1]] if listed else None
+    if last is None or last.kind in ("next", "branch", "indirect-call") or (
+            last.kind == "call" and not od.callee_names(last) & STANDARD_NORETURN):
+        return False  # falls off its end into the code that follows
+    for a in listed:
+        o = od[a]
+        if o.kind in ("return", "indirect-jump"):
+            return False
+        if o.kind in ("jump", "branch") and o.target is not None and not lo <= o.target < hi:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["static", "static-pie"])
+def test_callees_without_a_return_path_end_their_callers_paths(
+        built: Path, builds: dict[str, Image], kind: str) -> None:
+    """By default a call to a function whose own CFG never returns (no name of NORETURN)
+    is a dead end: main's call to `forever`, ct_modexp's calls to `usage` (which exits).
+    Each such callee has no return and no way out in objdump's listing; every other direct
+    call keeps its return site."""
+    image = builds["O1-abs" if kind == "static" else "O1-rel"]
+    forever = image.symbol("forever")
+    assert forever is not None
+    checked = {"forever": 0}
+    for img, names in ((image, FUNCTIONS + ["main"]),
+                       (load_image(built / kind / "ct_modexp"), ["main"])):
+        od = objdump(img.path)
+        for name in names:
+            general, narrow = cfg_of(img, name, general=True), cfg_of(img, name)
+            for start, b in general.blocks.items():
+                if b.last.flow is not Flow.CALL or b.last.target is None:
+                    continue
+                callee = od.callee_names(od[b.last.address]) - {""}
+                by_name = bool(callee & NORETURN)
+                if b.dead_end and not by_name:
+                    assert _no_return_in_listing(od, img, b.last.target), (name, hex(start))
+                    for n in callee:
+                        checked[n] = checked.get(n, 0) + 1
+                    assert start not in narrow.blocks or not narrow.blocks[start].dead_end
+                elif not by_name:
+                    assert not _no_return_in_listing(od, img, b.last.target), (name, hex(start))
+    assert checked["forever"] >= 1 and checked.get("usage", 0) >= 1, checked
+
+
 @pytest.mark.parametrize("build", BUILDS)
 def test_dominators_of_compiled_functions(builds: dict[str, Image], build: str) -> None:
     image = builds[build]
@@ -653,7 +709,7 @@ def test_test_programs_agree_with_objdump(built: Path, kind: str) -> None:
         image = load_image(built / kind / program)
         syms = [s for s in map(image.symbol, sorted(own))
                 if s is not None and s.kind == "func" and s.value]
-        cfgs = [function_cfg(image, s) for s in syms]
+        cfgs = [function_cfg(image, s, general=False) for s in syms]
         od = objdump(image.path, _ranges(r for cfg in cfgs for r in cfg.bounds))
         for cfg in cfgs:
             problems += compare_with_objdump(cfg, od, coverage=True)
@@ -685,7 +741,7 @@ def test_static_c_library_agrees_with_objdump(built: Path) -> None:
     tables = 0
     sample = image.functions[::4]
     for sym in sample:
-        cfg = function_cfg(image, sym)
+        cfg = function_cfg(image, sym, general=False)
         problems += compare_with_objdump(cfg, od, coverage=False)
         tables += len(cfg.jump_tables)
     assert problems == []

@@ -145,6 +145,52 @@ def test_allow_unhardened_keeps_what_applied_and_reports_the_rest(
                                           "unhardened": "if-conversion: no"}}
 
 
+def test_a_region_is_hardened_only_when_a_pass_of_its_kind_applied(
+        tiny: tuple[Image, CodeRegion]) -> None:
+    """A branch region where if-conversion does not apply but ct-division (which a branch
+    region also gets, for its divisions) does: the branch still leaks, so the region is not
+    hardened (an error; with unhardened regions allowed, reported as such).  The same
+    passes on a region without a kind: ct-division applying is enough."""
+    image, region = tiny
+    first = tiny_first_insn(region)
+
+    def passes() -> tuple[FakePass, FakePass]:
+        return (FakePass("if-conversion"),
+                FakePass("ct-division", Rewrite(replace={first: ("nop", original(first))})))
+
+    plan = ("if-conversion", "ct-division")
+    with pytest.raises(HardeningError) as e:
+        hardener(*passes()).translate(region, needs(*plan, kind="branch"), 0, 0x7000_0000)
+    assert e.value.one_line() == (
+        "region tiny_region cannot be hardened: no pass for a branch region applied "
+        "(applied: ct-division) (--allow-unhardened runs it anyway)")
+    h = hardener(*passes(), allow=True)
+    h.translate(region, needs(*plan, kind="branch"), 0, 0x7000_0000)
+    (outcome,) = h.outcomes
+    assert not outcome.hardened and outcome.needed == ("if-conversion",)
+    assert h.report()["tiny_region"] == {
+        "passes": ["ct-division"],
+        "unhardened": "no pass for a branch region applied (applied: ct-division)"}
+    h = hardener(*passes())
+    h.translate(region, needs(*plan), 0, 0x7000_0000)
+    assert h.outcomes[0].hardened
+    # a pass of the kind applying is enough, whatever else applied
+    both = FakePass("if-conversion", Rewrite(replace={first: (original(first),)}))
+    h = hardener(both, FakePass("ct-division", Rewrite()))
+    h.translate(region, needs(*plan, kind="branch"), 0, 0x7000_0000)
+    assert h.outcomes[0].hardened and h.outcomes[0].applied == ["if-conversion", "ct-division"]
+
+
+def test_a_region_that_cannot_be_formed_is_an_error_or_recorded_as_unhardened() -> None:
+    """leakdbt.dbt.dispatch hands region-formation refusals (leakdbt.dbt.region) to the
+    hardener: an error for a strict run, recorded with its reason for a whole-program one."""
+    with pytest.raises(HardeningError, match=r"^r: irreducible$"):
+        hardener().not_formed("r", "r: irreducible")
+    h = hardener(allow=True)
+    h.not_formed("r", "r: irreducible")
+    assert h.report() == {"r": {"passes": [], "unhardened": "translator: r: irreducible"}}
+
+
 def test_two_passes_replacing_one_instruction_conflict(tiny: tuple[Image, CodeRegion]) -> None:
     image, region = tiny
     first = tiny_first_insn(region)

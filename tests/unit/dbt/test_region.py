@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from leakdbt.dbt.cfg import FunctionCFG, function_cfg
+from leakdbt.dbt.cfg import FunctionCFG, function_cfg, returns_never
 from leakdbt.dbt.region import CodeRegion, RegionError, form_region, side_reachable
 from leakdbt.errors import TranslationError
 from leakdbt.loader.elf import load_image
+from leakdbt.x86.insn import Flow
 from tests.conftest import binary
 from tests.unit.dbt.harness import compile_program, nm_symbols
 
@@ -137,6 +138,40 @@ abort_arm_join:
         mov     eax, esi
         ret
         .size   abort_arm, .-abort_arm
+
+        # dies never returns, by its own CFG (no name of the NORETURN table): both its
+        # paths end in calls to abort and exit
+        .globl  dies
+        .type   dies, @function
+dies:
+        test    edi, edi
+        je      dies_exit
+dies_abort:
+        call    abort
+dies_exit:
+        call    exit
+        .size   dies, .-dies
+
+        .globl  die_arm
+        .type   die_arm, @function
+die_arm:
+        xor     eax, eax
+        test    edi, edi
+        je      die_arm_else
+die_arm_then:
+        test    esi, esi
+        je      die_arm_fail
+die_arm_ok:
+        lea     eax, [rsi + 1]
+        jmp     die_arm_join
+die_arm_fail:
+        call    dies
+die_arm_else:
+        lea     eax, [rsi - 1]
+die_arm_join:
+        add     eax, edx
+        ret
+        .size   die_arm, .-die_arm
 
         .globl  tail_arm
         .type   tail_arm, @function
@@ -373,9 +408,6 @@ def test_block_region_is_the_block_itself(program: Program, function: str) -> No
 # (function, start label, branch, message with {label} and {label:#x} placeholders: a label's
 # function+offset and its address)
 REFUSALS = [
-    ("abort_arm", "abort_arm", None,
-     "abort_arm: exit from the middle: {abort_arm_fail} ends with 'call {abort:#x}' instead "
-     "of reaching the end of the region"),
     ("tail_arm", "tail_arm", True,
      "tail_arm: exit from the middle: {tail_arm_other} leaves tail_arm for {diamond:#x}"),
     ("indirect", "indirect", None,
@@ -528,17 +560,62 @@ def test_jump_table_switch_is_refused(program: Program) -> None:
         assert str(info.value) == f"{name}: {expected}"
 
 
-def test_arm_calling_abort_in_a_cold_part_is_refused(program: Program) -> None:
-    """gcc moves the abort() call to c_abort.cold, below the function: the message counts
-    back from the entry."""
+def test_arm_calling_abort_in_a_cold_part_is_a_dead_end_of_the_region(program: Program
+                                                                        ) -> None:
+    """gcc moves the abort() call to c_abort.cold, below the function: that path of the
+    region ends there (a dead end), the other runs to the return."""
     cfg = program.cfg("c_abort")
     cold, entry = program.symbols["c_abort.cold"], program.symbols["c_abort"]
-    assert cold < entry and cold in cfg.blocks
-    with pytest.raises(RegionError) as info:
-        form_region(cfg, entry, "c_abort")
-    assert str(info.value) == (
-        f"c_abort: exit from the middle: c_abort-{entry - cold:#x} ends with "
-        f"'call {program.symbols['abort']:#x}' instead of reaching the end of the region")
+    assert cold < entry and cold in cfg.blocks and cfg.blocks[cold].dead_end
+    region = form_region(cfg, entry, "c_abort")
+    assert region.kind == "branch" and cold in region.blocks
+    assert all(cfg.blocks[b].dead_end or cfg.blocks[b].last.flow is Flow.RETURN
+               or cfg.blocks[b].inside_succs() for b in region.blocks)
+
+
+# (function, start label, the region's blocks, its dead ends, the join)
+DEAD_END_REGIONS = [
+    # abort (by name, NORETURN): the join is where the path that goes on continues
+    ("abort_arm", "abort_arm", {"abort_arm", "abort_arm_fail"}, {"abort_arm_fail"},
+     "abort_arm_join"),
+    # dies (by its own CFG) inside one arm of a diamond: the diamond's join stays the join
+    ("die_arm", "die_arm", {"die_arm", "die_arm_then", "die_arm_ok", "die_arm_fail",
+                            "die_arm_else"}, {"die_arm_fail"}, "die_arm_join"),
+]
+
+
+@pytest.mark.parametrize(("function", "start", "blocks", "dead", "join"), DEAD_END_REGIONS,
+                         ids=[f"{f}@{s}" for f, s, _, _, _ in DEAD_END_REGIONS])
+def test_a_call_that_does_not_return_ends_its_path_of_the_region(
+        program: Program, function: str, start: str, blocks: set[str], dead: set[str],
+        join: str) -> None:
+    """A block ending in a call that does not return is a dead end: no edge leaves it, it
+    is part of the region, and the join ignores it (the post-dominator counting it as an
+    exit is the function's end)."""
+    cfg = program.cfg(function)
+    at = program.symbols[start]
+    assert {b for b in cfg.blocks if cfg.blocks[b].dead_end} == \
+        {program.symbols[d] for d in dead}
+    assert cfg.joins[at] == program.symbols[join]
+    assert cfg.postdominators[at] is None
+    region = program.form(function, start)
+    assert region.kind == "branch"
+    assert region.blocks == tuple(sorted(program.symbols[b] for b in blocks))
+
+
+def test_a_function_is_known_not_to_return_by_its_cfg_or_by_name(program: Program) -> None:
+    """dies (abort or exit on each path) never returns by its CFG; diamond returns;
+    function_cfg(general=False) knows only the NORETURN table, so die_arm's call to dies
+    then falls through to die_arm_else."""
+    assert returns_never(program.cfg("dies"))
+    assert not returns_never(program.cfg("diamond"))
+    assert not returns_never(program.cfg("tail_arm"))  # a tail call: may return
+    sym = program.image.symbol("die_arm")
+    assert sym is not None
+    narrow = function_cfg(program.image, sym, general=False)
+    fail = program.symbols["die_arm_fail"]
+    assert not narrow.blocks[fail].dead_end
+    assert narrow.blocks[fail].inside_succs() == [program.symbols["die_arm_else"]]
 
 
 def test_loop_region_is_the_natural_loop_of_its_header(built: Path) -> None:

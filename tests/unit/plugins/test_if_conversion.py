@@ -295,7 +295,18 @@ REFUSALS = {
     "rsp": (_arm("push rax", "pop rax"), "writes rsp"),
     "string": (_arm("rep stosb byte ptr [rdi], al"), "string instruction"),
     "loop": (["test dil, 1", "je join", "top:", "dec rsi", "jne top", "join:", "ret"],
-             "contains a loop"),
+             "contains a loop (a cycle through its blocks): 'jne 0x10006' at 0x10009 jumps "
+             "back to 0x10006, the loop's head; it is not a counted loop"),
+    # conditional code may move RSP by fixed amounts only where every path agrees
+    "rsp-join": (_arm("add rsp, 8"), "rsp differs between the paths into 0x1000a (0 and -8 "
+                 "bytes below the region's)"),
+    "rsp-returns": (["test dil, 1", "je other", "add rsp, 8", "ret", "other:", "ret"],
+                    "rsp differs between the region's returns ('ret' at 0x1000b)"),
+    "rsp-exit": (["test dil, 1", "je 0x10100", "add rsp, 8", "jmp 0x10100"],
+                 "rsp differs between the paths that leave the region for 0x10100"),
+    "rsp-call": (_arm("add rsp, 8", "sub rsp, 8", "call 0x12000"),
+                 "'add rsp, 8' at 0x10006 moves rsp in conditional code: a region that does "
+                 "so does not clone its calls"),
     "unsafe": (_arm("mov rax, qword ptr [rsi]"), "not every path"),
     "computed": (["mov rax, qword ptr [rsi]", "test dil, 1", "je join",
                   "add rsi, 8", "mov rax, qword ptr [rsi]", "join:", "ret"],
@@ -308,7 +319,6 @@ REFUSALS = {
     "raxdiv": (_arm("div rax"), "dividend's registers"),
     "jrcxz": (["test dil, 1", "je join", "jrcxz join", "inc rax", "join:", "ret"],
               "loop/jrcxz"),
-    "stop": (["test dil, 1", "je join", "ud2", "join:", "ret"], "stops the program"),
     "addr32": (["mov eax, dword ptr [esi]", "test dil, 1", "je join",
                 "mov eax, dword ptr [esi]", "join:", "ret"], "32-bit addressing"),
     "mxcsr": (_arm("ldmxcsr dword ptr [rsp + 8]"), "writes mxcsr"),

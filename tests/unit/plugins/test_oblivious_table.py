@@ -425,7 +425,7 @@ def _refusal(view: RegionView) -> str:
 
 @pytest.mark.parametrize(("texts", "why"), [
     (["mov eax, dword ptr [rip + 0x100]"], "no load or store in r indexes a known table"),
-    (["movdqa xmm0, xmmword ptr [rax + 0x4a3c00]"], "16-byte memory operand is not supported"),
+    (["vmovdqa ymm0, ymmword ptr [rax + 0x4a3c00]"], "32-byte memory operand is not supported"),
     (["lock add dword ptr [rax + 0x4a3c00], ecx"], "prefixes (lock/rep) are not supported"),
     (["xchg dword ptr [rax + 0x4a3c00], ecx"], "xchg/cmpxchg/xadd are atomic"),
     (["push qword ptr [rax*8 + 0x4a3c00]"], "changes RSP"),
@@ -822,7 +822,8 @@ def test_heap_mode_is_chosen_only_without_other_bounds() -> None:
     ("xchg dword ptr [rdi + rsi*4], ecx", "xchg/cmpxchg/xadd are atomic"),
     ("push qword ptr [rdi + rsi*8]", "changes RSP"),
     ("call qword ptr [rdi + rsi*8]", "a control transfer through the table"),
-    ("movdqu xmm0, xmmword ptr [rdi + rsi]", "16-byte memory operand is not supported"),
+    ("vmovdqu ymm0, ymmword ptr [rdi + rsi]", "32-byte memory operand is not supported"),
+    ("vmovdqu xmm0, xmmword ptr [rdi + rsi]", "VEX-encoded 16-byte access is not supported"),
 ])
 def test_heap_refusals(text: str, why: str) -> None:
     reason = _refusal(_region(text, table=None))

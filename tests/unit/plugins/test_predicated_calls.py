@@ -225,6 +225,9 @@ REFUSALS = {  # case -> (callee lines, or None for none; params; message)
                 "its address is neither the clone's own stack nor module data, so it may fault "
                 "when the predicate is off"),
     "syscall": (["syscall", "ret"], {}, "is a system call or software interrupt"),
+    "dead-end": (["test rsi, rsi", "je out", "ud2", "out:", "ret"], {},
+                 "'ud2' at 0x20005 ends the program's path in the function at 0x20000 (a dead "
+                 "end in a callee is not cloned)"),
     "indirect-call": (["ret"], {"indirect": True}, "is an indirect call (its callee is known "
                       "only when it runs)"),
     "got-call": (["ret"], {"got": True}, "'call qword ptr [rip + 0x2000]' at 0x10006 is an "

@@ -571,7 +571,15 @@ def test_a_branch_whose_arms_each_carry_the_latch_covers_the_loop_and_is_refused
     assert shapes.symbols["dup_latch_top"] in region.blocks
     result = harden(IF_CONVERSION, view_of(region, 0, "branch"))
     assert isinstance(result, Refusal)
-    assert result.reason == "the region contains a loop (a cycle through its blocks)"
+    latch = region.cfg.blocks[max(p for p in region.cfg.blocks[
+        shapes.symbols["dup_latch_top"]].preds if p in region.blocks)].last
+    assert result.reason == (
+        f"the region contains a loop (a cycle through its blocks): '{latch.text}' at "
+        f"{latch.address:#x} jumps back to {shapes.symbols['dup_latch_top']:#x}, the loop's "
+        "head; the loop's head is the region's entry: the branch is inside the loop and its "
+        "paths meet only after it, so the branch region holds the loop's back edge; "
+        "if-conversion runs loops only inside an arm (the enclosing loop is bounded-loop's "
+        "region, kind = \"loop\")")
     loop = shapes.region("dup_latch", "dup_latch_top", loop=True)
     assert isinstance(harden(BOUNDED_LOOP, view_of(loop, 0, "loop", {"bound": 8})), Rewrite)
 
