@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
+from leakdbt.cli_params import binary_argument, trust_options
 from leakdbt.errors import LeakDBTError, UsageError
-from leakdbt.trust_options import trust_options
 
 INTERNAL_ERROR_STATUS = 125
 
@@ -136,7 +136,7 @@ def cli() -> None:
 @click.option("--function", "functions", multiple=True, metavar="NAME",
               help="With --translate-all: only this function (NAME or lib.so:NAME; "
                    "repeatable).")
-@click.argument("binary", type=click.Path(dir_okay=False))
+@binary_argument()
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def exec(env_items: tuple[str, ...], clear_env: bool, rw: tuple[str, ...], root: str,
          cwd: str | None, strict: bool, max_insns: int | None, timeout: float | None,
@@ -234,7 +234,7 @@ def _monitor_factory(contract: Any, detector: str, poll_ms: float | None,
 
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@click.argument("binary", type=click.Path(dir_okay=False))
+@binary_argument()
 def info(fmt: str, binary: str) -> None:
     """Print what the loader sees in BINARY."""
     import json

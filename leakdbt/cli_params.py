@@ -1,14 +1,35 @@
-"""The ``--trust-uid/--trust-name/--trust-cgroup`` options, one definition for every command
-that runs a tenancy detector (exec, tenancy, monitor), so they mean and parse the same."""
+"""Command-line parameters shared by several commands, defined once so that they mean and
+parse the same everywhere: BINARY, and the tenancy detectors' trust options."""
 
 from __future__ import annotations
 
+import difflib
+import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., object])
+
+
+class BinaryPath(click.Path):
+    """BINARY: a file path.  Commands stop parsing their own options at BINARY (the rest is
+    the guest's), so an unknown option lands here; say that, not "cannot read"."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.startswith("-") and not os.path.exists(value):
+            name = value.partition("=")[0]
+            known = [o for p in (ctx.command.params if ctx else []) for o in p.opts]
+            raise click.NoSuchOption(name, possibilities=difflib.get_close_matches(name, known),
+                                     ctx=ctx)
+        return super().convert(value, param, ctx)
+
+
+def binary_argument() -> Callable[[F], F]:
+    """The BINARY argument of every command that runs or reads a program."""
+    return click.argument("binary", type=BinaryPath(dir_okay=False))
 
 
 def trust_options(prefix: str = "") -> Callable[[F], F]:

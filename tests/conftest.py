@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -45,9 +46,12 @@ def run_leakdbt(args: list[str], **kw: object) -> Run:
 
 @pytest.fixture(scope="session")
 def built() -> Path:
-    """test_binaries/build, built by make if needed (make test builds it first)."""
-    if not (BUILD / "dynamic" / "hello").exists():
-        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), "-j2"], check=True)
+    """test_binaries/build, brought up to date by make (nothing to do after ``make test``'s
+    own build); a lock on the Makefile keeps parallel test workers from building at once."""
+    with open(TEST_BINARIES / "Makefile", "rb") as makefile:
+        fcntl.flock(makefile, fcntl.LOCK_EX)
+        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), "-j2"], check=True,
+                       stdout=subprocess.DEVNULL)
     return BUILD
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from leakdbt.cli_params import binary_argument
 from leakdbt.monitor.modefile import DEFAULT_MODE_FILE
 
 
@@ -22,7 +23,7 @@ from leakdbt.monitor.modefile import DEFAULT_MODE_FILE
                    "instead of stopping with an error.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the hardened file.")
-@click.argument("binary", type=click.Path(dir_okay=False))
+@binary_argument()
 def harden(contract_path: str, cpu: str | None, mode: str, mode_file: str,
            allow_unhardened: bool, output: str, binary: str) -> None:
     """Write a hardened copy of BINARY (an executable or a shared library) to OUTPUT.

@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
+from leakdbt.cli_params import trust_options
 from leakdbt.errors import UsageError
 from leakdbt.monitor.detectors import DEFAULT_DETECTORS
 from leakdbt.monitor.modefile import DEFAULT_MODE_FILE
 from leakdbt.monitor.monitor import DEFAULT_HOLD_MS, DEFAULT_POLL_MS
-from leakdbt.trust_options import trust_options
 
 
 @click.command("tenancy")

@@ -89,6 +89,18 @@ def test_missing_option_not_typed_at_all_keeps_clicks_message(
     assert err.splitlines() == ["leakdbt: Missing option '--contract'."]
 
 
+@pytest.mark.parametrize("command", ["exec", "check", "analyze", "harden"])
+def test_an_unknown_option_before_binary_is_named_as_one(
+        capsys: pytest.CaptureFixture[str], command: str, tmp_path: Path) -> None:
+    """Commands stop parsing at BINARY, so an unknown option would be taken for it; the
+    error names the option (with click's suggestions), never "--contrct: cannot read"."""
+    contract = ["--contract", str(tmp_path / "c.toml")] * (command != "exec")
+    status, out, err = _run(capsys, command, *contract, "--contrct=x", "./prog")
+    assert (status, out) == (2, "")
+    [line] = err.splitlines()
+    assert line.startswith("leakdbt: No such option '--contrct'. ") and "'--contract'" in line
+
+
 def test_usage_lines_show_options_before_binary(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("exec", "check", "analyze"):
         status, out, _ = _run(capsys, command, "--help")

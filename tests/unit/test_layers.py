@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Bottom first.  A module may import from its own layer and the layers before it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("leakdbt.errors", "leakdbt.pluginload", "leakdbt.trust_options"),
+    ("leakdbt.errors", "leakdbt.pluginload", "leakdbt.cli_params"),
     ("leakdbt.x86",),
     ("leakdbt.loader",),
     ("leakdbt.machine",),

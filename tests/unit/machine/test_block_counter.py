@@ -15,7 +15,7 @@ import pytest
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 
 from leakdbt.errors import GuestFault, LimitExceeded
-from leakdbt.machine import blockcount
+from leakdbt.machine import blockcount, extension
 from leakdbt.machine.blockcount import NativeBlockCounter, PythonBlockCounter
 from leakdbt.machine.machine import Machine
 from leakdbt.machine.memory import PROT_EXEC, PROT_READ, PROT_WRITE
@@ -210,7 +210,7 @@ def test_without_the_native_object_the_python_counter_counts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """No shared object (a machine without a C compiler at install): counting still works,
     with the Python hook, and exactly."""
-    monkeypatch.setattr(blockcount.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(extension.importlib.util, "find_spec", lambda name: None)
     blockcount.native_library.cache_clear()
     try:
         assert blockcount.native_library() is None
@@ -232,7 +232,7 @@ def test_an_unloadable_native_object_falls_back(monkeypatch: pytest.MonkeyPatch,
     def fake(_name: str) -> importlib.machinery.ModuleSpec:
         return spec
 
-    monkeypatch.setattr(blockcount.importlib.util, "find_spec", fake)
+    monkeypatch.setattr(extension.importlib.util, "find_spec", fake)
     blockcount.native_library.cache_clear()
     try:
         assert blockcount.native_library() is None
