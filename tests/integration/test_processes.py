@@ -119,22 +119,23 @@ def test_host_bash_pipeline() -> None:
     assert (guest.stdout, guest.status) == (native.stdout, native.status) == (b"b\n", 4)
 
 
-def test_popen_and_system(tmp_path: Path) -> None:
-    """glibc's popen and system use posix_spawn: clone3 with CLONE_VM|CLONE_VFORK."""
-    src = tmp_path / "spawn.c"
-    src.write_text(
-        '#include <stdio.h>\n#include <stdlib.h>\n#include <sys/wait.h>\n'
-        'int main(void) {\n'
-        '  FILE *p = popen("echo from popen; exit 2", "r"); char l[100];\n'
-        '  while (fgets(l, sizeof l, p)) printf("got: %s", l);\n'
-        '  printf("pclose: %d\\n", WEXITSTATUS(pclose(p))); fflush(stdout);\n'
-        '  printf("system: %d\\n", WEXITSTATUS(system("exit 4"))); return 0; }\n')
-    exe = tmp_path / "spawn"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
-    native = run_native([str(exe)])
-    guest = run_leakdbt(["exec", str(exe)])
-    assert native.stdout == b"got: from popen\npclose: 2\nsystem: 4\n"
-    assert (guest.stdout, guest.status) == (native.stdout, native.status), guest.stderr
+@pytest.mark.parametrize("kind", KINDS)
+def test_popen_system_and_a_double_fork_daemon_same_as_native(built: Path, kind: str,
+                                                              tmp_path: Path) -> None:
+    """test_binaries/spawn_daemon.c: popen and system (glibc's posix_spawn: clone3 with
+    CLONE_VM|CLONE_VFORK), then setsid, a second fork, a pid file in the --rw directory."""
+    exe = binary(kind, "spawn_daemon")
+    outputs = []
+    for run in ("native", "leakdbt"):
+        directory = tmp_path / run
+        directory.mkdir()
+        done = run_native([exe, str(directory)]) if run == "native" else run_leakdbt(
+            ["exec", "--rw", str(directory), exe, str(directory)])
+        assert done.status == 0, done.stderr
+        assert (directory / "daemon.pid").read_text().strip().isdigit()
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1] == (b"got: from popen\npclose: 2\nsystem: 4\n"
+                                        b"middle exited: 0\ndaemon reported: n\npid file: ok\n")
 
 
 FORK_TIMER = r"""
