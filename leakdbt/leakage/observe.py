@@ -273,19 +273,7 @@ class RunObserver:
         code = self.machine.mem.read_code_view(address, size)  # an entry jump, not the original
         if self.ranges is None:  # every instruction counts: the same for the same bytes
             return _block_figures(bytes(code), address)
-        n = cost = 0
-        at = last = 0
-        while at < size:
-            insn = decode(code[at:], address + at)
-            if insn is None:
-                break
-            if self.ranges is None or self.inside(address + at):
-                n += 1
-                cost += next((COST[c] for c, m in CLASS_MNEMONICS.items()
-                              if c != "fp-subnormal" and insn.mnemonic in m), COST["default"])
-            last = at
-            at += insn.size
-        return n, cost, address + last
+        return _count_block(bytes(code), address, self.inside)
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -374,15 +362,22 @@ def _shared_cache(limit: int) -> Callable[[Callable[..., R]], Callable[..., R]]:
 def _block_figures(code: bytes, address: int) -> tuple[int, int, int]:
     """(instructions, cost, address of the last instruction) of the block of ``code`` at
     ``address`` (cached: every trial of a check runs the same blocks)."""
+    return _count_block(code, address, None)
+
+
+def _count_block(code: bytes, address: int, inside: Callable[[int], bool] | None
+                 ) -> tuple[int, int, int]:
+    """:func:`_block_figures`, counting only the instructions ``inside`` accepts (None: all)."""
     n = cost = 0
     at = last = 0
     while at < len(code):
         insn = decode(code[at:], address + at)
         if insn is None:
             break
-        n += 1
-        cost += next((COST[c] for c, m in CLASS_MNEMONICS.items()
-                      if c != "fp-subnormal" and insn.mnemonic in m), COST["default"])
+        if inside is None or inside(address + at):
+            n += 1
+            cost += next((COST[c] for c, m in CLASS_MNEMONICS.items()
+                          if c != "fp-subnormal" and insn.mnemonic in m), COST["default"])
         last = at
         at += insn.size
     return n, cost, address + last

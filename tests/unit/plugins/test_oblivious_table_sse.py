@@ -27,10 +27,15 @@ from plugins.oblivious_table import (
     find_accesses,
     heap_access,
     heap_accesses,
-    oblivious_access,
 )
 from tests.unit.dbt.harness import GPRS, RegionCheck, Sandbox, compile_program, nm_symbols
-from tests.unit.plugins.test_oblivious_table import Program, _harden, _refusal, _region
+from tests.unit.plugins.test_oblivious_table import (
+    Program,
+    _harden,
+    _lines_for,
+    _refusal,
+    _region,
+)
 
 CODE = 0x10_0000
 SEQ = 0x20_0000
@@ -143,15 +148,6 @@ def _compare(want: tuple[Any, ...], got: tuple[Any, ...]) -> None:
     assert got[3] == want[3]
 
 
-def _static_lines(insn: Insn, table: int, length: int, granularity: int) -> list[str]:
-    view = RegionView("t", "table", "block", insn.address,
-                      (BlockView(insn.address, (insn,), ()),), 0, (table, length),
-                      {"granularity": granularity})
-    (access, bounds), = find_accesses(view)
-    assert bounds == (table, length)
-    return [insn.text if line == f".insn {insn.address:#x}" else line.replace("@", "")
-            for line in oblivious_access(access, table, length, granularity)]
-
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(form=st.sampled_from(FORMS), granularity=st.sampled_from(GRANULARITIES),
@@ -169,7 +165,7 @@ def test_property_equivalent(form: tuple[str, int], granularity: int, count: int
     index = index if scale == 1 else index // 8
     insn = decode(assemble(text, CODE), CODE)
     assert insn is not None
-    code = assemble_block(_static_lines(insn, table, length, granularity), SEQ)
+    code = assemble_block(_lines_for(insn, table, length, granularity), SEQ)
     regs, flags, xmm, data = _state(seed, table, index, flags)
     _compare(_run(insn.raw, CODE, regs, flags, xmm, data),
              _run(code, SEQ, regs, flags, xmm, data))
@@ -232,7 +228,7 @@ def test_misaligned_aligned_form_runs_the_original() -> None:
                          ("movdqu xmm0, xmmword ptr [rdx + rcx]", False)):
         insn = decode(assemble(text, CODE), CODE)
         assert insn is not None
-        lines = _static_lines(insn, table, length, 64)
+        lines = _lines_for(insn, table, length, 64)
         code = assemble_block(lines, SEQ)
         regs, flags, xmm, data = _state(7, table, 0x28, 0)  # 8 bytes into element 2
         want = _run(insn.raw, CODE, regs, flags, xmm, data)
@@ -344,7 +340,7 @@ def test_cost(text: str, units: int, per_unit: int, fixed: int) -> None:
     table = DATA + 0x1000
     costs = []
     for n in (units, 4 * units):
-        lines = _static_lines(insn, table, 64 * n, 64)
+        lines = _lines_for(insn, table, 64 * n, 64)
         costs.append(_executed(lines, table, 2))
     assert costs[1] - costs[0] == per_unit * 3 * units
     assert costs[0] - per_unit * units == fixed
@@ -388,7 +384,7 @@ def test_narrow_store_property_equivalent(form: tuple[str, int], granularity: in
     length = count * width
     insn = decode(assemble(text, CODE), CODE)
     assert insn is not None
-    code = assemble_block(_static_lines(insn, table, length, granularity), SEQ)
+    code = assemble_block(_lines_for(insn, table, length, granularity), SEQ)
     regs, flags, xmm, data = _state(seed, table, index, flags)
     _compare(_run(insn.raw, CODE, regs, flags, xmm, data),
              _run(code, SEQ, regs, flags, xmm, data))
