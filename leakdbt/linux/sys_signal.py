@@ -186,8 +186,10 @@ def _host_kill(pid: int, sig: int) -> int:
 
 
 def guest_processes(k: Kernel) -> dict[int, int]:
-    """pid -> process group of every host process descending from the guest (its children,
-    theirs...: all guest processes, since guest pids are host pids), from /proc."""
+    """pid -> process group of every host process descending from the guest's children
+    (theirs too...: all guest processes, since guest pids are host pids), from /proc.  Only
+    through the guest's own children (Kernel.children): another child of the emulator
+    process (a test runner's helper, a worker pool's) is not the guest's to signal."""
     parents: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -203,7 +205,8 @@ def guest_processes(k: Kernel) -> dict[int, int]:
         at, seen = pid, 0
         while at in parents and seen < 4096:
             if parents[at][0] == k.ids.pid:
-                found[pid] = pgrp
+                if at in k.children:
+                    found[pid] = pgrp
                 break
             at, seen = parents[at][0], seen + 1
     return found

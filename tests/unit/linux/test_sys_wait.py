@@ -9,6 +9,7 @@ import io
 import os
 import signal
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,7 +234,12 @@ def test_kill_of_a_process_group_reaches_guest_processes_only(
     caller and, with no other guest process, finds none."""
     k, _mem, d = env
     kill = 62
+    # A child of this process that is not the guest's (as a test runner's helpers are).
+    bystander = subprocess.Popen(["sleep", "60"])
     assert _call(d, kill, -1 & 0xFFFFFFFF, signal.SIGTERM) == -errno.ESRCH
+    assert bystander.poll() is None  # untouched
+    bystander.kill()
+    bystander.wait()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
