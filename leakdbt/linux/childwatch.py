@@ -117,7 +117,11 @@ class ChildWatch:
         (in Linux it was sent at the child's end, before any wait could return)."""
         with self._lock:
             if pid in self.reported:
-                return
+                if pid not in self.arrived:
+                    return  # its SIGCHLD was sent already
+                # Seen by the watcher thread but not sent yet: send it now, with the wait,
+                # or it would wait for the next kick and may merge with a later child's.
+                self.arrived.remove(pid)
             self.reported.add(pid)
         signals.send(signal.SIGCHLD, info)
 

@@ -18,10 +18,11 @@ import pytest
 
 from leakdbt.errors import Deadlock, GuestError, LimitExceeded
 from leakdbt.linux.blocking import block
+from leakdbt.linux.childwatch import ChildWatch
 from leakdbt.linux.files import FdTable, FsError
 from leakdbt.linux.fs import FileSystem
 from leakdbt.linux.kernel import Kernel, ProcessIds
-from leakdbt.linux.signals import Action
+from leakdbt.linux.signals import Action, Signals
 from leakdbt.linux.sys_exec import _shebang, find_program
 from leakdbt.linux.syscalls import SyscallDispatcher
 from tests.unit.linux.test_sys_fs import FakeMemory
@@ -259,3 +260,17 @@ def test_kill_of_a_process_group_reaches_guest_processes_only(
     assert _call(d, kill, 1, 70) == -errno.EINVAL
     os.close(read_end)
     os.close(write_end)
+
+
+def test_a_wait_sends_the_sigchld_the_watcher_saw_but_had_not_sent() -> None:
+    """The watcher thread reported a child's end (it waits in ``arrived`` for the engine);
+    the guest's wait reaps the child first: the SIGCHLD is pending when the wait returns, as
+    in Linux, not left for the next kick (where a later child's would merge with it)."""
+    watch, signals = ChildWatch(), Signals()
+    signals.actions[signal.SIGCHLD] = Action(handler=0x401000)  # caught: queued, not dropped
+    watch.reported.add(4242)
+    watch.arrived.append(4242)
+    watch.reaped(signals, 4242, b"info")
+    assert signals.pending == [(signal.SIGCHLD, b"info")] and not watch.arrived
+    watch.reaped(signals, 4242, b"again")  # reported and sent: never twice
+    assert signals.pending == [(signal.SIGCHLD, b"info")]
