@@ -88,7 +88,8 @@ def block(k: Kernel, want: dict[int, int], until: Deadline | None, mask: int,
             timeout_ms = -(-left // 1_000_000)
         limit = None if k.virtual_time else k.timeout_left(what)  # past it: LimitExceeded
         if limit is not None and timeout_ms != 0:
-            timeout_ms = min(t for t in (timeout_ms, math.ceil(limit * 1000)) if t >= 0)
+            cap = math.ceil(limit * 1000)
+            timeout_ms = cap if timeout_ms < 0 else min(timeout_ms, cap)
         if not want and not children:
             if timeout_ms < 0 and k.virtual_time:
                 raise Deadlock(f"deadlock: the only guest thread waits in {what} for "

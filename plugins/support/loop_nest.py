@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from leakdbt.plugin_api import BlockView
-from plugins.support.predication import Refused, successors, topological
+from plugins.support.predication import Refused, successors, topological, topological_nodes
 
 __all__ = ["Inner", "Nest", "nest"]
 
@@ -130,21 +130,8 @@ def _collapsed(entry: int, blocks: Sequence[BlockView], inners: list[Inner],
         for s in succ:
             if node_of[a] != node_of[s]:
                 out_edges[node_of[a]].add(node_of[s])
-    indegree = dict.fromkeys(nodes, 0)
-    for targets in out_edges.values():
-        for s in targets:
-            indegree[s] += 1
     by_node: dict[int, BlockView | Inner] = {b.start: b for b in blocks}
     by_node.update({i.header: i for i in inners})
-    order: list[BlockView | Inner] = []
-    ready = [entry]
-    while ready:
-        ready.sort()
-        n = ready.pop(0)
-        order.append(by_node[n])
-        for s in out_edges[n]:
-            indegree[s] -= 1
-            if indegree[s] == 0:
-                ready.append(s)
-    assert len(order) == len(nodes)  # the body without back edges is acyclic
-    return tuple(order)
+    order = topological_nodes(entry, out_edges)
+    assert order is not None and len(order) == len(nodes)  # without back edges: acyclic
+    return tuple(by_node[n] for n in order)

@@ -64,7 +64,7 @@ in a branch to two successors: about 22.  10 per xmm register written, 6 when it
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -90,7 +90,8 @@ from leakdbt.plugin_api import (
 __all__ = ["INIT", "INSN_PASSES", "Engine", "InsnInfo", "Mem", "Pred", "Refused", "Terminator",
            "analyse", "always_valid", "control_refusal", "covered", "dead_end", "is_string",
            "needs_flags",
-           "predicated_refusal", "terminator", "topological", "writes_flags"]
+           "predicated_refusal", "terminator", "topological", "topological_nodes",
+           "writes_flags"]
 
 MAX_FRAME = 0x1000  # scratch bytes below REGION_SCRATCH a region may use
 CLONE_BASE = REGION_SCRATCH + MAX_FRAME
@@ -394,25 +395,33 @@ def topological(entry: int, blocks: Sequence[BlockView], ignore: Callable[[int, 
     """The blocks in a topological order of the edges between them (except those ``ignore``
     says to leave out), the entry first, by address otherwise; None when there is a cycle."""
     by_start = {b.start: b for b in blocks}
-    indegree = dict.fromkeys(by_start, 0)
     edges = {b.start: [s for s in successors(b) if s in by_start and not ignore(b.start, s)]
              for b in blocks}
+    order = topological_nodes(entry, edges)
+    return None if order is None else [by_start[b] for b in order]
+
+
+def topological_nodes(entry: int, edges: Mapping[int, Iterable[int]]) -> list[int] | None:
+    """The nodes of ``edges`` (node -> successors, all nodes) in a topological order, the
+    entry first, the lowest ready node next (Kahn's); None when there is a cycle or the
+    entry has a predecessor."""
+    indegree = dict.fromkeys(edges, 0)
     for targets in edges.values():
         for s in targets:
             indegree[s] += 1
     if indegree[entry]:
         return None
-    order: list[BlockView] = []
+    order: list[int] = []
     ready = [entry]
     while ready:
         ready.sort()
-        b = ready.pop(0)
-        order.append(by_start[b])
-        for s in edges[b]:
+        n = ready.pop(0)
+        order.append(n)
+        for s in edges[n]:
             indegree[s] -= 1
             if indegree[s] == 0:
                 ready.append(s)
-    return order if len(order) == len(blocks) else None
+    return order if len(order) == len(edges) else None
 
 
 def covered(start: int, edges: dict[int, list[int]], cover: Iterable[int]) -> bool:
