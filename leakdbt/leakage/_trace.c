@@ -31,6 +31,8 @@ typedef int (*tr_reg_read_fn)(void *uc, int regid, void *value);
 typedef int64_t (*tr_miss_fn)(uint64_t address, uint32_t size, uint64_t *out);
 /* Python: the scoped call may have returned (checks and tells the scope's listeners). */
 typedef void (*tr_leave_fn)(void);
+/* Python: the arrays are full; it copies and stores them, then calls tr_forget. */
+typedef void (*tr_flush_fn)(void);
 
 struct tr_vec {
     uint64_t *data;
@@ -74,6 +76,12 @@ struct tr_state {
     /* full traces: blocks (start, last, rsp) and accesses (block, pc, unit, write) */
     struct tr_vec starts, lasts, rsps;
     struct tr_vec mblocks, pcs, units, writes;
+    /* bounded memory (leakdbt.leakage.chunks.TraceWriter): after a block, when the arrays
+     * hold `flush_at` blocks or `flush_events` accesses, `flush` is called (0: never) */
+    uint64_t base;        /* blocks recorded and forgotten before starts[0] */
+    uint64_t flush_at;
+    uint64_t flush_events;
+    tr_flush_fn flush;
 };
 
 #define TR_K 0x9E3779B97F4A7C15ull
@@ -175,8 +183,13 @@ static void tr_record(struct tr_state *s, void *uc, uint64_t address, uint32_t s
         uint64_t rsp = 0;
         s->reg_read(uc, s->rsp_id, &rsp);
         if (!tr_push(&s->starts, address) || !tr_push(&s->lasts, e->last)
-            || !tr_push(&s->rsps, rsp))
+            || !tr_push(&s->rsps, rsp)) {
             tr_fail(s, uc, 1);
+            return;
+        }
+        if (s->flush_at && s->flush
+            && (s->starts.len >= s->flush_at || s->mblocks.len >= s->flush_events))
+            s->flush();
     }
 }
 
@@ -225,7 +238,7 @@ void tr_memory_hook(void *uc, int type, uint64_t address, int size, int64_t valu
     for (uint64_t u = first; u <= last; u++) {
         s->memory_digest = tr_mix(s->memory_digest, u * 2 + w);
         if (s->full) {
-            if (!tr_push(&s->mblocks, s->starts.len - 1) || !tr_push(&s->pcs, pc)
+            if (!tr_push(&s->mblocks, s->base + s->starts.len - 1) || !tr_push(&s->pcs, pc)
                 || !tr_push(&s->units, u) || !tr_push(&s->writes, w)) {
                 tr_fail(s, uc, 1);
                 return;
@@ -252,6 +265,89 @@ void tr_release(struct tr_state *s)
     free(s->table);
     s->table = NULL;
     s->mask = s->used = 0;
+}
+
+/* Python copied the arrays (and stored what it needs): empty them, keeping their room; the
+ * blocks recorded from now on are numbered after the forgotten ones. */
+void tr_forget(struct tr_state *s)
+{
+    s->base += s->starts.len;
+    struct tr_vec *vecs[] = {&s->starts, &s->lasts, &s->rsps, &s->mblocks, &s->pcs,
+                             &s->units, &s->writes};
+    for (size_t i = 0; i < sizeof vecs / sizeof *vecs; i++)
+        vecs[i]->len = 0;
+}
+
+/* tr_chunk_cuts on a trace that comes in pieces: `starts`, `rsps` are blocks state[0] ..
+ * state[0]+n-1, and state holds (the next block's number, the last cut, the last
+ * candidate, whether there was one, the stack pointer of the block before), all zero at
+ * the first block, updated here.  Writes the cuts among these blocks, by number. */
+uint64_t tr_chunk_cuts_from(const uint64_t *starts, const uint64_t *rsps, uint64_t n,
+                            uint64_t min, uint64_t max, uint64_t mask, uint64_t *state,
+                            uint64_t *out)
+{
+    uint64_t k0 = state[0], last = state[1], candidate = state[2], seen = state[3];
+    uint64_t prev = state[4], count = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t k = k0 + i;
+        int is = k > 0 && (rsps[i] > prev || (tr_hash(starts[i]) & mask) == 0);
+        if (k == 0 || k - last >= max || (is && (!seen || k - candidate >= min))) {
+            out[count++] = k;
+            last = k;
+        }
+        if (is) {
+            candidate = k;
+            seen = 1;
+        }
+        prev = rsps[i];
+    }
+    state[0] = k0 + n;
+    state[1] = last;
+    state[2] = candidate;
+    state[3] = seen;
+    state[4] = prev;
+    return count;
+}
+
+/* Chunks of a full trace (leakdbt/leakage/chunks.py): where each chunk of the block trace
+ * (`starts`, `rsps`: each block's address and stack pointer, n blocks) starts.  A block is
+ * a candidate when it starts with a higher stack pointer than the block before (a return,
+ * or a frame released) or its address hashes to 0 under `mask`; a chunk starts at a
+ * candidate that comes `min` or more blocks after the candidate before it, and after `max`
+ * blocks anyway.  Whether a block starts a chunk (but for `max`) depends only on the blocks
+ * before it, not on where the last chunk started: two runs that meet again after they
+ * parted cut at the same blocks again `min` blocks later, and the iterations of a loop
+ * that calls a function cut alike (content-defined chunking).  Writes the first block of
+ * each chunk to `out` (at most n entries); returns how many. */
+uint64_t tr_chunk_cuts(const uint64_t *starts, const uint64_t *rsps, uint64_t n,
+                       uint64_t min, uint64_t max, uint64_t mask, uint64_t *out)
+{
+    uint64_t state[5] = {0, 0, 0, 0, 0};
+    return tr_chunk_cuts_from(starts, rsps, n, min, max, mask, state, out);
+}
+
+/* How many access events each of the blocks first..first+n-1 has (counts[0] for block
+ * `first`), as tr_block_counts; events of other blocks are not counted. */
+uint64_t tr_block_counts_from(const uint64_t *blocks, uint64_t m, uint64_t first, uint64_t n,
+                              uint64_t *counts)
+{
+    uint64_t before = 0;
+    memset(counts, 0, n * sizeof *counts);
+    for (uint64_t e = 0; e < m; e++) {
+        if (blocks[e] == UINT64_MAX)
+            before++;
+        else if (blocks[e] >= first && blocks[e] - first < n)
+            counts[blocks[e] - first]++;
+    }
+    return before;
+}
+
+/* How many access events each of the blocks 0..n-1 has (`blocks`: each event's block, in
+ * block order; UINT64_MAX, i.e. -1: before any block).  Returns the events before any
+ * block; events of blocks >= n are not counted. */
+uint64_t tr_block_counts(const uint64_t *blocks, uint64_t m, uint64_t n, uint64_t *counts)
+{
+    return tr_block_counts_from(blocks, m, 0, n, counts);
 }
 
 /* sizeof(struct tr_state): Python checks that its mirror has the same layout. */

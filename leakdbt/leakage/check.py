@@ -52,6 +52,7 @@ from leakdbt.contract.profiles import LATENCY_CLASSES, Profile
 from leakdbt.dbt.dispatch import Mode
 from leakdbt.errors import UsageError
 from leakdbt.leakage.align import Baseline, Difference, differences
+from leakdbt.leakage.chunks import forget_store
 from leakdbt.leakage.directed import DEFAULT_ROUNDS, DERIVED_PER_ROUND, Derivation, derive
 from leakdbt.leakage.findings import (
     CheckReport,
@@ -124,6 +125,7 @@ def run_check(binary: str, contract: Contract, profile: Profile, options: CheckO
     with contextlib.ExitStack() as stack:
         if options.runner is None:  # full traces kept in files as the trials run
             spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="leakdbt-traces-"))
+            stack.callback(forget_store, spill)  # before the directory goes
             planned.what = replace(planned.what, spill=spill)
         recorded = add_directed_trials(planned, binary, profile, options)
         for mode in options.modes:
@@ -357,10 +359,10 @@ def _findings(setup: TrialSetup, classes: list[list[TrialRun]], total: int,
                list[tuple[TrialRun, TrialRun, Difference, tuple[str, str]]]] = {}
     for reps in chosen:
         base = _traced(setup, reps[0], full)
-        baseline = Baseline(base.trace)
+        baseline = Baseline(base.stored or base.trace)
         for r in reps[1:]:
             other = _traced(setup, r, full)
-            found = baseline.differences(other.trace, what.unit)
+            found = baseline.differences(other.stored or other.trace, what.unit)
             threads = [(_thread(base, d.blocks[0]), _thread(other, d.blocks[1]))
                        for d in found]
             other = other.without_full_trace()  # only its trial and places are reported
@@ -384,8 +386,9 @@ def _findings(setup: TrialSetup, classes: list[list[TrialRun]], total: int,
 
 
 def _traced(setup: TrialSetup, run: TrialRun, full: Observation) -> TrialRun:
-    """``run`` with its full trace: read back from its file, or run again."""
-    return run.with_full_trace() if run.spilled else setup.run(run.trial, full)
+    """``run`` with its full trace: its stored chunks (read as the aligner needs them), or
+    run again."""
+    return run.with_stored_trace() if run.spilled else setup.run(run.trial, full)
 
 
 def _place(run: TrialRun, address: int) -> Place:

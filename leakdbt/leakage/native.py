@@ -6,7 +6,8 @@ Built at install as an optional extension, like the block counter
 same traces and digests (:func:`mix` is the digest step of both).  The C side keeps the
 scope's state for the block and memory hooks; Python enters the scope (:meth:`enter`),
 hears when it may have been left (``leave``), and reads the events and figures with
-:meth:`sync`.
+:meth:`sync`.  A long run's arrays can be emptied as it goes (:meth:`flush_every`,
+:meth:`forget`): block numbers then go on from the blocks forgotten.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class _State(ctypes.Structure):
         ("used", ctypes.c_uint64),
         ("starts", _Vec), ("lasts", _Vec), ("rsps", _Vec),
         ("mblocks", _Vec), ("pcs", _Vec), ("units", _Vec), ("writes", _Vec),
+        ("base", ctypes.c_uint64),
+        ("flush_at", ctypes.c_uint64),
+        ("flush_events", ctypes.c_uint64),
+        ("flush", ctypes.c_void_p),
     )
 
 
@@ -80,6 +85,8 @@ def native_library() -> ctypes.CDLL | None:
         lib.tr_enter.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64,
                                  ctypes.c_uint64]
         lib.tr_enter.restype = None
+        lib.tr_forget.argtypes = [ctypes.c_void_p]
+        lib.tr_forget.restype = None
         _ = lib.tr_block_hook, lib.tr_memory_hook
 
     return load_extension("leakdbt.leakage._trace", "tr_struct_size", ctypes.sizeof(_State),
@@ -101,6 +108,7 @@ class NativeRecorder:
         self._lib = lib
         self._figures = figures
         self._error_fail = machine.guard(self._raise)
+        self._guard = machine.guard
         engine = engine_functions()
         self._uc = engine_handle(machine)
         self._miss = _MissFn(self._on_miss)  # kept alive with the recorder
@@ -117,6 +125,7 @@ class NativeRecorder:
             miss=ctypes.cast(self._miss, ctypes.c_void_p),
             leave=ctypes.cast(self._leave, ctypes.c_void_p))
         self._copied = dict.fromkeys(("starts", "mblocks"), 0)
+        self._flush: object = None  # the flush callback, kept alive with the recorder
         add_native_hook(machine, "block", lib.tr_block_hook, self.state, self)
         if memory:
             add_native_hook(machine, "memory", lib.tr_memory_hook, self.state, self)
@@ -149,10 +158,30 @@ class NativeRecorder:
     def set_active(self, active: bool) -> None:
         self.state.active = int(active)
 
+    def flush_every(self, blocks: int, flush: Callable[[], object]) -> None:
+        """Call ``flush`` (guarded like ``leave``) after a block when the arrays hold
+        ``blocks`` blocks, or 16 times as many accesses; it copies them (:meth:`sync`) and
+        empties them (:meth:`forget`)."""
+        guarded = self._guard(flush)
+
+        def on_flush() -> None:
+            guarded()
+
+        self._flush = _LeaveFn(on_flush)
+        self.state.flush = ctypes.cast(self._flush, ctypes.c_void_p)
+        self.state.flush_events = 16 * blocks
+        self.state.flush_at = blocks
+
+    def forget(self) -> None:
+        """Empty the arrays, which :meth:`sync` has copied: the C side holds only what
+        comes next (numbered after what it forgot)."""
+        self._lib.tr_forget(ctypes.byref(self.state))
+        self._copied = dict.fromkeys(self._copied, 0)
+
     @property
     def blocks(self) -> int:
-        """Blocks recorded so far (full traces)."""
-        return int(self.state.starts.len)
+        """Blocks recorded so far (full traces), forgotten ones included."""
+        return int(self.state.base + self.state.starts.len)
 
     def check(self) -> None:
         """Raise if recording ran out of memory."""

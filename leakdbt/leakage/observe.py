@@ -185,6 +185,21 @@ class RunObserver:
             b, m = t.blocks, t.memory
             native.sync(b.starts, b.lasts, b.rsps, m.blocks, m.pcs, m.units, m.writes)
 
+    def flush_every(self, blocks: int, flush: Callable[[Trace], object]) -> None:
+        """Full traces: hand the trace to ``flush`` each time some ``blocks`` more blocks
+        are held, to store its first blocks and drop them (bounded memory for long runs:
+        leakdbt.leakage.chunks.TraceWriter); block numbers stay those of the whole run."""
+        native = self._native
+        if native is None:
+            self._trace.blocks.watch(blocks, lambda: flush(self._trace))
+            return
+
+        def on_full() -> None:
+            flush(self.trace)  # copies what the C hooks hold first...
+            native.forget()  # ...which they need not hold any longer
+
+        native.flush_every(blocks, on_full)
+
     def _on_thread_switch(self, index: int) -> None:
         self._trace.threads.append((self._blocks_so_far(), index))
 

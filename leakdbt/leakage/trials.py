@@ -27,6 +27,7 @@ from leakdbt.contract.model import Contract
 from leakdbt.dbt.dispatch import Dispatcher, Mode, RegionRequest
 from leakdbt.dbt.harden import Hardener
 from leakdbt.errors import GuestError
+from leakdbt.leakage.chunks import StoredTrace, TraceWriter, store_for
 from leakdbt.leakage.declassify import (
     DeclassifiedRecorder,
     check_points_found,
@@ -42,6 +43,9 @@ from leakdbt.run.secrets import SecretInputs, place_in_process
 from leakdbt.run.session import ExecOptions, execute
 
 VIRTUAL_TIME_SEED = 0  # the same in every trial: only the secrets differ
+# A spilled trial stores its trace while it runs, each time this many more blocks are held
+# (then holds at most this many and one chunk: leakdbt.leakage.chunks.TraceWriter).
+FLUSH_BLOCKS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -109,20 +113,36 @@ class TrialRun:
     where: dict[int, Place] = field(default_factory=dict)  # full runs: the trace's code
     declassified: tuple[tuple[str, object], ...] = ()  # what it reveals on purpose
     comparisons: list[Comparison] = field(default_factory=list)  # recorded: directed trials
-    spilled: str = ""  # the file holding the full trace and its ``where`` (Observation.spill)
+    spilled: str = ""  # the file holding the full trace's chunk list and ``where`` (spill)
+    stored: StoredTrace | None = None  # with_stored_trace: the full trace, chunk by chunk
 
-    def with_full_trace(self) -> TrialRun:
-        """This run with its full trace read back from its file (itself when not spilled)."""
+    def with_stored_trace(self) -> TrialRun:
+        """This run with its full trace as the chunks stored for it (``stored``: read chunk
+        by chunk, leakdbt.leakage.chunks) and its ``where`` and thread switches read back
+        from its file (itself when not spilled)."""
         if not self.spilled:
             return self
         with open(self.spilled, "rb") as f:
-            trace, where = pickle.load(f)
-        return replace(self, trace=trace, where=where, spilled="")
+            stored, where = pickle.load(f)
+        return replace(self, trace=replace(self.trace, threads=list(stored.threads)),
+                       where=where, spilled="", stored=stored)
+
+    def with_full_trace(self) -> TrialRun:
+        """This run with its whole full trace read back (itself when not spilled)."""
+        run = self.with_stored_trace()
+        if run.stored is None:
+            return run
+        blocks, memory, latency = run.stored.full()
+        t = run.trace
+        trace = Trace(dict(t.digests), t.instructions, t.cost, t.scope_ns, blocks, memory,
+                      latency, list(run.stored.operands), list(run.stored.threads))
+        return replace(run, trace=trace, stored=None)
 
     def without_full_trace(self) -> TrialRun:
         """This run with its trace reduced to the figures and digests (``where`` kept)."""
         t = self.trace
-        return replace(self, trace=Trace(dict(t.digests), t.instructions, t.cost, t.scope_ns))
+        return replace(self, trace=Trace(dict(t.digests), t.instructions, t.cost, t.scope_ns),
+                       stored=None)
 
 
 @dataclass(frozen=True)
@@ -147,9 +167,10 @@ class Observation:
     latency_classes: tuple[str, ...]
     full: bool = False
     comparisons: bool = False  # record the comparisons run in scope (directed trials)
-    # A directory: record in full, but write the full trace (with its ``where``) to a file
-    # there and return the run with digests only (TrialRun.spilled), so that a run whose
-    # trace is needed later need not run again and no process holds every trace at once.
+    # A directory: record in full, but store the full trace there (its chunks in the
+    # check's chunk store, its chunk list and ``where`` in a file of its own) and return the
+    # run with digests only (TrialRun.spilled), so that a run whose trace is needed later
+    # need not run again and no process holds every trace at once.
     spill: str = ""
 
 
@@ -216,6 +237,8 @@ class TrialSetup:
         compared: list[ComparisonRecorder] = []
         translators: list[Dispatcher | None] = []
         maps: list[ModuleMap] = []
+        writer = TraceWriter(what.spill, lambda: store_for(what.spill)) \
+            if what.spill and not what.full else None
         with self.inputs(t) as (options, out, err):
             if snapshot is not None:
                 assert options.stdio is not None
@@ -224,6 +247,9 @@ class TrialSetup:
             def start(machine: Machine, translator: Dispatcher | None) -> None:
                 translators.append(translator)
                 observers.append(self._attach(machine, maps[0], t, what))
+                if writer is not None and len(observers) == 1:
+                    observers[0].flush_every(FLUSH_BLOCKS, lambda trace: writer.flush(
+                        trace.blocks, trace.memory, trace.latency))
                 if what.comparisons:
                     compared.append(ComparisonRecorder(machine, observers[0].scope,
                                                        maps[0].symbolize))
@@ -253,10 +279,11 @@ class TrialSetup:
             if compared:
                 run.comparisons = compared[0].comparisons
             if what.full or what.spill:
-                run.where = _locations(observers[0], maps[0], translators[0])
+                run.where = _locations(observers[0], maps[0], translators[0],
+                                       writer.addresses if writer is not None else set())
             observers[0].release()  # run.trace keeps the trace
-            if what.spill and not what.full:
-                run = _spill(run, what.spill)
+            if writer is not None:
+                run = _spill(run, what.spill, writer)
             return run if snapshot is None else snapshot.finish(run)
 
     def _attach(self, machine: Machine, modules: ModuleMap, t: TrialInput, what: Observation
@@ -271,15 +298,20 @@ class TrialSetup:
         return observer
 
 
-def _spill(run: TrialRun, directory: str) -> TrialRun:
-    """``run`` with its full trace (and ``where``) moved to a new file in ``directory``."""
+def _spill(run: TrialRun, directory: str, writer: TraceWriter) -> TrialRun:
+    """``run`` with its full trace moved to ``directory``: its chunks to the check's chunk
+    store there (those no trial stored before; ``writer`` has stored those of the blocks
+    it dropped while the trial ran), the list of its chunks and its ``where`` to a new
+    file of its own."""
     light = replace(run.without_full_trace(), where={})
     path = ""
     try:
+        t = run.trace
+        stored = writer.finish(t.blocks, t.memory, t.latency, t.operands, t.threads)
         fd, path = tempfile.mkstemp(prefix=f"trial-{run.trial.index}-", suffix=".trace",
                                     dir=directory)
         with os.fdopen(fd, "wb") as f:
-            pickle.dump((run.trace, run.where), f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((stored, run.where), f, protocol=pickle.HIGHEST_PROTOCOL)
     except OSError:  # no room: keep digests only (a trial traced later runs again)
         if path:
             with contextlib.suppress(OSError):
@@ -289,7 +321,8 @@ def _spill(run: TrialRun, directory: str) -> TrialRun:
 
 
 def discard_spilled(runs: Sequence[TrialRun]) -> None:
-    """Remove the files of the runs' full traces (no longer needed)."""
+    """Remove the files of the runs' full traces (no longer needed; their chunks stay in
+    the store until its directory goes: other runs may share them)."""
     for r in runs:
         if r.spilled:
             with contextlib.suppress(OSError):
@@ -297,12 +330,13 @@ def discard_spilled(runs: Sequence[TrialRun]) -> None:
             r.spilled = ""
 
 
-def _locations(observer: RunObserver, modules: ModuleMap, translator: Dispatcher | None
-               ) -> dict[int, Place]:
-    """Where every address of a full trace is (see :class:`Place`)."""
+def _locations(observer: RunObserver, modules: ModuleMap, translator: Dispatcher | None,
+               dropped: set[int]) -> dict[int, Place]:
+    """Where every address of a full trace is (see :class:`Place`); ``dropped``: those of
+    the part stored and dropped while it ran."""
     t = observer.trace
     addresses = set(t.blocks.starts) | set(t.blocks.lasts) | set(t.memory.pcs) \
-        | {pc for _, pc, _ in t.latency}
+        | {pc for _, pc, _ in t.latency} | dropped
     out = {}
     files: dict[str, tuple[str, int, int, int] | None] = {}
     for a in addresses:
