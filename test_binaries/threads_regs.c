@@ -12,6 +12,14 @@
  *   Prints the public thread's and the secret thread's results ("public: <hex>",
  *   "secret: <hex>"); exit 0.  A malformed argument prints a usage line on stderr and
  *   exits 2.
+ *
+ * The mode is read byte by byte (is_word), not with strcmp: glibc's SSE4.2 strcmp loads the
+ * aligned 16 bytes around argv[2]'s first byte when argv[2] lies in the last 16 bytes of a
+ * 64-byte block, and those include the end of the key just below it on the stack.  Taint
+ * is byte-granular, so the comparison's result then carries the key's taint, and which
+ * branches that reaches depends on the word compared ("thread" is compared once more than
+ * "inline") and on where argv lies (the length of the binary's path): the two modes'
+ * findings would differ for reasons that have nothing to do with threads.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -64,11 +72,21 @@ static void *public_thread(void *arg)
     return (void *)(uintptr_t)acc;
 }
 
+/* Is arg exactly name?  Reads no byte outside the two strings (see the top). */
+static int is_word(const char *arg, const char *name)
+{
+    while (*arg && *arg == *name) {
+        arg++;
+        name++;
+    }
+    return *arg == *name;
+}
+
 int main(int argc, char **argv)
 {
-    int inl = argc > 2 && !strcmp(argv[2], "inline");
+    int inl = argc > 2 && is_word(argv[2], "inline");
     if (argc < 2 || argc > 4 || parse_hex(argv[1], key, 8) != 0 ||
-        (argc > 2 && !inl && strcmp(argv[2], "thread")) ||
+        (argc > 2 && !inl && !is_word(argv[2], "thread")) ||
         (argc > 3 && (rounds = atol(argv[3])) <= 0)) {
         fputs("usage: threads_regs KEY(16 hex digits) [thread|inline] [ROUNDS]\n", stderr);
         return 2;

@@ -85,7 +85,7 @@ static int producer_consumer(void)
     return 0;
 }
 
-static volatile int spin_done;
+static volatile int spin_done, spinning;
 
 static void *quitter(void *arg)
 {
@@ -97,8 +97,11 @@ static void *spinner(void *arg)
 {
     (void)arg;
     unsigned long n = 0;
-    while (!spin_done)
+    while (!spin_done) {
         n++;
+        spinning = 1;  /* main ends the spin only after a round of it (natively, a loaded
+                          host may not have run this thread at all before) */
+    }
     return (void *)(intptr_t)(n > 0);
 }
 
@@ -110,6 +113,8 @@ static int thread_exit(void)
     pthread_create(&q, NULL, quitter, NULL);
     pthread_join(q, &rq);
     printf("quitter returned %ld while the spinner ran\n", (long)rq);
+    while (!spinning)
+        sched_yield();
     spin_done = 1;
     pthread_join(s, &rs);
     printf("spinner returned %ld\n", (long)rs);

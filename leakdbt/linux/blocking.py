@@ -11,20 +11,31 @@ EINTR.
 
 Under virtual time (``leakdbt check``) a wait with no fd to watch jumps the clock instead of
 sleeping (``Kernel.wait_until``), as timers already do.
+
+:func:`park_on_fd` and :func:`park_on_children` serve the calls that block on one host fd
+or on a child (read, write, readv, writev, wait4, waitid): with other guest threads they
+park the caller in the scheduler (leakdbt.linux.threads) instead of blocking the engine;
+alone, they let ``--timeout`` end the wait.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import math
+import os
 import select
 import signal
+import socket
+import stat
 import time
 
 from leakdbt.errors import Deadlock
+from leakdbt.linux.files import OpenFile
 from leakdbt.linux.hostsignals import HOST
 from leakdbt.linux.kernel import Kernel
 from leakdbt.linux.signals import SIG_DFL, SIG_IGN
+from leakdbt.linux.threads import Wait
 
 Deadline = tuple[int, int]  # (host clock id, ns on that clock)
 
@@ -121,3 +132,145 @@ def block(k: Kernel, want: dict[int, int], until: Deadline | None, mask: int,
         if k.virtual_time and not events_seen and deadline is not None and timeout_ms > 0:
             k.wait_until(*deadline)  # the clock reaches the deadline too
         first = False
+
+
+# -- calls that may block on one host fd (read, write, wait4...) ------------------------------
+
+ALL_SIGNALS = (1 << 64) - 1  # a mask no signal passes: only readiness or --timeout end it
+
+
+def threaded(k: Kernel) -> bool:
+    """Has the guest more than one live thread (its blocking calls must let the others
+    run)?"""
+    return k.threads is not None and len(k.threads.live()) > 1
+
+
+def nonblocking(host_fd: int) -> bool:
+    """Is ``host_fd`` in O_NONBLOCK mode (its calls answer EAGAIN, never wait)?"""
+    try:
+        return bool(fcntl.fcntl(host_fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+    except OSError:
+        return True  # a bad fd: the call itself reports it
+
+
+def _ready(host_fd: int, events: int) -> bool:
+    poller = select.poll()
+    poller.register(host_fd, events)
+    return bool(poller.poll(0))  # any event, POLLHUP/POLLERR/POLLNVAL too: the call answers
+
+
+def park_on_fd(k: Kernel, host_fd: int, events: int, nr: int, what: str) -> bool:
+    """Before a call on ``host_fd`` that may block (``events``: POLLIN for a read, POLLOUT
+    for a write).  True: the calling thread was parked until the fd is ready, and its
+    call ``nr`` is made again then (the handler returns now, its result unused); False:
+    make the call now.
+
+    With other threads, a blocking-mode fd that is not ready parks the thread in the
+    scheduler (leakdbt.linux.threads) so the others run.  Alone, the thread waits for the
+    fd here, with ``--timeout`` bounding the wait (:func:`block`), only when a --timeout is
+    set and time is the host's; otherwise the host call blocks as it always did.  An
+    O_NONBLOCK fd never waits (the call answers EAGAIN)."""
+    if threaded(k):
+        if nonblocking(host_fd) or _ready(host_fd, events):
+            return False
+        assert k.threads is not None
+        k.threads.block(Wait(fd=host_fd, events=events, restart=nr))
+        return True
+    if k.timeout is not None and not k.virtual_time and not nonblocking(host_fd) \
+            and not _ready(host_fd, events):
+        block(k, {host_fd: events}, None, ALL_SIGNALS, what)
+    return False
+
+
+def park_on_children(k: Kernel, pids: list[int], nr: int, what: str) -> bool:
+    """Before a wait4/waitid that found no child to report (a WNOHANG try): True when the
+    thread was parked until one of ``pids`` ends (its call ``nr`` is made again then);
+    False: make the blocking call now (alone, after waiting here for an end with
+    ``--timeout`` bounding the wait when it is set; no pidfd to wait on: at once)."""
+    pidfds: list[int] = []
+    for pid in pids:
+        try:
+            pidfds.append(os.pidfd_open(pid))
+        except OSError:
+            continue  # reaped meanwhile: the call finds out
+    if not pidfds:
+        return False
+    if threaded(k):
+        assert k.threads is not None
+        k.threads.block(Wait(pidfds=tuple(pidfds), restart=nr))  # the wait closes them
+        return True
+    try:
+        block(k, dict.fromkeys(pidfds, select.POLLIN), None, ALL_SIGNALS, what)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    return False
+
+
+def may_wait(k: Kernel, f: OpenFile) -> bool:
+    """Can a read or write of ``f`` block on the host, and must the wait be ours (other
+    threads to run, or a --timeout to honour)?  Regular files and directories never wait."""
+    if (k.timeout is None or k.virtual_time) and (k.threads is None or not threaded(k)):
+        return False  # one thread, nothing to bound: the plain host call, as fast as before
+    if getattr(f, "epoll", None) is not None:
+        return False  # an epoll fd (sys_poll.EpollFile) polls readable only with events
+    return f.host_fd >= 0 and not f.is_regular and not f.is_dir
+
+
+PIPE_BUF = 4096  # a pipe that polls writable has room for this much (one free page)
+MSG_DONTWAIT = 0x40
+
+
+def _write_now(f: OpenFile, mode: int, data: bytes) -> int | None:
+    """Write what fits of ``data`` without blocking the host: bytes written, or None when
+    nothing fits now.  A pipe takes PIPE_BUF bytes once it polls writable; a socket is sent
+    to with MSG_DONTWAIT (stream sockets take part, datagrams all or nothing); anything else
+    (a terminal) takes the plain write.  ``mode``: the host fd's st_mode."""
+    if stat.S_ISFIFO(mode):
+        poller = select.poll()
+        poller.register(f.host_fd, select.POLLOUT)
+        if not poller.poll(0):
+            return None
+        return os.write(f.host_fd, data[:PIPE_BUF])
+    if stat.S_ISSOCK(mode):
+        with socket.socket(fileno=os.dup(f.host_fd)) as sock:
+            try:
+                return sock.send(data, MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+    return f.write(data)
+
+
+def take_progress(k: Kernel) -> int:
+    """What the running thread's write wrote before it was parked (0 for a new call)."""
+    if k.threads is None:
+        return 0
+    done, k.threads.current.progress = k.threads.current.progress, 0
+    return done
+
+
+def write_waiting(k: Kernel, f: OpenFile, data: bytes, nr: int, done: int,
+                  what: str = "write") -> int:
+    """A blocking-mode write to a pipe or socket that waits our way, from byte ``done``
+    on: in pieces that never block the host; with other threads, a full pipe parks the
+    thread (its call is made again later and goes on after the bytes already written,
+    kept in ``Thread.progress``); alone, the wait is here, bounded by --timeout.  Returns
+    what write(2) returns once all is written."""
+    mode = os.fstat(f.host_fd).st_mode
+    while done < len(data):
+        try:
+            n = _write_now(f, mode, data[done:])
+        except OSError:
+            if done:
+                return done  # what was written before the error, as pipe_write does
+            raise
+        if n is not None:
+            done += n
+        elif threaded(k):
+            if park_on_fd(k, f.host_fd, select.POLLOUT, nr, what):
+                assert k.threads is not None
+                k.threads.current.progress = done
+                return 0  # made again once writable
+        else:
+            block(k, {f.host_fd: select.POLLOUT}, None, ALL_SIGNALS, what)
+    return done

@@ -22,10 +22,12 @@ import fcntl
 import functools
 import inspect
 import os
+import select
 import signal
 import struct
 from collections.abc import Callable
 
+from leakdbt.linux.blocking import may_wait, nonblocking, park_on_fd, take_progress, write_waiting
 from leakdbt.linux.files import MAX_RW_COUNT, FsError, OpenFile
 from leakdbt.linux.fs import (
     PATH_MAX,
@@ -288,8 +290,11 @@ def _written(k: Kernel, write: Callable[[], int]) -> int:
 
 @_syscall
 def sys_read(k: Kernel, fd: int, buf: int, count: int) -> int:
-    """read(2)."""
-    data = k.fds.get(s32(fd)).read(min(count, MAX_RW_COUNT))
+    """read(2); a read that would block lets other threads run (park_on_fd)."""
+    f = k.fds.get(s32(fd))
+    if count and may_wait(k, f) and park_on_fd(k, f.host_fd, select.POLLIN, 0, "read"):
+        return 0  # the call is made again once the fd is readable
+    data = f.read(min(count, MAX_RW_COUNT))
     if data:
         k.mem.write(buf, data)
     return len(data)
@@ -297,9 +302,13 @@ def sys_read(k: Kernel, fd: int, buf: int, count: int) -> int:
 
 @_syscall
 def sys_write(k: Kernel, fd: int, buf: int, count: int) -> int:
-    """write(2)."""
+    """write(2); into a full pipe or socket, other threads run meanwhile
+    (blocking.write_waiting)."""
+    done = take_progress(k)
     f = k.fds.get(s32(fd))
     data = k.mem.read(buf, min(count, MAX_RW_COUNT)) if count else b""
+    if data and may_wait(k, f) and not nonblocking(f.host_fd):
+        return _written(k, lambda: write_waiting(k, f, data, 1, done))
     return _written(k, lambda: f.write(data))
 
 
@@ -327,16 +336,23 @@ def sys_readv(k: Kernel, fd: int, iov: int, iovcnt: int) -> int:
     """readv(2): one host read, scattered over the guest's buffers."""
     f = k.fds.get(s32(fd))
     vecs = _iovecs(k, iov, iovcnt)
-    data = f.read(min(sum(n for _, n in vecs), MAX_RW_COUNT))
+    total = min(sum(n for _, n in vecs), MAX_RW_COUNT)
+    if total and may_wait(k, f) and park_on_fd(k, f.host_fd, select.POLLIN, 19, "readv"):
+        return 0  # made again once readable
+    data = f.read(total)
     _scatter(k, vecs, data)
     return len(data)
 
 
 @_syscall
 def sys_writev(k: Kernel, fd: int, iov: int, iovcnt: int) -> int:
-    """writev(2): the guest's buffers gathered into one host write."""
+    """writev(2): the guest's buffers gathered into one host write (in pieces that wait our
+    way into a full pipe or socket, as write)."""
+    done = take_progress(k)
     f = k.fds.get(s32(fd))
     data = _gather(k, _iovecs(k, iov, iovcnt))
+    if data and may_wait(k, f) and not nonblocking(f.host_fd):
+        return _written(k, lambda: write_waiting(k, f, data, 20, done, "writev"))
     return _written(k, lambda: f.write(data))
 
 

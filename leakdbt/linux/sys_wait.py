@@ -3,7 +3,10 @@
 Guest children are host processes (the emulator forks, see leakdbt.linux.sys_clone) and
 guest pids are host pids, so a wait is the host's wait4/waitid with the same arguments; the
 status word needs no translation (the host is Linux), the rusage and siginfo are written in
-the x86-64 layout.  A pipe is a host pipe: both processes of a fork hold its host fds, and a
+the x86-64 layout.  A wait that would block is first tried with WNOHANG when the guest has
+other threads (they run while it waits: it is parked until a child it may report ends,
+leakdbt.linux.blocking.park_on_children) or a --timeout (which then ends the wait).
+A pipe is a host pipe: both processes of a fork hold its host fds, and a
 reader sees end of file once every holder has closed the write end, as in Linux.
 """
 
@@ -16,6 +19,7 @@ import signal
 import struct
 from collections.abc import Callable
 
+from leakdbt.linux.blocking import park_on_children, threaded
 from leakdbt.linux.files import OpenFile
 from leakdbt.linux.kernel import Kernel, s32
 from leakdbt.linux.signals import siginfo
@@ -48,6 +52,18 @@ def _may_have(k: Kernel, pid: int) -> bool:
     return bool(k.children) and (pid <= 0 or pid in k.children)
 
 
+def _wait_ours(k: Kernel, opts: int) -> bool:
+    """Must a blocking wait wait our way (other threads to run, a --timeout to honour)?"""
+    if opts & WNOHANG:
+        return False
+    return threaded(k) or (k.timeout is not None and not k.virtual_time)
+
+
+def _targets(k: Kernel, pid: int) -> list[int]:
+    """The guest's children a wait for ``pid`` (wait4's meaning) may report."""
+    return [pid] if pid > 0 else sorted(k.children)
+
+
 def sys_wait4(k: Kernel, pid: int, status: int, options: int, rusage: int) -> int:
     opts = options & 0xFFFF_FFFF
     if opts & ~WAIT4_OPTIONS:
@@ -55,7 +71,14 @@ def sys_wait4(k: Kernel, pid: int, status: int, options: int, rusage: int) -> in
     if not _may_have(k, s32(pid)):
         return -errno.ECHILD
     try:
-        child, word, usage = os.wait4(s32(pid), opts)
+        if _wait_ours(k, opts):
+            child, word, usage = os.wait4(s32(pid), opts | WNOHANG)
+            if child == 0 and park_on_children(k, _targets(k, s32(pid)), 61, "wait4"):
+                return 0  # made again once a child has ended
+            if child == 0:  # alone: a child has ended, or none could be watched
+                child, word, usage = os.wait4(s32(pid), opts)
+        else:
+            child, word, usage = os.wait4(s32(pid), opts)
     except OSError as e:  # ChildProcessError is ECHILD
         return -(e.errno or errno.ECHILD)
     if child == 0:  # WNOHANG and no child has changed state
@@ -92,7 +115,15 @@ def sys_waitid(k: Kernel, idtype: int, ident: int, info: int, options: int,
     if not _may_have(k, target if kind == P_PID else -1):
         return -errno.ECHILD
     try:
-        result = os.waitid(kind, target, opts)
+        if _wait_ours(k, opts):
+            result = os.waitid(kind, target, opts | WNOHANG)
+            pids = _targets(k, target if kind == P_PID else -1)
+            if result is None and park_on_children(k, pids, 247, "waitid"):
+                return 0  # made again once a child has ended
+            if result is None:
+                result = os.waitid(kind, target, opts)
+        else:
+            result = os.waitid(kind, target, opts)
     except OSError as e:
         return -(e.errno or errno.ECHILD)
     if result is None:  # WNOHANG, nothing to report: Linux zeroes these fields

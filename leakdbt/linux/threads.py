@@ -23,17 +23,31 @@ can run, the scheduler waits for the earliest futex timeout or sleep (on the ker
 virtual under ``leakdbt check``); with none, the guest is deadlocked and the run ends with a
 one-line :class:`~leakdbt.errors.Deadlock` (exit status 124) instead of hanging.
 
-A read of a pipe, socket or terminal with nothing to read (leakdbt.linux.sys_futex.sys_read)
-blocks its thread here too: the thread waits until select(2) finds the fd readable, then
-makes the call again; when nothing else can run, the scheduler waits in select.
+A call that would block on a host fd — ``read``/``readv`` with nothing to read, ``write``/
+``writev`` into a full pipe or socket (leakdbt.linux.blocking.park_on_fd) — and a
+``wait4``/``waitid`` for a child that has not ended (leakdbt.linux.sys_wait) block their
+thread here too: the thread waits until a host poll(2) finds its fd ready (or one of the
+children's pidfds readable), then makes the call again; a write that had written part of
+its data keeps that count (``Thread.progress``) and goes on from there.  Readiness is
+looked at each time the scheduler picks a thread (a zero-timeout poll); when nothing else
+can run, the scheduler waits in poll(2) for any parked fd, bounded by the earliest thread
+timeout and ``--timeout``.
 
-Not here yet: a wait for a child, a write to a full pipe, poll or a host sleep outside
-this scheduler blocks every thread (the host call blocks the engine); process-directed
-signals go to whichever thread runs next.
+What is deterministic: between the guest's own threads (a pipe or socketpair one thread
+writes and another reads) readiness follows from what the guest did, so the order of
+threads and switches repeats exactly.  An fd fed from outside the guest (a child process,
+stdin, another process) or a child's end is seen at the first scheduling point after the
+host sees it: the interleaving around it follows host timing, as it would in Linux.
+
+Not here yet: poll, select, epoll_wait, pause, sigsuspend and the socket calls
+(sendto/recvfrom/sendmsg/recvmsg, accept, connect) block every thread while they wait
+(the host call blocks the engine); a wait for a child that stops (WUNTRACED) rather than
+ends is woken only by an end; process-directed signals go to whichever thread runs next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -81,7 +95,8 @@ class State(Enum):
 @dataclass
 class Wait:
     """What a blocked thread waits for: a futex word (``futex``, with a wake ``bitset``), a
-    host fd to become readable (``fd``: the call ``restart`` is made again then), or only
+    host fd to become ready for ``events`` (``fd``) or a child to end (``pidfds``, owned by
+    the wait: closed when it ends) — the call ``restart`` is made again then —, or only
     time; ``deadline`` (host clock id, ns) ends the wait with ``timeout_result``."""
 
     futex: int = 0
@@ -90,6 +105,8 @@ class Wait:
     timeout_result: int = -errno.ETIMEDOUT
     fd: int = -1
     restart: int | None = None  # the system call number to make again when ``fd`` is ready
+    events: int = select.POLLIN  # what ``fd`` waits for (poll events)
+    pidfds: tuple[int, ...] = ()  # a wait4/waitid: the children it may report
 
 
 @dataclass
@@ -108,6 +125,7 @@ class Thread:
     altstack: AltStack = field(default_factory=AltStack)
     pending: list[tuple[int, bytes]] = field(default_factory=list)  # tgkill'd to it
     instructions: int = 0  # guest instructions it ran (counted since threads began)
+    progress: int = 0  # bytes a parked write had written before it blocked
     exit_status: int = 0
 
 
@@ -340,33 +358,56 @@ class ThreadGroup:
         return len(woken)
 
     def _resume_later(self, thread: Thread, result: int) -> None:
+        """``thread`` runs again with ``result`` (a write that had written some of its data
+        returns that count instead of an error, as write(2) does when a signal comes)."""
         self.futexes.remove(thread)
+        if thread.wait is not None:
+            _release(thread.wait)
+        if thread.progress and result < 0:
+            result = thread.progress
+        thread.progress = 0
         thread.state, thread.wait, thread.result = State.RUNNABLE, None, result
 
     def _restart_later(self, thread: Thread) -> None:
         """``thread`` makes the call it blocked in again when it runs (its fd is ready)."""
         assert thread.wait is not None
+        _release(thread.wait)
         thread.state, thread.restart, thread.wait = State.RUNNABLE, thread.wait.restart, None
 
     def _fd_waiters(self) -> list[Thread]:
         return [t for t in self.threads if t.state is State.BLOCKED
-                and t.wait is not None and t.wait.fd >= 0]
+                and t.wait is not None and (t.wait.fd >= 0 or t.wait.pidfds)]
 
     def _poll_fds(self, timeout: float | None) -> bool:
-        """Wake the threads whose fd is readable, waiting up to ``timeout`` seconds (None:
-        until one is) for one; whether any woke."""
+        """Wake the threads whose fd is ready (or one of whose children ended), waiting up
+        to ``timeout`` seconds (None: until one is) for one; whether any woke.  Threads
+        wake in creation order; an fd closed meanwhile (POLLNVAL) wakes its thread, whose
+        call then finds out."""
         waiting = self._fd_waiters()
         if not waiting:
             return False
-        fds = sorted({t.wait.fd for t in waiting if t.wait is not None})
-        try:
-            ready = set(select.select(fds, [], [], timeout)[0])
-        except (OSError, ValueError):  # a closed fd: let its reader find out
-            ready = set(fds)
+        want: dict[int, int] = {}
+        for t in waiting:
+            assert t.wait is not None
+            if t.wait.fd >= 0:
+                want[t.wait.fd] = want.get(t.wait.fd, 0) | t.wait.events
+            for fd in t.wait.pidfds:
+                want[fd] = want.get(fd, 0) | select.POLLIN
+        poller = select.poll()
+        for fd, events in sorted(want.items()):
+            poller.register(fd, events)
+        ms = -1 if timeout is None else max(0, -(-int(timeout * 1e9) // 1_000_000))
+        ready = dict(poller.poll(ms))
+        woke = False
         for thread in waiting:
-            if thread.wait is not None and thread.wait.fd in ready:
+            wait = thread.wait
+            assert wait is not None
+            done = select.POLLERR | select.POLLHUP | select.POLLNVAL
+            if (wait.fd >= 0 and ready.get(wait.fd, 0) & (wait.events | done)) \
+                    or any(fd in ready for fd in wait.pidfds):
                 self._restart_later(thread)
-        return bool(ready)
+                woke = True
+        return woke
 
     def signal_thread(self, thread: Thread, sig: int, code: int) -> None:
         """tgkill(2) to ``thread``: queued for it; one blocked in a wait is woken with
@@ -495,6 +536,14 @@ class ThreadGroup:
         done = self._done()
         thread.instructions += done - self._started_at
         self._started_at = done
+
+
+def _release(wait: Wait) -> None:
+    """Close what a wait owns (its children's pidfds)."""
+    for fd in wait.pidfds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    wait.pidfds = ()
 
 
 def thread_group(k: Kernel, deliver: Callable[[], None]) -> ThreadGroup:
