@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
+from leakdbt.contract.bound import RunTimeBound, parse_bound
 from leakdbt.x86.insn import REGS64, Flow, Insn, detail_decoder
 from leakdbt.x86.memaccess import memory_access
 
@@ -63,8 +64,8 @@ __all__ = ["API_VERSION", "BOUNDS_MARKER", "DETECTOR_API_VERSION", "SHARES", "Bl
            "ContractView", "DataObject", "DetailConstants", "DetectorContext",
            "DetectorFactory", "Flow", "HardeningPass", "INSN_SCRATCH", "Insn", "ProfileView",
            "REGION_SCRATCH", "REGISTER64", "RED_ZONE", "Refusal", "RegionView", "Rewrite",
-           "Tenancy", "TenancyDetector", "allocation_bounds", "detail", "detail_constants",
-           "goto", "memory_access", "original"]
+           "RunTimeBound", "Tenancy", "TenancyDetector", "allocation_bounds", "detail",
+           "detail_constants", "goto", "memory_access", "original", "parse_bound"]
 
 
 def detail(insn: Insn) -> Any:
@@ -102,7 +103,7 @@ def original(address: int) -> str:
     return f"{INSN_MARKER} {address:#x}"
 
 
-def allocation_bounds(register: str, offset: int) -> str:
+def allocation_bounds(register: str, offset: int, mapped: bool = False) -> str:
     """The line that, when it runs, stores the runtime start and the size in bytes of the
     guest memory containing the address in 64-bit ``register`` into the quadwords at
     ``[rsp - offset]`` and ``[rsp - offset + 8]`` (RSP as it is at that line; registers,
@@ -113,8 +114,14 @@ def allocation_bounds(register: str, offset: int) -> str:
     Both quadwords are 0 when neither is known, when the bounds exceed the run-time cap
     (64 KiB), or when the code does not run under the emulator; a sequence must then not
     rely on them (and the run reports the access as unhardened).  Translators that cannot
-    provide this (``leakdbt harden``, which writes native files) refuse the region."""
-    return f"{BOUNDS_MARKER} {register}, {offset:#x}"
+    provide this (``leakdbt harden``, which writes native files) refuse the region.
+
+    ``mapped``: the address is public, the start of a span whose length the sequence knows
+    (a value-range table, docs/passes.md "Heap tables"): the bounds are those of the live
+    allocation containing it, else of the sized ELF data object, else of the readable guest
+    mapping containing it (the stack, a module's segment, any ``mmap``), with no size cap;
+    0 and 0 when it is in no readable memory."""
+    return f"{BOUNDS_MARKER} {register}, {offset:#x}" + (", mapped" if mapped else "")
 
 
 def goto(address: int) -> str:

@@ -3,7 +3,7 @@
 Applies to regions the translator formed as ``loop`` (contract kind ``loop`` or none): a
 natural loop, header at the region's entry, possibly with several exits
 (``memcmp``-style early exits, ``strlen``-style scans).  The contract gives the public
-maximum trip count, ``bound = N``.
+maximum trip count, ``bound = N``, or a run-time bound (below).
 
 Method.  The loop body's blocks run as predicated blocks (plugins/support/predication.py) in a
 topological order of the body without its back edges, exactly ``bound`` times, counted by a
@@ -18,6 +18,30 @@ recorded exit: the target address is selected with ``cmov`` and reached by one i
 ``jmp`` through a scratch slot, so the region runs the same instructions whichever exit it
 takes; RFLAGS are restored before that jump, so the flags the loop left are those after the
 region.
+
+Run-time bounds (``bound = "r8 - rdi"``, leakdbt/contract/bound.py).  A loop whose other
+exit compares a pointer it steps with a fixed end (``while (p != end)``), or counts a
+register down to zero, has at most ``N = (END - START) >> k + C`` (or ``COUNT + C``) full
+iterations from its entry, whatever the input's length.  The pass checks the shape: one of
+the bound's registers is an induction variable stepping by the bound's step towards the
+other (``START`` up, ``END`` or ``COUNT`` down), which the loop does not write, and the
+loop leaves on a test of them (``cmp END, START``; for ``COUNT``: ``test R, R``, ``cmp R,
+0`` or the step itself) that ends the header or the block of the step (after it).  The
+counter is computed when the region is entered.  Header test: ``N + 1`` iterations, the
+last one *peeled* (the counter is 1 after the header: only the header runs, then the
+dispatch), so the loop reads exactly what the original reads when its secret exit is never
+taken (no access past the buffer's end).  Latch test: ``N`` iterations, the last one's
+test leaves.  ``N`` out of range (below 0 for a header test, below 1 for a latch test, or
+over ``MAX_BOUND``): one peeled iteration, then where the original goes (its exit, or the
+header's successor in the original loop: correct, it leaks; a contract error).  The
+registers must hold public values at the entry (the contract says so, as for a constant):
+the trip count depends on them and shows.
+
+Computed loads (plugins/support/loop_table.py).  A load at ``[B + I*s + d]`` with B a
+register the loop does not write and I one it computes (not an induction variable) — a
+decoder's character table — is replaced by a scan of the memory holding B's value (its
+bounds learnt at run time, once before the loop) that reads the same lines whatever I is,
+and never reads memory when its block is off; the memory rule does not apply to it.
 
 Inner loops (plugins/support/loop_nest.py).  The body may hold inner loops, nested two
 deep at most, each with its own bound ``M`` from the contract's ``inner_bounds`` (params
@@ -92,6 +116,12 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``):
 
 - ``region shape is S, not a loop region``
 - ``needs the contract's `bound``` (missing, not a positive integer), ``bound N is too large``
+- run-time bounds: ``bound 'T' is not a run-time bound: ...`` (and the other messages of
+  leakdbt/contract/bound.py); ``the run-time bound's R1 and R2: neither is an induction
+  variable of the loop`` (``R: not an ...``); ``the run-time bound's R is written in the
+  loop (its limit must not change)``; ``the run-time bound steps R by S, but 'I' does
+  not``; ``a run-time bound needs the loop to test it where it leaves: neither the header
+  (I) nor the block of the step (I) ends with a branch out of the loop on T``
 - ``I is a call (a callee cannot be predicated)``, ``I is a system call or software
   interrupt``, ``I is an indirect jump``, ``I stops the program``, ``I is not a plain
   ret``, ``I: loop/jrcxz branches are not supported``, ``I is a string instruction``
@@ -113,9 +143,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
-from leakdbt.plugin_api import BlockView, Flow, RegionView, goto
+from leakdbt.plugin_api import BlockView, Flow, RegionView, RunTimeBound, goto, parse_bound
 from plugins.support.loop_nest import Inner, Nest, nest
+from plugins.support.loop_table import TableEngine, computed_loads
 from plugins.support.memory_safety import check_accesses
 from plugins.support.predication import (
     GPR,
@@ -124,6 +156,7 @@ from plugins.support.predication import (
     INSN_PASSES,
     Engine,
     InsnInfo,
+    Mem,
     Pred,
     Refused,
     WholeRegionPass,
@@ -151,7 +184,7 @@ def bound_loop(region: RegionView) -> list[str]:
     :class:`~plugins.support.predication.Refused` with the reason when it cannot."""
     if region.shape != "loop":
         raise Refused(f"region shape is {region.shape}, not a loop region")
-    bound = _bound(region.params.get("bound"), "needs the contract's `bound`")
+    bound = _outer_bound(region.params.get("bound"))
     bias = region.bias
     header = region.entry
     for insn in region.instructions():
@@ -174,10 +207,18 @@ def bound_loop(region: RegionView) -> list[str]:
             if reason:
                 raise Refused(reason)
     ivs = _outer_ivs(shape, order, infos)
+    header_test = isinstance(bound, RunTimeBound) and _check_run_time(
+        bound, shape, order, infos, ivs, bias)
     inner_ivs = {i.header: _inner_ivs(shape, i, infos, ivs) for i in shape.inners}
     spread = _spread_ivs(shape, order, infos, ivs)
-    _check_memory(region, shape, infos, frozenset(ivs) | spread.keys(), inner_ivs)
-    return _Emitter(region, shape, bounds, infos, ivs, inner_ivs, spread).code(bound, exits)
+    written = frozenset(r for b in order for i in body(b) for r in infos[i.address].writes
+                        if r in GPR)
+    induction = frozenset(ivs) | spread.keys() | {r for v in inner_ivs.values() for r in v}
+    loads = computed_loads(order, infos, written, induction)
+    checked = {a: replace(i, mems=()) if a in loads else i for a, i in infos.items()}
+    _check_memory(region, shape, checked, frozenset(ivs) | spread.keys(), inner_ivs)
+    return _Emitter(region, shape, bounds, infos, ivs, inner_ivs, spread, loads).code(
+        bound, exits, header_test)
 
 
 def _bound(value: object, missing: str) -> int:
@@ -186,6 +227,73 @@ def _bound(value: object, missing: str) -> int:
     if value > MAX_BOUND:
         raise Refused(f"bound {value} is too large")
     return value
+
+
+def _outer_bound(value: object) -> int | RunTimeBound:
+    """The region's bound: a constant, or a run-time bound (``"END - START"``, module doc,
+    "Run-time bounds")."""
+    if isinstance(value, str):
+        parsed = parse_bound(value)
+        if isinstance(parsed, str):
+            raise Refused(f"bound {parsed}")
+        return parsed
+    return _bound(value, "needs the contract's `bound`")
+
+
+def _check_run_time(bound: RunTimeBound, shape: Nest, order: list[BlockView],
+                    infos: dict[int, InsnInfo], ivs: dict[str, int], bias: int) -> bool:
+    """Is the loop's run-time bound tested where the loop leaves (module doc, "Run-time
+    bounds")?  One register is an induction variable stepping by the bound's step towards
+    the other (``END - START``: up from START or down from END; ``COUNT``: down to zero),
+    which the loop does not write.  The test is a conditional branch out of the loop on
+    the flags of ``cmp END, START`` (``COUNT``: ``test R, R``, ``cmp R, 0`` or the step
+    itself), ending the header (True: the bound counts the iterations before the header's
+    test fails) or the block of the step, after the step (False: the iterations up to and
+    including the one whose test leaves)."""
+    written = _writers(order, infos)
+    step = 1 << bound.shift
+    regs = [r for r in (bound.end, bound.start) if r is not None]
+    named = " and ".join(regs)
+    iv = next((r for r in reversed(regs) if r in ivs), None)
+    if iv is None:
+        raise Refused(f"the run-time bound's {named}: "
+                      f"{'neither is' if len(regs) == 2 else 'not'} an induction variable of "
+                      f"the loop")
+    limit = next((r for r in regs if r != iv), None)
+    if limit is not None and limit in written:
+        raise Refused(f"the run-time bound's {limit} is written in the loop (its limit must "
+                      f"not change)")
+    (_, stepper), = written[iv]
+    want = (step if iv == bound.start else -step, False)
+    if _step_of(stepper, iv) != want:
+        raise Refused(f"the run-time bound steps {iv} by {want[0]}, but "
+                      f"'{stepper.insn.text}' does not")
+    tests = ({"cmp"} if limit is not None else {"test", "cmp", stepper.insn.mnemonic})
+
+    def tested(b: BlockView, after: int) -> bool:
+        if b.last.flow is not Flow.BRANCH or all(s in shape.edges for s in successors(b)):
+            return False
+        writers = [infos[i.address] for i in body(b) if infos[i.address].flags_write]
+        test = writers[-1].insn if writers else None
+        if test is None or test.address < after or test.mnemonic not in tests:
+            return False
+        ops = test.op_str.split(", ")
+        if limit is not None:
+            return sorted(ops) == sorted(regs)
+        return test.address == stepper.insn.address or ops in ([iv, iv], [iv, "0"])
+
+    head = next(b for b in order if b.start == shape.header)
+    if tested(head, 0):
+        return True
+    at = next(b for b in order if b.start == ivs[iv])
+    if at is not head and tested(at, stepper.insn.address):
+        return False
+    what = f"cmp {bound.end}, {bound.start}" if limit is not None else \
+        f"{iv} (test {iv}, {iv}, cmp {iv}, 0 or its step)"
+    raise Refused(f"a run-time bound needs the loop to test it where it leaves: neither the "
+                  f"header ({where(head.last, bias)}) nor the block of the step "
+                  f"({where(stepper.insn, bias)}) ends with a branch out of the loop on "
+                  f"{what}")
 
 
 def _offset(delta: int) -> str:
@@ -220,10 +328,10 @@ class _Emitter:
     def __init__(self, region: RegionView, shape: Nest, bounds: dict[int, int],
                  infos: dict[int, InsnInfo], ivs: dict[str, int],
                  inner_ivs: dict[int, dict[str, tuple[int, int]]],
-                 spread: dict[str, tuple[int, bool]]) -> None:
+                 spread: dict[str, tuple[int, bool]], loads: Mapping[int, Mem]) -> None:
         self.region, self.shape, self.bounds, self.infos = region, shape, bounds, infos
         self.ivs, self.inner_ivs = ivs, inner_ivs
-        engine = self.engine = Engine(region.bias)
+        engine = self.engine = TableEngine(region.bias, loads) if loads else Engine(region.bias)
         self.active, self.nxt, self.exit_id, self.count = (engine.alloc() for _ in range(4))
         # Every induction variable, of any loop, is recorded at the exits and put back.
         regs = sorted({*ivs, *spread, *(r for v in inner_ivs.values() for r in v)})
@@ -328,13 +436,22 @@ class _Emitter:
                                  self.npreds, self._glue(b.start),
                                  frozenset(self.unmasked.get(b.start, ())), late)
 
-    def code(self, bound: int, exits: list[int]) -> list[str]:
+    def code(self, bound: int | RunTimeBound, exits: list[int], header_test: bool = False
+             ) -> list[str]:
         engine, shape = self.engine, self.shape
+        fixed = isinstance(bound, int)
         lines = [INIT, f"mov {slot(self.active)}, 0xffffffffffffffff",
                  f"mov {slot(self.exit_id)}, 0",
                  *(f"mov {slot(at)}, 0" for at in self.recorded.values()),
-                 f"mov {slot(self.count)}, {bound:#x}", *engine.flags_to_slot()]
+                 *([f"mov {slot(self.count)}, {bound:#x}"] if isinstance(bound, int) else []),
+                 *engine.flags_to_slot()]
         engine.live = False  # every iteration starts with the flags in their slot
+        if isinstance(engine, TableEngine):
+            lines += engine.bounds()
+        peel = 0
+        if isinstance(bound, RunTimeBound):
+            peel = engine.alloc()
+            lines += self._run_time_count(bound, header_test, peel)
         lines.append("bl_top:")
         zero = [*self.gathered.values(), *([self.nxt] if self.or_back else [])]
         lines += [f"mov {slot(z)}, 0" for z in zero]
@@ -349,6 +466,13 @@ class _Emitter:
                               f"mov rax, {slot(engine.t1)}"]
             else:
                 lines += self._block(node, late if last else ())
+            if n == 0 and not fixed:
+                # A run-time bound: its last iteration, or one out of range, runs the header
+                # only (module doc).
+                test = f"cmp {slot(self.count)}, 1" if header_test else f"cmp {slot(peel)}, 0"
+                lines += [*engine.flags_to_slot(), test,
+                          "je bl_peel" if header_test else "jne bl_peel"]
+                engine.live = False
         assert engine.saved and not engine.live
         for r, (at, step, narrow) in self.spread.items():
             sign = "+" if step >= 0 else "-"
@@ -356,7 +480,59 @@ class _Emitter:
                       f"lea {GPR32[r] if narrow else r}, [{r} {sign} {abs(step):#x}]"]
         # The public counter decides the branch; the logical flags stay in their slot.
         lines += [f"sub {slot(self.count)}, 1", "jne bl_top"]
-        return engine.finish(lines + self._dispatch(exits))
+        lines += self._dispatch(exits)
+        if not fixed:
+            lines += self._peeled(exits)
+        return engine.finish(lines)
+
+    def _run_time_count(self, bound: RunTimeBound, header_test: bool, peel: int
+                        ) -> list[str]:
+        """The counter from the registers at the entry (flags in their slot, free): ``N =
+        (END - START) >> k + C`` full iterations, then (``header_test``) the header of one
+        more, whose test leaves: ``N + 1`` iterations, the last one peeled (only its header
+        runs: the counter is 1 there).  Out of range (fewer than 1 or more than MAX_BOUND
+        iterations): one, peeled (the ``peel`` slot set)."""
+        t1, count = slot(self.engine.t1), slot(self.count)
+        lines = [f"mov {t1}, rax", f"mov rax, {bound.end}"]
+        if bound.start is not None:
+            lines.append(f"sub rax, {t1 if bound.start == 'rax' else bound.start}")
+        if bound.shift:
+            lines.append(f"sar rax, {bound.shift}")
+        add = bound.add + header_test
+        if add:
+            lines.append(f"add rax, {add:#x}" if add > 0 else f"sub rax, {-add:#x}")
+        return [*lines, f"mov {count}, rax", f"mov rax, {t1}", f"mov {slot(peel)}, 0",
+                f"cmp {count}, 1", "jl bl_rt_peel", f"cmp {count}, {MAX_BOUND:#x}",
+                "jle bl_rt_count", "bl_rt_peel:", f"mov {count}, 1", f"mov {slot(peel)}, 1",
+                "bl_rt_count:"]
+
+    def _peeled(self, exits: list[int]) -> list[str]:
+        """After the last iteration's header (a run-time bound): where the original goes,
+        selected as the dispatch does: the exit recorded (induction variables get their
+        values there), a successor in the loop whose predicate the header set (the bound
+        was wrong: the original goes on from there), or the header again (its back edge
+        to itself)."""
+        engine, header = self.engine, self.shape.header
+        block = next(b for b in self.shape.flat() if b.start == header)
+        t1, t2 = slot(engine.t1), slot(engine.t2)
+        lines = ["bl_peel:", f"mov {t1}, rax", f"mov {t2}, rcx", f"movabs rax, {goto(header)}"]
+        for s in dict.fromkeys(successors(block)):
+            if s == header or s not in self.shape.edges:
+                continue
+            pred = engine.preds.get(s)
+            lines.append(f"movabs rcx, {goto(s)}")
+            if pred is None or pred == engine.preds.get(header):
+                lines.append("mov rax, rcx")  # the header's only way on
+            else:
+                lines += [pred.test(), f"cmov{pred.on} rax, rcx"]
+        for e in exits:
+            lines += [f"movabs rcx, {goto(e)}", f"cmp {slot(self.exit_id)}, {self.ids[e]:#x}",
+                      "cmove rax, rcx"]
+        target = engine.alloc()
+        lines += [f"mov {slot(target)}, rax", f"mov rcx, {t2}", f"mov rax, {t1}",
+                  f"cmp {slot(self.exit_id)}, 0"]
+        lines += [f"cmovne {r}, {slot(at)}" for r, at in self.recorded.items()]
+        return [*lines, *engine.load_flags(engine.fl), f"jmp {slot(target)}"]
 
     def _inner(self, inner: Inner, n: int) -> list[str]:
         """An inner loop: its body ``bound`` times under its active flag (the entries' masks

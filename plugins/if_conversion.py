@@ -60,8 +60,13 @@ the block.  Accepted: ``[rsp + d]`` with ``d >= -128`` and no index (the frame; 
 change in conditional code); RIP-relative operands (module data); and an address computed
 only from registers that no conditional block writes, when the same operand (same registers,
 scale and displacement, at least as wide) is also accessed by the entry block after its last
-write to those registers, or on every path through the region.  Anything else is refused:
-the original may never touch it (``if (p) x = *p;``).  Precondition: memory that the
+write to those registers, or on every path through the region.  Anything else (the original
+may never touch it: ``if (p) x = *p;``) runs *guarded* in the predicated-block scheme: when
+its block is off, its address registers are redirected to a known-valid place first
+(:class:`~plugins.support.predication.Guard`, :func:`_guards`; a bounded-index load through
+a base the region does not write keeps its base when that is readable, the ``keep`` target
+oblivious-table's value-range scan starts from); it is refused where no guard can be placed
+(see Refusals).  Precondition: memory that the
 original reads at an address on every path is also writable there if a conditional block
 stores to it (true of the stack and of data objects).  A store of an inactive block writes
 its value and restores the old one a few instructions later: another thread reading that
@@ -70,8 +75,17 @@ pointer on the path it takes) still faults, but possibly at another instruction 
 hardened code (e.g. the load of a store's old value) and with glue state in the scratch
 slots.
 
+Iterations.  A branch inside a loop whose paths meet only by leaving the function (an
+error return in the loop body) forms a region that holds the loop's back edge to its own
+start: it runs one iteration at a time (:func:`_iteration`), ending with a jump to the exit
+the original takes (:func:`_leave`): back to the start, which enters the copy again, or to
+the original code after the loop or of the early return.
+
 Leakage.  The instruction sequence does not depend on the branch.  Memory accesses: the
-same addresses on every path (the rule above), in the same order.  A division's time is
+same addresses on every path (the rule above), in the same order, except a guarded access,
+which touches its own address where its block runs and the safe slot (or its table's first
+element) where it does not.  An iteration region shows which group of exits it leaves by
+(the loop's trip count and how it ends).  A division's time is
 only constant once ct-division replaced it (this pass declares it runs before that one).
 
 Cost (instructions run per entry, besides the original instructions of every block).  Fork,
@@ -96,12 +110,17 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
 - ``I: loop/jrcxz branches are not supported``
 - ``I is a string instruction``
 - ``the region contains a loop (a cycle through its blocks): I jumps back to H, the
-  loop's head; R`` with R the reason plugins/support/arm_loop.py gives: the loop's head is
-  the region's entry (a branch region around a loop), more than one back edge, a call in
-  the loop, more than one block entering it, not a counted loop, too many iterations; or,
-  for a cycle with no head, ``the region contains a loop (...): the cycle is entered at
-  more than one block (irreducible flow)``
+  loop's head; R`` with R the reason plugins/support/arm_loop.py gives: more than one back
+  edge, a call in the loop, more than one block entering it, not a counted loop, too many
+  iterations; or, for a cycle with no head, ``the region contains a loop (...): the cycle
+  is entered at more than one block (irreducible flow)``
 - ``the loop at H is in a region that calls or moves rsp in conditional code ...``
+- iterations: ``the region contains a loop (a cycle through its blocks): its branch 'J' at
+  A leaves the loop for B (a secret exit: ...)``; ``the region contains a loop (...): the
+  loop iteration from A holds another loop (an iteration region runs no inner loop)``,
+  ``I moves rsp at
+  the start of a loop iteration (...)``, ``I is a call in a loop iteration (an iteration
+  region does not clone its calls)``
 - in a conditional block that moves RSP: ``rsp differs between the paths into B``,
   ``rsp differs between the paths that leave the region for A``, ``rsp differs between
   the region's returns``, ``I moves rsp in conditional code: a region that does so does
@@ -113,8 +132,11 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
   1, 2, 4, 8 or 16 are undone)``; ``I writes through fs: (segment stores are not undone)``;
   ``I writes to an absolute address (not undone)``; ``I: a memory divisor in a conditional
   block is not supported``; ``I: a divisor in the dividend's registers is not supported``
-- memory: ``I: its address depends on R, which the conditional code computes``; ``I:
-  accesses memory that not every path of the original accesses``
+- memory, where no guard can be placed: ``I: its address depends on R, which the
+  conditional code computes`` or ``I: accesses memory that not every path of the original
+  accesses``, then ``, and`` and why (:func:`_unguardable`): no base register, base = index,
+  below the red zone, segment-relative, wider than 8 bytes, a huge displacement, a second
+  operand; alone in a region with an arm loop or callee clones
 - ``the region needs more than 4096 bytes of scratch memory``
 """
 
@@ -141,7 +163,9 @@ from plugins.support.predication import (
     INSN_PASSES,
     XMM,
     Engine,
+    Guard,
     InsnInfo,
+    Mem,
     Pred,
     Refused,
     WholeRegionPass,
@@ -149,6 +173,7 @@ from plugins.support.predication import (
     body,
     control_refusal,
     dead_end,
+    keeps_base,
     needs_flags,
     predicated_refusal,
     slot,
@@ -175,7 +200,8 @@ def if_convert(region: RegionView) -> list[str]:
         reason = control_refusal(insn, bias)
         if reason:
             raise Refused(reason)
-    order = topological(region.entry, region.blocks, lambda a, b: False)
+    whole = region
+    region, order, exits = _iteration(region)
     loop: ArmLoop | None = None
     if order is None:
         try:
@@ -188,8 +214,9 @@ def if_convert(region: RegionView) -> list[str]:
         order = topological(region.entry, region.blocks, lambda a, b: (a, b) == back)
         assert order is not None  # one back edge, the only cycle
         order = contiguous(order, loop)
-    exits = region.exits()
-    if len(exits) > 1:
+    if exits is None:
+        exits = region.exits()
+    if len(exits) > 1 and region.entry not in exits:
         raise Refused("the region has more than one exit ("
                       + ", ".join(f"{e + bias:#x}" for e in exits) + ")")
     if exits and any(terminator(b).kind == "ret" for b in region.blocks):
@@ -208,6 +235,10 @@ def if_convert(region: RegionView) -> list[str]:
                 raise Refused(reason)
     calls = any(b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL) and not dead_end(b)
                 for b in region.blocks)
+    if calls and region.entry in exits:
+        call = next(b.last for b in order if b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL))
+        raise Refused(f"{where(call, bias)} is a call in a loop iteration (an iteration "
+                      "region does not clone its calls)")
     if calls and stack.deltas:
         assert stack.first is not None
         raise Refused(f"{where(stack.first, bias)} moves rsp in conditional code: a region "
@@ -219,9 +250,12 @@ def if_convert(region: RegionView) -> list[str]:
     graph = expand_calls(region, list(region.blocks)) if calls else None
     clone_writes = frozenset() if graph is None else frozenset(
         r for i in graph.infos.values() for r in i.writes)
-    _check_memory(region, order, infos, clone_writes)
+    guards = _guards(region, order, infos, clone_writes, graph is None and loop is None)
 
     engine = Engine(bias, stack.floor)
+    if guards:
+        engine.guards = guards
+        engine.safe = engine.alloc(16)
     if graph is not None:
         infos.update(graph.infos)
         engine.entry_depths, engine.deltas = graph.depths, graph.deltas
@@ -235,18 +269,131 @@ def if_convert(region: RegionView) -> list[str]:
     elif loop is not None:
         lines = arm_loop_run(engine, order, infos, frozenset(b.start for b in region.blocks),
                              loop, _RSP)
-    elif not ends and not stack.deltas and _is_tree(order, infos):
+    elif len(exits) < 2 and not ends and not stack.deltas and not guards \
+            and _is_tree(order, infos):
         tree = _fork_tree(order, infos)
         assert tree is not None
         lines = _Fork(engine, tree, infos).run()
     else:
-        members = {b.start for b in region.blocks}
+        # An iteration's exits get predicates like blocks (for _leave).
+        members = {b.start for b in region.blocks} | (set(exits) if len(exits) > 1 else set())
         engine.entry_depths, engine.deltas = stack.depths, stack.deltas
         lines = engine.run(order, infos, lambda a, b: b in members, lambda t: [],
                            lambda b: _RSP, final_depth=stack.final)
+    if len(exits) > 1:
+        return engine.finish(lines + _leave(engine, _same_exits(whole, exits)))
     lines += engine.flags_to_reg()
     lines.append(f"jmp {goto(exits[0])}" if exits else "ret")
     return engine.finish(lines)
+
+
+def _iteration(region: RegionView
+               ) -> tuple[RegionView, list[BlockView] | None, list[int] | None]:
+    """The region as if-conversion runs it, its blocks in a topological order (None: a
+    cycle, see arm_loop) and, for an iteration region, its exits.
+
+    A branch inside a loop whose paths meet only by leaving the function (an error return
+    inside the loop body) forms a region that runs to the returns and so holds the loop's
+    back edge to its own start: the cycle's head is the region's entry.  Such a region is
+    run one *iteration* at a time: its blocks are the entry and those from which an edge
+    back to the entry can be reached without passing through it (the loop body as seen
+    from the entry); the back edges and every edge from those blocks to another block (the
+    loop's exits, the error returns) are the iteration's exits.  The copy ends with a jump
+    to the exit the original takes (:func:`_leave`): back to the region's start, which
+    runs the next iteration in the copy again, or to the original code after the loop.
+    So the loop's trip count and the exit it leaves by show, as in the original: they are
+    public in a public loop; the branches inside one iteration do not.  A region whose own
+    branch leaves the loop (one successor cannot lead back to the start: an early exit on
+    the secret, ``if (a[i] != b[i]) return 0;``) is refused: that exit is the leak, and
+    bounded-loop's loop region is what removes it."""
+    entry = region.entry
+    if not any(entry in successors(b) for b in region.blocks):
+        return region, topological(entry, region.blocks, lambda a, b: False), None
+    by_start = {b.start: b for b in region.blocks}
+    preds: dict[int, list[int]] = {b.start: [] for b in region.blocks}
+    for b in region.blocks:
+        for t in successors(b):
+            if t in preds:
+                preds[t].append(b.start)
+    members = {entry}
+    stack = list(preds[entry])
+    while stack:
+        n = stack.pop()
+        if n not in members:
+            members.add(n)
+            stack += preds[n]
+    blocks = tuple(b for b in region.blocks if b.start in members)
+    exits = sorted({t for b in blocks for t in successors(b) if t not in members} | {entry})
+    entry_block = by_start[entry]
+    leaves = next((t for t in successors(entry_block) if t not in members), None)
+    if leaves is not None:
+        raise Refused(f"the region contains a loop (a cycle through its blocks): its branch "
+                      f"'{entry_block.last.text}' at {entry_block.last.address + region.bias:#x}"
+                      f" leaves the loop for {leaves + region.bias:#x} (a secret exit: the "
+                      "enclosing loop is bounded-loop's region, kind = \"loop\")")
+    moves = next((i for i in body(entry_block) if "rsp" in analyse(i).writes), None)
+    if moves is not None:
+        raise Refused(f"{where(moves, region.bias)} moves rsp at the start of a loop "
+                      "iteration (the iteration's copy starts where the entry leaves rsp)")
+    order = topological(entry, blocks, lambda a, b: b == entry)
+    if order is None:
+        raise Refused("the region contains a loop (a cycle through its blocks): the loop "
+                      f"iteration from {entry + region.bias:#x} holds another loop (an "
+                      "iteration region runs no inner loop)")
+    return dataclasses.replace(region, blocks=blocks), order, exits
+
+
+def _same_exits(region: RegionView, exits: list[int]) -> list[list[int]]:
+    """The exits of an iteration region in groups that compute the same: each group's
+    targets are blocks of the region with the same instructions (same text, so the same
+    absolute branch targets; none RIP-relative) that end in ``ret`` or ``jmp`` (gcc's
+    duplicated epilogues: ``pop rbx; ret`` at the end of each arm).  Jumping to one of a
+    group instead of another is the same computation, and the copy then does not show
+    which of them the original took."""
+    by_start = {b.start: b for b in region.blocks}
+    groups: dict[object, list[int]] = {}
+    for t in exits:
+        b = by_start.get(t)
+        key: object = t
+        if b is not None and b.last.flow in (Flow.RETURN, Flow.JUMP) and not any(
+                "rip" in i.op_str for i in b.insns):
+            key = tuple(i.text for i in b.insns)
+        groups.setdefault(key, []).append(t)
+    return list(groups.values())
+
+
+def _leave(engine: Engine, groups: list[list[int]]) -> list[str]:
+    """The end of an iteration region (:func:`_iteration`): a jump to the exit whose edge
+    the original took.  Every block after that edge was off, so the state is the one the
+    original has on the edge.  Each group of exits (:func:`_same_exits`) but the last is
+    tested (the OR of its exits' predicates) and left for, to its first target, through a
+    stub that puts the flags back; the last is where control goes when no other is taken.
+    The one data-dependent jump of the copy: which group of exits."""
+    out = [*engine.flags_to_slot()]
+    stubs: list[str] = []
+    for n, group in enumerate(groups[:-1]):
+        preds = [engine.preds[t] for t in group if t in engine.preds]
+        if not preds:
+            continue  # no edge of the copy goes there
+        if any(p is None for p in preds):  # always taken
+            return out + engine.load_flags(engine.fl) + [f"jmp {goto(group[0])}"] + stubs
+        label = f"ic_exit{n}"
+        if len(preds) == 1:
+            assert preds[0] is not None
+            out.append(preds[0].test(engine.depth))
+            on = preds[0].on
+        else:
+            either = engine.alloc()
+            out.append(f"mov {engine.at(engine.t1)}, rax")
+            for k, p in enumerate(preds):
+                assert p is not None
+                out += p.mask(engine.depth)
+                out.append(f"{'mov' if k == 0 else 'or'} {engine.at(either)}, rax")
+            out += [f"mov rax, {engine.at(engine.t1)}", f"cmp {engine.at(either)}, 0"]
+            on = "ne"
+        out.append(f"j{on} {label}")
+        stubs += [f"{label}:", *engine.load_flags(engine.fl), f"jmp {goto(group[0])}"]
+    return out + engine.load_flags(engine.fl) + [f"jmp {goto(groups[-1][0])}"] + stubs
 
 
 @dataclass(frozen=True)
@@ -615,19 +762,89 @@ def _negate(cc: str) -> str:
 _RSP = frozenset({"rsp"})  # a clone's RSP moves the same whether its block is on or off
 
 
+def _guards(region: RegionView, order: list[BlockView], infos: dict[int, InsnInfo],
+            clone_writes: frozenset[str], guarded: bool) -> dict[int, Guard]:
+    """The accesses of conditional blocks that the memory rule does not accept, each with
+    its :class:`~plugins.support.predication.Guard` (by instruction address); refused when
+    one cannot be guarded, or when ``guarded`` is false (a loop in an arm, callee clones:
+    those schemes do not guard accesses): the rule's own refusal then."""
+    failing: list[tuple[InsnInfo, Mem, str]] = []
+    _check_memory(region, order, infos, clone_writes, failing)
+    if failing and not guarded:
+        raise Refused(failing[0][2])
+    guards: dict[int, Guard] = {}
+    blocks = {i.address: b for b in order for i in body(b)}
+    for info, m, reason in failing:
+        block = blocks[info.insn.address]
+        at = next(k for k, i in enumerate(block.insns) if i.address == info.insn.address)
+        if _module_base(block, info, m):
+            target = "base"
+        elif keeps_base(region, block, at) == m:
+            target = "keep"  # oblivious-table scans it from base + disp (Guard)
+        elif region.bias == 0 and m.base != "rip" and region.object_at(m.disp) is not None:
+            target = "data"
+        else:
+            target = "slot"
+        why = _unguardable(info, m, guards, target)
+        if why:
+            raise Refused(f"{reason}, and {why}")
+        guards[info.insn.address] = Guard(m, target)
+    return guards
+
+
+def _unguardable(info: InsnInfo, m: Mem, guards: dict[int, Guard], target: str) -> str:
+    """Why an access cannot run guarded (see Guard; ``target`` as chosen), or ''."""
+    base = GPR.get(m.base or "")
+    index = GPR.get(m.index or "")
+    if info.insn.address in guards:
+        return "it is the instruction's second such operand (one guard per instruction)"
+    if base is None and target == "slot":
+        return "it has no base register to redirect"
+    if "rsp" in (base, index):
+        return "it is on the stack below the red zone (not redirected)"
+    if base == index and target != "data":
+        return "its base register is also its index"
+    if m.segment:
+        return f"it is relative to {m.segment}: (not redirected)"
+    if m.width > 8:
+        return f"it accesses {m.width} bytes (a guard redirects at most 8)"
+    if not -(1 << 30) < m.disp < 1 << 30:
+        return "its displacement is too large to redirect"
+    return ""
+
+
+def _module_base(block: BlockView, info: InsnInfo, m: Mem) -> bool:
+    """Did ``block`` itself set the access's base to module data (``lea base, [rip + X]``,
+    no later write to it before the access)?  The guard then keeps the base."""
+    base = GPR.get(m.base or "")
+    if base is None or base == "rsp":
+        return False
+    last: Insn | None = None
+    for insn in body(block):
+        if insn.address == info.insn.address:
+            break
+        if base in analyse(insn).writes:
+            last = insn
+    return (last is not None and last.mnemonic == "lea" and "[rip" in last.op_str
+            and last.rip_target is not None)
+
+
 def _check_memory(region: RegionView, order: list[BlockView], infos: dict[int, InsnInfo],
-                  clone_writes: frozenset[str] = frozenset()) -> None:
+                  clone_writes: frozenset[str] = frozenset(),
+                  collect: list[tuple[InsnInfo, Mem, str]] | None = None) -> None:
     """The memory-safety rule of the module doc, for every conditional block's access
-    (registers the clones write count as computed by the conditional code)."""
+    (registers the clones write count as computed by the conditional code); ``collect``:
+    gather the accesses it does not accept instead of refusing the first."""
     entry, conditional = order[0], order[1:]
-    members = {b.start for b in region.blocks}
+    members = {b.start for b in region.blocks} - {entry.start}  # a back edge leaves
     edges = {b.start: [s for s in successors(b) if s in members] for b in region.blocks}
     for b in region.blocks:
         if terminator(b).kind != "ret":
             edges[b.start] += [-1] if any(s not in members for s in successors(b)) else []
     check_accesses(conditional, infos, region.bias, entry.start, edges,
                    computed_by="the conditional code computes", every_path="of the original",
-                   known=accessed_at_end(entry, infos), also_written=clone_writes)
+                   known=accessed_at_end(entry, infos), also_written=clone_writes,
+                   collect=collect)
 
 
 PASS = WholeRegionPass("if-conversion", "branch", if_convert, before=INSN_PASSES)

@@ -25,6 +25,35 @@ happens when it cannot: docs/passes.md, "Heap tables").  The scan's span and tri
 are then computed from those bounds; unknown bounds (0, 0) make the scan empty and the
 access out of contract, so the original instruction runs.
 
+Value-range tables.  A heap-table access whose index register the block bounds
+(:func:`plugins.support.value_range.upper_bound`: ``movzx r32, r8`` → 255, ``and r, imm``,
+``shr r64, 56`` ...) can only touch ``[base + disp, base + disp + max*scale + width)``
+(:func:`value_span`; at most :data:`MAX_SPAN` bytes).  Its sequence (:func:`range_access`)
+computes that span's start from the base register, taken as public, and asks for the
+bounds of the memory holding the *start* (``.bounds REG, OFF, mapped``: the allocation,
+else the ELF object, else the readable guest mapping — the stack too); the table is the
+span intersected with them, and the rest is the heap sequence.  Accesses whose registers
+are all such public bases, unchanged in between, are not table accesses and are left alone
+(:func:`_public`).
+
+Branch and loop regions (:func:`composed`: shape ``branch`` or ``loop``, kind that shape or
+None).  if-conversion or bounded-loop replaces the whole region and carries this pass's
+replacements as its ``.insn`` lines (they run first: ``INSN_PASSES``); the sequence then
+sees the registers the whole-region code gives the instruction, which for an access of an
+arm that is off are not the original's (a guard redirects them).  So only the table
+accesses whose scan is the same whatever the region's predicates are rewritten
+(:func:`composed_accesses`): known bounds (ELF object at the anchor, the contract's table
+when the anchor is in it) or, in a branch region's entry block, a value-range span; in a
+conditional block, known bounds and an address that stays in the table, in contract, when
+the block is off (the guard's ``base``/``data`` targets: the table's first element), or a
+value-range load whose guard keeps its base (:func:`_kept_span`, the ``keep`` target: the
+index zeroed, the span's start; a junk base is sent to the scratch slot by the guard
+itself); in a loop, known bounds and registers the loop does not write.  The rest (plain
+stack and pointer accesses, a table whose guard goes to the scratch slot, an access with a
+per-access problem) are left as they are; a region with none gets the refusal ``no load
+or store in {region} is a table access whose rewrite composes with the {shape} region's:
+...`` (the pass does not apply to it).
+
 ``params["granularity"]`` (default ``params["line_size"]``, else the profile's line size) is
 the unit an observer can tell apart: the cache line, or the intra-line unit.
 
@@ -120,7 +149,7 @@ checked at run time (the translator's cap on the allocation size, 64 KiB).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from leakdbt.plugin_api import (
@@ -129,6 +158,7 @@ from leakdbt.plugin_api import (
     RED_ZONE,
     REGION_SCRATCH,
     REGISTER64,
+    BlockView,
     ContractView,
     Flow,
     Insn,
@@ -143,12 +173,18 @@ from leakdbt.plugin_api import (
     memory_access,
     original,
 )
+from plugins.support.predication import dead_end, keeps_base
+from plugins.support.value_range import upper_bound
 
-__all__ = ["MAX_UNITS", "PASS", "ObliviousTable", "TableAccess", "find_accesses",
-           "heap_access", "heap_accesses", "oblivious_access"]
+__all__ = ["MAX_UNITS", "PASS", "ObliviousTable", "TableAccess", "composed",
+           "composed_accesses", "find_accesses", "heap_access", "heap_accesses",
+           "oblivious_access"]
 
 MAX_UNITS = 1 << 16
 """The largest number of units (loads per lookup) the pass accepts for one table."""
+MAX_SPAN = 1 << 16
+"""The largest span (bytes) a value-range access scans: as the run-time cap on a heap table
+(leakdbt.run.allocations.MAX_TABLE_BYTES); a larger one gets allocation bounds instead."""
 MAX_GRANULARITY = 4096  # a page: reads of the span then never leave the table's pages
 MASK64 = (1 << 64) - 1
 
@@ -158,6 +194,7 @@ _FRAME = RED_ZONE + 8 * (1 + len(_SCRATCH))  # below the original RSP: red zone,
 # selected/stored value, the scan base and the wanted unit's offset; for a heap table also
 # the allocation's start and size (written by the translator at ``.bounds``) and the span.
 _SLOT = REGION_SCRATCH
+_BOUNDS = _SLOT - _FRAME - 24  # the ``.bounds`` offset: slots 3 and 4, from inside the frame
 assert _FRAME + 48 <= _SLOT <= RED_ZONE + INSN_SCRATCH
 _LOAD = {1: ("movzx edx, byte ptr", "dl"), 2: ("movzx edx, word ptr", "dx"),
          4: ("mov edx, dword ptr", "edx"), 8: ("mov rdx, qword ptr", "rdx")}
@@ -192,6 +229,20 @@ class TableAccess:
     writes: bool
     anchor: int | None  # link-time address the operand is known to point at, plus the index
     problem: str | None = None  # why this access cannot be rewritten (None: it can)
+    span: ValueSpan | None = None  # what it can touch, from its index's value range
+
+
+@dataclass(frozen=True)
+class ValueSpan:
+    """Where an access ``[base + index*scale + disp]`` whose index is at most ``bound`` can
+    reach, whatever the index: ``length`` bytes from ``start`` (``base + disp``, as an
+    operand expression: it uses only the public register ``base``)."""
+
+    start: str
+    length: int
+    index: str  # the 64-bit register bounded
+    bound: int
+    base: str | None  # the register of ``start`` (None: a constant)
 
 
 def _writes_reg(ci: Any, reg: str) -> bool:
@@ -340,6 +391,167 @@ def find_accesses(region: RegionView) -> list[tuple[TableAccess, tuple[int, int]
     return out
 
 
+def composed(region: RegionView) -> bool:
+    """Whether a whole-region pass rewrites ``region`` around this pass's replacements (its
+    ``.insn`` lines carry them): shape ``branch`` (if-conversion) or ``loop``
+    (bounded-loop), of that kind or none."""
+    return region.shape in ("branch", "loop") and region.kind in (None, region.shape)
+
+
+def composed_accesses(region: RegionView, granularity: int = 64
+                      ) -> list[tuple[TableAccess, tuple[int, int] | None]]:
+    """The accesses of a branch or loop region (:func:`composed`) whose oblivious rewrite
+    composes exactly with the whole-region pass, each with its table's link-time (address,
+    length), or None for a value-range access (its ``span`` set).  Only table accesses as
+    for a ``table`` region, never every register-addressed access (no contract-table or
+    heap rule), and of those only where the address the sequence sees is the same, or in
+    the table, whatever the region's predicates:
+
+    - branch: an access of the entry block (it runs once, before any branch, never
+      redirected) with known bounds or a value-range span; an access of a conditional
+      block with known bounds when, with its block off, if-conversion's guard (if any)
+      redirects it inside the table, in contract: the block set the base with ``lea base,
+      [rip + X]`` (the guard zeroes the index: ``X + disp``), or, non-PIE at bias 0, the
+      displacement is a data object (base and index zeroed: ``disp``).  Any other guard
+      moves the address to the region's scratch slot: the scan would be in contract on one
+      path and not on the other, so such an access is left alone;
+    - loop: an access with known bounds whose registers no block of the loop writes (the
+      same address in every iteration, active or not); bounded-loop scans its own computed
+      loads (plugins/support/loop_table.py).
+
+    Accesses with a per-access problem (see the module doc) or a table the pass cannot
+    scan are left alone too: refusing would leave the whole region unhardened."""
+    loop = region.shape == "loop"
+    written = {r for b in region.blocks for i in b.insns for r in _written(i)} if loop \
+        else set()
+    out: list[tuple[TableAccess, tuple[int, int] | None]] = []
+    for block in region.blocks:
+        if dead_end(block):  # not run predicated: its instructions are no ``.insn`` lines
+            continue
+        for at in range(len(block.insns)):
+            access = _inspect(block.insns, at, region)
+            if access is None or access.problem is not None:
+                continue
+            bounds = _anchored_bounds(access, region)
+            if bounds is not None and _check_table(access, bounds[0] + region.bias,
+                                                   bounds[1], granularity) is not None:
+                continue
+            if loop:
+                if bounds is not None and not _address_registers(access.insn) & written:
+                    out.append((access, bounds))
+            elif block.start == region.entry:
+                span = None if bounds is not None else value_span(block.insns, at,
+                                                                  access.width)
+                if bounds is not None or span is not None:
+                    out.append((replace(access, span=span), bounds))
+            elif bounds is not None and _off_in_contract(block.insns, at, access, bounds,
+                                                         region, granularity):
+                out.append((access, bounds))
+            elif bounds is None:
+                span = _kept_span(region, block, at, access)
+                if span is not None:
+                    out.append((replace(access, span=span), None))
+    return out
+
+
+def _kept_span(region: RegionView, block: BlockView, at: int, access: TableAccess
+               ) -> ValueSpan | None:
+    """The value-range span of a conditional block's load whose if-conversion guard keeps
+    its base (:func:`plugins.support.predication.keeps_base`, the ``keep`` target): with
+    the block off the index is 0, so the load is at the span's start ``base + disp`` (or,
+    when no readable memory is there, the guard moved the base to the scratch slot and the
+    scan reads the stack there).  None unless the span's public start is that base and its
+    bounded register the index."""
+    m = keeps_base(region, block, at)
+    if m is None:
+        return None
+    span = value_span(block.insns, at, access.width)
+    if span is None or span.base != REGISTER64[m.base or ""] \
+            or span.index != REGISTER64[m.index or ""]:
+        return None
+    return span
+
+
+def _written(insn: Insn) -> set[str]:
+    """The 64-bit registers ``insn`` writes (any part of)."""
+    ci = detail(insn)
+    return {REGISTER64[ci.reg_name(r)] for r in ci.regs_access()[1]
+            if ci.reg_name(r) in REGISTER64}
+
+
+def _anchored_bounds(access: TableAccess, region: RegionView) -> tuple[int, int] | None:
+    """A composed region's bounds for ``access``: the contract's table when its anchor is
+    inside it, else the ELF object at its anchor (:func:`_bounds`); none without an
+    anchor."""
+    if access.anchor is None:
+        return None
+    if region.table is not None:
+        t, n = region.table
+        if t <= access.anchor < t + n:
+            return region.table
+    return _bounds(access, replace(region, table=None))
+
+
+def _off_in_contract(block: tuple[Insn, ...], at: int, access: TableAccess,
+                     bounds: tuple[int, int], region: RegionView, granularity: int) -> bool:
+    """Whether, with its block off, ``block[at]`` (a conditional block's access) is at an
+    address inside the table ``bounds``, in contract, whether or not it runs guarded:
+    if-conversion's guard targets (plugins/support/predication.py, ``Guard``) ``base``
+    (the block's own ``lea base, [rip + X]``, index zeroed: ``X + disp``) and ``data``
+    (bias 0, the displacement a data object: ``disp``); an unguarded access has the same
+    address on every path.  The ``slot`` target (anything else) is not in the table."""
+    k = detail_constants()
+    ci = detail(access.insn)
+    mem = next(op.mem for op in ci.operands if op.type == k.op_mem)
+    base = REGISTER64.get(ci.reg_name(mem.base)) if mem.base else None
+    if base is not None and _sets_base_to_data(block, at, base):
+        target = _traced_lea(block, at, base)
+        if target is None:
+            return False
+        off = (target + mem.disp) & MASK64
+    elif region.bias == 0 and region.object_at(mem.disp & MASK64) is not None:
+        off = mem.disp & MASK64
+    else:
+        return False
+    t, n = bounds
+    w = access.width
+    s = max(granularity, w)
+    runtime = off + region.bias
+    return (t <= off <= t + n - w and runtime % s <= s - w
+            and not (needs_alignment(access) and runtime % WIDE))
+
+
+def _sets_base_to_data(block: tuple[Insn, ...], at: int, base: str) -> bool:
+    """Whether the last instruction of ``block`` before ``at`` that writes ``base`` is a
+    ``lea`` of a RIP-relative address: when it does, if-conversion's guard keeps the base
+    (the ``base`` target) and only zeroes the index."""
+    for insn in reversed(block[:at]):
+        if base in _written(insn):
+            return (insn.mnemonic == "lea" and "[rip" in insn.op_str
+                    and insn.rip_target is not None)
+    return False
+
+
+def _harden_composed(region: RegionView, granularity: int) -> Rewrite | Refusal:
+    """The oblivious rewrite of a branch or loop region's table accesses
+    (:func:`composed_accesses`); the whole-region pass carries them."""
+    out: dict[int, tuple[str, ...]] = {}
+    for access, bounds in composed_accesses(region, granularity):
+        if bounds is not None:
+            lines = oblivious_access(access, bounds[0], bounds[1], granularity)
+        else:
+            assert access.span is not None
+            lines = range_access(access, access.span, granularity)
+        out[access.insn.address] = tuple(lines)
+    if not out:
+        return Refusal(
+            f"no load or store in {region.name} is a table access whose rewrite composes "
+            f"with the {region.shape} region's: none has known bounds (or, in the entry "
+            "block of a branch region, a value-range span) at an address the region's "
+            "predicates do not move out of the table")
+    return Rewrite(replace=out)
+
+
 def _granularity(region: RegionView, profile: ProfileView | None) -> int | Refusal:
     value = region.params.get("granularity", region.params.get("line_size"))
     if value is None:
@@ -415,13 +627,48 @@ def heap_access(access: TableAccess, granularity: int) -> list[str]:
     ``granularity``-byte unit of [start, start + size) is read, in a fixed order.  Unknown
     bounds (both slots 0) make the access out of contract and the scan empty: the original
     instruction then runs on the original address."""
+    return _frame_enter() + [
+        f"lea rsi, [{access.address}]",  # EA, as the instruction computes it
+        allocation_bounds("rsi", _BOUNDS),  # T into slot 3, L into slot 4
+        *_bounded_access(access, granularity),
+    ]
+
+
+def range_access(access: TableAccess, span: ValueSpan, granularity: int) -> list[str]:
+    """The replacement lines for ``access`` whose index the block bounds (``span``): the
+    table is the span, ``[start, start + length)``, intersected at run time with the
+    memory that holds its (public) start — the live allocation, else the readable guest
+    mapping (:func:`leakdbt.plugin_api.allocation_bounds` with ``mapped``).  Then as
+    :func:`heap_access`.  A start in no readable memory gives (0, 0): an empty scan and the
+    original instruction, on the original address."""
+    used = set(re.findall(r"\b[a-z][a-z0-9]+\b", access.address))
+    used = {REGISTER64.get(r, r) for r in used}
+    tmp = next(r for r in ("rdi", "rcx", "rdx", "rax", "r8") if r not in used)
+    return _frame_enter() + [
+        # the span's start (public), before RSI changes
+        f"lea {tmp}, [{span.start}]" if span.base else f"movabs {tmp}, {span.start}",
+        f"lea rsi, [{access.address}]",  # EA, as the instruction computes it
+        *([] if tmp == "rdi" else [f"mov rdi, {tmp}"]),
+        allocation_bounds("rdi", _BOUNDS, mapped=True),  # the memory holding the start
+        f"mov rcx, {_slot(3)}", "mov rdx, rcx", f"add rdx, {_slot(4)}",  # [start, end)
+        "cmp rcx, rdi", "cmovb rcx, rdi",  # T = max(start, span start)
+        f"movabs rax, {_hex(span.length)}", "add rax, rdi",
+        "cmp rax, rdx", "cmovb rdx, rax",  # end = min(end, span end)
+        "xor eax, eax", "sub rdx, rcx",
+        "cmovbe rdx, rax", "cmovbe rcx, rax",  # empty (unknown): T = L = 0
+        f"mov {_slot(3)}, rcx", f"mov {_slot(4)}, rdx",
+        *_bounded_access(access, granularity),
+    ]
+
+
+def _bounded_access(access: TableAccess, granularity: int) -> list[str]:
+    """The heap sequence once EA is in RSI and the table's runtime start and length in
+    slots 3 and 4 (both 0: unknown)."""
     w = access.width
     s = max(granularity, w)
     log = s.bit_length() - 1
     insn = access.insn
-    lines = _frame_enter() + [
-        f"lea rsi, [{access.address}]",  # EA, as the instruction computes it
-        allocation_bounds("rsi", _SLOT - _FRAME - 24),  # T into slot 3, L into slot 4
+    lines = [
         f"mov rdi, {_slot(3)}",
         "mov rcx, rsi", "sub rcx, rdi",  # EA - T
         f"mov rdx, {_slot(4)}",
@@ -463,11 +710,62 @@ def heap_accesses(region: RegionView) -> list[TableAccess]:
         return []
     out = []
     for block in region.blocks:
+        found: list[tuple[int, TableAccess]] = []
         for at in range(len(block.insns)):
             access = _inspect(block.insns, at, region)
             if access is not None:
-                out.append(access)
+                span = value_span(block.insns, at, access.width)
+                found.append((at, access if span is None else replace(access, span=span)))
+        bases = [(at, a.span.base) for at, a in found if a.span is not None and a.span.base]
+        out += [a for at, a in found if a.span is not None or a.problem is not None
+                or not _public(block.insns, at, bases)]
     return out
+
+
+def _public(block: tuple[Insn, ...], at: int, bases: list[tuple[int, str]]) -> bool:
+    """Whether every register of ``block[at]``'s address holds, there, what it holds where
+    it is the public start of a value-range span (``bases``: (position, register)): the
+    address is then as public as that start, and not a table index (it is left alone)."""
+    registers = _address_registers(block[at])
+    return bool(registers) and all(
+        any(base == r and not any(_writes_reg(detail(i), r)
+                                  for i in block[min(at, p):max(at, p)])
+            for p, base in bases)
+        for r in registers)
+
+
+def _address_registers(insn: Insn) -> set[str]:
+    k = detail_constants()
+    ci = detail(insn)
+    mem = next(op.mem for op in ci.operands if op.type == k.op_mem)
+    return {REGISTER64.get(ci.reg_name(r), ci.reg_name(r)) for r in (mem.base, mem.index) if r}
+
+
+def value_span(block: tuple[Insn, ...], at: int, width: int) -> ValueSpan | None:
+    """The span the memory operand of ``block[at]`` (``width`` bytes) can reach when the
+    block bounds its index register (:func:`plugins.support.value_range.upper_bound`): the
+    index, else (scale 1) the base, whichever is bounded; the other register (if any) is
+    the span's public start.  None when neither is bounded, or both are the same."""
+    k = detail_constants()
+    ci = detail(block[at])
+    mem = next(op.mem for op in ci.operands if op.type == k.op_mem)
+    base = REGISTER64.get(ci.reg_name(mem.base)) if mem.base else None
+    index = REGISTER64.get(ci.reg_name(mem.index)) if mem.index else None
+    choices = [(index, base, mem.scale)] if index is not None else []
+    if base is not None and (index is None or mem.scale == 1):
+        choices.append((base, index, 1))
+    for secret, public, scale in choices:
+        assert secret is not None
+        if secret == public:
+            continue
+        bound = upper_bound(block, at, secret)
+        if bound is None or bound * scale + width > MAX_SPAN:
+            continue
+        disp = mem.disp
+        offset = f"{'-' if disp < 0 else '+'} {_hex(abs(disp))}"
+        start = f"{public} {offset}" if public is not None else _hex(disp & MASK64)
+        return ValueSpan(start, bound * scale + width, secret, bound, public)
+    return None
 
 
 def _check_table(access: TableAccess, table: int, length: int, granularity: int
@@ -492,6 +790,8 @@ def harden_region(region: RegionView, profile: ProfileView | None = None) -> Rew
     granularity = _granularity(region, profile)
     if isinstance(granularity, Refusal):
         return granularity
+    if composed(region):
+        return _harden_composed(region, granularity)
     found = find_accesses(region)
     if not found:
         heap = heap_accesses(region)
@@ -522,7 +822,9 @@ def _harden_heap(heap: list[TableAccess], region: RegionView, granularity: int
         if access.problem is not None:
             return Refusal(f"'{access.insn.text}' at {access.insn.address + region.bias:#x}: "
                            f"{access.problem}")
-        replace[access.insn.address] = tuple(heap_access(access, granularity))
+        replace[access.insn.address] = tuple(
+            heap_access(access, granularity) if access.span is None
+            else range_access(access, access.span, granularity))
     return Rewrite(replace=replace)
 
 
@@ -538,6 +840,11 @@ class ObliviousTable:
                 ) -> bool | Refusal:
         if region.kind == "table":
             return True
+        if composed(region):
+            granularity = _granularity(region, profile)
+            if isinstance(granularity, Refusal):
+                return granularity
+            return bool(composed_accesses(region, granularity))
         if region.kind is not None:
             return False
         return bool(find_accesses(region))

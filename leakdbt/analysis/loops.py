@@ -20,17 +20,28 @@ time.  An entry that ran out of trips, or that the end of the run (the instructi
 fault, ``exit``) cut short, gives no trip count; a loop with none has no bound, and
 :meth:`LoopCounter.unknown` says why ("loop bound unknown"): analyze writes the region with
 that reason and no ``bound``, which bounded-loop refuses until the user adds one.
+
+A *run-time* bound needs no run (:func:`run_time_bound`): when the loop's header ends with
+its other exit, a test ``cmp P, END`` of a pointer the loop steps by a constant (its one
+write in the loop: ``add``/``sub``/``inc``/``dec``/``lea P, [P +/- c]``) against a
+register the loop does not write, the loop runs at most ``(END - P) / step`` full
+iterations from its entry, whatever the input length: analyze writes that expression
+(``bound = "r8 - rdi"``), which bounded-loop evaluates when the loop is entered
+(docs/passes.md).  It is public when the header's test is: the caller passes the secret
+branches, and a header that branches on a secret gets none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from leakdbt.dbt.cfg import FunctionCFG
+from leakdbt.dbt.cfg import Block, FunctionCFG
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.errors import LeakDBTError
 from leakdbt.machine.machine import Machine
+from leakdbt.x86.insn import REGS64, Insn, detail_decoder
 
 Hook = Callable[[int, int], None]  # a code hook: (address, size)
 MAX_TRIPS = 1 << 20  # the most iterations of one entry with the secret exit suppressed
@@ -242,3 +253,100 @@ def inner_loops(loop: CodeRegion) -> dict[int, set[int]]:
                     and loop.cfg.dominates(e.target, b.start):
                 out.setdefault(e.target, set()).add(b.start)
     return out
+
+
+_STEP = re.compile(r"(\w+), (0x[0-9a-f]+|\d+)")
+_LEA_STEP = re.compile(r"(\w+), \[(\w+) ([+-]) (0x[0-9a-f]+|\d+)\]")
+
+
+def _written(insn: Insn) -> set[str]:
+    """The 64-bit general registers ``insn`` writes."""
+    out: set[str] = set()
+    for ci in detail_decoder().disasm(insn.raw, insn.address, 1):
+        out |= {REGS64[ci.reg_name(r)] for r in ci.regs_access()[1]
+                if ci.reg_name(r) in REGS64}
+    return out
+
+
+def _step(insn: Insn, reg: str) -> int | None:
+    """What ``insn`` adds to the 64-bit register ``reg`` when it is a constant step of it
+    (``add``/``sub`` of an immediate, ``inc``/``dec``, ``lea reg, [reg +/- c]``), or None."""
+    m, ops = insn.mnemonic, insn.op_str
+    if m in ("inc", "dec") and ops == reg:
+        return 1 if m == "inc" else -1
+    step = _STEP.fullmatch(ops)
+    if m in ("add", "sub") and step is not None and step.group(1) == reg:
+        value = int(step.group(2), 0)
+        return value if m == "add" else -value
+    lea = _LEA_STEP.fullmatch(ops)
+    if m == "lea" and lea is not None and lea.group(1) == reg == lea.group(2):
+        value = int(lea.group(4), 0)
+        return value if lea.group(3) == "+" else -value
+    return None
+
+
+_CONTINUES = {"e": "e", "z": "e", "ne": "ne", "nz": "ne", "s": "s", "ns": "ns"}
+_NEGATE = {"e": "ne", "ne": "e", "s": "ns", "ns": "s"}
+
+
+def _continues(head: Block, inside: set[int]) -> str | None:
+    """The condition (``e``, ``ne``, ``s``, ``ns``) under which the block's final branch
+    stays in the loop, or None (another condition, or both ways stay or leave)."""
+    last = head.last
+    cc = _CONTINUES.get(last.mnemonic[1:])
+    if cc is None or (last.target in inside) == (last.next in inside):
+        return None
+    return cc if last.target in inside else _NEGATE[cc]
+
+
+def run_time_bound(loop: CodeRegion, secret: Collection[int] = (), counted: bool = False
+                   ) -> str | None:
+    """The run-time bound of ``loop`` (module doc), as a contract writes it, or None.  Its
+    test must be an exit branch that is not one of the ``secret`` branches (link-time
+    addresses).  Always: the header's ``cmp`` of a register the loop steps by a power of two
+    with one it does not write (``"END - P"``).  With ``counted``, also a register R the
+    loop counts down by one to zero (``"R"``, ``"R - 1"``): tested by the header (``test
+    R, R`` or ``cmp R, 0`` before the step, or its own step: ``sub R, 1; jns``), or by the
+    step in its block, the loop's latch (``sub R, 1; jne``)."""
+    head = loop.cfg.blocks[loop.entry]
+    inside = set(loop.blocks)
+    writes: dict[str, list[Insn]] = {}
+    for b in loop.block_list():
+        for insn in b.insns:
+            for r in _written(insn):
+                writes.setdefault(r, []).append(insn)
+    stays = _continues(head, inside) if head.last.address not in secret else None
+    test = next((i for i in reversed(head.insns[:-1]) if i.mnemonic != "nop"), None)
+    ops = test.op_str.split(", ") if test is not None else []
+    if stays is not None and test is not None and test.mnemonic == "cmp" and len(ops) == 2 \
+            and all(REGS64.get(r) == r and r not in ("rsp", "rip") for r in ops):
+        for pointer, limit in (ops, ops[::-1]):
+            if limit in writes or len(writes.get(pointer, ())) != 1:
+                continue
+            step = _step(writes[pointer][0], pointer)
+            if step is None or step == 0 or abs(step) & (abs(step) - 1):
+                continue
+            end, start = (limit, pointer) if step > 0 else (pointer, limit)
+            return f"{end} - {start}" if abs(step) == 1 else f"({end} - {start}) / {abs(step)}"
+    if not counted:
+        return None
+    for r, ws in writes.items():
+        if len(ws) != 1 or _step(ws[0], r) != -1 or r in ("rsp", "rip"):
+            continue
+        stepper = ws[0]
+        if stays is not None and test is not None and stays == "ne" \
+                and test.mnemonic in ("test", "cmp") and ops in ([r, r], [r, "0"]) \
+                and stepper not in head.insns:
+            return r  # the header tests R before the step: R full iterations
+        if stays is not None and test is stepper:
+            return {"ns": r, "ne": f"{r} - 1"}.get(stays)
+        block = loop.cfg.block_at(stepper.address)
+        if block is None or block.start == loop.entry or block.last.address in secret:
+            continue
+        tail = [i for i in block.insns[:-1] if i.address >= stepper.address]
+        cc = _continues(block, inside)
+        if cc == "ne" and tail and (tail[-1] is stepper or (
+                tail[-1].mnemonic in ("test", "cmp")
+                and tail[-1].op_str in (f"{r}, {r}", f"{r}, 0"))):
+            return r  # the latch leaves when its step reaches zero: R iterations
+    return None

@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
 from leakdbt.analysis.findings import AnalysisFinding, TableObject
-from leakdbt.analysis.loops import exit_loop
+from leakdbt.analysis.loops import exit_loop, run_time_bound
 from leakdbt.contract.edit import RegionEntry
 from leakdbt.contract.load import parse_location
 from leakdbt.contract.model import Location, offset_by
@@ -92,6 +92,9 @@ def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
     tables: dict[str, tuple[dict[TableObject, None], list[str]]] = {}
     covering: dict[str, RegionEntry] = {}
     first_function = next(iter(functions.values()), None)
+    secret = {(None if places[f.location].is_main else places[f.location].module,
+               places[f.location].link_address)
+              for f in findings if f.kind is LeakKind.CONTROL_FLOW}
     order = sorted(findings, key=lambda f: (f.location not in loops,
                                             f.kind is not LeakKind.CONTROL_FLOW))
     for f in order:
@@ -108,7 +111,9 @@ def regions(findings: list[AnalysisFinding], places: Mapping[str, Place],
             continue
         loop = loops.get(f.location)
         entry = _loop_entry(loop, trips.get(loop.at, ()), f, (inner or {}).get(loop.at, {}),
-                            (unknown or {}).get(loop.at, "")) if loop is not None else \
+                            (unknown or {}).get(loop.at, ""),
+                            {a for m, a in secret if loop.module == m}) \
+            if loop is not None else \
             suggest_region(f.kind, place, image, f.instruction, TOOL)
         if entry is None:
             continue
@@ -168,13 +173,24 @@ def table_bounds(entry: RegionEntry, objects: list[TableObject], unknown: list[s
 
 
 def _loop_entry(loop: LoopCandidate, trips: tuple[int, ...], f: AnalysisFinding,
-                inner: Mapping[int, int] | None = None, unknown: str = "") -> RegionEntry:
+                inner: Mapping[int, int] | None = None, unknown: str = "",
+                secret: Collection[int] = ()) -> RegionEntry:
     """A loop region whose bound is the largest trip count seen.  Entries that ran fewer
     iterations are named: the bounded loop runs the bound on them too, so every buffer the
     loop walks must have room for it (docs/passes.md, bounded-loop).  No trip count: the
     region has no bound ("loop bound unknown", ``unknown`` saying why), which bounded-loop
-    refuses until the user gives one."""
+    refuses until the user gives one.  A run-time bound (loops.run_time_bound: the
+    header's public test of a stepped pointer against a fixed limit; with no trip count,
+    also a register counted down to zero) comes first: it holds for every input length,
+    the measured one only for the run's."""
     why = f"{TOOL}: control-flow leak at {f.location} ({f.instruction}) leaves the loop"
+    runtime = run_time_bound(loop.region, secret, counted=not trips)
+    if runtime is not None:
+        why += (f"; its public exit test bounds it: at most {runtime} iterations from each "
+                "entry (a run-time bound, from the registers at the entry, which must be "
+                "public: the hardened loop's trip count shows them)")
+        inner_bounds, why = _inner_bounds(loop.at, inner or {}, why)
+        return RegionEntry(loop.at, "loop", why, bound=runtime, inner_bounds=inner_bounds)
     if not trips:
         why += (f"; loop bound unknown: with that exit suppressed "
                 f"{unknown or 'no other exit ended it'}: add bound = the loop's maximum "

@@ -47,7 +47,7 @@ def quote(text: str) -> str:
 
 
 def region_lines(at: str, kind: str | None, *, symbol: str | None = None,
-                 length: int | None = None, bound: int | None = None, why: str = "",
+                 length: int | None = None, bound: int | str | None = None, why: str = "",
                  clone_depth: int | None = None, clone_insns: int | None = None,
                  inner_bounds: tuple[tuple[str, int], ...] = ()) -> list[str]:
     """One ``[[protect.region]]`` table as lines: the one writer of regions (the canonical
@@ -60,7 +60,7 @@ def region_lines(at: str, kind: str | None, *, symbol: str | None = None,
     if length is not None:
         lines.append(f"length = {length}")
     if bound is not None:
-        lines.append(f"bound = {bound}")
+        lines.append(f"bound = {quote(bound) if isinstance(bound, str) else bound}")
     if inner_bounds:
         pairs = ", ".join(f"{quote(header)} = {n}" for header, n in inner_bounds)
         lines.append(f"inner_bounds = {{ {pairs} }}")

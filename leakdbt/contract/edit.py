@@ -28,7 +28,7 @@ class RegionEntry:
     why: str = ""
     table: str | None = None  # kind = "table": the table's symbol (or link-time address)
     length: int | None = None  # kind = "table": its length when not the symbol's size
-    bound: int | None = None  # kind = "loop": the public maximum trip count
+    bound: int | str | None = None  # kind = "loop": the public maximum trip count
     inner_bounds: tuple[tuple[str, int], ...] = ()  # kind = "loop": (inner header, bound)
     comment: str = ""  # ``#`` lines above the table (analyze: why no pass accepts it)
 

@@ -252,7 +252,8 @@ class Region:
     at: Location
     kind: RegionKind | None = None  # None: the translator classifies the block's instructions
     table: TableBounds | None = None  # only for kind = table
-    bound: int | None = None  # only for kind = loop: the public maximum trip count
+    # only for kind = loop: the public maximum trip count, or a run-time bound (bound.py)
+    bound: int | str | None = None
     # kind = loop: each inner loop's header (written like ``at``) and its bound
     inner_bounds: tuple[tuple[Location, int], ...] = ()
     clone_depth: int | None = None  # branch (or no kind): calls cloned, nesting (None: 2)

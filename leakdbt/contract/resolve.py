@@ -157,6 +157,12 @@ def bind_parts(parts: ContractParts, line: Callable[[str], int],
     return binding, problems
 
 
+def _names(library: str, name: str) -> bool:
+    """Whether a contract's ``library`` names the file or soname ``name``: exactly, or as a
+    prefix ending before a dot (``libc.so`` for ``libc.so.6``)."""
+    return name == library or name.startswith(library + ".")
+
+
 class _Resolver:
     def __init__(self, main: _Module, library_paths: tuple[str, ...]) -> None:
         self.main = main
@@ -182,19 +188,42 @@ class _Resolver:
                 continue
             seen.add(name)
             path = self.find_file(name)
-            matches = name == library or name.startswith(library + ".")
+            matches = _names(library, name)
             if matches and path is None:
                 raise _Problem(f"{name} is not found in {', '.join(self.library_paths)}")
             if path is None:
                 continue
             mod = self.load(name, path)
-            if matches:
+            # analyze and the loader name a library by its file (libfoo.so.1.0.1, which
+            # the DT_NEEDED symlink libfoo.so.1 points at) or by its soname: accept both
+            if matches or _names(library, os.path.basename(os.path.realpath(path))) \
+                    or (mod.image.soname is not None and _names(library, mod.image.soname)):
                 if mod not in self.used:
                     self.used.append(mod)
                 return mod
             queue.extend(mod.image.needed)
         raise _Problem(f"{library} is not a library {binary} loads (DT_NEEDED: "
                        f"{', '.join(main.needed)})")
+
+    def provider(self, symbol: str) -> str | None:
+        """The first library (breadth first through DT_NEEDED) that defines ``symbol``: the
+        hint for a contract that names a library function without its ``lib.so:`` prefix."""
+        queue, seen = list(self.main.image.needed), set()
+        while queue:
+            name = queue.pop(0)
+            path = self.find_file(name) if name not in seen else None
+            seen.add(name)
+            if path is None:
+                continue
+            try:
+                mod = self.load(name, path)
+            except _Problem:
+                continue
+            sym = mod.image.symbol(symbol)
+            if sym is not None and sym.value != 0:
+                return name
+            queue.extend(mod.image.needed)
+        return None
 
     def find_file(self, name: str) -> str | None:
         for directory in self.library_paths:
@@ -228,6 +257,11 @@ class _Resolver:
         sym = mod.image.symbol(loc.symbol)
         if sym is None or sym.value == 0:
             where = loc.library or os.path.basename(mod.path)
+            provider = self.provider(loc.symbol) if loc.library is None else None
+            if provider is not None:
+                raise _Problem(f"symbol {loc.symbol!r} is not in {where}: it is defined by "
+                               f"{provider}, which it loads (did you mean "
+                               f"'{provider}:{loc.symbol}'?)")
             names = sorted({s.name for s in mod.image.symbols})
             close = difflib.get_close_matches(loc.symbol, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -83,11 +83,12 @@ class BoundsSource(Protocol):
     """Where the ``.bounds`` lines of hardened code get the guest memory holding an address
     (leakdbt.run.allocations): :meth:`activate` before the first such copy is made,
     :meth:`bounds` → (start, size), (0, 0) when unknown; ``where`` is the runtime address of
-    the original instruction the line belongs to, for reports."""
+    the original instruction the line belongs to, for reports; ``mapped``: the line's
+    ``mapped`` flag (leakdbt.plugin_api.allocation_bounds)."""
 
     def activate(self) -> None: ...
 
-    def bounds(self, address: int, where: int) -> tuple[int, int]: ...
+    def bounds(self, address: int, where: int, mapped: bool = False) -> tuple[int, int]: ...
 
 
 @dataclass
@@ -162,9 +163,11 @@ class Dispatcher:
             self.hardener.not_formed(req.name, e.one_line())  # its original code runs
             return
         try:
-            site = self._site(mod, region, jump=not self.count_entries, needs=req.needs)
+            site = self._site_or_none(mod, region, req)
         except ResolveLater:
             self._at_first_entry(mod, region, req)
+            return
+        if site is None:
             return
         self.stats.regions += 1
         if site.patch is None:
@@ -178,13 +181,15 @@ class Dispatcher:
         dynamic linker binds after loading (leakdbt.dbt.calls).  One hook on its entry
         translates it, then enters it while it has no entry jump (counting entries, or
         no jump fits); once the jump is installed the hook goes."""
-        found: list[Site] = []
+        found: list[Site | None] = []
 
         def entered(address: int, size: int) -> None:
             if not found:
-                site = self._site(mod, region, jump=not self.count_entries, needs=req.needs,
-                                  running=True)
+                site = self._site_or_none(mod, region, req, running=True)
                 found.append(site)
+                if site is None:  # it runs where it is, reported
+                    self.machine.defer(lambda: self.machine.hooks.remove(hook))
+                    return
                 self.stats.regions += 1
                 if site.patch is None:
                     self._counted.append(site)
@@ -193,10 +198,29 @@ class Dispatcher:
                     if site.mode is Mode.HARDENED:  # this entry: the jump comes later
                         self.machine.set_reg("rip", site.translation.entry)
                 self._prepare(site)
-            if found[0].patch is None:
+            if found[0] is not None and found[0].patch is None:
                 self._on_entry(found[0])
 
         hook = self.machine.hooks.at(region.entry + mod.base, entered)
+
+    def _site_or_none(self, mod: LoadedModule, region: CodeRegion, req: RegionRequest,
+                      running: bool = False) -> Site | None:
+        """:meth:`_site` for ``req``'s region.  When unhardened regions may run, a region
+        whose code cannot be copied at all (not even its original: the hardener's last
+        resort) is recorded as not formed, with the reason, and None returned: its original
+        code runs in place.  ResolveLater passes through."""
+        seen = len(self.hardener.outcomes) if self.hardener is not None else 0
+        try:
+            return self._site(mod, region, jump=not self.count_entries, needs=req.needs,
+                              running=running)
+        except ResolveLater:
+            raise
+        except TranslationError as e:
+            if self.hardener is None or not self.hardener.allow_unhardened:
+                raise
+            del self.hardener.outcomes[seen:]  # one outcome for the region
+            self.hardener.not_formed(req.name, e.one_line())
+            return None
 
     def _site(self, mod: LoadedModule, region: CodeRegion, jump: bool = True,
               needs: RegionNeeds | None = None, running: bool = False) -> Site:
@@ -238,7 +262,7 @@ class Dispatcher:
         source.activate()
         starts = sorted(t.origin)
         rsp = self.machine.reg_reader("rsp")
-        for address, (register, offset) in t.probes.items():
+        for address, (register, offset, mapped) in t.probes.items():
             i = bisect.bisect_right(starts, address) - 1
             where = t.origin[starts[i]] if i >= 0 else address
             try:
@@ -248,8 +272,8 @@ class Dispatcher:
                                        "register") from None
 
             def probe(_address: int, _size: int, read: Callable[[], int] = read,
-                      offset: int = offset, where: int = where) -> None:
-                start, size = source.bounds(read(), where)
+                      offset: int = offset, where: int = where, mapped: bool = mapped) -> None:
+                start, size = source.bounds(read(), where, mapped)
                 self.mem.write(rsp() - offset, struct.pack("<QQ", start, size))
 
             self.machine.hooks.at(address, probe)

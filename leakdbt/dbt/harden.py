@@ -11,7 +11,11 @@ instruction once, as ``.insn``), and only one may replace the whole region (its 
 carries the other passes' replacements through ``.insn`` lines).  A region for which some
 pass refused, or no pass applied, cannot be hardened: that is an error naming the region
 and each pass's reason, unless the user allowed unhardened regions (the successful rewrites
-are kept, and the region is reported).
+are kept, and the region is reported).  So are two rewrites that conflict and a merged
+rewrite that cannot be laid out; allowed (a whole-program contract: leakdbt.run.protect),
+the later of two conflicting passes counts as refused (the earlier one's rewrite is kept),
+and a rewrite that cannot be laid out gives way to the region's original code, the reason
+recorded as the translator's.
 """
 
 from __future__ import annotations
@@ -191,6 +195,28 @@ def _functions(image: Image) -> Callable[[str], int | None]:
     return function_address
 
 
+def _merge(result: Rewrite, name: str, replace: dict[int, tuple[str, ...]],
+           owners: dict[int, str], code_owner: str | None, bias: int, tag: str
+           ) -> dict[int, tuple[str, ...]] | str:
+    """The lines pass ``name``'s ``result`` puts at each instruction, wrapped around an
+    earlier pass's replacement where it stands for it once (:func:`_nest`), given the
+    replacements so far (``replace``, by ``owners``) and the pass that replaced the whole
+    region (``code_owner``); or why they conflict (one line): then none of them is
+    taken."""
+    merged = {}
+    for address, lines in result.replace.items():
+        if address in owners:
+            nested = _nest(tuple(lines), replace[address], address, tag)
+            if nested is None:
+                return (f"passes {owners[address]!r} and {name!r} both replace the "
+                        f"instruction at {address + bias:#x}")
+            lines = nested
+        merged[address] = tuple(lines)
+    if result.code is not None and code_owner is not None:
+        return f"passes {code_owner!r} and {name!r} both replace the whole region"
+    return merged
+
+
 def _nest(outer: tuple[str, ...], inner: tuple[str, ...], address: int, tag: str
           ) -> tuple[str, ...] | None:
     """``outer`` with its one ``.insn address`` line replaced by ``inner`` (an earlier
@@ -248,21 +274,18 @@ class Hardener:
             if isinstance(result, Refusal):
                 outcome.refused.append((loaded.name, result.reason))
                 continue
-            for address, lines in result.replace.items():
-                if address in owners:
-                    nested = _nest(tuple(lines), replace[address], address,
-                                   f"{len(outcome.applied)}")
-                    if nested is None:
-                        raise HardeningError(
-                            f"{region.name}: passes {owners[address]!r} and {loaded.name!r} "
-                            f"both replace the instruction at {address + bias:#x}")
-                    lines = nested
+            merged = _merge(result, loaded.name, replace, owners,
+                            code_owner if code is not None else None, bias,
+                            f"{len(outcome.applied)}")
+            if isinstance(merged, str):  # it conflicts with an earlier pass's rewrite
+                if not self.allow_unhardened:
+                    raise HardeningError(f"{region.name}: {merged}")
+                outcome.refused.append((loaded.name, merged))  # the earlier one is kept
+                continue
+            for address, lines in merged.items():
                 owners[address] = loaded.name
-                replace[address] = tuple(lines)
+                replace[address] = lines
             if result.code is not None:
-                if code is not None:
-                    raise HardeningError(f"{region.name}: passes {code_owner!r} and "
-                                         f"{loaded.name!r} both replace the whole region")
                 code, code_owner = tuple(result.code), loaded.name
             outcome.applied.append(loaded.name)
         if linker is not None and linker.put_off and not outcome.hardened:
@@ -279,8 +302,12 @@ class Hardener:
                             callees.instructions() if callees is not None else None)
         except LeakDBTError as e:
             passes = ", ".join(outcome.applied) or "no pass"
-            raise HardeningError(f"{region.name}: the rewrite of {passes} cannot be laid "
-                                 f"out: {e.one_line()}") from None
+            why = f"the rewrite of {passes} cannot be laid out: {e.one_line()}"
+            if not self.allow_unhardened or not (replace or code is not None):
+                raise HardeningError(f"{region.name}: {why}") from None
+            # unhardened regions allowed: its original code runs, reported with the reason
+            outcome.refused.append(("translator", why))
+        return relocate(region, bias, place)
 
     def not_formed(self, name: str, reason: str) -> None:
         """Record a region the translator could not form (leakdbt.dbt.region: ``reason``,

@@ -89,7 +89,8 @@ def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None
         raise RegionError(f"{name}: not a block start reachable by decoding {cfg.name} from "
                           "its entry (unreachable code, or data inside the function)")
     if at not in cfg.dominators:
-        raise RegionError(f"{name}: unreachable from the entry of {cfg.name}")
+        raise RegionError(f"{name}: unreachable from the entry of {cfg.name}"
+                          + _unknown_jumps(cfg))
     if loop:
         return _form_loop(cfg, at, name)
     ends_in_branch = block.last.flow is Flow.BRANCH and block.last.mnemonic != "xbegin"
@@ -241,6 +242,23 @@ def _check_reducible(cfg: FunctionCFG, entry: int, members: Iterable[int], name:
                                   "entry")
         elif s not in done:
             push(s)
+
+
+def _unknown_jumps(cfg: FunctionCFG) -> str:
+    """Why code the program runs can be unreachable in ``cfg``: the indirect jumps whose
+    targets decoding did not learn (glibc's computed gotos, a jump table with no bounds
+    check), which may lead to it ("" when there are none)."""
+    jumps = []
+    for address in cfg.unknown_jumps:
+        block = cfg.block_at(address)
+        text = f" ('{block.last.text}')" if block is not None else ""
+        jumps.append(f"{_where(cfg, address)}{text}")
+    if not jumps:
+        return ""
+    return (" as decoded: the indirect jump" + ("s" if len(jumps) > 1 else "") + " at "
+            + ", ".join(jumps) + " may lead to it, but "
+            + ("their targets are" if len(jumps) > 1 else "its targets are")
+            + " unknown")
 
 
 def _where(cfg: FunctionCFG, address: int) -> str:

@@ -46,9 +46,10 @@ class Translation:
     origin: dict[int, int] = field(default_factory=dict)  # copy insn address -> original
     blocks: tuple[int, ...] = ()  # copy addresses where the region's blocks start
     source: tuple[tuple[int, bytes], ...] = ()  # (runtime address, bytes) of each original
-    # copy address of each ``.bounds REG, OFF`` line (a one-byte nop) -> (REG, OFF): where the
-    # translator must write run-time allocation bounds (leakdbt.plugin_api.allocation_bounds)
-    probes: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # copy address of each ``.bounds REG, OFF[, mapped]`` line (a one-byte nop) -> (REG, OFF,
+    # mapped): where the translator must write run-time allocation bounds
+    # (leakdbt.plugin_api.allocation_bounds)
+    probes: dict[int, tuple[str, int, bool]] = field(default_factory=dict)
 
     @property
     def end(self) -> int:
@@ -156,7 +157,8 @@ def _relocate_code(region: CodeRegion, bias: int, place: Callable[[int], int] | 
                        (base,), source, _probes(probes))
 
 
-_BOUNDS = re.compile(r"\.bounds\s+(r[a-z0-9]+)\s*,\s*(0x[0-9a-fA-F]+|[0-9]+)")
+_BOUNDS = re.compile(r"\.bounds\s+(r[a-z0-9]+)\s*,\s*(0x[0-9a-fA-F]+|[0-9]+)"
+                     r"(\s*,\s*mapped)?")
 
 
 @dataclass
@@ -166,6 +168,7 @@ class _Probe:
 
     register: str
     offset: int
+    mapped: bool = False
     address: int = 0
 
     def fixed(self) -> Fixed:
@@ -175,8 +178,8 @@ class _Probe:
         return Fixed(1, encode)
 
 
-def _probes(probes: list[_Probe]) -> dict[int, tuple[str, int]]:
-    return {p.address: (p.register, p.offset) for p in probes}
+def _probes(probes: list[_Probe]) -> dict[int, tuple[str, int, bool]]:
+    return {p.address: (p.register, p.offset, p.mapped) for p in probes}
 
 
 _GOTO = re.compile(r"@(0x[0-9a-fA-F]+)")
@@ -236,7 +239,8 @@ class _Expansion:
                 if bounds is None:
                     raise RegionError(f"{self.region.name}: malformed line '{line.strip()}' "
                                       "(write .bounds REG, OFFSET)")
-                probe = _Probe(bounds.group(1), int(bounds.group(2), 0))
+                probe = _Probe(bounds.group(1), int(bounds.group(2), 0),
+                               bounds.group(3) is not None)
                 self.probes.append(probe)
                 out.append(probe.fixed())
             elif (load := _ADDRESS_LOAD.fullmatch(line.strip())) is not None:

@@ -36,6 +36,12 @@ Bounds larger than :data:`MAX_TABLE_BYTES`, or none (the stack, unsized module d
 ``brk`` heap outside any allocation), are refused: (0, 0) is returned, the hardened code
 then runs the original access, and the refusal is counted per access and reported once on
 stderr — that access is not hardened in that execution.
+
+A ``mapped`` query (``.bounds REG, OFF, mapped``) is for the public start of a value-range
+span, whose length the hardened code bounds itself: the live allocation holding it, else
+the sized ELF data object, else the readable guest mapping holding it (the stack, a
+module's segment, any ``mmap``), of any size; only an address in no readable guest mapping
+is refused.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from dataclasses import dataclass, field
 from leakdbt.loader.image import PF_X
 from leakdbt.loader.modules import LoadedModule, ModuleMap
 from leakdbt.machine.machine import Machine
-from leakdbt.machine.memory import PAGE, page_up
+from leakdbt.machine.memory import PAGE, PROT_READ, page_up
 
 MAX_TABLE_BYTES = 0x10000
 """The largest allocation (or mapping) a heap-table lookup sweeps: 64 KiB, 1024 cache lines
@@ -273,12 +279,15 @@ class AllocationBounds:
 
     # -- answering ----------------------------------------------------------------------------
 
-    def bounds(self, address: int, where: int) -> tuple[int, int]:
+    def bounds(self, address: int, where: int, mapped: bool = False) -> tuple[int, int]:
         """(start, size) of the memory holding ``address`` for the hardened access at
         ``where`` (runtime address of its original instruction), or (0, 0): see the module
-        docstring.  The address itself (secret-dependent) is never reported."""
+        docstring (``mapped``: the start of a value-range span, see there).  The address
+        itself (secret-dependent) is never reported."""
         report = self.sites.setdefault(where, SiteReport())
         found, source = self.map.find(address), "allocation"
+        if mapped:
+            return self._mapped(address, where, report, found)
         if found is None:
             found, source = self._object(address), "object"
         if found is None:
@@ -295,12 +304,35 @@ class AllocationBounds:
         else:
             setattr(report, source, getattr(report, source) + 1)
             return found
+        self._refuse(report, where, why)
+        return 0, 0
+
+    def _mapped(self, address: int, where: int, report: SiteReport,
+                found: tuple[int, int] | None) -> tuple[int, int]:
+        """Bounds for the public start of a value-range span: its allocation, else its sized
+        ELF data object, else the readable guest mapping holding it, whatever its size (the
+        span bounds the scan)."""
+        if found is not None:
+            report.allocation += 1
+            return found
+        found = self._object(address)
+        if found is not None:
+            report.object += 1
+            return found
+        vma = self.machine.mem.find(address)
+        if vma is not None and vma.guest and vma.prot & PROT_READ:
+            report.mapping += 1
+            return vma.start, vma.end - vma.start
+        self._refuse(report, where, "the start of its value-range span is in no readable "
+                     "mapping of the guest")
+        return 0, 0
+
+    def _refuse(self, report: SiteReport, where: int, why: str) -> None:
         report.refused[why] = report.refused.get(why, 0) + 1
         if (where, why) not in self._warned:
             self._warned.add((where, why))
             self.warn(f"leakdbt: {self.modules.symbolize(where)}: heap-table access not "
                       f"hardened: {why}; it ran its original code")
-        return 0, 0
 
     def _object(self, address: int) -> tuple[int, int] | None:
         mod = self.modules.find(address)

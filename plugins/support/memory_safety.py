@@ -15,7 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from leakdbt.plugin_api import BlockView
-from plugins.support.predication import GPR, InsnInfo, Refused, always_valid, body, covered, where
+from plugins.support.predication import (
+    GPR,
+    InsnInfo,
+    Mem,
+    Refused,
+    always_valid,
+    body,
+    covered,
+    where,
+)
 
 __all__ = ["accessed_at_end", "check_accesses"]
 
@@ -41,12 +50,15 @@ def check_accesses(blocks: Sequence[BlockView], infos: Mapping[int, InsnInfo], b
                    start: int, edges: dict[int, list[int]], *, computed_by: str,
                    every_path: str, induction: frozenset[str] = frozenset(),
                    known: Mapping[MemKey, int] | None = None,
-                   also_written: frozenset[str] = frozenset()) -> None:
+                   also_written: frozenset[str] = frozenset(),
+                   collect: list[tuple[InsnInfo, Mem, str]] | None = None) -> None:
     """Raise :class:`Refused` for the first access of ``blocks`` (the predicated ones) the
     rule does not accept.  Paths run from ``start`` along ``edges`` (block → successors;
     see :func:`~plugins.support.predication.covered`); ``computed_by`` and ``every_path``
     finish the two refusals ("which {computed_by}", "not every path {every_path}
-    accesses"); ``also_written``: registers other predicated code (callee clones) writes."""
+    accesses"); ``also_written``: registers other predicated code (callee clones) writes;
+    ``collect``: instead of raising, append every access the rule does not accept (its
+    instruction, operand and the refusal) and go on."""
     written = {r for b in blocks for i in body(b) for r in infos[i.address].writes if r in GPR}
     written |= {GPR[r] for r in also_written if r in GPR}  # other predicated code's writes
     for b in blocks:
@@ -55,16 +67,20 @@ def check_accesses(blocks: Sequence[BlockView], infos: Mapping[int, InsnInfo], b
                 if always_valid(m):
                     continue
                 bad = sorted(m.regs & written - induction)
+                reason = ""
                 if bad:
-                    raise Refused(f"{where(insn, bias)}: its address depends on {bad[0]}, "
-                                  f"which {computed_by}")
-                if m.regs & induction:
+                    reason = (f"{where(insn, bias)}: its address depends on {bad[0]}, "
+                              f"which {computed_by}")
+                elif m.regs & induction:
                     continue  # valid within `bound` iterations: the contract's precondition
-                if known is not None and known.get(m.key, 0) >= m.width:
+                elif known is not None and known.get(m.key, 0) >= m.width:
                     continue
-                cover = {c.start for c in blocks for i in body(c)
-                         for o in infos[i.address].mems
-                         if o.key == m.key and o.width >= m.width}
-                if not covered(start, edges, cover):
-                    raise Refused(f"{where(insn, bias)}: accesses memory that not every path "
-                                  f"{every_path} accesses")
+                elif not covered(start, edges, {c.start for c in blocks for i in body(c)
+                                                for o in infos[i.address].mems
+                                                if o.key == m.key and o.width >= m.width}):
+                    reason = (f"{where(insn, bias)}: accesses memory that not every path "
+                              f"{every_path} accesses")
+                if reason and collect is None:
+                    raise Refused(reason)
+                if reason and collect is not None:
+                    collect.append((infos[insn.address], m, reason))

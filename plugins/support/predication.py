@@ -49,7 +49,9 @@ on the path.  Accepted are ``[rsp + d]`` with ``d >= -128`` and no index (the fr
 not change in predicated code), RIP-relative operands (module data), and addresses computed
 only from registers whose value does not depend on the path, which the original accesses on
 every path (see the clients for the exact form).  The data an inactive block reads is
-garbage-in, garbage-out and discarded.
+garbage-in, garbage-out and discarded.  An access the rule does not accept may run
+*guarded* (:class:`Guard`, if-conversion's predicated blocks): its address registers are
+redirected to a known-valid place while its block is off.
 
 Cost per predicated block with ``w`` written (masked) general registers and ``s`` stores:
 ``2 w + 10 s`` (snapshot and cmov; record and undo) plus the commit: 3 (``pushfq``) + 1
@@ -80,19 +82,24 @@ from leakdbt.plugin_api import (
     Refusal,
     RegionView,
     Rewrite,
+    allocation_bounds,
     detail,
     detail_constants,
     goto,
     memory_access,
     original,
 )
+from plugins.support.value_range import upper_bound
 
-__all__ = ["INIT", "INSN_PASSES", "Engine", "InsnInfo", "Mem", "Pred", "Refused", "Terminator",
+__all__ = ["INIT", "INSN_PASSES", "Engine", "Guard", "InsnInfo", "Mem", "Pred", "Refused",
+           "Terminator",
            "analyse", "always_valid", "control_refusal", "covered", "dead_end", "is_string",
-           "needs_flags",
+           "copied_blocks", "keeps_base", "needs_flags",
            "predicated_refusal", "terminator", "topological", "topological_nodes",
            "writes_flags"]
 
+MAX_SPAN = 1 << 16
+"""The longest value-range span a ``keep`` guard serves (oblivious-table's limit)."""
 MAX_FRAME = 0x1000  # scratch bytes below REGION_SCRATCH a region may use
 CLONE_BASE = REGION_SCRATCH + MAX_FRAME
 """How far below the region's RSP a callee clone's caller frame ends (plugins/support/clone.py):
@@ -544,6 +551,103 @@ class Pred:
                 "neg rax" if self.kind == "byte" else "sub rax, 1"]
 
 
+@dataclass(frozen=True)
+class Guard:
+    """A memory access of a predicated block that the memory rule cannot prove valid on
+    the paths where the block is off (``if (p) x = *p``; a store through a pointer the
+    arm computed): it runs *guarded*.  Just before it, when the block's predicate is off,
+    its address registers are redirected (``cmov``) so that it touches a known-valid
+    place, by ``target``:
+
+    - ``slot``: the index becomes 0 and the base the address of the region's safe scratch
+      slot (16 bytes) minus the displacement;
+    - ``base``: the block itself set the base to module data (``lea base, [rip + X]``, no
+      later write): the base stays and the index becomes 0, so the access lands on
+      ``X + disp``, the table's first element;
+    - ``data``: the displacement is the link-time address of a data object of a module
+      loaded where it was linked (non-PIE ``movzx eax, byte ptr [rdx + 0x4a3c20]``): base
+      and index become 0, so the access lands on that address, inside the table;
+    - ``keep`` (a load only, :func:`keeps_base`: the base a register no instruction of the
+      region writes, the index one the block bounds): the index becomes 0 and the base
+      stays, so the load lands on ``base + disp``, the start of the value-range span
+      oblivious-table scans for it — when the run-time probe (``.bounds``, ``mapped``)
+      finds ``w`` readable bytes there; otherwise (a NULL or junk base the program tests
+      before the arm) the base is redirected as for ``slot``.  The choice depends only on
+      the base (public, path-independent), never on the predicate's value beyond the
+      final ``cmov``.
+
+    The registers are snapshotted with the block's own, so an off block's commit puts them
+    back; when the block is on, nothing changes.  A store guarded so is recorded and undone
+    at the redirected address (the bytes there come back).  See :meth:`Engine.guard` for
+    the code and the leakage it leaves."""
+
+    mem: Mem
+    target: str = "slot"
+
+    @property
+    def regs(self) -> frozenset[str]:
+        """The registers the guard may change (64-bit names)."""
+        out = {GPR[self.mem.index]} if self.mem.index else set()
+        if self.target != "base" and self.mem.base:
+            out.add(GPR[self.mem.base])
+        return frozenset(out)
+
+
+def copied_blocks(region: RegionView) -> tuple[BlockView, ...]:
+    """The blocks of ``region`` whose instructions if-conversion's code runs: for an
+    iteration region (a block jumps back to the entry) those from which the entry is
+    reachable, one iteration (plugins/if_conversion.py ``_iteration``); else all; dead ends
+    excepted (they run only once control has left the copy)."""
+    blocks = region.blocks
+    entry = region.entry
+    if any(entry in successors(b) for b in blocks):
+        preds: dict[int, list[int]] = {b.start: [] for b in blocks}
+        for b in blocks:
+            for t in successors(b):
+                if t in preds:
+                    preds[t].append(b.start)
+        members, stack = {entry}, list(preds[entry])
+        while stack:
+            n = stack.pop()
+            if n not in members:
+                members.add(n)
+                stack += preds[n]
+        blocks = tuple(b for b in blocks if b.start in members)
+    return tuple(b for b in blocks if not dead_end(b))
+
+
+def keeps_base(region: RegionView, block: BlockView, at: int) -> Mem | None:
+    """The memory operand of ``block.insns[at]`` when a guard may keep its base (the
+    ``keep`` target of :class:`Guard`), else None: a load (no write) ``[base + index*scale
+    + disp]`` with distinct general registers (not RSP/RIP), no segment, at most 8 bytes,
+    whose base no instruction of the region's copied blocks (:func:`copied_blocks`) writes
+    (its value is the region's entry value on every path: public, as a value-range span's
+    start is taken to be) and whose index the block bounds
+    (:func:`plugins.support.value_range.upper_bound`, span within ``MAX_SPAN``).
+    if-conversion picks the target with it, and oblivious-table rewrites exactly those
+    accesses with a value-range scan from ``base + disp``: one rule, so the guard's
+    off-path address is the scan's start."""
+    blocks = copied_blocks(region)
+    if block.start not in {b.start for b in blocks}:
+        return None
+    info = analyse(block.insns[at])
+    if len(info.mems) != 1 or info.addr32:
+        return None
+    m = info.mems[0]
+    base, index = GPR.get(m.base or ""), GPR.get(m.index or "")
+    if (m.write or not m.read or m.segment or m.width > 8 or base is None or index is None
+            or base == index or "rsp" in (base, index)):
+        return None
+    if not -(1 << 30) < m.disp < 1 << 30:
+        return None
+    if any(base in analyse(i).writes for b in blocks for i in b.insns):  # jumps included
+        return None
+    bound = upper_bound(block.insns, at, index)
+    if bound is None or bound * m.scale + m.width > MAX_SPAN:
+        return None
+    return m
+
+
 Special = Callable[[int | None], list[str]]
 """Glue for an edge the engine does not own (an exit, a back edge), given its mask in RAX
 (all-ones: the edge is taken): flags free, may use RCX (then saved), must keep RAX.  Empty:
@@ -589,6 +693,8 @@ class Engine:
         self.deltas: dict[int, int] = {}  # instruction address -> what it adds to the depth
         self.rebased: frozenset[int] = frozenset()  # clone instructions (see original())
         self.stubs: list[str] = []  # out-of-line exits of dead ends, after the code
+        self.guards: dict[int, Guard] = {}  # instruction address -> its guard (see Guard)
+        self.safe: int | None = None  # the 16-byte slot guarded accesses go to when off
 
     def at(self, off: int, ptr: str = "qword") -> str:
         """The slot ``off`` as a memory operand where RSP is now."""
@@ -784,7 +890,8 @@ class Engine:
                     needs_cond: bool, actions: dict[str, list[str]], unmasked: frozenset[str],
                     late: Sequence[str]) -> list[str]:
         out: list[str] = []
-        writes = frozenset().union(*(i.writes for i in insns))
+        writes = frozenset().union(*(i.writes for i in insns), *(
+            self.guards[i.insn.address].regs for i in insns if i.insn.address in self.guards))
         gprs = sorted(r for r in writes if r in GPR and r not in unmasked)
         xmms = sorted((r for r in writes if r in XMM), key=lambda r: int(r[3:]))
         sse = any(r in XMM for i in insns for r in i.reads | i.writes)
@@ -805,6 +912,8 @@ class Engine:
             out.append(f"stmxcsr {self.at(mxcsr_in, 'dword')}")
         recorded: list[tuple[Mem, int, int]] = []
         for info in insns:
+            if info.insn.address in self.guards:
+                out += self.guard(self.guards[info.insn.address], pred)
             if info.divisor is not None:
                 out += self._div_guard(info, [pred])
             for m in info.mems:
@@ -875,6 +984,63 @@ class Engine:
         if rax:
             out.append(f"mov rax, {self.at(self.t1)}")
         return out
+
+    def guard(self, g: Guard, pred: Pred) -> list[str]:
+        """Before a guarded access (:class:`Guard`): when ``pred`` is off, its registers
+        redirected as the guard's target says (``cmov`` from a slot).  Flags are saved and
+        restored around the test; RAX is borrowed to compute the safe slot's address.  8
+        to 12 instructions; 14 more for ``keep`` (the probe and the choice of base).
+
+        Leakage: on the path where the block runs, the access touches its own address, as
+        the original does; where it does not, it touches the safe slot, which lies among
+        the region's scratch slots that every commit touches, or the table's first
+        element (``base``, ``data``).  So the lines touched differ by the access's own
+        line, exactly where the original touched it on one path and nothing on the other:
+        a guard makes the access safe and its instruction sequence path-independent, it
+        does not hide its address.  An oblivious table scan that replaces the access (a
+        ``base`` or ``data`` guard keeps its address inside the table) touches every line
+        of the table either way."""
+        m = g.mem
+        keep = self.alloc()
+        out = self.save_flags(keep)
+        value = self.zero
+        if g.target in ("slot", "keep"):
+            assert self.safe is not None and m.base is not None
+            value = self.alloc()
+            out += [f"mov {self.at(self.t1)}, rax",
+                    f"lea rax, [{_rsp(self.depth - self.safe - m.disp)}]",
+                    f"mov {self.at(value)}, rax", f"mov rax, {self.at(self.t1)}"]
+        if g.target == "keep":
+            out += self._keep_or_slot(m, value)
+        out.append(pred.test(self.depth))
+        self.consts.add(self.zero)
+        if g.target != "base" and m.base:
+            out.append(f"cmov{pred.off} {GPR[m.base]}, {self.at(value)}")
+        if m.index:
+            out.append(f"cmov{pred.off} {GPR[m.index]}, {self.at(self.zero)}")
+        return out + self.load_flags(keep)
+
+    def _keep_or_slot(self, m: Mem, value: int) -> list[str]:
+        """A ``keep`` guard's base when its block is off, into slot ``value`` (which holds
+        the safe slot's address minus the displacement): the base itself when the probe
+        (``.bounds``, ``mapped``) finds ``m.width`` readable bytes at ``base + disp``, else
+        the safe slot's.  Flags are clobbered (the caller saved them); RAX is borrowed.
+        Only public values decide: the base and the memory mapped there.  The probe's slots
+        are zeroed first, so code run where no probe writes them (raw emulation, a
+        translator without one) takes the safe slot."""
+        base = GPR[m.base or ""]
+        probe = self.alloc(16)  # start at the slot, length 8 bytes above it
+        start, length = self.at(probe), self.at(probe - 8)
+        return [f"mov {self.at(self.t1)}, rax",
+                f"lea rax, [{base} {'-' if m.disp < 0 else '+'} {_hex(abs(m.disp))}]",
+                f"mov {start}, 0", f"mov {length}, 0",  # a probe that does not run: none
+                allocation_bounds("rax", probe - self.depth, mapped=True),
+                f"sub rax, {start}", f"add rax, {_hex(m.width)}",  # end offset in the memory
+                f"cmp {length}, rax",  # below: fewer than width bytes there (or none)
+                f"mov rax, {self.at(self.t1) if base == 'rax' else base}",
+                f"cmovb rax, {self.at(value)}",
+                f"cmp {length}, 0", f"cmove rax, {self.at(value)}",  # no readable memory
+                f"mov {self.at(value)}, rax", f"mov rax, {self.at(self.t1)}"]
 
     def _div_guard(self, info: InsnInfo, preds: Sequence[Pred]) -> list[str]:
         """When a predicate of ``preds`` is off: RAX = RDX = 0 and the divisor 1 (0 / 1

@@ -3,7 +3,10 @@ AES S-box in malloc'ed memory and indexes it with key bytes.  Hardened, it print
 native program prints for every key, the allocation bounds come from the allocator calls
 leakdbt watched, and `check` finds the original's memory-access leak but none in the
 hardened code.  Placed elsewhere (its own mapping, a block over the cap, the stack), the
-S-box gets the mapping's bounds, or its access runs unhardened and says so."""
+S-box access — whose index the block bounds (``movzx ecx, cl``: 0..255) — scans the 256
+bytes from the S-box pointer, bounded by the allocation or the mapping holding that
+pointer (value-range bounds); with the bounding instruction outside the region it gets
+only allocation bounds, and on the stack runs unhardened and says so."""
 
 from __future__ import annotations
 
@@ -70,44 +73,73 @@ def test_check_finds_the_original_leak_and_none_when_hardened(built: Path) -> No
 
 UNKNOWN = ("the address is in no live allocation (allocator functions watched: {n}), no sized "
            "ELF data object and no anonymous mapping of the guest")
-TOO_BIG = "its allocation is 131072 bytes, more than the 65536-byte cap on a swept table"
 WHERE = {  # heap_table's third argument -> how the S-box access (+0x12) gets its bounds
-    "mmap": ("mapping 160", None),  # its own anonymous mapping
-    "big": (f"mapping 0, unhardened 160 ({TOO_BIG})", TOO_BIG),  # inside a 128 KiB block
-    "stack": (f"mapping 0, unhardened 160 ({UNKNOWN})", UNKNOWN),  # main's frame
+    "mmap": "allocation 0, object 0, mapping 160",  # its own anonymous mapping
+    "big": "allocation 160, object 0, mapping 0",  # a 128 KiB block: the span is 256 bytes
+    "stack": "allocation 0, object 0, mapping 160",  # main's frame: the stack's mapping
 }
 
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 @pytest.mark.parametrize("where", list(WHERE))
 def test_other_places_of_the_table(built: Path, kind: str, where: str) -> None:
-    """An S-box in its own mapping gets the mapping's bounds; one inside a block over the
-    cap, or on the stack, runs its original access (the output is still the native one),
-    reported once on stderr and counted in --stats."""
+    """The S-box's span (256 bytes from its pointer, from ``movzx ecx, cl``) in its own
+    mapping, inside a block over the heap-table cap, or on the stack: hardened, bounded by
+    the mapping or allocation holding the pointer, and nothing on stderr but --stats."""
     key, block = "2b7e151628aed2a6abf7158809cf4f3c", "00112233445566778899aabbccddeeff"
     native = run_native([binary(kind, "heap_table"), key, block, where])
     status, stdout, stderr = _exec(kind, key, "--stats", args=(block, where))
     assert (status, stdout) == (native.status, native.stdout), stderr
-    watched = 8 if kind == "static" else 9  # reallocarray: linked in only when used
-    stats, why = (text.format(n=watched) if text else text for text in WHERE[where])
-    assert f"{'sub_bytes_heap+0x12':<30} allocation 0, object 0, {stats}\n" in stderr, stderr
+    assert f"{'sub_bytes_heap+0x12':<30} {WHERE[where]}\n" in stderr, stderr
     for access in (a for a in ACCESSES if a != "sub_bytes_heap+0x12"):
         assert f"{access:<30} allocation 160, object 0, mapping 0\n" in stderr
-    warnings = [line for line in stderr.splitlines() if line.startswith("leakdbt: ")]
-    assert warnings == ([] if why is None else [
+    assert not [line for line in stderr.splitlines() if line.startswith("leakdbt: ")]
+
+
+def _from_the_lookup(tmp_path: Path) -> Path:
+    """heap_table's contract with the region starting at the S-box load (+0x12): the
+    ``movzx ecx, cl`` that bounds its index is outside, so it gets allocation bounds only."""
+    text = Path(CONTRACT).read_text()
+    assert 'at = "sub_bytes_heap+0x8"' in text
+    contract = tmp_path / "heap_table_12.toml"
+    contract.write_text(text.replace('at = "sub_bytes_heap+0x8"', 'at = "sub_bytes_heap+0x12"'))
+    return contract
+
+
+def test_stack_table_without_a_value_range_runs_unhardened(built: Path, tmp_path: Path
+                                                           ) -> None:
+    """The same S-box on the stack, its index's bound outside the region: no allocation,
+    object or anonymous mapping holds it, so the access runs its original code (the output
+    is still the native one), reported once on stderr and counted in --stats."""
+    key, block = "2b7e151628aed2a6abf7158809cf4f3c", "00112233445566778899aabbccddeeff"
+    native = run_native([binary("static", "heap_table"), key, block, "stack"])
+    out = run_leakdbt(["exec", "--contract", str(_from_the_lookup(tmp_path)), "--cpu", CPU,
+                       "--mode", "hardened", "--stats", binary("static", "heap_table"), key,
+                       block, "stack"])
+    assert (out.status, out.stdout) == (native.status, native.stdout), out.stderr.decode()
+    stderr = out.stderr.decode()
+    why = UNKNOWN.format(n=8)
+    assert f"{'sub_bytes_heap+0x12':<30} allocation 0, object 0, mapping 0, unhardened 160 " \
+        f"({why})\n" in stderr, stderr
+    assert [line for line in stderr.splitlines() if line.startswith("leakdbt: ")] == [
         f"leakdbt: sub_bytes_heap+0x12: heap-table access not hardened: {why}; it ran its "
-        "original code"])
+        "original code"]
 
 
-def test_check_reports_the_leak_of_an_access_left_unhardened(built: Path) -> None:
-    out = run_leakdbt(["check", "--contract", CONTRACT, "--cpu", CPU, "--mode", "hardened",
+@pytest.mark.parametrize("bounded", [True, False])
+def test_check_on_a_stack_table(built: Path, tmp_path: Path, bounded: bool) -> None:
+    """``check --mode hardened`` with the S-box on the stack: no leak when the region holds
+    the bounding ``movzx`` (value-range bounds); the leak of the access left unhardened
+    when it does not."""
+    contract = CONTRACT if bounded else str(_from_the_lookup(tmp_path))
+    out = run_leakdbt(["check", "--contract", contract, "--cpu", CPU, "--mode", "hardened",
                        "--trials", "4", "--directed-rounds", "0", "--format", "json",
                        binary("static", "heap_table"), "00" * 16,
                        "00112233445566778899aabbccddeeff", "stack"])
-    assert out.status == 1, out.stderr.decode()
+    assert out.status == (0 if bounded else 1), out.stderr.decode()
     findings = json.loads(out.stdout)["findings"]
-    assert [(f["kind"], f["location"]) for f in findings] == [
-        ("memory-access", "sub_bytes_heap+0x12")]
+    assert [(f["kind"], f["location"]) for f in findings] == ([] if bounded else [
+        ("memory-access", "sub_bytes_heap+0x12")])
 
 
 def test_a_module_table_the_pass_could_not_trace_gets_its_object_bounds(

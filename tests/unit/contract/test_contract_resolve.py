@@ -219,6 +219,30 @@ def test_library_needed_indirectly(built: Built) -> None:
                                                            "libwork") + 5
 
 
+def test_versioned_library_named_by_its_file_or_soname(tmp_path: Path) -> None:
+    # A distribution library: DT_NEEDED and the soname say libver.so.1, a symlink to the
+    # file libver.so.1.0.1.  analyze writes the file's name; a user may write either.
+    (tmp_path / "lib.s").write_text(LIB_S)
+    (tmp_path / "main.c").write_text(LIBMAIN_C)
+
+    def cc(*args: str) -> None:
+        subprocess.run(["gcc", "-O1", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    cc("-shared", "-fPIC", "-Wl,-soname,libver.so.1", "-o", "libver.so.1.0.1", "lib.s")
+    (tmp_path / "libver.so.1").symlink_to("libver.so.1.0.1")
+    (tmp_path / "libver.so").symlink_to("libver.so.1")
+    cc("-fPIE", "-pie", "-o", "prog", "main.c", "-L.", "-lver")
+    expected = symbol_value(tmp_path / "libver.so.1.0.1", "libwork") + 5
+    for name in ("libver.so.1.0.1", "libver.so.1", "libver.so", "libver"):
+        c = bind(contract(region(f"{name}:libwork+5")), tmp_path / "prog", tmp_path)
+        assert c.binding is not None
+        assert (c.binding.regions[0].at.module, c.binding.regions[0].at.address) == (
+            "libver.so.1", expected), name
+    assert errors(contract(region("libver.so.2:libwork")), tmp_path / "prog", tmp_path) == [
+        (12, "protect.region[0].at", "libver.so.2 is not a library prog loads "
+                                     "(DT_NEEDED: libver.so.1, libc.so.6)")]
+
+
 def test_library_found_through_the_default_search_path(built: Built) -> None:
     # libc.so.6 lives in the system directories the default search path covers.
     text = contract(region("libc.so.6:getpid"))
@@ -317,6 +341,15 @@ def test_library_the_binary_does_not_load(built: Built) -> None:
     assert errors(contract(region("libnope.so:f")), built.with_lib, built.lib_dir) == [
         (12, "protect.region[0].at", "libnope.so is not a library with-lib loads "
                                      "(DT_NEEDED: libwork.so, libc.so.6)")]
+
+
+def test_library_function_named_without_its_library(built: Built) -> None:
+    # The hint names the library that defines it, found through DT_NEEDED (indirectly too).
+    for binary in (built.with_lib, built.indirect):
+        [(line, key, message)] = errors(contract(region("libwork")), binary, built.lib_dir)
+        assert (line, key) == (12, "protect.region[0].at")
+        assert message == (f"symbol 'libwork' is not in {binary.name}: it is defined by "
+                           "libwork.so, which it loads (did you mean 'libwork.so:libwork'?)")
 
 
 def test_library_prefix_on_a_static_binary(built: Built) -> None:

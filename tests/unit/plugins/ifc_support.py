@@ -90,6 +90,24 @@ def translate(sandbox: Sandbox, region: CodeRegion, rewrite: Rewrite,
     return relocate(region, sandbox.bias, sandbox.place, merged, rewrite.code)
 
 
+def iteration_check(sandbox: Sandbox, region: CodeRegion, rewrite: Rewrite) -> RegionCheck:
+    """A check of an iteration region's copy (plugins/if_conversion.py, ``_iteration``) over
+    whole runs of its loop: the copy's jumps back to the region's start go to the copy's own
+    start (what the dispatcher does with a jump to a region's start), and its other exits,
+    into the region's original code (after the loop, an early return), run on there (copy,
+    then original = original)."""
+    top = f"@{region.entry:#x}"
+    code = ["ic_top:", *(line.replace(top, "ic_top") if line.startswith("j") else line
+                         for line in rewrite.code or ())]
+    assert code != ["ic_top:", *(rewrite.code or ())]  # some exit goes back to the start
+    t = translate(sandbox, region, dataclasses.replace(rewrite, code=tuple(code)))
+    check = RegionCheck(sandbox, region, t, scratch_below_red_zone=True)
+    copy_only, orig = check.copy_inside, check.original_inside
+    check.allow_reentry = True
+    check.copy_inside = lambda a: copy_only(a) or orig(a)
+    return check
+
+
 def state(seed: str, choose: dict[str, Chooser] | None = None, **fixed: int) -> State:
     """A random state with some registers fixed (by name)."""
     s = random_state(random.Random(seed), choose)

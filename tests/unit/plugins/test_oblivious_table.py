@@ -586,16 +586,30 @@ def _allocation_map() -> AllocationMap:
     return live
 
 
+def _mapping(uc: Uc, address: int) -> tuple[int, int] | None:
+    """(start, size) of the readable engine mapping holding ``address``."""
+    for begin, end, perms in uc.mem_regions():
+        if begin <= address <= end and perms & 1:
+            return begin, end + 1 - begin
+    return None
+
+
 @contextmanager
-def _probes(uc: Any, probes: dict[int, tuple[str, int]], live: AllocationMap,
+def _probes(uc: Any, probes: dict[int, tuple[str, int, bool]], live: AllocationMap,
             calls: list[int] | None = None) -> Iterator[None]:
-    """Hooks on the ``.bounds`` lines that write what leakdbt.run.allocations would."""
+    """Hooks on the ``.bounds`` lines that write what leakdbt.run.allocations would (for a
+    ``mapped`` line: the allocation, else the readable mapping, uncapped)."""
     regs = dict(GPRS)
 
     def hook(uc: Uc, address: int, size: int, _: object) -> None:
-        register, offset = probes[address]
-        found = live.find(uc.reg_read(regs[register]))
-        start, length = found if found is not None and found[1] <= HEAP_CAP else (0, 0)
+        register, offset, mapped = probes[address]
+        value = uc.reg_read(regs[register])
+        found = live.find(value)
+        if mapped:
+            found = found or _mapping(uc, value)
+            start, length = found if found is not None else (0, 0)
+        else:
+            start, length = found if found is not None and found[1] <= HEAP_CAP else (0, 0)
         if calls is not None:
             calls.append(length)
         rsp = uc.reg_read(x.UC_X86_REG_RSP)
@@ -838,10 +852,13 @@ def test_bounds_line_through_relocation(heap_program: Program) -> None:
     region = heap_program.block_region("heap_get")
     sandbox = Sandbox(heap_program.image, heap_program.bias)
     rewrite, t = _heap_harden(heap_program, region, sandbox)
-    ((at, (register, offset)),) = t.probes.items()
-    assert (register, offset) == ("rsi", 0x1B0)
+    ((at, (register, offset, mapped)),) = t.probes.items()
+    assert (register, offset, mapped) == ("rsi", 0x1B0, False)
     assert t.code[at - t.base] == 0x90
     (address,) = rewrite.replace
-    for bad in (".bounds rsi", ".bounds rsi, rdi"):
+    flagged = relocate(region, sandbox.bias, sandbox.place,
+                       {address: (".bounds rdi, 0x1b0, mapped", original(address))})
+    assert list(flagged.probes.values()) == [("rdi", 0x1B0, True)]
+    for bad in (".bounds rsi", ".bounds rsi, rdi", ".bounds rsi, 0x10, maped"):
         with pytest.raises(RegionError, match=f"malformed line '{bad}'"):
             relocate(region, sandbox.bias, sandbox.place, {address: (bad, original(address))})

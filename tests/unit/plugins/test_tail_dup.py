@@ -27,7 +27,7 @@ from leakdbt.dbt.region import CodeRegion, RegionError, form_region
 from leakdbt.dbt.relocate import Translation
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
-from leakdbt.plugin_api import Refusal, Rewrite
+from leakdbt.plugin_api import Rewrite
 from leakdbt.x86.asm import assemble
 from plugins import if_conversion
 from plugins.bounded_loop import PASS as BOUNDED_LOOP
@@ -44,7 +44,15 @@ from tests.unit.dbt.harness import (
     nm_symbols,
     random_state,
 )
-from tests.unit.plugins.ifc_support import REG, harden, state, trace, translate, view_of
+from tests.unit.plugins.ifc_support import (
+    REG,
+    harden,
+    iteration_check,
+    state,
+    trace,
+    translate,
+    view_of,
+)
 
 SHAPES_S = r"""
         .intel_syntax noprefix
@@ -562,24 +570,28 @@ def test_bounded_loop_with_a_shared_latch_computes_what_the_original_computes(
 
 # -- refusals --------------------------------------------------------------------------------
 
-def test_a_branch_whose_arms_each_carry_the_latch_covers_the_loop_and_is_refused(
-        shapes: Shapes) -> None:
+def test_a_branch_whose_arms_each_carry_the_latch_runs_one_iteration_at_a_time(
+        shapes: Shapes, sandbox: Sandbox) -> None:
     """gcc duplicating the latch into both arms: the branch's paths meet only after the
-    loop, so its region holds the loop (entered at the start only: formed), and
-    if-conversion refuses it as a loop; the loop region is accepted by bounded-loop."""
+    loop, so its region holds the loop's back edge to its own start (entered at the start
+    only: formed).  if-conversion runs it one iteration at a time (an iteration region,
+    tests/unit/plugins/test_iteration_region.py): the same results as the loop, and the
+    same instructions whatever the secret bits; the loop region is accepted by
+    bounded-loop too."""
     region = shapes.region("dup_latch", "dup_latch_top")
     assert shapes.symbols["dup_latch_top"] in region.blocks
-    result = harden(IF_CONVERSION, view_of(region, 0, "branch"))
-    assert isinstance(result, Refusal)
-    latch = region.cfg.blocks[max(p for p in region.cfg.blocks[
-        shapes.symbols["dup_latch_top"]].preds if p in region.blocks)].last
-    assert result.reason == (
-        f"the region contains a loop (a cycle through its blocks): '{latch.text}' at "
-        f"{latch.address:#x} jumps back to {shapes.symbols['dup_latch_top']:#x}, the loop's "
-        "head; the loop's head is the region's entry: the branch is inside the loop and its "
-        "paths meet only after it, so the branch region holds the loop's back edge; "
-        "if-conversion runs loops only inside an arm (the enclosing loop is bounded-loop's "
-        "region, kind = \"loop\")")
+    result = harden(IF_CONVERSION, view_of(region, sandbox.bias, "branch"))
+    assert isinstance(result, Rewrite), result
+    check = iteration_check(sandbox, region, result)
+    states = [(f"dup:{i}", _loop_state(f"dup:{i}")) for i in range(STATES)]
+    with check:
+        report = check.compare(states)
+        one = [state("dup-one", rdi=1, rcx=0, rsi=v) for v in (0, 1)]
+        copies = [trace(check, s, copy=True) for s in one]
+        assert trace(check, one[0], copy=False)[0] != trace(check, one[1], copy=False)[0]
+    assert copies[0][0] == copies[1][0] and copies[0][0]
+    assert not report.mismatches, report.mismatches[:3]
+    assert report.compared == STATES
     loop = shapes.region("dup_latch", "dup_latch_top", loop=True)
     assert isinstance(harden(BOUNDED_LOOP, view_of(loop, 0, "loop", {"bound": 8})), Rewrite)
 

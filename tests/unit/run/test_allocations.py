@@ -275,14 +275,35 @@ def test_a_copy_with_bounds_lines_needs_a_source() -> None:
     from leakdbt.dbt.relocate import Translation
     from leakdbt.errors import TranslationError
 
-    t = Translation("r", 0x1000, b"\x90", 0x1000, probes={0x1000: ("rsi", 0x1B0)})
+    t = Translation("r", 0x1000, b"\x90", 0x1000, probes={0x1000: ("rsi", 0x1B0, False)})
     with pytest.raises(TranslationError, match="r: its hardened code needs run-time "
                                                "allocation bounds, which this run does not "
                                                "learn"):
         Dispatcher(Machine(), ModuleMap(), [])._hook_probes(t)
     machine = Machine()
     watch = AllocationBounds(machine, ModuleMap())
-    bad = Translation("r", 0x1000, b"\x90", 0x1000, probes={0x1000: ("rfoo", 0x1B0)})
+    bad = Translation("r", 0x1000, b"\x90", 0x1000, probes={0x1000: ("rfoo", 0x1B0, False)})
     with pytest.raises(TranslationError, match="r: '.bounds rfoo' names no register"):
         Dispatcher(machine, ModuleMap(), [], bounds=watch)._hook_probes(bad)
     assert watch.active  # asked for bounds: the allocator is watched from now on
+
+
+def test_mapped_bounds_for_a_value_range_span() -> None:
+    """The public start of a value-range span (``.bounds REG, OFF, mapped``): its allocation
+    (any size), else the readable guest mapping holding it (the stack too, any size); in no
+    readable guest memory: (0, 0), reported once per access."""
+    bounds, warnings = _bounds()
+    bounds.map.add(0x20100, MAX_TABLE_BYTES + 1)  # over the cap: the span bounds the scan
+    assert bounds.bounds(0x20180, 0x401000, mapped=True) == (0x20100, MAX_TABLE_BYTES + 1)
+    assert bounds.bounds(0x50010, 0x401000, mapped=True) == (0x50000, 0x1000)  # the stack
+    assert bounds.bounds(0x20000, 0x401000, mapped=True) == (0x20000, 0x20000)
+    assert not warnings
+    cast(Any, bounds.machine.mem).vmas.append(Vma(0x80000, 0x81000, 0, "[guard]"))
+    for address in (0x60010, 0x90000, 0x80010, 0x60020):  # ours, nothing, PROT_NONE, ours
+        assert bounds.bounds(address, 0x401008, mapped=True) == (0, 0)
+    why = "the start of its value-range span is in no readable mapping of the guest"
+    assert warnings == [f"leakdbt: 0x401008: heap-table access not hardened: {why}; it ran "
+                        "its original code"]
+    assert bounds.report() == {"0x401000": "allocation 1, object 0, mapping 2",
+                               "0x401008": f"allocation 0, object 0, mapping 0, "
+                                           f"unhardened 4 ({why})"}
