@@ -4,13 +4,17 @@
  *   pipe      a producer thread writes messages (and a few large writes that fill the pipe)
  *             that a consumer thread reads; main prints the count and a checksum
  *   socket    the same through a socketpair, with writev and readv
+ *   send      the same through a socketpair, with send and recv (some with MSG_WAITALL);
+ *             a receive with MSG_DONTWAIT or on an O_NONBLOCK socket still says EAGAIN
  *   wait      main waitpid()s a forked child that waits for data a worker thread sends it
  *             after computing; then the same with waitid
  *   block     one thread reads an empty pipe whose write end it holds
+ *   recvblock one thread recv()s from a socketpair whose other end it holds
  *   fill      one thread writes more than a pipe holds into a pipe whose read end it holds
  *   waitblock one thread waits for a child that waits for it (ends once the parent dies)
- *             (block, fill and waitblock never end: they are for leakdbt's --timeout)
+ *             (block, recvblock, fill and waitblock never end: they are for leakdbt's --timeout)
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,7 +31,8 @@
 #define BIGS 4
 
 static int fds[2];
-static int use_vectors;
+static int use_vectors; /* 1: readv/writev; 2: send/recv */
+static int again[2]; /* send mode: what the MSG_DONTWAIT and O_NONBLOCK receives said */
 
 static uint32_t mix(uint32_t h, const unsigned char *p, size_t n)
 {
@@ -41,7 +46,9 @@ static int put(const void *data, size_t n)
     const char *p = data;
     while (n) { /* a blocking write writes everything; the loop is for safety natively */
         ssize_t w;
-        if (use_vectors) {
+        if (use_vectors == 2) {
+            w = send(fds[1], p, n, 0);
+        } else if (use_vectors) {
             struct iovec v[2] = {{(void *)p, n / 2}, {(void *)(p + n / 2), n - n / 2}};
             w = writev(fds[1], v, 2);
         } else {
@@ -83,9 +90,28 @@ static void *consumer(void *arg)
     static unsigned char buf[4096];
     long *total = arg;
     uint32_t h = 2166136261u;
-    for (;;) {
+    int early = 0; /* a MSG_WAITALL receive returned less, and more came after it */
+    if (use_vectors == 2) { /* main lives too: a wait here would let others run */
+        int spare[2], nb[2];
+        char c;
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, spare)
+            || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, nb))
+            return NULL;
+        again[0] = recv(spare[0], &c, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN;
+        again[1] = recv(nb[0], &c, 1, 0) < 0 && errno == EAGAIN;
+        close(spare[0]), close(spare[1]), close(nb[0]), close(nb[1]);
+    }
+    for (int i = 0;; i++) {
         ssize_t n;
-        if (use_vectors) {
+        if (use_vectors == 2 && i % 5 == 4) {
+            n = recv(fds[0], buf, sizeof buf, MSG_WAITALL); /* all 4096 until the end */
+            if (n > 0 && n < (ssize_t)sizeof buf)
+                early = 1;
+        } else if (use_vectors == 2) {
+            n = recv(fds[0], buf, 333, 0);
+            if (n > 0 && early)
+                fprintf(stderr, "MSG_WAITALL returned early\n");
+        } else if (use_vectors) {
             struct iovec v[2] = {{buf, 100}, {buf + 100, sizeof buf - 100}};
             n = readv(fds[0], v, 2);
         } else {
@@ -112,6 +138,9 @@ static int transfer(const char *what)
     close(fds[0]);
     printf("%s: producer %s, %ld bytes, checksum %08lx\n", what, r ? "failed" : "done",
            total[0], (unsigned long)total[1]);
+    if (use_vectors == 2)
+        printf("MSG_DONTWAIT: %s, O_NONBLOCK: %s\n", again[0] ? "EAGAIN" : "other",
+               again[1] ? "EAGAIN" : "other");
     return r != NULL;
 }
 
@@ -186,6 +215,12 @@ int main(int argc, char **argv)
         use_vectors = 1;
         return transfer("socketpair");
     }
+    if (!strcmp(mode, "send")) {
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds))
+            return 1;
+        use_vectors = 2;
+        return transfer("send/recv");
+    }
     if (!strcmp(mode, "wait"))
         return wait_for_child();
     if (!strcmp(mode, "block")) {
@@ -193,6 +228,12 @@ int main(int argc, char **argv)
         if (pipe(fds))
             return 1;
         return (int)read(fds[0], &c, 1);
+    }
+    if (!strcmp(mode, "recvblock")) {
+        char c;
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds))
+            return 1;
+        return (int)recv(fds[0], &c, 1, 0);
     }
     if (!strcmp(mode, "fill")) {
         static char big[1 << 20];
@@ -205,6 +246,6 @@ int main(int argc, char **argv)
         pid_t pid = fork_reader(); /* its read ends when our write end closes with us */
         return waitpid(pid, &status, 0) != pid;
     }
-    fprintf(stderr, "usage: threads_pipe pipe|socket|wait|block|fill|waitblock\n");
+    fprintf(stderr, "usage: threads_pipe pipe|socket|send|wait|block|recvblock|fill|waitblock\n");
     return 2;
 }

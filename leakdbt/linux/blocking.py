@@ -221,11 +221,12 @@ PIPE_BUF = 4096  # a pipe that polls writable has room for this much (one free p
 MSG_DONTWAIT = 0x40
 
 
-def _write_now(f: OpenFile, mode: int, data: bytes) -> int | None:
+def _write_now(f: OpenFile, mode: int, data: bytes, flags: int = 0) -> int | None:
     """Write what fits of ``data`` without blocking the host: bytes written, or None when
     nothing fits now.  A pipe takes PIPE_BUF bytes once it polls writable; a socket is sent
-    to with MSG_DONTWAIT (stream sockets take part, datagrams all or nothing); anything else
-    (a terminal) takes the plain write.  ``mode``: the host fd's st_mode."""
+    to with MSG_DONTWAIT (stream sockets take part, datagrams all or nothing) and the
+    caller's send ``flags``; anything else (a terminal) takes the plain write.  ``mode``:
+    the host fd's st_mode."""
     if stat.S_ISFIFO(mode):
         poller = select.poll()
         poller.register(f.host_fd, select.POLLOUT)
@@ -235,7 +236,7 @@ def _write_now(f: OpenFile, mode: int, data: bytes) -> int | None:
     if stat.S_ISSOCK(mode):
         with socket.socket(fileno=os.dup(f.host_fd)) as sock:
             try:
-                return sock.send(data, MSG_DONTWAIT)
+                return sock.send(data, MSG_DONTWAIT | flags)
             except BlockingIOError:
                 return None
     return f.write(data)
@@ -250,16 +251,17 @@ def take_progress(k: Kernel) -> int:
 
 
 def write_waiting(k: Kernel, f: OpenFile, data: bytes, nr: int, done: int,
-                  what: str = "write") -> int:
+                  what: str = "write", flags: int = 0) -> int:
     """A blocking-mode write to a pipe or socket that waits our way, from byte ``done``
     on: in pieces that never block the host; with other threads, a full pipe parks the
     thread (its call is made again later and goes on after the bytes already written,
     kept in ``Thread.progress``); alone, the wait is here, bounded by --timeout.  Returns
-    what write(2) returns once all is written."""
+    what write(2) returns once all is written.  ``flags``: a send(2)'s flags, for a
+    socket."""
     mode = os.fstat(f.host_fd).st_mode
     while done < len(data):
         try:
-            n = _write_now(f, mode, data[done:])
+            n = _write_now(f, mode, data[done:], flags)
         except OSError:
             if done:
                 return done  # what was written before the error, as pipe_write does

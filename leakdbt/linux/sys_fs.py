@@ -863,6 +863,7 @@ def sys_symlinkat(k: Kernel, target: int, newdirfd: int, linkpath: int) -> int:
 # -- table ----------------------------------------------------------------------------------
 
 HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
+    0: ("read", sys_read),
     1: ("write", sys_write),
     2: ("open", sys_open),
     3: ("close", sys_close),

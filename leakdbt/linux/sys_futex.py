@@ -1,6 +1,6 @@
-"""Waiting between threads: futex(2), and sleeps and reads that let other threads run
-(nanosleep(2), clock_nanosleep(2), read(2) of an empty pipe, socket or terminal, while the
-guest has more than one thread).
+"""Waiting between threads: futex(2), and sleeps that let other threads run (nanosleep(2),
+clock_nanosleep(2), while the guest has more than one thread).  (A read that would block
+waits in leakdbt.linux.sys_fs, through leakdbt.linux.blocking.park_on_fd.)
 
 A wait blocks the calling thread in the scheduler (leakdbt.linux.threads): the call returns
 when a wake, a timeout or a signal ends it, and other threads run meanwhile.  Operations:
@@ -14,16 +14,12 @@ stderr, -ENOSYS).
 from __future__ import annotations
 
 import errno
-import fcntl
-import os
-import select
 import struct
 import time
 from collections.abc import Callable
 
 from leakdbt.linux.kernel import Kernel, Unsupported, s32
 from leakdbt.linux.sys_clone import threads_of
-from leakdbt.linux.sys_fs import sys_read as _single_read
 from leakdbt.linux.sys_proc import sys_clock_nanosleep as _single_clock_nanosleep
 from leakdbt.linux.sys_proc import sys_nanosleep as _single_nanosleep
 from leakdbt.linux.threads import BITSET_ANY, Wait
@@ -189,38 +185,7 @@ def sys_clock_nanosleep(k: Kernel, clk: int, flags: int, req: int, rem: int) -> 
     return _sleep(k, host, ns if flags & TIMER_ABSTIME else k.clock_ns(host) + ns)
 
 
-def _blocking_host_fd(k: Kernel, fd: int) -> int | None:
-    """The host fd behind guest ``fd`` when a read of it would block now (nothing to read,
-    not O_NONBLOCK); None otherwise, and for anything that is not a plain host fd."""
-    try:
-        host = getattr(k.fds.get(s32(fd)), "host_fd", None)
-    except OSError:
-        return None
-    if not isinstance(host, int) or host < 0:
-        return None
-    try:
-        if fcntl.fcntl(host, fcntl.F_GETFL) & os.O_NONBLOCK:
-            return None
-        readable = select.select([host], [], [], 0)[0]
-    except (OSError, ValueError):
-        return None
-    return None if readable else host
-
-
-def sys_read(k: Kernel, fd: int, buf: int, count: int) -> int:
-    """read(2); with other threads, a read that would block waits in the scheduler for the
-    fd to become readable, then is made again (other threads run meanwhile)."""
-    if _threaded(k) and count:
-        host = _blocking_host_fd(k, fd)
-        if host is not None:
-            threads_of(k).block(Wait(fd=host, restart=READ))
-            return 0  # the call is made again once the fd is readable
-    return _single_read(k, fd, buf, count)
-
-
-READ = 0
 HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
-    READ: ("read", sys_read),
     35: ("nanosleep", sys_nanosleep),
     202: ("futex", sys_futex),
     230: ("clock_nanosleep", sys_clock_nanosleep),

@@ -11,6 +11,9 @@ a host epoll fd: the host keeps the interest list, so level- and edge-triggered 
 EPOLLONESHOT and the removal of a closed file's entries are Linux's own.  Layouts: struct
 pollfd (8 bytes), fd_set (bit arrays of longs), struct epoll_event (12 bytes, packed on
 x86-64), struct timespec/timeval.
+
+A sendto/recvfrom that would block waits as read and write do (leakdbt.linux.blocking):
+other threads run meanwhile, --timeout ends it; MSG_DONTWAIT or O_NONBLOCK answer EAGAIN.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from leakdbt.linux.blocking import Deadline, block
+from leakdbt.linux.blocking import (
+    Deadline,
+    block,
+    may_wait,
+    nonblocking,
+    park_on_fd,
+    take_progress,
+    write_waiting,
+)
 from leakdbt.linux.files import FsError, OpenFile
 from leakdbt.linux.kernel import Kernel, Unsupported, s32
 from leakdbt.linux.sigdeliver import send_from_kernel
@@ -50,6 +61,8 @@ SOCK_NONBLOCK, SOCK_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET = 1, 2, 5
 MSG_FLAGS = {0x40: "MSG_DONTWAIT", 0x4000: "MSG_NOSIGNAL", 0x2: "MSG_PEEK",
              0x100: "MSG_WAITALL"}
+MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL = 0x2, 0x40, 0x100
+SENDTO, RECVFROM = 44, 45
 SIGSET_SIZE = 8
 NS = 1_000_000_000
 FD_BITS = 64
@@ -488,7 +501,10 @@ def _msg_flags(flags: int, call: str) -> int:
 def sys_sendto(k: Kernel, fd: int, buf: int, length: int, flags: int, addr: int,
                addrlen: int) -> int:
     """sendto(2)/send(3) on a connected socket (a socketpair end); an address would reach
-    the network, which guests are not granted (EACCES)."""
+    the network, which guests are not granted (EACCES).  A send that would block lets other
+    threads run and keeps what it sent (blocking.write_waiting), unless MSG_DONTWAIT or
+    O_NONBLOCK make it answer EAGAIN."""
+    done = take_progress(k)
     if addr:
         return -errno.EACCES
     f = _socket(k, fd)
@@ -496,6 +512,8 @@ def sys_sendto(k: Kernel, fd: int, buf: int, length: int, flags: int, addr: int,
     data = k.mem.read(buf, min(length, 0x7FFFF000)) if length else b""
     with socket.socket(fileno=os.dup(f.host_fd)) as s:
         try:
+            if data and _waits(k, f, fl):
+                return write_waiting(k, f, data, SENDTO, done, "sendto", fl)
             return s.send(data, fl)
         except BrokenPipeError:
             if not fl & 0x4000:  # MSG_NOSIGNAL
@@ -503,22 +521,67 @@ def sys_sendto(k: Kernel, fd: int, buf: int, length: int, flags: int, addr: int,
             raise
 
 
+def _waits(k: Kernel, f: OpenFile, flags: int) -> bool:
+    """Must a send or receive on socket ``f`` that would block wait our way (other threads,
+    or --timeout; blocking.may_wait)?  Not with MSG_DONTWAIT or O_NONBLOCK: EAGAIN."""
+    return not flags & MSG_DONTWAIT and may_wait(k, f) and not nonblocking(f.host_fd)
+
+
+def _recv_waiting(k: Kernel, f: OpenFile, buf: int, size: int, flags: int,
+                  done: int) -> int | None:
+    """A blocking receive that waits our way: the count received, or None when the thread
+    was parked until the socket is readable (the call is made again then).  MSG_WAITALL on
+    a stream socket goes on until ``size`` bytes came, the peer shut down or an error
+    (what it received before a park is kept in ``Thread.progress``, as a write's is)."""
+    with socket.socket(fileno=os.dup(f.host_fd)) as s:
+        whole = bool(flags & MSG_WAITALL) and not flags & MSG_PEEK \
+            and s.type == socket.SOCK_STREAM
+        while True:
+            if park_on_fd(k, f.host_fd, select.POLLIN, RECVFROM, "recvfrom"):
+                assert k.threads is not None
+                k.threads.current.progress = done
+                return None
+            try:
+                data = s.recv(size - done, (flags & ~MSG_WAITALL) | MSG_DONTWAIT)
+            except BlockingIOError:
+                continue  # taken by someone else first: wait again
+            except OSError:
+                if done:
+                    return done
+                raise
+            if data:
+                k.mem.write(buf + done, data)
+            done += len(data)
+            if not whole or not data or done >= size:
+                return done
+
+
 @_poll_entry
 def sys_recvfrom(k: Kernel, fd: int, buf: int, length: int, flags: int, addr: int,
                  addrlen: int) -> int:
     """recvfrom(2)/recv(3) on a socketpair end; the peer of a socketpair is unnamed, so the
-    address is its sa_family alone (2 bytes), as Linux reports it."""
+    address is its sa_family alone (2 bytes), as Linux reports it.  A receive that would
+    block lets other threads run (_recv_waiting), unless MSG_DONTWAIT or O_NONBLOCK make it
+    answer EAGAIN."""
+    done = take_progress(k)
     f = _socket(k, fd)
     fl = _msg_flags(s32(flags), "recvfrom")
-    with socket.socket(fileno=os.dup(f.host_fd)) as s:
-        data = s.recv(min(length, 0x7FFFF000), fl)
-    if data:
-        k.mem.write(buf, data)
+    size = min(length, 0x7FFFF000)
+    if _waits(k, f, fl):
+        got = _recv_waiting(k, f, buf, size, fl, done)
+        if got is None:
+            return 0  # made again once readable
+    else:
+        with socket.socket(fileno=os.dup(f.host_fd)) as s:
+            data = s.recv(size, fl)
+        if data:
+            k.mem.write(buf, data)
+        got = len(data)
     if addr and addrlen:
         size = struct.unpack("<I", k.mem.read(addrlen, 4))[0]
         k.mem.write(addr, struct.pack("<H", AF_UNIX)[:size])
         k.mem.write(addrlen, struct.pack("<I", 2))
-    return len(data)
+    return got
 
 
 @_poll_entry
@@ -535,8 +598,8 @@ def sys_shutdown(k: Kernel, fd: int, how: int) -> int:
 HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
     7: ("poll", sys_poll),
     23: ("select", sys_select),
-    44: ("sendto", sys_sendto),
-    45: ("recvfrom", sys_recvfrom),
+    SENDTO: ("sendto", sys_sendto),
+    RECVFROM: ("recvfrom", sys_recvfrom),
     48: ("shutdown", sys_shutdown),
     53: ("socketpair", sys_socketpair),
     213: ("epoll_create", sys_epoll_create),

@@ -39,8 +39,9 @@ threads and switches repeats exactly.  An fd fed from outside the guest (a child
 stdin, another process) or a child's end is seen at the first scheduling point after the
 host sees it: the interleaving around it follows host timing, as it would in Linux.
 
-Not here yet: poll, select, epoll_wait, pause, sigsuspend and the socket calls
-(sendto/recvfrom/sendmsg/recvmsg, accept, connect) block every thread while they wait
+(sendto/recvfrom wait the same way, in leakdbt.linux.sys_poll.)
+
+Not here yet: poll, select, epoll_wait, pause and sigsuspend block every thread while they wait
 (the host call blocks the engine); a wait for a child that stops (WUNTRACED) rather than
 ends is woken only by an end; process-directed signals go to whichever thread runs next.
 """

@@ -1,9 +1,10 @@
-"""Blocking read, write, readv, writev, wait4 and waitid let the guest's other threads run
+"""Blocking read, write, readv, writev, send, recv, wait4 and waitid let the guest's other
+threads run
 (leakdbt.linux.blocking.park_on_fd / park_on_children, the scheduler in
 leakdbt.linux.threads): a producer and a consumer thread through a pipe or a socketpair and
 a main that waits for a child another thread must feed give native's output in every ELF
 kind (each would hang if the waiting thread blocked the engine); the interleaving repeats
-exactly; and ``--timeout`` ends a single thread blocked in read, write or wait4 with
+exactly; and ``--timeout`` ends a single thread blocked in read, write, recv or wait4 with
 status 124 and one line."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from leakdbt.machine.machine import Machine
 from leakdbt.run.session import ExecOptions, execute
 from tests.conftest import KINDS, binary, run_leakdbt, run_native
 
-MODES = ("pipe", "socket", "wait")
+MODES = ("pipe", "socket", "send", "wait")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -31,6 +32,31 @@ def test_threads_waiting_on_fds_and_children_same_as_native(built: Path, kind: s
     assert b"failed" not in native.stdout and b"other" not in native.stdout
     assert (guest.stdout, guest.status) == (native.stdout, native.status), guest.stderr
     assert guest.stderr == b""
+
+
+def test_a_waitall_receive_goes_on_after_a_park(built: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """send mode's every fifth recv asks for 4096 bytes with MSG_WAITALL: it parks when the
+    socket runs dry with part of them received, and its call, made again, goes on after
+    them (the guest checks no such receive returns early; stderr stays empty)."""
+    from leakdbt.linux import sys_poll
+
+    calls: list[tuple[int, int, int | None]] = []
+    original = sys_poll._recv_waiting
+
+    def recording(k: object, f: object, buf: int, size: int, flags: int,
+                  done: int) -> int | None:
+        result = original(k, f, buf, size, flags, done)  # type: ignore[arg-type]
+        calls.append((flags, done, result))
+        return result
+
+    monkeypatch.setattr(sys_poll, "_recv_waiting", recording)
+    argv = [binary("static", "threads_pipe"), "send"]
+    stdout, status, _counts, _switches = _run_in_process(argv)
+    assert (stdout, status) == (run_native(argv).stdout, 0)
+    assert any(r is None for _, _, r in calls)  # receives parked
+    resumed = [d for fl, d, _ in calls if fl & sys_poll.MSG_WAITALL and d > 0]
+    assert resumed and all(0 < d < 4096 for d in resumed)
 
 
 def _run_in_process(argv: list[str]) -> tuple[bytes, int, list[int], int]:
@@ -51,7 +77,7 @@ def _run_in_process(argv: list[str]) -> tuple[bytes, int, list[int], int]:
 
 
 @pytest.mark.parametrize("quantum", ("1000", None))
-@pytest.mark.parametrize("mode", ("pipe", "socket"))
+@pytest.mark.parametrize("mode", ("pipe", "socket", "send"))
 def test_the_pipe_interleaving_is_the_same_in_every_run(built: Path,
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         mode: str, quantum: str | None) -> None:
@@ -74,6 +100,7 @@ def test_the_pipe_interleaving_is_the_same_in_every_run(built: Path,
 
 
 @pytest.mark.parametrize(("mode", "call"), [("block", "read"), ("fill", "write"),
+                                            ("recvblock", "recvfrom"),
                                             ("waitblock", "wait4")])
 @pytest.mark.parametrize("kind", ("static", "dynamic"))
 def test_timeout_ends_a_lone_thread_blocked_in_a_host_call(built: Path, kind: str,
