@@ -15,7 +15,10 @@ sleeping (``Kernel.wait_until``), as timers already do.
 :func:`park_on_fd` and :func:`park_on_children` serve the calls that block on one host fd
 or on a child (read, write, readv, writev, wait4, waitid): with other guest threads they
 park the caller in the scheduler (leakdbt.linux.threads) instead of blocking the engine;
-alone, they let ``--timeout`` end the wait.
+alone, they let ``--timeout`` end the wait.  :func:`park_on_set` does the same for poll,
+select and epoll_wait (a set of host fds and a deadline) and :func:`park_for_signal` for
+pause and sigsuspend, when no timer and no child's SIGCHLD could end the wait
+(:func:`parkable`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Callable
 
 from leakdbt.errors import Deadlock
 from leakdbt.linux.files import OpenFile
@@ -143,6 +147,54 @@ def threaded(k: Kernel) -> bool:
     """Has the guest more than one live thread (its blocking calls must let the others
     run)?"""
     return k.threads is not None and len(k.threads.live()) > 1
+
+
+def parkable(k: Kernel, mask: int) -> bool:
+    """May a wait that a signal outside ``mask`` ends (poll, select, epoll_wait, pause,
+    sigsuspend) park its thread?  With other threads, and when no armed timer and no child
+    whose end would run a SIGCHLD handler could end it (the scheduler does not fire those:
+    such waits keep :func:`block`, which blocks every thread).  Signals from other
+    processes are the scheduler's (ThreadGroup._route_signals)."""
+    return threaded(k) and not k.timers.active \
+        and not (k.children and sigchld_interrupts(k, mask))
+
+
+def claim_own(k: Kernel, mask: int) -> None:
+    """Queue the running thread's own pending signals that ``mask`` lets through
+    (ThreadGroup.claim_own), before a wait under ``mask`` looks for one."""
+    if k.threads is not None:
+        k.threads.claim_own(mask)
+
+
+def resumed_deadline(k: Kernel, nr: int) -> tuple[bool, Deadline | None]:
+    """(True, its deadline) when the running thread makes call ``nr`` again after a park
+    (:func:`park_on_set`): it waits only until the first call's deadline; (False, None)
+    for a new call."""
+    if k.threads is None or k.threads.current.until is None:
+        return False, None
+    (again, until), k.threads.current.until = k.threads.current.until, None
+    return again == nr, until
+
+
+def park_on_set(k: Kernel, want: dict[int, int], until: Deadline | None, mask: int | None,
+                nr: int, on_eintr: Callable[[], None] | None) -> None:
+    """Park the running thread until one of ``want`` (host fd -> poll events) is ready or
+    ``until`` passes; its call ``nr`` is then made again, with what is left of ``until``
+    (:func:`resumed_deadline`).  ``mask``: the call's temporary signal mask; a signal it
+    lets through ends the wait with EINTR, after ``on_eintr`` (which writes the time
+    left)."""
+    assert k.threads is not None
+    k.threads.block(Wait(fds=dict(want), deadline=until, restart=nr, mask=mask,
+                         on_eintr=on_eintr, signals=True))
+    k.threads.current.until = (nr, until)
+
+
+def park_for_signal(k: Kernel, mask: int) -> None:
+    """pause/sigsuspend with other threads: park the running thread until a signal outside
+    ``mask`` is sent to it (its call then returns EINTR and the handler runs under ``mask``,
+    the thread's own mask restored after it)."""
+    assert k.threads is not None
+    k.threads.block(Wait(mask=mask, signals=True))
 
 
 def nonblocking(host_fd: int) -> bool:

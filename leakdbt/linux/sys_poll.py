@@ -12,6 +12,11 @@ EPOLLONESHOT and the removal of a closed file's entries are Linux's own.  Layout
 pollfd (8 bytes), fd_set (bit arrays of longs), struct epoll_event (12 bytes, packed on
 x86-64), struct timespec/timeval.
 
+With other guest threads, a wait that finds nothing ready parks its thread on the whole set
+of host fds (leakdbt.linux.blocking.park_on_set) when only those threads could end it: the
+others run, and readiness or the deadline makes the call again, which waits only until the
+first call's deadline (on the deadline it reports the timeout, all zero, as Linux does).
+
 A sendto/recvfrom that would block waits as read and write do (leakdbt.linux.blocking):
 other threads run meanwhile, --timeout ends it; MSG_DONTWAIT or O_NONBLOCK answer EAGAIN.
 """
@@ -32,9 +37,14 @@ from dataclasses import dataclass, field
 from leakdbt.linux.blocking import (
     Deadline,
     block,
+    claim_own,
+    interrupting,
     may_wait,
     nonblocking,
     park_on_fd,
+    park_on_set,
+    parkable,
+    resumed_deadline,
     take_progress,
     write_waiting,
 )
@@ -63,6 +73,8 @@ MSG_FLAGS = {0x40: "MSG_DONTWAIT", 0x4000: "MSG_NOSIGNAL", 0x2: "MSG_PEEK",
              0x100: "MSG_WAITALL"}
 MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL = 0x2, 0x40, 0x100
 SENDTO, RECVFROM = 44, 45
+POLL, SELECT, EPOLL_WAIT, PSELECT6, PPOLL, EPOLL_PWAIT, EPOLL_PWAIT2 = \
+    7, 23, 232, 270, 271, 281, 441
 SIGSET_SIZE = 8
 NS = 1_000_000_000
 FD_BITS = 64
@@ -111,10 +123,38 @@ def _sigmask(k: Kernel, addr: int, size: int) -> int | None:
     return int(struct.unpack("<Q", k.mem.read(addr, 8))[0]) & ~UNBLOCKABLE
 
 
+def _until(k: Kernel, nr: int, ns: int | None) -> Deadline | None:
+    """The call's deadline: the first call's when it is made again after a park."""
+    again, until = resumed_deadline(k, nr)
+    return until if again else _deadline(k, ns)
+
+
+Parked = None  # _wait's answer when the thread was parked: the call is made again later
+
+
 def _wait(k: Kernel, want: dict[int, int], until: Deadline | None, mask: int | None,
-          what: str) -> dict[int, int] | int:
-    """block() under the caller's temporary mask: on EINTR the handler runs with the old mask
+          what: str, nr: int,
+          on_eintr: Callable[[], None] | None = None) -> dict[int, int] | int | None:
+    """Wait for ``want`` until ``until`` under the caller's temporary ``mask``: the ready
+    fds, ``{}`` at the deadline, -EINTR, or None (:data:`Parked`) when the thread was
+    parked (leakdbt.linux.blocking.park_on_set; ``on_eintr`` runs if a signal ends that
+    wait).  Without parking, block() itself: on EINTR the handler runs with the old mask
     restored afterwards (sigsuspend's ``suspended_mask``); otherwise it is restored now."""
+    effective = k.signals.blocked if mask is None else mask
+    claim_own(k, effective)
+    if (until is None or _left(k, until) > 0) and parkable(k, effective) \
+            and not interrupting(k, effective):
+        now = (time.CLOCK_MONOTONIC, k.clock_ns(time.CLOCK_MONOTONIC))
+        ready = _block(k, want, now, mask, what)  # a look: nothing waits
+        if ready != {}:
+            return ready
+        park_on_set(k, want, until, mask, nr, on_eintr)
+        return Parked
+    return _block(k, want, until, mask, what)
+
+
+def _block(k: Kernel, want: dict[int, int], until: Deadline | None, mask: int | None,
+           what: str) -> dict[int, int] | int:
     sigs = k.signals
     if mask is None:
         return block(k, want, until, sigs.blocked, what)
@@ -131,7 +171,9 @@ def _wait(k: Kernel, want: dict[int, int], until: Deadline | None, mask: int | N
 # -- poll -------------------------------------------------------------------------------------
 
 
-def _do_poll(k: Kernel, fds_addr: int, nfds: int, ns: int | None, mask: int | None) -> int:
+def _do_poll(k: Kernel, fds_addr: int, nfds: int, until: Deadline | None, mask: int | None,
+             nr: int, on_eintr: Callable[[], None] | None = None) -> int | None:
+    """poll's work; None when the thread was parked (the call is made again later)."""
     count = nfds & 0xFFFFFFFF
     if count > k.fds.max_fds:
         return -errno.EINVAL
@@ -146,9 +188,10 @@ def _do_poll(k: Kernel, fds_addr: int, nfds: int, ns: int | None, mask: int | No
             watch.add(f, (events & 0xFFFF) | POLLERR | POLLHUP)
         files.append(f)
     nvalid = any(fd >= 0 and f is None for (fd, _, _), f in zip(entries, files, strict=True))
-    until = _deadline(k, 0 if nvalid else ns)
-    ready = _wait(k, watch.host, until, mask, "poll")
-    if isinstance(ready, int):
+    if nvalid:
+        until = _deadline(k, 0)
+    ready = _wait(k, watch.host, until, mask, "poll", nr, on_eintr)
+    if ready is Parked or isinstance(ready, int):
         return ready
     out = []
     n = 0
@@ -186,7 +229,8 @@ def _poll_entry(fn: Callable[..., int]) -> Callable[..., int]:
 def sys_poll(k: Kernel, fds: int, nfds: int, timeout: int) -> int:
     """poll(2): ``timeout`` in ms, negative for none."""
     ms = s32(timeout)
-    return _do_poll(k, fds, nfds, None if ms < 0 else ms * 1_000_000, None)
+    until = _until(k, POLL, None if ms < 0 else ms * 1_000_000)
+    return _do_poll(k, fds, nfds, until, None, POLL) or 0
 
 
 @_poll_entry
@@ -194,8 +238,11 @@ def sys_ppoll(k: Kernel, fds: int, nfds: int, tmo: int, sigmask: int, size: int)
     """ppoll(2): the timeout is written back with the time left, as Linux does."""
     ns = _timespec_ns(k, tmo)
     mask = _sigmask(k, sigmask, size)
-    until = _deadline(k, ns)
-    result = _do_poll(k, fds, nfds, ns, mask)
+    until = _until(k, PPOLL, ns)
+    result = _do_poll(k, fds, nfds, until, mask, PPOLL,
+                      lambda: _write_left(k, tmo, until, -errno.EINTR))
+    if result is Parked:
+        return 0  # made again once a fd is ready or at the deadline
     _write_left(k, tmo, until, result)
     return result
 
@@ -222,8 +269,9 @@ def _write_set(k: Kernel, addr: int, nfds: int, bits: int) -> None:
         k.mem.write(addr, bits.to_bytes(size, "little"))
 
 
-def _do_select(k: Kernel, nfds: int, rd: int, wr: int, ex: int, ns: int | None,
-               mask: int | None) -> int:
+def _do_select(k: Kernel, nfds: int, rd: int, wr: int, ex: int, until: Deadline | None,
+               mask: int | None, nr: int, on_eintr: Callable[[], None]) -> int | None:
+    """select's work; None when the thread was parked (the call is made again later)."""
     n = s32(nfds)
     if n < 0:
         return -errno.EINVAL
@@ -242,8 +290,8 @@ def _do_select(k: Kernel, nfds: int, rd: int, wr: int, ex: int, ns: int | None,
             return -errno.EBADF
         files[fd] = k.fds.get(fd)
         watch.add(files[fd], events)
-    ready = _wait(k, watch.host, _deadline(k, ns), mask, "select")
-    if isinstance(ready, int):
+    ready = _wait(k, watch.host, until, mask, "select", nr, on_eintr)
+    if ready is Parked or isinstance(ready, int):
         return ready
     out = [0, 0, 0]
     total = 0
@@ -267,11 +315,17 @@ def sys_select(k: Kernel, nfds: int, rd: int, wr: int, ex: int, tvp: int) -> int
         if sec < 0 or usec < 0:
             return -errno.EINVAL
         ns = sec * NS + usec * 1000
-    until = _deadline(k, ns)
-    result = _do_select(k, nfds, rd, wr, ex, ns, None)
-    if tvp and until is not None:
-        left = _left(k, until)
-        k.mem.write(tvp, struct.pack("<qq", left // NS, left % NS // 1000))
+    until = _until(k, SELECT, ns)
+
+    def write_left() -> None:
+        if tvp and until is not None:
+            left = _left(k, until)
+            k.mem.write(tvp, struct.pack("<qq", left // NS, left % NS // 1000))
+
+    result = _do_select(k, nfds, rd, wr, ex, until, None, SELECT, write_left)
+    if result is Parked:
+        return 0  # made again once a fd is ready or at the deadline
+    write_left()
     return result
 
 
@@ -283,8 +337,11 @@ def sys_pselect6(k: Kernel, nfds: int, rd: int, wr: int, ex: int, tsp: int, sig:
     if sig:
         ss, ss_len = struct.unpack("<QQ", k.mem.read(sig, 16))
         mask = _sigmask(k, ss, ss_len)
-    until = _deadline(k, ns)
-    result = _do_select(k, nfds, rd, wr, ex, ns, mask)
+    until = _until(k, PSELECT6, ns)
+    result = _do_select(k, nfds, rd, wr, ex, until, mask, PSELECT6,
+                        lambda: _write_left(k, tsp, until, -errno.EINTR))
+    if result is Parked:
+        return 0  # made again once a fd is ready or at the deadline
     _write_left(k, tsp, until, result)
     return result
 
@@ -379,13 +436,14 @@ def sys_epoll_ctl(k: Kernel, epfd: int, op: int, fd: int, event: int) -> int:
 
 
 def _do_epoll_wait(k: Kernel, epfd: int, events: int, maxevents: int, ns: int | None,
-                   mask: int | None) -> int:
+                   mask: int | None, nr: int) -> int:
+    """epoll_wait's work (a parked thread makes call ``nr`` again later: 0, unused)."""
+    until = _until(k, nr, ns)
     ep = _epoll(k, epfd)
     count = s32(maxevents)
     if count <= 0 or count > EP_MAX_EVENTS:
         return -errno.EINVAL
     assert ep.epoll is not None
-    until = _deadline(k, ns)
     while True:
         got = ep.epoll.poll(0, count)
         if got:
@@ -395,7 +453,9 @@ def _do_epoll_wait(k: Kernel, epfd: int, events: int, maxevents: int, ns: int | 
             return len(got)
         if until is not None and k.clock_ns(until[0]) >= until[1]:
             return 0
-        ready = _wait(k, {ep.host_fd: POLLIN}, until, mask, "epoll_wait")
+        ready = _wait(k, {ep.host_fd: POLLIN}, until, mask, "epoll_wait", nr)
+        if ready is Parked:
+            return 0  # made again once an event is ready or at the deadline
         if isinstance(ready, int):
             return ready
 
@@ -405,7 +465,7 @@ def sys_epoll_wait(k: Kernel, epfd: int, events: int, maxevents: int, timeout: i
     """epoll_wait(2): ``timeout`` in ms, negative for none."""
     ms = s32(timeout)
     return _do_epoll_wait(k, epfd, events, maxevents, None if ms < 0 else ms * 1_000_000,
-                          None)
+                          None, EPOLL_WAIT)
 
 
 @_poll_entry
@@ -414,7 +474,7 @@ def sys_epoll_pwait(k: Kernel, epfd: int, events: int, maxevents: int, timeout: 
     """epoll_pwait(2)."""
     ms = s32(timeout)
     return _do_epoll_wait(k, epfd, events, maxevents, None if ms < 0 else ms * 1_000_000,
-                          _sigmask(k, sigmask, size))
+                          _sigmask(k, sigmask, size), EPOLL_PWAIT)
 
 
 @_poll_entry
@@ -422,7 +482,7 @@ def sys_epoll_pwait2(k: Kernel, epfd: int, events: int, maxevents: int, timeout:
                      sigmask: int, size: int) -> int:
     """epoll_pwait2(2): epoll_pwait with a struct timespec timeout (NULL: none)."""
     return _do_epoll_wait(k, epfd, events, maxevents, _timespec_ns(k, timeout),
-                          _sigmask(k, sigmask, size))
+                          _sigmask(k, sigmask, size), EPOLL_PWAIT2)
 
 
 # -- eventfd, socketpair ---------------------------------------------------------------------
@@ -596,8 +656,8 @@ def sys_shutdown(k: Kernel, fd: int, how: int) -> int:
 
 
 HANDLERS: dict[int, tuple[str, Callable[..., int]]] = {
-    7: ("poll", sys_poll),
-    23: ("select", sys_select),
+    POLL: ("poll", sys_poll),
+    SELECT: ("select", sys_select),
     SENDTO: ("sendto", sys_sendto),
     RECVFROM: ("recvfrom", sys_recvfrom),
     48: ("shutdown", sys_shutdown),

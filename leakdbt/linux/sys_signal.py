@@ -17,7 +17,14 @@ import time
 from collections.abc import Callable
 
 from leakdbt.errors import GuestError
-from leakdbt.linux.blocking import block, interrupting, sigchld_interrupts
+from leakdbt.linux.blocking import (
+    block,
+    claim_own,
+    interrupting,
+    park_for_signal,
+    parkable,
+    sigchld_interrupts,
+)
 from leakdbt.linux.hostsignals import HOST
 from leakdbt.linux.kernel import Kernel, Unsupported, s32, sleep_until
 from leakdbt.linux.sigdeliver import enable_async
@@ -109,17 +116,34 @@ def _wait_for_signal(k: Kernel, mask: int, what: str) -> None:
     block(k, {}, None, mask, what)
 
 
+def _park(k: Kernel, mask: int) -> bool:
+    """With other threads and no timer or child's SIGCHLD to end it (blocking.parkable):
+    park the caller until a signal outside ``mask`` is sent to it (its call returns EINTR then, the
+    handler runs under ``mask``); True when parked."""
+    claim_own(k, mask)
+    if not parkable(k, mask) or interrupting(k, mask):
+        return False
+    park_for_signal(k, mask)
+    return True
+
+
 def sys_rt_sigsuspend(k: Kernel, mask: int, size: int) -> int:
+    """rt_sigsuspend(2); with other threads it parks its own (the others run)."""
     if size != SIGSET_SIZE:
         return -errno.EINVAL
     sigs = k.signals
     new = struct.unpack("<Q", k.mem.read(mask, 8))[0] & ~UNBLOCKABLE
+    if _park(k, new):
+        return -errno.EINTR  # its result when a signal wakes it
     _wait_for_signal(k, new, "sigsuspend")
     sigs.suspended_mask, sigs.blocked = sigs.blocked, new  # restored after the handler
     return -errno.EINTR
 
 
 def sys_pause(k: Kernel) -> int:
+    """pause(2); with other threads it parks its own (the others run)."""
+    if _park(k, k.signals.blocked):
+        return -errno.EINTR  # its result when a signal wakes it
     _wait_for_signal(k, k.signals.blocked, "pause")
     return -errno.EINTR
 

@@ -41,9 +41,26 @@ host sees it: the interleaving around it follows host timing, as it would in Lin
 
 (sendto/recvfrom wait the same way, in leakdbt.linux.sys_poll.)
 
-Not here yet: poll, select, epoll_wait, pause and sigsuspend block every thread while they wait
-(the host call blocks the engine); a wait for a child that stops (WUNTRACED) rather than
-ends is woken only by an end; process-directed signals go to whichever thread runs next.
+poll, ppoll, select, pselect6, epoll_wait and epoll_pwait park on their whole set of host fds
+(``Wait.fds``) with their deadline: readiness or the deadline makes the call again (on the
+deadline with no time left, so it reports the timeout as Linux does), and the absolute
+deadline is kept for it (``Thread.until``) so a call made again waits only what is left.
+pause and rt_sigsuspend park until a signal their mask lets through is sent to the thread
+(tgkill).  A signal that ends a wait made under a temporary mask (``Wait.mask``: ppoll,
+pselect6, epoll_pwait, sigsuspend) runs its handler with that mask, the thread's own mask
+saved in the frame, as rt_sigsuspend does.  These calls park only when nothing but the
+guest's own threads or another process could end them (leakdbt.linux.blocking.parkable):
+with an armed timer or a child whose end would run a SIGCHLD handler, they block every
+thread, as before.  A signal for the process that arrives while no thread runs ends the
+wait of the first thread parked in one of them whose mask lets it through
+(``_route_signals``); when every thread
+waits and one waits there with nothing in the run to end it, a host-time run waits as
+Linux does (another process's signal may come), until --timeout; under virtual time it is
+a deadlock.
+
+Not here yet: a wait for a child that stops (WUNTRACED) rather than ends is woken only by
+an end; while a thread runs, process-directed signals go to whichever thread runs next (they
+do not end another thread's wait).
 """
 
 from __future__ import annotations
@@ -52,6 +69,7 @@ import contextlib
 import errno
 import os
 import select
+import signal
 import struct
 import time
 from collections.abc import Callable
@@ -60,6 +78,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from leakdbt.errors import Deadlock, UsageError
+from leakdbt.linux.hostsignals import HOST
 from leakdbt.linux.signals import AltStack, Signals, sender_info
 from leakdbt.machine.memory import GuestMemoryFault
 
@@ -108,6 +127,12 @@ class Wait:
     restart: int | None = None  # the system call number to make again when ``fd`` is ready
     events: int = select.POLLIN  # what ``fd`` waits for (poll events)
     pidfds: tuple[int, ...] = ()  # a wait4/waitid: the children it may report
+    fds: dict[int, int] = field(default_factory=dict)  # poll/select/epoll: host fd -> events
+    mask: int | None = None  # the signal mask while it waits (ppoll, sigsuspend...), if not
+    # the thread's own
+    on_eintr: Callable[[], None] | None = None  # run when a signal ends it (ppoll's time left)
+    signals: bool = False  # poll, select, epoll_wait, pause, sigsuspend: a signal for the
+    # process that its mask lets through ends it too (routed to it while no thread runs)
 
 
 @dataclass
@@ -127,6 +152,8 @@ class Thread:
     pending: list[tuple[int, bytes]] = field(default_factory=list)  # tgkill'd to it
     instructions: int = 0  # guest instructions it ran (counted since threads began)
     progress: int = 0  # bytes a parked write had written before it blocked
+    until: tuple[int, tuple[int, int] | None] | None = None  # a parked poll's (call, deadline)
+    suspended: int | None = None  # its own mask while a handler runs under a wait's mask
     exit_status: int = 0
 
 
@@ -360,10 +387,19 @@ class ThreadGroup:
 
     def _resume_later(self, thread: Thread, result: int) -> None:
         """``thread`` runs again with ``result`` (a write that had written some of its data
-        returns that count instead of an error, as write(2) does when a signal comes)."""
+        returns that count instead of an error, as write(2) does when a signal comes).  A
+        signal ending a wait made under a temporary mask is delivered under that mask, the
+        thread's own one restored after the handler (rt_sigsuspend's rule)."""
         self.futexes.remove(thread)
-        if thread.wait is not None:
-            _release(thread.wait)
+        wait = thread.wait
+        if wait is not None:
+            _release(wait)
+            if result == -errno.EINTR:
+                if wait.mask is not None:
+                    thread.suspended, thread.blocked = thread.blocked, wait.mask
+                if wait.on_eintr is not None:
+                    wait.on_eintr()
+        thread.until = None
         if thread.progress and result < 0:
             result = thread.progress
         thread.progress = 0
@@ -376,8 +412,38 @@ class ThreadGroup:
         thread.state, thread.restart, thread.wait = State.RUNNABLE, thread.wait.restart, None
 
     def _fd_waiters(self) -> list[Thread]:
+        outside = self._outside() is not None
         return [t for t in self.threads if t.state is State.BLOCKED
-                and t.wait is not None and (t.wait.fd >= 0 or t.wait.pidfds)]
+                and t.wait is not None and (t.wait.fd >= 0 or t.wait.pidfds or t.wait.fds
+                                            or outside and t.wait.signals)]
+
+    def _outside(self) -> int | None:
+        """The fd that says a caught signal came from another process (hostsignals), while
+        a thread waits in a call such a signal ends (host time only)."""
+        if self.k.virtual_time or not self._signal_waiters():
+            return None
+        return HOST.wake_fd
+
+    def _signal_waiters(self) -> bool:
+        return any(t.state is State.BLOCKED and t.wait is not None and t.wait.signals
+                   for t in self.threads)
+
+    def _route_signals(self) -> bool:
+        """Signals for the process that no running thread takes: each ends the wait of the
+        first thread (in creation order) in poll, select, epoll_wait, pause or sigsuspend
+        whose mask lets it through, and is delivered to that thread; whether any woke."""
+        woke = False
+        for thread in self.threads:
+            wait = thread.wait
+            if thread.state is not State.BLOCKED or wait is None or not wait.signals:
+                continue
+            mask = wait.mask if wait.mask is not None else thread.blocked
+            taken = self.k.signals.take(~mask & ((1 << 64) - 1))
+            if taken is not None:
+                thread.pending.append(taken)
+                self._resume_later(thread, -errno.EINTR)
+                woke = True
+        return woke
 
     def _poll_fds(self, timeout: float | None) -> bool:
         """Wake the threads whose fd is ready (or one of whose children ended), waiting up
@@ -394,18 +460,29 @@ class ThreadGroup:
                 want[t.wait.fd] = want.get(t.wait.fd, 0) | t.wait.events
             for fd in t.wait.pidfds:
                 want[fd] = want.get(fd, 0) | select.POLLIN
+            for fd, events in t.wait.fds.items():
+                want[fd] = want.get(fd, 0) | events
+        outside = self._outside() if timeout != 0 else None
+        if outside is not None:
+            want[outside] = want.get(outside, 0) | select.POLLIN
         poller = select.poll()
         for fd, events in sorted(want.items()):
             poller.register(fd, events)
         ms = -1 if timeout is None else max(0, -(-int(timeout * 1e9) // 1_000_000))
         ready = dict(poller.poll(ms))
         woke = False
+        if outside is not None and outside in ready:
+            HOST.woken()
+            HOST.drain(self.k.signals)
+            woke = self._route_signals()
         for thread in waiting:
             wait = thread.wait
-            assert wait is not None
+            if wait is None:  # ended by a signal above
+                continue
             done = select.POLLERR | select.POLLHUP | select.POLLNVAL
             if (wait.fd >= 0 and ready.get(wait.fd, 0) & (wait.events | done)) \
-                    or any(fd in ready for fd in wait.pidfds):
+                    or any(fd in ready for fd in wait.pidfds) \
+                    or any(ready.get(fd, 0) & (events | done) for fd, events in wait.fds.items()):
                 self._restart_later(thread)
                 woke = True
         return woke
@@ -418,8 +495,23 @@ class ThreadGroup:
             self.k.signals.send(sig, info)
             return
         thread.pending.append((sig, info))
-        if thread.state is State.BLOCKED and not thread.blocked >> (sig - 1) & 1:
+        wait = thread.wait
+        mask = wait.mask if wait is not None and wait.mask is not None else thread.blocked
+        if thread.state is State.BLOCKED and not mask >> (sig - 1) & 1:
             self._resume_later(thread, -errno.EINTR)
+
+    def claim_own(self, mask: int) -> None:
+        """Signals tgkill'd to the running thread while it blocked them and that ``mask``
+        lets through: queued for delivery now (a sigsuspend or ppoll whose mask unblocks
+        one ends at once, as in Linux)."""
+        thread = self.current
+        keep = []
+        for sig, info in thread.pending:
+            if mask >> (sig - 1) & 1:
+                keep.append((sig, info))
+            else:
+                self.k.signals.send(sig, info)
+        thread.pending = keep
 
     # -- switching ----------------------------------------------------------------------------
 
@@ -452,6 +544,8 @@ class ThreadGroup:
             for thread in self.threads[i + 1:] + self.threads[:i + 1]:
                 if thread.state is State.RUNNABLE:
                     return thread
+            if self._route_signals():  # a signal for the process ends a wait
+                continue
             timed = [t for t in self.threads if t.state is State.BLOCKED
                      and t.wait is not None and t.wait.deadline is not None]
             first = min(timed, key=self._time_left) if timed else None
@@ -466,7 +560,15 @@ class ThreadGroup:
                 else:  # sleep out what --timeout leaves (it raises once that is past)
                     time.sleep(self.k.timeout_left("a thread wait") or 0)
             elif not self._poll_fds(limit) and not self._fd_waiters():
-                raise self._deadlock()
+                if self.k.virtual_time or not self._signal_waiters():
+                    raise self._deadlock()
+                # Host time, a thread in pause or poll with nothing in the run to end it:
+                # another process's signal may (its default action ends leakdbt as it
+                # would end the guest), so wait as Linux does, until --timeout.
+                if limit is None:
+                    signal.pause()
+                else:
+                    time.sleep(limit)
 
     def _time_left(self, thread: Thread) -> int:
         assert thread.wait is not None and thread.wait.deadline is not None
@@ -478,14 +580,17 @@ class ThreadGroup:
             wait = thread.wait
             if (thread.state is State.BLOCKED and wait is not None
                     and wait.deadline is not None and self._time_left(thread) <= 0):
-                self._resume_later(thread, wait.timeout_result)
+                if wait.restart is not None:  # a poll: made again with no time left
+                    self._restart_later(thread)
+                else:
+                    self._resume_later(thread, wait.timeout_result)
 
     def _deadlock(self) -> Deadlock:
         blocked = [t for t in self.threads if t.state is State.BLOCKED]
         if len(blocked) == 1 and blocked[0].wait is not None:
-            return Deadlock(f"deadlock: the only guest thread waits on futex "
-                            f"{blocked[0].wait.futex:#x} with no timeout")
-        where = ", ".join(f"thread {t.tid} on futex {t.wait.futex:#x}" for t in blocked
+            return Deadlock(f"deadlock: the only guest thread waits {_on(blocked[0].wait)} "
+                            "with no timeout")
+        where = ", ".join(f"thread {t.tid} {_on(t.wait)}" for t in blocked
                           if t.wait is not None)
         return Deadlock(f"deadlock: all {len(blocked)} guest threads wait with no timeout "
                         f"and none can wake them ({where})")
@@ -504,6 +609,9 @@ class ThreadGroup:
             thread.restart = None
         self.k.signals.blocked = thread.blocked
         self.k.signals.altstack = thread.altstack
+        suspended, thread.suspended = thread.suspended, None
+        if suspended is not None:  # its handler runs under the wait's mask, then its own
+            self.k.signals.suspended_mask = suspended
         switched = thread is not self.current
         self.current = thread
         self._started_at = self._done()
@@ -519,6 +627,8 @@ class ThreadGroup:
         """Signals tgkill'd to ``thread`` while it was not running: delivered now, unless
         its mask blocks them (they stay queued for it)."""
         if not thread.pending:
+            if self.k.signals.suspended_mask is not None:
+                self.deliver()  # restores the thread's own mask
             return
         keep = []
         for sig, info in thread.pending:
@@ -537,6 +647,15 @@ class ThreadGroup:
         done = self._done()
         thread.instructions += done - self._started_at
         self._started_at = done
+
+
+def _on(wait: Wait) -> str:
+    """What ``wait`` waits on, for the deadlock message."""
+    if wait.futex:
+        return f"on futex {wait.futex:#x}"
+    if wait.restart is not None:
+        return f"in system call {wait.restart}"
+    return "for a signal"
 
 
 def _release(wait: Wait) -> None:
