@@ -254,6 +254,59 @@ static int pauses(void)
     return handled != ROUNDS || woken != ROUNDS;
 }
 
+/* ppoll and epoll_pwait with SIGUSR1 let through by their temporary mask only: each round,
+   pthread_kill ends the wait with EINTR, the handler runs, and the thread's own mask (with
+   SIGUSR1 blocked) is back afterwards. */
+static void *ppoller(void *arg)
+{
+    int *eintr = arg;
+    sigset_t usr1, old, empty;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigemptyset(&empty);
+    pthread_sigmask(SIG_BLOCK, &usr1, &old);
+    int p[2];
+    if (pipe(p) != 0)
+        return NULL;
+    struct pollfd pf = { .fd = p[0], .events = POLLIN };
+    int ep = epoll_create1(0);
+    struct epoll_event ev = { .events = EPOLLIN, .data.fd = p[0] }, got;
+    epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev);
+    for (int r = 1; r <= ROUNDS; r++) {
+        __atomic_store_n(&ready, r, __ATOMIC_SEQ_CST);
+        while (handled < r) {
+            int rc = r & 1 ? ppoll(&pf, 1, NULL, &empty) : epoll_pwait(ep, &got, 1, -1, &empty);
+            if (rc == -1 && errno == EINTR)
+                (*eintr)++;
+        }
+    }
+    sigset_t now;
+    pthread_sigmask(SIG_SETMASK, &old, &now);
+    if (!sigismember(&now, SIGUSR1))
+        *eintr = -1;
+    return NULL;
+}
+
+static int interrupted_polls(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sigaction(SIGUSR1, &sa, NULL);
+    int eintr = 0;
+    pthread_t t;
+    pthread_create(&t, NULL, ppoller, &eintr);
+    for (int r = 1; r <= ROUNDS; r++) {
+        while (__atomic_load_n(&ready, __ATOMIC_SEQ_CST) < r)
+            sched_yield();
+        compute(30000);
+        pthread_kill(t, SIGUSR1);
+    }
+    pthread_join(t, NULL);
+    printf("ppintr: rounds=%d handled=%d eintr=%d\n", ROUNDS, (int)handled, eintr);
+    return handled != ROUNDS || eintr != ROUNDS;
+}
+
 static void *pauser(void *arg)
 {
     (void)arg;
@@ -274,12 +327,14 @@ int main(int argc, char **argv)
         return timeouts();
     if (!strcmp(mode, "pause"))
         return pauses();
+    if (!strcmp(mode, "ppintr"))
+        return interrupted_polls();
     if (!strcmp(mode, "pausehang")) {
         pthread_t t;
         pthread_create(&t, NULL, pauser, NULL);
         pthread_join(t, NULL);
         return 0;
     }
-    fprintf(stderr, "usage: threads_poll poll|epoll|select|timeout|pause|pausehang\n");
+    fprintf(stderr, "usage: threads_poll poll|epoll|select|timeout|pause|ppintr|pausehang\n");
     return 2;
 }
