@@ -234,15 +234,17 @@ static void *sleeper(void *arg)
     return NULL;
 }
 
-static int pauses(void)
+/* Runs `waiter` in a thread that waits ROUNDS times for SIGUSR1 (counting its wake-ups in
+   *count, -1 when its mask was not restored) and sends it each round once it is ready. */
+static int signalled_rounds(void *(*waiter)(void *), const char *mode, const char *counted)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_usr1;
     sigaction(SIGUSR1, &sa, NULL);
-    int woken = 0;
+    int count = 0;
     pthread_t t;
-    pthread_create(&t, NULL, sleeper, &woken);
+    pthread_create(&t, NULL, waiter, &count);
     for (int r = 1; r <= ROUNDS; r++) {
         while (__atomic_load_n(&ready, __ATOMIC_SEQ_CST) < r)
             sched_yield();
@@ -250,8 +252,8 @@ static int pauses(void)
         pthread_kill(t, SIGUSR1);
     }
     pthread_join(t, NULL);
-    printf("pause: rounds=%d handled=%d woken=%d\n", ROUNDS, (int)handled, woken);
-    return handled != ROUNDS || woken != ROUNDS;
+    printf("%s: rounds=%d handled=%d %s=%d\n", mode, ROUNDS, (int)handled, counted, count);
+    return handled != ROUNDS || count != ROUNDS;
 }
 
 /* ppoll and epoll_pwait with SIGUSR1 let through by their temporary mask only: each round,
@@ -287,26 +289,6 @@ static void *ppoller(void *arg)
     return NULL;
 }
 
-static int interrupted_polls(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_usr1;
-    sigaction(SIGUSR1, &sa, NULL);
-    int eintr = 0;
-    pthread_t t;
-    pthread_create(&t, NULL, ppoller, &eintr);
-    for (int r = 1; r <= ROUNDS; r++) {
-        while (__atomic_load_n(&ready, __ATOMIC_SEQ_CST) < r)
-            sched_yield();
-        compute(30000);
-        pthread_kill(t, SIGUSR1);
-    }
-    pthread_join(t, NULL);
-    printf("ppintr: rounds=%d handled=%d eintr=%d\n", ROUNDS, (int)handled, eintr);
-    return handled != ROUNDS || eintr != ROUNDS;
-}
-
 static void *pauser(void *arg)
 {
     (void)arg;
@@ -326,9 +308,9 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "timeout"))
         return timeouts();
     if (!strcmp(mode, "pause"))
-        return pauses();
+        return signalled_rounds(sleeper, "pause", "woken");
     if (!strcmp(mode, "ppintr"))
-        return interrupted_polls();
+        return signalled_rounds(ppoller, "ppintr", "eintr");
     if (!strcmp(mode, "pausehang")) {
         pthread_t t;
         pthread_create(&t, NULL, pauser, NULL);

@@ -262,7 +262,7 @@ def park_on_children(k: Kernel, pids: list[int], nr: int, what: str) -> bool:
 def may_wait(k: Kernel, f: OpenFile) -> bool:
     """Can a read or write of ``f`` block on the host, and must the wait be ours (other
     threads to run, or a --timeout to honour)?  Regular files and directories never wait."""
-    if (k.timeout is None or k.virtual_time) and (k.threads is None or not threaded(k)):
+    if (k.timeout is None or k.virtual_time) and not threaded(k):
         return False  # one thread, nothing to bound: the plain host call, as fast as before
     if getattr(f, "epoll", None) is not None:
         return False  # an epoll fd (sys_poll.EpollFile) polls readable only with events

@@ -25,7 +25,7 @@ from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import Rewrite
 from plugins.if_conversion import PASS as IF_CONVERSION
-from plugins.oblivious_table import PASS, composed_accesses
+from plugins.oblivious_table import composed_accesses
 from plugins.support.predication import keeps_base
 from tests.unit.dbt.harness import (
     SCRATCH,
@@ -47,6 +47,7 @@ from tests.unit.plugins.ifc_support import (
     with_memory,
 )
 from tests.unit.plugins.test_oblivious_table import SBOX_AT, _allocation_map, _probes
+from tests.unit.plugins.test_oblivious_table_composed import harden_both
 
 STATES = 300
 
@@ -89,20 +90,6 @@ def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return build(directory, "keep", SOURCE, request.param)
 
 
-def _harden_both(program: Image, function: str, granularity: int = 64
-                 ) -> tuple[RegionCheck, Rewrite, Rewrite]:
-    sandbox = sandbox_for(program)
-    region = region_of(program, function)
-    view = region_view(region, "branch", sandbox.bias, {"granularity": granularity},
-                       image=program)
-    code = harden(IF_CONVERSION, view)
-    assert isinstance(code, Rewrite), code
-    table = harden(PASS, view)
-    assert isinstance(table, Rewrite), table
-    t = translate(sandbox, region, code, table.replace)
-    return RegionCheck(sandbox, region, t, scratch_below_red_zone=True), code, table
-
-
 def _state(seed: str, base: int, n: int, chars: bytes) -> object:
     rng = random.Random(seed)
     s = random_state(rng)
@@ -132,7 +119,7 @@ def _states() -> list[tuple[str, object]]:
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_keep_guard_and_scan_compute_what_the_original_computes(
         program: Image, function: str, granularity: int) -> None:
-    check, code, table = _harden_both(program, function, granularity)
+    check, code, table, _ = harden_both(program, function, granularity)
     assert len(table.replace) == 1, table.replace.keys()  # map[i], not in[0], in[1]
     assert sum(line.startswith(".bounds") for line in code.code or ()) == 1  # the guard's
     states = _states()
@@ -152,7 +139,7 @@ def test_footprint_does_not_depend_on_the_index_or_the_arm(program: Image,
     """Valid map (scratch memory): the copy runs the same instructions and touches the same
     lines of the map's span whatever the secret index and whether the arm runs; the
     original's differ."""
-    check, _, _ = _harden_both(program, function)
+    check, *_ = harden_both(program, function)
     lines = (MAP_AT >> 6, (MAP_AT + 255) >> 6)
     states = [_state("keep-footprint", MAP_AT, n, bytes([7, c]))
               for n in (1, 0, -5, 1 << 33) for c in (0, 0x3F, 0x80, 0xFF)]

@@ -80,8 +80,8 @@ def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return build(directory, "composed", SOURCE, request.param)
 
 
-def _harden_both(program: Image, function: str, granularity: int = 64
-                 ) -> tuple[RegionCheck, Rewrite, CodeRegion]:
+def harden_both(program: Image, function: str, granularity: int = 64
+                ) -> tuple[RegionCheck, Rewrite, Rewrite, CodeRegion]:
     """if-conversion's code with oblivious-table's replacements inside it (the order the
     passes declare: if-conversion runs before the per-instruction passes)."""
     sandbox = sandbox_for(program)
@@ -93,7 +93,7 @@ def _harden_both(program: Image, function: str, granularity: int = 64
     table = harden(PASS, view)
     assert isinstance(table, Rewrite), table
     t = translate(sandbox, region, code, table.replace)
-    return RegionCheck(sandbox, region, t, scratch_below_red_zone=True), table, region
+    return RegionCheck(sandbox, region, t, scratch_below_red_zone=True), code, table, region
 
 
 def _b64_states() -> list[tuple[str, State]]:
@@ -121,7 +121,7 @@ def _states(function: str) -> list[tuple[str, State]]:
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_composed_rewrite_computes_what_the_original_computes(
         program: Image, function: str, granularity: int) -> None:
-    check, table, _ = _harden_both(program, function, granularity)
+    check, _, table, _ = harden_both(program, function, granularity)
     # the table load only (b64: both map lookups, the arm's through the keep guard)
     assert len(table.replace) == (2 if function == "b64" else 1), table.replace.keys()
     states = _states(function)
@@ -187,7 +187,7 @@ def test_footprint_does_not_depend_on_the_secret(program: Image, function: str, 
     """The secret character picks the table entry and the arm: the copy runs the same
     instructions and reads the same table lines, in the same order, for every value; the
     original's table lines differ."""
-    check, _, _ = _harden_both(program, function)
+    check, *_ = harden_both(program, function)
     lines = _table_lines(program, table, check.sandbox.bias)
     ctx = SCRATCH + 0x1000
     base = random_state(random.Random(f"composed-footprint:{function}"))
@@ -212,7 +212,7 @@ def test_b64_entry_lookup_footprint_does_not_depend_on_the_character(program: Im
                                                                      ) -> None:
     """The entry block's ``map[in[0]]`` scans map's four lines whatever ``in[0]`` is (the
     arm off: map[in[0]] >= 0xfe; the arm's own lookup, its index zeroed, scans them too)."""
-    check, _, _ = _harden_both(program, "b64")
+    check, *_ = harden_both(program, "b64")
     lines = (MAP_AT >> 6, (MAP_AT + 255) >> 6)
     base = random_state(random.Random("composed-footprint:b64"))
     base = with_memory(base, MAP_AT, bytes([0xFF]) * 256)
