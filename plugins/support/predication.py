@@ -121,6 +121,9 @@ _STRING = frozenset(f"{op}{size}" for op in ("movs", "stos", "lods", "cmps", "sc
 CONDITIONAL = frozenset({"ja", "jae", "jb", "jbe", "je", "jg", "jge", "jl", "jle", "jne", "jno",
                          "jnp", "jns", "jo", "jp", "js"})
 SYSCALLS = frozenset({"syscall", "sysenter", "int", "int1", "int3", "into"})
+# Stores whose memory operand does not say what they write: the whole XSAVE/FXSAVE area, or
+# a masked store (maskmovdqu's implicit [rdi]; vmaskmov*/vpmaskmov* write only some lanes).
+_AREA_STORE = re.compile(r"(f?xsave|maskmov|vmaskmov|vpmaskmov)")
 _PTR = {1: "byte ptr", 2: "word ptr", 4: "dword ptr", 8: "qword ptr"}
 
 
@@ -475,6 +478,13 @@ def predicated_refusal(info: InsnInfo, bias: int) -> str | None:
         return f"{w} uses the x87/MMX state, which is not predicated"
     if insn.mnemonic.startswith(("ldmxcsr", "fxrstor", "xrstor")):
         return f"{w} writes mxcsr, which is not predicated"
+    if insn.text.startswith("lock ") or insn.mnemonic.startswith("cmpxchg") or (
+            insn.mnemonic == "xchg" and info.mems):
+        # a locked read-modify-write must stay one atomic access, which load, select and
+        # store back is not; cmpxchg also writes RAX (RDX) and memory only when equal
+        return f"{w} is an atomic or compare-and-exchange instruction (not predicated)"
+    if _AREA_STORE.match(insn.mnemonic):
+        return f"{w} stores more memory than its operand names (not undone)"
     other = sorted(r for r in info.writes if r not in GPR and r not in XMM)
     if other:
         return f"{w} writes {other[0]}, which is not predicated"
