@@ -59,6 +59,24 @@ loop is still active after ``M`` iterations (``inner_bounds`` is wrong), the cod
 RFLAGS and jumps to the original inner header: the original finishes (correct; a branch
 never taken under a right contract; a leak and a contract error otherwise).
 
+Calls (plugins/support/clone.py).  A call in the body, outer or in an inner loop (direct,
+or through the PLT or the GOT, resolved when the region is hardened), runs as an inline
+predicated clone of its callee, as in if-conversion: the callee's blocks follow the call's
+block in the body's order, under the block's predicate, in every one of the ``bound``
+iterations (an iteration after the loop left runs it inactive, undone).  The clone's rules
+are clone.py's: its stack frame lies below the loop's whole scratch frame (RSP
+``CLONE_BASE + 8`` below the region's), the engine puts RSP where each block expects it and
+back to the region's for the loop's own blocks and glue; only its own frame and
+RIP-relative module data may be accessed (the loop's memory rule does not apply to the
+clone; clone.py checks it), except anchored table loads (plugins/support/loop_table.py: a
+base from ``lea R, [rip + X]``, an index the block bounds), which are scanned.  Registers a
+clone writes are written in the loop: never induction variables (a step in a callee is
+not one) nor a run-time bound's limit, and addresses computed from them follow the memory
+rule.  The call must return into the same iteration (its return site an edge the
+predicated body carries: not the header, not a back edge, not out of its inner loop), and
+with a run-time bound the header must make no call (its peeled last iteration runs the
+header alone).
+
 Induction variables.  A register whose only write in the loop is one ``add``/``sub`` of a
 constant, ``inc``, ``dec`` or ``lea r, [r +/- c]`` (64- or 32-bit), in a block that every
 iteration that goes on runs and that dominates the blocks after it in the order, is an
@@ -100,7 +118,9 @@ the loop is still active after ``bound`` iterations (the contract's bound is wro
 correctness comes first: the code jumps to the original loop's header, which runs the
 remaining iterations unprotected (a leak, and a contract error the checker reveals).
 
-Cost.  Per iteration: the predicated blocks (about ``2 w + 10 s + 12`` instructions per block
+Cost.  A clone costs its blocks as predicated blocks in every iteration (every path of
+the callee), plus a ``lea`` moving RSP at each block whose depth differs from the one
+before.  Per iteration: the predicated blocks (about ``2 w + 10 s + 12`` instructions per block
 that writes ``w`` registers and ``s`` stores, plus its edges, see predication.py; the flags
 stay in their slot between blocks, ``popfq`` only for a block that reads them), 3 per exit
 edge plus 3 per induction variable at each exit edge, 1 per back edge, 2 to move the next
@@ -122,9 +142,16 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``):
   loop (its limit must not change)``; ``the run-time bound steps R by S, but 'I' does
   not``; ``a run-time bound needs the loop to test it where it leaves: neither the header
   (I) nor the block of the step (I) ends with a branch out of the loop on T``
-- ``I is a call (a callee cannot be predicated)``, ``I is a system call or software
-  interrupt``, ``I is an indirect jump``, ``I stops the program``, ``I is not a plain
-  ret``, ``I: loop/jrcxz branches are not supported``, ``I is a string instruction``
+- calls: the refusals of predicated calls (plugins/support/clone.py: indirect calls
+  through a register, unresolvable GOT slots, callees with loops, recursion, the budget
+  ``clone_depth``/``clone_insns``, pointer or stack-argument accesses, dead ends, ...);
+  ``I is a call that does not return (a dead end in a bounded loop is not supported)``;
+  ``I returns to 0xB, which ends an iteration or leaves its loop (a call must return into
+  the same iteration)``; ``I is a call in the header of a loop with a run-time bound (its
+  last iteration runs the header alone)``
+- ``I is a system call or software interrupt``, ``I is an indirect jump``, ``I stops the
+  program``, ``I is not a plain ret``, ``I: loop/jrcxz branches are not supported``, ``I is
+  a string instruction``
 - ``I returns from inside the loop``; ``the loop has more than 8 exits``
 - nests: ``the loop's body is irreducible (...)``; ``loops are nested more than two deep:
   the inner loop at A holds another loop at B``; ``the inner loop at A (the region's at
@@ -145,9 +172,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from leakdbt.plugin_api import BlockView, Flow, RegionView, RunTimeBound, goto, parse_bound
+from leakdbt.plugin_api import (
+    BlockView,
+    Flow,
+    Insn,
+    RegionView,
+    RunTimeBound,
+    goto,
+    parse_bound,
+)
+from plugins.support.clone import Graph, expand_calls, resolve_call
 from plugins.support.loop_nest import Inner, Nest, nest
-from plugins.support.loop_table import TableEngine, computed_loads
+from plugins.support.loop_table import TableEngine, anchored_loads, computed_loads
 from plugins.support.memory_safety import check_accesses
 from plugins.support.predication import (
     GPR,
@@ -163,9 +199,11 @@ from plugins.support.predication import (
     analyse,
     body,
     control_refusal,
+    dead_end,
     predicated_refusal,
     slot,
     successors,
+    topological,
     where,
 )
 
@@ -187,7 +225,13 @@ def bound_loop(region: RegionView) -> list[str]:
     bound = _outer_bound(region.params.get("bound"))
     bias = region.bias
     header = region.entry
+    for b in region.blocks:
+        if dead_end(b) and b.last.flow is Flow.CALL:
+            raise Refused(f"{where(b.last, bias)} is a call that does not return (a dead end "
+                          "in a bounded loop is not supported)")
     for insn in region.instructions():
+        if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
+            continue  # cloned (plugins/support/clone.py), or refused by expand_calls
         reason = control_refusal(insn, bias)
         if reason:
             raise Refused(reason)
@@ -200,12 +244,22 @@ def bound_loop(region: RegionView) -> list[str]:
     if len(exits) > MAX_EXITS:
         raise Refused(f"the loop has more than {MAX_EXITS} exits")
     infos = {i.address: analyse(i) for i in region.instructions()}
-    order = shape.flat()
-    for b in order:
+    for b in shape.flat():
         for insn in body(b):
+            if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
+                continue
             reason = predicated_refusal(infos[insn.address], bias)
             if reason:
                 raise Refused(reason)
+    graph: Graph | None = None
+    vouched: frozenset[int] = frozenset()
+    if any(b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL) for b in region.blocks):
+        _check_calls(region, shape, isinstance(bound, RunTimeBound))
+        vouched = _callee_tables(region)
+        graph = expand_calls(region, shape.flat(), vouched)
+        shape = _with_clones(shape, graph)
+        infos.update(graph.infos)
+    order = shape.flat()
     ivs = _outer_ivs(shape, order, infos)
     header_test = isinstance(bound, RunTimeBound) and _check_run_time(
         bound, shape, order, infos, ivs, bias)
@@ -215,10 +269,98 @@ def bound_loop(region: RegionView) -> list[str]:
                         if r in GPR)
     induction = frozenset(ivs) | spread.keys() | {r for v in inner_ivs.values() for r in v}
     loads = computed_loads(order, infos, written, induction)
-    checked = {a: replace(i, mems=()) if a in loads else i for a, i in infos.items()}
+    # Every table load clone.py let through is scanned (the same blocks, recognised alike).
+    assert graph is None or all(a in loads for a in vouched if a in graph.infos)
+    # A clone's accesses follow clone.py's rule (checked by expand_calls), not the loop's.
+    cloned = frozenset() if graph is None else graph.infos.keys()
+    checked = {a: replace(i, mems=()) if a in loads or a in cloned else i
+               for a, i in infos.items()}
     _check_memory(region, shape, checked, frozenset(ivs) | spread.keys(), inner_ivs)
-    return _Emitter(region, shape, bounds, infos, ivs, inner_ivs, spread, loads).code(
-        bound, exits, header_test)
+    emitter = _Emitter(region, shape, bounds, infos, ivs, inner_ivs, spread, loads)
+    if graph is not None:
+        engine = emitter.engine
+        engine.entry_depths, engine.deltas = graph.depths, graph.deltas
+        engine.rebased = frozenset(graph.deltas)
+    return emitter.code(bound, exits, header_test)
+
+
+def _check_calls(region: RegionView, shape: Nest, run_time: bool) -> None:
+    """Calls the loop can clone: each returns to a block of the same iteration (the clone's
+    last block, far down the stack, carries its mask there like any block of the body);
+    with a run-time bound the header, whose last iteration runs alone, makes no call."""
+    bias = region.bias
+    for b in shape.flat():
+        call = b.last
+        if call.flow not in (Flow.CALL, Flow.INDIRECT_CALL):
+            continue
+        inner = shape.inner_of(b.start)
+        back = call.next not in shape.edges.get(b.start, ()) or call.next == shape.header
+        if back or (inner is not None and call.next not in inner.members):
+            raise Refused(f"{where(call, bias)} returns to {call.next + bias:#x}, which "
+                          "ends an iteration or leaves its loop (a call must return into "
+                          "the same iteration)")
+        if run_time and b.start == shape.header:
+            raise Refused(f"{where(call, bias)} is a call in the header of a loop with a "
+                          "run-time bound (its last iteration runs the header alone)")
+
+
+def _callee_tables(region: RegionView) -> frozenset[int]:
+    """The anchored table loads (plugins/support/loop_table.py) of every function the
+    region's calls reach: clone.py's memory rule leaves them to the table scan."""
+    out: set[int] = set()
+    seen: set[int] = set()
+    calls: list[Insn] = [i for b in region.blocks for i in b.insns
+                         if i.flow in (Flow.CALL, Flow.INDIRECT_CALL)]
+    while calls:
+        resolved = resolve_call(region, calls.pop())
+        if isinstance(resolved, str) or resolved[0] in seen:
+            continue  # expand_calls refuses it, or it was walked
+        seen.add(resolved[0])
+        for b in resolved[1]:
+            out |= anchored_loads(b).keys()
+            calls += [i for i in b.insns if i.flow in (Flow.CALL, Flow.INDIRECT_CALL)]
+    return frozenset(out)
+
+
+def _with_clones(shape: Nest, graph: Graph) -> Nest:
+    """The nest with each call block followed by its clone's blocks (topological order),
+    in the outer body or in the inner loop that makes the call."""
+    by_key = {b.start: b for b in graph.blocks}
+
+    def spliced(blocks: Sequence[BlockView]) -> list[BlockView]:
+        out: list[BlockView] = []
+        for b in blocks:
+            b = by_key[b.start]
+            out.append(b)
+            if b.start in graph.clones or not b.successors \
+                    or b.successors[0] not in graph.clones:
+                continue
+            entry, seen, stack = b.successors[0], set(), [b.successors[0]]
+            while stack:
+                n = stack.pop()
+                if n not in seen:
+                    seen.add(n)
+                    stack += [s for s in by_key[n].successors if s in graph.clones]
+            order = topological(entry, [by_key[k] for k in seen], lambda a, c: False)
+            assert order is not None  # clones are acyclic
+            out += order
+        return out
+
+    nodes: list[BlockView | Inner] = []
+    inners: list[Inner] = []
+    for node in shape.order:
+        if isinstance(node, Inner):
+            inner = Inner(node.header, tuple(spliced(node.blocks)), node.latches)
+            inners.append(inner)
+            nodes.append(inner)
+        else:
+            nodes += spliced([node])
+    edges = {k: tuple(successors(b)) for k, b in by_key.items() if k in graph.clones}
+    for a, succ in shape.edges.items():
+        b = by_key[a]
+        edges[a] = tuple(b.successors) if b.successors and b.successors[0] in graph.clones \
+            else succ
+    return Nest(shape.header, tuple(nodes), tuple(inners), edges, frozenset(graph.clones))
 
 
 def _bound(value: object, missing: str) -> int:
@@ -328,7 +470,8 @@ class _Emitter:
     def __init__(self, region: RegionView, shape: Nest, bounds: dict[int, int],
                  infos: dict[int, InsnInfo], ivs: dict[str, int],
                  inner_ivs: dict[int, dict[str, tuple[int, int]]],
-                 spread: dict[str, tuple[int, bool]], loads: Mapping[int, Mem]) -> None:
+                 spread: dict[str, tuple[int, bool]],
+                 loads: Mapping[int, Mem | tuple[Mem, int, int]]) -> None:
         self.region, self.shape, self.bounds, self.infos = region, shape, bounds, infos
         self.ivs, self.inner_ivs = ivs, inner_ivs
         engine = self.engine = TableEngine(region.bias, loads) if loads else Engine(region.bias)
@@ -432,9 +575,14 @@ class _Emitter:
         return f"or {slot(at)}, rax"
 
     def _block(self, b: BlockView, late: Sequence[str] = ()) -> list[str]:
-        return self.engine.block(b, self.infos, self.engine.preds.get(b.start), self._inside,
-                                 self.npreds, self._glue(b.start),
-                                 frozenset(self.unmasked.get(b.start, ())), late)
+        """A block, RSP first put where it expects it (a clone's: far below the frame)."""
+        engine = self.engine
+        unmasked = frozenset(self.unmasked.get(b.start, ()))
+        if b.start in self.shape.clones:
+            unmasked |= {"rsp"}  # a clone's RSP moves the same whether its block is on or off
+        return [*engine.move_to(engine.entry_depths.get(b.start, 0)),
+                *engine.block(b, self.infos, engine.preds.get(b.start), self._inside,
+                              self.npreds, self._glue(b.start), unmasked, late)]
 
     def code(self, bound: int | RunTimeBound, exits: list[int], header_test: bool = False
              ) -> list[str]:
@@ -460,7 +608,7 @@ class _Emitter:
         for n, node in enumerate(shape.order):
             last = n == len(shape.order) - 1
             if isinstance(node, Inner):
-                lines += self._inner(node, n)
+                lines += [*engine.move_to(0), *self._inner(node, n)]
                 if last:
                     lines += [f"mov {slot(engine.t1)}, rax", *late,
                               f"mov rax, {slot(engine.t1)}"]
@@ -473,6 +621,7 @@ class _Emitter:
                 lines += [*engine.flags_to_slot(), test,
                           "je bl_peel" if header_test else "jne bl_peel"]
                 engine.live = False
+        lines += engine.move_to(0)
         assert engine.saved and not engine.live
         for r, (at, step, narrow) in self.spread.items():
             sign = "+" if step >= 0 else "-"
@@ -551,6 +700,7 @@ class _Emitter:
         late = [f"mov rax, {slot(slots['nxt'])}", f"mov {slot(slots['active'])}, rax"]
         for k, b in enumerate(inner.blocks):
             lines += self._block(b, late if k == len(inner.blocks) - 1 else ())
+        lines += engine.move_to(0)
         assert engine.saved and not engine.live
         lines += [f"sub {slot(slots['count'])}, 1", f"jne bl_inner{n}",
                   f"cmp {slot(slots['active'])}, 0", f"je bl_done{n}",
@@ -663,7 +813,8 @@ def _outer_ivs(shape: Nest, order: list[BlockView], infos: dict[int, InsnInfo]
     latches = {a for a in shape.edges if any(s == shape.header for s in _succ(order, a))}
     out: dict[str, int] = {}
     for r, ws in _writers(order, infos).items():
-        if len(ws) != 1 or not _step(ws[0][1], r) or shape.inner_of(ws[0][0].start):
+        if len(ws) != 1 or not _step(ws[0][1], r) or shape.inner_of(ws[0][0].start) \
+                or ws[0][0].start in shape.clones:
             continue
         if _every_iteration(shape.header, shape.edges, latches, order, ws[0][0].start):
             out[r] = ws[0][0].start
@@ -706,7 +857,7 @@ def _spread_ivs(shape: Nest, order: list[BlockView], infos: dict[int, InsnInfo],
         steps = {_step_of(i, r) for _, i in ws}
         blocks = {b.start for b, _ in ws}
         if len(steps) != 1 or None in steps or len(blocks) != len(ws) \
-                or any(shape.inner_of(b) for b in blocks):
+                or any(shape.inner_of(b) or b in shape.clones for b in blocks):
             continue
         step = steps.pop()
         assert step is not None
@@ -773,7 +924,8 @@ def _inner_ivs(shape: Nest, inner: Inner, infos: dict[int, InsnInfo], ivs: dict[
     for r, ws in writers.items():
         steps = [(b, i) for b, i in ws if b.start in inner.members]
         starts = [(b, i) for b, i in ws if shape.inner_of(b.start) is None]
-        if len(ws) != 2 or len(steps) != 1 or len(starts) != 1:
+        if len(ws) != 2 or len(steps) != 1 or len(starts) != 1 \
+                or any(b.start in shape.clones for b, _ in ws):
             continue
         (sb, si), (ib, ii) = steps[0], starts[0]
         if not _step(si, r) or not _public_start(ii, r, public - {r}):

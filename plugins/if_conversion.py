@@ -3,15 +3,19 @@
 Applies to regions the translator formed as ``branch`` (contract kind ``branch`` or none):
 a block ending in a conditional branch up to the branch's immediate post-dominator (the
 *join*), or up to the returns when the paths only meet by returning.  Diamonds, triangles,
-nested acyclic branches and DAGs (a tail both arms share) are supported, and one *counted*
-loop inside an arm (a trip count written in its code: plugins/support/arm_loop.py), which
-runs that many times whatever the secret, each iteration's blocks predicated.  Blocks that are
+nested acyclic branches and DAGs (a tail both arms share) are supported, and *counted*
+loops (a trip count written in the code, its start a constant known before the loop:
+plugins/support/arm_loop.py) inside an arm or inside the clone of a function the region
+calls, several per region, nested ones included, each run that many times whatever the
+secret, each iteration's blocks predicated.  Blocks that are
 also entered from outside the region (side entries, ``RegionView`` does not show them) are
 no concern: the translator's copy holds its own duplicate of each block and is entered only
 at the region's start, while those entries keep running the untouched original
 (leakdbt/dbt/region.py); shapes are judged on the region as the copy sees it.  A direct
 call in the region runs as an inline, predicated clone of its callee
-(plugins/support/clone.py; the region then always uses the predicated-block scheme).
+(plugins/support/clone.py, with ``loops=True``; the region then always uses the
+predicated-block scheme), also inside a loop of an arm; the clone runs below where the
+call is made, which the arm's own code may have moved (gcc's ``sub rsp, 8`` before a call).
 A block that ends the program's path (a call that does not return, such as
 ``__assert_fail``, or ``hlt``/``ud2``: a *dead end*, plugins/support/predication.py) is not
 run predicated: where its predicate is on, control leaves for the original code, which
@@ -57,7 +61,9 @@ below ``[rsp - REGION_SCRATCH]``; no slot is chosen by a secret (only cmov'ed va
 Memory-safety rule.  A conditional block's memory accesses run on every path, so each must
 be valid, and at an address independent of the path, even when the original would not run
 the block.  Accepted: ``[rsp + d]`` with ``d >= -128`` and no index (the frame; RSP does not
-change in conditional code); RIP-relative operands (module data); and an address computed
+change in conditional code); RIP-relative operands (module data); a read of ``fs:[d]``, no
+base or index, inside glibc's TCB header (``d + width <= 0x40``: the stack-protector canary
+``fs:[0x28]``); and an address computed
 only from registers that no conditional block writes, when the same operand (same registers,
 scale and displacement, at least as wide) is also accessed by the entry block after its last
 write to those registers, or on every path through the region.  Anything else (the original
@@ -110,11 +116,14 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
 - ``I: loop/jrcxz branches are not supported``
 - ``I is a string instruction``
 - ``the region contains a loop (a cycle through its blocks): I jumps back to H, the
-  loop's head; R`` with R the reason plugins/support/arm_loop.py gives: more than one back
-  edge, a call in the loop, more than one block entering it, not a counted loop, too many
+  loop's head; R`` (``the function at 0xT has a loop: I jumps back to H, the loop's head;
+  R`` for a loop in a callee's clone) with R the reason plugins/support/arm_loop.py gives:
+  more than one back edge, a latch shared with another loop, more than one block entering
+  it, not a counted loop, a counter whose start is not a constant known before the loop
+  (set from a register or memory, set on no path, or not on the loop's one path), too many
   iterations; or, for a cycle with no head, ``the region contains a loop (...): the cycle
   is entered at more than one block (irreducible flow)``
-- ``the loop at H is in a region that calls or moves rsp in conditional code ...``
+- ``the loop at H is in a region that moves rsp in conditional code (...)``
 - iterations: ``the region contains a loop (a cycle through its blocks): its branch 'J' at
   A leaves the loop for B (a secret exit: ...)``; ``the region contains a loop (...): the
   loop iteration from A holds another loop (an iteration region runs no inner loop)``,
@@ -123,20 +132,24 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
   region does not clone its calls)``
 - in a conditional block that moves RSP: ``rsp differs between the paths into B``,
   ``rsp differs between the paths that leave the region for A``, ``rsp differs between
-  the region's returns``, ``I moves rsp in conditional code: a region that does so does
-  not clone its calls``
+  the region's returns``, ``I is made with rsp N bytes above the region's (a clone runs
+  below the region's scratch frame)`` (a call after the arm popped above the entry's RSP)
 - ``the region has more than one exit (A, B)``, ``the region both returns and leaves to A``
 - in a conditional block: ``I writes rsp``; ``I uses 32-bit addressing``; ``I is an AVX
   instruction (ymm/zmm state is not predicated)``; ``I uses the x87/MMX state, which is not
   predicated``; ``I writes R, which is not predicated``; ``I writes N bytes of memory (only
   1, 2, 4, 8 or 16 are undone)``; ``I writes through fs: (segment stores are not undone)``;
-  ``I writes to an absolute address (not undone)``; ``I: a memory divisor in a conditional
+  ``I writes to an absolute address (not undone)``; ``I is an atomic or compare-and-exchange
+  instruction (not predicated)``; ``I stores more memory than its operand names (not
+  undone)``; ``I: a memory divisor in a conditional
   block is not supported``; ``I: a divisor in the dividend's registers is not supported``
 - memory, where no guard can be placed: ``I: its address depends on R, which the
   conditional code computes`` or ``I: accesses memory that not every path of the original
   accesses``, then ``, and`` and why (:func:`_unguardable`): no base register, base = index,
   below the red zone, segment-relative, wider than 8 bytes, a huge displacement, a second
-  operand; alone in a region with an arm loop or callee clones
+  operand; alone in a region with an arm loop or callee clones.  A read of ``fs:[d]`` in
+  glibc's TCB header (the stack-protector canary ``fs:[0x28]``,
+  :func:`plugins.support.clone.tcb_read`) is accepted: valid and the same on every path
 - ``the region needs more than 4096 bytes of scratch memory``
 """
 
@@ -153,9 +166,9 @@ from leakdbt.plugin_api import (
     goto,
     original,
 )
-from plugins.support.arm_loop import ArmLoop, arm_loop, contiguous
+from plugins.support.arm_loop import ArmLoop, arm_loops, back_edges, loop_order
 from plugins.support.arm_loop import run as arm_loop_run
-from plugins.support.clone import expand_calls, stack_change
+from plugins.support.clone import expand_calls, stack_change, tcb_read
 from plugins.support.memory_safety import accessed_at_end, check_accesses
 from plugins.support.predication import (
     GPR,
@@ -202,18 +215,9 @@ def if_convert(region: RegionView) -> list[str]:
             raise Refused(reason)
     whole = region
     region, order, exits = _iteration(region)
-    loop: ArmLoop | None = None
-    if order is None:
-        try:
-            loop = arm_loop(region.entry, region.blocks,
-                            {i.address: analyse(i) for i in region.instructions()}, bias)
-        except Refused as why:
-            raise Refused(f"the region contains a loop (a cycle through its blocks): {why}"
-                          ) from None
-        back = (loop.latch, loop.header)
-        order = topological(region.entry, region.blocks, lambda a, b: (a, b) == back)
-        assert order is not None  # one back edge, the only cycle
-        order = contiguous(order, loop)
+    cyclic = order is None
+    if order is None:  # loops in the arms: judged once the calls are cloned (arm_loop.py)
+        order = loop_order(region.entry, region.blocks)
     if exits is None:
         exits = region.exits()
     if len(exits) > 1 and region.entry not in exits:
@@ -239,36 +243,43 @@ def if_convert(region: RegionView) -> list[str]:
         call = next(b.last for b in order if b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL))
         raise Refused(f"{where(call, bias)} is a call in a loop iteration (an iteration "
                       "region does not clone its calls)")
-    if calls and stack.deltas:
-        assert stack.first is not None
-        raise Refused(f"{where(stack.first, bias)} moves rsp in conditional code: a region "
-                      "that does so does not clone its calls")
-    if loop is not None and (calls or stack.deltas):
-        raise Refused(f"the loop at {loop.header + bias:#x} is in a region that calls or moves "
-                      "rsp in conditional code (a loop in an arm runs only in a region that "
-                      "does neither)")
-    graph = expand_calls(region, list(region.blocks)) if calls else None
+    if cyclic and stack.deltas:
+        header = min(h for _, h in back_edges(region.entry, region.blocks))
+        raise Refused(f"the loop at {header + bias:#x} is in a region that moves rsp in "
+                      "conditional code (a loop in an arm runs only in a region that does "
+                      "not)")
+    graph = expand_calls(region, list(region.blocks), loops=True,
+                         rsp=_call_depths(order, stack)) if calls else None
     clone_writes = frozenset() if graph is None else frozenset(
         r for i in graph.infos.values() for r in i.writes)
-    guards = _guards(region, order, infos, clone_writes, graph is None and loop is None)
+    loops: list[ArmLoop] = []
+    if cyclic or (graph is not None and graph.cyclic):
+        every = list(region.blocks) if graph is None else graph.blocks
+        loops = arm_loops(region.entry, every, {**infos, **(graph.infos if graph else {})},
+                          bias, graph.origin if graph else None,
+                          graph.function if graph else None)
+    guards = _guards(region, order, infos, clone_writes, graph is None and not loops)
 
     engine = Engine(bias, stack.floor)
     if guards:
         engine.guards = guards
         engine.safe = engine.alloc(16)
-    if graph is not None:
+    if graph is not None:  # RSP: the region's own moves (_stack) and the clones'
         infos.update(graph.infos)
-        engine.entry_depths, engine.deltas = graph.depths, graph.deltas
+        engine.entry_depths = {**stack.depths, **graph.depths}
+        engine.deltas = {**stack.deltas, **graph.deltas}
         engine.rebased = frozenset(graph.deltas)
+    if loops:
+        every = list(region.blocks) if graph is None else graph.blocks
+        lines = arm_loop_run(engine, loop_order(region.entry, every, loops), infos,
+                             frozenset(b.start for b in every), loops, lambda b: _RSP,
+                             stack.final)
+    elif graph is not None:
         members = {b.start for b in graph.blocks}
-        clones = graph.clones
         expanded = topological(graph.entry, graph.blocks, lambda a, b: False)
         assert expanded is not None  # clones are acyclic and sit between region blocks
         lines = engine.run(expanded, infos, lambda a, b: b in members, lambda t: [],
-                           lambda b: _RSP if b in clones else frozenset())
-    elif loop is not None:
-        lines = arm_loop_run(engine, order, infos, frozenset(b.start for b in region.blocks),
-                             loop, _RSP)
+                           lambda b: _RSP, final_depth=stack.final)
     elif len(exits) < 2 and not ends and not stack.deltas and not guards \
             and _is_tree(order, infos):
         tree = _fork_tree(order, infos)
@@ -396,6 +407,13 @@ def _leave(engine: Engine, groups: list[list[int]]) -> list[str]:
     return out + engine.load_flags(engine.fl) + [f"jmp {goto(groups[-1][0])}"] + stubs
 
 
+def _call_depths(order: list[BlockView], stack: _Stack) -> dict[int, int]:
+    """How far below the region's RSP each block's final call is made (by block start)."""
+    return {b.start: stack.depths.get(b.start, 0)
+            + sum(stack.deltas.get(i.address, 0) for i in b.insns[:-1])
+            for b in order if b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL)}
+
+
 @dataclass(frozen=True)
 class _Stack:
     """How the region's conditional code moves RSP: how far below the region's RSP (where
@@ -406,7 +424,6 @@ class _Stack:
     deltas: dict[int, int]
     final: int = 0
     floor: int = 0
-    first: Insn | None = None  # the first instruction that moves RSP (for messages)
 
 
 _STACK_MOVES = ("add", "sub", "lea", "pop")
@@ -426,7 +443,7 @@ def _stack(order: list[BlockView], infos: dict[int, InsnInfo], bias: int) -> _St
     depths: dict[int, int] = {order[0].start: 0}
     deltas: dict[int, int] = {}
     ends: dict[str, int] = {}
-    low, first = 0, None
+    low = 0
     starts = {c.start for c in order}
     for b in order:
         d = depths.get(b.start, 0)
@@ -438,7 +455,6 @@ def _stack(order: list[BlockView], infos: dict[int, InsnInfo], bias: int) -> _St
             if change is None:
                 raise Refused(f"{where(insn, bias)} writes rsp")
             deltas[insn.address] = change
-            first = first or insn
             d += change
             low = max(low, d)
         for s in successors(b):
@@ -454,7 +470,7 @@ def _stack(order: list[BlockView], infos: dict[int, InsnInfo], bias: int) -> _St
                           f"{b.last.address + bias:#x})")
     if not deltas:
         return _Stack({}, {})
-    return _Stack(depths, deltas, ends.get("exit", 0), (low + 15) & -16, first)
+    return _Stack(depths, deltas, ends.get("exit", 0), (low + 15) & -16)
 
 
 MAX_FORK_BLOCKS = 64
@@ -770,6 +786,7 @@ def _guards(region: RegionView, order: list[BlockView], infos: dict[int, InsnInf
     those schemes do not guard accesses): the rule's own refusal then."""
     failing: list[tuple[InsnInfo, Mem, str]] = []
     _check_memory(region, order, infos, clone_writes, failing)
+    failing = [f for f in failing if not tcb_read(f[1])]  # the canary: valid on every path
     if failing and not guarded:
         raise Refused(failing[0][2])
     guards: dict[int, Guard] = {}

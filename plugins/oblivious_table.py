@@ -412,7 +412,9 @@ def composed_accesses(region: RegionView, granularity: int = 64
       block with known bounds when, with its block off, if-conversion's guard (if any)
       redirects it inside the table, in contract: the block set the base with ``lea base,
       [rip + X]`` (the guard zeroes the index: ``X + disp``), or, non-PIE at bias 0, the
-      displacement is a data object (base and index zeroed: ``disp``).  Any other guard
+      displacement is a data object (base and index zeroed: ``disp``); with no sized object,
+      a value-range span whose base the block sets that way (:func:`_anchored_span`) or
+      whose guard keeps its base (:func:`_kept_span`).  Any other guard
       moves the address to the region's scratch slot: the scan would be in contract on one
       path and not on the other, so such an access is left alone;
     - loop: an access with known bounds whose registers no block of the loop writes (the
@@ -448,7 +450,8 @@ def composed_accesses(region: RegionView, granularity: int = 64
                                                          region, granularity):
                 out.append((access, bounds))
             elif bounds is None:
-                span = _kept_span(region, block, at, access)
+                span = (_kept_span(region, block, at, access)
+                        or _anchored_span(block.insns, at, access))
                 if span is not None:
                     out.append((replace(access, span=span), None))
     return out
@@ -468,6 +471,20 @@ def _kept_span(region: RegionView, block: BlockView, at: int, access: TableAcces
     span = value_span(block.insns, at, access.width)
     if span is None or span.base != REGISTER64[m.base or ""] \
             or span.index != REGISTER64[m.index or ""]:
+        return None
+    return span
+
+
+def _anchored_span(block: tuple[Insn, ...], at: int, access: TableAccess
+                   ) -> ValueSpan | None:
+    """The value-range span of a conditional block's load from a table no sized object
+    describes (a stripped library's ``.rodata``) whose base the block itself sets with ``lea
+    base, [rip + X]``: with the block off, if-conversion's guard (if any) keeps that base and
+    zeroes the index (the ``base`` target, :func:`_off_in_contract`), so the load is at the
+    span's start ``X + disp`` and the scan reads the same lines on both paths.  None unless
+    the span's public start is that base."""
+    span = value_span(block, at, access.width)
+    if span is None or span.base is None or not _sets_base_to_data(block, at, span.base):
         return None
     return span
 

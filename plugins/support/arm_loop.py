@@ -1,6 +1,7 @@
-"""A counted loop inside an if-converted arm (plugins/if_conversion.py).
+"""Counted loops inside an if-converted region (plugins/if_conversion.py): in an arm, and in
+the clones of the functions the region calls (plugins/support/clone.py, ``loops=True``).
 
-A branch region whose arm holds a loop cannot run each block once.  The loop is run as a
+A branch region whose arm holds a loop cannot run each block once.  Each loop is run as a
 real loop of the hardened code, a fixed number of times ``K`` whatever the predicate:
 ``K`` is the loop's trip count read from its code (a *counted* loop), so it is public by
 construction, and the same on both sides of the secret branch.  Each iteration runs the
@@ -10,26 +11,64 @@ edge.  An edge that leaves the loop ORs its mask into its target's predicate (ze
 before the loop), so the masks gather over the iterations.  When the arm is off, every
 iteration runs off and is undone; when it is on, iterations after an early exit run off.
 
+The region is judged once its calls are replaced by their clones, so a loop may hold
+calls (their clones are blocks of the loop), a callee may hold a loop, and a region may
+hold several loops: disjoint, or nested (a call inside a loop whose callee loops), each
+with its own hidden counter.
+
 Counted loop: one back edge, from a latch ending in ``jne`` to the header; the header has
-one predecessor outside the loop (the preheader); a counter
-register ``c`` (32 or 64 bit) whose last write in the preheader is ``mov c, K0`` or
-``xor c, c``, and whose only write in the loop is one step in the latch:
+one predecessor outside the loop (the preheader); a counter register ``c`` (32 or 64 bit)
+whose only write in the loop (its blocks and the clones it calls) is one step in the
+header or the latch:
 
-- ``sub c, 1`` / ``add c, -1`` / ``dec c`` as the latch's last flags write (``K = K0``), or
-- ``add c, 1`` / ``inc c``, then ``cmp c, E`` as its last flags write (``K = E - K0``);
+- ``sub c, 1`` / ``add c, -1`` / ``dec c`` as that block's last flags write (``K = K0``), or
+- ``add c, 1`` / ``inc c``, then ``cmp c, E`` as its last flags write (``K = E - K0``),
+  or ``cmp c, r`` / ``cmp r, c`` with ``r`` a register the loop does not write whose value
+  before the loop is a constant known as ``K0`` is (below), its end ``E`` (gcc's ``for (i =
+  0; i < n; i++)`` once the caller passed a constant ``n``);
 
-with ``0 <= K0``, ``1 <= K <= MAX_TRIPS``.  Every iteration that goes on runs the latch, so
-the original runs at most ``K`` iterations per entry.  After ``K`` iterations the active
-mask is 0; if it is not (the analysis is wrong), the code restores RFLAGS and jumps to the
-original header, which finishes the loop as the original does.
+with ``0 <= K0``, ``1 <= K <= MAX_TRIPS``.  ``K0``, the counter's start, is a *constant
+known before the loop*: the last write to ``c`` before the loop is ``mov c, K0`` or ``xor
+c, c``, found by walking back from the preheader through blocks that each have one
+predecessor, across a call into its caller (``mov edx, 4; call f``, f counting ``rdx``
+down) and across a return into the callee, and through copies (``mov r, r2``, ``movsxd r,
+r2d``).  That write is on every path into the loop, so
+whenever the loop's active mask is on it really ran.  A start held in a register (an
+argument the caller computed, a value loaded) is refused: in an inactive arm the caller's
+writes are undone, so it is not the same whether the predicate is on or off.  Every
+iteration that goes on runs the stepping block, so the original runs at most ``K``
+iterations per entry.  After ``K`` iterations the active mask is 0; if it is not (the
+analysis is wrong), a loop of the region's own code restores RFLAGS and jumps to the
+original header, which finishes the loop as the original does; a loop of a clone, which
+has no original to go back to, stops on ``ud2``.
+
+Refusals (:func:`arm_loops`, :func:`loop_order`; ``HEAD`` is ``the region contains a loop (a
+cycle through its blocks): I jumps back to H, the loop's head; `` or, for a loop of a
+clone, ``the function at 0xT has a loop: I jumps back to H, the loop's head; ``):
+
+- ``the region contains a loop (...): the cycle is entered at more than one block
+  (irreducible flow)``
+- ``HEAD the loop's head is the region's entry: ...`` (an iteration region's shape)
+- ``HEAD it has N back edges (from A, B): a counted loop has one latch``
+- ``HEAD its latch also ends the loop at H2``
+- ``HEAD it is entered from more than one block (its counter's start is read from its one
+  preheader)``
+- ``HEAD it is not a counted loop (...): its trip count need not be public when its arm is
+  off`` (no counting test, a counter written elsewhere in the loop or its clones, K < 1)
+- ``HEAD its counter R is set by I2, not to a constant known before the loop runs: its trip
+  count need not be the same when its arm is off``; likewise ``its counter R is set on no
+  path into the loop (no block before B sets it)``, ``its counter R is not set to a
+  constant on the one path into the loop (B has N predecessors)``, ``its counter R starts
+  at V, outside 0 .. 2**31 - 1`` (``its end R`` for the register of ``cmp c, r``)
+- ``HEAD it runs K times, more than 65536``
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from leakdbt.plugin_api import BlockView, Flow, goto
+from leakdbt.plugin_api import BlockView, goto
 from plugins.support.loop_nest import dominators
 from plugins.support.predication import (
     GPR,
@@ -38,84 +77,144 @@ from plugins.support.predication import (
     Pred,
     Refused,
     body,
-    dead_end,
     slot,
     successors,
     terminator,
+    topological,
     where,
 )
 
-__all__ = ["MAX_TRIPS", "ArmLoop", "arm_loop", "contiguous", "run"]
+__all__ = ["MAX_TRIPS", "ArmLoop", "arm_loops", "back_edges", "loop_order", "run"]
 
 MAX_TRIPS = 1 << 16
 """The largest trip count a loop in an arm may have (each iteration runs every time)."""
 
+REGION_LOOP = "the region contains a loop (a cycle through its blocks): "
+
 
 @dataclass(frozen=True)
 class ArmLoop:
-    """A counted loop of a branch region: its header, latch, blocks and trip count."""
+    """A counted loop of a branch region: its header, latch, blocks and trip count (block
+    keys: a clone's blocks have their own, plugins/support/clone.py); ``clone``: it is a
+    loop of a callee's clone."""
 
     header: int
     latch: int
     members: frozenset[int]
     trips: int
+    clone: bool = False
 
 
-def arm_loop(entry: int, blocks: Sequence[BlockView], infos: dict[int, InsnInfo],
-             bias: int) -> ArmLoop:
-    """The region's one counted loop, or :class:`Refused` naming the loop's head and why."""
+def back_edges(entry: int, blocks: Sequence[BlockView]) -> frozenset[tuple[int, int]]:
+    """The edges ``a -> h`` whose target dominates their source."""
     by = {b.start: b for b in blocks}
     graph = {b.start: [s for s in successors(b) if s in by] for b in blocks}
     dom = dominators(entry, graph)
-    back = [(a, s) for a in graph for s in graph[a] if s in dom.get(a, ())]
-    if not back:
-        raise Refused("the cycle is entered at more than one block (irreducible flow)")
-    to_entry = [a for a, s in back if s == entry]
-    latch, header = (max(to_entry), entry) if to_entry else back[0]
-    head = (f"{where(by[latch].last, bias)} jumps back to {header + bias:#x}, the loop's "
-            "head; ")
-    if header == entry:
-        raise Refused(f"{head}the loop's head is the region's entry: the branch is inside "
-                      "the loop and its paths meet only after it, so the branch region holds "
-                      "the loop's back edge; if-conversion runs loops only inside an arm (the "
-                      "enclosing loop is bounded-loop's region, kind = \"loop\")")
-    if len(back) > 1:
-        heads = ", ".join(sorted({f"{s + bias:#x}" for _, s in back}))
-        raise Refused(f"{head}the region holds more than one back edge (loop heads "
-                      f"{heads}): if-conversion runs one counted loop, with one latch, in an "
-                      "arm")
-    members = {header, latch}
-    work = [latch]
-    while work:
-        n = work.pop()
-        for p, succ in graph.items():
-            if n in succ and p not in members and n != header:
-                members.add(p)
-                work.append(p)
-    for m in members:
-        b = by[m]
-        if dead_end(b) or any(i.flow in (Flow.CALL, Flow.INDIRECT_CALL) for i in b.insns):
-            raise Refused(f"{head}its block {m + bias:#x} calls a function (a loop in an "
-                          "arm does not clone callees)")
-    outside = [p for p, succ in graph.items() if header in succ and p not in members]
-    if len(outside) != 1:
-        raise Refused(f"{head}it is entered from more than one block (its counter's start "
-                      "is read from its one preheader)")
-    loop = [by[m] for m in sorted(members)]
-    trips = None
-    for test in dict.fromkeys((latch, header)):
-        trips = _trip_count(by[outside[0]], by[test], loop, frozenset(members), infos)
-        if trips is not None:
-            break
-    if trips is None:
-        raise Refused(f"{head}it is not a counted loop (a 32/64-bit register set to a constant "
-                      "before it, stepped by 1 once per iteration in its header or latch, "
-                      "which ends with a `jne`/`je` on it that stays in the loop while it has "
-                      "not reached its end): its trip count need not be public when its arm is "
-                      "off")
-    if trips > MAX_TRIPS:
-        raise Refused(f"{head}it runs {trips} times, more than {MAX_TRIPS}")
-    return ArmLoop(header, latch, frozenset(members), trips)
+    return frozenset((a, s) for a in graph for s in graph[a] if s in dom.get(a, ()))
+
+
+def loop_order(entry: int, blocks: Sequence[BlockView], loops: Sequence[ArmLoop] = ()
+               ) -> list[BlockView]:
+    """The blocks in a topological order of their edges but the back edges, the blocks of
+    each loop together at its header's place (:func:`run` needs both); raises
+    :class:`Refused` when the cycles are not all natural loops (irreducible flow)."""
+    back = back_edges(entry, blocks)
+    order = topological(entry, blocks, lambda a, s: (a, s) in back)
+    if order is None:
+        raise Refused(f"{REGION_LOOP}the cycle is entered at more than one block (irreducible "
+                      "flow)")
+    for loop in sorted(loops, key=lambda x: -len(x.members)):
+        at = next(n for n, b in enumerate(order) if b.start == loop.header)
+        inside = [b for b in order[at:] if b.start in loop.members]
+        rest = [b for b in order[at:] if b.start not in loop.members]
+        order = [*order[:at], *inside, *rest]  # the others do not reach into the loop
+    return order
+
+
+def arm_loops(entry: int, blocks: Sequence[BlockView], infos: dict[int, InsnInfo],
+              bias: int, origin: Mapping[int, BlockView] | None = None,
+              function: Mapping[int, int] | None = None) -> list[ArmLoop]:
+    """The region's counted loops (``blocks``: its blocks with its calls replaced by their
+    clones; ``origin``/``function``: a clone block's callee block and function, for
+    messages), or :class:`Refused` naming a loop's head and why it is not run."""
+    origin = origin or {}
+    function = function or {}
+    by = {b.start: b for b in blocks}
+    graph = {b.start: [s for s in successors(b) if s in by] for b in blocks}
+    preds: dict[int, list[int]] = {k: [] for k in graph}
+    for a, succ in graph.items():
+        for s in succ:
+            preds[s].append(a)
+    back = back_edges(entry, blocks)
+    loop_order(entry, blocks)  # refuses irreducible flow
+    latch_of: dict[int, int] = {}
+    loops: list[ArmLoop] = []
+    for header in sorted({s for _, s in back}):
+        latches = sorted(a for a, s in back if s == header)
+        latch = latches[-1]
+        if header in origin:
+            latch_insn = origin[latch].last if latch in origin else by[latch].last
+            head = (f"the function at {function[header] + bias:#x} has a loop: "
+                    f"{where(latch_insn, bias)} jumps back to "
+                    f"{origin[header].start + bias:#x}, the loop's head; ")
+        else:
+            head = (f"{REGION_LOOP}{where(by[latch].last, bias)} jumps back to "
+                    f"{header + bias:#x}, the loop's head; ")
+        if header == entry:
+            raise Refused(f"{head}the loop's head is the region's entry: the branch is inside "
+                          "the loop and its paths meet only after it, so the branch region "
+                          "holds the loop's back edge; if-conversion runs loops only inside an "
+                          "arm (the enclosing loop is bounded-loop's region, kind = \"loop\")")
+        if len(latches) > 1:
+            froms = ", ".join(f"{_address(a, origin) + bias:#x}" for a in latches)
+            raise Refused(f"{head}it has {len(latches)} back edges (from {froms}): a counted "
+                          "loop has one latch")
+        members = {header, latch}
+        work = [latch]
+        while work:
+            n = work.pop()
+            if n == header:
+                continue
+            for p in preds[n]:
+                if p not in members:
+                    members.add(p)
+                    work.append(p)
+        if latch in latch_of:
+            raise Refused(f"{head}its latch also ends the loop at "
+                          f"{_address(latch_of[latch], origin) + bias:#x}")
+        latch_of[latch] = header
+        outside = [p for p in preds[header] if p not in members]
+        if len(outside) != 1:
+            raise Refused(f"{head}it is entered from more than one block (its counter's start "
+                          "is read from its one preheader)")
+        loop = [by[m] for m in sorted(members)]
+
+        def start(reg: str, role: str, pre: int = outside[0]) -> int | str:
+            return _start(reg, pre, by, preds, infos, bias, origin, role)
+
+        trips: int | str | None = None
+        for test in dict.fromkeys((latch, header)):
+            trips = _trip_count(by[test], loop, frozenset(members), infos, start)
+            if trips is not None:
+                break
+        if trips is None:
+            raise Refused(f"{head}it is not a counted loop (a 32/64-bit register set to a "
+                          "constant before it, stepped by 1 once per iteration in its header "
+                          "or latch, which ends with a `jne`/`je` on it that stays in the loop "
+                          "while it has not reached its end): its trip count need not be "
+                          "public when its arm is off")
+        if isinstance(trips, str):
+            raise Refused(f"{head}{trips}: its trip count need not be the same when its arm "
+                          "is off")
+        if trips > MAX_TRIPS:
+            raise Refused(f"{head}it runs {trips} times, more than {MAX_TRIPS}")
+        loops.append(ArmLoop(header, latch, frozenset(members), trips, header in origin))
+    return loops
+
+
+def _address(key: int, origin: Mapping[int, BlockView]) -> int:
+    """The code address of block ``key`` (a clone block's in its callee)."""
+    return origin[key].start if key in origin else key
 
 
 def _imm(text: str) -> int | None:
@@ -129,12 +228,17 @@ def _ops(info: InsnInfo) -> list[str]:
     return [o.strip() for o in info.insn.op_str.split(",")] if info.insn.op_str else []
 
 
-_WIDE = frozenset(n for n in GPR if n.startswith(("r", "e")) and not n.endswith(("w", "b")))
+_WIDE = frozenset(n for n in GPR if n.startswith(("r", "e")) and not n.endswith(("w", "b"))
+                  and GPR[n] != "rsp")
 
 
-def _trip_count(pre: BlockView, test: BlockView, loop: list[BlockView],
-                members: frozenset[int], infos: dict[int, InsnInfo]) -> int | None:
-    """``K`` when ``test`` (the loop's header or latch) counts the loop (module doc)."""
+def _trip_count(test: BlockView, loop: list[BlockView], members: frozenset[int],
+                infos: dict[int, InsnInfo], start_of: Callable[[str, str], int | str]
+                ) -> int | str | None:
+    """``K`` when ``test`` (the loop's header or latch) counts the loop (module doc); None
+    when it does not; why, when it does but its counter's start is not a known constant
+    (``start_of(register, role)``: the register's value before the loop, or why it is not
+    a known constant)."""
     term = terminator(test)
     if term.kind != "branch" or term.taken is None or term.fall is None:
         return None
@@ -152,102 +256,185 @@ def _trip_count(pre: BlockView, test: BlockView, loop: list[BlockView],
     ops = _ops(last)
     mn = last.insn.mnemonic
     step: InsnInfo
+    limit: int | str
     if mn in ("sub", "add", "dec") and ops and ops[0] in _WIDE and (
             mn == "dec" or (mn == "sub" and _imm(ops[1]) == 1)
             or (mn == "add" and _imm(ops[1]) in (-1, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF))):
-        counter, step, end, down = GPR[ops[0]], last, 0, True
-    elif mn == "cmp" and len(ops) == 2 and ops[0] in _WIDE and _imm(ops[1]) is not None:
-        counter, end, down = GPR[ops[0]], _imm(ops[1]) or 0, False
-        steps = [i for i in insns[:flagged[-1]] if counter in i.writes]
-        if len(steps) != 1:
+        counter, step, end, down, limit = GPR[ops[0]], last, 0, True, 0
+    elif mn == "cmp" and len(ops) == 2:
+        up = _up_count(ops, insns[:flagged[-1]])
+        if up is None:
             return None
-        step = steps[0]
-        sops = _ops(step)
-        if not (sops and sops[0] in _WIDE and GPR[sops[0]] == counter and (
-                step.insn.mnemonic == "inc"
-                or (step.insn.mnemonic == "add" and _imm(sops[1]) == 1))):
-            return None
+        counter, step, limit = up
+        down = False
     else:
         return None
-    writers = [i for b in loop for i in (infos[x.address] for x in body(b))
-               if counter in i.writes]
+    loop_insns = [infos[x.address] for b in loop for x in body(b)]
+    writers = [i for i in loop_insns if counter in i.writes]
     if writers != [step]:
         return None
-    start = None
-    for i in (infos[x.address] for x in body(pre)):
-        if counter in i.writes:
-            o = _ops(i)
-            if i.insn.mnemonic == "mov" and len(o) == 2 and o[0] in _WIDE:
-                start = _imm(o[1])
-            elif i.insn.mnemonic == "xor" and len(o) == 2 and o[0] == o[1] and o[0] in _WIDE:
-                start = 0
-            else:
-                start = None
-    if start is None or not 0 <= start < 1 << 31 or not 0 <= end < 1 << 31:
+    if not down and isinstance(limit, str):  # cmp c, r: r's value is the end
+        if any(limit in i.writes for i in loop_insns):
+            return None
+        known = start_of(limit, "its end")
+        if isinstance(known, str):
+            return known
+        end = known
+    elif not down:
+        assert isinstance(limit, int)
+        end = limit
+    start = start_of(counter, "its counter")
+    if isinstance(start, str):
+        return start
+    if not 0 <= end < 1 << 31:
         return None
     trips = start if down else end - start
     return trips if trips >= 1 else None
 
 
-def contiguous(order: list[BlockView], loop: ArmLoop) -> list[BlockView]:
-    """``order`` (topological, back edge left out) with the loop's blocks moved together
-    at its header's place: the blocks between them do not reach into the loop (it is
-    entered only at its header), so moving them after it keeps the order topological."""
-    at = next(n for n, b in enumerate(order) if b.start == loop.header)
-    inside = [b for b in order[at:] if b.start in loop.members]
-    rest = [b for b in order[at:] if b.start not in loop.members]
-    return [*order[:at], *inside, *rest]
+def _up_count(ops: list[str], before: list[InsnInfo]
+              ) -> tuple[str, InsnInfo, int | str] | None:
+    """For ``cmp a, b`` ending a block whose instructions before it are ``before``: the
+    counter (a register stepped up by ``inc c`` / ``add c, 1``, its only write there), its
+    step, and the end: the immediate of ``cmp c, E``, or the other register of ``cmp c, r``
+    / ``cmp r, c`` (64-bit name), whose value before the loop is the end."""
+    for c, other in ((ops[0], ops[1]), (ops[1], ops[0])):
+        if c not in _WIDE:
+            continue
+        steps = [i for i in before if GPR[c] in i.writes]
+        if len(steps) != 1:
+            continue
+        step = steps[0]
+        sops = _ops(step)
+        if not (sops and sops[0] in _WIDE and GPR[sops[0]] == GPR[c] and (
+                step.insn.mnemonic == "inc"
+                or (step.insn.mnemonic == "add" and _imm(sops[1]) == 1))):
+            continue
+        if c == ops[0] and (end := _imm(other)) is not None:
+            return GPR[c], step, end
+        if other in _WIDE and GPR[other] != GPR[c]:
+            return GPR[c], step, GPR[other]
+    return None
+
+
+def _start(counter: str, pre: int, by: Mapping[int, BlockView], preds: Mapping[int, list[int]],
+           infos: dict[int, InsnInfo], bias: int, origin: Mapping[int, BlockView],
+           role: str = "its counter") -> int | str:
+    """The constant register ``counter`` holds when control leaves block ``pre`` (the
+    preheader) for the loop: its last write, walking back through blocks with one
+    predecessor (across calls and returns of clones), when that is ``mov c, K0`` or ``xor
+    c, c`` with ``0 <= K0 < 2**31``, possibly through copies (``mov r, r2``, ``movsxd r,
+    r2d``: the same value in that range); else why not (module doc; ``role``: how the
+    message names the register)."""
+    name = f"{role} {counter}"
+    reg = counter  # the register holding the value: a copy's source further back
+    key, seen = pre, set()
+    while key not in seen:
+        seen.add(key)
+        for info in reversed([infos[x.address] for x in body(by[key])]):
+            if reg not in info.writes:
+                continue
+            o = _ops(info)
+            if len(o) == 2 and o[0] in _WIDE and o[1] in _WIDE and \
+                    info.insn.mnemonic in ("mov", "movsxd"):
+                reg = GPR[o[1]]  # a copy (or extension): the same value below 2**31
+                continue
+            value = None
+            if info.insn.mnemonic == "mov" and len(o) == 2 and o[0] in _WIDE:
+                value = _imm(o[1])
+            elif info.insn.mnemonic == "xor" and len(o) == 2 and o[0] == o[1] and o[0] in _WIDE:
+                value = 0
+            if value is None:
+                return (f"{name} is set by {where(info.insn, bias)}, not to a constant known "
+                        "before the loop runs")
+            if not 0 <= value < 1 << 31:
+                return f"{name} starts at {value:#x}, outside 0 .. 2**31 - 1"
+            return value
+        if len(preds[key]) != 1:
+            at = f"{_address(key, origin) + bias:#x}"
+            return (f"{name} is set on no path into the loop (no block before {at} sets it)"
+                    if not preds[key] else
+                    f"{name} is not set to a constant on the one path into the loop ({at} has "
+                    f"{len(preds[key])} predecessors)")
+        key = preds[key][0]
+    return f"{name} is set on no path into the loop"
 
 
 def run(engine: Engine, order: list[BlockView], infos: dict[int, InsnInfo],
-        members: frozenset[int], loop: ArmLoop, unmasked: frozenset[str]) -> list[str]:
-    """Like :meth:`Engine.run` (RSP never moves), with the loop's blocks run ``trips``
-    times (module doc)."""
-    back = (loop.latch, loop.header)
+        members: frozenset[int], loops: Sequence[ArmLoop],
+        unmasked: Callable[[int], frozenset[str]], final_depth: int = 0) -> list[str]:
+    """Like :meth:`Engine.run` (``order`` from :func:`loop_order`; RSP where
+    ``engine.entry_depths`` says at each block, ``final_depth`` after), with each loop's blocks run
+    ``trips`` times (module doc)."""
+    back = {(loop.latch, loop.header) for loop in loops}
+    starting = {loop.header: loop for loop in loops}
+    ending = {loop.latch: loop for loop in loops}
 
     def inside(a: int, b: int) -> bool:
-        return b in members and (a, b) != back
+        return b in members and (a, b) not in back
 
     npreds: dict[int, int] = {}
     for b in order:
         for s in successors(b):
             if inside(b.start, s):
                 npreds[s] = npreds.get(s, 0) + 1
-    exits = sorted({s for b in order if b.start in loop.members for s in successors(b)
-                    if s in members and s not in loop.members})
-    for s in exits:
-        npreds[s] += 1  # never the one-predecessor shortcut: the masks gather
-    nxt, count, active = engine.alloc(), engine.alloc(), engine.alloc()
-    label, stub = f"arm_loop{len(engine.stubs)}", f"arm_loop_more{len(engine.stubs)}"
+    exits = {loop.header: sorted({s for b in order if b.start in loop.members
+                                  for s in successors(b)
+                                  if s in members and s not in loop.members})
+             for loop in loops}
+    for loop in loops:
+        for s in exits[loop.header]:
+            npreds[s] += 1  # never the one-predecessor shortcut: the masks gather
+    slots = {loop.header: (engine.alloc(), engine.alloc(), engine.alloc()) for loop in loops}
+    first = len(engine.stubs)
+    names = {loop.header: n + first for n, loop in enumerate(sorted(loops, key=lambda x: x.header))}
+
+    def depth(key: int) -> int:
+        return engine.entry_depths.get(key, 0)
 
     def special(t: int | None) -> list[str]:
-        return [f"mov {slot(nxt)}, rax"] if t == loop.header else []
+        if t in starting:  # the back edge: its mask is the next iteration's active mask
+            return [f"mov {slot(slots[t][0], 'qword', depth(t))}, rax"]
+        return []
 
-    last = max(n for n, b in enumerate(order) if b.start in loop.members)
     out: list[str] = []
-    for n, b in enumerate(order):
-        if b.start == loop.header:
+    for b in order:
+        out += engine.move_to(depth(b.start))
+        entering = starting.get(b.start)
+        if entering is not None:
+            loop = entering
+            _nxt, count, active = slots[loop.header]
             out += engine.flags_to_slot()
             engine.live = False
-            for s in exits:
+            for s in exits[loop.header]:
                 if s not in engine.preds:
                     gathered = engine.preds[s] = Pred(engine.alloc())
-                    out.append(f"mov {slot(gathered.slot)}, 0")
-            entered = engine.preds[loop.header]
-            assert entered is not None  # the header is in an arm
-            out += [f"mov {slot(engine.t1)}, rax", *entered.mask(),
-                    f"mov {slot(active)}, rax", f"mov rax, {slot(engine.t1)}",
-                    f"mov {slot(count)}, {loop.trips:#x}", f"{label}:"]
+                    out.append(f"mov {engine.at(gathered.slot)}, 0")
+            entered = engine.preds.get(loop.header)
+            mask = ["mov rax, 0xffffffffffffffff"] if entered is None \
+                else entered.mask(engine.depth)
+            out += [f"mov {engine.at(engine.t1)}, rax", *mask,
+                    f"mov {engine.at(active)}, rax", f"mov rax, {engine.at(engine.t1)}",
+                    f"mov {engine.at(count)}, {loop.trips:#x}",
+                    f"arm_loop{names[loop.header]}:"]
             engine.preds[loop.header] = Pred(active)
         out += engine.block(b, infos, engine.preds.get(b.start), inside, npreds, special,
-                            unmasked)
-        if n == last:
+                            unmasked(b.start))
+        leaving = ending.get(b.start)
+        if leaving is not None:
+            loop = leaving
+            nxt, count, active = slots[loop.header]
+            label = names[loop.header]
+            out += engine.move_to(depth(loop.header))
             out += engine.flags_to_slot()
             engine.live = False
-            out += [f"mov {slot(engine.t1)}, rax", f"mov rax, {slot(nxt)}",
-                    f"mov {slot(active)}, rax", f"mov rax, {slot(engine.t1)}",
-                    f"sub {slot(count)}, 1", f"jne {label}",
-                    f"cmp {slot(active)}, 0", f"jne {stub}"]
-            engine.stubs += [f"{stub}:", *engine.load_flags(engine.fl),
-                             f"jmp {goto(loop.header)}"]
-    return out
+            out += [f"mov {engine.at(engine.t1)}, rax", f"mov rax, {engine.at(nxt)}",
+                    f"mov {engine.at(active)}, rax", f"mov rax, {engine.at(engine.t1)}",
+                    f"sub {engine.at(count)}, 1", f"jne arm_loop{label}",
+                    f"cmp {engine.at(active)}, 0", f"jne arm_loop_more{label}"]
+            # Cannot happen (module doc): a clone has no original to finish it.
+            engine.stubs += [f"arm_loop_more{label}:", "ud2",
+                             f"jmp arm_loop_more{label}"] if loop.clone else [
+                f"arm_loop_more{label}:", *engine.load_flags(engine.fl),
+                f"jmp {goto(loop.header)}"]
+    return out + engine.move_to(final_depth)

@@ -10,8 +10,9 @@ records that are never emitted, since the engine spells out all control flow): a
 becomes a jump to the call's return site, a ``call`` a jump to the callee's entry.
 
 The stack.  A clone runs on the guest's stack with RSP moved below the region's whole
-scratch frame (:data:`CLONE_BASE` below the region's RSP, plus 8 for the return address a
-call would push, so the callee sees the same alignment), so nothing the callee pushes or
+scratch frame (:data:`CLONE_BASE` below the RSP the original call has, which the region's
+own code may have moved down before it, plus 8 for the return address a call would push,
+so the callee sees the same alignment), so nothing the callee pushes or
 keeps in its red zone can touch the predicates and snapshots in the frame.  Every change a
 callee makes to RSP must be known before it runs (``push``, ``pop``, ``sub``/``add rsp,
 imm``, ``lea rsp, [rsp + d]``) and the same on every path to a block, so the depth of RSP
@@ -23,10 +24,21 @@ so that the flags it sets from RSP's value are the original's (the engine's ``or
 
 What a clone may touch.  Its blocks run even when the caller's predicate is off, when the
 original makes no call at all, so every access must be valid whatever the path: its own
-stack frame (below its return address) and RIP-relative module data.  Reading the caller's
+stack frame (below its return address), RIP-relative module data, and reads of the thread
+control block's header (``fs:[0x28]``, the stack-protector canary: :func:`tcb_read`).
+Reading the caller's
 stack (stack arguments, its return address) and any other address are refused.  A callee's
 stores to its frame lie below the region's RSP minus :data:`CLONE_BASE`: memory the ABI
 already treats as dead.
+
+Loops.  By default a callee with a cycle is refused, and the graph is acyclic (bounded-loop
+relies on that).  With ``expand_calls(..., loops=True)`` (if-conversion) the callee's blocks
+are cloned with their cycle, the graph is marked ``cyclic``, and the client judges each
+loop: plugins/support/arm_loop.py runs a *counted* loop, a fixed public number of times,
+and refuses any other, naming it.  Each call still gets its own instance, so a loop's
+instance has one call site, and the counter's start the caller sets before it (``mov esi,
+5; call f``) can be read along the instance's one path (``origin``, ``function``: which
+callee block and function each clone block stands for, for messages).
 
 Calls through the GOT.  ``call [rip + X]`` and a call to a PLT stub (``endbr64``, ``bnd
 jmp [rip + X]``) are cloned as calls to the function the GOT slot X is bound to, which the
@@ -49,7 +61,10 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``; each is the Refus
 - ``I: the call is nested deeper than the clone budget (clone_depth = N)``
 - ``I: F calls itself (recursion is not cloned)``
 - ``the clones of the region's callees would run more than N instructions (clone_insns)``
-- ``F has a loop (I jumps back to 0xB): loops in callees are not cloned``
+- ``F has a loop (I jumps back to 0xB): loops in callees are not cloned`` (without
+  ``loops=True``; with it, arm_loop.py's refusals for each loop that is not counted)
+- ``I is made with rsp N bytes above the region's (a clone runs below the region's scratch
+  frame)``: a call after the region's own code popped above its starting RSP
 - ``I ends the program's path in F (a dead end in a callee is not cloned)``: a call that
   does not return, or a stop, inside a callee (in the region itself it is an exit:
   plugins/if_conversion.py)
@@ -59,7 +74,8 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``; each is the Refus
 - ``I returns with rsp N bytes away from its return address``
 - ``I accesses the caller's stack (stack arguments are not cloned)``
 - ``I: its address is neither the clone's own stack nor module data, so it may fault
-  when the predicate is off``
+  when the predicate is off`` (a read of ``fs:[d]`` with no base or index and ``0 <= d``,
+  ``d + width <= 0x40``, glibc's TCB header, is accepted)
 - any control-flow or predication refusal of if-conversion, for the callee's instruction.
 """
 
@@ -67,24 +83,27 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from leakdbt.plugin_api import BlockView, Flow, Insn, RegionView, detail
 from plugins.support.predication import (
     CLONE_BASE,
     InsnInfo,
+    Mem,
     Refused,
     analyse,
     body,
     control_refusal,
     dead_end,
     predicated_refusal,
+    successors,
     topological,
     where,
 )
 
-__all__ = ["CLONE_BASE", "DEFAULT_DEPTH", "DEFAULT_INSNS", "Graph", "cloned_instructions",
-           "expand_calls", "resolve_call"]
+__all__ = ["CLONE_BASE", "DEFAULT_DEPTH", "DEFAULT_INSNS", "TCB_HEADER", "Graph",
+           "cloned_instructions", "expand_calls", "resolve_call", "tcb_read"]
 
 DEFAULT_DEPTH = 2
 """Nesting of calls cloned when the contract sets no ``clone_depth``."""
@@ -104,6 +123,9 @@ class Graph:
     clones: set[int] = field(default_factory=set)  # keys of clone blocks
     infos: dict[int, InsnInfo] = field(default_factory=dict)  # clone instructions
     insns: int = 0  # instructions in all clones
+    origin: dict[int, BlockView] = field(default_factory=dict)  # clone key -> callee block
+    function: dict[int, int] = field(default_factory=dict)  # clone key -> its callee
+    cyclic: bool = False  # some clone has a loop (only with ``loops=True``)
 
 
 def budget(region: RegionView) -> tuple[int, int]:
@@ -113,18 +135,34 @@ def budget(region: RegionView) -> tuple[int, int]:
     return int(depth), int(insns)
 
 
-def expand_calls(region: RegionView, blocks: list[BlockView]) -> Graph:
+def expand_calls(region: RegionView, blocks: list[BlockView],
+                 vouched: frozenset[int] = frozenset(), loops: bool = False,
+                 rsp: Mapping[int, int] | None = None) -> Graph:
     """``blocks`` (the region's) with each direct call replaced by a clone of its callee;
-    raises :class:`Refused` (see the module doc)."""
+    raises :class:`Refused` (see the module doc).  ``vouched``: callee instructions whose
+    memory operands the caller makes safe itself (bounded-loop's table loads,
+    plugins/support/loop_table.py): the memory rule does not apply to them.  ``loops``: a
+    callee with a loop is cloned with its cycle (the graph is then ``cyclic``) for a
+    client that runs loops and judges each one (if-conversion, plugins/support/arm_loop.py);
+    without it such a callee is refused.  ``rsp``: how far below the region's RSP the call
+    ending each block (by start) is made, when the region's own code moved RSP before it
+    (0 otherwise): its clone runs that much deeper too, so that its RSP stays exactly
+    :data:`CLONE_BASE` below the original's."""
     max_depth, max_insns = budget(region)
     graph = _Builder(region, max_depth, max_insns)
+    graph.loops = loops
+    graph.vouched = vouched
     out = Graph(region.entry)
     for b in blocks:
         last = b.last
         if last.flow not in (Flow.CALL, Flow.INDIRECT_CALL) or dead_end(b):
             out.blocks.append(b)  # a dead end's call is not cloned: it never returns
             continue
-        entry = graph.clone(last, last.next, CLONE_BASE + 8, (), out)
+        below = (rsp or {}).get(b.start, 0)
+        if below < 0:
+            raise Refused(f"{where(last, region.bias)} is made with rsp {-below} bytes above "
+                          "the region's (a clone runs below the region's scratch frame)")
+        entry = graph.clone(last, last.next, CLONE_BASE + 8 + below, (), out)
         out.blocks.append(dataclasses.replace(b, insns=(*b.insns[:-1], _jump(last, entry)),
                                               successors=(entry,)))
     return out
@@ -214,6 +252,8 @@ class _Builder:
         self.max_depth = max_depth
         self.max_insns = max_insns
         self.instances = 0
+        self.loops = False  # clone callees with loops (expand_calls)
+        self.vouched: frozenset[int] = frozenset()
 
     def clone(self, call: Insn, ret: int, depth: int, chain: tuple[int, ...], out: Graph
               ) -> int:
@@ -244,9 +284,12 @@ class _Builder:
             return address + n * _INSTANCE
 
         order = topological(target, blocks, lambda a, b: False)
-        if order is None:
+        if order is None and not self.loops:
             raise Refused(f"{fname} has a loop ({self._loop(target, blocks, self.bias)}): "
                           "loops in callees are not cloned")
+        if order is None:
+            order = _reverse_postorder(target, blocks)  # each block after a predecessor
+            out.cyclic = True
         at: dict[int, int] = {target: depth}
         for b in order:
             d = at.get(b.start)
@@ -273,6 +316,8 @@ class _Builder:
                               f"{self.max_insns} instructions (clone_insns)")
             out.depths[key(b.start)] = at[b.start]
             out.clones.add(key(b.start))
+            out.origin[key(b.start)] = b
+            out.function[key(b.start)] = target
             succ: list[int] = []
             calls = last.flow in (Flow.CALL, Flow.INDIRECT_CALL)
             if not calls:
@@ -329,7 +374,9 @@ class _Builder:
         if reason:
             raise Refused(reason)
         for m in info.mems:
-            if m.base == "rip" and m.index is None:
+            if m.base == "rip" and m.index is None or insn.address in self.vouched:
+                continue
+            if tcb_read(m):
                 continue
             if m.base == "rsp" and m.index is None and m.segment is None:
                 if m.disp - d + m.width > -entry:
@@ -361,6 +408,43 @@ class _Builder:
             return None
 
         return walk(entry) or "a cycle"
+
+
+TCB_HEADER = 0x40
+"""Bytes of glibc's thread control block header (``tcbhead_t``: tcb, dtv, self,
+multiple_threads, gscope_flag, sysinfo, stack_guard at 0x28, pointer_guard at 0x30) that
+:func:`tcb_read` accepts."""
+
+
+def tcb_read(m: Mem) -> bool:
+    """A read of ``fs:[d]`` (no base, no index) inside the first :data:`TCB_HEADER` bytes
+    of the thread control block: gcc's stack-protector canary ``mov r, qword ptr
+    fs:[0x28]``.  FS points at the running thread's TCB in every thread (glibc sets it up
+    before any code runs), so the read cannot fault, and the predicated code stores
+    nothing through ``fs:`` (refused), so it reads the same whichever path runs: safe
+    whether its block is on or off."""
+    return (m.segment == "fs" and m.base is None and m.index is None and not m.write
+            and m.disp >= 0 and m.disp + m.width <= TCB_HEADER)
+
+
+def _reverse_postorder(entry: int, blocks: tuple[BlockView, ...]) -> list[BlockView]:
+    """The blocks reachable from ``entry`` in reverse postorder of a depth-first walk: each
+    block but the entry comes after one of its predecessors (its depth is then known)."""
+    by = {b.start: b for b in blocks}
+    seen = {entry}
+    post: list[int] = []
+    stack = [(entry, iter(successors(by[entry])))]
+    while stack:
+        n, it = stack[-1]
+        for s in it:
+            if s in by and s not in seen:
+                seen.add(s)
+                stack.append((s, iter(successors(by[s]))))
+                break
+        else:
+            post.append(n)
+            stack.pop()
+    return [by[n] for n in reversed(post)]
 
 
 _ADJUST = re.compile(r"rsp, (0x[0-9a-f]+|\d+)$")

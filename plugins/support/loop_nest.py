@@ -49,6 +49,7 @@ class Nest:
     order: tuple[BlockView | Inner, ...]
     inners: tuple[Inner, ...]
     edges: dict[int, tuple[int, ...]]
+    clones: frozenset[int] = frozenset()  # keys of callee clone blocks (bounded-loop)
 
     def inner_of(self, start: int) -> Inner | None:
         """The inner loop holding the block at ``start``, or None (an outer block)."""

@@ -25,6 +25,16 @@ touches memory the original would not, whatever its index.
 Bounds unknown (0, 0: no allocation or data object holds the base, or outside the
 emulator): every access is out of contract; the loop stays correct and memory-safe.
 
+*Anchored* loads (:func:`anchored_loads`): the base is set in the same block by ``lea R,
+[rip + X]`` (module data, a table with no symbol in a stripped library: libb64's
+``base64_decode_value``) and the index has a bound ``U`` the block's own instructions give
+(``movzx edi, dil``: 255, plugins/support/value_range.py), on every path, the block on or
+off.  The memory is then the span ``[X + d, X + d + U*s + w)``, clipped to the readable
+mapping holding ``X + d`` (learnt once before the loop).  The same scan serves them; such
+a load may sit in a callee clone (plugins/support/clone.py, whose memory rule it is exempt
+from: ``expand_calls``'s ``vouched``), where RSP is far below the region's (the slots
+follow it).
+
 Cost per access: about 30 instructions plus 6 per 64-byte unit of the memory (an 80-byte
 table: 2 or 3 units).
 """
@@ -34,10 +44,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from leakdbt.plugin_api import BlockView, allocation_bounds, original
-from plugins.support.predication import GPR, XMM, Engine, InsnInfo, Mem, Pred, Special, body
+from leakdbt.plugin_api import BlockView, allocation_bounds, goto, original
+from plugins.support.predication import (
+    GPR,
+    XMM,
+    Engine,
+    InsnInfo,
+    Mem,
+    Pred,
+    Special,
+    analyse,
+    body,
+)
+from plugins.support.value_range import upper_bound
 
-__all__ = ["UNIT", "TableEngine", "computed_loads"]
+__all__ = ["UNIT", "TableEngine", "anchored_loads", "computed_loads"]
 
 UNIT = 64
 """The unit the scan reads one value of: a cache line."""
@@ -46,52 +67,103 @@ _LOAD = {1: "movzx r8d, byte ptr [rcx]", 2: "movzx r8d, word ptr [rcx]",
 _OPERAND = re.compile(r"\[[^\]]*\]")
 
 
+def _table_load(info: InsnInfo) -> Mem | None:
+    """The operand of a load this module can scan: one memory operand, read only, 1 to 8
+    bytes, no segment, a base and an index register (not RSP or RIP); no xmm register."""
+    insn = info.insn
+    if len(info.mems) != 1 or insn.prefixes or any(r in XMM for r in info.reads | info.writes):
+        return None
+    m = info.mems[0]
+    if m.write or not m.read or m.width not in _LOAD or m.segment is not None \
+            or m.base is None or m.index is None or m.base not in GPR \
+            or m.index not in GPR or GPR[m.base] == "rsp" or GPR[m.base] == GPR[m.index] \
+            or len(_OPERAND.findall(insn.op_str)) != 1:
+        return None
+    return m
+
+
+def anchored_loads(block: BlockView) -> dict[int, tuple[int, int]]:
+    """The block's anchored loads (module doc): instruction address -> (the link-time
+    address of the span's start, its length in bytes)."""
+    out: dict[int, tuple[int, int]] = {}
+    insns = body(block)
+    for n, insn in enumerate(insns):
+        m = _table_load(analyse(insn))
+        if m is None:
+            continue
+        assert m.base is not None and m.index is not None
+        base, index = GPR[m.base], GPR[m.index]
+        for prior in reversed(insns[:n]):
+            if base not in analyse(prior).writes:
+                continue
+            bound = upper_bound(block.insns, n, index)  # body(block) is a prefix
+            if prior.mnemonic == "lea" and prior.rip_target is not None \
+                    and prior.op_str.split(", ")[0] == base and bound is not None \
+                    and bound * m.scale + m.width <= 1 << 16:
+                out[insn.address] = (prior.rip_target + m.disp, bound * m.scale + m.width)
+            break
+    return out
+
+
 def computed_loads(blocks: Iterable[BlockView], infos: Mapping[int, InsnInfo],
-                   written: frozenset[str], induction: frozenset[str]) -> dict[int, Mem]:
-    """The loads (instruction address -> operand) this module rewrites: one memory operand,
-    read only, 1 to 8 bytes, no segment, a base register the loop does not write (not RSP
-    or RIP) and an index it computes (not an induction variable); no xmm register."""
-    out: dict[int, Mem] = {}
+                   written: frozenset[str], induction: frozenset[str]
+                   ) -> dict[int, Mem | tuple[Mem, int, int]]:
+    """The loads this module rewrites (instruction address -> operand, or for an anchored
+    load the operand, its span's start and length): :func:`_table_load`'s, with a base
+    register the loop does not write and an index it computes (not an induction variable),
+    or anchored (:func:`anchored_loads`)."""
+    out: dict[int, Mem | tuple[Mem, int, int]] = {}
     for b in blocks:
+        anchored = anchored_loads(b)
         for insn in body(b):
-            info = infos[insn.address]
-            if len(info.mems) != 1 or insn.prefixes \
-                    or any(r in XMM for r in info.reads | info.writes):
+            m = _table_load(infos[insn.address])
+            if m is None:
                 continue
-            m = info.mems[0]
-            if m.write or not m.read or m.width not in _LOAD or m.segment is not None \
-                    or m.base is None or m.index is None or m.base not in GPR \
-                    or m.index not in GPR or GPR[m.base] in ("rsp", *written) \
-                    or GPR[m.index] not in written or GPR[m.index] in induction \
-                    or len(_OPERAND.findall(insn.op_str)) != 1:
-                continue
-            out[insn.address] = m
+            assert m.base is not None and m.index is not None
+            if insn.address in anchored:
+                out[insn.address] = (m, *anchored[insn.address])
+            elif GPR[m.base] not in written and GPR[m.index] in written \
+                    and GPR[m.index] not in induction:
+                out[insn.address] = m
     return out
 
 
 class TableEngine(Engine):
     """The predicated-block engine with :func:`computed_loads` rewritten (module doc)."""
 
-    def __init__(self, bias: int, loads: Mapping[int, Mem]) -> None:
+    def __init__(self, bias: int, loads: Mapping[int, Mem | tuple[Mem, int, int]]) -> None:
         super().__init__(bias)
-        self.loads = dict(loads)
+        self.loads = {a: v if isinstance(v, Mem) else v[0] for a, v in loads.items()}
+        # Each load's memory: its base register, or (start, length) of an anchored span.
+        self.key_of: dict[int, str | tuple[int, int]] = {
+            a: GPR[str(v.base)] if isinstance(v, Mem) else (v[1], v[2])
+            for a, v in loads.items()}
         self.pred: Pred | None = None  # the predicate of the block being emitted
-        # per base register: [start, size] (the .bounds pair), aligned start, units
-        self.bases = {GPR[m.base]: (self.alloc(16), self.alloc(), self.alloc())
-                      for m in loads.values() if m.base is not None}
+        # per memory: [start, size] (the .bounds pair), aligned start, units
+        self.bases = {k: (self.alloc(16), self.alloc(), self.alloc())
+                      for k in sorted(set(self.key_of.values()), key=str)}
         self.borrowed = {r: self.alloc() for r in ("rax", "rcx", "rdx", "r8")}
         self.flags_at, self.selected, self.bad = self.alloc(), self.alloc(), self.alloc()
         self.count = 0
 
     def bounds(self) -> list[str]:
-        """At the loop's entry (flags free, RAX borrowed here): each base's memory, its
-        64-byte-aligned start and its number of units (0 when unknown)."""
-        t1 = self.at(self.t1)
-        out = [f"mov {t1}, rax"]
-        for n, (base, (pair, aligned, units)) in enumerate(sorted(self.bases.items())):
+        """At the loop's entry (flags free, RAX and RCX borrowed here, RSP the region's):
+        each memory's start and size, its 64-byte-aligned start and its number of units (0
+        when unknown)."""
+        t1, t2 = self.at(self.t1), self.at(self.t2)
+        out = [f"mov {t1}, rax", f"mov {t2}, rcx"]
+        for n, (key, (pair, aligned, units)) in enumerate(self.bases.items()):
             start, size = self.at(pair), self.at(pair - 8)
-            out += [allocation_bounds(base, pair),
-                    f"mov rax, {start}", f"and rax, {(1 << 64) - UNIT:#x}",
+            if isinstance(key, str):
+                out.append(allocation_bounds(key, pair))
+            else:  # an anchored span, clipped to the readable mapping holding its start
+                at, length = key
+                out += [f"movabs rax, {goto(at)}", allocation_bounds("rax", pair, mapped=True),
+                        f"mov rcx, {start}", f"add rcx, {size}", "sub rcx, rax",
+                        f"cmp rcx, {length:#x}", f"jbe lt_room{n}", f"mov rcx, {length:#x}",
+                        f"lt_room{n}:", f"cmp {size}, 0", f"jne lt_mapped{n}", "xor ecx, ecx",
+                        f"lt_mapped{n}:", f"mov {start}, rax", f"mov {size}, rcx"]
+            out += [f"mov rax, {start}", f"and rax, {(1 << 64) - UNIT:#x}",
                     f"mov {self.at(aligned)}, rax",
                     f"mov rax, {start}", f"add rax, {size}", "sub rax, 1",
                     f"shr rax, {UNIT.bit_length() - 1}", f"mov {self.at(units)}, rax",
@@ -99,7 +171,7 @@ class TableEngine(Engine):
                     f"sub {self.at(units)}, rax", f"add {self.at(units)}, 1",
                     f"cmp {size}, 0", f"jne lt_known{n}", f"mov {self.at(units)}, 0",
                     f"lt_known{n}:"]
-        return [*out, f"mov rax, {t1}"]
+        return [*out, f"mov rcx, {t2}", f"mov rax, {t1}"]
 
     def block(self, block: BlockView, infos: dict[int, InsnInfo], pred: Pred | None,
               inside: Callable[[int, int], bool], npreds: dict[int, int], special: Special,
@@ -111,8 +183,7 @@ class TableEngine(Engine):
         m = self.loads.get(info.insn.address)
         if m is None:
             return super().original(info)
-        assert self.depth == 0 and m.base is not None
-        pair, aligned, units = self.bases[GPR[m.base]]
+        pair, aligned, units = self.bases[self.key_of[info.insn.address]]
         n, w = self.count, m.width
         self.count += 1
         keep = [f"mov {self.at(s)}, {r}" for r, s in self.borrowed.items()]
@@ -125,7 +196,7 @@ class TableEngine(Engine):
                "mov ecx, eax", f"and ecx, {UNIT - 1:#x}", f"cmp ecx, {UNIT - w:#x}",
                "seta dl", "or r8b, dl"]
         if self.pred is not None:  # out of contract matters only when the block is on
-            out += [self.pred.test(), f"set{self.pred.on} dl", "and r8b, dl"]
+            out += [self.pred.test(self.depth), f"set{self.pred.on} dl", "and r8b, dl"]
         out += [f"mov {self.at(self.bad, 'byte')}, r8b", f"mov {self.at(self.selected)}, 0",
                 # EA's offset in its unit (kept inside the unit when out of contract)
                 "mov rcx, rax", f"and rcx, {UNIT - 1:#x}", f"mov edx, {UNIT - w:#x}",

@@ -167,7 +167,7 @@ REFUSALS = {
     "bound": (SCAN, {}, "needs the contract's `bound`"),
     "huge": (SCAN, {"bound": 1 << 40}, "too large"),
     "call": (["top:", "call 0x12000", "dec rdi", "je 0x13000", "jmp top"], {"bound": 4},
-             "is a call"),
+             "calls 0x12000, which is not a function the translator can decode"),
     "rsp": (["top:", "push rax", "pop rax", "dec rdi", "je 0x13000", "jmp top"],
             {"bound": 4}, "writes rsp"),
     "string": (["top:", "rep stosb byte ptr [rdi], al", "dec rsi", "je 0x13000", "jmp top"],

@@ -296,7 +296,8 @@ REFUSALS = {
     "string": (_arm("rep stosb byte ptr [rdi], al"), "string instruction"),
     "loop": (["test dil, 1", "je join", "top:", "dec rsi", "jne top", "join:", "ret"],
              "contains a loop (a cycle through its blocks): 'jne 0x10006' at 0x10009 jumps "
-             "back to 0x10006, the loop's head; it is not a counted loop"),
+             "back to 0x10006, the loop's head; its counter rsi is set on no path into the "
+             "loop"),
     # conditional code may move RSP by fixed amounts only where every path agrees
     "rsp-join": (_arm("add rsp, 8"), "rsp differs between the paths into 0x1000a (0 and -8 "
                  "bytes below the region's)"),
@@ -304,9 +305,9 @@ REFUSALS = {
                     "rsp differs between the region's returns ('ret' at 0x1000b)"),
     "rsp-exit": (["test dil, 1", "je 0x10100", "add rsp, 8", "jmp 0x10100"],
                  "rsp differs between the paths that leave the region for 0x10100"),
-    "rsp-call": (_arm("add rsp, 8", "sub rsp, 8", "call 0x12000"),
-                 "'add rsp, 8' at 0x10006 moves rsp in conditional code: a region that does "
-                 "so does not clone its calls"),
+    "rsp-call": (_arm("add rsp, 8", "call 0x12000", "sub rsp, 8"),
+                 "'call 0x12000' at 0x1000a is made with rsp 8 bytes above the region's (a "
+                 "clone runs below the region's scratch frame)"),
     # accesses the rule does not accept run guarded (test_guarded_access.py); these
     # cannot be: the rule's reason, then the guard's
     "unsafe": (_arm("movups xmm0, xmmword ptr [rsi]"),

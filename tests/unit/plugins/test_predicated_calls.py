@@ -208,8 +208,8 @@ REFUSALS = {  # case -> (callee lines, or None for none; params; message)
     "size": (["inc rax"] * 20 + ["ret"], {"clone_insns": 10},
              "would run more than 10 instructions (clone_insns)"),
     "loop": (["top:", "dec rsi", "jne top", "ret"], {},
-             "has a loop ('jne 0x20000' at 0x20003 jumps back to 0x20000): loops in callees "
-             "are not cloned"),
+             "the function at 0x20000 has a loop: 'jne 0x20000' at 0x20003 jumps back to "
+             "0x20000, the loop's head; its counter rsi is set on no path into the loop"),
     "tail": (["test rsi, rsi", "je 0x50000", "ret"], {},
              "leaves the function at 0x20000 for 0x50000 (a tail call or a jump out of the "
              "function is not cloned)"),
