@@ -19,7 +19,11 @@ that leaks them, :func:`leakdbt.contract.mapping.observers`); otherwise they are
 
 The suggested regions (whole functions, loops with their bounds, blocks) and the region
 covering each finding come from :mod:`leakdbt.analysis.suggest`; whole functions and loop
-bounds take a run each (``AnalysisReport.runs``).
+bounds take a run each (``AnalysisReport.runs``), loop bounds one more for each loop that
+run never reached (:func:`leakdbt.analysis.loops.count_loops`).  Growing a refused region
+takes one more, which for a dynamic program also copies the GOTs at the first entry of the
+regions it judges: their calls through the PLT are then resolved as exec resolves them
+(:mod:`leakdbt.analysis.linking`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from leakdbt.analysis.functions import function_regions
 from leakdbt.analysis.grow import (
     Candidates,
     Growth,
+    Judge,
     call_site_branch,
     enclosing_loops,
     function_branch,
@@ -44,7 +49,8 @@ from leakdbt.analysis.grow import (
     judge_with,
     refused_comment,
 )
-from leakdbt.analysis.loops import LoopCounter, insn_budget, trip_budget
+from leakdbt.analysis.linking import GotRecord, Snapshot
+from leakdbt.analysis.loops import Counted, LoopCounter, count_loops, insn_budget, trip_budget
 from leakdbt.analysis.suggest import TOOL, LoopCandidate, _inner_bounds, exit_loops, regions
 from leakdbt.analysis.taint import LINE, WITHIN_LINE, TaintedUse, TaintTracker
 from leakdbt.contract import loads
@@ -149,11 +155,11 @@ def merge_uses(runs: Sequence[Sequence[TaintedUse]]) -> list[TaintedUse]:
 
 
 def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profile,
-         watch: Callable[[Machine, ModuleMap], None] | None = None, taint: bool = True
-         ) -> tuple[TaintTracker | None, ModuleMap]:
+         watch: Callable[[Machine, ModuleMap], None] | None = None, taint: bool = True,
+         ended: list[str] | None = None) -> tuple[TaintTracker | None, ModuleMap]:
     """One run of ``trial`` (the same run as a check trial: leakdbt.run.secrets places the
     secrets), with the secrets tainted when ``taint``; ``watch`` attaches more hooks at the
-    start."""
+    start; ``ended`` gets the error that ended the run, if one did."""
     box: dict[str, Any] = {}
 
     def on_modules(modules: ModuleMap) -> None:
@@ -175,9 +181,11 @@ def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profi
         options.rw = rw
         try:
             execute(setup.binary, options)
-        except LeakDBTError:
+        except LeakDBTError as e:
             if "modules" not in box:
                 raise  # the program did not start
+            if ended is not None:
+                ended.append(e.one_line())
             # a crash or limit ends the run: what was seen until then still counts
     return box.get("tracker"), box["modules"]
 
@@ -190,45 +198,44 @@ def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: 
     them (leakdbt.analysis.grow), the region covering each finding, what growing tried, and
     the runs it took.  Whole-function regions take a run hardened with them, to see which
     findings they remove; loop bounds take a run that counts the iterations of the loops
-    that secret branches leave; growing takes one more when a suggestion is refused.
+    that secret branches leave (and one per loop it never reached, counted alone: capped);
+    growing takes one more when a suggestion is refused.
     ``budget``: the instructions each of these untainted runs may execute (0: no limit;
     leakdbt.analysis.loops: counting with a secret exit suppressed may not end by itself)."""
     functions = function_regions(places.values(), contract, profile)
     removed = _removed_by(functions, findings, binary, contract, profile, trial, rw) \
         if functions else set()
     loops = exit_loops(findings, places, set(functions))
-    trips: dict[str, tuple[int, ...]] = {}
-    inner: dict[str, dict[int, int]] = {}
-    unknown: dict[str, str] = {}
+    counted = Counted()
     if loops:
-        counter: list[LoopCounter] = []
+        def count(names: Sequence[str]) -> tuple[LoopCounter | None, str]:
+            counter: list[LoopCounter] = []
+            watched = [loop for loop in loops.values() if loop.at in names]
 
-        def watch(machine: Machine, modules: ModuleMap) -> None:
-            counter.append(LoopCounter(machine))
+            def watch(machine: Machine, modules: ModuleMap) -> None:
+                counter.append(LoopCounter(machine))
 
-            def on_module(mod: LoadedModule) -> None:
-                for loop in loops.values():
-                    if mod.is_named(loop.module):
-                        counter[0].watch(loop.at, loop.region, loop.branch, mod.base,
-                                         trip_budget(loop.seen))
+                def on_module(mod: LoadedModule) -> None:
+                    for loop in watched:
+                        if mod.is_named(loop.module):
+                            counter[0].watch(loop.at, loop.region, loop.branch, mod.base,
+                                             trip_budget(loop.seen))
 
-            for mod in modules.modules():
-                on_module(mod)
-            modules.listeners.append(on_module)
+                for mod in modules.modules():
+                    on_module(mod)
+                modules.listeners.append(on_module)
 
-        _run(TrialSetup(binary, contract, Mode.FAST, max_insns=budget), trial, rw, profile,
-             watch, taint=False)
-        trips = {loop.at: counter[0].trips(loop.at) if counter else ()
-                 for loop in loops.values()}
-        inner = {loop.at: counter[0].inner_trips(loop.at) if counter else {}
-                 for loop in loops.values()}
-        unknown = {loop.at: counter[0].unknown(loop.at) if counter else ""
-                   for loop in loops.values()}
-    entries, covering = regions(findings, places, functions, removed, loops, trips, inner,
-                                unknown)
+            ended: list[str] = []
+            _run(TrialSetup(binary, contract, Mode.FAST, max_insns=budget), trial, rw,
+                 profile, watch, taint=False, ended=ended)
+            return (counter[0] if counter else None), (ended[0] if ended else "")
+
+        counted = count_loops(list(dict.fromkeys(loop.at for loop in loops.values())), count)
+    entries, covering = regions(findings, places, functions, removed, loops, counted.trips,
+                                counted.inner, counted.unknown)
     grown, covering, growths, more = _grow(entries, covering, places, binary, contract,
                                            profile, trial, rw, budget)
-    return grown, covering, growths, bool(functions) + bool(loops) + more
+    return grown, covering, growths, bool(functions) + counted.runs + more
 
 
 def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
@@ -238,7 +245,10 @@ def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
     """Each suggested region, or the smallest region grown around it that a pass accepts
     (leakdbt.analysis.grow); a region none is accepted for stays, with a comment saying so.
     The loops and callers growing needs are measured in one untainted run, made only when
-    a suggestion is refused."""
+    a suggestion is refused; for a dynamic program the same run copies the GOTs at the
+    first entry of each region growing judges, and the refused regions are judged again
+    with their calls through the GOT resolved from those copies, as exec would resolve
+    them (leakdbt.analysis.linking)."""
     if not entries:
         return entries, covering, [], 0
     judge = judge_with(contract, profile)
@@ -247,12 +257,15 @@ def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
     for location, e in covering.items():
         holding.setdefault(e, []).append(location)
     refused = [e for e, (ok, _) in zip(entries, judge(entries), strict=True) if not ok]
-    sites = _GrowSites(places, refused, holding)
+    linked = contract.binding is not None and contract.binding.binary_kind == "dynamic"
+    sites = _GrowSites(places, refused, holding, GotRecord() if linked else None)
     runs = 0
     if refused and (sites.loops or sites.functions):
         _run(TrialSetup(binary, contract, Mode.FAST, max_insns=budget), trial, rw, profile,
              sites.watch, taint=False)
         runs = 1
+    if sites.got is not None and runs:
+        judge = _relinked(judge, judge_with(contract, profile, sites.got.linker))
     out: list[RegionEntry] = []
     growths = []
     chosen: dict[RegionEntry, RegionEntry] = {}
@@ -268,18 +281,36 @@ def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
             growths, runs)
 
 
+def _relinked(plain: Judge, linked: Judge) -> Judge:
+    """A judge that keeps ``plain``'s acceptances and asks ``linked`` (calls through the
+    GOT resolved as the run bound them) about the rest: a region accepted with every GOT
+    call unresolved made none that needs resolving."""
+    def judge(entries: Sequence[RegionEntry]) -> list[tuple[bool, str]]:
+        first = plain(entries)
+        again = [e for e, (ok, _) in zip(entries, first, strict=True) if not ok]
+        second = dict(zip(again, linked(again), strict=True)) if again else {}
+        return [second.get(e, v) for e, v in zip(entries, first, strict=True)]
+    return judge
+
+
 class _GrowSites:
     """Where growing looks for a refused region: the loops holding its first finding's
-    block and the function holding it (whose callers a run records)."""
+    block and the function holding it (whose callers a run records).  With ``got``, the
+    same run copies the GOTs at the first run of each region growing may judge
+    (leakdbt.analysis.linking)."""
 
     def __init__(self, places: dict[str, Place], refused: list[RegionEntry],
-                 holding: dict[RegionEntry, list[str]]) -> None:
+                 holding: dict[RegionEntry, list[str]], got: GotRecord | None = None
+                 ) -> None:
+        self.got = got
+        self.entries: list[tuple[str | None, int]] = []  # (module, link-time) to copy at
         self.loops: dict[str, LoopCandidate] = {}  # by the header as contracts write it
         self.functions: dict[tuple[str | None, int], Any] = {}  # (module, entry) -> symbol
         self.where: dict[RegionEntry, tuple[Place, Any, Any, list[str]]] = {}
         self.returns: dict[tuple[str | None, int], list[int]] = {}  # runtime addresses
         self.modules: ModuleMap | None = None
         self.counter: LoopCounter | None = None
+        self.called: dict[int, Snapshot] = {}  # return address -> the GOTs at the call
         for e in refused:
             located = [places[loc] for loc in holding.get(e, []) if loc in places]
             place = next((p for p in located if p.module_path), None)
@@ -302,13 +333,20 @@ class _GrowSites:
                 at = name(loop.entry)
                 self.loops[at] = LoopCandidate(at, module, loop, -1)
                 at_loops.append(at)
+                self.entries.append((module, loop.entry))
             self.functions[(module, func.value)] = func
             self.where[e] = (place, cfg, block.start, at_loops)
+            whole = function_branch(cfg, block.start, name)
+            self.entries += [(module, b) for b in cfg.blocks
+                             if name(b) in (e.at, whole)]
 
     def watch(self, machine: Machine, modules: ModuleMap) -> None:
         """The hooks of the growing run: loops counted as they run, callers recorded."""
         self.modules = modules
         self.counter = counter = LoopCounter(machine)
+        got = self.got
+        if got is not None:
+            got.attach(machine, modules)
 
         def returns_to(key: tuple[str | None, int]) -> Callable[[int, int], None]:
             seen = self.returns.setdefault(key, [])
@@ -317,6 +355,8 @@ class _GrowSites:
                 back = int.from_bytes(machine.mem.read(machine.reg("rsp"), 8), "little")
                 if back not in seen:
                     seen.append(back)
+                    if got is not None:
+                        self.called[back] = got.snapshot()
             return hook
 
         def on_module(mod: LoadedModule) -> None:
@@ -326,6 +366,10 @@ class _GrowSites:
             for (module, entry) in self.functions:
                 if mod.is_named(module):
                     machine.hooks.at(entry + mod.base, returns_to((module, entry)))
+            if got is not None:
+                for module, link in dict.fromkeys(self.entries):
+                    if mod.is_named(module):
+                        got.first_run(link + mod.base)
 
         for mod in modules.modules():
             on_module(mod)
@@ -384,9 +428,13 @@ class _GrowSites:
         if block is None:
             return f"the return address {where} follows no direct call"
         place = Place(back, mod.name, mod.host_path, link, where, mod.is_main)
-        at = call_site_branch(cfg, block.start, _namer(place, image))
+        name = _namer(place, image)
+        at = call_site_branch(cfg, block.start, name)
         if at is None:
             return f"no branch region of {func.name} holds its call to {callee}"
+        start = next((b for b in cfg.blocks if name(b) == at), None)
+        if self.got is not None and back in self.called and start is not None:
+            self.got.copy(start + mod.base, self.called[back])  # the GOTs at the call
         return RegionEntry(at, "branch", f"{TOOL}: grown from {e.at} (refused) to the call "
                                          f"of {callee} in {func.name}")
 

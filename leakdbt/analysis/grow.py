@@ -30,8 +30,9 @@ from leakdbt.contract import loads
 from leakdbt.contract.dump import dumps
 from leakdbt.contract.edit import RegionEntry, add_regions
 from leakdbt.contract.mapping import PASS_KIND
-from leakdbt.contract.model import Contract
+from leakdbt.contract.model import Contract, ResolvedAddress
 from leakdbt.contract.profiles import Profile
+from leakdbt.dbt.calls import Linker
 from leakdbt.dbt.cfg import FunctionCFG
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.errors import LeakDBTError
@@ -82,9 +83,12 @@ class Growth:
 Judge = Callable[[Sequence[RegionEntry]], list[tuple[bool, str]]]
 
 
-def judge_with(contract: Contract, profile: Profile) -> Judge:
+def judge_with(contract: Contract, profile: Profile,
+               linkers: Callable[[ResolvedAddress], Linker | None] | None = None) -> Judge:
     """A judge of regions for ``contract`` (bound): each entry alone in the contract,
-    asked of the hardener without a run; (accepted, why not) per entry."""
+    asked of the hardener without a run; (accepted, why not) per entry.  ``linkers``: how
+    a region's calls through the GOT resolve (leakdbt.analysis.linking; without them, they
+    do not)."""
     binding = contract.binding
     assert binding is not None
     bare = replace(contract, protect=replace(contract.protect, regions=()))
@@ -95,11 +99,11 @@ def judge_with(contract: Contract, profile: Profile) -> Judge:
         if len(added) != len(entries):
             raise LeakDBTError("duplicate region in one batch")
         bound = loads(text, contract.path, binding.binary)
+        said = verdicts(protection(bound, profile), _image, linkers)
         return [(v.accepted and _serves(e.kind, v.passes),
                  v.reason or f"no pass for a {e.kind} region applied (applied: "
                              f"{', '.join(v.passes) or 'none'})")
-                for e, v in zip(entries, verdicts(protection(bound, profile), _image),
-                                strict=True)]
+                for e, v in zip(entries, said, strict=True)]
 
     memo: dict[RegionEntry, tuple[bool, str]] = {}
 

@@ -11,6 +11,12 @@ comparison had succeeded).  The same run measures each inner loop's bound
 (``inner_bounds``): the most iterations one entry of it ran (an entry: reaching its header
 other than from one of its latches).
 
+One run counts every loop at once, each with its secret exit suppressed
+(:func:`count_loops`).  A suppressed exit can end that run early (a scan that walks off its
+string faults; a result the program then finds wrong sends it down an error path), before a
+loop the program reaches later is entered: each loop the run never entered is counted again
+in a run of its own, with only its exit suppressed (at most :data:`RECOUNTS` such runs).
+
 The counting is finite, whatever the loop does once its secret exit is suppressed (it may
 walk past its data and never end): each loop has a *trip budget* (:func:`trip_budget`, a
 multiple of how often the tainted run saw its secret branch), past which the secret exit of
@@ -34,7 +40,7 @@ branches, and a header that branches on a secret gets none.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from leakdbt.dbt.cfg import Block, FunctionCFG
@@ -49,6 +55,7 @@ TRIP_FLOOR = 1024  # the least trip budget of a loop
 TRIP_FACTOR = 16  # trip budget: this many times the secret branch's runs in the taint run
 INSN_FLOOR = 5_000_000  # the least instruction budget of a counting run
 INSN_FACTOR = 8  # its budget: this many times the instructions of the tainted run
+RECOUNTS = 6  # the most loops counted again alone, after the shared counting run missed them
 
 
 def trip_budget(seen: int) -> int:
@@ -126,6 +133,7 @@ class _Loop:
     budget: int = MAX_TRIPS  # iterations of one entry with the secret exit suppressed
     ran_out: int = 0  # entries whose secret exit was let through at the budget
     cut: int = 0  # entries the end of the run cut short
+    entries: int = 0  # entries of the loop in the run (reaching its header from outside)
     # inner loops, by runtime header: [the ends of their latches, trips this entry, most]
     inner: dict[int, tuple[frozenset[int], list[int]]] = field(default_factory=dict)
 
@@ -176,6 +184,7 @@ class LoopCounter:
             if address == state.header:
                 if state.last is None:
                     state.count = 0
+                    state.entries += 1
                 state.count += 1
             elif address in state.inner:
                 latch_ends, counts = state.inner[address]
@@ -227,10 +236,16 @@ class LoopCounter:
             state.last, state.count = None, 0
         return tuple(state.counts)
 
-    def unknown(self, name: str) -> str:
-        """Why the loop watched as ``name`` has no bound (after :meth:`trips` gave none)."""
+    def entered(self, name: str) -> bool:
+        """Did the run enter the loop watched as ``name``?"""
         state = self.loops.get(name)
-        if state is None:
+        return state is not None and state.entries > 0
+
+    def unknown(self, name: str, ended: str = "") -> str:
+        """Why the loop watched as ``name`` has no bound (after :meth:`trips` gave none);
+        ``ended``: the error that ended the run, if one did."""
+        state = self.loops.get(name)
+        if state is None or not state.entries:
             return "the counting run never reached it"
         why = []
         if state.ran_out:
@@ -238,9 +253,64 @@ class LoopCounter:
                        f"{state.budget} iterations (the trip budget) without leaving by "
                        "another exit")
         if state.cut:
-            why.append("the counting run ended inside it (its instruction budget, a fault "
+            why.append(f"the counting run ended inside it ({ended})" if ended else
+                       "the counting run ended inside it (its instruction budget, a fault "
                        "or an exit)")
         return "; ".join(why) or "no entry left it by another exit"
+
+
+@dataclass
+class Counted:
+    """What the counting runs measured, by the name each loop was watched as."""
+
+    trips: dict[str, tuple[int, ...]] = field(default_factory=dict)  # LoopCounter.trips
+    inner: dict[str, dict[int, int]] = field(default_factory=dict)  # .inner_trips
+    unknown: dict[str, str] = field(default_factory=dict)  # .unknown, when trips are none
+    runs: int = 0  # counting runs made
+    alone: list[str] = field(default_factory=list)  # loops counted again in a run of their own
+
+
+Count = Callable[[Sequence[str]], tuple["LoopCounter | None", str]]
+
+
+def count_loops(names: Sequence[str], count: Count, recounts: int = RECOUNTS) -> Counted:
+    """Count the loops ``names``: first in one run that suppresses every one's secret exit
+    (``count(names)``: the run's counter, and how the run ended, "" for an exit of its own);
+    then each loop that run never entered in a run of its own, suppressing its exit alone
+    (at most ``recounts`` of them).  A suppressed exit lets the program go on as if the
+    secret never exited, which can end the run early (a fault, an error path): a loop the
+    program reaches after such a loop is then never entered in the shared run."""
+    out = Counted()
+
+    def take(counter: LoopCounter | None, name: str, ended: str) -> bool:
+        out.trips[name] = counter.trips(name) if counter is not None else ()
+        out.inner[name] = counter.inner_trips(name) if counter is not None else {}
+        entered = counter is not None and counter.entered(name)
+        out.unknown[name] = counter.unknown(name, ended) if entered and counter else (
+            "the counting run never reached it" + (f" (it ended: {ended})" if ended else ""))
+        return entered
+
+    counter, ended = count(names)
+    out.runs = 1
+    missed = [n for n in names if not take(counter, n, ended)]
+    if len(names) < 2:
+        missed = []  # it was counted alone
+    for name in missed:
+        if len(out.alone) >= recounts:
+            out.unknown[name] = (
+                "the counting run never reached it (it ended"
+                + (f": {ended}" if ended else "") + "; a loop run before it, with its exit "
+                "suppressed, may have changed what the program did next), and the "
+                f"{recounts} runs counting such loops alone were spent")
+            continue
+        counter, alone_ended = count([name])
+        out.runs += 1
+        out.alone.append(name)
+        if not take(counter, name, alone_ended):
+            out.unknown[name] = ("neither the counting run nor one counting it alone "
+                                 "reached it" + (f" (it ended: {alone_ended})"
+                                                 if alone_ended else ""))
+    return out
 
 
 def inner_loops(loop: CodeRegion) -> dict[int, set[int]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from leakdbt.contract.mapping import Plan, plan
-from leakdbt.contract.model import Contract
+from leakdbt.contract.model import Contract, ResolvedAddress
 from leakdbt.contract.profiles import Profile
 from leakdbt.dbt.calls import Linker
 from leakdbt.dbt.dispatch import RegionRequest, request_region, requests_from_contract
@@ -105,15 +105,19 @@ class Verdict:
     reason: str = ""  # why it is not hardened: each pass's refusal, or why it cannot be formed
 
 
-def verdicts(protected: Protection, images: Callable[[str], Image] = load_image
+def verdicts(protected: Protection, images: Callable[[str], Image] = load_image,
+             linkers: Callable[[ResolvedAddress], Linker | None] | None = None
              ) -> list[Verdict]:
     """For each region of the contract (in order): would ``exec --mode hardened`` harden it?
 
     The same steps as a run, without one: the region formed from its function's control
     flow as the dispatcher forms it, every pass of its plan asked, the rewrites merged and
-    laid out (at link-time addresses, the copy placed after the module's last segment).
-    ``images``: the ELF image of a module's file.  A broken pass is a PluginError, not a
-    verdict."""
+    laid out (at link-time addresses, or where a ``linkers`` run loaded the module; the
+    copy placed after the module's last segment).
+    ``images``: the ELF image of a module's file; ``linkers``: the linker that resolves
+    the calls through the GOT of the region at an address, as exec's would on its first
+    entry (leakdbt.dbt.calls; without one, such calls are not resolved).  A broken pass is
+    a PluginError, not a verdict."""
     binding = protected.contract.binding
     if binding is None:
         raise LeakDBTError("the contract is not bound to a binary")
@@ -126,7 +130,10 @@ def verdicts(protected: Protection, images: Callable[[str], Image] = load_image
             region = request_region(image, req, where.at.module
                                     or os.path.basename(binding.binary))
             assert req.needs is not None  # a planned contract says what each region needs
-            hardener.translate(region, req.needs, 0, (image.high + 2 * PAGE) & -PAGE, image)
+            linker = linkers(where.at) if linkers is not None else None
+            bias = linker.bias if linker is not None else 0  # as the run loaded the module
+            hardener.translate(region, req.needs, bias,
+                               ((image.high + 2 * PAGE) & -PAGE) + bias, image, linker)
         except PluginError:
             raise
         except LeakDBTError as e:
