@@ -284,8 +284,10 @@ def analyse(insn: Insn) -> InsnInfo:
         divisor = ci.reg_name(op.reg) if op.type == k.op_reg else "mem"
         writes |= {"rax", "rdx", *([GPR[divisor]] if divisor in GPR else [])}
     read, write, define = _flag_access(ci.eflags, insn)
-    return InsnInfo(insn, reads, writes, tuple(mems), ci.addr_size != 8, divisor, width,
-                    read, write, define)
+    # 32-bit addressing matters for an access only: ``lea edx, [ecx - 1]`` is arithmetic
+    addr32 = ci.addr_size != 8 and (bool(mems) or insn.mnemonic not in _NO_ACCESS)
+    return InsnInfo(insn, reads, writes, tuple(mems), addr32, divisor, width, read, write,
+                    define)
 
 
 _ARITH = ("CF", "PF", "AF", "ZF", "SF", "OF")
@@ -483,6 +485,8 @@ def predicated_refusal(info: InsnInfo, bias: int) -> str | None:
         # a locked read-modify-write must stay one atomic access, which load, select and
         # store back is not; cmpxchg also writes RAX (RDX) and memory only when equal
         return f"{w} is an atomic or compare-and-exchange instruction (not predicated)"
+    if insn.mnemonic.startswith("xlat"):  # Capstone gives it no operand, reads or writes
+        return f"{w} is xlat (its load from [rbx + al] and its write of al are implicit)"
     if _AREA_STORE.match(insn.mnemonic):
         return f"{w} stores more memory than its operand names (not undone)"
     other = sorted(r for r in info.writes if r not in GPR and r not in XMM)
