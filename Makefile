@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBS := busybox-static graphviz chromium libssl-dev libsodium-dev binutils linux-libc-dev \
-        libtomcrypt-dev libb64-dev nettle-dev libgmp-dev libmbedtls-dev valgrind
+        libtomcrypt-dev libb64-dev nettle-dev libgmp-dev libmbedtls-dev libgcrypt20-dev \
+        valgrind
 BENCH_DEBS := qemu-user
 
 .PHONY: run test check bench fuzz install debs binaries clean

@@ -748,6 +748,8 @@ CORPUS = {  # corpus harness (test_binaries/corpus, contracts/corpus) -> a secre
     "nettle_des": "0123456789abcdef",
     "gmp_powm": "0123456789abcdef" * 4,
     "mbed_mpi_cmp": "8000000000000000" * 4,
+    "nettle_base64": "000102030405060708090a0b0c0d0e0f10111213fcfdfeff",
+    "gcry_cmp": "8000000000000000" * 4,
 }
 
 
