@@ -42,7 +42,11 @@ int main(void)
         spins++;
     struct itimerval old;
     getitimer(ITIMER_REAL, &old);
-    printf("alarms %d, timer now %ld us\n", (int)alarms, (long)old.it_interval.tv_usec);
+    /* A fourth SIGALRM may already be pending when the third handler stops the timer (the
+     * timer fired again while that handler ran: a loaded machine, natively too); POSIX
+     * still delivers it.  So 3 or 4 is right, and prints as 3; anything else prints. */
+    int seen = alarms == 4 ? 3 : (int)alarms;
+    printf("alarms %d, timer now %ld us\n", seen, (long)old.it_interval.tv_usec);
 
     sa.sa_sigaction = on_timer;
     sa.sa_flags = SA_SIGINFO;
