@@ -166,7 +166,7 @@ from leakdbt.plugin_api import (
     goto,
     original,
 )
-from plugins.support.arm_loop import ArmLoop, arm_loops, back_edges, loop_order
+from plugins.support.arm_loop import ArmLoop, arm_loops, back_edges, loop_guards, loop_order
 from plugins.support.arm_loop import run as arm_loop_run
 from plugins.support.clone import expand_calls, stack_change, tcb_read
 from plugins.support.memory_safety import accessed_at_end, check_accesses
@@ -257,7 +257,11 @@ def if_convert(region: RegionView) -> list[str]:
         every = list(region.blocks) if graph is None else graph.blocks
         loops = arm_loops(region.entry, every, {**infos, **(graph.infos if graph else {})},
                           bias, graph.origin if graph else None,
-                          graph.function if graph else None)
+                          graph.function if graph else None,
+                          graph.restores if graph else None)
+    accesses = [] if graph is None else loop_guards(
+        loops, graph.indexed, graph.blocks, {**infos, **graph.infos}, bias, region.object_at,
+        graph.depths, graph.deltas)
     guards = _guards(region, order, infos, clone_writes, graph is None and not loops)
 
     engine = Engine(bias, stack.floor)
@@ -273,7 +277,7 @@ def if_convert(region: RegionView) -> list[str]:
         every = list(region.blocks) if graph is None else graph.blocks
         lines = arm_loop_run(engine, loop_order(region.entry, every, loops), infos,
                              frozenset(b.start for b in every), loops, lambda b: _RSP,
-                             stack.final)
+                             stack.final, accesses)
     elif graph is not None:
         members = {b.start for b in graph.blocks}
         expanded = topological(graph.entry, graph.blocks, lambda a, b: False)

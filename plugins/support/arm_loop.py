@@ -42,6 +42,24 @@ analysis is wrong), a loop of the region's own code restores RFLAGS and jumps to
 original header, which finishes the loop as the original does; a loop of a clone, which
 has no original to go back to, stops on ``ud2``.
 
+A write of the counter (or of the end register) inside a clone the loop calls does not
+count when that clone instance provably gives the register back before it returns (a
+``push r`` ... ``pop r`` pair at the same RSP depth, no store that may touch the slot in
+between: ``Graph.restores`` and ``_preserved`` of plugins/support/clone.py), gcc's
+callee-saved counter around a call.  Such a loop (not ``pure``) indexes nothing (below).
+
+Indexed accesses (:func:`loop_guards`).  A clone's access ``[base + i*s + d]`` that the
+clone memory rule leaves to this module (:class:`~plugins.support.clone.Indexed`) is
+accepted when ``i`` is the counter of a pure counted loop around it (or a copy of it made
+earlier in the access's block, :func:`_copied`) and its whole reach
+over the loop's iterations lies in the clone's frame (base RSP, or a register set before
+the loop by ``lea r, [rsp + d]`` / ``mov r, rsp``) or in one sized data object (a register
+set by ``lea r, [rip + X]``; no base in a module loaded at its link-time address).  The
+counter's value at the access is ``a + b * n`` of the hidden count ``n`` (:meth:`ArmLoop.value`),
+so :func:`run` writes it into a slot at each iteration's start and the access runs guarded
+(``Guard`` target ``loop``): when its block is off, the index (and a base register) are set
+from their slots.  On and off, iteration ``j`` touches the same address.
+
 Refusals (:func:`arm_loops`, :func:`loop_order`; ``HEAD`` is ``the region contains a loop (a
 cycle through its blocks): I jumps back to H, the loop's head; `` or, for a loop of a
 clone, ``the function at 0xT has a loop: I jumps back to H, the loop's head; ``):
@@ -61,19 +79,38 @@ clone, ``the function at 0xT has a loop: I jumps back to H, the loop's head; ``)
   constant on the one path into the loop (B has N predecessors)``, ``its counter R starts
   at V, outside 0 .. 2**31 - 1`` (``its end R`` for the register of ``cmp c, r``)
 - ``HEAD it runs K times, more than 65536``
+
+and (:func:`loop_guards`) the clone memory rule's refusal of an indexed access, ``I: its
+address is neither the clone's own stack nor module data, so it may fault when the
+predicate is off``, followed by ``, and `` and:
+
+- ``its index R is not the counter of a counted loop around it (one that nothing in the
+  loop but its step writes)``
+- ``with its index from A to B (the loop's counter) it reaches [rsp - X] .. [rsp + Y],
+  outside the clone's frame (its red zone up to its return address)``
+- ``with its index from A to B (the loop's counter) it reaches 0xS .. 0xE, not inside one
+  data object of the module``
+- ``its base R is written in the loop``
+- ``its base R is not set to module data (`lea R, [rip + X]`) or to the clone's stack
+  (`lea R, [rsp + d]`) on the one path into the loop``
+- ``it has no base register while its module is not loaded at its link-time address``
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from leakdbt.plugin_api import BlockView, goto
+from leakdbt.plugin_api import BlockView, DataObject, goto
+from plugins.support.clone import Indexed
 from plugins.support.loop_nest import dominators
 from plugins.support.predication import (
     GPR,
     Engine,
+    Guard,
     InsnInfo,
+    Mem,
     Pred,
     Refused,
     body,
@@ -84,7 +121,8 @@ from plugins.support.predication import (
     where,
 )
 
-__all__ = ["MAX_TRIPS", "ArmLoop", "arm_loops", "back_edges", "loop_order", "run"]
+__all__ = ["MAX_TRIPS", "ArmLoop", "LoopAccess", "arm_loops", "back_edges", "loop_guards",
+           "loop_order", "run"]
 
 MAX_TRIPS = 1 << 16
 """The largest trip count a loop in an arm may have (each iteration runs every time)."""
@@ -103,6 +141,28 @@ class ArmLoop:
     members: frozenset[int]
     trips: int
     clone: bool = False
+    counter: str = ""  # its counter (64-bit name)
+    down: bool = True  # counted down to 0 (else up to ``end``)
+    start: int = 0  # the counter's value before the first iteration
+    end: int = 0  # its value after the last (0 for a loop counting down)
+    step: int = 0  # the address of the step (in block ``step_key``)
+    step_key: int = 0
+    pure: bool = True  # the step is the counter's only write in the loop (none restored)
+
+    def value(self, key: int, address: int, order: Sequence[int]) -> tuple[int, int]:
+        """The counter's value when instruction ``address`` of loop block ``key`` runs
+        (``order``: the addresses of that block's instructions), as ``(a, b)``: ``a + b *
+        n`` in the iteration whose hidden count (:func:`run`: ``trips`` down to 1) is
+        ``n``.  Iteration ``j`` has ``n = trips - j``; the step runs once in it, so the
+        blocks before it (in :func:`loop_order`) see the value ``start -/+ j``, those after
+        it one step further."""
+        if key == self.step_key:
+            before = list(order).index(address) < list(order).index(self.step)
+        else:
+            before = self.step_key != self.header  # the header runs first, the latch last
+        if self.down:  # start = trips: n before the step, n - 1 after
+            return (0, 1) if before else (-1, 1)
+        return (self.end, -1) if before else (self.end + 1, -1)  # end - n, end - n + 1
 
 
 def back_edges(entry: int, blocks: Sequence[BlockView]) -> frozenset[tuple[int, int]]:
@@ -133,10 +193,15 @@ def loop_order(entry: int, blocks: Sequence[BlockView], loops: Sequence[ArmLoop]
 
 def arm_loops(entry: int, blocks: Sequence[BlockView], infos: dict[int, InsnInfo],
               bias: int, origin: Mapping[int, BlockView] | None = None,
-              function: Mapping[int, int] | None = None) -> list[ArmLoop]:
+              function: Mapping[int, int] | None = None,
+              restored: Restored | None = None) -> list[ArmLoop]:
     """The region's counted loops (``blocks``: its blocks with its calls replaced by their
     clones; ``origin``/``function``: a clone block's callee block and function, for
-    messages), or :class:`Refused` naming a loop's head and why it is not run."""
+    messages; ``restored``: whether a write of a register in a block is undone by a
+    callee, called inside the loop, that saves and restores it, ``Graph.restores`` of
+    plugins/support/clone.py), or :class:`Refused` naming a loop's head and why it is not
+    run."""
+    kept: Restored = restored or (lambda key, reg, members: False)
     origin = origin or {}
     function = function or {}
     by = {b.start: b for b in blocks}
@@ -192,9 +257,9 @@ def arm_loops(entry: int, blocks: Sequence[BlockView], infos: dict[int, InsnInfo
         def start(reg: str, role: str, pre: int = outside[0]) -> int | str:
             return _start(reg, pre, by, preds, infos, bias, origin, role)
 
-        trips: int | str | None = None
+        trips: _Count | str | None = None
         for test in dict.fromkeys((latch, header)):
-            trips = _trip_count(by[test], loop, frozenset(members), infos, start)
+            trips = _trip_count(by[test], loop, frozenset(members), infos, start, kept)
             if trips is not None:
                 break
         if trips is None:
@@ -206,9 +271,11 @@ def arm_loops(entry: int, blocks: Sequence[BlockView], infos: dict[int, InsnInfo
         if isinstance(trips, str):
             raise Refused(f"{head}{trips}: its trip count need not be the same when its arm "
                           "is off")
-        if trips > MAX_TRIPS:
-            raise Refused(f"{head}it runs {trips} times, more than {MAX_TRIPS}")
-        loops.append(ArmLoop(header, latch, frozenset(members), trips, header in origin))
+        if trips.trips > MAX_TRIPS:
+            raise Refused(f"{head}it runs {trips.trips} times, more than {MAX_TRIPS}")
+        loops.append(ArmLoop(header, latch, frozenset(members), trips.trips, header in origin,
+                             trips.counter, trips.down, trips.start, trips.end, trips.step,
+                             trips.step_key, trips.pure))
     return loops
 
 
@@ -232,13 +299,32 @@ _WIDE = frozenset(n for n in GPR if n.startswith(("r", "e")) and not n.endswith(
                   and GPR[n] != "rsp")
 
 
+Restored = Callable[[int, str, frozenset[int]], bool]
+"""(block key, register, loop blocks) -> the write of the register there is undone inside
+the loop (a callee's push/pop pair: ``Graph.restores`` of plugins/support/clone.py)."""
+
+
+@dataclass(frozen=True)
+class _Count:
+    """How a loop counts (:class:`ArmLoop`'s fields of the same names)."""
+
+    trips: int
+    counter: str
+    down: bool
+    start: int
+    end: int
+    step: int
+    step_key: int
+    pure: bool
+
+
 def _trip_count(test: BlockView, loop: list[BlockView], members: frozenset[int],
-                infos: dict[int, InsnInfo], start_of: Callable[[str, str], int | str]
-                ) -> int | str | None:
-    """``K`` when ``test`` (the loop's header or latch) counts the loop (module doc); None
-    when it does not; why, when it does but its counter's start is not a known constant
+                infos: dict[int, InsnInfo], start_of: Callable[[str, str], int | str],
+                kept: Restored) -> _Count | str | None:
+    """How ``test`` (the loop's header or latch) counts the loop (module doc); None when
+    it does not; why, when it does but its counter's start is not a known constant
     (``start_of(register, role)``: the register's value before the loop, or why it is not
-    a known constant)."""
+    a known constant).  A write ``kept`` says a callee undoes is not a write."""
     term = terminator(test)
     if term.kind != "branch" or term.taken is None or term.fall is None:
         return None
@@ -269,12 +355,12 @@ def _trip_count(test: BlockView, loop: list[BlockView], members: frozenset[int],
         down = False
     else:
         return None
-    loop_insns = [infos[x.address] for b in loop for x in body(b)]
-    writers = [i for i in loop_insns if counter in i.writes]
-    if writers != [step]:
+    loop_insns = [(b.start, infos[x.address]) for b in loop for x in body(b)]
+    writers = [(k, i) for k, i in loop_insns if counter in i.writes]
+    if [i for k, i in writers if i is step or not kept(k, counter, members)] != [step]:
         return None
     if not down and isinstance(limit, str):  # cmp c, r: r's value is the end
-        if any(limit in i.writes for i in loop_insns):
+        if any(limit in i.writes and not kept(k, limit, members) for k, i in loop_insns):
             return None
         known = start_of(limit, "its end")
         if isinstance(known, str):
@@ -289,7 +375,10 @@ def _trip_count(test: BlockView, loop: list[BlockView], members: frozenset[int],
     if not 0 <= end < 1 << 31:
         return None
     trips = start if down else end - start
-    return trips if trips >= 1 else None
+    if trips < 1:
+        return None
+    return _Count(trips, counter, down, start, end, step.insn.address, test.start,
+                  len(writers) == 1)
 
 
 def _up_count(ops: list[str], before: list[InsnInfo]
@@ -360,12 +449,167 @@ def _start(counter: str, pre: int, by: Mapping[int, BlockView], preds: Mapping[i
     return f"{name} is set on no path into the loop"
 
 
+@dataclass(frozen=True)
+class LoopAccess:
+    """A clone's access indexed by loop ``header``'s counter, accepted by
+    :func:`loop_guards`: in the iteration with hidden count ``n`` its index is ``a + b *
+    n``; ``base``: what its base register holds, when it is not RSP: ``("rip", X)``, the
+    module data at link-time X, or ``("rsp", o)``, ``o`` bytes from the region's RSP;
+    ``("abs", 0)`` when it has none (a table at its link-time address)."""
+
+    key: int
+    address: int
+    mem: Mem
+    header: int
+    a: int
+    b: int
+    base: tuple[str, int] | None
+
+
+def loop_guards(loops: Sequence[ArmLoop], accesses: Sequence[Indexed],
+                blocks: Sequence[BlockView], infos: dict[int, InsnInfo], bias: int,
+                object_at: Callable[[int], DataObject | None],
+                depths: Mapping[int, int], deltas: Mapping[int, int]) -> list[LoopAccess]:
+    """Each indexed access of a clone (plugins/support/clone.py, :class:`Indexed`) that a
+    counted loop makes safe (module doc, "Indexed accesses"; ``depths``/``deltas``: the
+    clones' RSP depths, plugins/support/clone.py ``Graph``); :class:`Refused` with the
+    memory rule's reason and why not, for the first that none does."""
+    by = {b.start: b for b in blocks}
+    preds: dict[int, list[int]] = {k: [] for k in by}
+    for b in blocks:
+        for t in successors(b):
+            if t in preds:
+                preds[t].append(b.start)
+    out: list[LoopAccess] = []
+    for x in accesses:
+        if x.key not in by:
+            continue  # a block no clone keeps (constant_branches.py): it never runs
+        m = x.mem
+        index = GPR[m.index or ""]
+        address = x.info.insn.address
+        order = [i.address for i in body(by[x.key])]
+        counter, at = _copied(index, x.key, address, order, infos)
+        around = sorted((lp for lp in loops if x.key in lp.members and lp.counter == counter
+                         and lp.pure), key=lambda lp: len(lp.members))
+        if not around:
+            raise Refused(f"{x.reason}, and its index {index} is not the counter of a counted "
+                          "loop around it (one that nothing in the loop but its step writes)")
+        loop = around[0]
+        ka, kb = loop.value(x.key, at, order)  # the counter's value where the index got it
+        lo, hi = sorted((ka + kb, ka + kb * loop.trips))
+        span = f"with its index from {lo} to {hi} (the loop's counter)"
+        first, last = m.disp + m.scale * lo, m.disp + m.scale * hi + m.width
+        base: tuple[str, int] | None = None
+        frame_base: int | None = -x.depth if m.base == "rsp" else None  # vs the region's RSP
+        if m.base is None:  # [index*scale + X]: X is the link-time address of a table
+            if bias:
+                raise Refused(f"{x.reason}, and it has no base register while its module is "
+                              "not loaded at its link-time address")
+            base = ("abs", 0)
+        elif m.base != "rsp":
+            reg = GPR[m.base or ""]
+            members = [infos[i.address] for k in loop.members for i in body(by[k])]
+            if any(reg in i.writes for i in members):
+                raise Refused(f"{x.reason}, and its base {reg} is written in the loop")
+            pre = next(p for p in preds[loop.header] if p not in loop.members)
+            base = _base_value(reg, pre, by, preds, infos, depths, deltas)
+            if base is None:
+                raise Refused(f"{x.reason}, and its base {reg} is not set to module data "
+                              f"(`lea {reg}, [rip + X]`) or to the clone's stack (`lea {reg}, "
+                              "[rsp + d]`) on the one path into the loop")
+            if base[0] == "rsp":
+                frame_base = base[1]
+        if frame_base is not None:
+            below = frame_base + x.depth  # the base, relative to the clone's RSP there
+            if below + first < -128 or frame_base + last > -x.frame:
+                raise Refused(f"{x.reason}, and {span} it reaches [rsp {_signed(below + first)}]"
+                              f" .. [rsp {_signed(below + last)}], outside the clone's frame "
+                              "(its red zone up to its return address)")
+        elif base is not None:
+            at = base[1]
+            obj = object_at(at + first)
+            if obj is None or at + last > obj.address + obj.size:
+                raise Refused(f"{x.reason}, and {span} it reaches {at + first + bias:#x} .. "
+                              f"{at + last + bias:#x}, not inside one data object of the "
+                              "module")
+        out.append(LoopAccess(x.key, address, m, loop.header, ka, kb, base))
+    return out
+
+
+def _copied(index: str, key: int, address: int, order: Sequence[int],
+            infos: dict[int, InsnInfo]) -> tuple[str, int]:
+    """The register whose value the index of the access at ``address`` (in block ``key``,
+    whose instructions are at ``order``) holds, and where it was read: the index itself
+    there, or the source of the copy that last wrote it before the access in the block
+    (``mov r, c``, ``mov r32, c32``, ``movsxd r, c32``: the same value for a counter in 0 ..
+    2**31 - 1)."""
+    for a in reversed(order[:order.index(address)]):
+        info = infos[a]
+        if index not in info.writes:
+            continue
+        o = _ops(info)
+        if info.insn.mnemonic in ("mov", "movsxd") and len(o) == 2 and o[0] in _WIDE \
+                and o[1] in _WIDE and GPR[o[0]] == index:
+            if GPR[o[1]] == index:
+                continue  # mov esi, esi / movsxd rsi, esi: the same value
+            return GPR[o[1]], a
+        break
+    return index, address
+
+
+def _signed(value: int) -> str:
+    return f"- {-value:#x}" if value < 0 else f"+ {value:#x}"
+
+
+_LEA_RSP = re.compile(r"\[rsp(?: ([+-]) (0x[0-9a-f]+|\d+))?\]")
+
+
+def _base_value(reg: str, pre: int, by: Mapping[int, BlockView],
+                preds: Mapping[int, list[int]], infos: dict[int, InsnInfo],
+                depths: Mapping[int, int], deltas: Mapping[int, int]
+                ) -> tuple[str, int] | None:
+    """What ``reg`` holds when control leaves ``pre`` for the loop, when its last write,
+    walking back through blocks with one predecessor, is ``lea reg, [rip + X]`` (``("rip",
+    X)``, X link-time) or, in a clone, ``lea reg, [rsp + d]`` or ``mov reg, rsp`` (``("rsp",
+    o)``: the address
+    ``o`` bytes from the region's RSP; ``depths``/``deltas``: the clones' RSP depths),
+    else None."""
+    key, seen = pre, set()
+    while key not in seen:
+        seen.add(key)
+        insns = body(by[key])
+        for n in range(len(insns) - 1, -1, -1):
+            info = infos[insns[n].address]
+            if reg not in info.writes:
+                continue
+            insn = info.insn
+            o = _ops(info)
+            if insn.mnemonic not in ("lea", "mov") or len(o) != 2 \
+                    or not GPR.get(o[0]) == o[0] == reg:
+                return None
+            if insn.mnemonic == "lea" and o[1].startswith("[rip ") \
+                    and insn.rip_target is not None:
+                return "rip", insn.rip_target
+            stack = _LEA_RSP.fullmatch(o[1]) if insn.mnemonic == "lea" else \
+                _LEA_RSP.fullmatch("[rsp]") if o[1] == "rsp" else None
+            if stack is None or key not in depths:
+                return None
+            d = _imm(stack.group(2) or "0") or 0
+            depth = depths[key] + sum(deltas.get(i.address, 0) for i in insns[:n])
+            return "rsp", -depth + (-d if stack.group(1) == "-" else d)
+        if len(preds[key]) != 1:
+            return None
+        key = preds[key][0]
+    return None
+
+
 def run(engine: Engine, order: list[BlockView], infos: dict[int, InsnInfo],
         members: frozenset[int], loops: Sequence[ArmLoop],
-        unmasked: Callable[[int], frozenset[str]], final_depth: int = 0) -> list[str]:
+        unmasked: Callable[[int], frozenset[str]], final_depth: int = 0,
+        accesses: Sequence[LoopAccess] = ()) -> list[str]:
     """Like :meth:`Engine.run` (``order`` from :func:`loop_order`; RSP where
     ``engine.entry_depths`` says at each block, ``final_depth`` after), with each loop's blocks run
-    ``trips`` times (module doc)."""
+    ``trips`` times (module doc); ``accesses`` (:func:`loop_guards`) run guarded."""
     back = {(loop.latch, loop.header) for loop in loops}
     starting = {loop.header: loop for loop in loops}
     ending = {loop.latch: loop for loop in loops}
@@ -392,6 +636,22 @@ def run(engine: Engine, order: list[BlockView], infos: dict[int, InsnInfo],
     def depth(key: int) -> int:
         return engine.entry_depths.get(key, 0)
 
+    # Guarded accesses: per loop, a slot per index form (a + b * n, set at each iteration's
+    # start) and per base address (set once before the loop); per block, its guards.
+    forms: dict[int, dict[tuple[int, int], int]] = {}
+    bases: dict[int, dict[tuple[str, int], int]] = {}
+    guards: dict[int, dict[int, Guard]] = {}
+    for x in accesses:
+        form = forms.setdefault(x.header, {})
+        if (x.a, x.b) not in form:
+            form[x.a, x.b] = engine.alloc()
+        base_slot = None
+        if x.base is not None and x.base[0] != "abs":
+            held = bases.setdefault(x.header, {})
+            base_slot = held.setdefault(x.base, engine.alloc())
+        guards.setdefault(x.key, {})[x.address] = Guard(x.mem, "loop", form[x.a, x.b],
+                                                        base_slot)
+
     def special(t: int | None) -> list[str]:
         if t in starting:  # the back edge: its mask is the next iteration's active mask
             return [f"mov {slot(slots[t][0], 'qword', depth(t))}, rax"]
@@ -414,10 +674,25 @@ def run(engine: Engine, order: list[BlockView], infos: dict[int, InsnInfo],
             mask = ["mov rax, 0xffffffffffffffff"] if entered is None \
                 else entered.mask(engine.depth)
             out += [f"mov {engine.at(engine.t1)}, rax", *mask,
-                    f"mov {engine.at(active)}, rax", f"mov rax, {engine.at(engine.t1)}",
+                    f"mov {engine.at(active)}, rax",
+                    *(line for held, bslot in bases.get(loop.header, {}).items()
+                      for line in (f"movabs rax, @{held[1]:#x}" if held[0] == "rip" else
+                                   f"lea rax, [rsp {_signed(engine.depth + held[1])}]",
+                                   f"mov {engine.at(bslot)}, rax")),
+                    f"mov rax, {engine.at(engine.t1)}",
                     f"mov {engine.at(count)}, {loop.trips:#x}",
                     f"arm_loop{names[loop.header]}:"]
+            values = forms.get(loop.header)
+            if values:  # flags are in their slot here: free
+                out.append(f"mov {engine.at(engine.t1)}, rax")
+                for (fa, fb), fslot in values.items():
+                    out += [f"mov rax, {engine.at(count)}", *(["neg rax"] if fb < 0 else []),
+                            *([f"add rax, {fa:#x}"] if fa > 0 else
+                              [f"sub rax, {-fa:#x}"] if fa < 0 else []),
+                            f"mov {engine.at(fslot)}, rax"]
+                out.append(f"mov rax, {engine.at(engine.t1)}")
             engine.preds[loop.header] = Pred(active)
+        engine.guards.update(guards.get(b.start, {}))
         out += engine.block(b, infos, engine.preds.get(b.start), inside, npreds, special,
                             unmasked(b.start))
         leaving = ending.get(b.start)

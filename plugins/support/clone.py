@@ -40,6 +40,11 @@ instance has one call site, and the counter's start the caller sets before it (`
 5; call f``) can be read along the instance's one path (``origin``, ``function``: which
 callee block and function each clone block stands for, for messages).
 
+Saved registers.  For each instance, ``Graph.preserves`` holds the registers it provably
+gives back (:func:`_preserved`: ``push r`` ... ``pop r`` at the same RSP depth with no
+store that may touch the slot in between), so that a loop calling it does not count its
+writes of them (arm_loop.py, ``Graph.restores``).
+
 Calls through the GOT.  ``call [rip + X]`` and a call to a PLT stub (``endbr64``, ``bnd
 jmp [rip + X]``) are cloned as calls to the function the GOT slot X is bound to, which the
 translator resolves when it hardens the region (:func:`resolve_call`); that function may
@@ -75,7 +80,10 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``; each is the Refus
 - ``I accesses the caller's stack (stack arguments are not cloned)``
 - ``I: its address is neither the clone's own stack nor module data, so it may fault
   when the predicate is off`` (a read of ``fs:[d]`` with no base or index and ``0 <= d``,
-  ``d + width <= 0x40``, glibc's TCB header, is accepted)
+  ``d + width <= 0x40``, glibc's TCB header, is accepted; with ``loops=True`` an indexed
+  access, not RIP-relative, no segment, is left in ``Graph.indexed`` for
+  plugins/support/arm_loop.py's ``loop_guards``, which accepts it or refuses with this
+  reason and why)
 - any control-flow or predication refusal of if-conversion, for the callee's instruction.
 """
 
@@ -87,8 +95,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from leakdbt.plugin_api import BlockView, Flow, Insn, RegionView, detail
+from plugins.support.constant_branches import fold_constant_branches
 from plugins.support.predication import (
     CLONE_BASE,
+    GPR,
     InsnInfo,
     Mem,
     Refused,
@@ -102,7 +112,7 @@ from plugins.support.predication import (
     where,
 )
 
-__all__ = ["CLONE_BASE", "DEFAULT_DEPTH", "DEFAULT_INSNS", "TCB_HEADER", "Graph",
+__all__ = ["CLONE_BASE", "DEFAULT_DEPTH", "DEFAULT_INSNS", "TCB_HEADER", "Graph", "Indexed",
            "cloned_instructions", "expand_calls", "resolve_call", "tcb_read"]
 
 DEFAULT_DEPTH = 2
@@ -126,6 +136,42 @@ class Graph:
     origin: dict[int, BlockView] = field(default_factory=dict)  # clone key -> callee block
     function: dict[int, int] = field(default_factory=dict)  # clone key -> its callee
     cyclic: bool = False  # some clone has a loop (only with ``loops=True``)
+    parent: dict[int, int] = field(default_factory=dict)  # instance -> its caller's (0: region)
+    entries: dict[int, int] = field(default_factory=dict)  # instance -> its entry block's key
+    returns: dict[int, int] = field(default_factory=dict)  # instance -> its return site's key
+    preserves: dict[int, frozenset[str]] = field(default_factory=dict)  # see :func:`_preserved`
+    indexed: list[Indexed] = field(default_factory=list)  # accesses left to the loop analysis
+
+    def restores(self, key: int, reg: str, members: frozenset[int]) -> bool:
+        """Is a write of ``reg`` in block ``key`` undone, as seen from a loop whose blocks
+        are ``members``: does the clone instance holding it, or one of its callers', called
+        inside the loop (its entry and return site are loop blocks), provably restore
+        ``reg`` before it returns (a push/pop pair, :func:`_preserved`)?"""
+        n = key // _INSTANCE
+        while n:
+            if reg in self.preserves.get(n, ()) and self.entries[n] in members \
+                    and self.returns[n] in members:
+                return True
+            n = self.parent[n]
+        return False
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """An access of a clone ``[base + index*scale + d]`` (base RSP, a register or none; no
+    segment) that the memory rule leaves to the loop analysis (``loops=True``): it is
+    accepted when ``index`` is the counter of a counted loop around it and the addresses
+    it can then reach lie in the clone's frame or in one data object
+    (plugins/support/arm_loop.py, :func:`~plugins.support.arm_loop.loop_guards`).
+    ``depth``: RSP's depth below the region's at the access; ``frame``: the depth of the
+    clone's return address (its frame lies below); ``reason``: the memory rule's refusal."""
+
+    key: int  # the clone block holding it
+    info: InsnInfo
+    mem: Mem
+    depth: int
+    frame: int
+    reason: str
 
 
 def budget(region: RegionView) -> tuple[int, int]:
@@ -165,12 +211,14 @@ def expand_calls(region: RegionView, blocks: list[BlockView],
         entry = graph.clone(last, last.next, CLONE_BASE + 8 + below, (), out)
         out.blocks.append(dataclasses.replace(b, insns=(*b.insns[:-1], _jump(last, entry)),
                                               successors=(entry,)))
+    fold_constant_branches(out)  # clone branches decided by constants (constant_branches.py)
     return out
 
 
 def cloned_instructions(region: RegionView) -> list[Insn]:
     """Every instruction of the functions the region's calls reach within the clone depth
-    budget (each once): what a per-instruction pass must also rewrite."""
+    budget (each once) that some clone keeps: what a per-instruction pass must also
+    rewrite."""
     max_depth, _ = budget(region)
     seen: set[int] = set()
     out: list[Insn] = []
@@ -195,7 +243,12 @@ def cloned_instructions(region: RegionView) -> list[Insn]:
                 out += b.insns
                 nxt += callees(b.insns)
         frontier = nxt
-    return out
+    try:  # less the blocks no clone keeps (constant_branches.py: untaken edges)
+        graph = expand_calls(region, list(region.blocks), loops=True)
+    except Refused:
+        return out  # the region's calls are refused: nothing is dropped
+    kept = {i.address for k in graph.clones for i in graph.origin[k].insns}
+    return [i for i in out if i.address in kept]
 
 
 def resolve_call(region: RegionView, call: Insn) -> tuple[int, tuple[BlockView, ...]] | str:
@@ -254,6 +307,7 @@ class _Builder:
         self.instances = 0
         self.loops = False  # clone callees with loops (expand_calls)
         self.vouched: frozenset[int] = frozenset()
+        self.current = 0  # the instance being built (0: the region's own code)
 
     def clone(self, call: Insn, ret: int, depth: int, chain: tuple[int, ...], out: Graph
               ) -> int:
@@ -278,6 +332,10 @@ class _Builder:
                               "which is not cloned")
         self.instances += 1
         n = self.instances
+        out.parent[n] = self.current
+        out.entries[n] = target + n * _INSTANCE
+        out.returns[n] = ret
+        caller, self.current = self.current, n
         starts = {b.start for b in blocks}
 
         def key(address: int) -> int:
@@ -305,7 +363,7 @@ class _Builder:
                 if reason:
                     raise Refused(reason)
                 info = analyse(insn)
-                delta = self.check(info, d, depth)
+                delta = self.check(info, d, depth, out, key(b.start))
                 out.infos[insn.address] = info
                 out.deltas[insn.address] = delta
                 d += delta
@@ -356,11 +414,14 @@ class _Builder:
             nexts = (end.target, end.next) if end.flow is Flow.BRANCH else (end.target,)
             out.blocks.append(BlockView(key(b.start), insns,
                                         tuple(t for t in nexts if t is not None)))
+        self.current = caller
+        out.preserves[n] = _preserved(out, n, self.instances)
         return key(target)
 
-    def check(self, info: InsnInfo, d: int, entry: int) -> int:
-        """Refuse what a clone instruction cannot do at depth ``d`` (entered at ``entry``);
-        the change it makes to the depth."""
+    def check(self, info: InsnInfo, d: int, entry: int, out: Graph, key: int) -> int:
+        """Refuse what a clone instruction (in block ``key``) cannot do at depth ``d``
+        (entered at ``entry``); the change it makes to the depth.  With ``loops``, an
+        indexed access is left to the loop analysis (:class:`Indexed`)."""
         insn = info.insn
         w = where(insn, self.bias)
         delta = 0
@@ -383,8 +444,13 @@ class _Builder:
                     raise Refused(f"{w} accesses the caller's stack (stack arguments are "
                                   "not cloned)")
                 continue
-            raise Refused(f"{w}: its address is neither the clone's own stack nor module "
-                          "data, so it may fault when the predicate is off")
+            reason = (f"{w}: its address is neither the clone's own stack nor module data, so "
+                      "it may fault when the predicate is off")
+            if (self.loops and m.index is not None and m.segment is None and m.base != "rip"
+                    and GPR.get(m.base or "") != GPR.get(m.index)):
+                out.indexed.append(Indexed(key, info, m, d, entry, reason))
+                continue
+            raise Refused(reason)
         return delta
 
     @staticmethod
@@ -425,6 +491,72 @@ def tcb_read(m: Mem) -> bool:
     whether its block is on or off."""
     return (m.segment == "fs" and m.base is None and m.index is None and not m.write
             and m.disp >= 0 and m.disp + m.width <= TCB_HEADER)
+
+
+def _preserved(out: Graph, n: int, last: int) -> frozenset[str]:
+    """The registers clone instance ``n`` provably gives back unchanged when it returns:
+    each register ``r`` it pushes (``push r``) such that on every path from its entry to
+    a ``ret``, the last write of ``r`` is a ``pop r`` that reads back a slot a ``push r``
+    filled while ``r`` still held its entry value, at the same RSP depth, with no store
+    in between that may touch the slot (a store through RSP with an overlapping range, or
+    one whose address is not RSP- or RIP-relative) and RSP never above the slot meanwhile.
+    Instances ``n + 1 .. last`` are the ones it calls (built while it was); their
+    instructions count like its own."""
+    blocks = {b.start: b for b in out.blocks if n <= b.start // _INSTANCE <= last}
+    own = [b for k, b in blocks.items() if k // _INSTANCE == n]
+    candidates = {i.op_str for b in own for i in body(b)
+                  if i.mnemonic == "push" and GPR.get(i.op_str) == i.op_str != "rsp"}
+    return frozenset(r for r in candidates if _restores(out, blocks, n, r))
+
+
+State = tuple[bool, frozenset[int]]  # (r holds its entry value, depths of slots holding it)
+
+
+def _restores(out: Graph, blocks: Mapping[int, BlockView], n: int, r: str) -> bool:
+    """Does every return of instance ``n`` give ``r`` back (:func:`_preserved`)?"""
+    entry = out.entries[n]
+    states: dict[int, State] = {entry: (True, frozenset())}
+    work = [entry]
+    ends: dict[int, bool] = {}  # return block -> r given back (its last, final, visit)
+    while work:
+        k = work.pop()
+        clean, saved = states[k]
+        d = out.depths[k]
+        for insn in body(blocks[k]):
+            delta = out.deltas[insn.address]
+            if insn.mnemonic in ("push", "pushfq"):
+                slot = d + 8
+                saved = saved | {slot} if insn.op_str == r and clean else saved - {slot}
+            elif insn.mnemonic == "pop" and insn.op_str == r:
+                clean = d in saved
+            else:
+                info = out.infos[insn.address]
+                if r in info.writes:
+                    clean = False
+                for m in info.mems:
+                    if not m.write or (m.base == "rip" and m.index is None):
+                        continue
+                    if m.base == "rsp" and m.index is None and m.segment is None:
+                        lo = m.disp - d  # the bytes written, relative to the region's RSP
+                        saved = frozenset(s for s in saved
+                                          if lo + m.width <= -s or -s + 8 <= lo)
+                    else:
+                        saved = frozenset()
+            d += delta
+            saved = frozenset(s for s in saved if s <= d)  # at or above RSP
+        origin = out.origin.get(k)
+        if k // _INSTANCE == n and origin is not None and origin.last.flow is Flow.RETURN:
+            ends[k] = clean
+            continue
+        for s in blocks[k].successors:
+            if s not in blocks:
+                continue
+            old = states.get(s)
+            new = (clean, saved) if old is None else (old[0] and clean, old[1] & saved)
+            if new != old:
+                states[s] = new
+                work.append(s)
+    return bool(ends) and all(ends.values())
 
 
 def _reverse_postorder(entry: int, blocks: tuple[BlockView, ...]) -> list[BlockView]:

@@ -588,7 +588,11 @@ class Guard:
       finds ``w`` readable bytes there; otherwise (a NULL or junk base the program tests
       before the arm) the base is redirected as for ``slot``.  The choice depends only on
       the base (public, path-independent), never on the predicate's value beyond the
-      final ``cmov``.
+      final ``cmov``;
+    - ``loop`` (a clone's access indexed by a counted loop's counter,
+      plugins/support/arm_loop.py ``loop_guards``): the index, and a base register, come
+      from slots the loop's glue fills with the values they have in the same iteration
+      when the block is on, so the access touches the same address either way.
 
     The registers are snapshotted with the block's own, so an off block's commit puts them
     back; when the block is on, nothing changes.  A store guarded so is recorded and undone
@@ -597,12 +601,17 @@ class Guard:
 
     mem: Mem
     target: str = "slot"
+    # target "loop" (a clone's access indexed by a counted loop's counter,
+    # plugins/support/arm_loop.py): the index comes from slot ``index_slot`` and the base,
+    # unless ``base_slot`` is None (it is RSP), from ``base_slot``.
+    index_slot: int | None = None
+    base_slot: int | None = None
 
     @property
     def regs(self) -> frozenset[str]:
         """The registers the guard may change (64-bit names)."""
         out = {GPR[self.mem.index]} if self.mem.index else set()
-        if self.target != "base" and self.mem.base:
+        if self.mem.base and (self.target not in ("base", "loop") or self.base_slot is not None):
             out.add(GPR[self.mem.base])
         return frozenset(out)
 
@@ -1027,6 +1036,12 @@ class Engine:
         if g.target == "keep":
             out += self._keep_or_slot(m, value)
         out.append(pred.test(self.depth))
+        if g.target == "loop":
+            assert g.index_slot is not None and m.index
+            if g.base_slot is not None and m.base:
+                out.append(f"cmov{pred.off} {GPR[m.base]}, {self.at(g.base_slot)}")
+            return [*out, f"cmov{pred.off} {GPR[m.index]}, {self.at(g.index_slot)}",
+                    *self.load_flags(keep)]
         self.consts.add(self.zero)
         if g.target != "base" and m.base:
             out.append(f"cmov{pred.off} {GPR[m.base]}, {self.at(value)}")
