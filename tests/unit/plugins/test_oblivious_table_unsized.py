@@ -20,20 +20,17 @@ import pytest
 
 from leakdbt.dbt.harden import region_view
 from leakdbt.loader.image import Image
-from leakdbt.plugin_api import Rewrite
-from plugins.if_conversion import PASS as IF_CONVERSION
-from plugins.oblivious_table import PASS, composed_accesses
+from plugins.oblivious_table import composed_accesses
 from tests.unit.dbt.harness import RegionCheck, State, random_state
 from tests.unit.plugins.ifc_support import (
     REG,
     build,
-    harden,
     region_of,
     sandbox_for,
     trace,
-    translate,
 )
 from tests.unit.plugins.test_oblivious_table import _allocation_map, _probes
+from tests.unit.plugins.test_oblivious_table_composed import harden_both
 
 STATES = 300
 
@@ -69,18 +66,11 @@ def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return build(directory, "unsized", SOURCE, request.param)
 
 
-def _hardened(program: Image, granularity: int = 64) -> tuple[RegionCheck, Rewrite]:
-    sandbox = sandbox_for(program)
-    region = region_of(program, "value")
-    view = region_view(region, "branch", sandbox.bias, {"granularity": granularity},
-                       image=program)
-    code = harden(IF_CONVERSION, view)
-    assert isinstance(code, Rewrite), code
-    table = harden(PASS, view)
-    assert isinstance(table, Rewrite), table
+def _hardened(program: Image, granularity: int = 64) -> RegionCheck:
+    """if-conversion with oblivious-table's replacements, the one table load rewritten."""
+    check, _, table, _ = harden_both(program, "value", granularity)
     assert len(table.replace) == 1, table.replace
-    t = translate(sandbox, region, code, table.replace)
-    return RegionCheck(sandbox, region, t, scratch_below_red_zone=True), table
+    return check
 
 
 def test_the_arm_load_is_a_span_from_its_lea(program: Image) -> None:
@@ -108,7 +98,7 @@ def _states() -> list[tuple[str, State]]:
 @pytest.mark.parametrize("granularity", [64, 4])
 def test_hardened_value_computes_what_the_original_computes(program: Image,
                                                             granularity: int) -> None:
-    check, table = _hardened(program, granularity)
+    check = _hardened(program, granularity)
     sizes: list[int] = []
     with _probes(check.sandbox.uc, check.t.probes, _allocation_map(), sizes), check:
         report = check.compare(_states())
@@ -118,7 +108,7 @@ def test_hardened_value_computes_what_the_original_computes(program: Image,
 
 
 def test_footprint_does_not_depend_on_the_character(program: Image) -> None:
-    check, _ = _hardened(program)
+    check = _hardened(program)
     base = random_state(random.Random("unsized-footprint"))
     states = []
     for c in b"+/09AZaz\x00*{\x80\xff":
