@@ -43,9 +43,12 @@ decoder's character table — is replaced by a scan of the memory holding B's va
 bounds learnt at run time, once before the loop) that reads the same lines whatever I is,
 and never reads memory when its block is off; the memory rule does not apply to it.
 
-Inner loops (plugins/support/loop_nest.py).  The body may hold inner loops, nested two
-deep at most, each with its own bound ``M`` from the contract's ``inner_bounds`` (params
-``inner_bound+0xD``: the header ``D`` bytes after the region's entry).  The body's order
+Inner loops (plugins/support/loop_nest.py).  The body may hold inner loops, nested up to
+``MAX_DEPTH`` (4) levels deep, the region's loop the first, each with its own bound ``M``
+from the contract's ``inner_bounds`` (params ``inner_bound+0xD``: the header ``D`` bytes
+after the region's entry).  What follows describes an inner loop of the region's loop;
+deeper ones apply it recursively, "outer" meaning the *parent* (the smallest loop holding
+it), below.  The body's order
 treats each inner loop as one node; where it comes, the inner loop runs as a loop of its
 own: its blocks, in their order, exactly ``M`` times per outer iteration, counted by its
 own hidden counter, its header's predicate being its own *active* flag.  That flag is
@@ -58,6 +61,17 @@ over the ``M`` iterations (at most one of those edges is taken per entry).  If t
 loop is still active after ``M`` iterations (``inner_bounds`` is wrong), the code restores
 RFLAGS and jumps to the original inner header: the original finishes (correct; a branch
 never taken under a right contract; a leak and a contract error otherwise).
+
+Deeper nests.  An inner loop is one node of its parent's order and runs its ``M``
+iterations per parent iteration; its active flag and the gathered predicates of the
+parent's blocks its exits go to are zeroed at the top of each parent iteration.  An edge
+leaving several loops at once does the exit bookkeeping of each; a back edge to an
+enclosing loop's header from a loop it holds ORs into that loop's next flag, then zeroed
+at the top of its iterations.  A loop's induction variables are stepped in its own blocks
+(not those of a loop it holds) and started in its parent's own blocks from a constant,
+the induction variables of the loops holding it or registers the region does not write.
+Leaving a loop also records the induction variables of the loops it holds (their starts
+run again in its inactive iterations) and puts them back after it, as its own.
 
 Calls (plugins/support/clone.py).  A call in the body, outer or in an inner loop (direct,
 or through the PLT or the GOT, resolved when the region is hardened), runs as an inline
@@ -102,12 +116,13 @@ Accepted: ``[rsp + d]`` with ``d >= -128`` and no index, RIP-relative operands; 
 computed from registers the loop does not write, when the same operand (at least as wide) is
 accessed on every path through an iteration (the original runs at least one); and addresses
 computed from induction variables (and registers the loop does not write); in an inner
-loop, also from its own induction variables, and the "every path" rule counts paths
-through an outer iteration (the inner loop's blocks must cover them).  PRECONDITION for the
-induction variables, per loop: the contract's bound must not exceed the length of any
-buffer the loop walks — every access the original would make in iterations 1..``bound``,
-whatever path each takes, must be valid; for an inner loop, its ``M`` iterations from
-where the original starts it, in each of the outer loop's ``bound`` iterations.  Addresses
+loop's own blocks, also from its own and its enclosing loops' induction variables, and the
+"every path" rule counts paths through an iteration of the region's loop (the inner loop's
+own blocks must cover them: the address is the same in every iteration of every loop).
+PRECONDITION for the induction variables, per loop: the contract's bound must not exceed
+the length of any buffer the loop walks — every access the original would make in
+iterations 1..``bound``, whatever path each takes, must be valid; for an inner loop, its
+``M`` iterations from where the original starts it, in each iteration of its parent.  Addresses
 depending on any other register the loop computes are refused.
 
 Leakage.  The instruction sequence and the memory lines touched are the same for every exit
@@ -153,11 +168,12 @@ Refusals (``I`` names the instruction as ``'text' at 0xADDR``):
   program``, ``I is not a plain ret``, ``I: loop/jrcxz branches are not supported``, ``I is
   a string instruction``
 - ``I returns from inside the loop``; ``the loop has more than 8 exits``
-- nests: ``the loop's body is irreducible (...)``; ``loops are nested more than two deep:
-  the inner loop at A holds another loop at B``; ``the inner loop at A (the region's at
-  +0xD) needs a bound: add it to the contract's `inner_bounds``` (also for a bound that is
-  not a positive integer), ``bound N is too large``; ``inner_bounds names the region's at
-  +0xD, which is not the header of an inner loop of this region (inner loops at: ...)``
+- nests: ``the loop's body is irreducible (...)``; ``loops are nested more than 4 deep:
+  the inner loop at A holds another loop at B, 5 levels down``; ``the inner loop at A (the
+  region's at +0xD) needs a bound: add it to the contract's `inner_bounds``` (also for a
+  bound that is not a positive integer), ``bound N is too large``; ``inner_bounds names the
+  region's at +0xD, which is not the header of an inner loop of this region (inner loops
+  at: ...)``
 - the conditional-block refusals of if-conversion (``I writes rsp``, AVX, x87/MMX, mxcsr,
   32-bit addressing, store widths, segment or absolute stores, memory or dividend-register
   divisors)
@@ -263,7 +279,10 @@ def bound_loop(region: RegionView) -> list[str]:
     ivs = _outer_ivs(shape, order, infos)
     header_test = isinstance(bound, RunTimeBound) and _check_run_time(
         bound, shape, order, infos, ivs, bias)
-    inner_ivs = {i.header: _inner_ivs(shape, i, infos, ivs) for i in shape.inners}
+    inner_ivs: dict[int, dict[str, tuple[int, int]]] = {}
+    for i in sorted(shape.inners, key=lambda i: len(shape.ancestors(i))):  # parents first
+        held = frozenset(ivs).union(*(inner_ivs[a.header] for a in shape.ancestors(i)))
+        inner_ivs[i.header] = _inner_ivs(shape, i, infos, held)
     spread = _spread_ivs(shape, order, infos, ivs)
     written = frozenset(r for b in order for i in body(b) for r in infos[i.address].writes
                         if r in GPR)
@@ -346,21 +365,32 @@ def _with_clones(shape: Nest, graph: Graph) -> Nest:
             out += order
         return out
 
-    nodes: list[BlockView | Inner] = []
     inners: list[Inner] = []
-    for node in shape.order:
-        if isinstance(node, Inner):
-            inner = Inner(node.header, tuple(spliced(node.blocks)), node.latches)
-            inners.append(inner)
-            nodes.append(inner)
-        else:
-            nodes += spliced([node])
+
+    def rebuilt(order: Sequence[BlockView | Inner]) -> tuple[BlockView | Inner, ...]:
+        nodes: list[BlockView | Inner] = []
+        for node in order:
+            if isinstance(node, Inner):
+                inner_order = rebuilt(node.order)
+                flat: list[BlockView] = []
+                for n in inner_order:
+                    flat += list(n.blocks) if isinstance(n, Inner) else [n]
+                inner = Inner(node.header, tuple(flat), node.latches, inner_order,
+                              node.parent)
+                inners.append(inner)
+                nodes.append(inner)
+            else:
+                nodes += spliced([node])
+        return tuple(nodes)
+
+    nodes = rebuilt(shape.order)
+    inners.sort(key=lambda i: i.header)
     edges = {k: tuple(successors(b)) for k, b in by_key.items() if k in graph.clones}
     for a, succ in shape.edges.items():
         b = by_key[a]
         edges[a] = tuple(b.successors) if b.successors and b.successors[0] in graph.clones \
             else succ
-    return Nest(shape.header, tuple(nodes), tuple(inners), edges, frozenset(graph.clones))
+    return Nest(shape.header, nodes, tuple(inners), edges, frozenset(graph.clones))
 
 
 def _bound(value: object, missing: str) -> int:
@@ -494,8 +524,14 @@ class _Emitter:
         self.inner_slots = {i.header: {"active": engine.alloc(), "nxt": engine.alloc(),
                                        "count": engine.alloc(), "exited": engine.alloc()}
                             for i in shape.inners}
-        self.inner_rec = {h: {r: (engine.alloc(), engine.alloc()) for r in v}
-                          for h, v in inner_ivs.items()}
+        # An inner loop's variables and those of the loops it holds (their starts run in
+        # its inactive iterations too): their values at its exit are put back after it.
+        self.inner_rec = {
+            i.header: {r: (engine.alloc(), engine.alloc())
+                       for r in sorted({*inner_ivs[i.header]}.union(
+                           *(inner_ivs[d.header] for d in shape.inners
+                             if i in shape.ancestors(d))))}
+            for i in shape.inners}
         # Blocks an inner loop leaves to: their predicates gather over its iterations.
         # (An inner loop leaving into another one enters it: its active flag gathers.)
         self.gathered = {i.header: self.inner_slots[i.header]["active"] for i in shape.inners}
@@ -507,6 +543,13 @@ class _Emitter:
                         self.gathered[s] = engine.alloc()
         for s, at in self.gathered.items():
             engine.preds[s] = Pred(at)
+        # Each gathered slot is zeroed at the top of every iteration of the loop whose
+        # body holds its block (an inner header's: its parent's; None: the region's).
+        self.zeroed: dict[int | None, list[int]] = {}
+        for s, at in self.gathered.items():
+            loop = shape.loop(s)
+            home = loop.parent if loop is not None else _owner(shape, s)
+            self.zeroed.setdefault(home, []).append(at)
         engine.preds[shape.header] = Pred(self.active)
         self.npreds: dict[int, int] = {}
         for a, succ in shape.edges.items():
@@ -520,7 +563,12 @@ class _Emitter:
         self.or_back = any(shape.header in successors(b) for i in shape.inners
                            for b in i.blocks)
         self.first_back = [not self.or_back]
-        self.first_inner_back = {i.header: True for i in shape.inners}
+        # Likewise per inner loop, for back edges from the loops it holds.
+        self.inner_or_back = {
+            i.header: any(i.header in successors(b) for b in i.blocks
+                          if _owner(shape, b.start) != i.header) for i in shape.inners}
+        self.first_inner_back = {h: not o for h, o in self.inner_or_back.items()}
+        self.labels = 0
 
     def _inside(self, a: int, s: int) -> bool:
         """Does the engine carry the predicate along ``a -> s``?  Edges inside one inner
@@ -540,16 +588,18 @@ class _Emitter:
         def glue(target: int | None) -> list[str]:
             assert target is not None
             out: list[str] = []
-            if inner is not None and target == inner.header:
-                return [self._first(self.first_inner_back, inner.header,
-                                    self.inner_slots[inner.header]["nxt"])]
-            if inner is not None:  # the edge leaves the inner loop
-                slots = self.inner_slots[inner.header]
-                if self.inner_rec[inner.header]:
+            loop = inner
+            while loop is not None and target not in loop.members:  # the loops it leaves
+                slots = self.inner_slots[loop.header]
+                if self.inner_rec[loop.header]:
                     out.append(f"or {slot(slots['exited'])}, rax")
-                for r, (at, _) in self.inner_rec[inner.header].items():
+                for r, (rec, _) in self.inner_rec[loop.header].items():
                     out += [f"mov rcx, {engine.value_of(r)}", "and rcx, rax",
-                            f"or {slot(at)}, rcx"]
+                            f"or {slot(rec)}, rcx"]
+                loop = self.shape.loop(loop.parent)
+            if loop is not None and target == loop.header:  # a back edge of an inner loop
+                nxt = self.inner_slots[loop.header]["nxt"]
+                return [*out, self._first(self.first_inner_back, loop.header, nxt)]
             if target == self.shape.header:
                 if self.first_back[0]:
                     self.first_back[0] = False
@@ -601,14 +651,14 @@ class _Emitter:
             peel = engine.alloc()
             lines += self._run_time_count(bound, header_test, peel)
         lines.append("bl_top:")
-        zero = [*self.gathered.values(), *([self.nxt] if self.or_back else [])]
+        zero = [*self.zeroed.get(None, []), *([self.nxt] if self.or_back else [])]
         lines += [f"mov {slot(z)}, 0" for z in zero]
         lines += [f"mov {slot(at)}, {r}" for r, (at, _, _) in self.spread.items()]
         late = [f"mov rax, {slot(self.nxt)}", f"mov {slot(self.active)}, rax"]
         for n, node in enumerate(shape.order):
             last = n == len(shape.order) - 1
             if isinstance(node, Inner):
-                lines += [*engine.move_to(0), *self._inner(node, n)]
+                lines += [*engine.move_to(0), *self._inner(node)]
                 if last:
                     lines += [f"mov {slot(engine.t1)}, rax", *late,
                               f"mov rax, {slot(engine.t1)}"]
@@ -683,12 +733,15 @@ class _Emitter:
         lines += [f"cmovne {r}, {slot(at)}" for r, at in self.recorded.items()]
         return [*lines, *engine.load_flags(engine.fl), f"jmp {slot(target)}"]
 
-    def _inner(self, inner: Inner, n: int) -> list[str]:
+    def _inner(self, inner: Inner) -> list[str]:
         """An inner loop: its body ``bound`` times under its active flag (the entries' masks
-        ORed); still active after that, the bound was wrong: the original goes on from its
+        ORed), the loops it holds each run the same way where they come in its order;
+        still active after that, the bound was wrong: the original goes on from its
         header.  Its induction variables get their values at its exit, or before it when
         it did not run."""
         engine, h = self.engine, inner.header
+        n = self.labels
+        self.labels += 1
         slots, rec = self.inner_slots[h], self.inner_rec[h]
         lines = engine.flags_to_slot()
         engine.live = False
@@ -697,9 +750,18 @@ class _Emitter:
         if rec:
             lines.append(f"mov {slot(slots['exited'])}, 0")
         lines += [f"mov {slot(slots['count'])}, {self.bounds[h]:#x}", f"bl_inner{n}:"]
+        zero = [*self.zeroed.get(h, []), *([slots["nxt"]] if self.inner_or_back[h] else [])]
+        lines += [f"mov {slot(z)}, 0" for z in zero]
         late = [f"mov rax, {slot(slots['nxt'])}", f"mov {slot(slots['active'])}, rax"]
-        for k, b in enumerate(inner.blocks):
-            lines += self._block(b, late if k == len(inner.blocks) - 1 else ())
+        for k, node in enumerate(inner.order):
+            last = k == len(inner.order) - 1
+            if isinstance(node, Inner):
+                lines += [*engine.move_to(0), *self._inner(node)]
+                if last:
+                    lines += [f"mov {slot(engine.t1)}, rax", *late,
+                              f"mov rax, {slot(engine.t1)}"]
+            else:
+                lines += self._block(node, late if last else ())
         lines += engine.move_to(0)
         assert engine.saved and not engine.live
         lines += [f"sub {slot(slots['count'])}, 1", f"jne bl_inner{n}",
@@ -907,23 +969,39 @@ def _succ(order: Sequence[BlockView], start: int) -> list[int]:
     return next(successors(b) for b in order if b.start == start)
 
 
-def _inner_ivs(shape: Nest, inner: Inner, infos: dict[int, InsnInfo], ivs: dict[str, int]
+def _owner(shape: Nest, start: int) -> int | None:
+    """The header of the innermost inner loop holding the block at ``start`` (None: an
+    outer block)."""
+    inner = shape.inner_of(start)
+    return None if inner is None else inner.header
+
+
+def _inner_ivs(shape: Nest, inner: Inner, infos: dict[int, InsnInfo], held: frozenset[str]
                ) -> dict[str, tuple[int, int]]:
-    """An inner loop's induction variables -> (the outer block that starts them, the
-    inner block that steps them): registers written exactly twice in the region, once by
-    a step that every continuing iteration of the inner loop runs, once in an outer block
-    that every continuing outer iteration runs before the inner loop, from a constant or
-    from outer induction variables and registers the region does not write."""
+    """An inner loop's induction variables -> (the block of its parent that starts them,
+    its block that steps them): registers written exactly twice in the region, once by a
+    step in a block of the loop itself (not of a loop it holds) that every continuing
+    iteration of it runs, once in a block of its parent (the region's outer blocks, or the
+    inner loop holding it) that every continuing iteration of the parent runs before the
+    loop, from a constant or from ``held`` (the induction variables of the loops holding
+    it) and registers the region does not write."""
     order = shape.flat()
     writers = _writers(order, infos)
-    public = frozenset(GPR.values()) - writers.keys() | ivs.keys()
+    public = frozenset(GPR.values()) - writers.keys() | held
     edges = {a: [s for s in succ if s in inner.members] for a, succ in shape.edges.items()
              if a in inner.members}
-    latches = {a for a in shape.edges if any(s == shape.header for s in _succ(order, a))}
+    parent = shape.loop(inner.parent)
+    if parent is None:
+        top, top_edges = shape.header, dict(shape.edges)
+        latches = {a for a in shape.edges if any(s == shape.header for s in _succ(order, a))}
+    else:
+        top, latches = parent.header, set(parent.latches)
+        top_edges = {a: tuple(s for s in succ if s in parent.members)
+                     for a, succ in shape.edges.items() if a in parent.members}
     out: dict[str, tuple[int, int]] = {}
     for r, ws in writers.items():
-        steps = [(b, i) for b, i in ws if b.start in inner.members]
-        starts = [(b, i) for b, i in ws if shape.inner_of(b.start) is None]
+        steps = [(b, i) for b, i in ws if _owner(shape, b.start) == inner.header]
+        starts = [(b, i) for b, i in ws if _owner(shape, b.start) == inner.parent]
         if len(ws) != 2 or len(steps) != 1 or len(starts) != 1 \
                 or any(b.start in shape.clones for b, _ in ws):
             continue
@@ -933,9 +1011,8 @@ def _inner_ivs(shape: Nest, inner: Inner, infos: dict[int, InsnInfo], ivs: dict[
         if not _every_iteration(inner.header, edges, set(inner.latches), inner.blocks,
                                 sb.start):
             continue
-        if ib.start != shape.header and (
-                _reaches(shape.header, shape.edges, ib.start, latches | {inner.header})):
-            continue  # an outer iteration may go on, or enter the loop, without it
+        if ib.start != top and _reaches(top, top_edges, ib.start, latches | {inner.header}):
+            continue  # a parent's iteration may go on, or enter the loop, without it
         out[r] = (ib.start, sb.start)
     return out
 
@@ -944,8 +1021,9 @@ def _check_memory(region: RegionView, shape: Nest, infos: dict[int, InsnInfo],
                   ivs: frozenset[str], inner_ivs: dict[int, dict[str, tuple[int, int]]]
                   ) -> None:
     """The memory-safety rule of the module doc, for every access of the body: outer
-    blocks may address through the outer induction variables, an inner loop's blocks
-    through those and its own."""
+    blocks may address through the outer induction variables, an inner loop's own blocks
+    through those, its ancestors' and its own; "every path" counts paths through an
+    iteration of the region's loop."""
     header = region.entry
     edges: dict[int, list[int]] = {}
     for b in shape.flat():
@@ -954,7 +1032,9 @@ def _check_memory(region: RegionView, shape: Nest, infos: dict[int, InsnInfo],
             edges[b.start].append(-1)  # the iteration ends here
     groups: list[tuple[list[BlockView], frozenset[str]]] = [
         ([b for b in shape.order if isinstance(b, BlockView)], ivs)]
-    groups += [(list(i.blocks), ivs | inner_ivs[i.header].keys()) for i in shape.inners]
+    for i in shape.inners:  # its own blocks, through its and its ancestors' variables
+        held = ivs.union(*(inner_ivs[a.header] for a in [i, *shape.ancestors(i)]))
+        groups.append(([b for b in i.blocks if _owner(shape, b.start) == i.header], held))
     for blocks, induction in groups:
         inside = {b.start for b in blocks}
         others = frozenset(r for b in shape.flat() if b.start not in inside

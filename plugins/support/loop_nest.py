@@ -5,13 +5,16 @@ edges are found by dominance inside the region: an edge ``a -> b`` whose target 
 its source (every edge to the region's header is one).  The body must be acyclic once the
 back edges are left out, else it is irreducible (a cycle entered other than through one
 header) and refused.  Each other target of a back edge heads an inner natural loop: its
-header and every block that reaches one of its latches without passing it.  Loops nested
-more than two deep (an inner loop holding another one) are refused.
+header and every block that reaches one of its latches without passing it.  Inner loops
+nest to any depth up to ``MAX_DEPTH`` levels (the region's loop is the first); an inner
+loop's *parent* is the smallest loop holding its header (another inner loop, or None: the
+region's).  Deeper nests are refused.
 
-:func:`nest` returns the inner loops, each with its blocks in a topological order of its
-body (its header first, edges back to it left out), and the order of the whole body in
-which every inner loop is one node: the outer blocks and each inner loop come after
-everything that reaches them in an iteration (ties by address).
+:func:`nest` returns every inner loop (any depth), each with its blocks in a topological
+order of its body (its header first, back edges left out) in which every loop it holds is
+contiguous, its *order* (its body with each child loop one node), and the order of the
+whole body in which every outermost inner loop is one node: the outer blocks and each
+loop come after everything that reaches them in an iteration (ties by address).
 """
 
 from __future__ import annotations
@@ -22,17 +25,30 @@ from dataclasses import dataclass
 from leakdbt.plugin_api import BlockView
 from plugins.support.predication import Refused, successors, topological, topological_nodes
 
-__all__ = ["Inner", "Nest", "nest"]
+__all__ = ["MAX_DEPTH", "Inner", "Nest", "nest"]
+
+MAX_DEPTH = 4
+"""The deepest nest :func:`nest` accepts, in levels (the region's loop is the first): each
+level multiplies the iterations bounded-loop runs (its bound times its parent's) and adds
+its slots to the scratch frame."""
 
 
 @dataclass(frozen=True)
 class Inner:
-    """An inner loop: its header, its blocks (topological order of its body, header first)
-    and the blocks that jump back to the header."""
+    """An inner loop: its header, its blocks (topological order of its body, header first,
+    each loop it holds contiguous), the blocks that jump back to the header, its body's
+    order with each child loop one node, and its parent's header (None: the region's)."""
 
     header: int
     blocks: tuple[BlockView, ...]
     latches: frozenset[int]
+    order: tuple[BlockView | Inner, ...] = ()
+    parent: int | None = None
+
+    @property
+    def children(self) -> tuple[Inner, ...]:
+        """The loops directly inside this one."""
+        return tuple(n for n in self.order if isinstance(n, Inner))
 
     @property
     def members(self) -> frozenset[int]:
@@ -52,8 +68,23 @@ class Nest:
     clones: frozenset[int] = frozenset()  # keys of callee clone blocks (bounded-loop)
 
     def inner_of(self, start: int) -> Inner | None:
-        """The inner loop holding the block at ``start``, or None (an outer block)."""
-        return next((i for i in self.inners if start in i.members), None)
+        """The innermost inner loop holding the block at ``start``, or None (an outer
+        block)."""
+        holding = [i for i in self.inners if start in i.members]
+        return min(holding, key=lambda i: len(i.members)) if holding else None
+
+    def loop(self, header: int | None) -> Inner | None:
+        """The inner loop headed at ``header`` (None: the region's loop, None)."""
+        return next((i for i in self.inners if i.header == header), None)
+
+    def ancestors(self, inner: Inner) -> list[Inner]:
+        """The inner loops holding ``inner``, its parent first."""
+        out: list[Inner] = []
+        at = self.loop(inner.parent)
+        while at is not None:
+            out.append(at)
+            at = self.loop(at.parent)
+        return out
 
     def flat(self) -> list[BlockView]:
         """Every block, inner loops' blocks in their place in the order."""
@@ -88,7 +119,8 @@ def dominators(entry: int, graph: dict[int, list[int]]) -> dict[int, frozenset[i
 
 def nest(entry: int, blocks: Sequence[BlockView], bias: int) -> Nest:
     """The nest of the loop region headed by ``entry`` (see the module doc); raises
-    :class:`Refused` for an irreducible body or loops nested more than two deep."""
+    :class:`Refused` for an irreducible body or loops nested more than ``MAX_DEPTH``
+    deep."""
     by_start = {b.start: b for b in blocks}
     graph = {b.start: [s for s in successors(b) if s in by_start] for b in blocks}
     dom = dominators(entry, graph)
@@ -97,7 +129,7 @@ def nest(entry: int, blocks: Sequence[BlockView], bias: int) -> Nest:
     if order is None:
         raise Refused("the loop's body is irreducible (a cycle in it is entered other than "
                       "through one header)")
-    inners: list[Inner] = []
+    bodies: dict[int, set[int]] = {}
     for h in sorted({s for _, s in back} - {entry}):
         latches = frozenset(a for a, s in back if s == h)
         body = {h}
@@ -108,20 +140,41 @@ def nest(entry: int, blocks: Sequence[BlockView], bias: int) -> Nest:
                 continue
             body.add(n)
             stack += [p for p, succ in graph.items() if n in succ]
-        inner = topological(h, [by_start[b] for b in sorted(body)],
-                            lambda a, s, h=h: s == h)  # type: ignore[misc]
-        if inner is None:
-            other = min(s for a, s in back if s != h and s in body)
-            raise Refused(f"loops are nested more than two deep: the inner loop at "
-                          f"{h + bias:#x} holds another loop at {other + bias:#x}")
-        inners.append(Inner(h, tuple(inner), latches))
+        bodies[h] = body
+    # A reducible body: two natural loops are disjoint or one holds the other.
+    parent = {h: min((g for g in bodies if g != h and h in bodies[g]),
+                     key=lambda g: len(bodies[g]), default=None) for h in bodies}
+    for h in bodies:
+        depth, at = 2, parent[h]
+        while at is not None:
+            depth, at = depth + 1, parent[at]
+        if depth > MAX_DEPTH:
+            holder = parent[h]
+            assert holder is not None
+            raise Refused(f"loops are nested more than {MAX_DEPTH} deep: the inner loop at "
+                          f"{holder + bias:#x} holds another loop at {h + bias:#x}, "
+                          f"{depth} levels down")
     edges = {a: tuple(s for s in succ if (a, s) not in back) for a, succ in graph.items()}
-    return Nest(entry, _collapsed(entry, blocks, inners, edges), tuple(inners), edges)
+    built: dict[int, Inner] = {}
+    for h in sorted(bodies, key=lambda g: (len(bodies[g]), g)):  # children first
+        children = [built[g] for g in bodies if parent[g] == h]
+        members = [by_start[b] for b in sorted(bodies[h])]
+        body_order = _collapsed(h, members, children, edges)
+        flat: list[BlockView] = []
+        for node in body_order:
+            flat += list(node.blocks) if isinstance(node, Inner) else [node]
+        built[h] = Inner(h, tuple(flat), frozenset(a for a, s in back if s == h),
+                         body_order, parent[h])
+    inners = [built[h] for h in sorted(built)]
+    top = [i for i in inners if i.parent is None]
+    return Nest(entry, _collapsed(entry, blocks, top, edges), tuple(inners), edges)
 
 
 def _collapsed(entry: int, blocks: Sequence[BlockView], inners: list[Inner],
                edges: dict[int, tuple[int, ...]]) -> tuple[BlockView | Inner, ...]:
-    """The body's order with each inner loop one node (Kahn's algorithm, by address)."""
+    """The order of a loop's body (``blocks``, headed at ``entry``) with each loop it
+    directly holds (``inners``) one node (Kahn's algorithm, by address); edges leaving
+    the body are left out."""
     node_of = {b.start: b.start for b in blocks}
     for inner in inners:
         node_of.update(dict.fromkeys(inner.members, inner.header))
@@ -129,7 +182,7 @@ def _collapsed(entry: int, blocks: Sequence[BlockView], inners: list[Inner],
     out_edges: dict[int, set[int]] = {n: set() for n in nodes}
     for a, succ in edges.items():
         for s in succ:
-            if node_of[a] != node_of[s]:
+            if a in node_of and s in node_of and node_of[a] != node_of[s]:
                 out_edges[node_of[a]].add(node_of[s])
     by_node: dict[int, BlockView | Inner] = {b.start: b for b in blocks}
     by_node.update({i.header: i for i in inners})
