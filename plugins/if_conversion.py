@@ -15,7 +15,8 @@ at the region's start, while those entries keep running the untouched original
 call in the region runs as an inline, predicated clone of its callee
 (plugins/support/clone.py, with ``loops=True``; the region then always uses the
 predicated-block scheme), also inside a loop of an arm; the clone runs below where the
-call is made, which the arm's own code may have moved (gcc's ``sub rsp, 8`` before a call).
+call is made, which the arm's own code may have moved (gcc's ``sub rsp, 8`` or a
+shrink-wrapped ``push rbx`` before a call: :func:`_stack`).
 A block that ends the program's path (a call that does not return, such as
 ``__assert_fail``, or ``hlt``/``ud2``: a *dead end*, plugins/support/predication.py) is not
 run predicated: where its predicate is on, control leaves for the original code, which
@@ -60,10 +61,11 @@ below ``[rsp - REGION_SCRATCH]``; no slot is chosen by a secret (only cmov'ed va
 
 Memory-safety rule.  A conditional block's memory accesses run on every path, so each must
 be valid, and at an address independent of the path, even when the original would not run
-the block.  Accepted: ``[rsp + d]`` with ``d >= -128`` and no index (the frame; RSP does not
-change in conditional code); RIP-relative operands (module data); a read of ``fs:[d]``, no
-base or index, inside glibc's TCB header (``d + width <= 0x40``: the stack-protector canary
-``fs:[0x28]``); and an address computed
+the block.  Accepted: ``[rsp + d]`` with ``d >= -128`` and no index (the frame; where
+conditional code moves RSP it does so by amounts known before it runs, the same on every
+path, and an inactive block moves it too: :func:`_stack`); RIP-relative operands (module
+data); a read of ``fs:[d]``, no base or index, inside glibc's TCB header (``d + width <=
+0x40``: the stack-protector canary ``fs:[0x28]``); and an address computed
 only from registers that no conditional block writes, when the same operand (same registers,
 scale and displacement, at least as wide) is also accessed by the entry block after its last
 write to those registers, or on every path through the region.  Anything else (the original
@@ -123,19 +125,22 @@ Refusals (the Refusal's reason, where ``I`` names the instruction as ``'text' at
   (set from a register or memory, set on no path, or not on the loop's one path), too many
   iterations; or, for a cycle with no head, ``the region contains a loop (...): the cycle
   is entered at more than one block (irreducible flow)``
-- ``the loop at H is in a region that moves rsp in conditional code (...)``
 - iterations: ``the region contains a loop (a cycle through its blocks): its branch 'J' at
   A leaves the loop for B (a secret exit: ...)``; ``the region contains a loop (...): the
   loop iteration from A holds another loop (an iteration region runs no inner loop)``,
   ``I moves rsp at
   the start of a loop iteration (...)``, ``I is a call in a loop iteration (an iteration
   region does not clone its calls)``
-- in a conditional block that moves RSP: ``rsp differs between the paths into B``,
+- in a conditional block that moves RSP (``push``/``pop``, ``add``/``sub rsp, imm``, ``lea
+  rsp, [rsp + d]`` are accepted, :func:`_stack`): ``I writes rsp (conditional code may
+  only move it by a fixed amount: ...)``, ``I pushes or pops the flags in conditional code
+  (not predicated)``, ``I pops into memory in conditional code (not predicated)``,
+  ``rsp differs between the paths into B``,
   ``rsp differs between the paths that leave the region for A``, ``rsp differs between
   the region's returns``, ``I is made with rsp N bytes above the region's (a clone runs
   below the region's scratch frame)`` (a call after the arm popped above the entry's RSP)
 - ``the region has more than one exit (A, B)``, ``the region both returns and leaves to A``
-- in a conditional block: ``I writes rsp``; ``I uses 32-bit addressing``; ``I is an AVX
+- in a conditional block: ``I uses 32-bit addressing``; ``I is an AVX
   instruction (ymm/zmm state is not predicated)``; ``I uses the x87/MMX state, which is not
   predicated``; ``I writes R, which is not predicated``; ``I writes N bytes of memory (only
   1, 2, 4, 8 or 16 are undone)``; ``I writes through fs: (segment stores are not undone)``;
@@ -166,7 +171,7 @@ from leakdbt.plugin_api import (
     goto,
     original,
 )
-from plugins.support.arm_loop import ArmLoop, arm_loops, back_edges, loop_guards, loop_order
+from plugins.support.arm_loop import ArmLoop, arm_loops, loop_guards, loop_order
 from plugins.support.arm_loop import run as arm_loop_run
 from plugins.support.clone import expand_calls, stack_change, tcb_read
 from plugins.support.memory_safety import accessed_at_end, check_accesses
@@ -227,6 +232,9 @@ def if_convert(region: RegionView) -> list[str]:
         raise Refused(f"the region both returns and leaves to {exits[0] + bias:#x}")
     infos = {i.address: analyse(i) for i in region.instructions()}
     stack = _stack(order, infos, bias)
+    pushes = {a: _with_push_store(infos[a]) for a in stack.deltas
+              if infos[a].insn.mnemonic == "push"}
+    infos.update(pushes)
     for b in order[1:]:
         for insn in body(b):
             if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
@@ -243,11 +251,6 @@ def if_convert(region: RegionView) -> list[str]:
         call = next(b.last for b in order if b.last.flow in (Flow.CALL, Flow.INDIRECT_CALL))
         raise Refused(f"{where(call, bias)} is a call in a loop iteration (an iteration "
                       "region does not clone its calls)")
-    if cyclic and stack.deltas:
-        header = min(h for _, h in back_edges(region.entry, region.blocks))
-        raise Refused(f"the loop at {header + bias:#x} is in a region that moves rsp in "
-                      "conditional code (a loop in an arm runs only in a region that does "
-                      "not)")
     graph = expand_calls(region, list(region.blocks), loops=True,
                          rsp=_call_depths(order, stack)) if calls else None
     clone_writes = frozenset() if graph is None else frozenset(
@@ -265,11 +268,13 @@ def if_convert(region: RegionView) -> list[str]:
     guards = _guards(region, order, infos, clone_writes, graph is None and not loops)
 
     engine = Engine(bias, stack.floor)
+    engine.entry_depths, engine.deltas = stack.depths, stack.deltas  # RSP: see _stack
     if guards:
         engine.guards = guards
         engine.safe = engine.alloc(16)
     if graph is not None:  # RSP: the region's own moves (_stack) and the clones'
         infos.update(graph.infos)
+        infos.update(pushes)  # a recursive clone's instructions share the region's addresses
         engine.entry_depths = {**stack.depths, **graph.depths}
         engine.deltas = {**stack.deltas, **graph.deltas}
         engine.rebased = frozenset(graph.deltas)
@@ -430,20 +435,60 @@ class _Stack:
     floor: int = 0
 
 
-_STACK_MOVES = ("add", "sub", "lea", "pop")
+_STACK_MOVES = ("add", "sub", "lea", "pop", "push")
+
+
+def _with_push_store(info: InsnInfo) -> InsnInfo:
+    """``info`` of a ``push`` with its implicit store, the 8 bytes at ``[rsp - 8]`` (RSP
+    before the push), as a memory operand: Capstone names none, and the engine records and
+    undoes a conditional block's stores by their operands, so an inactive ``push`` leaves
+    the bytes it wrote as they were (they may be live: the red zone of a leaf function, or
+    a slot another path reads)."""
+    store = Mem(8, False, True, None, "rsp", None, 1, -8, None)
+    return dataclasses.replace(info, mems=(*info.mems, store))
+
+
+def _stack_change(insn: Insn) -> int | None:
+    """:func:`~plugins.support.clone.stack_change`, and 8 for a ``push`` of a memory
+    operand addressed from RSP (``push qword ptr [rsp + 8]``: its load uses RSP before the
+    push)."""
+    if insn.mnemonic == "push" and "[" in insn.op_str and insn.op_str.startswith("qword"):
+        return 8
+    return stack_change(insn)
+
+
+def _rsp_refusal(insn: Insn, info: InsnInfo, bias: int) -> str | None:
+    """Why a conditional instruction that writes RSP cannot run predicated, or None when
+    it moves RSP by a fixed amount the engine follows (see :func:`_stack`)."""
+    w = where(insn, bias)
+    if insn.mnemonic in ("pushfq", "popfq", "pushf", "popf"):
+        return f"{w} pushes or pops the flags in conditional code (not predicated)"
+    if insn.mnemonic == "pop" and info.mems:
+        return f"{w} pops into memory in conditional code (not predicated)"
+    if insn.mnemonic not in _STACK_MOVES or _stack_change(insn) is None:
+        return (f"{w} writes rsp (conditional code may only move it by a fixed amount: "
+                "push/pop of a 64-bit register, immediate or memory, add/sub rsp, imm, "
+                "lea rsp, [rsp + d])")
+    return None
 
 
 def _stack(order: list[BlockView], infos: dict[int, InsnInfo], bias: int) -> _Stack:
-    """The RSP depths of the region's conditional blocks.  gcc duplicates a function's
-    epilogue (``add rsp, N``; ``pop rbx``; ``ret``) into each arm that returns, and puts
-    ``sub rsp, 8`` on the paths that call: a conditional block may move RSP by a fixed
-    amount (``add``/``sub rsp, imm``, ``lea rsp, [rsp + d]``, ``pop`` of a register) when
-    every path into each block, every path to the join and every return agree on where RSP
-    is.  The hardened code then runs each block, on or off, with RSP where the original
-    has it at that block (the move itself is kept when the block is off; the engine puts
-    RSP back for the next block with ``lea``), so the block's ``[rsp + d]`` operands name
-    the same addresses on every path.  ``push`` and other stores through RSP are still
-    refused: an inactive one would write below another path's frame, and is not undone."""
+    """The RSP depths of the region's conditional blocks.  gcc -O2 shrink-wraps a
+    function's prologue into the arm that needs it (``push rbx`` ... ``pop rbx``, ``sub
+    rsp, N`` ... ``add rsp, N`` inside one arm), duplicates its epilogue (``add rsp, N``;
+    ``pop rbx``; ``ret``) into each arm that returns, and puts ``sub rsp, 8`` on the paths
+    that call: a conditional block may move RSP by a fixed amount (``push``/``pop``,
+    ``add``/``sub rsp, imm``, ``lea rsp, [rsp + d]``) when every path into each block,
+    every path to the join and every return agree on where RSP is.  The hardened code then
+    runs each block, on or off, with RSP where the original has it at that block: RSP is
+    not masked, an inactive block moves it exactly as an active one (the engine puts RSP
+    back for the next block with ``lea``), so the block's ``[rsp + d]`` operands name the
+    same addresses on every path, and ``add``/``sub rsp, imm`` set the flags the original
+    does (RSP has the original's value).  A ``push``'s implicit store is recorded and
+    undone like any predicated store (:func:`_with_push_store`); a ``pop``'s register
+    write is masked like any other.  The scratch frame starts ``floor`` bytes deeper (see
+    :class:`~plugins.support.predication.Engine`), below everything the arms push and
+    their red zones."""
     depths: dict[int, int] = {order[0].start: 0}
     deltas: dict[int, int] = {}
     ends: dict[str, int] = {}
@@ -455,9 +500,11 @@ def _stack(order: list[BlockView], infos: dict[int, InsnInfo], bias: int) -> _St
             if "rsp" not in infos[insn.address].writes or insn.flow in (Flow.CALL,
                                                                          Flow.INDIRECT_CALL):
                 continue  # a call's clone keeps its own depth (plugins/support/clone.py)
-            change = stack_change(insn) if insn.mnemonic in _STACK_MOVES else None
-            if change is None:
-                raise Refused(f"{where(insn, bias)} writes rsp")
+            reason = _rsp_refusal(insn, infos[insn.address], bias)
+            if reason:
+                raise Refused(reason)
+            change = _stack_change(insn)
+            assert change is not None
             deltas[insn.address] = change
             d += change
             low = max(low, d)

@@ -16,23 +16,30 @@ calls (their clones are blocks of the loop), a callee may hold a loop, and a reg
 hold several loops: disjoint, or nested (a call inside a loop whose callee loops), each
 with its own hidden counter.
 
-Counted loop: one back edge, from a latch ending in ``jne`` to the header; the header has
-one predecessor outside the loop (the preheader); a counter register ``c`` (32 or 64 bit)
-whose only write in the loop (its blocks and the clones it calls) is one step in the
-header or the latch:
+Counted loop: one back edge, from a latch ending in a conditional jump to the header; the
+header has one predecessor outside the loop (the preheader); a counter register ``c`` (32
+or 64 bit) whose only write in the loop (its blocks and the clones it calls) is one step
+(``add``/``sub`` of a constant, ``inc``, ``dec``) in the header or the latch, the block
+that tests: its jump (``jne``/``je``/``jb``/``jae``/``ja``/``jbe``/``jl``/``jge``/``jg``/
+``jle``/``js``/``jns``) reads
 
-- ``sub c, 1`` / ``add c, -1`` / ``dec c`` as that block's last flags write (``K = K0``), or
-- ``add c, 1`` / ``inc c``, then ``cmp c, E`` as its last flags write (``K = E - K0``),
-  or ``cmp c, r`` / ``cmp r, c`` with ``r`` a register the loop does not write whose value
-  before the loop is a constant known as ``K0`` is (below), its end ``E`` (gcc's ``for (i =
-  0; i < n; i++)`` once the caller passed a constant ``n``);
+- the step's own flags (the step is that block's last flags write), or
+- those of ``cmp c, E``, ``test c, c``, or ``cmp c, r`` / ``cmp r, c`` with ``r`` a register
+  the loop does not write whose value before the loop is a constant known as ``K0`` is
+  (below), its end ``E`` (gcc's ``for (i = 0; i < n; i++)`` once the caller passed a
+  constant ``n``), the block's last flags write after the step.
 
-with ``0 <= K0``, ``1 <= K <= MAX_TRIPS``.  ``K0``, the counter's start, is a *constant
+The trip count ``K`` is computed exactly (:func:`trips_of`): the first ``j >= 1`` at which
+the jump leaves the loop after ``j`` steps from ``K0`` (the test ends each iteration: at
+least one runs), every step and compare evaluated at its width with its wrap, CF, SF and
+OF; ``1 <= K <= MAX_TRIPS``.  ``K0``, the counter's start, is a *constant
 known before the loop*: the last write to ``c`` before the loop is ``mov c, K0`` or ``xor
 c, c``, found by walking back from the preheader through blocks that each have one
 predecessor, across a call into its caller (``mov edx, 4; call f``, f counting ``rdx``
 down) and across a return into the callee, and through copies (``mov r, r2``, ``movsxd r,
-r2d``).  That write is on every path into the loop, so
+r2d``), passing over the writes of a callee the path crosses whole that provably gives
+the register back (``Graph.restores``: ``mov ebx, 8; call g; top: ...``, g saving rbx).
+That write is on every path into the loop, so
 whenever the loop's active mask is on it really ran.  A start held in a register (an
 argument the caller computed, a value loaded) is refused: in an inactive arm the caller's
 writes are undone, so it is not the same whether the predicate is on or off.  Every
@@ -55,7 +62,8 @@ earlier in the access's block, :func:`_copied`) and its whole reach
 over the loop's iterations lies in the clone's frame (base RSP, or a register set before
 the loop by ``lea r, [rsp + d]`` / ``mov r, rsp``) or in one sized data object (a register
 set by ``lea r, [rip + X]``; no base in a module loaded at its link-time address).  The
-counter's value at the access is ``a + b * n`` of the hidden count ``n`` (:meth:`ArmLoop.value`),
+counter's value at the access is ``a + b * n`` of the hidden count ``n`` (:meth:`ArmLoop.value`;
+a loop whose counter wraps or leaves 0 .. 2**31 - 1 is not ``pure``: it indexes nothing),
 so :func:`run` writes it into a slot at each iteration's start and the access runs guarded
 (``Guard`` target ``loop``): when its block is off, the index (and a base register) are set
 from their slots.  On and off, iteration ``j`` touches the same address.
@@ -78,7 +86,10 @@ clone, ``the function at 0xT has a loop: I jumps back to H, the loop's head; ``)
   path into the loop (no block before B sets it)``, ``its counter R is not set to a
   constant on the one path into the loop (B has N predecessors)``, ``its counter R starts
   at V, outside 0 .. 2**31 - 1`` (``its end R`` for the register of ``cmp c, r``)
-- ``HEAD it runs K times, more than 65536``
+- ``HEAD it runs K times, more than 65536`` (an equality exit: K is known exactly),
+  ``HEAD its counter R goes from S in steps of D and I never leaves the loop (modulo 2**W it
+  never meets its end)``, ``HEAD it runs more than 65536 times (its counter R goes from S in
+  steps of D until I and jCC leave the loop)``
 
 and (:func:`loop_guards`) the clone memory rule's refusal of an indexed access, ``I: its
 address is neither the clone's own stack nor module data, so it may fault when the
@@ -98,6 +109,7 @@ predicate is off``, followed by ``, and `` and:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -148,21 +160,22 @@ class ArmLoop:
     step: int = 0  # the address of the step (in block ``step_key``)
     step_key: int = 0
     pure: bool = True  # the step is the counter's only write in the loop (none restored)
+    # and its values stay in 0 .. 2**31 - 1 (no wrap)
+    stride: int = -1  # the counter's change per iteration (``end = start + trips * stride``)
 
     def value(self, key: int, address: int, order: Sequence[int]) -> tuple[int, int]:
         """The counter's value when instruction ``address`` of loop block ``key`` runs
         (``order``: the addresses of that block's instructions), as ``(a, b)``: ``a + b *
         n`` in the iteration whose hidden count (:func:`run`: ``trips`` down to 1) is
         ``n``.  Iteration ``j`` has ``n = trips - j``; the step runs once in it, so the
-        blocks before it (in :func:`loop_order`) see the value ``start -/+ j``, those after
-        it one step further."""
+        blocks before it (in :func:`loop_order`) see the value ``start + j * stride``, those
+        after it one step further (meaningful for a ``pure`` loop: no wrap)."""
         if key == self.step_key:
             before = list(order).index(address) < list(order).index(self.step)
         else:
             before = self.step_key != self.header  # the header runs first, the latch last
-        if self.down:  # start = trips: n before the step, n - 1 after
-            return (0, 1) if before else (-1, 1)
-        return (self.end, -1) if before else (self.end + 1, -1)  # end - n, end - n + 1
+        # start + j * stride = end - n * stride before the step, one stride more after it
+        return (self.end, -self.stride) if before else (self.end + self.stride, -self.stride)
 
 
 def back_edges(entry: int, blocks: Sequence[BlockView]) -> frozenset[tuple[int, int]]:
@@ -254,28 +267,28 @@ def arm_loops(entry: int, blocks: Sequence[BlockView], infos: dict[int, InsnInfo
                           "is read from its one preheader)")
         loop = [by[m] for m in sorted(members)]
 
-        def start(reg: str, role: str, pre: int = outside[0]) -> int | str:
-            return _start(reg, pre, by, preds, infos, bias, origin, role)
+        def start(reg: str, role: str, pre: int = outside[0], h: int = header) -> int | str:
+            return _start(reg, pre, by, preds, infos, bias, origin, role, kept, h)
 
-        trips: _Count | str | None = None
+        trips: _Count | _Endless | str | None = None
         for test in dict.fromkeys((latch, header)):
             trips = _trip_count(by[test], loop, frozenset(members), infos, start, kept)
             if trips is not None:
                 break
         if trips is None:
             raise Refused(f"{head}it is not a counted loop (a 32/64-bit register set to a "
-                          "constant before it, stepped by 1 once per iteration in its header "
-                          "or latch, which ends with a `jne`/`je` on it that stays in the loop "
-                          "while it has not reached its end): its trip count need not be "
-                          "public when its arm is off")
+                          "constant before it, stepped by a constant once per iteration in its "
+                          "header or latch, which ends with a conditional jump on that step's "
+                          "flags or on a `cmp`/`test` of it after the step): its trip count "
+                          "need not be public when its arm is off")
         if isinstance(trips, str):
             raise Refused(f"{head}{trips}: its trip count need not be the same when its arm "
                           "is off")
-        if trips.trips > MAX_TRIPS:
-            raise Refused(f"{head}it runs {trips.trips} times, more than {MAX_TRIPS}")
+        if isinstance(trips, _Endless):
+            raise Refused(f"{head}{trips.reason}")
         loops.append(ArmLoop(header, latch, frozenset(members), trips.trips, header in origin,
-                             trips.counter, trips.down, trips.start, trips.end, trips.step,
-                             trips.step_key, trips.pure))
+                             trips.counter, trips.stride < 0, trips.start, trips.end,
+                             trips.step, trips.step_key, trips.pure, trips.stride))
     return loops
 
 
@@ -310,7 +323,7 @@ class _Count:
 
     trips: int
     counter: str
-    down: bool
+    stride: int
     start: int
     end: int
     step: int
@@ -318,20 +331,138 @@ class _Count:
     pure: bool
 
 
+@dataclass(frozen=True)
+class _Endless:
+    """A counted loop whose trip count is not in 1 .. MAX_TRIPS: why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """The counter's step: ``c += delta`` modulo ``2**width`` (``sub``/``add`` of an
+    immediate, ``inc``, ``dec``); ``carry``: it sets CF (not ``inc``/``dec``); ``subtract``:
+    its flags are those of a subtraction of ``-delta`` (``sub``, ``dec``: CF is the borrow)."""
+
+    counter: str  # 64-bit name
+    width: int
+    delta: int  # modulo 2**width
+    carry: bool = True
+    subtract: bool = False
+
+    @property
+    def stride(self) -> int:
+        """The step as a signed number."""
+        half = 1 << (self.width - 1)
+        return self.delta - (1 << self.width) if self.delta >= half else self.delta
+
+
+@dataclass(frozen=True)
+class ExitTest:
+    """The latch's last flags write, on the counter: ``step`` (the step's own flags),
+    ``cmp`` (``cmp c, E``), ``rcmp`` (``cmp E, c``) or ``test`` (``test c, c``), at
+    ``width`` bits; then ``j<cc>``, which stays in the loop when its condition is
+    ``stays``."""
+
+    kind: str
+    width: int
+    cc: str
+    stays: bool
+
+
+_CONDITIONS: dict[str, Callable[[bool, bool, bool, bool], bool]] = {  # cc -> f(cf, zf, sf, of)
+    "e": lambda cf, zf, sf, of: zf, "ne": lambda cf, zf, sf, of: not zf,
+    "b": lambda cf, zf, sf, of: cf, "ae": lambda cf, zf, sf, of: not cf,
+    "be": lambda cf, zf, sf, of: cf or zf, "a": lambda cf, zf, sf, of: not (cf or zf),
+    "l": lambda cf, zf, sf, of: sf != of, "ge": lambda cf, zf, sf, of: sf == of,
+    "le": lambda cf, zf, sf, of: zf or sf != of, "g": lambda cf, zf, sf, of: not zf and sf == of,
+    "s": lambda cf, zf, sf, of: sf, "ns": lambda cf, zf, sf, of: not sf,
+}
+_CARRY = frozenset({"b", "ae", "be", "a"})
+
+
+def _flags(a: int, b: int, width: int, add: bool) -> tuple[bool, bool, bool, bool]:
+    """CF, ZF, SF, OF of ``a + b`` (``add``) or ``a - b`` on ``width``-bit operands."""
+    top, mask = 1 << (width - 1), (1 << width) - 1
+    r = (a + b if add else a - b) & mask
+    cf = a + b > mask if add else a < b
+    sa, sb, sr = bool(a & top), bool(b & top), bool(r & top)
+    of = sa == sb != sr if add else sa != sb and sr != sa
+    return cf, r == 0, sr, of
+
+
+def trips_of(start: int, step: Step, test: ExitTest, end: int, limit: int = MAX_TRIPS
+             ) -> int | None:
+    """How many iterations a loop runs that is entered with its counter at ``start`` and
+    tests at the end of each iteration (the latch, or the header that steps and tests: a
+    do-while, so at least one): the first ``j >= 1`` at which ``test`` (``end``: its ``E``)
+    leaves the loop after ``j`` steps, or None when that is after ``limit``.  Exact: every
+    iteration is computed with the instruction's wrap at its width (an exit on equality is
+    solved at once, :func:`_equal_exit`)."""
+    if test.kind == "step" and test.cc in _CARRY and not step.carry:
+        return None  # inc/dec keep CF: the test reads a flag from before the loop
+    if (test.cc == "ne") == test.stays and test.cc in ("e", "ne"):
+        exact = _equal_exit(start, step, test, end)
+        return exact if exact is not None and exact <= limit else None
+    smask, cmask = (1 << step.width) - 1, (1 << test.width) - 1
+    condition = _CONDITIONS[test.cc]
+    v, e = start & smask, end & cmask
+    for j in range(1, limit + 1):
+        before, v = v, (v + step.delta) & smask
+        if test.kind == "step":
+            f = _flags(before, -step.delta & smask, step.width, False) if step.subtract \
+                else _flags(before, step.delta, step.width, True)
+            if not step.carry:
+                f = (False, *f[1:])
+        elif test.kind == "test":
+            a = v & cmask
+            f = (False, a == 0, bool(a >> (test.width - 1)), False)
+        elif test.kind == "cmp":
+            f = _flags(v & cmask, e, test.width, False)
+        else:
+            f = _flags(e, v & cmask, test.width, False)
+        if condition(*f) != test.stays:
+            return j
+    return None
+
+
+def _equal_exit(start: int, step: Step, test: ExitTest, end: int) -> int | None:
+    """For a test that leaves the loop when the counter equals its end (``jne`` staying,
+    ``je`` leaving; the flags of the step, ``test c, c`` or ``cmp``): the exact trip count
+    however large (the least ``j >= 1`` with ``start + j * delta`` = the end modulo the
+    width), or None when the counter never reaches it."""
+    if test.cc not in ("e", "ne") or (test.cc == "ne") != test.stays:
+        return None
+    target = 0 if test.kind in ("step", "test") else end & ((1 << test.width) - 1)
+    w = min(step.width, test.width)
+    if target >> w:
+        return None  # a 64-bit end above the 32-bit counter's reach
+    modulus = 1 << w
+    delta, rhs = step.delta % modulus, (target - start) % modulus
+    g = math.gcd(delta, modulus)
+    if rhs % g:
+        return None
+    m = modulus // g
+    j = (rhs // g) * pow(delta // g, -1, m) % m if m > 1 else 0
+    return j or m
+
+
 def _trip_count(test: BlockView, loop: list[BlockView], members: frozenset[int],
                 infos: dict[int, InsnInfo], start_of: Callable[[str, str], int | str],
-                kept: Restored) -> _Count | str | None:
+                kept: Restored) -> _Count | _Endless | str | None:
     """How ``test`` (the loop's header or latch) counts the loop (module doc); None when
     it does not; why, when it does but its counter's start is not a known constant
     (``start_of(register, role)``: the register's value before the loop, or why it is not
-    a known constant).  A write ``kept`` says a callee undoes is not a write."""
+    a known constant), or its trip count is not in 1 .. MAX_TRIPS (:class:`_Endless`).  A
+    write ``kept`` says a callee undoes is not a write."""
     term = terminator(test)
-    if term.kind != "branch" or term.taken is None or term.fall is None:
+    if term.kind != "branch" or term.taken is None or term.fall is None \
+            or term.cc not in _CONDITIONS:
         return None
-    if term.cc == "ne" and term.taken in members and term.fall not in members:
-        pass  # goes on while the counter is not at its end
-    elif term.cc == "e" and term.fall in members and term.taken not in members:
-        pass
+    if term.taken in members and term.fall not in members:
+        stays = True
+    elif term.fall in members and term.taken not in members:
+        stays = False
     else:
         return None
     insns = [infos[i.address] for i in body(test)]
@@ -339,90 +470,132 @@ def _trip_count(test: BlockView, loop: list[BlockView], members: frozenset[int],
     if not flagged:
         return None
     last = insns[flagged[-1]]
-    ops = _ops(last)
-    mn = last.insn.mnemonic
-    step: InsnInfo
-    limit: int | str
-    if mn in ("sub", "add", "dec") and ops and ops[0] in _WIDE and (
-            mn == "dec" or (mn == "sub" and _imm(ops[1]) == 1)
-            or (mn == "add" and _imm(ops[1]) in (-1, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF))):
-        counter, step, end, down, limit = GPR[ops[0]], last, 0, True, 0
-    elif mn == "cmp" and len(ops) == 2:
-        up = _up_count(ops, insns[:flagged[-1]])
-        if up is None:
-            return None
-        counter, step, limit = up
-        down = False
-    else:
+    found = _counting(last, insns[:flagged[-1]], term.cc, stays)
+    if found is None:
         return None
+    stepper, step, how, limit = found
+    if how.kind == "step" and how.cc in _CARRY and not step.carry:
+        return None  # inc/dec keep CF: the jump reads a flag from before the loop
+    counter = step.counter
     loop_insns = [(b.start, infos[x.address]) for b in loop for x in body(b)]
     writers = [(k, i) for k, i in loop_insns if counter in i.writes]
-    if [i for k, i in writers if i is step or not kept(k, counter, members)] != [step]:
+    if [i for k, i in writers if i is stepper or not kept(k, counter, members)] != [stepper]:
         return None
-    if not down and isinstance(limit, str):  # cmp c, r: r's value is the end
+    end = 0
+    if isinstance(limit, str):  # cmp c, r / cmp r, c: r's value before the loop is the end
         if any(limit in i.writes and not kept(k, limit, members) for k, i in loop_insns):
             return None
         known = start_of(limit, "its end")
         if isinstance(known, str):
             return known
         end = known
-    elif not down:
-        assert isinstance(limit, int)
+    elif limit is not None:
         end = limit
     start = start_of(counter, "its counter")
     if isinstance(start, str):
         return start
-    if not 0 <= end < 1 << 31:
-        return None
-    trips = start if down else end - start
-    if trips < 1:
-        return None
-    return _Count(trips, counter, down, start, end, step.insn.address, test.start,
-                  len(writers) == 1)
+    trips = trips_of(start, step, how, end)
+    if trips is None:
+        exact = _equal_exit(start, step, how, end)
+        at = f"`{last.insn.text}`"
+        if exact is not None:
+            return _Endless(f"it runs {exact} times, more than {MAX_TRIPS}")
+        if how.cc in ("e", "ne"):
+            return _Endless(f"its counter {counter} goes from {start} in steps of "
+                            f"{step.stride} and {at} never leaves the loop (modulo "
+                            f"2**{min(step.width, how.width)} it never meets its end)")
+        return _Endless(f"it runs more than {MAX_TRIPS} times (its counter {counter} goes "
+                        f"from {start} in steps of {step.stride} until {at} and `j{how.cc}` "
+                        "leave the loop)")
+    final = start + trips * step.stride
+    pure = len(writers) == 1 and 0 <= final < 1 << 31  # no wrap: an index in 0 .. 2**31 - 1
+    return _Count(trips, counter, step.stride, start, final, stepper.insn.address, test.start,
+                  pure)
 
 
-def _up_count(ops: list[str], before: list[InsnInfo]
-              ) -> tuple[str, InsnInfo, int | str] | None:
-    """For ``cmp a, b`` ending a block whose instructions before it are ``before``: the
-    counter (a register stepped up by ``inc c`` / ``add c, 1``, its only write there), its
-    step, and the end: the immediate of ``cmp c, E``, or the other register of ``cmp c, r``
-    / ``cmp r, c`` (64-bit name), whose value before the loop is the end."""
-    for c, other in ((ops[0], ops[1]), (ops[1], ops[0])):
+def _step(info: InsnInfo) -> Step | None:
+    """``info`` as a counter's step: ``add``/``sub`` of a nonzero immediate, ``inc``,
+    ``dec`` of a 32/64-bit register (not RSP)."""
+    o = _ops(info)
+    mn = info.insn.mnemonic
+    if not o or o[0] not in _WIDE:
+        return None
+    width = 64 if o[0].startswith("r") else 32
+    mask = (1 << width) - 1
+    if mn in ("inc", "dec") and len(o) == 1:
+        return Step(GPR[o[0]], width, 1 if mn == "inc" else mask, False, mn == "dec")
+    if mn in ("add", "sub") and len(o) == 2 and (imm := _imm(o[1])) is not None:
+        delta = (imm if mn == "add" else -imm) & mask
+        return Step(GPR[o[0]], width, delta, True, mn == "sub") if delta else None
+    return None
+
+
+def _counting(last: InsnInfo, before: list[InsnInfo], cc: str, stays: bool
+              ) -> tuple[InsnInfo, Step, ExitTest, int | str | None] | None:
+    """The counter's step, the test, and its end (an immediate, or the register holding it
+    before the loop, 64-bit name; None for the step's own flags and ``test c, c``) when
+    ``last`` (the test block's last flags write, after ``before`` in its block) tests a
+    counter: ``last`` is the step, or it is ``cmp``/``test`` of a register whose one write
+    in ``before`` is its step."""
+    own = _step(last)
+    if own is not None:
+        return last, own, ExitTest("step", own.width, cc, stays), None
+    ops = _ops(last)
+    mn = last.insn.mnemonic
+    if mn not in ("cmp", "test") or len(ops) != 2:
+        return None
+    for n, c in enumerate(ops):
         if c not in _WIDE:
             continue
+        other = ops[1 - n]
         steps = [i for i in before if GPR[c] in i.writes]
-        if len(steps) != 1:
+        step = _step(steps[0]) if len(steps) == 1 else None
+        if step is None or step.counter != GPR[c]:
             continue
-        step = steps[0]
-        sops = _ops(step)
-        if not (sops and sops[0] in _WIDE and GPR[sops[0]] == GPR[c] and (
-                step.insn.mnemonic == "inc"
-                or (step.insn.mnemonic == "add" and _imm(sops[1]) == 1))):
+        width = 64 if c.startswith("r") else 32
+        if mn == "test":
+            if other == c:
+                return steps[0], step, ExitTest("test", width, cc, stays), None
             continue
-        if c == ops[0] and (end := _imm(other)) is not None:
-            return GPR[c], step, end
-        if other in _WIDE and GPR[other] != GPR[c]:
-            return GPR[c], step, GPR[other]
+        if n == 0 and (end := _imm(other)) is not None:
+            return steps[0], step, ExitTest("cmp", width, cc, stays), end
+        if other in _WIDE and GPR[other] != GPR[c] and other.startswith(c[0]):
+            return steps[0], step, ExitTest("cmp" if n == 0 else "rcmp", width, cc, stays), \
+                GPR[other]
     return None
 
 
 def _start(counter: str, pre: int, by: Mapping[int, BlockView], preds: Mapping[int, list[int]],
            infos: dict[int, InsnInfo], bias: int, origin: Mapping[int, BlockView],
-           role: str = "its counter") -> int | str:
+           role: str = "its counter", kept: Restored | None = None, header: int = -1
+           ) -> int | str:
     """The constant register ``counter`` holds when control leaves block ``pre`` (the
     preheader) for the loop: its last write, walking back through blocks with one
     predecessor (across calls and returns of clones), when that is ``mov c, K0`` or ``xor
     c, c`` with ``0 <= K0 < 2**31``, possibly through copies (``mov r, r2``, ``movsxd r,
     r2d``: the same value in that range); else why not (module doc; ``role``: how the
-    message names the register)."""
+    message names the register).  A write in a callee's clone that ``kept`` (``Graph.restores``)
+    says is undone before that callee returns is passed over when the path into the loop
+    crosses that whole call (its entry and its return site are on it, or its return site
+    is the loop's ``header``): after the call the register holds what it held before it.
+    (A write it finds is then outside every call crossed that way: inside one, it would
+    have been passed over.)"""
     name = f"{role} {counter}"
     reg = counter  # the register holding the value: a copy's source further back
-    key, seen = pre, set()
+    restored: Restored = kept or (lambda key, r, members: False)
+    chain, key = [pre], pre  # the one path into the loop, back from its preheader
+    while len(preds[key]) == 1 and preds[key][0] not in chain:
+        key = preds[key][0]
+        chain.append(key)
+    crossed = frozenset(chain) | {header}  # a call crossed has its entry and return site here
+    key, seen = pre, set[int]()
     while key not in seen:
         seen.add(key)
         for info in reversed([infos[x.address] for x in body(by[key])]):
             if reg not in info.writes:
                 continue
+            if restored(key, reg, crossed):
+                continue  # the call holding it gives reg back: it holds what it held before
             o = _ops(info)
             if len(o) == 2 and o[0] in _WIDE and o[1] in _WIDE and \
                     info.insn.mnemonic in ("mov", "movsxd"):
@@ -686,7 +859,9 @@ def run(engine: Engine, order: list[BlockView], infos: dict[int, InsnInfo],
             if values:  # flags are in their slot here: free
                 out.append(f"mov {engine.at(engine.t1)}, rax")
                 for (fa, fb), fslot in values.items():
-                    out += [f"mov rax, {engine.at(count)}", *(["neg rax"] if fb < 0 else []),
+                    scale = ["neg rax"] if fb == -1 else [] if fb == 1 else \
+                        [f"imul rax, rax, {fb}"]
+                    out += [f"mov rax, {engine.at(count)}", *scale,
                             *([f"add rax, {fa:#x}"] if fa > 0 else
                               [f"sub rax, {-fa:#x}"] if fa < 0 else []),
                             f"mov {engine.at(fslot)}, rax"]

@@ -13,7 +13,7 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 from unicorn import x86_const as x
 
 from leakdbt.dbt.cfg import FunctionCFG, function_cfg
-from leakdbt.dbt.harden import region_view
+from leakdbt.dbt.harden import Callees, region_view
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import Translation, relocate
 from leakdbt.loader.elf import load_image
@@ -21,6 +21,7 @@ from leakdbt.loader.image import Image
 from leakdbt.plugin_api import BlockView, Refusal, RegionView, Rewrite
 from leakdbt.x86.asm import assemble_block
 from leakdbt.x86.insn import Flow, Insn, decode_all
+from plugins.if_conversion import PASS as IF_CONVERSION
 from tests.unit.dbt.harness import (
     GPRS,
     PIE_BIAS,
@@ -77,6 +78,19 @@ def harden(pass_obj: Any, view: RegionView) -> Rewrite | Refusal:
         return applies
     assert applies is True
     return pass_obj.harden(view, None, None)
+
+
+def clone_check(image: Image, function: str) -> tuple[RegionCheck, Rewrite]:
+    """if-conversion of the branch region at ``function``'s entry with its calls cloned
+    (the image's own functions as callees), laid out with the clones' instructions."""
+    sb = sandbox_for(image)
+    region = region_of(image, function)
+    callees = Callees(image)
+    view = region_view(region, "branch", sb.bias, {}, None, image, callees)
+    rewrite = harden(IF_CONVERSION, view)
+    assert isinstance(rewrite, Rewrite), rewrite
+    t = relocate(region, sb.bias, sb.place, {}, rewrite.code, callees.instructions())
+    return RegionCheck(sb, region, t, scratch_below_red_zone=True, dead_below=0), rewrite
 
 
 def sandbox_for(image: Image) -> Sandbox:

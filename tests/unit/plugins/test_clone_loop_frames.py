@@ -24,19 +24,16 @@ import pytest
 from unicorn import UC_HOOK_CODE
 
 from leakdbt.dbt.cfg import function_cfg
-from leakdbt.dbt.harden import Callees, region_view
-from leakdbt.dbt.region import CodeRegion, form_region
-from leakdbt.dbt.relocate import relocate
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import DataObject, Refusal, RegionView, Rewrite
 from plugins.if_conversion import PASS
-from tests.unit.dbt.harness import RegionCheck, Sandbox, State, compile_program
+from tests.unit.dbt.harness import RegionCheck, State, compile_program
 from tests.unit.plugins.ifc_support import (
     CFLAGS,
     build,
+    clone_check,
     harden,
-    sandbox_for,
     state,
     trace,
     view_from_asm,
@@ -217,24 +214,6 @@ def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return build(directory, "clone_frames", SOURCE, request.param)
 
 
-def _region(image: Image, function: str) -> CodeRegion:
-    sym = image.symbol(function)
-    assert sym is not None
-    cfg = function_cfg(image, sym)
-    return form_region(cfg, cfg.entry, function, branch=True)
-
-
-def _check(image: Image, function: str) -> tuple[RegionCheck, Rewrite]:
-    sb: Sandbox = sandbox_for(image)
-    region = _region(image, function)
-    callees = Callees(image)
-    view = region_view(region, "branch", sb.bias, {}, None, image, callees)
-    rewrite = harden(PASS, view)
-    assert isinstance(rewrite, Rewrite), rewrite
-    t = relocate(region, sb.bias, sb.place, {}, rewrite.code, callees.instructions())
-    return RegionCheck(sb, region, t, scratch_below_red_zone=True, dead_below=0), rewrite
-
-
 def test_the_shapes_are_what_gcc_makes(program: Image) -> None:
     """The callees really save the counter's register, and the accesses are indexed."""
     def text(function: str) -> list[str]:
@@ -260,7 +239,7 @@ def test_the_shapes_are_what_gcc_makes(program: Image) -> None:
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
 def test_the_new_shapes_compute_what_the_original_computes(program: Image,
                                                            function: str) -> None:
-    check, rewrite = _check(program, function)
+    check, rewrite = clone_check(program, function)
     code = rewrite.code or ()
     assert not any(line.startswith("call") for line in code)
     bit = FUNCTIONS[function]
@@ -277,7 +256,7 @@ def test_the_new_shapes_compute_what_the_original_computes(program: Image,
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
 def test_both_paths_run_the_same_instructions_and_lines(program: Image, function: str) -> None:
-    check, _ = _check(program, function)
+    check, _ = clone_check(program, function)
     bit = FUNCTIONS[function]
     for seed in range(3):  # other registers (the counter's old value among them) random
         with check:
@@ -311,7 +290,7 @@ def test_cost_of_one_entry(program: Image, capsys: pytest.CaptureFixture[str]) -
     """Instructions of one entry, original (both paths) and hardened; printed for the
     record (run with ``-s``).  The hardened count is the same for both paths."""
     for function, bit in sorted(FUNCTIONS.items()):
-        check, _ = _check(program, function)
+        check, _ = clone_check(program, function)
         with check:
             states = [state(f"clone-frames-cost:{function}", rdi=v) for v in (0x100, 0x100 | bit)]
             orig = [_count(check, s, False) for s in states]

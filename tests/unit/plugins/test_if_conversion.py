@@ -292,13 +292,16 @@ REFUSALS = {
              "can decode"),
     "syscall": (_arm("syscall"), "system call"),
     "indirect": (_arm("jmp rax"), "indirect jump"),
-    "rsp": (_arm("push rax", "pop rax"), "writes rsp"),
+    "rsp": (_arm("mov rsp, rbp"), "'mov rsp, rbp' at 0x10006 writes rsp (conditional code "
+            "may only move it by a fixed amount"),
     "string": (_arm("rep stosb byte ptr [rdi], al"), "string instruction"),
     "loop": (["test dil, 1", "je join", "top:", "dec rsi", "jne top", "join:", "ret"],
              "contains a loop (a cycle through its blocks): 'jne 0x10006' at 0x10009 jumps "
              "back to 0x10006, the loop's head; its counter rsi is set on no path into the "
              "loop"),
     # conditional code may move RSP by fixed amounts only where every path agrees
+    "rsp-push-join": (_arm("push rbx"), "rsp differs between the paths into 0x10007 (0 and 8 "
+                      "bytes below the region's)"),
     "rsp-join": (_arm("add rsp, 8"), "rsp differs between the paths into 0x1000a (0 and -8 "
                  "bytes below the region's)"),
     "rsp-returns": (["test dil, 1", "je other", "add rsp, 8", "ret", "other:", "ret"],

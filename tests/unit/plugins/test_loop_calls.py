@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import pytest
 
-from leakdbt.dbt.cfg import function_cfg
-from leakdbt.dbt.harden import Callees, region_view
-from leakdbt.dbt.region import CodeRegion, form_region
-from leakdbt.dbt.relocate import relocate
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import Refusal, Rewrite
 from plugins.if_conversion import PASS
 from plugins.support.clone import expand_calls
 from plugins.support.predication import Refused
-from tests.unit.dbt.harness import RegionCheck, Sandbox
-from tests.unit.plugins.ifc_support import build, harden, sandbox_for, state, trace, view_from_asm
+from tests.unit.plugins.ifc_support import (
+    build,
+    clone_check,
+    harden,
+    state,
+    trace,
+    view_from_asm,
+)
 
 STATES = 300
 
@@ -153,28 +155,10 @@ def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                  request.param)
 
 
-def _region(image: Image, function: str) -> CodeRegion:
-    sym = image.symbol(function)
-    assert sym is not None
-    cfg = function_cfg(image, sym)
-    return form_region(cfg, cfg.entry, function, branch=True)
-
-
-def _check(image: Image, function: str) -> tuple[RegionCheck, Rewrite]:
-    sb: Sandbox = sandbox_for(image)
-    region = _region(image, function)
-    callees = Callees(image)
-    view = region_view(region, "branch", sb.bias, {}, None, image, callees)
-    rewrite = harden(PASS, view)
-    assert isinstance(rewrite, Rewrite), rewrite
-    t = relocate(region, sb.bias, sb.place, {}, rewrite.code, callees.instructions())
-    return RegionCheck(sb, region, t, scratch_below_red_zone=True, dead_below=0), rewrite
-
-
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
 def test_loops_with_calls_compute_what_the_original_computes(program: Image,
                                                              function: str) -> None:
-    check, rewrite = _check(program, function)
+    check, rewrite = clone_check(program, function)
     code = rewrite.code or ()
     labels = [line for line in code if line.startswith("arm_loop") and line.endswith(":")
               and not line.startswith("arm_loop_more")]
@@ -194,7 +178,7 @@ def test_loops_with_calls_compute_what_the_original_computes(program: Image,
 
 @pytest.mark.parametrize("function", ["by_caller", "by_end", "call_in_loop", "loop_of_loops"])
 def test_both_paths_run_the_same_instructions_and_lines(program: Image, function: str) -> None:
-    check, _ = _check(program, function)
+    check, _ = clone_check(program, function)
     bit = FUNCTIONS[function]
     with check:
         states = [state(f"loop-calls-leak:{function}", rdi=v, rsi=0x1234567)
@@ -239,9 +223,9 @@ REFUSALS = {  # case -> (region lines, callee lines, the exact reason)
         ["top:", "add rax, 1", "test al, 7", "jne top", "ret"],
         "the function at 0x20000 has a loop: 'jne 0x20000' at 0x20006 jumps back to 0x20000, "
         "the loop's head; it is not a counted loop (a 32/64-bit register set to a constant "
-        "before it, stepped by 1 once per iteration in its header or latch, which ends with "
-        "a `jne`/`je` on it that stays in the loop while it has not reached its end): its "
-        "trip count need not be public when its arm is off"),
+        "before it, stepped by a constant once per iteration in its header or latch, which "
+        "ends with a conditional jump on that step's flags or on a `cmp`/`test` of it after "
+        "the step): its trip count need not be public when its arm is off"),
     "two-paths": (
         [*ARM, f"call {CALLEE:#x}", "join:", "ret"],
         ["mov ecx, 3", "test rsi, rsi", "je pre", "mov ecx, 5", "pre:", "nop", "top:",
@@ -343,7 +327,7 @@ def canary_program(tmp_path_factory: pytest.TempPathFactory) -> Image:
 
 def test_a_canary_read_in_an_arm_and_in_a_clone_computes_what_the_original_does(
         canary_program: Image) -> None:
-    check, rewrite = _check(canary_program, "tagged")
+    check, rewrite = clone_check(canary_program, "tagged")
     reads = [line for line in rewrite.code or () if line.startswith(".insn")]
     assert reads and not any(line.startswith("call") for line in rewrite.code or ())
     with check:
