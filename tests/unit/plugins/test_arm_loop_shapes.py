@@ -27,7 +27,7 @@ from leakdbt.dbt.relocate import relocate
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import Refusal, Rewrite
 from plugins.if_conversion import PASS
-from plugins.support.arm_loop import MAX_TRIPS, ExitTest, Step, trips_of
+from plugins.support.trip_count import MAX_TRIPS, ExitTest, Step, trips_of
 from tests.unit.dbt.harness import RegionCheck, Sandbox, State
 from tests.unit.plugins.ifc_support import build, harden, sandbox_for, state, trace, view_from_asm
 
