@@ -654,23 +654,18 @@ class _Emitter:
         zero = [*self.zeroed.get(None, []), *([self.nxt] if self.or_back else [])]
         lines += [f"mov {slot(z)}, 0" for z in zero]
         lines += [f"mov {slot(at)}, {r}" for r, (at, _, _) in self.spread.items()]
-        late = [f"mov rax, {slot(self.nxt)}", f"mov {slot(self.active)}, rax"]
-        for n, node in enumerate(shape.order):
-            last = n == len(shape.order) - 1
-            if isinstance(node, Inner):
-                lines += [*engine.move_to(0), *self._inner(node)]
-                if last:
-                    lines += [f"mov {slot(engine.t1)}, rax", *late,
-                              f"mov rax, {slot(engine.t1)}"]
-            else:
-                lines += self._block(node, late if last else ())
-            if n == 0 and not fixed:
-                # A run-time bound: its last iteration, or one out of range, runs the header
-                # only (module doc).
-                test = f"cmp {slot(self.count)}, 1" if header_test else f"cmp {slot(peel)}, 0"
-                lines += [*engine.flags_to_slot(), test,
-                          "je bl_peel" if header_test else "jne bl_peel"]
-                engine.live = False
+
+        def after(n: int) -> list[str]:
+            if n or fixed:
+                return []
+            # A run-time bound: its last iteration, or one out of range, runs the header
+            # only (module doc).
+            test = f"cmp {slot(self.count)}, 1" if header_test else f"cmp {slot(peel)}, 0"
+            out = [*engine.flags_to_slot(), test, "je bl_peel" if header_test else "jne bl_peel"]
+            engine.live = False
+            return out
+
+        lines += self._body(shape.order, self.nxt, self.active, after)
         lines += engine.move_to(0)
         assert engine.saved and not engine.live
         for r, (at, step, narrow) in self.spread.items():
@@ -733,6 +728,26 @@ class _Emitter:
         lines += [f"cmovne {r}, {slot(at)}" for r, at in self.recorded.items()]
         return [*lines, *engine.load_flags(engine.fl), f"jmp {slot(target)}"]
 
+    def _body(self, order: Sequence[BlockView | Inner], nxt: int, active: int,
+              after: Callable[[int], list[str]] = lambda n: []) -> list[str]:
+        """One iteration of a loop's body in ``order``: its blocks predicated, each child
+        loop run whole; the last node also copies the next iteration's flag (slot ``nxt``)
+        into the active one (``active``); ``after(n)``: lines after the n-th node."""
+        engine = self.engine
+        late = [f"mov rax, {slot(nxt)}", f"mov {slot(active)}, rax"]
+        lines: list[str] = []
+        for n, node in enumerate(order):
+            last = n == len(order) - 1
+            if isinstance(node, Inner):
+                lines += [*engine.move_to(0), *self._inner(node)]
+                if last:
+                    lines += [f"mov {slot(engine.t1)}, rax", *late,
+                              f"mov rax, {slot(engine.t1)}"]
+            else:
+                lines += self._block(node, late if last else ())
+            lines += after(n)
+        return lines
+
     def _inner(self, inner: Inner) -> list[str]:
         """An inner loop: its body ``bound`` times under its active flag (the entries' masks
         ORed), the loops it holds each run the same way where they come in its order;
@@ -752,16 +767,7 @@ class _Emitter:
         lines += [f"mov {slot(slots['count'])}, {self.bounds[h]:#x}", f"bl_inner{n}:"]
         zero = [*self.zeroed.get(h, []), *([slots["nxt"]] if self.inner_or_back[h] else [])]
         lines += [f"mov {slot(z)}, 0" for z in zero]
-        late = [f"mov rax, {slot(slots['nxt'])}", f"mov {slot(slots['active'])}, rax"]
-        for k, node in enumerate(inner.order):
-            last = k == len(inner.order) - 1
-            if isinstance(node, Inner):
-                lines += [*engine.move_to(0), *self._inner(node)]
-                if last:
-                    lines += [f"mov {slot(engine.t1)}, rax", *late,
-                              f"mov rax, {slot(engine.t1)}"]
-            else:
-                lines += self._block(node, late if last else ())
+        lines += self._body(inner.order, slots["nxt"], slots["active"])
         lines += engine.move_to(0)
         assert engine.saved and not engine.live
         lines += [f"sub {slot(slots['count'])}, 1", f"jne bl_inner{n}",

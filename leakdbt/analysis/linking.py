@@ -51,11 +51,15 @@ class GotRecord:
         """Copy the GOTs when the instruction at ``runtime`` first runs."""
         assert self.machine is not None
 
-        def hook(address: int, _size: int) -> None:
-            if address not in self.at_entry:
-                self.at_entry[address] = self.snapshot()
+        machine = self.machine
 
-        self.machine.hooks.at(runtime, hook)
+        def hook(address: int, _size: int) -> None:
+            if address in self.at_entry:
+                return  # run again after the engine stopped here, before the removal
+            self.at_entry[address] = self.snapshot()
+            machine.defer(lambda: machine.hooks.remove(handle))  # the first run only
+
+        handle = machine.hooks.at(runtime, hook)
 
     def copy(self, runtime: int, snapshot: Snapshot) -> None:
         """Take ``snapshot`` as the GOTs at ``runtime``'s first run, unless one was copied."""

@@ -80,9 +80,11 @@ def harden(pass_obj: Any, view: RegionView) -> Rewrite | Refusal:
     return pass_obj.harden(view, None, None)
 
 
-def clone_check(image: Image, function: str) -> tuple[RegionCheck, Rewrite]:
+def clone_check(image: Image, function: str, dead_below: int = 0
+                ) -> tuple[RegionCheck, Rewrite]:
     """if-conversion of the branch region at ``function``'s entry with its calls cloned
-    (the image's own functions as callees), laid out with the clones' instructions."""
+    (the image's own functions as callees), laid out with the clones' instructions;
+    ``dead_below``: stack bytes below RSP compared (RegionCheck)."""
     sb = sandbox_for(image)
     region = region_of(image, function)
     callees = Callees(image)
@@ -90,7 +92,27 @@ def clone_check(image: Image, function: str) -> tuple[RegionCheck, Rewrite]:
     rewrite = harden(IF_CONVERSION, view)
     assert isinstance(rewrite, Rewrite), rewrite
     t = relocate(region, sb.bias, sb.place, {}, rewrite.code, callees.instructions())
-    return RegionCheck(sb, region, t, scratch_below_red_zone=True, dead_below=0), rewrite
+    return RegionCheck(sb, region, t, scratch_below_red_zone=True, dead_below=dead_below), \
+        rewrite
+
+
+def count_instructions(check: RegionCheck, s: State, copy: bool) -> int:
+    """Guest instructions of one region entry (callees included), from ``s``: the copy's
+    (``copy``) or the original's."""
+    uc = check.sandbox.uc
+    n = [0]
+
+    def on_code(uc_: Any, address: int, size: int, _: Any) -> None:
+        n[0] += 1
+
+    hook = uc.hook_add(UC_HOOK_CODE, on_code)
+    uc.ctl_flush_tb()
+    try:
+        check.outcome(copy, s)
+    finally:
+        uc.hook_del(hook)
+        uc.ctl_flush_tb()
+    return n[0]
 
 
 def sandbox_for(image: Image) -> Sandbox:

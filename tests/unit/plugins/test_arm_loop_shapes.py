@@ -15,21 +15,23 @@ the cost of one entry, and each new refusal's message.
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
-from unicorn import UC_HOOK_CODE
 
 from leakdbt.dbt.cfg import function_cfg
-from leakdbt.dbt.harden import Callees, region_view
-from leakdbt.dbt.region import form_region
-from leakdbt.dbt.relocate import relocate
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import Refusal, Rewrite
 from plugins.if_conversion import PASS
 from plugins.support.trip_count import MAX_TRIPS, ExitTest, Step, trips_of
-from tests.unit.dbt.harness import RegionCheck, Sandbox, State
-from tests.unit.plugins.ifc_support import build, harden, sandbox_for, state, trace, view_from_asm
+from tests.unit.plugins.ifc_support import (
+    build,
+    clone_check,
+    count_instructions,
+    harden,
+    state,
+    trace,
+    view_from_asm,
+)
 
 STATES = 300
 
@@ -211,20 +213,6 @@ def _text(image: Image, function: str) -> list[str]:
             for b in sorted(cfg.blocks) for i in cfg.blocks[b].insns]
 
 
-def _check(image: Image, function: str) -> tuple[RegionCheck, Rewrite]:
-    sb: Sandbox = sandbox_for(image)
-    sym = image.symbol(function)
-    assert sym is not None
-    cfg = function_cfg(image, sym)
-    region = form_region(cfg, cfg.entry, function, branch=True)
-    callees = Callees(image)
-    view = region_view(region, "branch", sb.bias, {}, None, image, callees)
-    rewrite = harden(PASS, view)
-    assert isinstance(rewrite, Rewrite), rewrite
-    t = relocate(region, sb.bias, sb.place, {}, rewrite.code, callees.instructions())
-    return RegionCheck(sb, region, t, scratch_below_red_zone=True, dead_below=0), rewrite
-
-
 def test_the_shapes_are_what_the_build_makes(program: Image) -> None:
     """Each callee's loop has the shape its comment names (gcc -O2 output, or assembly)."""
     for _bit, callee, lines, _trips in FUNCTIONS.values():
@@ -235,7 +223,7 @@ def test_the_shapes_are_what_the_build_makes(program: Image) -> None:
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
 def test_the_shapes_compute_what_the_original_computes(program: Image, function: str) -> None:
-    check, rewrite = _check(program, function)
+    check, rewrite = clone_check(program, function)
     code = rewrite.code or ()
     bit, _callee, _lines, trips = FUNCTIONS[function]
     assert not any(line.startswith("call") for line in code)
@@ -254,7 +242,7 @@ def test_the_shapes_compute_what_the_original_computes(program: Image, function:
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
 def test_both_paths_run_the_same_instructions_and_lines(program: Image, function: str) -> None:
-    check, _ = _check(program, function)
+    check, _ = clone_check(program, function)
     bit = FUNCTIONS[function][0]
     for seed in range(3):
         with check:
@@ -266,34 +254,16 @@ def test_both_paths_run_the_same_instructions_and_lines(program: Image, function
         assert copy[0] == copy[1] and copy[0][0]
 
 
-def _count(check: RegionCheck, s: State, copy: bool) -> int:
-    """Guest instructions of one region entry (callees included), from ``s``."""
-    uc = check.sandbox.uc
-    n = [0]
-
-    def on_code(uc_: Any, address: int, size: int, _: Any) -> None:
-        n[0] += 1
-
-    hook = uc.hook_add(UC_HOOK_CODE, on_code)
-    uc.ctl_flush_tb()
-    try:
-        check.outcome(copy, s)
-    finally:
-        uc.hook_del(hook)
-        uc.ctl_flush_tb()
-    return n[0]
-
-
 def test_cost_of_one_entry(program: Image, capsys: pytest.CaptureFixture[str]) -> None:
     """Instructions of one entry, original (both paths) and hardened; printed for the
     record (run with ``-s``).  The hardened count is the same for both paths."""
     for function, (bit, *_rest) in sorted(FUNCTIONS.items()):
-        check, _ = _check(program, function)
+        check, _ = clone_check(program, function)
         with check:
             states = [state(f"arm-loop-shapes-cost:{function}", rdi=v)
                       for v in (0x100, 0x100 | bit)]
-            orig = [_count(check, s, False) for s in states]
-            copy = [_count(check, s, True) for s in states]
+            orig = [count_instructions(check, s, False) for s in states]
+            copy = [count_instructions(check, s, True) for s in states]
         assert copy[0] == copy[1] and copy[0] > max(orig)
         with capsys.disabled():
             build_dir = program.path.split("/")[-2]
@@ -405,7 +375,7 @@ def test_trip_counts_match_a_plain_run_on_random_loops() -> None:
         assert got == want, (start, delta, width, kind, cc, stays, end, cwidth)
 
 
-def test_an_inexact_step_never_meeting_its_end_is_no_count() -> None:
+def test_an_inexact_step_never_meeting_its_end_is_nocount_instructions() -> None:
     assert trips_of(0, _step(8, 64), ExitTest("cmp", 64, "ne", True), 60) is None
     assert trips_of(0, _step(3), ExitTest("cmp", 32, "ne", True), 10, limit=1000) is None
 
@@ -465,9 +435,9 @@ def test_a_start_across_a_saving_callee_is_accepted_in_asm() -> None:
                for line in result.code or ()), result.code
 
 
-def test_a_strided_index_is_set_from_the_hidden_count(program: Image) -> None:
+def test_a_strided_index_is_set_from_the_hiddencount_instructions(program: Image) -> None:
     """The table index of a loop stepped by 2 (and -2) is ``a + b * n`` with ``b = -2``
     (``2``): each iteration's start computes it with an ``imul``."""
-    _, rewrite = _check(program, "r_strided")
+    _, rewrite = clone_check(program, "r_strided")
     code = rewrite.code or ()
     assert "imul rax, rax, -2" in code and "imul rax, rax, 2" in code, code

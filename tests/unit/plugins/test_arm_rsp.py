@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from leakdbt.dbt.harden import Callees, region_view
-from leakdbt.dbt.relocate import relocate
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import Refusal, Rewrite
 from plugins.if_conversion import PASS
@@ -20,9 +18,9 @@ from tests.unit.plugins.ifc_support import (
     REG,
     build,
     cfg_of,
+    clone_check,
     harden,
     region_of,
-    sandbox_for,
     state,
     trace,
     view_from_asm,
@@ -199,17 +197,10 @@ def program(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
 
 def _check(program: Image, function: str) -> tuple[RegionCheck, Rewrite]:
     """The function's branch region hardened, laid out with its callees' clones."""
-    sandbox = sandbox_for(program)
-    region = region_of(program, function)
-    callees = Callees(program)
-    view = region_view(region, "branch", sandbox.bias, {}, None, program, callees)
-    rewrite = harden(PASS, view)
-    assert isinstance(rewrite, Rewrite), rewrite
-    assert rewrite.code is not None
-    t = relocate(region, sandbox.bias, sandbox.place, {}, rewrite.code, callees.instructions())
     calls = function.startswith("sw_")  # a clone's call clobbers the red zone itself
-    return RegionCheck(sandbox, region, t, scratch_below_red_zone=True,
-                       dead_below=0 if calls else 128), rewrite
+    check, rewrite = clone_check(program, function, dead_below=0 if calls else 128)
+    assert rewrite.code is not None
+    return check, rewrite
 
 
 @pytest.mark.parametrize("function", ["sw_ret", "sw_loop"])

@@ -18,21 +18,20 @@ the same for both values of the secret bit; each refusal's message; the cost of 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import pytest
-from unicorn import UC_HOOK_CODE
 
 from leakdbt.dbt.cfg import function_cfg
 from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import DataObject, Refusal, RegionView, Rewrite
 from plugins.if_conversion import PASS
-from tests.unit.dbt.harness import RegionCheck, State, compile_program
+from tests.unit.dbt.harness import compile_program
 from tests.unit.plugins.ifc_support import (
     CFLAGS,
     build,
     clone_check,
+    count_instructions,
     harden,
     state,
     trace,
@@ -268,24 +267,6 @@ def test_both_paths_run_the_same_instructions_and_lines(program: Image, function
         assert copy[0] == copy[1] and copy[0][0]
 
 
-def _count(check: RegionCheck, s: State, copy: bool) -> int:
-    """Guest instructions of one region entry (callees included), from ``s``."""
-    uc = check.sandbox.uc
-    n = [0]
-
-    def on_code(uc_: Any, address: int, size: int, _: Any) -> None:
-        n[0] += 1
-
-    hook = uc.hook_add(UC_HOOK_CODE, on_code)
-    uc.ctl_flush_tb()
-    try:
-        check.outcome(copy, s)
-    finally:
-        uc.hook_del(hook)
-        uc.ctl_flush_tb()
-    return n[0]
-
-
 def test_cost_of_one_entry(program: Image, capsys: pytest.CaptureFixture[str]) -> None:
     """Instructions of one entry, original (both paths) and hardened; printed for the
     record (run with ``-s``).  The hardened count is the same for both paths."""
@@ -293,8 +274,8 @@ def test_cost_of_one_entry(program: Image, capsys: pytest.CaptureFixture[str]) -
         check, _ = clone_check(program, function)
         with check:
             states = [state(f"clone-frames-cost:{function}", rdi=v) for v in (0x100, 0x100 | bit)]
-            orig = [_count(check, s, False) for s in states]
-            copy = [_count(check, s, True) for s in states]
+            orig = [count_instructions(check, s, False) for s in states]
+            copy = [count_instructions(check, s, True) for s in states]
         assert copy[0] == copy[1] and copy[0] > max(orig)
         with capsys.disabled():
             build_dir = program.path.split("/")[-2]
