@@ -51,6 +51,7 @@ from leakdbt.analysis.grow import (
 )
 from leakdbt.analysis.linking import GotRecord, Snapshot
 from leakdbt.analysis.loops import Counted, LoopCounter, count_loops, insn_budget, trip_budget
+from leakdbt.analysis.public import EntryTaint, JoinOracle, with_public
 from leakdbt.analysis.suggest import TOOL, LoopCandidate, _inner_bounds, exit_loops, regions
 from leakdbt.analysis.taint import LINE, WITHIN_LINE, TaintedUse, TaintTracker
 from leakdbt.contract import loads
@@ -93,12 +94,14 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
     uses: list[list[TaintedUse]] = []
     default_rule: Counter[str] = Counter()
     modules: ModuleMap | None = None
+    entry_taint = EntryTaint()
     for t in inputs:
         tracker, run_modules = _run(TrialSetup(binary, contract, Mode.FAST), t, rw, profile)
         assert tracker is not None
         if modules is None:  # the same binary, loaded the same way: the same addresses
             modules = run_modules
         uses.append(tracker.findings())
+        entry_taint.add(tracker)
         report.instructions += tracker.instructions
         report.taint_seconds += tracker.elapsed
         default_rule.update(tracker.default_counts)
@@ -129,7 +132,8 @@ def analyze(binary: str, contract: Contract, args: list[str] | None = None,
     places = {f.location: _place(modules, f.address) for f in report.findings}
     report.regions, report.covering, report.growth, more = _suggest(
         report.findings, places, binary, contract, profile, trial, rw,
-        insn_budget(report.instructions))
+        insn_budget(report.instructions), partial(with_public, taint=entry_taint,
+                                                  modules=modules))
     report.runs += more
     report.seconds = time.monotonic() - started
     return report
@@ -192,7 +196,7 @@ def _run(setup: TrialSetup, trial: TrialInput, rw: Sequence[str], profile: Profi
 
 def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: str,
              contract: Contract, profile: Profile, trial: TrialInput, rw: Sequence[str],
-             budget: int = 0
+             budget: int = 0, publish: Callable[[RegionEntry], RegionEntry] | None = None
              ) -> tuple[list[RegionEntry], dict[str, RegionEntry], list[Growth], int]:
     """The regions for ``findings`` (leakdbt.analysis.suggest), grown until a pass accepts
     them (leakdbt.analysis.grow), the region covering each finding, what growing tried, and
@@ -201,7 +205,9 @@ def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: 
     that secret branches leave (and one per loop it never reached, counted alone: capped);
     growing takes one more when a suggestion is refused.
     ``budget``: the instructions each of these untainted runs may execute (0: no limit;
-    leakdbt.analysis.loops: counting with a secret exit suppressed may not end by itself)."""
+    leakdbt.analysis.loops: counting with a secret exit suppressed may not end by itself).
+    ``publish``: a branch region with the registers public at its entry
+    (leakdbt.analysis.public), applied to every region before it is judged or grown."""
     functions = function_regions(places.values(), contract, profile)
     removed = _removed_by(functions, findings, binary, contract, profile, trial, rw) \
         if functions else set()
@@ -233,14 +239,19 @@ def _suggest(findings: list[AnalysisFinding], places: dict[str, Place], binary: 
         counted = count_loops(list(dict.fromkeys(loop.at for loop in loops.values())), count)
     entries, covering = regions(findings, places, functions, removed, loops, counted.trips,
                                 counted.inner, counted.unknown)
+    if publish is not None:
+        published = {e: publish(e) for e in entries}
+        entries = list(published.values())
+        covering = {k: published.get(v, v) for k, v in covering.items()}
     grown, covering, growths, more = _grow(entries, covering, places, binary, contract,
-                                           profile, trial, rw, budget)
+                                           profile, trial, rw, budget, publish)
     return grown, covering, growths, bool(functions) + counted.runs + more
 
 
 def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
           places: dict[str, Place], binary: str, contract: Contract, profile: Profile,
-          trial: TrialInput, rw: Sequence[str], budget: int = 0
+          trial: TrialInput, rw: Sequence[str], budget: int = 0,
+          publish: Callable[[RegionEntry], RegionEntry] | None = None
           ) -> tuple[list[RegionEntry], dict[str, RegionEntry], list[Growth], int]:
     """Each suggested region, or the smallest region grown around it that a pass accepts
     (leakdbt.analysis.grow); a region none is accepted for stays, with a comment saying so.
@@ -258,7 +269,7 @@ def _grow(entries: list[RegionEntry], covering: dict[str, RegionEntry],
         holding.setdefault(e, []).append(location)
     refused = [e for e, (ok, _) in zip(entries, judge(entries), strict=True) if not ok]
     linked = contract.binding is not None and contract.binding.binary_kind == "dynamic"
-    sites = _GrowSites(places, refused, holding, GotRecord() if linked else None)
+    sites = _GrowSites(places, refused, holding, GotRecord() if linked else None, publish)
     runs = 0
     if refused and (sites.loops or sites.functions):
         _run(TrialSetup(binary, contract, Mode.FAST, max_insns=budget), trial, rw, profile,
@@ -300,9 +311,10 @@ class _GrowSites:
     (leakdbt.analysis.linking)."""
 
     def __init__(self, places: dict[str, Place], refused: list[RegionEntry],
-                 holding: dict[RegionEntry, list[str]], got: GotRecord | None = None
-                 ) -> None:
+                 holding: dict[RegionEntry, list[str]], got: GotRecord | None = None,
+                 publish: Callable[[RegionEntry], RegionEntry] | None = None) -> None:
         self.got = got
+        self.publish = publish or (lambda e: e)  # a grown branch region's public registers
         self.entries: list[tuple[str | None, int]] = []  # (module, link-time) to copy at
         self.loops: dict[str, LoopCandidate] = {}  # by the header as contracts write it
         self.functions: dict[tuple[str | None, int], Any] = {}  # (module, entry) -> symbol
@@ -400,8 +412,8 @@ class _GrowSites:
         name = _namer(place, image)
         whole = function_branch(cfg, block, name)
         if whole is not None:
-            out.function = RegionEntry(whole, "branch", f"{TOOL}: grown from {e.at} (refused) "
-                                                        "to the whole function")
+            out.function = self.publish(RegionEntry(
+                whole, "branch", f"{TOOL}: grown from {e.at} (refused) to the whole function"))
         module = None if place.is_main else place.module
         func = image.function_containing(place.link_address)
         assert func is not None
@@ -435,8 +447,8 @@ class _GrowSites:
         start = next((b for b in cfg.blocks if name(b) == at), None)
         if self.got is not None and back in self.called and start is not None:
             self.got.copy(start + mod.base, self.called[back])  # the GOTs at the call
-        return RegionEntry(at, "branch", f"{TOOL}: grown from {e.at} (refused) to the call "
-                                         f"of {callee} in {func.name}")
+        return self.publish(RegionEntry(at, "branch", f"{TOOL}: grown from {e.at} (refused) "
+                                                      f"to the call of {callee} in {func.name}"))
 
 
 def _namer(place: Place, image: Any) -> Callable[[int], str]:
@@ -486,13 +498,20 @@ def _taint_sources(machine: Machine, modules: ModuleMap, contract: Contract,
         at = end
     scope = FunctionScope(machine, scoped_functions(contract))
     scope.watch(modules)
-    tracker = TaintTracker(machine, ranges=[*ranges, (at, 1 << 64)], line_size=line_size,
+    tracker = TaintTracker(machine, ranges=[], line_size=line_size,
                            in_scope=None if scope.everywhere else scope.active)
+    tracker.joins = JoinOracle(modules)  # implicit flows to each branch's join (``public``)
     for i, secret in enumerate(contract.secrets):
         if isinstance(secret.source, StdinSource | FileSource):
             tracker.read_sources.append(_read_source(tracker, secret.source, 1 << i,
                                                      secret.length))
     place_in_process(machine, modules, contract, values, _Tainter(tracker))
+    # The tracker's hooks after the sources' (the engine runs hooks in the order added): a
+    # register or pointer secret is tainted at its function's entry before the tracker
+    # propagates the entry instruction and records the registers there.
+    for begin, end in [*ranges, (at, 1 << 64)]:
+        tracker.track(begin, end)
+    machine.hooks.retranslate()
     return tracker
 
 

@@ -97,7 +97,7 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
                           "confirmed": f.confirmed or None}
                          for f in report.findings],
             "regions": [{"at": e.at, "kind": e.kind, "table": e.table, "length": e.length,
-                         "bound": e.bound,
+                         "bound": e.bound, "public": list(e.public),
                          "why": e.why, "refused": e.comment or None}
                         for e in report.regions],
             "written": [e.at for e in added],
@@ -135,7 +135,8 @@ def analyze(contract_path: str, write: bool, confirm: bool, trials: int | None,
         bound = ""
         if e.kind == "loop":
             bound = f" bound {e.bound}" if e.bound is not None else " (no bound known: add one)"
-        click.echo(f"  region {e.at} kind {e.kind}{table}{bound}: {state}")
+        public = f" public {','.join(e.public)}" if e.public else ""
+        click.echo(f"  region {e.at} kind {e.kind}{table}{bound}{public}: {state}")
         if e.comment:
             click.echo(f"    no pass accepts it: {e.comment.split('): ', 1)[-1]}")
     for g in report.growth:

@@ -32,6 +32,15 @@ everything after a validity check of the secret would be tainted.  That is what
 makes ``r = r * b % m`` under ``if (secret bit)`` tainted.  Only the path that runs the
 region is tracked (not the values the other path would have written); loops with tainted
 exit conditions are not followed.
+
+Joins (:attr:`TaintTracker.joins`, set by analyze for ``public``): at the point where a
+tainted branch's paths meet again (its immediate post-dominator, any shape, calls included)
+every register any of its paths may write gets the label :data:`IMPLICIT`: the values there
+depend on which path ran, also where the path that ran left a register unwritten.  Where the
+paths meet only by returning, or nothing is known of the function (no symbol), that is done
+when it returns, to the caller-saved registers (the System V ABI restores the others).  The label
+spreads like any other but is no secret's: it makes no finding (:meth:`TaintTracker._report`
+drops it), it only keeps such registers out of the ``public`` lists analyze writes.
 """
 
 from __future__ import annotations
@@ -70,6 +79,20 @@ IMPLICIT_SPAN = 4096
 # 256-entry table has at most 256 distinct element addresses: 16 such tables fit).
 MAX_TARGETS = 4096
 LINE, WITHIN_LINE = "line", "within-line"  # how far a secret moves a memory access
+ENTRY_REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
+                   "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+"""The registers whose taint is recorded at block starts (bit i of a mask: the i-th), in the
+order of leakdbt.contract.model.GENERAL_REGISTERS: every GPR but rsp."""
+ENTRY_SET = frozenset(ENTRY_REGISTERS)
+CALLER_SAVED = frozenset({"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"})
+"""What a function may change for its caller (the System V ABI restores the others)."""
+IMPLICIT = 1 << 63
+"""The label of a value that depends on a secret through control flow only (see Joins)."""
+_ENTRY_BYTES = tuple((1 << i, REGISTERS[r].start) for i, r in enumerate(ENTRY_REGISTERS))
+_GPR_BYTES = 16 * 8  # Shadow.regs: the GPRs' bytes come first
+SCAN_BYTES = 1024  # code decoded ahead of a newly run address, for the leaders it names
+_LEADS = frozenset({*(f"j{c}" for c in CONDITIONS), "call", "jrcxz", "jecxz", "loop", "loope",
+                    "loopne"})  # direct transfers whose next instruction starts a block
 
 _JCC = frozenset(f"j{c}" for c in CONDITIONS)
 _RCX_BRANCHES = frozenset({"jrcxz", "jecxz", "loop", "loope", "loopne"})
@@ -130,14 +153,32 @@ class _Implicit:
 
 
 @dataclass
+class _Join:
+    """A tainted branch whose paths have not met yet (:attr:`TaintTracker.joins`): when
+    control reaches ``join`` with RSP at ``rsp`` (or returns above it), ``regs`` get
+    :data:`IMPLICIT`."""
+
+    branch: int
+    join: int | None
+    rsp: int
+    regs: frozenset[str]
+
+
+Join = tuple[int | None, frozenset[str]]
+"""Where a branch's paths meet (None: only by returning) and the registers any of them
+may write (:attr:`TaintTracker.joins`)."""
+
+
+@dataclass
 class _ThreadTaint:
     """What of the shadow state belongs to one guest thread: its registers' and flags'
-    taint, what is known zero in them, its open implicit-flow regions."""
+    taint, what is known zero in them, its open implicit-flow regions and joins."""
 
     regs: list[int]
     flags: int
     zero: list[int]
     implicit: list[_Implicit]
+    joins: list[_Join] = field(default_factory=list)
 
 
 class EngineValues:
@@ -193,6 +234,27 @@ class TaintTracker:
         self._found: dict[tuple[LeakKind, int], TaintedUse] = {}
         self._implicit: list[_Implicit] = []
         self._hammocks: dict[tuple[int, int], bool] = {}
+        # Joins (module doc; leakdbt.analysis.public): ``joins(address)`` tells, for a
+        # tainted conditional branch, where its paths meet and which registers any path may
+        # write (None: unknown: the caller-saved ones, at the return); ``_open`` holds the
+        # branches whose join has not come yet.  Memory written on the paths is not
+        # re-tainted.
+        self.joins: Callable[[int], Join | None] | None = None
+        self._open: list[_Join] = []
+        # Register taint at block starts (leakdbt.analysis.public): a *leader* is an address
+        # reached by a transfer (it does not follow the instruction run before it), or the
+        # target of a direct branch, call or jump, or the instruction after a conditional
+        # branch or call, in the code scanned so far (SCAN_BYTES linearly from each newly
+        # run address not scanned yet, before it runs: a loop's back edge is seen before
+        # its header first runs); every execution of a leader records which GPRs are
+        # tainted.  A leader found after it first ran (a back edge further than the scan
+        # reaches) is *blind*: some of its executions went unrecorded.
+        self._next = -1  # where the instruction run last would fall through to
+        self._leaders: set[int] = set()
+        self._blind: set[int] = set()
+        self._scanned: set[int] = set()  # instruction addresses the scans decoded
+        self._entry_taint: dict[int, int] = {}  # leader -> ENTRY_REGISTERS mask, OR-ed
+        self._leader_now = -1  # the leader recorded last
         # Guest threads (leakdbt.linux.threads) share memory but not registers: at a switch
         # the outgoing thread's register taint is kept and the incoming one's put back.
         # Threads are numbered in creation order (0: the first), as Machine.thread_listeners
@@ -226,6 +288,11 @@ class TaintTracker:
         loc = REGISTERS[reg]
         n = loc.size if nbytes is None else nbytes
         self.shadow.set_reg(loc, [labels] * n + self.shadow.reg(loc)[n:])
+        at = self._leader_now
+        if at in self._entry_taint and self.machine.reg("rip") == at:
+            # a source's hook at a block start the tracker's hook already recorded (a
+            # function entry): the register is tainted there
+            self._entry_taint[at] |= self._gpr_mask()
 
     def taint_memory(self, address: int, length: int, labels: int) -> None:
         self.shadow.store(address, [labels] * length)
@@ -239,7 +306,8 @@ class TaintTracker:
 
     def _register_taint(self) -> _ThreadTaint:
         sh = self.shadow
-        return _ThreadTaint(list(sh.regs), sh.flags, list(sh.zero), list(self._implicit))
+        return _ThreadTaint(list(sh.regs), sh.flags, list(sh.zero), list(self._implicit),
+                            list(self._open))
 
     def _on_thread_switch(self, index: int) -> None:
         """Thread ``index`` runs from now on: park the running thread's register taint and
@@ -255,6 +323,7 @@ class TaintTracker:
         sh.flags = incoming.flags
         sh.zero[:] = incoming.zero
         self._implicit = incoming.implicit
+        self._open = incoming.joins
         self._thread = index
 
     def _thread_made(self, nr: int, flags: int, result: int) -> None:
@@ -306,7 +375,8 @@ class TaintTracker:
 
     def _report(self, kind: LeakKind, address: int, labels: int, target: int | None = None,
                 reach: str = "") -> None:
-        if self.in_scope is not None and not self.in_scope():
+        labels &= ~IMPLICIT  # no secret's: makes no finding (module doc, Joins)
+        if not labels or self.in_scope is not None and not self.in_scope():
             return
         f = self._found.get((kind, address))
         if f is None:
@@ -341,9 +411,19 @@ class TaintTracker:
     def _on_insn(self, address: int, size: int) -> None:
         t0 = time.perf_counter()
         self.instructions += 1
+        if self._open:
+            self._meet(address)  # before the block start's taint is recorded
         ins = self._cache.get(address)
         if ins is None or ins.size != size:
-            ins = self._cache[address] = self._decode(address, size)
+            ins = self._decode(address, size)
+            if address not in self._scanned:
+                self._scan(address)
+            if address != self._next or address in self._leaders:
+                self._at_leader(address)  # before it is cached: it has not run yet
+            self._cache[address] = ins
+        elif address != self._next or address in self._leaders:
+            self._at_leader(address)
+        self._next = address + size
         sh = self.shadow
         m = ins.mnemonic
         ops = ins.ops
@@ -377,11 +457,90 @@ class TaintTracker:
             self.default_counts[m] += 1
         self.elapsed += time.perf_counter() - t0
 
+    # -- register taint at block starts -----------------------------------------------------------
+
+    def _lead(self, address: int) -> None:
+        if address not in self._leaders:
+            self._leaders.add(address)
+            if address in self._cache:  # it ran before it was known to start a block
+                self._blind.add(address)
+
+    def _scan(self, address: int) -> None:
+        """Decode up to SCAN_BYTES from ``address`` (until code scanned before, or bytes that
+        do not decode): each direct branch, call or jump names its target as a leader, and
+        a conditional branch or a call the instruction after it."""
+        page = address & ~0xFFF
+        code = b""
+        for end in (address + SCAN_BYTES, page + 0x1000):  # the next page may be unmapped
+            try:
+                code = self.mem.read(address, end - address)
+                break
+            except GuestMemoryFault:
+                continue
+        for cs in strict_decoder().disasm(code, address):
+            if cs.address in self._scanned:
+                break
+            self._scanned.add(cs.address)
+            m = cs.mnemonic.rsplit(" ", 1)[-1]  # without bnd or notrack
+            if m in _LEADS or m == "jmp":
+                if cs.op_str.startswith("0x"):  # else indirect: seen when it runs
+                    self._lead(int(cs.op_str, 16))
+                if m != "jmp":
+                    self._lead(cs.address + cs.size)
+
+    def _at_leader(self, address: int) -> None:
+        """Record which GPRs are tainted as the leader at ``address`` is about to run."""
+        self._lead(address)
+        self._leader_now = address
+        self._entry_taint[address] = self._entry_taint.get(address, 0) | self._gpr_mask()
+
+    def _gpr_mask(self) -> int:
+        """The ENTRY_REGISTERS with a tainted byte now (bit i: the i-th)."""
+        regs = self.shadow.regs
+        mask = 0
+        if any(regs[:_GPR_BYTES]):
+            for bit, start in _ENTRY_BYTES:
+                if any(regs[start:start + 8]):
+                    mask |= bit
+        return mask
+
+    def _branch(self, address: int) -> None:
+        """A tainted conditional branch at ``address``: remember its join."""
+        rsp = self._read["rsp"]()
+        if any(j.branch == address and j.rsp == rsp for j in self._open):
+            return  # again before its join (a loop)
+        known = self.joins(address) if self.joins is not None else None
+        join, regs = known if known is not None else (None, CALLER_SAVED)
+        self._open.append(_Join(address, join, rsp, regs))
+
+    def _meet(self, address: int) -> None:
+        """Taint the registers of the branches whose paths meet at ``address`` (or have
+        returned: RSP above the branch's)."""
+        rsp = self._read["rsp"]()
+        sh = self.shadow
+        still = []
+        for j in self._open:
+            if rsp > j.rsp or (address == j.join and rsp == j.rsp):
+                for r in j.regs:
+                    sh.set_reg_named(r, [t | IMPLICIT for t in sh.reg_named(r)])
+            else:
+                still.append(j)
+        self._open = still
+
+    def block_taint(self) -> tuple[dict[int, int], set[int]]:
+        """The GPR taint seen at block starts: address -> mask (bit i: ENTRY_REGISTERS[i]
+        was tainted in some execution of it) for the addresses whose every execution was
+        recorded, and the addresses that ran without that (their taint is unknown)."""
+        known = {a: m for a, m in self._entry_taint.items() if a not in self._blind}
+        return known, {a for a in self._cache if a not in known}
+
     def _check(self, ins: Insn, ea: Sequence[int]) -> None:
         sh, m, address = self.shadow, ins.mnemonic, ins.address
         if m in _JCC:
             if sh.flags:
                 self._report(LeakKind.CONTROL_FLOW, address, sh.flags)
+                if self.joins is not None:
+                    self._branch(address)
                 if self.implicit and ins.ops and ins.ops[0].kind == "i":
                     target = ins.ops[0].imm
                     nxt = address + ins.size

@@ -49,7 +49,8 @@ def quote(text: str) -> str:
 def region_lines(at: str, kind: str | None, *, symbol: str | None = None,
                  length: int | None = None, bound: int | str | None = None, why: str = "",
                  clone_depth: int | None = None, clone_insns: int | None = None,
-                 inner_bounds: tuple[tuple[str, int], ...] = ()) -> list[str]:
+                 inner_bounds: tuple[tuple[str, int], ...] = (),
+                 public: tuple[str, ...] = ()) -> list[str]:
     """One ``[[protect.region]]`` table as lines: the one writer of regions (the canonical
     dump and analyze's additions to a user's contract)."""
     lines = ["[[protect.region]]", f"at = {quote(at)}"]
@@ -68,6 +69,8 @@ def region_lines(at: str, kind: str | None, *, symbol: str | None = None,
         lines.append(f"clone_depth = {clone_depth}")
     if clone_insns is not None:
         lines.append(f"clone_insns = {clone_insns}")
+    if public:
+        lines.append(f"public = {_strings(public)}")
     if why:
         lines.append(f"why = {quote(why)}")
     return lines
@@ -123,7 +126,7 @@ def dumps(contract: Contract) -> str:
             symbol=str(table.symbol) if table is not None and table.symbol is not None else None,
             length=table.length if table is not None else None,
             bound=region.bound, why=region.why, clone_depth=region.clone_depth,
-            clone_insns=region.clone_insns,
+            clone_insns=region.clone_insns, public=region.public,
             inner_bounds=tuple((str(h), n) for h, n in region.inner_bounds))
     check = contract.check
     out += ["", "[check]", f"trials = {check.trials}", f"seed = {check.seed}"]

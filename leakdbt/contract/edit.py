@@ -30,6 +30,7 @@ class RegionEntry:
     length: int | None = None  # kind = "table": its length when not the symbol's size
     bound: int | str | None = None  # kind = "loop": the public maximum trip count
     inner_bounds: tuple[tuple[str, int], ...] = ()  # kind = "loop": (inner header, bound)
+    public: tuple[str, ...] = ()  # kind = "branch": registers public at its entry
     comment: str = ""  # ``#`` lines above the table (analyze: why no pass accepts it)
 
     def toml(self) -> str:
@@ -37,7 +38,7 @@ class RegionEntry:
         return "\n".join(notes + region_lines(
             self.at, self.kind, symbol=self.table or None, length=self.length,
             bound=self.bound, why=self.why,
-            inner_bounds=self.inner_bounds)) + "\n"
+            inner_bounds=self.inner_bounds, public=self.public)) + "\n"
 
 
 def add_regions(text: str, entries: Sequence[RegionEntry], path: str = "<contract>"

@@ -549,7 +549,7 @@ class _Validator:
 
     def region(self, tbl: dict[str, Any], path: KeyPath) -> Region | None:
         self.unknown_keys(tbl, path, ("at", "kind", "symbol", "length", "bound",
-                                      "inner_bounds", "why", *CLONE_BUDGET))
+                                      "inner_bounds", "why", *CLONE_BUDGET, "public"))
         bad = len(self.problems)
         at = self.get_location(tbl, "at", path, required="the block where the region starts")
         kind = self.get_enum(tbl, "kind", path, RegionKind)
@@ -577,10 +577,11 @@ class _Validator:
             self.error((*path, "inner_bounds"), "inner_bounds gives the bounds of a loop's "
                                                 'inner loops: it needs kind = "loop"')
         budget = self.clone_budget(tbl, path, kind)
+        public = self.public(tbl, path, kind)
         if len(self.problems) > bad or at is None:
             return None
         return Region(at=at, kind=kind, table=table, bound=bound, inner_bounds=inner, why=why,
-                      **budget)
+                      public=public, **budget)
 
     def loop_bound(self, tbl: dict[str, Any], path: KeyPath) -> int | str | None:
         """``bound = N`` (N >= 1), or a run-time bound ``bound = "END - START"``
@@ -633,6 +634,32 @@ class _Validator:
                 continue
             budget[key] = self.get_int(tbl, key, path, low, high)
         return budget
+
+    def public(self, tbl: dict[str, Any], path: KeyPath, kind: RegionKind | None
+               ) -> tuple[str, ...]:
+        """``public = ["rdx", ...]``: the general registers whose values at the entry of a
+        branch region (or one without a kind) depend on no secret — an assertion, like a
+        run-time bound, that ``check`` tests (docs/contracts.md); in GENERAL_REGISTERS
+        order, so the order written does not matter."""
+        if "public" in tbl and kind not in (None, RegionKind.BRANCH):
+            self.error((*path, "public"), "public lists the registers public at the entry "
+                                          "of a region whose callees if-conversion clones: "
+                                          'it needs kind = "branch" (or no kind)')
+            return ()
+        names: list[str] = []
+        for i, text in enumerate(self.get_str_list(tbl, "public", path) or []):
+            reg = text.lower()
+            if reg == "rsp":
+                self.error((*path, "public", i), "rsp is always public: leave it out")
+            elif reg not in GENERAL_REGISTERS:
+                self.error((*path, "public", i),
+                           f"unknown register {text!r}: use a 64-bit general register other "
+                           f"than rsp ({', '.join(GENERAL_REGISTERS)})")
+            elif reg in names:
+                self.error((*path, "public", i), f"{text!r} is listed twice")
+            else:
+                names.append(reg)
+        return tuple(r for r in GENERAL_REGISTERS if r in names)
 
     def check(self, tbl: dict[str, Any], secrets: list[tuple[int, Secret]]) -> Check | None:
         path: KeyPath = ("check",)

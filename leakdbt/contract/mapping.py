@@ -299,16 +299,19 @@ class RegionPlan:
 
 
 CLONING = ("if-conversion", "ct-division")
-"""The passes that clone a branch region's callees: they get the region's ``clone_depth``
-and ``clone_insns`` (docs/passes.md, "Predicated calls")."""
+"""The passes that clone a branch region's callees: they get the region's ``clone_depth``,
+``clone_insns`` and ``public`` (docs/passes.md, "Predicated calls")."""
 
 
 def _with_budget(decision: PassStep | Skipped, region: Region | None) -> PassStep | Skipped:
-    """``decision`` with the region's clone budget among its parameters, if it clones."""
+    """``decision`` with the region's clone budget among its parameters, if it clones, and
+    its public registers as one string, ``public = "rdx,r12"`` (GENERAL_REGISTERS order)."""
     if isinstance(decision, Skipped) or decision.name not in CLONING or region is None:
         return decision
+    public = ",".join(region.public) or None
     budget = tuple((key, value) for key, value in (("clone_depth", region.clone_depth),
-                                                   ("clone_insns", region.clone_insns))
+                                                   ("clone_insns", region.clone_insns),
+                                                   ("public", public))
                    if value is not None)
     return replace(decision, params=decision.params + budget) if budget else decision
 
@@ -409,7 +412,7 @@ def plan(contract: Contract, profile: Profile) -> Plan:
             common = tuple(p for p in steps[0].params
                            if all(p in s.params for s in steps[1:]) and p[0] not in
                            ("table", "length", "bound", "clone_depth",
-                                            "clone_insns")
+                                            "clone_insns", "public")
                            and not p[0].startswith(INNER_BOUND))
             passes.append(PassStep(name, common, steps[0].reason, steps[0].condition))
         for rp in sources:

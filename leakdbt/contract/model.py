@@ -258,6 +258,8 @@ class Region:
     inner_bounds: tuple[tuple[Location, int], ...] = ()
     clone_depth: int | None = None  # branch (or no kind): calls cloned, nesting (None: 2)
     clone_insns: int | None = None  # ... instructions of all clones together (None: 1000)
+    # branch (or no kind): GPRs public at the entry, in GENERAL_REGISTERS order (asserted)
+    public: tuple[str, ...] = ()
     why: str = ""
 
 
