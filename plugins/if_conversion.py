@@ -201,6 +201,7 @@ from plugins.support.predication import (
     where,
     writes_flags,
 )
+from plugins.support.public_branches import plan, public_registers
 
 __all__ = ["PASS", "if_convert"]
 
@@ -287,8 +288,12 @@ def if_convert(region: RegionView) -> list[str]:
         members = {b.start for b in graph.blocks}
         expanded = topological(graph.entry, graph.blocks, lambda a, b: False)
         assert expanded is not None  # clones are acyclic and sit between region blocks
+        call_edges = {b.start: s for b in graph.blocks for s in successors(b)
+                      if s in graph.entries.values()}
+        layout = plan(expanded, infos, lambda a, b: b in members,
+                      public_registers(region.params), engine.guards, call_edges)
         lines = engine.run(expanded, infos, lambda a, b: b in members, lambda t: [],
-                           lambda b: _RSP, final_depth=stack.final)
+                           lambda b: _RSP, final_depth=stack.final, layout=layout)
     elif len(exits) < 2 and not ends and not stack.deltas and not guards \
             and _is_tree(order, infos):
         tree = _fork_tree(order, infos)
@@ -298,8 +303,10 @@ def if_convert(region: RegionView) -> list[str]:
         # An iteration's exits get predicates like blocks (for _leave).
         members = {b.start for b in region.blocks} | (set(exits) if len(exits) > 1 else set())
         engine.entry_depths, engine.deltas = stack.depths, stack.deltas
+        layout = plan(order, infos, lambda a, b: b in members,
+                      public_registers(region.params), engine.guards, {})
         lines = engine.run(order, infos, lambda a, b: b in members, lambda t: [],
-                           lambda b: _RSP, final_depth=stack.final)
+                           lambda b: _RSP, final_depth=stack.final, layout=layout)
     if len(exits) > 1:
         return engine.finish(lines + _leave(engine, _same_exits(whole, exits)))
     lines += engine.flags_to_reg()

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from leakdbt.plugin_api import (
@@ -91,8 +91,8 @@ from leakdbt.plugin_api import (
 )
 from plugins.support.value_range import upper_bound
 
-__all__ = ["INIT", "INSN_PASSES", "Engine", "Guard", "InsnInfo", "Mem", "Pred", "Refused",
-           "Terminator",
+__all__ = ["INIT", "INSN_PASSES", "Engine", "Guard", "InsnInfo", "Layout", "Mem", "Pred", "Refused",
+           "Span", "Terminator",
            "analyse", "always_valid", "control_refusal", "covered", "dead_end", "is_string",
            "copied_blocks", "keeps_base", "needs_flags",
            "predicated_refusal", "terminator", "topological", "topological_nodes",
@@ -682,6 +682,35 @@ INIT = "\0init"
 _RCX = re.compile(r"\b(rcx|ecx|cx|cl|ch)\b")
 
 
+@dataclass(frozen=True)
+class Span:
+    """Blocks laid out together right after ``head``'s block, in their topological order
+    from ``first``: every path to them crosses the edge ``head -> first``.  ``skip``: a
+    kept branch's side, jumped over when the edge is not taken (``taken``: it is the
+    branch's taken edge); ``joins`` are the blocks outside it that its blocks give a
+    predicate to (their slots start at 0 before the jump).  Otherwise a call's span:
+    ``regs`` are the clean registers the call's block keeps on every path until the span
+    ends."""
+
+    head: int
+    first: int
+    blocks: frozenset[int]
+    skip: bool
+    taken: bool = False
+    joins: tuple[int, ...] = ()
+    regs: tuple[str, ...] = ()
+
+
+@dataclass
+class Layout:
+    """The order :meth:`Engine.run` runs the blocks in, and its spans (made by
+    plugins/support/public_branches.py)."""
+
+    order: list[BlockView]
+    spans: dict[int, list[Span]] = field(default_factory=dict)  # by first block, outer first
+    kept: dict[int, Span] = field(default_factory=dict)  # call block -> its span (regs)
+
+
 class Engine:
     """Emits predicated blocks and owns the scratch frame below ``REGION_SCRATCH``.
 
@@ -718,6 +747,10 @@ class Engine:
         self.stubs: list[str] = []  # out-of-line exits of dead ends, after the code
         self.guards: dict[int, Guard] = {}  # instruction address -> its guard (see Guard)
         self.safe: int | None = None  # the 16-byte slot guarded accesses go to when off
+        self.conds: dict[int, int] = {}  # block -> the slot of its condition byte
+        self.skips: dict[Span, tuple[str, int]] = {}  # a skip's label, RSP's depth at it
+        # a call block keeping registers: its predicate, their values before it (slots)
+        self.kept: dict[int, tuple[Pred | None, dict[str, int]]] = {}
 
     def at(self, off: int, ptr: str = "qword") -> str:
         """The slot ``off`` as a memory operand where RSP is now."""
@@ -785,12 +818,15 @@ class Engine:
     def run(self, order: Sequence[BlockView], infos: dict[int, InsnInfo],
             inside: Callable[[int, int], bool], special: Special,
             unmasked: Callable[[int], frozenset[str]] = lambda b: frozenset(),
-            late: Sequence[str] = (), final_depth: int = 0) -> list[str]:
+            late: Sequence[str] = (), final_depth: int = 0,
+            layout: Layout | None = None) -> list[str]:
         """Lines running the blocks of ``order`` (topological; the first one's predicate in
         ``self.preds``, or none: always on).  ``inside(a, b)``: the engine propagates the
         predicate along the edge a -> b (b is a later block of ``order``); other edges go
         to ``special``.  ``late``: lines at the end of the last block's commit (RAX
-        borrowed, flags free).  ``final_depth``: where RSP is left (below the region's)."""
+        borrowed, flags free).  ``final_depth``: where RSP is left (below the region's).
+        ``layout``: the order and spans that keep public branches
+        (plugins/support/public_branches.py), instead of ``order``."""
         npreds: dict[int, int] = {}
         for b in order:
             for s in successors(b):
@@ -798,11 +834,68 @@ class Engine:
                     npreds[s] = npreds.get(s, 0) + 1
         out: list[str] = []
         last = max(n for n, b in enumerate(order) if not dead_end(b)) if late else -1
+        assert layout is None or not late
+        if layout is not None:
+            order = layout.order
+        spans: list[Span] = []  # open, innermost last
         for n, b in enumerate(order):
+            while spans and b.start not in spans[-1].blocks:
+                out += self._close(spans.pop())
+            for span in layout.spans.get(b.start, ()) if layout else ():
+                out += self._open(span)
+                spans.append(span)
             out += self.move_to(self.entry_depths.get(b.start, 0))
+            keep: frozenset[str] = frozenset()
+            if layout is not None and b.start in layout.kept:
+                keep = frozenset(layout.kept[b.start].regs)
+                out += self._keep(b.start, keep)
             out += self.block(b, infos, self.preds.get(b.start), inside, npreds, special,
-                              unmasked(b.start), late if n == last else ())
+                              unmasked(b.start) | keep, late if n == last else ())
+        while spans:
+            out += self._close(spans.pop())
         return out + self.move_to(final_depth)
+
+    # -- spans of plugins/support/public_branches.py -------------------------------------
+
+    def _keep(self, block: int, regs: frozenset[str]) -> list[str]:
+        """Before a call block whose clean writes ``regs`` stay on every path until its
+        span ends: their values before it, for :meth:`_close`."""
+        self.kept[block] = (self.preds.get(block), {r: self.alloc() for r in sorted(regs)})
+        return [f"mov {self.at(off)}, {r}" for r, off in self.kept[block][1].items()]
+
+    def _open(self, span: Span) -> list[str]:
+        """The jump over a kept branch's side when its edge is not taken (the condition
+        byte is the same on every path: public_branches.py); the joins' predicate slots
+        start at 0, since the blocks that would ``mov`` them may not run.  Nothing for a
+        call's span."""
+        if not span.skip:
+            return []
+        out: list[str] = []
+        for j in span.joins:
+            if j not in self.preds:
+                join = self.preds[j] = Pred(self.alloc())
+                out.append(f"mov {self.at(join.slot)}, 0")
+        label = f"pb_skip{len(self.skips)}"
+        self.skips[span] = (label, self.depth)
+        out += self.flags_to_slot()
+        self.live = False
+        out += [f"cmp {self.at(self.conds[span.head], 'byte')}, 0",
+                f"{'je' if span.taken else 'jne'} {label}"]
+        return out
+
+    def _close(self, span: Span) -> list[str]:
+        """The end of a span: the label a skip jumps to (the state made the same on both
+        ways in: flags in their slot, RSP where the jump left it), or a call's kept
+        registers put back where the call block is off."""
+        out = self.flags_to_slot()
+        self.live = False
+        if span.skip:
+            label, depth = self.skips[span]
+            return [*out, *self.move_to(depth), f"{label}:"]
+        pred, saved = self.kept[span.head]
+        assert pred is not None
+        out.append(pred.test(self.depth))
+        return out + [f"cmov{pred.off} {r}, {self.at(off)}" for r, off in saved.items()]
 
     def block(self, block: BlockView, infos: dict[int, InsnInfo], pred: Pred | None,
               inside: Callable[[int, int], bool], npreds: dict[int, int], special: Special,
@@ -816,6 +909,7 @@ class Engine:
         edges = [(t, k) for t, k in ((term.taken, "taken"), (term.fall, "fall"))
                  if t is not None]
         cond = self.alloc() if term.kind == "branch" else 0
+        self.conds[block.start] = cond
         actions: dict[str, list[str]] = {}
         # The edges' glue runs where the block ends: RSP as its instructions leave it.
         exit_depth = self.depth + sum(self.deltas.get(i.insn.address, 0) for i in insns)

@@ -80,15 +80,17 @@ def harden(pass_obj: Any, view: RegionView) -> Rewrite | Refusal:
     return pass_obj.harden(view, None, None)
 
 
-def clone_check(image: Image, function: str, dead_below: int = 0
+def clone_check(image: Image, function: str, dead_below: int = 0,
+                params: dict[str, int | str | bool] | None = None
                 ) -> tuple[RegionCheck, Rewrite]:
     """if-conversion of the branch region at ``function``'s entry with its calls cloned
     (the image's own functions as callees), laid out with the clones' instructions;
-    ``dead_below``: stack bytes below RSP compared (RegionCheck)."""
+    ``dead_below``: stack bytes below RSP compared (RegionCheck); ``params``: the
+    contract's mapping for the region (``public``, ...)."""
     sb = sandbox_for(image)
     region = region_of(image, function)
     callees = Callees(image)
-    view = region_view(region, "branch", sb.bias, {}, None, image, callees)
+    view = region_view(region, "branch", sb.bias, params or {}, None, image, callees)
     rewrite = harden(IF_CONVERSION, view)
     assert isinstance(rewrite, Rewrite), rewrite
     t = relocate(region, sb.bias, sb.place, {}, rewrite.code, callees.instructions())
