@@ -187,6 +187,7 @@ def main() -> None:
     suite_bench(leakdbt[:1])
     processes_bench()
     corpus_bench(leakdbt)
+    public_bench(leakdbt)
 
 
 def limits_bench(leakdbt: list[str]) -> None:
@@ -339,10 +340,10 @@ HARDENING = {  # program -> a secret (argv[1]) for the hardening bench
 }
 
 
-def region_instructions(exe: str, contract: str, secret: str, mode: str) -> int:
+def region_instructions(exe: str, contract: str, secret: str | list[str], mode: str) -> int:
     """Guest instructions executed inside the contract's regions (original code in fast
     mode, the hardened copies — and the entry jumps — in hardened mode), counted
-    in-process."""
+    in-process; ``secret``: the program's argument, or its arguments."""
     sys.path.insert(0, str(REPO))
     from leakdbt.contract import load
     from leakdbt.contract.profiles import get_profile
@@ -355,7 +356,7 @@ def region_instructions(exe: str, contract: str, secret: str, mode: str) -> int:
     protected = protection(load(contract, binary=exe), get_profile(BENCH_CPU))
     observers: list[RunObserver] = []
     options = ExecOptions(
-        argv=[exe, secret], env=[], mode=Mode(mode),
+        argv=[exe, *([secret] if isinstance(secret, str) else secret)], env=[], mode=Mode(mode),
         regions=protected.regions, hardener=protected.hardener(),
         on_start=lambda m, d: observers.append(
             RunObserver(m, [LeakKind.CONTROL_FLOW], 64, [], None, ranges=d.code_ranges())))
@@ -835,6 +836,49 @@ def corpus_bench(leakdbt: list[str], names: list[str] | None = None) -> None:
               flush=True)
 
 
+PUBLIC_RUNS = {"umod_modexp": ["0123456789abcdef"],  # program -> its arguments
+               "public_mode": ["0123456789abcdef", "9"]}
+
+
+def public_bench(leakdbt: list[str]) -> None:
+    """Public branches kept in predicated clones: the contract ``analyze --write`` gives,
+    with the ``public`` key it writes and without it (every clone branch if-converted),
+    side by side: guest instructions inside the regions (RunObserver, measured) and
+    whole-program wall time."""
+    import re
+    import tempfile
+
+    print(f"\n### Public branches in predicated clones (static, --cpu {BENCH_CPU})\n")
+    print("| program | public (analyze) | insns in regions: orig / without public / with | "
+          "wall native / orig / without / with (s) |")
+    print("|---|---|---|---|")
+    cli = leakdbt[0]
+    for prog, args in PUBLIC_RUNS.items():
+        exe = str(BUILD / prog)
+        native = subprocess.run([exe, *args], capture_output=True, check=True).stdout
+        with tempfile.TemporaryDirectory() as tmp:
+            with_public = Path(tmp) / "with.toml"
+            shutil.copy(REPO / "contracts" / f"{prog}.toml", with_public)
+            subprocess.run([cli, "analyze", "--cpu", BENCH_CPU, "--contract",
+                            str(with_public), "--write", exe, *args],
+                           capture_output=True, check=True)
+            text = with_public.read_text()
+            declared = "; ".join(re.findall(r"^public = \[(.*)\]$", text, re.M)) or "none"
+            without = Path(tmp) / "without.toml"
+            without.write_text(re.sub(r"^public = .*\n", "", text, flags=re.M))
+            contracts = {"without": str(without), "with": str(with_public)}
+            insns = {"orig": region_instructions(exe, str(with_public), args, "fast")}
+            times = {"native": median_time([exe, *args], native)[0],
+                     "orig": median_time([*leakdbt, exe, *args], native)[0]}
+            for label, contract in contracts.items():
+                insns[label] = region_instructions(exe, contract, args, "hardened")
+                times[label] = median_time([*leakdbt, "--contract", contract, "--cpu",
+                                            BENCH_CPU, "--mode", "hardened", exe, *args],
+                                           native)[0]
+        print(f"| {prog} | {declared} | " + " / ".join(f"{insns[k]:,}" for k in insns)
+              + " | " + " / ".join(f"{times[k]:.3f}" for k in times) + " |", flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--raw":
         raw_main()
@@ -848,6 +892,8 @@ if __name__ == "__main__":
         harden_file_bench([str(REPO / ".venv" / "bin" / "leakdbt")])
     elif sys.argv[1:2] == ["threads"]:  # just threads, signals and processes (of the tables named)
         processes_bench(sys.argv[2:])
+    elif sys.argv[1:] == ["public"]:  # just the public-branches section
+        public_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"])
     elif sys.argv[1:2] == ["corpus"]:  # just the corpus section (of the functions named)
         corpus_bench([str(REPO / ".venv" / "bin" / "leakdbt"), "exec"], sys.argv[2:])
     else:
