@@ -708,7 +708,7 @@ class Layout:
 
     order: list[BlockView]
     spans: dict[int, list[Span]] = field(default_factory=dict)  # by first block, outer first
-    kept: dict[int, Span] = field(default_factory=dict)  # call block -> its span (regs)
+    calls: dict[int, Span] = field(default_factory=dict)  # call block -> its span (regs)
 
 
 class Engine:
@@ -846,8 +846,8 @@ class Engine:
                 spans.append(span)
             out += self.move_to(self.entry_depths.get(b.start, 0))
             keep: frozenset[str] = frozenset()
-            if layout is not None and b.start in layout.kept:
-                keep = frozenset(layout.kept[b.start].regs)
+            if layout is not None and b.start in layout.calls:
+                keep = frozenset(layout.calls[b.start].regs)
                 out += self._keep(b.start, keep)
             out += self.block(b, infos, self.preds.get(b.start), inside, npreds, special,
                               unmasked(b.start) | keep, late if n == last else ())

@@ -50,6 +50,7 @@ from plugins.support.predication import (
     Span,
     body,
     dead_end,
+    successors,
     terminator,
 )
 
@@ -222,7 +223,7 @@ def plan(order: list[BlockView], infos: Mapping[int, InsnInfo],
     if not order:
         return None
     entry = order[0].start
-    edges = {b.start: [s for s in terminator_targets(b) if inside(b.start, s)] for b in order}
+    edges = {b.start: [s for s in successors(b) if inside(b.start, s)] for b in order}
     spans = {a: Span(a, e, _dominated(entry, edges, a, e), skip=False)
              for a, e in calls.items() if e in edges.get(a, ())}
     scan = _Clean(public, infos, guards)
@@ -241,12 +242,16 @@ def plan(order: list[BlockView], infos: Mapping[int, InsnInfo],
         if b.start not in kept:
             continue
         term = terminator(b)
+        if term.taken == term.fall:
+            continue  # ``jcc`` to the next instruction: one edge, nothing to skip
         for target, taken in ((term.taken, True), (term.fall, False)):
             if target is None or not inside(b.start, target):
                 continue
             blocks = _dominated(entry, edges, b.start, target)
-            if blocks:
-                joins = {s for x in blocks for s in edges[x] if s not in blocks}
+            joins = {s for x in blocks for s in edges[x] if s not in blocks}
+            # An exit the side leads to (an iteration region's) may share the predicate of
+            # a block in it (the engine's jump edges), which a skip leaves stale: not kept.
+            if blocks and all(j in edges for j in joins):
                 sides.append(Span(b.start, target, blocks, skip=True, taken=taken,
                                   joins=tuple(sorted(joins))))
     for side in sorted(sides, key=lambda s: (_position(order, s.head), not s.taken)):
@@ -266,7 +271,7 @@ def plan(order: list[BlockView], infos: Mapping[int, InsnInfo],
         first = next(b.start for b in order if b.start in span.blocks)
         layout.spans.setdefault(first, []).append(span)
         if not span.skip:
-            layout.kept[span.head] = span
+            layout.calls[span.head] = span
     for group in layout.spans.values():
         group.sort(key=lambda s: -len(s.blocks))
     if not _contiguous(order, layout):
@@ -316,12 +321,6 @@ def _prefer(order: list[BlockView], edges: Mapping[int, Sequence[int]], targets:
                 if not waiting[t]:
                     ready.append(t)
     return out if len(out) == len(order) else order  # (``order`` is acyclic: always so)
-
-
-def terminator_targets(block: BlockView) -> list[int]:
-    """The block's successors that the engine follows (taken, then fall-through)."""
-    term = terminator(block)
-    return [t for t in (term.taken, term.fall) if t is not None]
 
 
 def _position(order: list[BlockView], start: int) -> int:

@@ -263,3 +263,23 @@ def test_random_programs_compute_what_the_original_does_and_hide_the_secret(
         assert not chosen.mismatches, (name, chosen.mismatches[:1])
         assert report.compared >= 36 and chosen.compared == 8, name
     assert kept >= RANDOM_FUNCTIONS  # public branches were kept, not only if-converted
+
+
+ALL_PUBLIC = {"public": "rax,rbx,rcx,rdx,rsi,rdi,rbp,r8,r9,r10,r11,r12,r13,r14,r15"}
+
+
+def test_a_false_claim_changes_what_leaks_never_what_is_computed(
+        random_image: tuple[Image, list[str]]) -> None:
+    """Every register declared public, the secret too: every branch the scan can keep is
+    kept (what runs then depends on the secret), yet original and hardened still agree:
+    a skipped side is one whose predicate is off."""
+    image, names = random_image
+    kept = 0
+    for name in names:
+        check, rewrite = clone_check(image, name, params=ALL_PUBLIC)
+        kept += sum(1 for line in rewrite.code or () if line.startswith("pb_skip"))
+        with check:
+            report = check.check(f"{name}:all:{i}" for i in range(40))
+        assert not report.mismatches, (name, report.mismatches[:1])
+        assert report.compared >= 36, name
+    assert kept > 2 * RANDOM_FUNCTIONS
