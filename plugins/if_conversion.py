@@ -48,7 +48,10 @@ memory of the path the original takes are selected with ``cmov``.  Two schemes:
   run it (``P & cond`` / ``P & ~cond`` of its predecessor's branch); an inactive block is
   undone after it ran: its registers (general and xmm), MXCSR, RFLAGS and the memory it
   stored to get their old values back with ``cmov`` (stores: load, select, store to the same
-  address whichever way).
+  address whichever way).  A branch there whose condition is computed only from registers
+  the contract declares public at the region's entry (``public``) and constants stays a
+  branch: the code jumps over the side its edge does not take
+  (plugins/support/public_branches.py).
 
 In both, divisions in a conditional block divide 0 by 1 when the block is off (RAX = RDX = 0
 and the divisor register = 1, restored afterwards), so they cannot fault; their instructions
