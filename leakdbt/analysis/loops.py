@@ -47,7 +47,7 @@ from leakdbt.dbt.cfg import Block, FunctionCFG
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.errors import LeakDBTError
 from leakdbt.machine.machine import Machine
-from leakdbt.x86.insn import REGS64, Insn, detail_decoder
+from leakdbt.x86.insn import REGS64, Insn, written_registers
 
 Hook = Callable[[int, int], None]  # a code hook: (address, size)
 MAX_TRIPS = 1 << 20  # the most iterations of one entry with the secret exit suppressed
@@ -329,15 +329,6 @@ _STEP = re.compile(r"(\w+), (0x[0-9a-f]+|\d+)")
 _LEA_STEP = re.compile(r"(\w+), \[(\w+) ([+-]) (0x[0-9a-f]+|\d+)\]")
 
 
-def _written(insn: Insn) -> set[str]:
-    """The 64-bit general registers ``insn`` writes."""
-    out: set[str] = set()
-    for ci in detail_decoder().disasm(insn.raw, insn.address, 1):
-        out |= {REGS64[ci.reg_name(r)] for r in ci.regs_access()[1]
-                if ci.reg_name(r) in REGS64}
-    return out
-
-
 def _step(insn: Insn, reg: str) -> int | None:
     """What ``insn`` adds to the 64-bit register ``reg`` when it is a constant step of it
     (``add``/``sub`` of an immediate, ``inc``/``dec``, ``lea reg, [reg +/- c]``), or None."""
@@ -383,7 +374,7 @@ def run_time_bound(loop: CodeRegion, secret: Collection[int] = (), counted: bool
     writes: dict[str, list[Insn]] = {}
     for b in loop.block_list():
         for insn in b.insns:
-            for r in _written(insn):
+            for r in written_registers(insn):
                 writes.setdefault(r, []).append(insn)
     stays = _continues(head, inside) if head.last.address not in secret else None
     test = next((i for i in reversed(head.insns[:-1]) if i.mnemonic != "nop"), None)

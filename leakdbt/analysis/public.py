@@ -18,9 +18,9 @@ from leakdbt.analysis.taint import CALLER_SAVED, ENTRY_REGISTERS, ENTRY_SET, Joi
 from leakdbt.contract.edit import RegionEntry
 from leakdbt.contract.load import parse_location
 from leakdbt.dbt.cfg import function_cfg
+from leakdbt.dbt.region import branch_extent
 from leakdbt.loader.modules import ModuleMap
-from leakdbt.plugin_api import REGISTER64, detail
-from leakdbt.x86.insn import Flow, Insn
+from leakdbt.x86.insn import Flow, written_registers
 
 WHY = ("; public: the registers no secret had reached at its entry in the analyze run(s), "
        "through data or through the path taken, an assertion `leakdbt check --mode hardened` "
@@ -109,26 +109,13 @@ class JoinOracle:
         block = cfg.block_at(link)
         if block is None or block.last.address != link or block.start not in cfg.postdominators:
             return None
-        join = cfg.joins[block.start] if block.start in cfg.joins \
-            else cfg.postdominators[block.start]
+        join, members = branch_extent(cfg, block.start)
         regs: set[str] = set()
-        seen, todo = set(), [block.start]
-        while todo:
-            b = todo.pop()
-            if b in seen or b == join:
-                continue
-            seen.add(b)
-            for insn in cfg.blocks[b].insns:
-                regs |= written_registers(insn)
-                if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
-                    regs |= CALLER_SAVED
-            todo.extend(cfg.blocks[b].inside_succs())
+        for insn in (i for b in members for i in cfg.blocks[b].insns):
+            regs |= written_registers(insn)
+            if insn.flow in (Flow.CALL, Flow.INDIRECT_CALL):
+                regs |= CALLER_SAVED
         if join is None:  # the paths meet by returning: the ABI restores the others
             return None, frozenset(regs & CALLER_SAVED)
         return join + mod.base, frozenset(regs & ENTRY_SET)
 
-
-def written_registers(insn: Insn) -> frozenset[str]:
-    """The general registers ``insn`` writes (64-bit names; implicit writes included)."""
-    ci = detail(insn)
-    return frozenset(REGISTER64.get(ci.reg_name(r), "") for r in ci.regs_access()[1]) - {""}

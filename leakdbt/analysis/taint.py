@@ -241,6 +241,7 @@ class TaintTracker:
         # re-tainted.
         self.joins: Callable[[int], Join | None] | None = None
         self._open: list[_Join] = []
+        self._join_at: set[int | None] = set()  # their joins
         # Register taint at block starts (leakdbt.analysis.public): a *leader* is an address
         # reached by a transfer (it does not follow the instruction run before it), or the
         # target of a direct branch, call or jump, or the instruction after a conditional
@@ -324,6 +325,7 @@ class TaintTracker:
         sh.zero[:] = incoming.zero
         self._implicit = incoming.implicit
         self._open = incoming.joins
+        self._join_at = {j.join for j in self._open}
         self._thread = index
 
     def _thread_made(self, nr: int, flags: int, result: int) -> None:
@@ -411,8 +413,8 @@ class TaintTracker:
     def _on_insn(self, address: int, size: int) -> None:
         t0 = time.perf_counter()
         self.instructions += 1
-        if self._open:
-            self._meet(address)  # before the block start's taint is recorded
+        if self._open and (address != self._next or address in self._join_at):
+            self._meet(address)  # a join, or a transfer (a return): before the record
         ins = self._cache.get(address)
         if ins is None or ins.size != size:
             ins = self._decode(address, size)
@@ -512,10 +514,12 @@ class TaintTracker:
         known = self.joins(address) if self.joins is not None else None
         join, regs = known if known is not None else (None, CALLER_SAVED)
         self._open.append(_Join(address, join, rsp, regs))
+        self._join_at.add(join)
 
     def _meet(self, address: int) -> None:
         """Taint the registers of the branches whose paths meet at ``address`` (or have
-        returned: RSP above the branch's)."""
+        returned: RSP above the branch's).  Called at the joins and after transfers (where a
+        return lands) only: per other instruction, while a branch is open, one set lookup."""
         rsp = self._read["rsp"]()
         sh = self.shadow
         still = []
@@ -526,6 +530,7 @@ class TaintTracker:
             else:
                 still.append(j)
         self._open = still
+        self._join_at = {j.join for j in still}
 
     def block_taint(self) -> tuple[dict[int, int], set[int]]:
         """The GPR taint seen at block starts: address -> mask (bit i: ENTRY_REGISTERS[i]

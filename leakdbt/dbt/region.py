@@ -75,6 +75,23 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def branch_extent(cfg: FunctionCFG, at: int) -> tuple[int | None, list[int]]:
+    """Where the paths from the branch ending block ``at`` meet (None: only when the
+    function returns; paths that end the program, dead ends, do not count where the others
+    meet), and the blocks from ``at`` up to there (``at`` must reach an exit:
+    ``cfg.postdominators``)."""
+    join = cfg.joins[at] if at in cfg.joins else cfg.postdominators[at]
+    members: list[int] = []
+    stack = [at]
+    while stack:
+        b = stack.pop()
+        if b in members or b == join:
+            continue
+        members.append(b)
+        stack.extend(cfg.blocks[b].inside_succs())
+    return join, members
+
+
 def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None,
                 loop: bool = False, function: bool = False) -> CodeRegion:
     """The region starting at ``at``: the whole function when ``function`` (``at`` must be
@@ -105,18 +122,7 @@ def form_region(cfg: FunctionCFG, at: int, name: str, branch: bool | None = None
     if at not in cfg.postdominators:
         raise RegionError(f"{name}: no path from '{block.last.text}' leaves {cfg.name} "
                           "(an endless loop)")
-    # None: the paths meet only when the function returns; the region then runs to the
-    # returns (each path must end in one).  Paths that end the program (dead ends) do not
-    # count where the others meet.
-    join = cfg.joins[at] if at in cfg.joins else cfg.postdominators[at]
-    members: list[int] = []
-    stack = [at]
-    while stack:
-        b = stack.pop()
-        if b in members or b == join:
-            continue
-        members.append(b)
-        stack.extend(cfg.blocks[b].inside_succs())
+    join, members = branch_extent(cfg, at)
     for b in members:
         _check_block(cfg, cfg.blocks[b], name)
         blk = cfg.blocks[b]

@@ -83,6 +83,15 @@ def detail_decoder() -> Any:
     return md
 
 
+def written_registers(insn: Insn) -> frozenset[str]:
+    """The general registers ``insn`` writes, implicit writes included (64-bit names)."""
+    out: set[str] = set()
+    for ci in detail_decoder().disasm(insn.raw, insn.address, 1):
+        out |= {REGS64[ci.reg_name(r)] for r in ci.regs_access()[1]
+                if ci.reg_name(r) in REGS64}
+    return frozenset(out)
+
+
 def decode(code: bytes, address: int) -> Insn | None:
     """The instruction at the start of ``code`` (located at ``address``), or None."""
     for ci in detail_decoder().disasm(code[:15], address, 1):

@@ -128,10 +128,10 @@ REFUSED = {
 RUN_ON = ("gmp_powm",)
 
 
-def program(name: str) -> str:
-    exe = binary("static", f"corpus/{name}")
+def program(name: str, kind: str = "static") -> str:
+    exe = binary(kind, f"corpus/{name}")
     if not Path(exe).exists():
-        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), f"build/static/corpus/{name}"],
+        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), f"build/{kind}/corpus/{name}"],
                        check=True)
     return exe
 
@@ -192,9 +192,10 @@ def distinct(names: list[str] | tuple[str, ...]) -> list[str]:
     return sorted(first.values())
 
 
-def hardened(contract: Path, name: str, secret: str, *extra: str) -> Run:
+def hardened(contract: Path, name: str, secret: str, *extra: str, kind: str = "static"
+             ) -> Run:
     return run_leakdbt(["exec", "--contract", str(contract), "--mode", "hardened", *extra,
-                        program(name), secret])
+                        program(name, kind), secret])
 
 
 def one_line_error(done: Run) -> str:
@@ -366,15 +367,32 @@ def whole_analyzed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Analyz
 
     class Lazy(dict[str, Analyzed]):
         def __missing__(self, name: str) -> Analyzed:
-            contract = directory / f"{name}.toml"
-            contract.write_text(without_functions((CONTRACTS / f"{name}.toml").read_text()))
-            done = run_leakdbt(["analyze", "--contract", str(contract), "--write",
-                                program(name), CORPUS[name].secrets[0]])
-            assert done.status == 0, done.stderr.decode()
-            self[name] = Analyzed(contract, done.stdout.decode())
+            self[name] = analyze_whole(directory, name, program(name))
             return self[name]
 
     return Lazy()
+
+
+def analyze_whole(directory: Path, name: str, exe: str) -> Analyzed:
+    """``name``'s contract without protect.functions, in ``directory``, after ``analyze
+    --write`` on ``exe`` with the function's first secret."""
+    contract = directory / f"{name}.toml"
+    contract.write_text(without_functions((CONTRACTS / f"{name}.toml").read_text()))
+    done = run_leakdbt(["analyze", "--contract", str(contract), "--write", exe,
+                        CORPUS[name].secrets[0]])
+    assert done.status == 0, done.stderr.decode()
+    return Analyzed(contract, done.stdout.decode())
+
+
+def hardened_report(contract: Path, name: str, kind: str
+                    ) -> tuple[dict[str, dict[str, object]], str]:
+    """``name``'s ``kind`` build run hardened under ``contract`` with its first secret: it
+    must print what native prints; its ``--stats`` hardening report, and its stderr."""
+    secret = CORPUS[name].secrets[0]
+    run = hardened(contract, name, secret, "--stats", kind=kind)
+    err = run.stderr.decode()
+    assert run.status == 0 and run.stdout == native(name, secret), err
+    return hardening_report(err), err
 
 
 def written_regions(contract: Path) -> list[str]:
@@ -452,19 +470,10 @@ def test_dynamic_build_names_the_library_by_its_file(tmp_path: Path) -> None:
     (libnettle.so.8.6), which the contract resolves although DT_NEEDED and the soname say
     libnettle.so.8; the library's region is hardened and the output is native's."""
     name = "nettle_base16"
-    exe = binary("dynamic", f"corpus/{name}")
-    contract = tmp_path / f"{name}.toml"
-    contract.write_text(without_functions((CONTRACTS / f"{name}.toml").read_text()))
-    secret = CORPUS[name].secrets[0]
-    done = run_leakdbt(["analyze", "--contract", str(contract), "--write", exe, secret])
-    assert done.status == 0, done.stderr.decode()
+    contract = analyze_whole(tmp_path, name, program(name, "dynamic")).contract
     library = [r for r in written_regions(contract) if r.startswith("libnettle.so.8.")]
     assert library, contract.read_text()
-    run = run_leakdbt(["exec", "--contract", str(contract), "--mode", "hardened", "--stats",
-                       exe, secret])
-    err = run.stderr.decode()
-    assert run.status == 0 and run.stdout == native(name, secret), err
-    report = hardening_report(err)
+    report, err = hardened_report(contract, name, "dynamic")
     assert any(report[r]["passes"] and "unhardened" not in report[r] for r in library), err
 
 
@@ -475,22 +484,14 @@ def test_dynamic_libb64_loops_clone_their_plt_calls(tmp_path: Path) -> None:
     scans its unsized .rodata table (a value-range span from its ``lea``), so check finds
     no leak in the whole program."""
     name = "b64_decode"
-    exe = binary("dynamic", f"corpus/{name}")
-    contract = tmp_path / f"{name}.toml"
-    contract.write_text(without_functions((CONTRACTS / f"{name}.toml").read_text()))
-    secret = CORPUS[name].secrets[0]
-    done = run_leakdbt(["analyze", "--contract", str(contract), "--write", exe, secret])
-    assert done.status == 0, done.stderr.decode()
+    exe = program(name, "dynamic")
+    contract = analyze_whole(tmp_path, name, exe).contract
     loops = [f"libb64.so.0d:base64_decode_block+{d}" for d in ("0x106", "0x152", "0xb6")]
     assert set(loops) <= set(written_regions(contract)), contract.read_text()
-    run = run_leakdbt(["exec", "--contract", str(contract), "--mode", "hardened", "--stats",
-                       exe, secret])
-    err = run.stderr.decode()
-    assert run.status == 0 and run.stdout == native(name, secret), err
-    report = hardening_report(err)
+    report, err = hardened_report(contract, name, "dynamic")
     assert all(report[r]["passes"] == ["bounded-loop"] for r in loops), err
     value = report["libb64.so.0d:base64_decode_value"]["passes"]
     assert value == ["if-conversion", "oblivious-table"], err
     done = run_leakdbt(["check", "--contract", str(contract), "--mode", "hardened", "--trials",
-                        "2", "--directed-rounds", "1", exe, secret])
+                        "2", "--directed-rounds", "1", exe, CORPUS[name].secrets[0]])
     assert done.status == 0 and "no leak found" in done.stdout.decode(), done.stdout.decode()

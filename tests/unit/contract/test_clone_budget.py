@@ -10,29 +10,25 @@ import pytest
 
 from leakdbt.contract import dumps, loads, plan
 from leakdbt.contract.profiles import get_profile
-from tests.unit.contract.test_contract_load import minimal, problems
+from tests.unit.contract.test_contract_load import minimal, problems, with_region
 
 SKYLAKE = get_profile("intel-skylake")
 
 
-def _region(body: str) -> str:
-    return minimal(tail=f'\n[[protect.region]]\nat = "f"\n{body}')
-
-
 def test_the_budget_keys_build_the_model_and_round_trip() -> None:
-    c = loads(_region('kind = "branch"\nclone_depth = 3\nclone_insns = 4000\n'))
+    c = loads(with_region('kind = "branch"\nclone_depth = 3\nclone_insns = 4000\n'))
     region = c.protect.regions[0]
     assert (region.clone_depth, region.clone_insns) == (3, 4000)
     assert "clone_depth = 3\nclone_insns = 4000\n" in dumps(c)
     assert loads(dumps(c)) == c
-    plain = loads(_region('kind = "branch"\n'))
+    plain = loads(with_region('kind = "branch"\n'))
     assert (plain.protect.regions[0].clone_depth, plain.protect.regions[0].clone_insns) == \
         (None, None)
     assert "clone_" not in dumps(plain)
 
 
 def test_a_region_without_a_kind_may_set_the_budget() -> None:
-    assert loads(_region("clone_depth = 0\n")).protect.regions[0].clone_depth == 0
+    assert loads(with_region("clone_depth = 0\n")).protect.regions[0].clone_depth == 0
 
 
 @pytest.mark.parametrize(("body", "line", "key", "message"), [
@@ -51,7 +47,7 @@ def test_a_region_without_a_kind_may_set_the_budget() -> None:
 ])
 def test_budget_mistakes_name_the_key_and_line(tmp_path: Path, body: str, line: int, key: str,
                                                message: str) -> None:
-    got = problems(tmp_path, _region(body))
+    got = problems(tmp_path, with_region(body))
     assert len(got) == 1, got
     assert got[0][:2] == (line, f"protect.region[0].{key}")
     assert message in got[0][2], got[0][2]

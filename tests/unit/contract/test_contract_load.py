@@ -125,6 +125,11 @@ def minimal(**extra: str) -> str:
     return text + extra.get("tail", "")
 
 
+def with_region(body: str) -> str:
+    """:func:`minimal` with one region at ``f`` whose other keys are ``body``."""
+    return minimal(tail=f'\n[[protect.region]]\nat = "f"\n{body}')
+
+
 # -- the model ------------------------------------------------------------------------------
 
 

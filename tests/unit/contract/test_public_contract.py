@@ -12,34 +12,30 @@ import pytest
 from leakdbt.contract import dumps, loads, plan
 from leakdbt.contract.edit import RegionEntry, add_regions
 from leakdbt.contract.profiles import get_profile
-from tests.unit.contract.test_contract_load import minimal, problems
+from tests.unit.contract.test_contract_load import minimal, problems, with_region
 
 SKYLAKE = get_profile("intel-skylake")
 
 
-def _region(body: str) -> str:
-    return minimal(tail=f'\n[[protect.region]]\nat = "f"\n{body}')
-
-
 def test_public_builds_the_model_in_register_order_and_round_trips() -> None:
-    c = loads(_region('kind = "branch"\npublic = ["r12", "RDX", "rax"]\n'))
+    c = loads(with_region('kind = "branch"\npublic = ["r12", "RDX", "rax"]\n'))
     region = c.protect.regions[0]
     assert region.public == ("rax", "rdx", "r12")
     assert 'public = ["rax", "rdx", "r12"]\n' in dumps(c)
     assert loads(dumps(c)) == c
-    assert loads(_region('kind = "branch"\npublic = ["rdx", "r12"]\n')) == \
-        loads(_region('kind = "branch"\npublic = ["r12", "rdx"]\n'))
+    assert loads(with_region('kind = "branch"\npublic = ["rdx", "r12"]\n')) == \
+        loads(with_region('kind = "branch"\npublic = ["r12", "rdx"]\n'))
 
 
 def test_an_empty_list_is_the_same_as_no_key() -> None:
-    empty = loads(_region('kind = "branch"\npublic = []\n'))
-    absent = loads(_region('kind = "branch"\n'))
+    empty = loads(with_region('kind = "branch"\npublic = []\n'))
+    absent = loads(with_region('kind = "branch"\n'))
     assert empty == absent and empty.protect.regions[0].public == ()
     assert "public" not in dumps(empty)
 
 
 def test_a_region_without_a_kind_may_name_public_registers() -> None:
-    got = loads(_region('public = ["r15", "rbp"]\n')).protect.regions[0].public
+    got = loads(with_region('public = ["r15", "rbp"]\n')).protect.regions[0].public
     assert got == ("rbp", "r15")
 
 
@@ -69,7 +65,7 @@ def test_a_region_without_a_kind_may_name_public_registers() -> None:
 ])
 def test_public_mistakes_name_the_key_and_line(tmp_path: Path, body: str, line: int, key: str,
                                                message: str) -> None:
-    got = problems(tmp_path, _region(body))
+    got = problems(tmp_path, with_region(body))
     assert got == [(line, f"protect.region[0].{key}", message)]
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping, Sequence
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from leakdbt.plugin_api import BlockView, Refusal, RegionView, Rewrite
 from leakdbt.x86.asm import assemble_block
 from leakdbt.x86.insn import Flow, Insn, decode_all
 from plugins.if_conversion import PASS as IF_CONVERSION
+from tests.conftest import TEST_BINARIES, binary
 from tests.unit.dbt.harness import (
     GPRS,
     PIE_BIAS,
@@ -98,23 +100,79 @@ def clone_check(image: Image, function: str, dead_below: int = 0,
         rewrite
 
 
-def count_instructions(check: RegionCheck, s: State, copy: bool) -> int:
-    """Guest instructions of one region entry (callees included), from ``s``: the copy's
-    (``copy``) or the original's."""
+def run_hooked(check: RegionCheck, s: State, copy: bool, kind: int,
+               callback: Callable[..., None]) -> None:
+    """One region entry from ``s`` (the copy's or the original's) with a Unicorn hook of
+    ``kind`` calling ``callback`` meanwhile (translations flushed before and after)."""
     uc = check.sandbox.uc
-    n = [0]
-
-    def on_code(uc_: Any, address: int, size: int, _: Any) -> None:
-        n[0] += 1
-
-    hook = uc.hook_add(UC_HOOK_CODE, on_code)
+    hook = uc.hook_add(kind, callback)
     uc.ctl_flush_tb()
     try:
         check.outcome(copy, s)
     finally:
         uc.hook_del(hook)
         uc.ctl_flush_tb()
+
+
+def count_instructions(check: RegionCheck, s: State, copy: bool) -> int:
+    """Guest instructions of one region entry (callees included), from ``s``: the copy's
+    (``copy``) or the original's."""
+    n = [0]
+
+    def on_code(uc_: Any, address: int, size: int, _: Any) -> None:
+        n[0] += 1
+
+    run_hooked(check, s, copy, UC_HOOK_CODE, on_code)
     return n[0]
+
+
+def check_entry_cost(check: RegionCheck, seed: str, bit: int, label: str,
+                     show: Any) -> None:
+    """Instructions of one entry from the state ``seed`` with rdi's secret ``bit`` clear
+    and set: the hardened count is the same for both and above the original's; printed
+    for the record (``show``: pytest's ``capsys``; run with ``-s``)."""
+    with check:
+        states = [state(seed, rdi=v) for v in (0x100, 0x100 | bit)]
+        orig = [count_instructions(check, s, False) for s in states]
+        copy = [count_instructions(check, s, True) for s in states]
+    assert copy[0] == copy[1] and copy[0] > max(orig)
+    with show.disabled():
+        print(f"\ncost {label}: original {orig[0]} (off) / {orig[1]} (on), hardened {copy[0]}")
+
+
+def load_plt_call() -> tuple[Image, Image]:
+    """build/dynamic/plt_call (made if missing) and the libmulmod.so next to it."""
+    exe = Path(binary("dynamic", "plt_call"))
+    if not exe.exists():
+        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), "build/dynamic/plt_call"],
+                       check=True)
+    return load_image(str(exe)), load_image(str(exe.parent / "libmulmod.so"))
+
+
+def check_secret_bit(check: RegionCheck, prefix: str, function: str, bit: int,
+                     states: int) -> None:
+    """Original vs hardened agree on ``states`` random states (seeds ``prefix:function:i``)
+    and on 100 whose rdi has the secret ``bit`` set in every other one."""
+    with check:
+        report = check.check(f"{prefix}:{function}:{i}" for i in range(states))
+        chosen = check.compare((f"{prefix}-bit:{function}:{i}",
+                                state(f"{prefix}-bit:{function}:{i}",
+                                      rdi=(i * 0x9E37) & ~bit | (bit if i & 1 else 0)))
+                               for i in range(100))
+    assert not report.mismatches, report.mismatches[:3]
+    assert not chosen.mismatches, chosen.mismatches[:3]
+    assert report.compared == states and chosen.compared == 100
+
+
+def check_path_hidden(check: RegionCheck, seed: str, bit: int) -> None:
+    """From the state ``seed`` with rdi's secret ``bit`` clear and set: the original's path
+    shows the bit, the copy runs the same instructions and touches the same lines."""
+    with check:
+        states = [state(seed, rdi=v, rsi=0x1234567) for v in (0x100, 0x100 | bit)]
+        orig = [trace(check, s, copy=False) for s in states]
+        copy = [trace(check, s, copy=True) for s in states]
+    assert orig[0][0] != orig[1][0]  # the original's path shows
+    assert copy[0] == copy[1] and copy[0][0]
 
 
 def sandbox_for(image: Image) -> Sandbox:

@@ -25,11 +25,11 @@ from plugins.if_conversion import PASS
 from plugins.support.trip_count import MAX_TRIPS, ExitTest, Step, trips_of
 from tests.unit.plugins.ifc_support import (
     build,
+    check_entry_cost,
+    check_path_hidden,
+    check_secret_bit,
     clone_check,
-    count_instructions,
     harden,
-    state,
-    trace,
     view_from_asm,
 )
 
@@ -229,15 +229,7 @@ def test_the_shapes_compute_what_the_original_computes(program: Image, function:
     assert not any(line.startswith("call") for line in code)
     assert any(line.endswith(f", {trips:#x}") and line.startswith("mov qword ptr")
                for line in code), code  # the loop runs the trip count read from the code
-    with check:
-        report = check.check(f"arm-loop-shapes:{function}:{i}" for i in range(STATES))
-        chosen = check.compare((f"arm-loop-shapes-bit:{function}:{i}",
-                                state(f"arm-loop-shapes-bit:{function}:{i}",
-                                      rdi=(i * 0x9E37) & ~bit | (bit if i & 1 else 0)))
-                               for i in range(100))
-    assert not report.mismatches, report.mismatches[:3]
-    assert not chosen.mismatches, chosen.mismatches[:3]
-    assert report.compared == STATES and chosen.compared == 100
+    check_secret_bit(check, "arm-loop-shapes", function, bit, STATES)
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
@@ -245,13 +237,7 @@ def test_both_paths_run_the_same_instructions_and_lines(program: Image, function
     check, _ = clone_check(program, function)
     bit = FUNCTIONS[function][0]
     for seed in range(3):
-        with check:
-            states = [state(f"arm-loop-shapes-leak:{function}:{seed}", rdi=v, rsi=0x1234567)
-                      for v in (0x100, 0x100 | bit)]
-            orig = [trace(check, s, copy=False) for s in states]
-            copy = [trace(check, s, copy=True) for s in states]
-        assert orig[0][0] != orig[1][0]  # the original's path shows
-        assert copy[0] == copy[1] and copy[0][0]
+        check_path_hidden(check, f"arm-loop-shapes-leak:{function}:{seed}", bit)
 
 
 def test_cost_of_one_entry(program: Image, capsys: pytest.CaptureFixture[str]) -> None:
@@ -259,16 +245,8 @@ def test_cost_of_one_entry(program: Image, capsys: pytest.CaptureFixture[str]) -
     record (run with ``-s``).  The hardened count is the same for both paths."""
     for function, (bit, *_rest) in sorted(FUNCTIONS.items()):
         check, _ = clone_check(program, function)
-        with check:
-            states = [state(f"arm-loop-shapes-cost:{function}", rdi=v)
-                      for v in (0x100, 0x100 | bit)]
-            orig = [count_instructions(check, s, False) for s in states]
-            copy = [count_instructions(check, s, True) for s in states]
-        assert copy[0] == copy[1] and copy[0] > max(orig)
-        with capsys.disabled():
-            build_dir = program.path.split("/")[-2]
-            print(f"\ncost {build_dir} {function}: original {orig[0]} (off) / {orig[1]} (on), "
-                  f"hardened {copy[0]}")
+        check_entry_cost(check, f"arm-loop-shapes-cost:{function}", bit,
+                         f"{program.path.split('/')[-2]} {function}", capsys)
 
 
 # -- the trip count ---------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,10 @@ from leakdbt.dbt.calls import Linker
 from leakdbt.dbt.harden import Callees, region_view
 from leakdbt.dbt.region import CodeRegion, form_region
 from leakdbt.dbt.relocate import relocate
-from leakdbt.loader.elf import load_image
 from leakdbt.loader.image import Image
 from leakdbt.plugin_api import Refusal, Rewrite
 from plugins.bounded_loop import PASS
 from plugins.support.loop_table import anchored_loads
-from tests.conftest import TEST_BINARIES, binary
 from tests.unit.dbt.harness import PIE_BIAS, SCRATCH, STACK, RegionCheck, Sandbox, State
 from tests.unit.plugins.ifc_support import (
     REG,
@@ -31,6 +28,7 @@ from tests.unit.plugins.ifc_support import (
     build,
     cfg_of,
     harden,
+    load_plt_call,
     loop_header,
     sandbox_for,
     state,
@@ -369,11 +367,7 @@ def test_a_callee_within_the_rules_is_cloned_in_the_loop() -> None:
 @pytest.fixture(scope="module")
 def plt_call(built: Path) -> tuple[Image, Image]:
     """build/dynamic/plt_call and its libmulmod.so (see tests/unit/plugins/test_plt_clone.py)."""
-    exe = Path(binary("dynamic", "plt_call"))
-    if not exe.exists():
-        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), "build/dynamic/plt_call"],
-                       check=True)
-    return load_image(str(exe)), load_image(str(exe.parent / "libmulmod.so"))
+    return load_plt_call()
 
 
 def _plt_loop_check(exe: Image, lib: Image) -> RegionCheck:

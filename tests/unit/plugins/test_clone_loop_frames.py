@@ -30,11 +30,11 @@ from tests.unit.dbt.harness import compile_program
 from tests.unit.plugins.ifc_support import (
     CFLAGS,
     build,
+    check_entry_cost,
+    check_path_hidden,
+    check_secret_bit,
     clone_check,
-    count_instructions,
     harden,
-    state,
-    trace,
     view_from_asm,
 )
 
@@ -242,15 +242,7 @@ def test_the_new_shapes_compute_what_the_original_computes(program: Image,
     code = rewrite.code or ()
     assert not any(line.startswith("call") for line in code)
     bit = FUNCTIONS[function]
-    with check:
-        report = check.check(f"clone-frames:{function}:{i}" for i in range(STATES))
-        chosen = check.compare((f"clone-frames-bit:{function}:{i}",
-                                state(f"clone-frames-bit:{function}:{i}",
-                                      rdi=(i * 0x9E37) & ~bit | (bit if i & 1 else 0)))
-                               for i in range(100))
-    assert not report.mismatches, report.mismatches[:3]
-    assert not chosen.mismatches, chosen.mismatches[:3]
-    assert report.compared == STATES and chosen.compared == 100
+    check_secret_bit(check, "clone-frames", function, bit, STATES)
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
@@ -258,13 +250,7 @@ def test_both_paths_run_the_same_instructions_and_lines(program: Image, function
     check, _ = clone_check(program, function)
     bit = FUNCTIONS[function]
     for seed in range(3):  # other registers (the counter's old value among them) random
-        with check:
-            states = [state(f"clone-frames-leak:{function}:{seed}", rdi=v, rsi=0x1234567)
-                      for v in (0x100, 0x100 | bit)]
-            orig = [trace(check, s, copy=False) for s in states]
-            copy = [trace(check, s, copy=True) for s in states]
-        assert orig[0][0] != orig[1][0]  # the original's path shows
-        assert copy[0] == copy[1] and copy[0][0]
+        check_path_hidden(check, f"clone-frames-leak:{function}:{seed}", bit)
 
 
 def test_cost_of_one_entry(program: Image, capsys: pytest.CaptureFixture[str]) -> None:
@@ -272,15 +258,8 @@ def test_cost_of_one_entry(program: Image, capsys: pytest.CaptureFixture[str]) -
     record (run with ``-s``).  The hardened count is the same for both paths."""
     for function, bit in sorted(FUNCTIONS.items()):
         check, _ = clone_check(program, function)
-        with check:
-            states = [state(f"clone-frames-cost:{function}", rdi=v) for v in (0x100, 0x100 | bit)]
-            orig = [count_instructions(check, s, False) for s in states]
-            copy = [count_instructions(check, s, True) for s in states]
-        assert copy[0] == copy[1] and copy[0] > max(orig)
-        with capsys.disabled():
-            build_dir = program.path.split("/")[-2]
-            print(f"\ncost {build_dir} {function}: original {orig[0]} (off) / {orig[1]} (on), "
-                  f"hardened {copy[0]}")
+        check_entry_cost(check, f"clone-frames-cost:{function}", bit,
+                         f"{program.path.split('/')[-2]} {function}", capsys)
 
 
 # -- refusals and the rules behind them ----------------------------------------------------

@@ -20,10 +20,10 @@ from plugins.support.clone import expand_calls
 from plugins.support.predication import Refused
 from tests.unit.plugins.ifc_support import (
     build,
+    check_path_hidden,
+    check_secret_bit,
     clone_check,
     harden,
-    state,
-    trace,
     view_from_asm,
 )
 
@@ -165,28 +165,14 @@ def test_loops_with_calls_compute_what_the_original_computes(program: Image,
     assert len(labels) == LOOPS[function], labels
     assert not any(line.startswith("call") for line in code)
     bit = FUNCTIONS[function]
-    with check:
-        report = check.check(f"loop-calls:{function}:{i}" for i in range(STATES))
-        chosen = check.compare((f"loop-calls-bit:{function}:{i}",
-                                state(f"loop-calls-bit:{function}:{i}",
-                                      rdi=(i * 0x9E37) & ~bit | (bit if i & 1 else 0)))
-                               for i in range(100))
-    assert not report.mismatches, report.mismatches[:3]
-    assert not chosen.mismatches, chosen.mismatches[:3]
-    assert report.compared == STATES and chosen.compared == 100
+    check_secret_bit(check, "loop-calls", function, bit, STATES)
 
 
 @pytest.mark.parametrize("function", ["by_caller", "by_end", "call_in_loop", "loop_of_loops"])
 def test_both_paths_run_the_same_instructions_and_lines(program: Image, function: str) -> None:
     check, _ = clone_check(program, function)
     bit = FUNCTIONS[function]
-    with check:
-        states = [state(f"loop-calls-leak:{function}", rdi=v, rsi=0x1234567)
-                  for v in (0x100, 0x100 | bit)]
-        orig = [trace(check, s, copy=False) for s in states]
-        copy = [trace(check, s, copy=True) for s in states]
-    assert orig[0][0] != orig[1][0]  # the original's path shows
-    assert copy[0] == copy[1] and copy[0][0]
+    check_path_hidden(check, f"loop-calls-leak:{function}", bit)
 
 
 # -- refusals ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from tests.unit.plugins.ifc_support import (
     build,
     harden,
     region_of,
+    run_hooked,
     sandbox_for,
     state,
     trace,
@@ -357,18 +358,11 @@ def test_a_duplicated_latch_steps_the_pointer_once_per_iteration(
 
 def _key_reads(check: RegionCheck, s: State) -> list[int]:
     """The addresses of the copy's reads in the key (A .. A + 16 ROWS)."""
-    uc = check.sandbox.uc
     seen: list[int] = []
 
     def on_read(uc_: Any, access: int, address: int, size: int, value: int, _: Any) -> None:
         if A <= address < A + 16 * ROWS:
             seen.append(address)
 
-    hook = uc.hook_add(UC_HOOK_MEM_READ, on_read)
-    uc.ctl_flush_tb()
-    try:
-        check.outcome(True, s)
-    finally:
-        uc.hook_del(hook)
-        uc.ctl_flush_tb()
+    run_hooked(check, s, True, UC_HOOK_MEM_READ, on_read)
     return seen

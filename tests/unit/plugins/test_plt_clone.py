@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,9 +28,8 @@ from leakdbt.loader.modules import LoadedModule, ModuleMap
 from leakdbt.plugin_api import Flow, Insn, Refusal, Rewrite
 from plugins.ct_division import PASS as CT_DIVISION
 from plugins.if_conversion import PASS
-from tests.conftest import TEST_BINARIES, binary
 from tests.unit.dbt.harness import PIE_BIAS, STACK, RegionCheck, Sandbox, State
-from tests.unit.plugins.ifc_support import REG, harden, state
+from tests.unit.plugins.ifc_support import REG, harden, load_plt_call, state
 
 LIB_BASE = PIE_BIAS + 0x2000_0000  # libmulmod.so, as ld.so might map it near the program
 
@@ -39,11 +37,7 @@ LIB_BASE = PIE_BIAS + 0x2000_0000  # libmulmod.so, as ld.so might map it near th
 @pytest.fixture(scope="module")
 def program(built: Path) -> tuple[Image, Image]:
     """build/dynamic/plt_call and the libmulmod.so next to it."""
-    exe = Path(binary("dynamic", "plt_call"))
-    if not exe.exists():
-        subprocess.run(["make", "-s", "-C", str(TEST_BINARIES), "build/dynamic/plt_call"],
-                       check=True)
-    return load_image(str(exe)), load_image(str(exe.parent / "libmulmod.so"))
+    return load_plt_call()
 
 
 def _branch(image: Image, function: str) -> CodeRegion:
